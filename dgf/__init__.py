@@ -1,0 +1,3 @@
+"""dgf: train the Deep Generative Filter GAN to deblur photos."""
+
+__version__ = "0.1.0"
