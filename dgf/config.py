@@ -1,0 +1,167 @@
+"""Training configuration: the only home of defaults.
+
+A ``TrainConfig`` is resolved from three layers, later ones winning: the defaults
+below, an optional YAML/JSON file (``--config``), then command-line flags. The
+resolved config is written to ``RUN/config.json`` and read back on resume.
+
+No TensorFlow import here, so ``--help`` and config checks stay fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from dgf.errors import DgfError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+# Keys that decide the shape of the networks: a checkpoint made with other values
+# cannot be restored, so a resumed run must keep them.
+ARCHITECTURE_KEYS = ("channel_rate", "patch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Defaults follow the seed and the DGF authors: batch 1, 256x256 crops, Adam with
+    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 + 1 x adversarial.
+    """
+
+    h5: str = "data/data.h5"
+    run_dir: str | None = None  # None: runs/<timestamp>
+    epochs: int = 10
+    batch_size: int = 1
+    crop: int | None = 256  # square random crop side; None trains on whole images
+    augment: bool = True  # flips and 90-degree rotations, same for both images of a pair
+    cache: bool = False  # hold the decoded training split in memory
+
+    channel_rate: int = 64
+    dropout: float = 0.5
+    patch: int = 64  # discriminator patch side
+
+    perceptual_weight: float = 145.0
+    l1_weight: float = 170.0
+    adversarial_weight: float = 1.0
+    vgg_weights: str = "imagenet"  # "imagenet" (Keras cache) or a path to a notop .h5
+
+    g_lr: float = 3e-4
+    d_lr: float = 3e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    critic_steps: int = 1  # discriminator updates per generator update
+    lr_schedule: str = "constant"  # constant | linear (hold half, then decay to 0) | cosine
+
+    precision: str = "fp32"
+    jit: bool = False
+    strategy: str = "auto"
+    seed: int = 0
+
+    save_every: int = 500  # steps between checkpoints (also saved at each epoch end)
+    keep: int = 3  # checkpoints kept
+    log_every: int = 10  # steps between TensorBoard / metrics.jsonl step records
+    val_samples: int | None = None  # test pairs scored per epoch; None: whole test split
+    strip_pairs: int = 4  # rows of the per-epoch sample strip
+    snapshots: bool = True  # keep one generator per epoch for dgf-eval
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DgfError(
+                f"{source}: unknown key(s) {unknown}. Known keys: {sorted(known)}."
+            )
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:  # pragma: no cover - dataclass signature errors
+            raise DgfError(f"{source}: {exc}") from None
+
+
+def _check(cfg: TrainConfig) -> None:
+    def positive(name: str, allow_zero: bool = False) -> None:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DgfError(f"{name} must be a number, got {value!r}")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise DgfError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    for name in ("epochs", "batch_size", "channel_rate", "patch", "critic_steps",
+                 "save_every", "keep", "log_every", "strip_pairs"):
+        positive(name)
+        if not isinstance(getattr(cfg, name), int):
+            raise DgfError(f"{name} must be an integer, got {getattr(cfg, name)!r}")
+    for name in ("g_lr", "d_lr"):
+        positive(name)
+    for name in ("perceptual_weight", "l1_weight", "adversarial_weight"):
+        positive(name, allow_zero=True)
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise DgfError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("beta_1", "beta_2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise DgfError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.crop is not None:
+        if not isinstance(cfg.crop, int) or cfg.crop <= 0:
+            raise DgfError(f"crop must be a positive integer or null, got {cfg.crop!r}")
+        if cfg.crop % cfg.patch:
+            raise DgfError(
+                f"crop {cfg.crop} is not a multiple of the discriminator patch {cfg.patch}; "
+                f"pick a crop such as {max(cfg.patch, cfg.crop // cfg.patch * cfg.patch)} "
+                f"or change --patch."
+            )
+    if cfg.val_samples is not None and cfg.val_samples <= 0:
+        raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
+    if cfg.precision not in PRECISIONS:
+        raise DgfError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise DgfError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise DgfError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of TrainConfig keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise DgfError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except (ValueError, ImportError) as exc:
+        raise DgfError(f"config file {path} could not be parsed: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DgfError(f"config file {path} must hold a mapping of keys to values")
+    # Accept dashes as in the command-line flags.
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as JSON, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_config(path: Path) -> TrainConfig:
+    return TrainConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), str(path))

@@ -1,0 +1,665 @@
+"""Training the DGF GAN: the compiled step, checkpoints and resume, the loop.
+
+One compiled step per batch: the generator runs once, the discriminator is updated
+on real versus generated images, then the generator is updated through the
+(updated) discriminator. Two optimizers, two tapes; the discriminator is "frozen"
+for the generator update simply by not applying its gradients.
+
+Everything that decides what happens next is in the checkpoint: both networks,
+both optimizers (slots and iteration counts), the global step, and the loader's
+position (epoch and batches done in it). The loader derives every random choice
+from ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted
+one would have seen.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dgf.config import (
+    ARCHITECTURE_KEYS,
+    TrainConfig,
+    load_config_file,
+    read_config,
+    save_config,
+)
+from dgf.errors import DgfError
+
+RUNS_ROOT = Path("runs")
+LOSS_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss", "d_real", "d_fake")
+CHECKED_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss")
+
+
+class NonFiniteLoss(DgfError):
+    """A loss became NaN or infinite; the run stopped without saving over good state."""
+
+
+class TrainingInterrupted(DgfError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)  # per-epoch records
+
+
+# --------------------------------------------------------------------------- config
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / "checkpoints" / "checkpoint").is_file()
+
+
+def latest_run(root: Path = RUNS_ROOT) -> Path:
+    """The most recently modified run folder under ``root`` that has a checkpoint."""
+    runs = [p for p in Path(root).glob("*") if has_checkpoint(p)] if Path(root).is_dir() else []
+    if not runs:
+        raise DgfError(
+            f"--resume: no run with a checkpoint under {root}/; pass --run-dir RUN"
+        )
+    return max(runs, key=lambda p: (p / "checkpoints" / "checkpoint").stat().st_mtime)
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | str | None = None,
+    *,
+    resume: bool = False,
+    runs_root: Path = RUNS_ROOT,
+) -> tuple[TrainConfig, bool]:
+    """Merge defaults, a config file and explicit overrides; decide new run or resume.
+
+    Returns ``(config, resuming)``. A run folder that already has a checkpoint is
+    resumed: its saved config is the base, and overrides may change anything but
+    the architecture (``channel_rate``, ``patch``).
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items()})
+    run_dir = values.get("run_dir")
+    if run_dir is None and resume:
+        run_dir = str(latest_run(runs_root))
+    resuming = run_dir is not None and has_checkpoint(Path(run_dir))
+    if resume and not resuming:
+        raise DgfError(f"--resume: {run_dir} has no checkpoint to resume from")
+    if resuming:
+        saved_path = Path(run_dir) / "config.json"
+        if not saved_path.is_file():
+            raise DgfError(f"{run_dir} has checkpoints but no config.json; cannot resume")
+        saved = read_config(saved_path).to_dict()
+        for key in ARCHITECTURE_KEYS:
+            if key in values and values[key] != saved[key]:
+                raise DgfError(
+                    f"{run_dir} was trained with {key}={saved[key]}; it cannot resume "
+                    f"with {key}={values[key]}. Start a new run folder instead."
+                )
+        saved.update(values)
+        values = saved
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = str(runs_root / stamp)
+        n = 1
+        while Path(run_dir).exists():
+            n += 1
+            run_dir = str(runs_root / f"{stamp}-{n}")
+    values["run_dir"] = str(run_dir)
+    return TrainConfig.from_dict(values), resuming
+
+
+# --------------------------------------------------------------------------- TF setup
+def select_strategy(name: str):
+    """A tf.distribute strategy: one device, all local devices, or multi-worker."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one"
+    if name == "one":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        # All local GPUs; on a machine without GPUs, all logical CPU devices.
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise DgfError(
+                "--strategy multiworker reads the cluster from the TF_CONFIG environment "
+                "variable, which is not set"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise DgfError(f"unknown strategy {name!r}")
+
+
+def _policy_name(precision: str) -> str:
+    return {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    if "chief" in spec:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def _make_schedule(lr: float, cfg: TrainConfig, total_steps: int):
+    import keras
+
+    if cfg.lr_schedule == "constant":
+        return lr
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps))
+    return hold_then_linear_decay_class()(lr, total_steps)
+
+
+_SCHEDULE_CLASS = None
+
+
+def hold_then_linear_decay_class():
+    """The registered ``HoldThenLinearDecay`` schedule class (defined on first use,
+    so importing this module does not import Keras)."""
+    global _SCHEDULE_CLASS
+    if _SCHEDULE_CLASS is not None:
+        return _SCHEDULE_CLASS
+    import keras
+
+    @keras.saving.register_keras_serializable(package="dgf")
+    class HoldThenLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """Constant for the first half of training, then linear decay to zero.
+
+        The schedule DeblurGAN uses (constant, then linear decay over the second half).
+        """
+
+        def __init__(self, initial_learning_rate: float, total_steps: int, hold_fraction: float = 0.5):
+            self.initial_learning_rate = float(initial_learning_rate)
+            self.total_steps = int(total_steps)
+            self.hold_fraction = float(hold_fraction)
+
+        def __call__(self, step):
+            from keras import ops
+
+            step = ops.cast(step, "float32")
+            hold = self.hold_fraction * self.total_steps
+            span = max(1.0, self.total_steps - hold)
+            frac = ops.clip((step - hold) / span, 0.0, 1.0)
+            return self.initial_learning_rate * (1.0 - frac)
+
+        def get_config(self):
+            return {
+                "initial_learning_rate": self.initial_learning_rate,
+                "total_steps": self.total_steps,
+                "hold_fraction": self.hold_fraction,
+            }
+
+    _SCHEDULE_CLASS = HoldThenLinearDecay
+    return HoldThenLinearDecay
+
+
+def _make_optimizer(lr: float, cfg: TrainConfig, total_steps: int, name: str):
+    import keras
+
+    opt = keras.optimizers.Adam(
+        learning_rate=_make_schedule(lr, cfg, total_steps),
+        beta_1=cfg.beta_1,
+        beta_2=cfg.beta_2,
+        name=name,
+    )
+    if cfg.precision == "fp16":
+        opt = keras.optimizers.LossScaleOptimizer(opt, name=f"{name}_loss_scale")
+    return opt
+
+
+# --------------------------------------------------------------------------- the GAN
+class GANTrainer:
+    """Both networks, both optimizers, the losses and the compiled training step.
+
+    Build it inside ``strategy.scope()``. ``step(batch)`` runs one distributed
+    training step on a ``(blurred, sharp)`` uint8 batch and returns the losses,
+    averaged over replicas.
+    """
+
+    def __init__(self, cfg: TrainConfig, strategy, total_steps: int, perceptual=None):
+        import keras
+        import tensorflow as tf
+
+        from dgf.models import build_discriminator, build_generator
+
+        self.cfg = cfg
+        self.strategy = strategy
+        with strategy.scope():
+            self.generator = build_generator(channel_rate=cfg.channel_rate, dropout=cfg.dropout)
+            self.discriminator = build_discriminator(channel_rate=cfg.channel_rate, patch=cfg.patch)
+            self.g_optimizer = _make_optimizer(cfg.g_lr, cfg, total_steps, "g_optimizer")
+            self.d_optimizer = _make_optimizer(cfg.d_lr, cfg, total_steps, "d_optimizer")
+            # Keras 3 under tf.distribute: optimizers must own their variables before
+            # the first (traced) step, or they are created in the wrong context.
+            self.g_optimizer.build(self.generator.trainable_variables)
+            self.d_optimizer.build(self.discriminator.trainable_variables)
+            self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.batch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
+            self.best_psnr = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_psnr")
+        self.perceptual = perceptual
+        self.checkpoint = tf.train.Checkpoint(
+            generator=self.generator,
+            discriminator=self.discriminator,
+            g_optimizer=self.g_optimizer,
+            d_optimizer=self.d_optimizer,
+            step=self.step_var,
+            epoch=self.epoch_var,
+            batch_in_epoch=self.batch_var,
+            best_psnr=self.best_psnr,
+        )
+        self._step_fn = self._build_step(jit=cfg.jit)
+        del keras
+
+    # The per-replica step. Losses are per-replica means; gradients are summed
+    # across replicas by the optimizer, so they are scaled by 1/replicas.
+    def _replica_step(self, blurred_u8, sharp_u8):
+        import tensorflow as tf
+
+        from dgf.losses import (
+            discriminator_loss,
+            generator_adversarial_loss,
+            l1_loss,
+            patch_probability,
+        )
+
+        cfg = self.cfg
+        G, D = self.generator, self.discriminator
+        scale = 1.0 / self.strategy.num_replicas_in_sync
+        fp16 = cfg.precision == "fp16"
+        blurred = tf.cast(blurred_u8, tf.float32) / 127.5 - 1.0
+        sharp = tf.cast(sharp_u8, tf.float32) / 127.5 - 1.0
+
+        with tf.GradientTape() as g_tape:
+            deblurred = tf.cast(G(blurred, training=True), tf.float32)
+            with g_tape.stop_recording():
+                fake = tf.stop_gradient(deblurred)
+                for _ in range(cfg.critic_steps):
+                    with tf.GradientTape() as d_tape:
+                        real_logits = tf.cast(D(sharp, training=True), tf.float32)
+                        fake_logits = tf.cast(D(fake, training=True), tf.float32)
+                        d_loss = discriminator_loss(real_logits, fake_logits)
+                        d_obj = d_loss * scale
+                        if fp16:
+                            d_obj = self.d_optimizer.scale_loss(d_obj)
+                    d_grads = d_tape.gradient(d_obj, D.trainable_variables)
+                    self.d_optimizer.apply(d_grads, D.trainable_variables)
+            g_fake_logits = tf.cast(D(deblurred, training=True), tf.float32)
+            g_adv = generator_adversarial_loss(g_fake_logits)
+            g_l1 = l1_loss(sharp, deblurred)
+            if self.perceptual is not None and cfg.perceptual_weight > 0:
+                g_perceptual = self.perceptual(sharp, deblurred)
+            else:
+                g_perceptual = tf.constant(0.0, tf.float32)
+            g_loss = (
+                cfg.perceptual_weight * g_perceptual
+                + cfg.l1_weight * g_l1
+                + cfg.adversarial_weight * g_adv
+            )
+            g_obj = g_loss * scale
+            if fp16:
+                g_obj = self.g_optimizer.scale_loss(g_obj)
+        g_grads = g_tape.gradient(g_obj, G.trainable_variables)
+        self.g_optimizer.apply(g_grads, G.trainable_variables)
+        return {
+            "g_loss": g_loss,
+            "g_perceptual": tf.cast(g_perceptual, tf.float32),
+            "g_l1": g_l1,
+            "g_adv": g_adv,
+            "d_loss": d_loss,
+            "d_real": tf.reduce_mean(patch_probability(real_logits)),
+            "d_fake": tf.reduce_mean(patch_probability(fake_logits)),
+        }
+
+    def _build_step(self, jit: bool):
+        import tensorflow as tf
+
+        replica_step = tf.function(self._replica_step, jit_compile=jit) if jit else self._replica_step
+        strategy = self.strategy
+
+        @tf.function
+        def step(batch):
+            blurred, sharp = batch
+            per_replica = strategy.run(replica_step, args=(blurred, sharp))
+            logs = {
+                k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in per_replica.items()
+            }
+            # The position counters move with the weights, inside the same step,
+            # so a checkpoint always pairs weights with the batches they have seen.
+            self.step_var.assign_add(1)
+            self.batch_var.assign_add(1)
+            return logs
+
+        return step
+
+    def step(self, batch) -> dict:
+        return self._step_fn(batch)
+
+    def learning_rates(self) -> tuple[float, float]:
+        return float(self.g_optimizer.learning_rate), float(self.d_optimizer.learning_rate)
+
+
+# --------------------------------------------------------------------------- helpers
+def _save_keras_atomic(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_finite(step: int, logs: Mapping[str, float]) -> None:
+    for key in CHECKED_KEYS:
+        if not math.isfinite(logs[key]):
+            values = ", ".join(f"{k}={logs[k]:.4g}" for k in CHECKED_KEYS)
+            raise NonFiniteLoss(
+                f"loss term {key} became {logs[key]} at step {step} ({values}). Training "
+                f"stopped; the last good checkpoint is kept. Try a lower learning rate "
+                f"(--g-lr/--d-lr), --precision fp32, or smaller loss weights."
+            )
+
+
+def _check_data(cfg: TrainConfig, strategy):
+    from dgf.data import split_info
+    from dgf.models import check_discriminator_size
+
+    h5 = Path(cfg.h5)
+    if not h5.is_file():
+        raise DgfError(f"HDF5 file {h5} does not exist; build it with `build-hdf5 JPEG_DIR`")
+    train_info = split_info(h5, "train")
+    test_info = split_info(h5, "test")
+    height, width = train_info.height, train_info.width
+    if cfg.crop is not None:
+        if cfg.crop > min(height, width):
+            raise DgfError(
+                f"crop {cfg.crop} is larger than the training images of {h5} "
+                f"({height}x{width}); use --crop {min(height, width) // cfg.patch * cfg.patch} "
+                f"or smaller"
+            )
+    else:
+        check_discriminator_size(height, width, cfg.patch)
+    if cfg.batch_size > train_info.count:
+        raise DgfError(
+            f"batch size {cfg.batch_size} is larger than the training split of {h5} "
+            f"({train_info.count} pairs)"
+        )
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise DgfError(
+            f"batch size {cfg.batch_size} does not split evenly over "
+            f"{strategy.num_replicas_in_sync} replicas"
+        )
+    return train_info, test_info
+
+
+def build_perceptual(cfg: TrainConfig):
+    """The VGG16 perceptual loss, or None when its weight is 0 (no VGG is built)."""
+    if cfg.perceptual_weight <= 0:
+        return None
+    from dgf.losses import PerceptualLoss
+
+    return PerceptualLoss(weights=cfg.vgg_weights)
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True,
+          perceptual_override=None, max_steps: int | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; return where it ended.
+
+    ``resume=None`` resumes when ``cfg.run_dir`` already holds a checkpoint.
+    ``perceptual_override`` replaces the VGG loss object (tests pass one built with
+    random weights). ``max_steps`` stops after that many steps in this call, as an
+    interruption would (for tests and benchmarks).
+    """
+    import keras
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from dgf.data import make_dataset, steps_per_epoch
+    from dgf.evaluate import evaluate_split, strip_indices, write_strip
+
+    if cfg.run_dir is None:
+        raise DgfError("train(): cfg.run_dir is not set; use resolve_config()")
+    run_dir = Path(cfg.run_dir)
+    resuming = has_checkpoint(run_dir) if resume is None else resume
+    if resuming and not has_checkpoint(run_dir):
+        raise DgfError(f"{run_dir} has no checkpoint to resume from")
+
+    previous_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
+    try:
+        strategy = select_strategy(cfg.strategy)
+        train_info, test_info = _check_data(cfg, strategy)
+        steps = steps_per_epoch(train_info.count, cfg.batch_size, True, 1)
+        total_steps = steps * cfg.epochs
+        # Fail before any training if the VGG weights cannot be had.
+        with strategy.scope():
+            perceptual = perceptual_override if perceptual_override is not None else build_perceptual(cfg)
+        if not resuming:
+            keras.utils.set_random_seed(cfg.seed)
+        trainer = GANTrainer(cfg, strategy, total_steps, perceptual)
+        chief = _is_chief(strategy)
+        ckpt_dir = run_dir / "checkpoints"
+        if not chief:  # multi-worker: every worker saves, only the chief keeps it
+            ckpt_dir = run_dir / f".worker-{strategy.cluster_resolver.task_id}-checkpoints"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manager = tf.train.CheckpointManager(trainer.checkpoint, str(ckpt_dir), max_to_keep=cfg.keep)
+        if resuming:
+            _restore(trainer, manager, run_dir)
+        if chief:
+            save_config(cfg, run_dir / "config.json")
+            for sub in ("samples", "snapshots"):
+                (run_dir / sub).mkdir(exist_ok=True)
+        return _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps,
+                     make_dataset, evaluate_split, strip_indices, write_strip, tqdm, tf)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _restore(trainer: GANTrainer, manager, run_dir: Path) -> None:
+    import tensorflow as tf
+
+    path = manager.latest_checkpoint
+    saved_cfg = run_dir / "config.json"
+    if saved_cfg.is_file():
+        saved = json.loads(saved_cfg.read_text())
+        for key in ARCHITECTURE_KEYS:
+            if saved.get(key) != getattr(trainer.cfg, key):
+                raise DgfError(
+                    f"checkpoint {path} was made with {key}={saved.get(key)}, this run asks "
+                    f"for {key}={getattr(trainer.cfg, key)}; start a new run folder instead"
+                )
+    try:
+        status = trainer.checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DgfError(
+            f"checkpoint {path} does not match this model ({first}). It was made by a "
+            f"different architecture or version; start a new run folder instead"
+        ) from None
+
+
+def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps,
+          make_dataset, evaluate_split, strip_indices, write_strip, tqdm, tf) -> TrainResult:
+    run_dir = Path(cfg.run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    writer = tf.summary.create_file_writer(str(run_dir / "tensorboard")) if chief else None
+    history: list[dict[str, Any]] = []
+    strip_rows = strip_indices(test_info.count, cfg.strip_pairs)
+    start_epoch = int(trainer.epoch_var.numpy())
+    global_step = int(trainer.step_var.numpy())
+    if start_epoch or global_step:
+        print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}", flush=True)
+    else:
+        print(f"training into {run_dir}", flush=True)
+    steps_this_call = 0
+    replicas = strategy.num_replicas_in_sync
+
+    def save() -> None:
+        manager.save(checkpoint_number=int(trainer.step_var.numpy()))
+
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            done = int(trainer.batch_var.numpy())
+            dataset = strategy.distribute_datasets_from_function(
+                lambda ctx, epoch=epoch, done=done: make_dataset(
+                    cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
+                    seed=cfg.seed, epoch=epoch,
+                    skip_batches=done * (replicas // ctx.num_input_pipelines),
+                    input_context=ctx, cache=cfg.cache, augment=cfg.augment,
+                )
+            )
+            iterator = iter(dataset)
+            bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="step", disable=not progress or not chief, dynamic_ncols=True)
+            pending = None  # the previous step's losses, read while this step runs
+            tick, tick_step = time.perf_counter(), done
+            rate = 0.0
+
+            def settle(item) -> None:
+                nonlocal tick, tick_step, rate
+                step_no, logs = item
+                values = {k: float(v) for k, v in logs.items()}
+                _check_finite(step_no, values)
+                now = time.perf_counter()
+                in_epoch = step_no - (epoch * steps)
+                if now - tick > 0.5 or in_epoch == steps:
+                    rate = (in_epoch - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                    tick, tick_step = now, in_epoch
+                bar.set_postfix(g=f"{values['g_loss']:.3g}", l1=f"{values['g_l1']:.3f}",
+                                adv=f"{values['g_adv']:.3g}", d=f"{values['d_loss']:.3g}",
+                                img_s=f"{rate:.1f}", refresh=False)
+                bar.update(1)
+                if chief and (step_no % cfg.log_every == 0 or step_no == 1):
+                    g_lr, d_lr = trainer.learning_rates()
+                    record = {"kind": "step", "step": step_no, "epoch": epoch + 1,
+                              **values, "g_lr": g_lr, "d_lr": d_lr, "images_per_sec": rate}
+                    _append_jsonl(metrics_path, record)
+                    with writer.as_default(step=step_no):
+                        for k, v in values.items():
+                            tf.summary.scalar(f"train/{k}", v)
+                        tf.summary.scalar("train/g_lr", g_lr)
+                        tf.summary.scalar("train/d_lr", d_lr)
+                        tf.summary.scalar("train/images_per_sec", rate)
+
+            for _ in range(done, steps):
+                if stop.signum is not None or (max_steps is not None and steps_this_call >= max_steps):
+                    break
+                logs = trainer.step(next(iterator))
+                step_no = int(trainer.step_var.numpy())
+                steps_this_call += 1
+                if pending is not None:
+                    settle(pending)
+                pending = (step_no, logs)
+                if step_no % cfg.save_every == 0:
+                    settle(pending)
+                    pending = None
+                    save()
+            if pending is not None:
+                settle(pending)
+            bar.close()
+            if int(trainer.batch_var.numpy()) < steps:  # stopped inside the epoch
+                save()
+                step_no = int(trainer.step_var.numpy())
+                if stop.signum is not None:
+                    raise TrainingInterrupted(
+                        f"stopped at step {step_no}; checkpoint saved in {manager.directory}. "
+                        f"Resume with: dgf-train --run-dir {run_dir}"
+                    )
+                return TrainResult(run_dir, step_no, epoch, history)
+
+            # End of epoch: score, picture, snapshot, then the checkpoint that moves on.
+            record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer,
+                                   evaluate_split, write_strip, tf)
+            history.append(record)
+            if chief:
+                _append_jsonl(metrics_path, record)
+            trainer.epoch_var.assign(epoch + 1)
+            trainer.batch_var.assign(0)
+            save()
+    if writer is not None:
+        writer.flush()
+    step_no = int(trainer.step_var.numpy())
+    print(f"done: {step_no} steps; generator in {run_dir / 'generator.keras'}", flush=True)
+    return TrainResult(run_dir, step_no, cfg.epochs, history)
+
+
+def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, evaluate_split, write_strip, tf):
+    run_dir = Path(cfg.run_dir)
+    step_no = int(trainer.step_var.numpy())
+    summary, _ = evaluate_split(trainer.generator, cfg.h5, "test", limit=cfg.val_samples,
+                                progress=False)
+    record = {"kind": "epoch", "epoch": epoch + 1, "step": step_no,
+              **{k: summary[k] for k in ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count")}}
+    print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "
+          f"{summary['blurred_psnr']:.2f}), SSIM {summary['ssim']:.4f} (blurred "
+          f"{summary['blurred_ssim']:.4f}) on {summary['count']} pairs", flush=True)
+    if not chief:
+        return record
+    strip_path = run_dir / "samples" / f"epoch_{epoch + 1:04d}.png"
+    strip = write_strip(strip_path, trainer.generator, cfg.h5, "test", indices=strip_rows)
+    with writer.as_default(step=step_no):
+        tf.summary.scalar("test/psnr", summary["psnr"])
+        tf.summary.scalar("test/ssim", summary["ssim"])
+        tf.summary.scalar("test/blurred_psnr", summary["blurred_psnr"])
+        tf.summary.image("samples/sharp_blurred_deblurred", np.asarray(strip)[None], max_outputs=1)
+    writer.flush()
+    if cfg.snapshots:
+        _save_keras_atomic(trainer.generator, run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
+    _save_keras_atomic(trainer.generator, run_dir / "generator.keras")
+    if summary["psnr"] > float(trainer.best_psnr.numpy()):
+        trainer.best_psnr.assign(summary["psnr"])
+        _save_keras_atomic(trainer.generator, run_dir / "generator_best.keras")
+        record["best"] = True
+    return record
