@@ -1,0 +1,430 @@
+"""Metrics, sample strips and per-epoch reports.
+
+Metric definitions (the README quotes these):
+
+* Both metrics are computed on RGB uint8 images, data range 255, after the
+  generator's output has been turned into uint8 with :func:`to_uint8` -- the image
+  a user would save -- never on the float output.
+* PSNR is scikit-image's ``peak_signal_noise_ratio(sharp, test, data_range=255)``:
+  ``10 * log10(255**2 / MSE)`` with the MSE taken over all pixels and all three
+  channels of one image. A split's PSNR is the **mean of per-image PSNR**, not the
+  PSNR of the mean MSE. Identical images have an infinite PSNR; :func:`psnr`
+  returns ``inf`` as scikit-image does, and averages cap each image at
+  ``PSNR_CAP_DB`` (100 dB) so one perfect image cannot make a split's mean infinite.
+* SSIM is scikit-image's ``structural_similarity(sharp, test, channel_axis=-1,
+  data_range=255)`` with its defaults: 7x7 uniform window, K1 = 0.01, K2 = 0.03,
+  population statistics off (sample covariance), SSIM computed per channel and
+  averaged over the three channels, then averaged over images.
+
+The "blurred" numbers score the blurred input against the sharp image: the
+baseline a deblurring model must beat.
+
+TensorFlow is imported only by the functions that run a generator, so the metric
+helpers stay cheap to import.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from dgf.errors import DgfError
+from dgf.schema import blurred_name, check_split, sharp_name, source_name
+
+PSNR_CAP_DB = 100.0
+SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image")
+ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim")
+RUN_CSV_KEYS = ("epoch", "psnr", "ssim", "blurred_psnr", "blurred_ssim")
+# progress.png puts this many pixels of label above each epoch's strip.
+BAND_HEIGHT = 18
+# progress.png shows at most this many epochs (evenly spaced, first and last kept),
+# so a long run still gives a picture an image viewer can open.
+MAX_PROGRESS_EPOCHS = 24
+SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.keras$")
+
+
+# --- conversions --------------------------------------------------------------
+def to_uint8(x: Any) -> np.ndarray:
+    """Generator output -> the uint8 image a user would save.
+
+    ``x``: any shape, float in [-1, 1] (NumPy array or tensor). Returns
+    ``clip(rint((x + 1) * 127.5), 0, 255)`` as uint8; ``np.rint`` rounds halves to
+    even, so -1 -> 0, 0 -> 128 (127.5 rounds to the even 128), 1 -> 255.
+    """
+    arr = np.asarray(x, dtype=np.float32)
+    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_unit(x_uint8: Any) -> np.ndarray:
+    """uint8 image(s), any shape -> float32 in [-1, 1] (``x / 127.5 - 1``)."""
+    return np.asarray(x_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+# --- metrics --------------------------------------------------------------------
+def _check_pair(reference: np.ndarray, test: np.ndarray) -> None:
+    for name, img in (("reference", reference), ("test", test)):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+            got = getattr(img, "dtype", type(img).__name__)
+            raise DgfError(f"{name} image must be a uint8 array (H, W, 3); got {got}")
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise DgfError(f"{name} image must have shape (H, W, 3); got {img.shape}")
+    if reference.shape != test.shape:
+        raise DgfError(
+            f"images differ in shape: reference {reference.shape}, test {test.shape}"
+        )
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB of ``test`` against ``reference``, both (H, W, 3) uint8.
+
+    Data range 255, MSE over all pixels and channels (scikit-image's
+    ``peak_signal_noise_ratio``). Identical images give ``inf``.
+    """
+    _check_pair(reference, test)
+    diff = reference.astype(np.float64) - test.astype(np.float64)
+    mse = float(np.mean(diff * diff))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim(reference: np.ndarray, test: np.ndarray) -> float:
+    """SSIM of ``test`` against ``reference``, both (H, W, 3) uint8.
+
+    scikit-image's ``structural_similarity`` with data range 255 and its defaults
+    (7x7 uniform window, K1 0.01, K2 0.03), mean over the three channels. Images
+    must be at least 7 pixels on each side.
+    """
+    _check_pair(reference, test)
+    if min(reference.shape[:2]) < 7:
+        raise DgfError(
+            f"SSIM needs images of at least 7x7 pixels (its window); got "
+            f"{reference.shape[1]}x{reference.shape[0]}"
+        )
+    from skimage.metrics import structural_similarity
+
+    return float(
+        structural_similarity(reference, test, channel_axis=-1, data_range=255)
+    )
+
+
+def mean_psnr(values: Sequence[float]) -> float:
+    """Mean of per-image PSNR values, each capped at ``PSNR_CAP_DB`` (100 dB)."""
+    if len(values) == 0:
+        return math.nan
+    return float(np.mean(np.minimum(np.asarray(values, dtype=np.float64), PSNR_CAP_DB)))
+
+
+# --- running a generator --------------------------------------------------------------
+def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Run ``generator`` in inference mode over blurred images.
+
+    ``generator``: a Keras model mapping (B, H, W, 3) float32 in [-1, 1] to the same
+    shape in [-1, 1]. ``blurred``: (B, H, W, 3) uint8. Returns (B, H, W, 3) uint8,
+    rounded by :func:`to_uint8`.
+    """
+    blurred = np.asarray(blurred)
+    if blurred.dtype != np.uint8 or blurred.ndim != 4 or blurred.shape[-1] != 3:
+        raise DgfError(
+            f"blurred images must be uint8 (B, H, W, 3); got {blurred.dtype} "
+            f"{blurred.shape}"
+        )
+    if batch_size < 1:
+        raise DgfError(f"batch size must be at least 1; got {batch_size}")
+    out = np.empty_like(blurred)
+    for start in range(0, len(blurred), batch_size):
+        chunk = to_unit(blurred[start : start + batch_size])
+        y = generator(chunk, training=False)
+        y = np.asarray(y)
+        if y.shape != chunk.shape:
+            raise DgfError(
+                f"generator returned shape {y.shape} for input {chunk.shape}; a "
+                f"deblurring generator must keep the image size and 3 channels"
+            )
+        out[start : start + batch_size] = to_uint8(y)
+    return out
+
+
+# --- which pairs, and reading them -------------------------------------------------
+def strip_indices(count: int, n: int) -> list[int]:
+    """``n`` fixed, evenly spaced indices into a split of ``count`` pairs.
+
+    Index ``k`` is the middle of the k-th of ``n`` equal parts
+    (``(2k + 1) * count // (2n)``), so the choice is deterministic, spread over the
+    whole split and the same every epoch. ``n >= count`` gives every index.
+    """
+    if count < 0:
+        raise DgfError(f"pair count must be >= 0; got {count}")
+    if n < 1:
+        raise DgfError(f"number of strip rows must be at least 1; got {n}")
+    if n >= count:
+        return list(range(count))
+    return [(2 * k + 1) * count // (2 * n) for k in range(n)]
+
+
+def _open_split(h5_path: Path | str, split: str):
+    """Open ``h5_path`` read-only and validate ``split``; return (file, SplitInfo)."""
+    import h5py
+
+    path = Path(h5_path)
+    if not path.is_file():
+        raise DgfError(f"HDF5 file not found: {path}. Build it with `build-hdf5 JPEG_DIR`.")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DgfError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    try:
+        info = check_split(h5, split, path)
+    except BaseException:
+        h5.close()
+        raise
+    return h5, info
+
+
+def _index_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), batch_size):
+        yield list(indices[start : start + batch_size])
+
+
+def _read(ds, idx: list[int]) -> np.ndarray:
+    # A contiguous slice is one fast read; h5py fancy indexing is ~300x slower than
+    # single-index reads, so anything else is read one index at a time.
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return ds[idx[0] : idx[0] + len(idx)]
+    return np.stack([ds[i] for i in idx])
+
+
+def _sources(h5, split: str, indices: Sequence[int]) -> list[str]:
+    name = source_name(split)
+    if name not in h5:
+        return [""] * len(indices)
+    ds = h5[name]
+    out = []
+    for i in indices:
+        value = ds[i] if i < len(ds) else b""
+        if isinstance(value, np.ndarray):
+            value = value.item() if value.size == 1 else value.tobytes()
+        out.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+    return out
+
+
+def _center_crop(images: np.ndarray, crop: int | tuple[int, int] | None) -> np.ndarray:
+    if crop is None:
+        return images
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    h, w = images.shape[1:3]
+    if ch < 1 or cw < 1:
+        raise DgfError(f"crop must be positive; got {crop}")
+    ch, cw = min(ch, h), min(cw, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return images[:, top : top + ch, left : left + cw]
+
+
+# --- strips -----------------------------------------------------------------------
+def make_strip(sharp: np.ndarray, blurred: np.ndarray, deblurred: np.ndarray) -> np.ndarray:
+    """Tile pairs into one image: one row per pair, sharp | blurred | deblurred.
+
+    Each input is (n, H, W, 3) uint8. Returns (n*H, 3*W, 3) uint8 with no gaps or
+    labels: row ``i`` occupies pixel rows ``i*H:(i+1)*H``; sharp is columns ``0:W``,
+    blurred ``W:2W``, deblurred ``2W:3W``, each equal to its source exactly.
+    """
+    arrays = [np.asarray(a) for a in (sharp, blurred, deblurred)]
+    for name, arr in zip(("sharp", "blurred", "deblurred"), arrays):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+            raise DgfError(f"{name} must be uint8 (n, H, W, 3); got {arr.dtype} {arr.shape}")
+    if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
+        raise DgfError(
+            "sharp, blurred and deblurred must have the same shape; got "
+            + ", ".join(str(a.shape) for a in arrays)
+        )
+    n, h, w, _ = arrays[0].shape
+    return np.concatenate(arrays, axis=2).reshape(n * h, 3 * w, 3)
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temp file in the same folder and ``os.replace``.
+
+    Readers (a user's image viewer, a second dgf-eval) never see half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_png(path: Path | str, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 array as PNG, atomically."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image), mode=None)
+    _write_atomic(Path(path), lambda tmp: pil.save(tmp, format="PNG"))
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_pairs(
+    h5_path: Path | str, split: str, indices: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the given pairs: returns (sharp, blurred), each (n, H, W, 3) uint8."""
+    h5, info = _open_split(h5_path, split)
+    with h5:
+        bad = [i for i in indices if not 0 <= i < info.count]
+        if bad:
+            raise DgfError(
+                f"{h5_path}: indices {bad} out of range for split '{split}' "
+                f"({info.count} pairs)"
+            )
+        idx = list(indices)
+        return _read(h5[sharp_name(split)], idx), _read(h5[blurred_name(split)], idx)
+
+
+def write_strip(
+    path: Path | str,
+    generator: Any,
+    h5_path: Path | str,
+    split: str = "test",
+    indices: Sequence[int] | None = None,
+    crop: int | tuple[int, int] | None = None,
+    *,
+    n: int = 4,
+) -> np.ndarray:
+    """Deblur fixed pairs of ``split`` and write the sharp | blurred | deblurred strip.
+
+    ``indices`` default to ``strip_indices(count, n)``. ``crop`` (side or
+    (height, width)) takes a centred crop of each image after deblurring the whole
+    image, to keep strips of large photos small. Writes ``path`` as PNG atomically
+    and returns the strip, (len(indices)*H, 3*W, 3) uint8.
+    """
+    h5, info = _open_split(h5_path, split)
+    h5.close()
+    if indices is None:
+        indices = strip_indices(info.count, n)
+    if len(indices) == 0:
+        raise DgfError("no pairs selected for the strip")
+    sharp, blurred = read_pairs(h5_path, split, indices)
+    deblurred = deblur_array(generator, blurred, batch_size=max(1, len(indices)))
+    strip = make_strip(*(_center_crop(a, crop) for a in (sharp, blurred, deblurred)))
+    save_png(path, strip)
+    return strip
+
+
+# --- scoring a split ---------------------------------------------------------------
+_BASELINE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _baseline_key(h5_path: Path | str, split: str, indices: Sequence[int]) -> tuple:
+    path = Path(h5_path).resolve()
+    stat = path.stat()
+    # The file's size and mtime are part of the key: a rebuilt file is re-scored.
+    return (str(path), stat.st_size, stat.st_mtime_ns, split, tuple(indices))
+
+
+def evaluate_split(
+    generator: Any,
+    h5_path: Path | str,
+    split: str = "test",
+    *,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score ``generator`` on one split of an HDF5 file.
+
+    Reads pairs in batches of ``batch_size`` (contiguous slices, constant memory),
+    deblurs each batch in inference mode and scores the uint8 result against the
+    sharp image (definitions in the module docstring). ``limit`` scores
+    ``strip_indices(count, limit)``: that many pairs evenly spread over the split,
+    the same ones every call; ``None`` scores every pair.
+
+    Returns ``(summary, rows)``. ``summary`` has ``count``, ``psnr``, ``ssim``,
+    ``blurred_psnr``, ``blurred_ssim`` (means over images, PSNR capped at 100 dB
+    per image) and ``seconds_per_image`` (wall-clock time of the generator alone,
+    per image, including its first-call tracing). ``rows`` holds one dict per image:
+    ``index``, ``source`` (from ``{split}_source`` if the file has it, else ""),
+    ``psnr`` (``inf`` when identical), ``ssim``, ``blurred_psnr``, ``blurred_ssim``.
+
+    The blurred-input scores depend only on the data, so they are cached in-process
+    per (file, size, mtime, split, pairs): the trainer calls this every epoch.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise DgfError(f"batch size must be at least 1; got {batch_size}")
+    if limit is not None and limit < 1:
+        raise DgfError(f"limit must be at least 1 pair; got {limit}")
+    h5, info = _open_split(h5_path, split)
+    with h5:
+        indices = (
+            list(range(info.count)) if limit is None else strip_indices(info.count, limit)
+        )
+        key = _baseline_key(h5_path, split, indices)
+        cached = _BASELINE_CACHE.get(key)
+        sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
+        sources = _sources(h5, split, indices)
+        g_psnr, g_ssim, b_psnr, b_ssim = [], [], [], []
+        gen_seconds = 0.0
+        bar = tqdm(
+            total=len(indices),
+            desc=f"eval {split}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+        )
+        with bar:
+            for idx in _index_batches(indices, batch_size):
+                sharp = _read(sharp_ds, idx)
+                blurred = _read(blurred_ds, idx)
+                t0 = time.perf_counter()
+                deblurred = deblur_array(generator, blurred, batch_size=len(idx))
+                gen_seconds += time.perf_counter() - t0
+                for s, b, d in zip(sharp, blurred, deblurred):
+                    g_psnr.append(psnr(s, d))
+                    g_ssim.append(ssim(s, d))
+                    if cached is None:
+                        b_psnr.append(psnr(s, b))
+                        b_ssim.append(ssim(s, b))
+                bar.update(len(idx))
+    if cached is None:
+        cached = (np.asarray(b_psnr), np.asarray(b_ssim))
+        _BASELINE_CACHE[key] = cached
+    b_psnr_arr, b_ssim_arr = cached
+    rows = [
+        {
+            "index": int(i),
+            "source": src,
+            "psnr": float(gp),
+            "ssim": float(gs),
+            "blurred_psnr": float(bp),
+            "blurred_ssim": float(bs),
+        }
+        for i, src, gp, gs, bp, bs in zip(
+            indices, sources, g_psnr, g_ssim, b_psnr_arr, b_ssim_arr
+        )
+    ]
+    summary = {
+        "count": len(indices),
+        "psnr": mean_psnr(g_psnr),
+        "ssim": float(np.mean(g_ssim)),
+        "blurred_psnr": mean_psnr(list(b_psnr_arr)),
+        "blurred_ssim": float(np.mean(b_ssim_arr)),
+        "seconds_per_image": gen_seconds / len(indices),
+    }
+    return summary, rows
