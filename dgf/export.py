@@ -1,0 +1,185 @@
+"""Export a trained generator for serving: TensorFlow SavedModel or TFLite.
+
+Both exports take uint8 images and return uint8 images; the conversions of
+``dgf.infer`` (``x / 127.5 - 1`` in, ``clip(rint((y + 1) * 127.5))`` out) run inside
+the graph, so a client needs no knowledge of the model's [-1, 1] range.
+
+SavedModel: signature ``serving_default`` with one input ``images``, a batch
+``(B, H, W, 3) uint8`` of any B, H and W (add a leading axis for a single image),
+and one output ``deblurred`` of the same shape and dtype.
+
+TFLite: the same function with input ``(1, H, W, 3) uint8``. H and W are dynamic
+unless ``input_size`` is given: call ``interpreter.resize_tensor_input(idx,
+[1, H, W, 3])`` then ``allocate_tensors()`` before each new size. Only builtin
+TFLite ops are used (CAST, CONV_2D with dilation, ROUND, ...; BatchNorm is folded
+into the convolutions). Outputs differ from the Keras model by float round-off,
+which can move a pixel by a uint8 level or two.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from dgf.errors import DgfError
+from dgf.infer import load_generator
+
+FORMATS = ("savedmodel", "tflite")
+INPUT_NAME = "images"
+OUTPUT_NAME = "deblurred"
+
+
+def _serving_fn(generator):
+    """A function (B, H, W, 3) uint8 → (B, H, W, 3) uint8 around ``generator``."""
+    import tensorflow as tf
+
+    def deblur(images):
+        x = tf.cast(images, tf.float32) / 127.5 - 1.0
+        y = generator(x, training=False)
+        y = tf.clip_by_value(tf.round((y + 1.0) * 127.5), 0.0, 255.0)
+        # tf.round rounds half to even, as np.rint does in dgf.infer.
+        return {OUTPUT_NAME: tf.cast(y, tf.uint8)}
+
+    return deblur
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise DgfError(f"{path} already exists; pass --overwrite to replace it.")
+    if not path.parent.is_dir():
+        raise DgfError(f"folder {path.parent} for the export does not exist.")
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` onto ``target``, a file or a folder, without a half-written state."""
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -> Path:
+    """Write ``generator`` as a SavedModel folder with a uint8 ``serving_default``.
+
+    Args:
+        generator: Keras model, (B, H, W, 3) float32 in [-1, 1] → same.
+        path: folder to create; replaced only with ``overwrite``.
+
+    Returns:
+        The SavedModel path.
+    """
+    import keras
+    import tensorflow as tf
+
+    path = Path(path)
+    _check_target(path, overwrite)
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=_serving_fn(generator),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)],
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        _replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def export_tflite(
+    generator,
+    path: Path | str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``generator`` as a ``.tflite`` file taking (1, H, W, 3) uint8.
+
+    Args:
+        generator: Keras model, (B, H, W, 3) float32 in [-1, 1] → same.
+        path: file to create; replaced only with ``overwrite``.
+        input_size: (H, W) to fix the input shape; None keeps H and W dynamic
+            (resize the input tensor at inference).
+
+    Returns:
+        The .tflite path.
+    """
+    import keras
+    import tensorflow as tf
+
+    path = Path(path)
+    _check_target(path, overwrite)
+    if input_size is not None:
+        height, width = input_size
+        if height < 1 or width < 1:
+            raise DgfError(f"input size {height}x{width} must be positive.")
+        shape = [1, height, width, 3]
+    else:
+        shape = [1, None, None, 3]
+    # Converting from a SavedModel freezes the Keras variables into constants; a
+    # concrete function would keep them as TFLite resource variables that read back
+    # uninitialised.
+    with tempfile.TemporaryDirectory(prefix="dgf-tflite-") as staging:
+        archive = keras.export.ExportArchive()
+        archive.track(generator)
+        archive.add_endpoint(
+            name="serving_default",
+            fn=_serving_fn(generator),
+            input_signature=[tf.TensorSpec(shape, tf.uint8, name=INPUT_NAME)],
+        )
+        archive.write_out(staging, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(staging)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError and plain errors
+            raise DgfError(f"TFLite conversion failed: {exc}") from exc
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(flatbuffer)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_model(
+    model_path: Path | str,
+    out_path: Path | str,
+    fmt: str,
+    *,
+    input_size: Sequence[int] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Load the generator at ``model_path`` and export it as ``fmt``.
+
+    ``fmt`` is ``"savedmodel"`` or ``"tflite"``; ``input_size`` (H, W) applies to
+    TFLite only. Raises DgfError for a missing model, an existing ``out_path``
+    without ``overwrite`` or a bad option.
+    """
+    if fmt not in FORMATS:
+        raise DgfError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    if input_size is not None and fmt != "tflite":
+        raise DgfError("--input-size applies to --format tflite only; SavedModel "
+                       "exports always take any size.")
+    out_path = Path(out_path)
+    _check_target(out_path, overwrite)
+    generator = load_generator(model_path)
+    if fmt == "savedmodel":
+        return export_savedmodel(generator, out_path, overwrite=overwrite)
+    size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+    return export_tflite(generator, out_path, input_size=size, overwrite=overwrite)
