@@ -17,6 +17,22 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "test", "val")
 DTYPE = np.uint8
 
+# File attributes written by `build-hdf5` (files made by the seed's script have none).
+ATTR_SCHEMA_VERSION = "schema_version"  # int, SCHEMA_VERSION
+ATTR_SIZE = "size"  # int N (each image resized to N x N) or the string "native"
+ATTR_ORDER = "order"  # "sharp-blur" or "blur-sharp" (side-by-side halves)
+ATTR_LAYOUT = "layout"  # "side-by-side" or "paired"
+ATTR_SPLITS = "splits"  # JSON list of the splits written, e.g. ["train", "test"]
+ATTR_COUNTS = "counts"  # JSON object, pairs per split
+ATTR_SKIPPED = "skipped"  # JSON list of [relative path, reason]
+ATTR_DGF_VERSION = "dgf_version"  # dgf.__version__ of the writer
+ATTR_COMPRESSION = "compression"  # "none", "lzf" or "gzip"
+
+
+def count_attr(split: str) -> str:
+    """Per-split pair count attribute, e.g. ``train_count`` (int)."""
+    return f"{split}_count"
+
 
 def sharp_name(split: str) -> str:
     return f"{split}_data_full"
