@@ -23,7 +23,6 @@ ATTR_SIZE = "size"  # int N (each image resized to N x N) or the string "native"
 ATTR_ORDER = "order"  # "sharp-blur" or "blur-sharp" (side-by-side halves)
 ATTR_LAYOUT = "layout"  # "side-by-side" or "paired"
 ATTR_SPLITS = "splits"  # JSON list of the splits written, e.g. ["train", "test"]
-ATTR_COUNTS = "counts"  # JSON object, pairs per split
 ATTR_SKIPPED = "skipped"  # JSON list of [relative path, reason]
 ATTR_DGF_VERSION = "dgf_version"  # dgf.__version__ of the writer
 ATTR_COMPRESSION = "compression"  # "none", "lzf" or "gzip"
