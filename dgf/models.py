@@ -1,0 +1,226 @@
+"""The Deep Generative Filter networks: a dense-field generator and a patch discriminator.
+
+Both are plain Keras 3 functional models built from `keras.layers` and `keras.ops`
+only, so they run on any Keras backend, save to `.keras` and load back with
+`keras.models.load_model(path)` under the default `safe_mode=True` (no `Lambda`).
+
+Images enter both networks as float in [-1, 1]. Under a mixed-precision policy
+(`keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`) the heavy layers compute
+in 16 bits while the generator's tanh output and the discriminator's logits stay
+float32, so losses are always computed at full precision.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from dgf.errors import DgfError
+
+#: Dilation rate of the 3x3 convolution in dense blocks 1..10 (the seed alternates
+#: plain and dilated convolutions, with dilations 1, 2, 3, 2, 1 at the even blocks).
+DENSE_DILATIONS: tuple[int, ...] = (1, 1, 1, 2, 1, 3, 1, 2, 1, 1)
+
+_LEAK = 0.2
+
+
+def _dense_block(x: Any, channel_rate: int, dilation: int, dropout: float, index: int) -> Any:
+    """One bottleneck block of the dense field; returns its `channel_rate` new maps."""
+    prefix = f"dense{index}"
+    y = layers.LeakyReLU(negative_slope=_LEAK, name=f"{prefix}_act1")(x)
+    y = layers.Conv2D(4 * channel_rate, 1, padding="same", name=f"{prefix}_conv1x1")(y)
+    y = layers.BatchNormalization(name=f"{prefix}_bn1")(y)
+    y = layers.LeakyReLU(negative_slope=_LEAK, name=f"{prefix}_act2")(y)
+    y = layers.Conv2D(
+        channel_rate,
+        3,
+        padding="same",
+        dilation_rate=dilation,
+        name=f"{prefix}_conv3x3",
+    )(y)
+    y = layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+    # The DGF paper uses dropout as the generator's noise source (no z input).
+    return layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
+
+
+def build_generator(
+    channel_rate: int = 64, dropout: float = 0.5, name: str = "generator"
+) -> keras.Model:
+    """Build the DGF generator (head, ten-block dense field, tail with global skip).
+
+    Args:
+        channel_rate: growth rate `cr` of the dense field; the head and bottlenecks use
+            `4 * cr` maps. 64 is the published size (3,197,827 trainable parameters).
+        dropout: dropout rate at the end of every dense block, in [0, 1).
+        name: model name.
+
+    Returns:
+        A fully convolutional model mapping (B, H, W, 3) float in [-1, 1] (blurred) to
+        (B, H, W, 3) float32 in [-1, 1] (deblurred), for any H and W.
+    """
+    if channel_rate < 1:
+        raise ValueError(f"channel_rate must be a positive integer, got {channel_rate}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    cr = int(channel_rate)
+
+    blurred = keras.Input(shape=(None, None, 3), name="blurred")
+    h = layers.Conv2D(4 * cr, 3, padding="same", name="head_conv")(blurred)
+
+    x = h
+    d = h
+    for index, dilation in enumerate(DENSE_DILATIONS, start=1):
+        d = _dense_block(x, cr, dilation, dropout, index)
+        # The last block's output feeds the tail directly, not the running concat.
+        if index < len(DENSE_DILATIONS):
+            x = layers.Concatenate(name=f"dense{index}_concat")([x, d])
+
+    y = layers.LeakyReLU(negative_slope=_LEAK, name="tail_act1")(d)
+    y = layers.Conv2D(4 * cr, 1, padding="same", name="tail_conv1x1")(y)
+    y = layers.BatchNormalization(name="tail_bn")(y)
+    y = layers.Concatenate(name="global_skip")([h, y])
+    y = layers.Conv2D(cr, 3, padding="same", name="tail_conv3x3")(y)
+    y = layers.LeakyReLU(negative_slope=_LEAK, name="tail_act2")(y)
+    # float32 so the image (and every loss on it) keeps full precision under a
+    # mixed policy; this conv is tiny, so running it in float32 costs nothing.
+    deblurred = layers.Conv2D(
+        3, 3, padding="same", activation="tanh", dtype="float32", name="deblurred"
+    )(y)
+    return keras.Model(blurred, deblurred, name=name)
+
+
+def check_discriminator_size(height: int, width: int, patch: int) -> None:
+    """Raise `DgfError` unless an image of `height` x `width` tiles into `patch` squares.
+
+    The discriminator cuts its input into non-overlapping `patch` x `patch` tiles, so
+    both sides must be positive multiples of `patch`.
+    """
+    if patch < 1:
+        raise DgfError(f"discriminator patch size must be positive, got {patch}")
+    if height < patch or width < patch or height % patch or width % patch:
+        raise DgfError(
+            f"the discriminator needs images whose height and width are multiples of "
+            f"its patch size {patch}, got {height}x{width}; crop or resize the training "
+            f"images (e.g. a crop size that is a multiple of {patch}) or change the "
+            f"patch size"
+        )
+
+
+@keras.saving.register_keras_serializable(package="dgf")
+class PatchTiles(layers.Layer):
+    """Cut images into non-overlapping square tiles stacked along the batch axis.
+
+    (B, H, W, C) -> (B * (H/p) * (W/p), p, p, C), tiles in row-major order within each
+    image, images one after the other. H and W must be multiples of `patch`.
+    """
+
+    def __init__(self, patch: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(patch) < 1:
+            raise ValueError(f"patch must be a positive integer, got {patch}")
+        self.patch = int(patch)
+
+    def _check_static(self, height: int | None, width: int | None) -> None:
+        for side in (height, width):
+            if side is not None and (side < self.patch or side % self.patch):
+                raise ValueError(
+                    f"{self.name}: image size {height}x{width} is not a multiple of the "
+                    f"discriminator patch size {self.patch}; crop or resize to a multiple "
+                    f"of {self.patch}"
+                )
+
+    def call(self, images: Any) -> Any:
+        p = self.patch
+        static = images.shape
+        self._check_static(static[1], static[2])
+        dynamic = ops.shape(images)
+        height, width, channels = dynamic[1], dynamic[2], static[3]
+        rows, cols = height // p, width // p
+        x = ops.reshape(images, (-1, rows, p, cols, p, channels))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, p, p, channels))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, channels = input_shape
+        self._check_static(height, width)
+        tiles = None
+        if batch is not None and height is not None and width is not None:
+            tiles = batch * (height // self.patch) * (width // self.patch)
+        return (tiles, self.patch, self.patch, channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "patch": self.patch}
+
+
+@keras.saving.register_keras_serializable(package="dgf")
+class PatchLogits(layers.Layer):
+    """Regroup per-tile scores (B * P, 1) into per-image rows (B, P).
+
+    Takes `[tile_scores, images]`; the images only supply the batch size, which is
+    what makes this work for any number of patches per image.
+    """
+
+    def call(self, inputs: list[Any]) -> Any:
+        scores, images = inputs
+        return ops.reshape(scores, (ops.shape(images)[0], -1))
+
+    def compute_output_shape(
+        self, input_shape: list[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        scores_shape, images_shape = input_shape
+        patches = None
+        if scores_shape[0] is not None and images_shape[0]:
+            patches = scores_shape[0] // images_shape[0]
+        return (images_shape[0], patches)
+
+
+def build_discriminator(
+    channel_rate: int = 64, patch: int = 64, name: str = "discriminator"
+) -> keras.Model:
+    """Build the DGF discriminator: one shared PatchGAN scored on every image tile.
+
+    The image is cut into non-overlapping `patch` x `patch` tiles (16 for 256x256 with
+    the default 64) and the same PatchGAN -- four [Conv 3x3 stride 2 -> BatchNorm ->
+    LeakyReLU(0.2)] with `cr, 2cr, 4cr, 4cr` filters, Flatten, Dense(1) -- scores each.
+    All tiles of the batch go through the PatchGAN as one stacked batch, so its
+    BatchNorm statistics are taken over every tile of every image.
+
+    The model returns **logits**, not probabilities: D's probability that an image is
+    real is the mean over its patches of sigmoid(logit) (the seed's average of the
+    per-patch sigmoid outputs); `dgf.losses.patch_probability` computes it, and the
+    adversarial losses in `dgf.losses` work from the logits for numerical stability.
+
+    Args:
+        channel_rate: filters of the first PatchGAN convolution (64 in the paper:
+            966,401 trainable parameters).
+        patch: tile side in pixels; input height and width must be multiples of it
+            (see `check_discriminator_size`).
+        name: model name.
+
+    Returns:
+        A model mapping (B, H, W, 3) float in [-1, 1] to (B, H/patch * W/patch) float32
+        per-patch logits.
+    """
+    if channel_rate < 1:
+        raise ValueError(f"channel_rate must be a positive integer, got {channel_rate}")
+    cr = int(channel_rate)
+    images = keras.Input(shape=(None, None, 3), name="image")
+    x = PatchTiles(patch, name="patch_tiles")(images)
+    for index, filters in enumerate((cr, 2 * cr, 4 * cr, 4 * cr), start=1):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", name=f"patchgan_conv{index}")(x)
+        x = layers.BatchNormalization(name=f"patchgan_bn{index}")(x)
+        x = layers.LeakyReLU(negative_slope=_LEAK, name=f"patchgan_act{index}")(x)
+    x = layers.Flatten(name="patchgan_flatten")(x)
+    # float32 logits: the adversarial losses exponentiate them.
+    x = layers.Dense(1, dtype="float32", name="patchgan_logit")(x)
+    logits = PatchLogits(dtype="float32", name="patch_logits")([x, images])
+    return keras.Model(images, logits, name=name)
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """Return `(trainable, non_trainable)` scalar parameter counts of a built model."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable, non_trainable
