@@ -40,24 +40,321 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
 
 # --- dgf-make-pairs ---------------------------------------------------------
 def make_pairs_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the make-pairs work
+    """``dgf-make-pairs [SHARP_DIR] OUT_DIR``: synthetic blurred/sharp pairs."""
+    from dgf import synth
+
+    parser = _parser(
+        "dgf-make-pairs",
+        "Blur sharp photos with random camera-shake kernels and write side-by-side "
+        "sharp|blurred pairs (the input of build-hdf5) to OUT_DIR/train and "
+        "OUT_DIR/test, each with its kernel as NAME.kernel.npy. Whole photos are "
+        "split between train and test. Photos smaller than --size are upscaled; "
+        "crop borders are blurred with the photo around them (mirrored past its edge).",
+    )
+    parser.usage = "%(prog)s [options] (SHARP_DIR | --sample-photos) OUT_DIR"
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="[SHARP_DIR] OUT_DIR",
+                        help="folder of sharp photos (searched recursively for "
+                        ".jpg/.jpeg/.png), then the output folder")
+    parser.add_argument("--sample-photos", action="store_true",
+                        help="use the photos bundled with scikit-image instead of SHARP_DIR")
+    parser.add_argument("--per-image", type=int, default=4,
+                        help="random crops, each with its own kernel, per photo")
+    parser.add_argument("--size", type=int, default=256, help="side of the square crops")
+    parser.add_argument("--test-fraction", type=float, default=0.1,
+                        help="share of the source photos that go to test (0: no test split)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same seed gives byte-identical files")
+    parser.add_argument("--kernel-size", type=int, default=31,
+                        help="odd side of the kernel canvas in pixels")
+    parser.add_argument("--strength", type=float, default=synth.DEFAULT_STRENGTH,
+                        help="camera shake in (0, 1]: path length up to "
+                        "1.5*strength*(kernel-size - 1) px and how jerky it is")
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="std of Gaussian noise added to the blurred half, in 8-bit levels")
+    parser.add_argument("--format", choices=synth.OUTPUT_FORMATS, default="jpg",
+                        help="pair image format; png is lossless")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace pairs and kernels already in OUT_DIR")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        if args.sample_photos:
+            if len(args.dirs) != 1:
+                raise DgfError(
+                    "with --sample-photos give only OUT_DIR (no SHARP_DIR); got "
+                    f"{' '.join(str(d) for d in args.dirs)}."
+                )
+            sharp_dir, out_dir = None, args.dirs[0]
+        else:
+            if len(args.dirs) != 2:
+                raise DgfError(
+                    "give SHARP_DIR and OUT_DIR, or --sample-photos and OUT_DIR; got "
+                    f"{len(args.dirs)} folder(s): {' '.join(str(d) for d in args.dirs)}."
+                )
+            sharp_dir, out_dir = args.dirs
+        report = synth.make_pairs(
+            sharp_dir, out_dir, per_image=args.per_image, size=args.size,
+            test_fraction=args.test_fraction, seed=args.seed,
+            kernel_size=args.kernel_size, strength=args.strength, noise=args.noise,
+            quality=args.quality, fmt=args.format, sample_photos=args.sample_photos,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
+        print(report.summary())
+        return 0
+
+    return _run(work)
 
 
 # --- dgf-train --------------------------------------------------------------
+def _optional_int(text: str) -> int | None:
+    if text.lower() in ("none", "null", "0", "full"):
+        return None
+    return int(text)
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+
+
+# (flag, config key, type, help). Defaults live in dgf.config.TrainConfig only.
+_TRAIN_FLAGS = (
+    ("--h5", "h5", str, "HDF5 file made by build-hdf5"),
+    ("--run-dir", "run_dir", str, "run folder (default: runs/<timestamp>); a folder "
+     "with a checkpoint is resumed"),
+    ("--epochs", "epochs", int, "epochs to train in total"),
+    ("--batch-size", "batch_size", int, "global batch size (split over replicas)"),
+    ("--crop", "crop", _optional_int, "square random crop side; 'full' trains on whole images"),
+    ("--augment", "augment", _on_off, "random flips and 90-degree rotations (on/off)"),
+    ("--cache", "cache", _on_off, "hold the training split in memory (on/off)"),
+    ("--channel-rate", "channel_rate", int, "network width (64 is the paper's model)"),
+    ("--dropout", "dropout", float, "dropout rate in the dense blocks"),
+    ("--patch", "patch", int, "discriminator patch side"),
+    ("--perceptual-weight", "perceptual_weight", float, "weight of the VGG16 perceptual "
+     "loss; 0 trains without VGG"),
+    ("--l1-weight", "l1_weight", float, "weight of the L1 loss"),
+    ("--adversarial-weight", "adversarial_weight", float, "weight of the adversarial loss"),
+    ("--vgg-weights", "vgg_weights", str, "'imagenet' (Keras download/cache in "
+     "~/.keras/models) or a path to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("--g-lr", "g_lr", float, "generator learning rate"),
+    ("--d-lr", "d_lr", float, "discriminator learning rate"),
+    ("--beta1", "beta_1", float, "Adam beta1"),
+    ("--beta2", "beta_2", float, "Adam beta2"),
+    ("--critic-steps", "critic_steps", int, "discriminator updates per generator update"),
+    ("--lr-schedule", "lr_schedule", str, "constant | linear (hold half, then to 0) | cosine"),
+    ("--precision", "precision", str, "fp32 | bf16 | fp16 (mixed precision; fp16 uses "
+     "loss scaling)"),
+    ("--jit", "jit", _on_off, "compile the step with XLA (on/off)"),
+    ("--strategy", "strategy", str, "auto | one | mirrored | multiworker (reads TF_CONFIG)"),
+    ("--seed", "seed", int, "seed for weights, shuffling, crops and augmentation"),
+    ("--save-every", "save_every", int, "steps between checkpoints (also at each epoch end)"),
+    ("--keep", "keep", int, "checkpoints to keep"),
+    ("--log-every", "log_every", int, "steps between metrics.jsonl / TensorBoard records"),
+    ("--val-samples", "val_samples", _optional_int, "test pairs scored each epoch "
+     "('full' for the whole test split)"),
+    ("--strip-pairs", "strip_pairs", int, "rows in the per-epoch sample strip"),
+    ("--snapshots", "snapshots", _on_off, "keep one generator per epoch for dgf-eval (on/off)"),
+)
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the trainer work
+    from dgf.config import TrainConfig
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="dgf-train",
+        description="Train the Deep Generative Filter GAN on an HDF5 file of pairs. "
+        "Precedence: defaults < --config file < flags. Re-running into a run folder "
+        "that has a checkpoint resumes it.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML or JSON file of config keys")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume --run-dir, or the newest run under runs/")
+    for flag, key, kind, text in _TRAIN_FLAGS:
+        default = getattr(defaults, key)
+        parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS,
+                            help=f"{text} (default: {default})")
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config")
+    resume = args.pop("resume")
+
+    def work() -> int:
+        from dgf.train import TrainingInterrupted, resolve_config, train
+
+        cfg, resuming = resolve_config(args, config_file, resume=resume)
+        try:
+            result = train(cfg, resume=resuming)
+        except TrainingInterrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return 130
+        print(f"run folder: {result.run_dir}")
+        return 0
+
+    return _run(work)
 
 
 # --- dgf-eval ---------------------------------------------------------------
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the eval work
+    parser = _parser(
+        "dgf-eval",
+        "Score generators with PSNR/SSIM and draw sample strips "
+        "(sharp | blurred | deblurred). --run scores every per-epoch snapshot of a "
+        "training run into RUN/eval/; --model scores one saved generator.",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--run", type=Path, help="training run folder (RUN/snapshots/*.keras)")
+    mode.add_argument("--model", type=Path, help="one saved generator (.keras)")
+    parser.add_argument("--h5", type=Path, default=None,
+                        help="HDF5 pairs file; required with --model, default for --run: "
+                        "the run's config.json")
+    parser.add_argument("--split", default="test", help="split of the HDF5 file to score")
+    parser.add_argument("--strips", type=int, default=4,
+                        help="pairs (rows) in each sample strip, evenly spaced over the split")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only this many pairs, evenly spaced over the split "
+                        "(default: all)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: RUN/eval, or <model>_eval next to "
+                        "the model)")
+    parser.add_argument("--force", action="store_true",
+                        help="--run: re-score epochs already in metrics.csv")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--model: replace existing summary.json/per_image.csv/strip.png")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+
+    def main() -> int:
+        from dgf.errors import DgfError
+        from dgf import evaluate
+
+        for name in ("strips", "batch_size", "limit"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if args.model is not None:
+            if args.force:
+                raise DgfError("--force applies to --run; with --model use --overwrite")
+            if args.h5 is None:
+                raise DgfError("--model needs --h5 PATH (the pairs file to score on)")
+            if not args.model.is_file():
+                raise DgfError(f"model file not found: {args.model}")
+            summary = evaluate.evaluate_model(
+                args.model, args.h5, args.out, split=args.split, strips=args.strips,
+                batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+            out = Path(summary["out_dir"])
+            print(f"{args.model} on {args.h5} [{args.split}], {summary['count']} pairs:")
+            print(f"  {'':10} {'PSNR (dB)':>10} {'SSIM':>8}")
+            print(f"  {'deblurred':10} {summary['psnr']:>10.2f} {summary['ssim']:>8.4f}")
+            print(f"  {'blurred':10} {summary['blurred_psnr']:>10.2f} "
+                  f"{summary['blurred_ssim']:>8.4f}")
+            print(f"  {summary['seconds_per_image']:.4f} s per image")
+            for name in ("summary.json", "per_image.csv", "strip.png"):
+                print(f"wrote {out / name}")
+            return 0
+        if args.overwrite:
+            raise DgfError("--overwrite applies to --model; with --run use --force")
+        rows = evaluate.evaluate_run(
+            args.run, h5_path=args.h5, split=args.split, strips=args.strips,
+            batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
+            force=args.force, progress=not args.no_progress,
+        )
+        out = args.out if args.out is not None else args.run / "eval"
+        print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}")
+        for row in rows:
+            print(f"{row['epoch']:>5} {row['psnr']:>10.2f} {row['ssim']:>8.4f}")
+        print(f"{'input':>5} {rows[-1]['blurred_psnr']:>10.2f} {rows[-1]['blurred_ssim']:>8.4f}"
+              f"   (blurred vs sharp)")
+        print(f"wrote {out / 'metrics.csv'}, {out / 'metrics.png'}, "
+              f"{out / 'progress.png'} and {out / 'strips'}/")
+        return 0
+
+    return _run(main)
 
 
 # --- dgf-deblur -------------------------------------------------------------
 def deblur_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the deblur work
+    from dgf import infer
+
+    p = _parser(
+        "dgf-deblur",
+        "Deblur JPEG/PNG photos of any size with a trained generator. Outputs keep "
+        "the input's name, size and format; folders are searched recursively and "
+        "their tree is mirrored under OUT. Output is upright RGB (EXIF orientation "
+        "applied); a PNG's alpha channel is kept. Exit status 1 if any file failed.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="image files and/or folders")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, required=True,
+                   help="generator .keras file written by dgf-train")
+    p.add_argument("--tile", type=int, default=infer.DEFAULT_TILE,
+                   help="tile edge in pixels for large images; 0 = whole image at once")
+    p.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP,
+                   help="overlap of neighbouring tiles in pixels (< tile/2)")
+    p.add_argument("--batch", type=int, default=infer.DEFAULT_BATCH,
+                   help="tiles per generator call")
+    p.add_argument("--quality", type=int, default=infer.DEFAULT_QUALITY,
+                   help="JPEG quality of the outputs (1-100)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write blurred | deblurred side by side as "
+                        "OUT/compare/REL/NAME_compare.EXT")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        from tqdm import tqdm
+
+        def tell(path: Path, reason: str) -> None:
+            tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
+
+        report = infer.deblur_paths(
+            args.model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+            batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
+            quality=args.quality, progress=not args.quiet, on_failure=tell,
+        )
+        print(f"deblurred {len(report.processed)} image(s) into {args.out}"
+              + (f"; {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
+
+    return _run(work)
 
 
 # --- dgf-export -------------------------------------------------------------
 def export_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the export work
+    p = _parser(
+        "dgf-export",
+        "Export a trained generator for serving. Both formats take uint8 images "
+        "and return uint8 images. savedmodel: signature 'serving_default', input "
+        "'images' (B, H, W, 3) uint8 of any size, output 'deblurred'. tflite: input "
+        "(1, H, W, 3) uint8; H and W are dynamic (resize_tensor_input) unless "
+        "--input-size is given.",
+    )
+    p.add_argument("--model", type=Path, required=True,
+                   help="generator .keras file written by dgf-train")
+    p.add_argument("--format", choices=("savedmodel", "tflite"), required=True,
+                   help="export format")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="SavedModel folder or .tflite file to create")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="fix the TFLite input to H x W (default: dynamic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        from dgf.export import export_model
+
+        path = export_model(args.model, args.out, args.format,
+                            input_size=args.input_size, overwrite=args.overwrite)
+        print(f"wrote {args.format} export to {path}")
+        return 0
+
+    return _run(work)

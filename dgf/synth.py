@@ -324,15 +324,15 @@ class MakePairsReport:
 
     def summary(self) -> str:
         lines = [
-            f"wrote {self.train_pairs} train pairs from {self.train_photos} photos to "
+            f"wrote {self.train_pairs} train pairs from {self.train_photos} photo(s) to "
             f"{self.out_dir / 'train'}",
-            f"wrote {self.test_pairs} test pairs from {self.test_photos} photos to "
+            f"wrote {self.test_pairs} test pairs from {self.test_photos} photo(s) to "
             f"{self.out_dir / 'test'}",
         ]
         if self.upscaled:
-            lines.append(f"upscaled {len(self.upscaled)} photos smaller than the crop size")
+            lines.append(f"upscaled {len(self.upscaled)} photo(s) smaller than the crop size")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable files:")
+            lines.append(f"skipped {len(self.skipped)} unreadable file(s):")
             lines += [f"  {name}: {why}" for name, why in self.skipped]
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"settings and sources: {self.out_dir / MANIFEST_NAME} ({self.seconds:.1f} s)")
@@ -350,10 +350,11 @@ def _existing_outputs(out_dir: Path) -> list[Path]:
                 if p.is_file()
                 and (p.suffix.lower() in PHOTO_SUFFIXES or p.name.endswith(KERNEL_SUFFIX))
             ]
+    found.sort()
     manifest = out_dir / MANIFEST_NAME
     if manifest.is_file():
         found.append(manifest)
-    return sorted(found)
+    return found
 
 
 def _check_options(
