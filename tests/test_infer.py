@@ -1,0 +1,216 @@
+"""dgf-deblur: tiled inference, file handling, per-file errors, the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgf.cli import deblur_main
+from dgf.errors import DgfError
+from dgf.infer import _axis_window, deblur_image, load_generator, tile_starts
+
+# Receptive-field radius of the DGF generator (head 1 + dense dilations 14 + tail 2).
+RADIUS = 17
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic photo with some texture, (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            np.sin(xx / 9.0) + np.cos(yy / 13.0),
+            np.sin((xx + yy) / 17.0),
+            np.cos(xx / 5.0) * np.sin(yy / 7.0),
+        ],
+        axis=-1,
+    )
+    noisy = (base + 2) * 60 + rng.normal(0, 12, base.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from dgf.models import build_generator
+
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return build_generator(channel_rate=8)
+
+
+@pytest.fixture(scope="module")
+def model_file(generator, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "generator.keras"
+    generator.save(path)
+    return path
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    status = deblur_main([str(a) for a in argv] + ["--quiet"])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# --- tiling ------------------------------------------------------------------
+@pytest.mark.parametrize("length,tile,overlap", [(230, 128, 60), (129, 128, 60),
+                                                 (4032, 512, 64), (50, 128, 60)])
+def test_tile_starts_cover_with_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + size == length
+    for a, b in zip(starts, starts[1:]):
+        assert b > a and a + size - b >= overlap  # neighbours overlap enough
+
+
+def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
+    first = _axis_window(0, 128, 300, 60)  # left edge on the image border
+    assert first[0] == 1.0 and first[60] == 1.0
+    assert first[-1] < 1e-3 and first[-20] < 1e-3  # outer third of the overlap
+    middle = _axis_window(100, 128, 300, 60)
+    assert middle[0] < 1e-3 and middle[-1] < 1e-3 and middle[64] == 1.0
+    assert np.all(np.diff(middle[:64]) >= 0) and np.all(middle > 0)
+    assert np.all(_axis_window(0, 128, 128, 60) == 1.0)  # a lone tile is flat
+
+
+def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
+    image = _photo(150, 230)
+    whole = deblur_image(generator, image, tile=0)
+    assert whole.shape == image.shape and whole.dtype == np.uint8
+    assert whole.std() > 5  # a varied output, so agreement below means something
+    tiled = deblur_image(generator, image, tile=128, overlap=60, batch_size=4)
+    # overlap 60 gives a 20 px margin > the 17 px radius: exact up to float
+    # round-off, which can flip a rounding by one level.
+    diff = np.abs(tiled.astype(int) - whole.astype(int))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 0.01
+    seams = deblur_image(generator, image, tile=128, overlap=0, batch_size=3)
+    assert np.abs(seams.astype(int) - whole.astype(int)).max() > 2
+
+
+def test_bad_arguments_raise(generator):
+    image = _photo(20, 20)
+    with pytest.raises(DgfError, match="overlap 64 is too large for tile 100"):
+        deblur_image(generator, image, tile=100, overlap=64)
+    with pytest.raises(DgfError, match="uint8"):
+        deblur_image(generator, image.astype(np.float32), tile=0)
+    with pytest.raises(DgfError, match="batch size"):
+        deblur_image(generator, image, batch_size=0)
+
+
+def test_load_generator_errors(tmp_path):
+    with pytest.raises(DgfError, match="not found"):
+        load_generator(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip archive")
+    with pytest.raises(DgfError, match="could not load model .*junk.keras"):
+        load_generator(junk)
+
+
+# --- files and CLI -----------------------------------------------------------
+def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    jpg = _photo(37, 53, seed=1)
+    Image.fromarray(jpg).save(src / "a.jpg", quality=95)
+    png = _photo(301, 97, seed=2)
+    alpha = np.tile(np.arange(97, dtype=np.uint8)[None, :], (301, 1))
+    Image.fromarray(np.dstack([png, alpha]), "RGBA").save(src / "sub" / "b.png")
+    rotated = Image.fromarray(_photo(24, 40, seed=3))  # stored 40 wide, 24 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated by 90 degrees
+    rotated.save(src / "sub" / "c.JPG", exif=exif)
+
+    out = tmp_path / "out"
+    status, stdout, err = _run([src, "-o", out, "--model", model_file], capsys)
+    assert status == 0, err
+    assert "deblurred 3 image(s)" in stdout
+    with Image.open(out / "a.jpg") as im:
+        assert im.format == "JPEG" and im.size == (53, 37) and im.mode == "RGB"
+    with Image.open(out / "sub" / "b.png") as im:
+        assert im.format == "PNG" and im.size == (97, 301) and im.mode == "RGBA"
+        written = np.asarray(im)
+    assert np.array_equal(written[..., 3], alpha)
+    # The PNG path is lossless: the file holds exactly what deblur_image returns.
+    assert np.array_equal(written[..., :3], deblur_image(generator, png))
+    with Image.open(out / "sub" / "c.JPG") as im:
+        assert im.size == (24, 40)  # transposed: upright
+        assert im.getexif().get(0x0112) is None
+    assert not list(out.rglob(".*"))  # no temporary files left behind
+
+
+def test_per_file_errors_and_overwrite(tmp_path, model_file, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(30, 40)).save(src / "good.jpg")
+    (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    (src / "notes.png").write_text("these are notes, not an image\n")
+    bmp = tmp_path / "extra.bmp"
+    Image.fromarray(_photo(8, 8)).save(bmp)
+    out = tmp_path / "out"
+
+    status, stdout, err = _run([src, bmp, "-o", out, "--model", model_file], capsys)
+    assert status == 1
+    assert (out / "good.jpg").is_file()
+    assert not (out / "corrupt.jpg").exists() and not (out / "notes.png").exists()
+    assert "corrupt.jpg" in err and "notes.png" in err
+    assert "extra.bmp" in err and "unsupported file type '.bmp'" in err
+    assert "3 failed" in stdout
+
+    before = (out / "good.jpg").read_bytes()
+    status, _, err = _run([src / "good.jpg", "-o", out, "--model", model_file,
+                           "--quality", "50"], capsys)
+    assert status == 1
+    assert "good.jpg already exists; pass --overwrite" in err
+    assert (out / "good.jpg").read_bytes() == before
+
+    status, _, err = _run([src / "good.jpg", "-o", out, "--model", model_file,
+                           "--quality", "50", "--overwrite"], capsys)
+    assert status == 0, err
+    assert (out / "good.jpg").read_bytes() != before  # rewritten at quality 50
+
+
+def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_photo(16, 16)).save(src / "x.png")
+    out = tmp_path / "out"
+
+    status, _, err = _run([src, "-o", out, "--model", tmp_path / "nope.keras"], capsys)
+    assert status == 2 and "nope.keras not found" in err
+    assert not out.exists()  # nothing processed before the model was checked
+
+    empty = tmp_path / "empty"
+    (empty / "deeper").mkdir(parents=True)
+    (empty / "deeper" / "readme.txt").write_text("no images here")
+    status, _, err = _run([empty, "-o", out, "--model", model_file], capsys)
+    assert status == 2 and "contains no .jpg, .jpeg or .png images" in err
+
+    status, _, err = _run([tmp_path / "ghost.jpg", "-o", out, "--model", model_file],
+                          capsys)
+    assert status == 2 and "ghost.jpg does not exist" in err
+
+    status, _, err = _run([src, "-o", src, "--model", model_file], capsys)
+    assert status == 2 and "would replace its input" in err
+
+    status, _, err = _run([src, "-o", out, "--model", model_file, "--tile", "64",
+                           "--overlap", "40"], capsys)
+    assert status == 2 and "--overlap" in err
+
+
+def test_compare_side_by_side(tmp_path, model_file, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    image = _photo(33, 45, seed=4)
+    Image.fromarray(image).save(src / "shot.png")
+    out = tmp_path / "out"
+    status, _, err = _run([src, "-o", out, "--model", model_file, "--compare"], capsys)
+    assert status == 0, err
+    with Image.open(out / "compare" / "shot_compare.png") as im:
+        side = np.asarray(im)
+    with Image.open(out / "shot.png") as im:
+        deblurred = np.asarray(im)
+    assert side.shape == (33, 90, 3)
+    assert np.array_equal(side[:, :45], image) and np.array_equal(side[:, 45:], deblurred)
