@@ -428,3 +428,362 @@ def evaluate_split(
         "seconds_per_image": gen_seconds / len(indices),
     }
     return summary, rows
+
+
+# --- loading generators -------------------------------------------------------------
+def load_generator(path: Path | str) -> Any:
+    """Load a saved generator (``.keras``) for inference; DgfError if it cannot be."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise DgfError(f"model file not found: {path}")
+    # The generator's custom layers register themselves when dgf.models is imported;
+    # without the import Keras cannot rebuild them from the file.
+    if importlib.util.find_spec("dgf.models") is not None:
+        import dgf.models  # noqa: F401
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad or foreign file
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DgfError(f"{path}: cannot load it as a Keras generator ({first})") from exc
+
+
+# --- plots and pictures --------------------------------------------------------------
+def plot_metrics(
+    epochs: Sequence[int],
+    psnr: Sequence[float],
+    ssim: Sequence[float],
+    blurred_psnr: float | Sequence[float],
+    blurred_ssim: float | Sequence[float],
+    path: Path | str,
+) -> None:
+    """Plot test PSNR and SSIM against epoch, blurred-input baselines dashed.
+
+    Two stacked panels in an 800x600 px PNG (written atomically). A baseline given as
+    one number, or as per-epoch numbers that are all equal (the usual case: it
+    depends only on the data), is drawn as a horizontal dashed line; differing
+    per-epoch baselines are drawn as a dashed line over the epochs.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [int(e) for e in epochs]
+    if not (len(epochs) == len(psnr) == len(ssim)) or not epochs:
+        raise DgfError(
+            f"plot_metrics needs one PSNR and one SSIM per epoch; got {len(epochs)} "
+            f"epochs, {len(psnr)} PSNR, {len(ssim)} SSIM values"
+        )
+    # Figure + Agg canvas directly: no pyplot global state, no display needed.
+    fig = Figure(figsize=(8, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 1, sharex=True)
+    panels = (
+        (axes[0], psnr, blurred_psnr, "PSNR (dB)"),
+        (axes[1], ssim, blurred_ssim, "SSIM"),
+    )
+    for ax, values, baseline, label in panels:
+        ax.plot(epochs, [min(float(v), PSNR_CAP_DB) for v in values], "o-", label="deblurred")
+        base = np.atleast_1d(np.asarray(baseline, dtype=np.float64))
+        if base.size == 1 or np.allclose(base, base[0]):
+            ax.axhline(float(base[0]), linestyle="--", color="gray", label="blurred input")
+        else:
+            if base.size != len(epochs):
+                raise DgfError(f"{label} baseline needs 1 or {len(epochs)} values; got {base.size}")
+            ax.plot(epochs, base, "--", color="gray", label="blurred input")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+    axes[1].set_xlabel("epoch")
+    axes[0].set_title("test metrics per epoch")
+    if len(epochs) < 20:
+        axes[1].set_xticks(epochs)
+    fig.tight_layout()
+    _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def _progress_image(strips: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
+    """Stack strips vertically, each under a BAND_HEIGHT-pixel white band with its label.
+
+    Strip ``k`` starts at pixel row ``(k + 1) * BAND_HEIGHT + sum of the heights of
+    strips before it``; narrower strips are padded on the right with white.
+    """
+    from PIL import Image, ImageDraw
+
+    width = max(s.shape[1] for s in strips)
+    blocks = []
+    for strip, label in zip(strips, labels):
+        band = Image.new("RGB", (width, BAND_HEIGHT), (255, 255, 255))
+        ImageDraw.Draw(band).text((4, 3), label, fill=(0, 0, 0))
+        blocks.append(np.asarray(band))
+        if strip.shape[1] < width:
+            pad = np.full((strip.shape[0], width - strip.shape[1], 3), 255, np.uint8)
+            strip = np.concatenate([strip, pad], axis=1)
+        blocks.append(strip)
+    return np.concatenate(blocks, axis=0)
+
+
+def _progress_epochs(epochs: Sequence[int]) -> list[int]:
+    if len(epochs) <= MAX_PROGRESS_EPOCHS:
+        return list(epochs)
+    n = MAX_PROGRESS_EPOCHS
+    # Evenly spaced, first and last always shown: the start and the end of learning.
+    picks = {round(k * (len(epochs) - 1) / (n - 1)) for k in range(n)}
+    return [epochs[i] for i in sorted(picks)]
+
+
+# --- whole model / whole run -------------------------------------------------------
+def _write_csv(path: Path, keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(keys), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _write_atomic(path, write)
+
+
+def evaluate_model(
+    model_path: Path | str,
+    h5_path: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    split: str = "test",
+    strips: int = 4,
+    batch_size: int = 8,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score one saved generator on a split and write its report.
+
+    Writes ``out_dir/summary.json`` (the :func:`evaluate_split` summary plus
+    ``model``, ``h5``, ``split`` and ``strip_indices``), ``out_dir/per_image.csv``
+    (one row per scored pair) and ``out_dir/strip.png`` (``strips`` rows of
+    sharp | blurred | deblurred). ``out_dir`` defaults to ``<model stem>_eval/``
+    next to the model. Existing outputs are an error unless ``overwrite``.
+    Returns the summary.
+    """
+    model_path, h5_path = Path(model_path), Path(h5_path)
+    out = Path(out_dir) if out_dir is not None else model_path.parent / f"{model_path.stem}_eval"
+    targets = [out / "summary.json", out / "per_image.csv", out / "strip.png"]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise DgfError(
+            f"would overwrite {', '.join(existing)}; pass --overwrite or choose "
+            f"another --out"
+        )
+    h5, info = _open_split(h5_path, split)
+    h5.close()
+    generator = load_generator(model_path)
+    indices = strip_indices(info.count, strips)
+    summary, rows = evaluate_split(
+        generator, h5_path, split, batch_size=batch_size, limit=limit, progress=progress
+    )
+    write_strip(out / "strip.png", generator, h5_path, split, indices=indices)
+    _write_csv(out / "per_image.csv", ROW_KEYS, rows)
+    summary = {
+        **summary,
+        "model": str(model_path),
+        "h5": str(h5_path),
+        "split": split,
+        "strip_indices": indices,
+    }
+    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary["out_dir"] = str(out)
+    return summary
+
+
+def find_snapshots(run_dir: Path | str) -> dict[int, Path]:
+    """Map epoch -> ``RUN/snapshots/generator_epoch_NNNN.keras``, in epoch order."""
+    found = {}
+    folder = Path(run_dir) / "snapshots"
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = SNAPSHOT_RE.match(path.name)
+            if match and path.is_file():
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def resolve_run_h5(run_dir: Path | str, h5_path: Path | str | None = None) -> Path:
+    """The HDF5 file of a run: ``h5_path`` if given, else ``RUN/config.json["h5"]``.
+
+    A relative path from the config is tried from the working directory, then from
+    the run folder. DgfError, naming what was tried, when nothing exists.
+    """
+    run_dir = Path(run_dir)
+    if h5_path is not None:
+        path = Path(h5_path)
+        if not path.is_file():
+            raise DgfError(f"HDF5 file not found: {path}")
+        return path
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise DgfError(f"{config} not found, so the run's HDF5 file is unknown; pass --h5 PATH")
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("h5")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+        raise DgfError(f"{config}: not a JSON object ({exc}); pass --h5 PATH") from exc
+    if not value:
+        raise DgfError(f"{config} has no \"h5\" entry; pass --h5 PATH")
+    tried = [Path(value)]
+    if not tried[0].is_absolute():
+        tried.append(run_dir / value)
+    for path in tried:
+        if path.is_file():
+            return path
+    raise DgfError(
+        f"the run's HDF5 file ({config}: h5 = {value!r}) was not found at "
+        f"{' or '.join(str(p) for p in tried)}; pass --h5 PATH"
+    )
+
+
+def _read_run_csv(path: Path) -> dict[int, dict[str, float]]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != RUN_CSV_KEYS:
+                return {}
+            return {
+                int(row["epoch"]): {k: float(row[k]) for k in RUN_CSV_KEYS[1:]}
+                for row in reader
+            }
+    except (ValueError, KeyError, TypeError):
+        # A damaged table is rebuilt rather than trusted.
+        return {}
+
+
+def evaluate_run(
+    run_dir: Path | str,
+    *,
+    h5_path: Path | str | None = None,
+    split: str = "test",
+    strips: int = 4,
+    batch_size: int = 8,
+    out_dir: Path | str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Score every per-epoch snapshot of a training run and draw its progress.
+
+    For each ``RUN/snapshots/generator_epoch_NNNN.keras`` in epoch order: writes
+    ``out/strips/epoch_NNNN.png`` (the same ``strips`` test pairs every epoch, the
+    ones the trainer's own samples use) and scores the split (``limit`` as in
+    :func:`evaluate_split`). Then writes ``out/metrics.csv`` (epoch, psnr, ssim,
+    blurred_psnr, blurred_ssim), ``out/metrics.png`` (:func:`plot_metrics`) and
+    ``out/progress.png`` (each epoch's strip under a labelled band, see
+    :func:`_progress_image`; at most ``MAX_PROGRESS_EPOCHS`` epochs, evenly spaced).
+    ``out`` defaults to ``RUN/eval/``.
+
+    Epochs already in ``out/metrics.csv`` are not re-scored, unless ``force``, the
+    snapshot file changed, its strip is missing, or the HDF5 file, split, strips or
+    limit differ from the previous evaluation (kept in ``out/eval_state.json``).
+    Returns one dict per epoch with the ``metrics.csv`` columns.
+    """
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DgfError(f"run folder not found: {run_dir}")
+    snapshots = find_snapshots(run_dir)
+    if not snapshots:
+        raise DgfError(
+            f"no snapshots in {run_dir / 'snapshots'} (expected "
+            f"generator_epoch_0001.keras, ...); train with snapshots on, or score a "
+            f"single model with --model"
+        )
+    h5 = resolve_run_h5(run_dir, h5_path)
+    handle, info = _open_split(h5, split)
+    handle.close()
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    indices = strip_indices(info.count, strips)
+    stat = h5.stat()
+    settings = {
+        "h5": str(h5.resolve()),
+        "h5_size": stat.st_size,
+        "h5_mtime_ns": stat.st_mtime_ns,
+        "split": split,
+        "strip_indices": indices,
+        "limit": limit,
+    }
+    state_path = out / "eval_state.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    same_settings = state.get("settings") == settings
+    done = _read_run_csv(out / "metrics.csv") if same_settings and not force else {}
+    seen = state.get("snapshots", {}) if same_settings else {}
+
+    def strip_path(epoch: int) -> Path:
+        return out / "strips" / f"epoch_{epoch:04d}.png"
+
+    def mtime(path: Path) -> int:
+        return path.stat().st_mtime_ns
+
+    results: dict[int, dict[str, float]] = {}
+    todo = []
+    for epoch, path in snapshots.items():
+        if (
+            epoch in done
+            and seen.get(str(epoch)) == mtime(path)
+            and strip_path(epoch).is_file()
+        ):
+            results[epoch] = done[epoch]
+        else:
+            todo.append(epoch)
+
+    def save_tables() -> None:
+        rows = [{"epoch": e, **results[e]} for e in sorted(results)]
+        _write_csv(out / "metrics.csv", RUN_CSV_KEYS, rows)
+        _write_text(
+            state_path,
+            json.dumps({"settings": settings, "snapshots": seen}, indent=2) + "\n",
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen = {k: v for k, v in seen.items() if int(k) in results}
+    for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
+        path = snapshots[epoch]
+        stamp = mtime(path)
+        generator = load_generator(path)
+        write_strip(strip_path(epoch), generator, h5, split, indices=indices)
+        summary, _ = evaluate_split(
+            generator, h5, split, batch_size=batch_size, limit=limit, progress=progress
+        )
+        del generator
+        results[epoch] = {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}
+        seen[str(epoch)] = stamp
+        # Saved after every epoch: an interrupted evaluation keeps what it finished.
+        save_tables()
+    save_tables()
+
+    epochs = sorted(results)
+    plot_metrics(
+        epochs,
+        [results[e]["psnr"] for e in epochs],
+        [results[e]["ssim"] for e in epochs],
+        [results[e]["blurred_psnr"] for e in epochs],
+        [results[e]["blurred_ssim"] for e in epochs],
+        out / "metrics.png",
+    )
+    from PIL import Image
+
+    shown = _progress_epochs(epochs)
+    strip_images = []
+    for e in shown:
+        with Image.open(strip_path(e)) as img:
+            strip_images.append(np.asarray(img.convert("RGB")))
+    labels = [
+        f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}"
+        f"   (sharp | blurred | deblurred)"
+        for e in shown
+    ]
+    save_png(out / "progress.png", _progress_image(strip_images, labels))
+    return [{"epoch": e, **results[e]} for e in epochs]

@@ -1,0 +1,375 @@
+"""Metrics, strips and the dgf-eval reports (dgf/evaluate.py, dgf-eval)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from dgf import evaluate as ev
+from dgf.cli import eval_main
+from dgf.errors import DgfError
+from dgf.schema import blurred_name, sharp_name, source_name
+
+H, W, COUNT = 24, 40, 7
+
+
+def _smooth_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    # Low-frequency content plus noise, so SSIM is neither ~0 nor ~1.
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [np.sin(xx / (3 + c) + k) * np.cos(yy / (4 + k) + c) for k in range(n) for c in range(3)]
+    ).reshape(n, 3, h, w).transpose(0, 2, 3, 1)
+    noisy = 127.5 + 100 * base + rng.normal(0, 12, base.shape)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def _make_h5(path: Path, *, with_source: bool = True, count: int = COUNT) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    sharp = _smooth_images(rng, count, H, W)
+    blurred = np.clip(sharp.astype(int) + rng.integers(-25, 26, sharp.shape), 0, 255).astype(np.uint8)
+    with h5py.File(path, "w") as f:
+        f[sharp_name("test")] = sharp
+        f[blurred_name("test")] = blurred
+        if with_source:
+            f[source_name("test")] = np.array([f"pair_{i}.jpg".encode() for i in range(count)])
+    return sharp, blurred
+
+
+def _generator(seed: int):
+    """A tiny fully convolutional generator: (B, H, W, 3) in [-1, 1] -> same, tanh."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, None, 3))
+    hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    out = keras.layers.Conv2D(3, 3, padding="same", activation="tanh")(hidden)
+    return keras.Model(inp, out)
+
+
+def _identity_generator():
+    import keras
+
+    inp = keras.Input((None, None, 3))
+    return keras.Model(inp, keras.layers.Identity()(inp))
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (1, 2, 3):
+        path = folder / f"g{seed}.keras"
+        _generator(seed).save(path)
+        paths.append(path)
+    return paths
+
+
+def _make_run(tmp_path: Path, snapshots: list[Path], epochs: int = 2) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    h5 = tmp_path / "data.h5"
+    _make_h5(h5)
+    (run / "config.json").write_text(json.dumps({"h5": str(h5), "channel_rate": 8}))
+    for epoch in range(1, epochs + 1):
+        (run / "snapshots" / f"generator_epoch_{epoch:04d}.keras").write_bytes(
+            snapshots[epoch - 1].read_bytes()
+        )
+    return run, h5
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# --- conversions and metrics ---------------------------------------------------------
+def test_to_uint8_rounds_clips_and_inverts_to_unit():
+    x = np.array([-1.5, -1.0, 0.0, 1.0, 2.0, 1 / 127.5 - 1, 0.5 / 127.5 - 1], np.float32)
+    # 0 -> 127.5 rounds half to even (128); 0.5 -> rounds half to even (0).
+    np.testing.assert_array_equal(ev.to_uint8(x), [0, 0, 128, 255, 255, 1, 0])
+    every = np.arange(256, dtype=np.uint8)
+    unit = ev.to_unit(every)
+    assert unit.dtype == np.float32 and unit.min() == -1.0 and unit.max() == 1.0
+    np.testing.assert_array_equal(ev.to_uint8(unit), every)
+
+
+def _halves(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for path in paths:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"))
+        half = arr.shape[1] // 2
+        pairs.append((arr[:, :half], arr[:, half : 2 * half]))
+    return pairs
+
+
+def test_metrics_agree_with_scikit_image_on_real_pairs(pairs_small):
+    paths = sorted((pairs_small / "test").glob("*.jpg"))[:8]
+    assert len(paths) == 8
+    for sharp, blurred in _halves(paths):
+        want_p = peak_signal_noise_ratio(sharp, blurred, data_range=255)
+        want_s = structural_similarity(sharp, blurred, channel_axis=-1, data_range=255)
+        assert abs(ev.psnr(sharp, blurred) - want_p) < 0.01
+        assert abs(ev.ssim(sharp, blurred) - want_s) < 0.001
+        # Real blur is a real degradation: far from identical, far from noise.
+        assert 15 < ev.psnr(sharp, blurred) < 40
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (17, 45, 3), (64, 7, 3)])
+def test_metrics_agree_with_scikit_image_on_synthetic_pairs(shape):
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+    assert abs(ev.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 0.01
+    assert abs(
+        ev.ssim(a, b) - structural_similarity(a, b, channel_axis=-1, data_range=255)
+    ) < 0.001
+
+
+def test_identical_images_psnr_inf_and_capped_in_means():
+    a = np.full((16, 16, 3), 77, np.uint8)
+    assert ev.psnr(a, a) == math.inf
+    assert ev.ssim(a, a) == pytest.approx(1.0)
+    assert ev.mean_psnr([math.inf, 20.0]) == pytest.approx((ev.PSNR_CAP_DB + 20.0) / 2)
+    assert math.isnan(ev.mean_psnr([]))
+
+
+def test_metric_inputs_are_checked():
+    a = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(DgfError, match="shape"):
+        ev.psnr(a, np.zeros((16, 15, 3), np.uint8))
+    with pytest.raises(DgfError, match="uint8"):
+        ev.ssim(a, a.astype(np.float32))
+    with pytest.raises(DgfError, match="7x7"):
+        ev.ssim(np.zeros((5, 16, 3), np.uint8), np.zeros((5, 16, 3), np.uint8))
+
+
+# --- strips -----------------------------------------------------------------------------
+def test_strip_indices_even_fixed_and_bounded():
+    idx = ev.strip_indices(100, 4)
+    assert idx == ev.strip_indices(100, 4)
+    assert idx == sorted(set(idx)) and len(idx) == 4
+    assert all(0 <= i < 100 for i in idx)
+    gaps = np.diff(idx)
+    assert gaps.min() >= 24 and gaps.max() <= 26
+    assert ev.strip_indices(3, 5) == [0, 1, 2]
+    assert ev.strip_indices(7, 7) == list(range(7))
+    assert len(set(ev.strip_indices(9, 8))) == 8
+    with pytest.raises(DgfError):
+        ev.strip_indices(10, 0)
+
+
+def test_make_strip_panels_are_exact():
+    rng = np.random.default_rng(0)
+    sharp, blurred, deblurred = (rng.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8) for _ in range(3))
+    strip = ev.make_strip(sharp, blurred, deblurred)
+    assert strip.shape == (15, 18, 3) and strip.dtype == np.uint8
+    for i in range(3):
+        rows = slice(i * 5, (i + 1) * 5)
+        np.testing.assert_array_equal(strip[rows, 0:6], sharp[i])
+        np.testing.assert_array_equal(strip[rows, 6:12], blurred[i])
+        np.testing.assert_array_equal(strip[rows, 12:18], deblurred[i])
+    with pytest.raises(DgfError, match="same shape"):
+        ev.make_strip(sharp, blurred, deblurred[:2])
+
+
+def test_write_strip_png_matches_sources(tmp_path):
+    h5 = tmp_path / "d.h5"
+    sharp, blurred = _make_h5(h5)
+    generator = _generator(0)
+    out = tmp_path / "samples" / "epoch_0001.png"
+    strip = ev.write_strip(out, generator, h5, "test", indices=[1, 4, 6])
+    assert strip.shape == (3 * H, 3 * W, 3)
+    back = _png(out)
+    np.testing.assert_array_equal(back, strip)
+    deblurred = ev.deblur_array(generator, blurred[[1, 4, 6]])
+    for row, i in enumerate([1, 4, 6]):
+        rows = slice(row * H, (row + 1) * H)
+        np.testing.assert_array_equal(back[rows, :W], sharp[i])
+        np.testing.assert_array_equal(back[rows, W : 2 * W], blurred[i])
+        np.testing.assert_array_equal(back[rows, 2 * W :], deblurred[row])
+    assert not list(out.parent.glob(".*tmp*")), "temporary file left behind"
+    cropped = ev.write_strip(tmp_path / "c.png", generator, h5, n=2, crop=16)
+    assert cropped.shape == (2 * 16, 3 * 16, 3)
+    with pytest.raises(DgfError, match="out of range"):
+        ev.write_strip(tmp_path / "x.png", generator, h5, indices=[COUNT])
+
+
+# --- scoring a split ---------------------------------------------------------------------
+def test_evaluate_split_scores_every_pair(tmp_path):
+    h5 = tmp_path / "d.h5"
+    sharp, blurred = _make_h5(h5)
+    generator = _generator(0)
+    summary, rows = ev.evaluate_split(generator, h5, batch_size=3, progress=False)
+    assert set(summary) == set(ev.SUMMARY_KEYS)
+    assert summary["count"] == COUNT and len(rows) == COUNT
+    assert [r["index"] for r in rows] == list(range(COUNT))
+    assert [r["source"] for r in rows] == [f"pair_{i}.jpg" for i in range(COUNT)]
+    deblurred = ev.deblur_array(generator, blurred)
+    for r in rows:
+        i = r["index"]
+        assert r["psnr"] == pytest.approx(ev.psnr(sharp[i], deblurred[i]))
+        assert r["ssim"] == pytest.approx(ev.ssim(sharp[i], deblurred[i]))
+        assert r["blurred_psnr"] == pytest.approx(ev.psnr(sharp[i], blurred[i]))
+        assert r["blurred_ssim"] == pytest.approx(ev.ssim(sharp[i], blurred[i]))
+    assert summary["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    assert summary["blurred_ssim"] == pytest.approx(np.mean([r["blurred_ssim"] for r in rows]))
+    assert summary["seconds_per_image"] > 0
+
+    limited, lrows = ev.evaluate_split(generator, h5, limit=3, progress=False)
+    assert limited["count"] == 3
+    assert [r["index"] for r in lrows] == ev.strip_indices(COUNT, 3)
+    # Second call with the same pairs reuses the cached baseline; values must match.
+    again, _ = ev.evaluate_split(generator, h5, limit=3, progress=False)
+    assert again["blurred_psnr"] == limited["blurred_psnr"]
+
+
+def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
+    h5 = tmp_path / "d.h5"
+    _make_h5(h5, with_source=False, count=3)
+    with h5py.File(h5, "a") as f:  # blurred == sharp: a perfect "deblurrer" too
+        f[blurred_name("test")][...] = f[sharp_name("test")][...]
+    summary, rows = ev.evaluate_split(_identity_generator(), h5, progress=False)
+    assert all(r["psnr"] == math.inf and r["source"] == "" for r in rows)
+    assert summary["psnr"] == ev.PSNR_CAP_DB
+    assert summary["blurred_psnr"] == ev.PSNR_CAP_DB
+    assert summary["ssim"] == pytest.approx(1.0)
+
+
+def test_evaluate_split_bad_inputs(tmp_path):
+    with pytest.raises(DgfError, match="not found"):
+        ev.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(DgfError, match="HDF5"):
+        ev.evaluate_split(_generator(0), bad, progress=False)
+    h5 = tmp_path / "d.h5"
+    _make_h5(h5)
+    with pytest.raises(DgfError, match="val_data_full"):
+        ev.evaluate_split(_generator(0), h5, "val", progress=False)
+
+
+# --- plots ---------------------------------------------------------------------------------
+def test_plot_metrics_writes_png(tmp_path):
+    path = tmp_path / "m.png"
+    ev.plot_metrics([1, 2, 3], [20.0, 22.0, 23.5], [0.6, 0.65, 0.7], 21.0, [0.62] * 3, path)
+    assert _png(path).shape == (600, 800, 3)
+    with pytest.raises(DgfError):
+        ev.plot_metrics([1, 2], [20.0], [0.6, 0.7], 21.0, 0.6, tmp_path / "n.png")
+
+
+# --- whole model -----------------------------------------------------------------------------
+def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots):
+    h5 = tmp_path / "d.h5"
+    _make_h5(h5)
+    out = tmp_path / "report"
+    summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False)
+    saved = json.loads((out / "summary.json").read_text())
+    assert set(ev.SUMMARY_KEYS) <= set(saved)
+    assert saved["count"] == COUNT and saved["psnr"] == pytest.approx(summary["psnr"])
+    assert saved["strip_indices"] == ev.strip_indices(COUNT, 2)
+    with (out / "per_image.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == COUNT and tuple(rows[0]) == ev.ROW_KEYS
+    assert _png(out / "strip.png").shape == (2 * H, 3 * W, 3)
+    with pytest.raises(DgfError, match="--overwrite"):
+        ev.evaluate_model(snapshots[0], h5, out, progress=False)
+    ev.evaluate_model(snapshots[1], h5, out, strips=3, overwrite=True, progress=False)
+    assert _png(out / "strip.png").shape == (3 * H, 3 * W, 3)
+
+
+# --- whole run -------------------------------------------------------------------------------
+def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshots, monkeypatch):
+    run, h5 = _make_run(tmp_path, snapshots, epochs=2)
+    rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False)
+    out = run / "eval"
+    assert [r["epoch"] for r in rows] == [1, 2]
+    with (out / "metrics.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in table] == [1, 2]
+    assert tuple(table[0]) == ev.RUN_CSV_KEYS
+    # Different generators score differently; the baseline depends only on the data.
+    assert table[0]["psnr"] != table[1]["psnr"]
+    assert table[0]["blurred_psnr"] == table[1]["blurred_psnr"]
+    strip = _png(out / "strips" / "epoch_0001.png")
+    assert strip.shape == (3 * H, 3 * W, 3)
+    progress = _png(out / "progress.png")
+    assert progress.shape == (2 * (ev.BAND_HEIGHT + 3 * H), 3 * W, 3)
+    # Epoch 1's strip sits under the first band, pixel for pixel.
+    np.testing.assert_array_equal(progress[ev.BAND_HEIGHT : ev.BAND_HEIGHT + 3 * H], strip)
+    assert _png(out / "metrics.png").shape == (600, 800, 3)
+
+    loads = []
+    real_load = ev.load_generator
+    monkeypatch.setattr(ev, "load_generator", lambda p: loads.append(Path(p).name) or real_load(p))
+    again = ev.evaluate_run(run, strips=3, progress=False)
+    assert loads == [] and again == rows
+
+    (run / "snapshots" / "generator_epoch_0003.keras").write_bytes(snapshots[2].read_bytes())
+    rows3 = ev.evaluate_run(run, strips=3, progress=False)
+    assert loads == ["generator_epoch_0003.keras"]
+    assert [r["epoch"] for r in rows3] == [1, 2, 3]
+    assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 3 * H)
+
+    loads.clear()
+    ev.evaluate_run(run, strips=3, force=True, progress=False)
+    assert len(loads) == 3
+    loads.clear()
+    ev.evaluate_run(run, strips=2, progress=False)  # other strip pairs: all re-drawn
+    assert len(loads) == 3
+    assert _png(out / "strips" / "epoch_0002.png").shape == (2 * H, 3 * W, 3)
+
+
+def test_evaluate_run_errors(tmp_path, snapshots):
+    run, h5 = _make_run(tmp_path, snapshots, epochs=0)
+    with pytest.raises(DgfError, match="no snapshots"):
+        ev.evaluate_run(run, progress=False)
+    (run / "snapshots" / "generator_epoch_0001.keras").write_bytes(snapshots[0].read_bytes())
+    (run / "config.json").write_text(json.dumps({"h5": "nowhere/data.h5"}))
+    with pytest.raises(DgfError, match="--h5"):
+        ev.evaluate_run(run, progress=False)
+    (run / "config.json").unlink()
+    with pytest.raises(DgfError, match="config.json"):
+        ev.evaluate_run(run, progress=False)
+    rows = ev.evaluate_run(run, h5_path=h5, strips=1, progress=False)
+    assert len(rows) == 1
+    (run / "snapshots" / "generator_epoch_0002.keras").write_bytes(b"garbage")
+    with pytest.raises(DgfError, match="generator_epoch_0002.keras"):
+        ev.evaluate_run(run, h5_path=h5, strips=1, progress=False)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
+    run, h5 = _make_run(tmp_path, snapshots, epochs=2)
+    assert eval_main(["--run", str(run), "--strips", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "metrics.csv" in printed and "PSNR" in printed
+    assert (run / "eval" / "progress.png").is_file()
+
+    out = tmp_path / "one"
+    args = ["--model", str(snapshots[0]), "--h5", str(h5), "--out", str(out), "--no-progress"]
+    assert eval_main(args + ["--strips", "3"]) == 0
+    assert "summary.json" in capsys.readouterr().out
+    assert _png(out / "strip.png").shape == (3 * H, 3 * W, 3)
+    assert eval_main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert eval_main(args + ["--overwrite"]) == 0
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    h5 = tmp_path / "d.h5"
+    _make_h5(h5)
+    assert eval_main(["--model", str(tmp_path / "nope.keras"), "--h5", str(h5)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope.keras" in err
+    assert eval_main(["--model", str(tmp_path / "nope.keras")]) == 2
+    assert "--h5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_main(["--run", str(tmp_path), "--model", str(tmp_path / "g.keras")])
