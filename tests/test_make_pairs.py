@@ -1,0 +1,354 @@
+"""dgf-make-pairs: camera-shake kernels, blurring, pair layout, splits and errors."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from dgf import synth
+from dgf.cli import make_pairs_main
+from dgf.errors import DgfError
+from dgf.synth import blur, load_photo, make_pairs, random_kernel, sample_photos
+
+
+def _spread(kernel: np.ndarray) -> float:
+    """Root-mean-square distance of the kernel's mass from its centre of mass."""
+    yy, xx = np.mgrid[: kernel.shape[0], : kernel.shape[1]]
+    cy, cx = (kernel * yy).sum(), (kernel * xx).sum()
+    return float(np.sqrt((kernel * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum()))
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A textured RGB photo stand-in: smooth shapes plus fine detail, so blur shows."""
+    yy, xx = np.mgrid[:h, :w]
+    base = 128 + 60 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None]
+    detail = rng.integers(-40, 40, (h, w, 3))
+    return np.clip(base + detail, 0, 255).astype(np.uint8)
+
+
+def _write_photos(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        path = folder / f"photo{i}.png"
+        Image.fromarray(_photo(rng, h, w)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _halves(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    pair = np.asarray(Image.open(path).convert("RGB"))
+    n = pair.shape[1] // 2
+    return pair[:, :n], pair[:, n:]
+
+
+def _reference_blur(sharp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Independent convolution (SciPy, edge-repeating mirror) rounded to uint8."""
+    out = np.stack(
+        [ndimage.convolve(sharp[..., c].astype(np.float64), kernel.astype(np.float64),
+                          mode="reflect") for c in range(3)],
+        axis=-1,
+    )
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --- kernels ------------------------------------------------------------------
+def test_kernel_is_a_normalised_spread_out_psf_centred_on_the_canvas():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        k = random_kernel(rng, size=31)
+        assert k.shape == (31, 31) and k.dtype == np.float32
+        assert k.min() >= 0
+        assert abs(float(k.sum(dtype=np.float64)) - 1.0) < 1e-5
+        # Not a delta: the mass is shared by many pixels.
+        assert k.max() < 0.5
+        assert np.count_nonzero(k > 1e-3) >= 4
+        yy, xx = np.mgrid[:31, :31]
+        assert abs(float((k * yy).sum()) - 15) < 1e-3
+        assert abs(float((k * xx).sum()) - 15) < 1e-3
+
+
+def test_strength_changes_kernel_spread():
+    weak = [_spread(random_kernel(np.random.default_rng(i), 31, 0.2)) for i in range(30)]
+    strong = [_spread(random_kernel(np.random.default_rng(i), 31, 1.0)) for i in range(30)]
+    assert np.mean(strong) > 2.5 * np.mean(weak)
+    # Same randomness, stronger shake: spread grows for nearly every kernel.
+    assert np.mean(np.array(strong) > np.array(weak)) >= 0.9
+
+
+def test_kernel_is_reproducible_from_the_generator_state():
+    a = random_kernel(np.random.default_rng(7), 15, 0.6)
+    b = random_kernel(np.random.default_rng(7), 15, 0.6)
+    c = random_kernel(np.random.default_rng(8), 15, 0.6)
+    assert a.shape == (15, 15)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("size,strength", [(30, 0.5), (1, 0.5), (31, 0.0), (31, 1.5)])
+def test_kernel_rejects_bad_arguments(size, strength):
+    with pytest.raises(DgfError):
+        random_kernel(np.random.default_rng(0), size, strength)
+
+
+# --- blurring -------------------------------------------------------------------
+def test_blur_matches_an_independent_convolution():
+    rng = np.random.default_rng(2)
+    image = _photo(rng, 40, 56)
+    kernel = random_kernel(rng, 15, 1.0)
+    ours = blur(image, kernel)
+    assert ours.shape == image.shape and ours.dtype == np.uint8
+    diff = np.abs(ours.astype(int) - _reference_blur(image, kernel).astype(int))
+    assert diff.max() <= 1  # only float rounding at exact .5 may differ
+    assert (diff == 0).mean() > 0.99
+    assert np.abs(ours.astype(int) - image.astype(int)).mean() > 5  # it did blur
+
+
+def test_blur_orientation_and_identity():
+    image = _photo(np.random.default_rng(3), 20, 24)
+    delta = np.zeros((5, 5), np.float32)
+    delta[2, 2] = 1
+    np.testing.assert_array_equal(blur(image, delta), image)
+    # A true convolution with mass one pixel right of centre moves content right.
+    shift = np.zeros((5, 5), np.float32)
+    shift[2, 3] = 1
+    np.testing.assert_array_equal(blur(image, shift)[:, 1:], image[:, :-1])
+
+
+def test_blur_rejects_bad_inputs():
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(DgfError, match="uint8"):
+        blur(image.astype(np.float32), np.ones((3, 3)) / 9)
+    with pytest.raises(DgfError, match="odd"):
+        blur(image, np.ones((4, 4)) / 16)
+
+
+# --- make_pairs -----------------------------------------------------------------
+def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
+    # Photos 0-2 are exactly the crop size (crop = photo, borders mirrored); photo 3
+    # is larger (real context around the crop); photo 4 is smaller (upscaled).
+    _write_photos(tmp_path / "src", [(48, 48), (48, 48), (48, 48), (70, 90), (30, 40)])
+    out = tmp_path / "out"
+    report = make_pairs(tmp_path / "src", out, per_image=3, size=48, kernel_size=11,
+                        strength=1.0, test_fraction=0.4, seed=5, fmt="png", progress=False)
+    train = sorted((out / "train").glob("*.png"))
+    test = sorted((out / "test").glob("*.png"))
+    assert report.train_pairs == len(train) and report.test_pairs == len(test)
+    assert len(train) + len(test) == 5 * 3
+    assert report.test_photos == 2 and report.train_photos == 3
+    assert report.upscaled == ["photo4.png"]
+    # Whole photos per split: the photo number never appears on both sides.
+    train_ids = {p.name.split("_")[0] for p in train}
+    test_ids = {p.name.split("_")[0] for p in test}
+    assert not train_ids & test_ids and len(train_ids | test_ids) == 5
+    manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
+    by_split: dict[str, set[str]] = {"train": set(), "test": set()}
+    for rec in manifest["pairs"]:
+        by_split[rec["file"].split("/")[0]].add(rec["source"])
+    assert not by_split["train"] & by_split["test"]
+
+    for path in train + test:
+        sharp, blurred = _halves(path)
+        assert sharp.shape == (48, 48, 3) and blurred.shape == (48, 48, 3)
+        kernel = np.load(path.with_name(path.stem + synth.KERNEL_SUFFIX))
+        assert kernel.dtype == np.float32 and kernel.shape == (11, 11)
+        assert abs(float(kernel.sum(dtype=np.float64)) - 1) < 1e-5
+        expected = _reference_blur(sharp, kernel)
+        photo = int(path.name.split("_")[0])
+        # Pixels whose kernel footprint stays inside the crop match everywhere;
+        # crops of the exact-size photos match on the mirrored border too.
+        inner = slice(5, -5) if photo >= 3 else slice(None)
+        diff = np.abs(blurred[inner, inner].astype(int) - expected[inner, inner].astype(int))
+        assert diff.max() <= 1, path.name
+        assert not np.array_equal(sharp, blurred)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    _write_photos(tmp_path / "src", [(60, 60), (50, 70), (64, 64)])
+    kwargs = dict(per_image=2, size=32, kernel_size=9, progress=False)
+    for name, seed in (("a", 11), ("b", 11), ("c", 12)):
+        make_pairs(tmp_path / "src", tmp_path / name, seed=seed, **kwargs)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
+    assert len([n for n in a if n.endswith(".jpg")]) == 6
+    assert a == b
+    pairs = [n for n in a if n.endswith((".jpg", ".npy"))]
+    assert any(a[n] != c.get(n) for n in pairs)
+
+
+def test_jpeg_output_photo_formats_and_recursion(tmp_path):
+    src = tmp_path / "src"
+    (src / "deep" / "er").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    Image.fromarray(_photo(rng, 40, 50)).save(src / "deep" / "er" / "A.JPG")
+    Image.fromarray(_photo(rng, 40, 40)[..., 0]).save(src / "gray.png")
+    Image.fromarray(_photo(rng, 40, 40)).convert("RGBA").save(src / "alpha.PNG")
+    Image.fromarray(_photo(rng, 40, 40)).save(src / "ignored.bmp")
+    report = make_pairs(src, tmp_path / "out", per_image=2, size=32, kernel_size=7,
+                        test_fraction=0.0, progress=False)
+    files = sorted((tmp_path / "out" / "train").glob("*.jpg"))
+    assert report.train_pairs == 6 and report.test_pairs == 0 and len(files) == 6
+    assert not list((tmp_path / "out" / "test").iterdir())
+    for path in files:
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB" and img.size == (64, 32)
+    sources = {r["source"] for r in json.loads(
+        (tmp_path / "out" / synth.MANIFEST_NAME).read_text())["pairs"]}
+    assert sources == {str(Path("deep/er/A.JPG")), "alpha.PNG", "gray.png"}
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = _photo(np.random.default_rng(5), 20, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees clockwise
+    Image.fromarray(image).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    assert load_photo(tmp_path / "rot.jpg").shape == (30, 20, 3)
+
+
+def test_noise_option_adds_gaussian_noise_to_the_blurred_half_only(tmp_path):
+    _write_photos(tmp_path / "src", [(64, 64)])
+    common = dict(per_image=1, size=64, kernel_size=9, fmt="png", seed=3, progress=False)
+    make_pairs(tmp_path / "src", tmp_path / "clean", **common)
+    make_pairs(tmp_path / "src", tmp_path / "noisy", noise=4.0, **common)
+    sharp0, blurred0 = _halves(tmp_path / "clean" / "train" / "0000_00.png")
+    sharp1, blurred1 = _halves(tmp_path / "noisy" / "train" / "0000_00.png")
+    np.testing.assert_array_equal(sharp0, sharp1)
+    residual = blurred1.astype(float) - blurred0.astype(float)
+    assert 3.5 < residual.std() < 4.5 and abs(residual.mean()) < 0.5
+
+
+def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
+    _write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+    (tmp_path / "src" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=1, size=32,
+                        kernel_size=5, progress=False)
+    assert [name for name, _ in report.skipped] == ["broken.jpg"]
+    assert "broken.jpg" in capsys.readouterr().err
+    assert report.train_pairs + report.test_pairs == 2
+    assert "broken.jpg" in report.summary()
+
+
+def test_single_photo_goes_to_train_with_a_note(tmp_path):
+    _write_photos(tmp_path / "src", [(40, 40)])
+    report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
+                        kernel_size=5, test_fraction=0.5, progress=False)
+    assert (report.train_pairs, report.test_pairs) == (2, 0)
+    assert any("test split is empty" in note for note in report.notes)
+
+
+# --- errors -----------------------------------------------------------------------
+def test_missing_empty_and_unreadable_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(DgfError, match="nope is not a folder"):
+        make_pairs(tmp_path / "nope", tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    with pytest.raises(DgfError, match="no .jpg, .jpeg or .png photos"):
+        make_pairs(tmp_path / "empty", tmp_path / "out", progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
+    with pytest.raises(DgfError, match="could be read"):
+        make_pairs(tmp_path / "bad", tmp_path / "out", progress=False)
+
+
+def test_sharp_dir_and_sample_photos_are_exclusive(tmp_path):
+    with pytest.raises(DgfError, match="not both"):
+        make_pairs(tmp_path, tmp_path / "out", sample_photos=True)
+    with pytest.raises(DgfError, match="SHARP_DIR"):
+        make_pairs(None, tmp_path / "out")
+
+
+@pytest.mark.parametrize("option,value", [
+    ("per_image", 0), ("size", 4), ("test_fraction", 1.0), ("seed", -1),
+    ("kernel_size", 8), ("strength", 2.0), ("noise", -1.0), ("quality", 0), ("fmt", "gif"),
+])
+def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value):
+    _write_photos(tmp_path / "src", [(40, 40)])
+    with pytest.raises(DgfError):
+        make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
+    _write_photos(tmp_path / "src", [(40, 40), (40, 40), (40, 40)])
+    out = tmp_path / "out"
+    make_pairs(tmp_path / "src", out, per_image=2, size=32, kernel_size=5, seed=0,
+               progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(DgfError, match="--overwrite"):
+        make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5, seed=1,
+                   progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # With --overwrite, stale pairs from the earlier, larger run are gone.
+    report = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
+                        seed=1, progress=False, overwrite=True)
+    written = sorted(out.rglob("*.jpg"))
+    assert len(written) == report.train_pairs + report.test_pairs == 3
+    assert len(sorted(out.rglob("*.kernel.npy"))) == 3
+
+
+def test_output_inside_the_photo_folder_is_not_read_back(tmp_path):
+    _write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+    out = tmp_path / "src" / "pairs"
+    first = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
+                       progress=False)
+    again = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
+                       progress=False, overwrite=True)
+    assert again.train_pairs + again.test_pairs == first.train_pairs + first.test_pairs == 2
+
+
+# --- bundled sample photos ----------------------------------------------------------
+def test_sample_photos_load_offline_and_make_pairs(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    photos = sample_photos()
+    assert len(photos) >= 8
+    assert len({name for name, _ in photos}) == len(photos)
+    for name, image in photos:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+        assert min(image.shape[:2]) >= 256, name
+    report = make_pairs(None, tmp_path / "out", sample_photos=True, per_image=1, size=64,
+                        kernel_size=9, progress=False)
+    assert report.train_pairs + report.test_pairs == len(photos)
+    assert report.test_photos >= 1 and report.train_photos >= 1
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == len(photos)
+
+
+# --- command line ---------------------------------------------------------------------
+def test_cli_writes_pairs_and_prints_a_summary(tmp_path, capsys):
+    _write_photos(tmp_path / "src", [(50, 50), (60, 40), (40, 40), (48, 64)])
+    out = tmp_path / "out"
+    status = make_pairs_main([str(tmp_path / "src"), str(out), "--per-image", "2",
+                              "--size", "32", "--kernel-size", "7", "--strength", "0.9",
+                              "--test-fraction", "0.25", "--seed", "4", "--format", "png",
+                              "--no-progress"])
+    assert status == 0
+    assert len(list((out / "train").glob("*.png"))) == 6
+    assert len(list((out / "test").glob("*.png"))) == 2
+    printed = capsys.readouterr().out
+    assert "wrote 6 train pairs" in printed and "wrote 2 test pairs" in printed
+    settings = json.loads((out / synth.MANIFEST_NAME).read_text())["settings"]
+    assert settings["strength"] == 0.9 and settings["seed"] == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sample-photos", "a", "b"], "only OUT_DIR"),
+    (["just_one"], "give SHARP_DIR and OUT_DIR"),
+    (["missing_dir", "out"], "is not a folder"),
+])
+def test_cli_errors_exit_2_with_a_message(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert make_pairs_main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
