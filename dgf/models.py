@@ -101,10 +101,9 @@ def check_discriminator_size(height: int, width: int, patch: int) -> None:
         raise DgfError(f"discriminator patch size must be positive, got {patch}")
     if height < patch or width < patch or height % patch or width % patch:
         raise DgfError(
-            f"the discriminator needs images whose height and width are multiples of "
-            f"its patch size {patch}, got {height}x{width}; crop or resize the training "
-            f"images (e.g. a crop size that is a multiple of {patch}) or change the "
-            f"patch size"
+            f"image size {height}x{width} does not tile into the discriminator's "
+            f"patch size {patch}: height and width must be multiples of it; use a "
+            f"crop size that is a multiple of {patch} or change the patch size"
         )
 
 

@@ -1,0 +1,191 @@
+"""The DGF networks: golden sizes, shapes, tiling, serialization, mixed precision."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from dgf.errors import DgfError
+from dgf.models import (
+    PatchTiles,
+    build_discriminator,
+    build_generator,
+    check_discriminator_size,
+    count_params,
+)
+
+
+def _images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype("float32")
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_generator_golden_parameter_count():
+    assert count_params(build_generator()) == (3_197_827, 6_912)
+
+
+def test_discriminator_golden_parameter_count():
+    assert count_params(build_discriminator()) == (966_401, 1_408)
+
+
+def test_generator_keeps_non_square_size_and_range():
+    generator = build_generator(channel_rate=8)
+    out = np.asarray(generator(_images((2, 40, 72, 3)), training=True))
+    assert out.shape == (2, 40, 72, 3)
+    assert out.dtype == np.float32
+    assert np.all(np.abs(out) <= 1.0)
+
+
+def test_generator_layers_follow_the_dgf_design():
+    generator = build_generator(channel_rate=8)
+    dilations = [generator.get_layer(f"dense{k}_conv3x3").dilation_rate[0] for k in range(1, 11)]
+    assert dilations == [1, 1, 1, 2, 1, 3, 1, 2, 1, 1]
+    # Dense connectivity: block k sees the head's 32 maps plus 8 per earlier block.
+    for k in range(1, 11):
+        assert generator.get_layer(f"dense{k}_conv1x1").input.shape[-1] == 32 + 8 * (k - 1)
+    assert generator.get_layer("global_skip").output.shape[-1] == 64
+
+
+def test_discriminator_logits_per_patch_for_non_square_image():
+    discriminator = build_discriminator(channel_rate=8, patch=64)
+    logits = np.asarray(discriminator(_images((2, 128, 256, 3)), training=False))
+    assert logits.shape == (2, 8)
+    assert logits.dtype == np.float32
+
+
+def test_discriminator_rows_belong_to_their_images():
+    discriminator = build_discriminator(channel_rate=8, patch=32)
+    batch = _images((3, 64, 96, 3), seed=1)
+    together = np.asarray(discriminator(batch, training=False))
+    alone = np.concatenate(
+        [np.asarray(discriminator(batch[i : i + 1], training=False)) for i in range(3)]
+    )
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+    # Distinct images must give distinct scores, or the test above proves nothing.
+    assert not np.allclose(together[0], together[1])
+
+
+def test_patch_tiles_are_row_major_within_each_image():
+    images = np.arange(2 * 128 * 192 * 3, dtype="float32").reshape(2, 128, 192, 3)
+    tiles = np.asarray(PatchTiles(64)(images))
+    assert tiles.shape == (12, 64, 64, 3)
+    expected = [
+        images[b, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]
+        for b in range(2)
+        for r in range(2)
+        for c in range(3)
+    ]
+    np.testing.assert_array_equal(tiles, np.stack(expected))
+
+
+def test_discriminator_rejects_size_that_does_not_tile():
+    discriminator = build_discriminator(channel_rate=8, patch=64)
+    with pytest.raises(ValueError, match=r"100x100.*patch size 64"):
+        discriminator(_images((1, 100, 100, 3)))
+
+
+def test_discriminator_rejects_static_input_shape_that_does_not_tile():
+    with pytest.raises(ValueError, match=r"96x96.*patch size 64"):
+        PatchTiles(64).compute_output_shape((None, 96, 96, 3))
+
+
+@pytest.mark.parametrize("height, width", [(100, 100), (128, 96), (32, 64)])
+def test_check_discriminator_size_rejects(height, width):
+    with pytest.raises(DgfError, match=rf"{height}x{width}.*patch size 64"):
+        check_discriminator_size(height, width, 64)
+
+
+def test_check_discriminator_size_accepts_multiples():
+    check_discriminator_size(128, 256, 64)
+    check_discriminator_size(64, 64, 64)
+
+
+@pytest.mark.parametrize("builder", [build_generator, build_discriminator])
+def test_no_lambda_layers(builder):
+    model = builder(channel_rate=8)
+    layers = _all_layers(model)
+    assert len(layers) > 10
+    assert not [layer.name for layer in layers if isinstance(layer, keras.layers.Lambda)]
+
+
+@pytest.mark.parametrize(
+    "builder, shape",
+    [
+        (lambda: build_generator(channel_rate=8), (2, 32, 48, 3)),
+        (lambda: build_discriminator(channel_rate=8, patch=32), (2, 64, 32, 3)),
+    ],
+)
+def test_keras_file_round_trip_in_safe_mode(tmp_path: Path, builder, shape):
+    model = builder()
+    x = _images(shape, seed=2)
+    # A training step's worth of BN statistics, so loading must restore non-trainables.
+    for w in model.non_trainable_weights:
+        w.assign(np.random.default_rng(3).uniform(0.5, 1.5, w.shape).astype("float32"))
+    expected = np.asarray(model(x, training=False))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True is Keras' default
+    assert loaded.name == model.name
+    assert count_params(loaded) == count_params(model)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "builder, shape",
+    [
+        (lambda: build_generator(channel_rate=8), (1, 32, 32, 3)),
+        (lambda: build_discriminator(channel_rate=8, patch=32), (1, 64, 64, 3)),
+    ],
+)
+def test_config_round_trip(builder, shape):
+    model = builder()
+    config = model.get_config()
+    # from_config consumes the dict it is given.
+    clone = keras.Model.from_config(copy.deepcopy(config))
+    assert clone.get_config() == config
+    clone.set_weights(model.get_weights())
+    x = _images(shape, seed=4)
+    np.testing.assert_allclose(
+        np.asarray(clone(x, training=False)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
+    generator = build_generator(channel_rate=8)
+    discriminator = build_discriminator(channel_rate=8, patch=32)
+    assert generator.get_layer("dense1_conv3x3").compute_dtype == "bfloat16"
+    deblurred = generator(_images((2, 64, 64, 3)), training=True)
+    logits = discriminator(deblurred, training=True)
+    assert deblurred.dtype == "float32"
+    assert logits.dtype == "float32"
+    assert tuple(logits.shape) == (2, 4)
+    assert np.all(np.isfinite(np.asarray(logits)))
+    bn = generator.get_layer("dense1_bn1")
+    assert {w.dtype for w in bn.weights} == {"float32"}
+
+
+@pytest.mark.parametrize("bad", [{"channel_rate": 0}, {"dropout": 1.0}, {"dropout": -0.1}])
+def test_generator_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        build_generator(**bad)
