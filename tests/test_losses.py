@@ -1,0 +1,323 @@
+"""Losses: perceptual (VGG weights handling, preprocessing), L1, adversarial stability."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgf.errors import DgfError
+from dgf.losses import (
+    VGG16_NOTOP_FILE,
+    VGG16_NOTOP_MD5,
+    VGG16_NOTOP_URL,
+    LossWeights,
+    PerceptualLoss,
+    VGGWeightsUnavailable,
+    discriminator_loss,
+    generator_adversarial_loss,
+    generator_loss_terms,
+    keras_cache_dir,
+    l1_loss,
+    patch_probability,
+    vgg_preprocess,
+)
+
+
+def _images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype("float32")
+
+
+def _log_mean_sigmoid64(logits: np.ndarray) -> np.ndarray:
+    return np.log(np.mean(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), axis=-1))
+
+
+@pytest.fixture(scope="module")
+def random_perceptual() -> PerceptualLoss:
+    return PerceptualLoss(weights=None)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network at all: connections and name lookups fail at once."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# --- preprocessing and the perceptual loss -------------------------------------------
+
+
+def test_vgg_preprocess_matches_keras_preprocess_input():
+    images = _images((2, 8, 8, 3))
+    expected = keras.applications.vgg16.preprocess_input((images.astype(np.float64) + 1.0) * 127.5)
+    got = np.asarray(vgg_preprocess(images))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_vgg_constants_match_what_keras_caches():
+    from keras.src.applications import vgg16 as keras_vgg16
+
+    assert keras_vgg16.WEIGHTS_PATH_NO_TOP == VGG16_NOTOP_URL
+    assert VGG16_NOTOP_URL.endswith("/" + VGG16_NOTOP_FILE)
+    source = Path(keras_vgg16.__file__).read_text()
+    assert VGG16_NOTOP_MD5 in source
+
+
+def test_perceptual_zero_for_identical_and_positive_otherwise(random_perceptual):
+    sharp = _images((2, 32, 40, 3), seed=1)
+    same = random_perceptual(sharp, sharp)
+    assert same.dtype == "float32"
+    assert abs(float(same)) < 1e-6
+    different = float(random_perceptual(sharp, _images((2, 32, 40, 3), seed=2)))
+    assert np.isfinite(different) and different > 0.0
+    # Closer images are closer in feature space.
+    near = float(random_perceptual(sharp, np.clip(sharp + 0.01, -1, 1)))
+    assert 0.0 < near < different
+
+
+def test_perceptual_is_truncated_frozen_and_float32_under_mixed_policy():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        loss = PerceptualLoss(weights=None, layer="block2_conv2")
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        value = loss(_images((1, 16, 16, 3)), _images((1, 16, 16, 3), seed=3))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert loss.features.layers[-1].name == "block2_conv2"
+    assert loss.features.trainable_weights == []
+    assert {layer.compute_dtype for layer in loss.features.layers} == {"float32"}
+    assert value.dtype == "float32"
+
+
+def test_perceptual_gradient_reaches_the_deblurred_image(random_perceptual):
+    sharp = tf.constant(_images((1, 16, 16, 3), seed=4))
+    deblurred = tf.Variable(_images((1, 16, 16, 3), seed=5))
+    with tf.GradientTape() as tape:
+        value = random_perceptual(sharp, deblurred)
+    grad = tape.gradient(value, deblurred)
+    assert grad is not None
+    assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+
+
+def test_unknown_layer_is_a_clear_error():
+    with pytest.raises(DgfError, match=r"no layer 'block9_conv1'.*block3_conv3"):
+        PerceptualLoss(weights=None, layer="block9_conv1")
+
+
+def _write_notop_style_h5(model: keras.Model, path: Path) -> None:
+    """Write weights in the layout of Keras' published notop file (layer_names groups)."""
+    with h5py.File(path, "w") as f:
+        names = [layer.name for layer in model.layers]
+        f.attrs["layer_names"] = [name.encode() for name in names]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            weight_names = [f"{layer.name}_{kind}_1:0" for kind in ("W", "b")][: len(layer.weights)]
+            group.attrs["weight_names"] = [n.encode() for n in weight_names]
+            for name, weight in zip(weight_names, layer.weights):
+                group.create_dataset(name, data=np.asarray(weight))
+
+
+def test_weights_load_from_local_notop_h5(tmp_path: Path):
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = tmp_path / VGG16_NOTOP_FILE
+    _write_notop_style_h5(source, path)
+    loss = PerceptualLoss(weights=path)
+    expected = np.asarray(source.get_layer("block3_conv3").kernel)
+    got = np.asarray(loss.features.get_layer("block3_conv3").kernel)
+    np.testing.assert_array_equal(got, expected)
+    # A second random VGG differs, so equality above means the file was loaded.
+    assert not np.array_equal(
+        np.asarray(PerceptualLoss(weights=None).features.get_layer("block3_conv3").kernel), expected
+    )
+
+
+def test_weights_load_from_keras_weights_h5(tmp_path: Path):
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.save_weights(path)
+    loss = PerceptualLoss(weights=str(path))
+    np.testing.assert_array_equal(
+        np.asarray(loss.features.get_layer("block1_conv1").bias),
+        np.asarray(source.get_layer("block1_conv1").bias),
+    )
+
+
+def test_missing_weights_path_names_it(tmp_path: Path):
+    missing = tmp_path / "nowhere" / VGG16_NOTOP_FILE
+    with pytest.raises(DgfError, match="does not exist") as info:
+        PerceptualLoss(weights=missing)
+    assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("name, content", [("broken.h5", b"not an hdf5 file"), ("vgg.bin", b"x")])
+def test_unusable_weights_file_names_it(tmp_path: Path, name: str, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DgfError) as info:
+        PerceptualLoss(weights=path)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_hdf5_content_names_the_file(tmp_path: Path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        f.create_group("dense").attrs["weight_names"] = [b"kernel:0"]
+        f["dense"].create_dataset("kernel:0", data=np.zeros((2, 2)))
+    with pytest.raises(DgfError, match=VGG16_NOTOP_FILE) as info:
+        PerceptualLoss(weights=path)
+    assert str(path) in str(info.value)
+
+
+def test_keras_cache_dir_follows_keras_home(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    assert keras_cache_dir() == tmp_path / "kh"
+    assert (tmp_path / "kh").is_dir()
+
+
+def test_offline_without_cached_weights_explains_the_fix(tmp_path: Path, monkeypatch, offline):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(VGGWeightsUnavailable) as info:
+        PerceptualLoss()
+    assert isinstance(info.value, DgfError)
+    message = str(info.value)
+    for needle in (
+        VGG16_NOTOP_FILE,
+        VGG16_NOTOP_URL,
+        str(tmp_path / "models" / VGG16_NOTOP_FILE),
+        "--vgg-weights PATH",
+        "--perceptual-weight 0",
+    ):
+        assert needle in message
+    # No half-downloaded file is left where Keras would look next time.
+    assert not (tmp_path / "models" / VGG16_NOTOP_FILE).exists()
+
+
+# --- pixel and adversarial losses ----------------------------------------------------
+
+
+def test_l1_loss_matches_numpy():
+    a, b = _images((2, 8, 8, 3), seed=6), _images((2, 8, 8, 3), seed=7)
+    np.testing.assert_allclose(float(l1_loss(a, b)), np.mean(np.abs(a - b)), rtol=1e-6)
+
+
+def test_patch_probability_is_mean_sigmoid():
+    logits = np.random.default_rng(8).normal(0, 3, (3, 16)).astype("float32")
+    expected = np.mean(1 / (1 + np.exp(-logits.astype(np.float64))), axis=-1)
+    got = np.asarray(patch_probability(logits))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("real_label", [1.0, 0.9])
+def test_discriminator_loss_matches_float64_bce(real_label):
+    rng = np.random.default_rng(9)
+    real = rng.normal(1.0, 3.0, (4, 16)).astype("float32")
+    fake = rng.normal(-1.0, 3.0, (4, 16)).astype("float32")
+    d_real = np.exp(_log_mean_sigmoid64(real))
+    d_fake = np.exp(_log_mean_sigmoid64(fake))
+    expected = -np.mean(
+        real_label * np.log(d_real) + (1 - real_label) * np.log(1 - d_real) + np.log(1 - d_fake)
+    )
+    got = float(discriminator_loss(real, fake, real_label=real_label))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_generator_adversarial_loss_matches_float64():
+    fake = np.random.default_rng(10).normal(0.0, 4.0, (4, 16)).astype("float32")
+    expected = -np.mean(_log_mean_sigmoid64(fake))
+    np.testing.assert_allclose(float(generator_adversarial_loss(fake)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("magnitude", [100.0, 1e4])
+@pytest.mark.parametrize("real_sign, fake_sign", [(1, -1), (-1, 1), (1, 1), (-1, -1)])
+def test_adversarial_losses_finite_at_saturation(magnitude, real_sign, fake_sign):
+    real = tf.Variable(np.full((2, 16), real_sign * magnitude, dtype="float32"))
+    fake = tf.Variable(np.full((2, 16), fake_sign * magnitude, dtype="float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        d_loss = discriminator_loss(real, fake)
+        g_adv = generator_adversarial_loss(fake)
+    values = [float(d_loss), float(g_adv)]
+    grads = [tape.gradient(d_loss, real), tape.gradient(d_loss, fake), tape.gradient(g_adv, fake)]
+    assert np.all(np.isfinite(values))
+    for grad in grads:
+        assert grad is not None and np.all(np.isfinite(grad.numpy()))
+    # Confidently wrong costs about the logit magnitude per wrong side; right costs ~0.
+    wrong_sides = (real_sign < 0) + (fake_sign > 0)
+    np.testing.assert_allclose(values[0], wrong_sides * magnitude, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(values[1], magnitude if fake_sign < 0 else 0.0, rtol=1e-3, atol=1e-3)
+
+
+def test_saturated_generator_still_gets_a_gradient():
+    # The point of -log D: a generator D rejects outright still learns.
+    fake = tf.Variable(np.full((1, 4), -1e4, dtype="float32"))
+    with tf.GradientTape() as tape:
+        g_adv = generator_adversarial_loss(fake)
+    grad = tape.gradient(g_adv, fake).numpy()
+    np.testing.assert_allclose(grad, -0.25, rtol=1e-5)
+
+
+def test_discriminator_loss_rejects_bad_label():
+    with pytest.raises(ValueError, match="real_label"):
+        discriminator_loss(np.zeros((1, 4)), np.zeros((1, 4)), real_label=0.0)
+
+
+# --- combining the generator terms ---------------------------------------------------
+
+
+class _SpyPerceptual:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, sharp, deblurred):
+        self.calls += 1
+        return tf.constant(0.5, dtype=tf.float32)
+
+
+def test_generator_loss_terms_weighted_sum():
+    sharp, deblurred = _images((2, 8, 8, 3), seed=11), _images((2, 8, 8, 3), seed=12)
+    logits = np.random.default_rng(13).normal(0, 2, (2, 4)).astype("float32")
+    spy = _SpyPerceptual()
+    weights = LossWeights(perceptual=2.0, l1=3.0, adversarial=5.0)
+    terms = generator_loss_terms(sharp, deblurred, logits, spy, weights)
+    assert spy.calls == 1
+    assert set(terms) == {"g_perceptual", "g_l1", "g_adv", "g_loss"}
+    expected = 2.0 * 0.5 + 3.0 * float(l1_loss(sharp, deblurred)) + 5.0 * float(
+        generator_adversarial_loss(logits)
+    )
+    np.testing.assert_allclose(float(terms["g_loss"]), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_spy, weight", [(True, 0.0), (False, 145.0)])
+def test_perceptual_off_skips_vgg(use_spy, weight):
+    sharp, deblurred = _images((1, 8, 8, 3), seed=14), _images((1, 8, 8, 3), seed=15)
+    spy = _SpyPerceptual() if use_spy else None
+    weights = LossWeights(perceptual=weight)
+    terms = generator_loss_terms(sharp, deblurred, np.zeros((1, 4), "float32"), spy, weights)
+    if spy is not None:
+        assert spy.calls == 0
+    assert float(terms["g_perceptual"]) == 0.0
+    expected = 170.0 * float(terms["g_l1"]) + float(terms["g_adv"])
+    np.testing.assert_allclose(float(terms["g_loss"]), expected, rtol=1e-6)
+
+
+def test_default_weights_are_the_papers():
+    assert LossWeights() == LossWeights(perceptual=145.0, l1=170.0, adversarial=1.0)
+
+
+@pytest.mark.parametrize("bad", [{"l1": -1.0}, {"perceptual": float("nan")}])
+def test_loss_weights_reject_bad_values(bad):
+    with pytest.raises(DgfError):
+        LossWeights(**bad)
