@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -123,12 +124,45 @@ def mean_psnr(values: Sequence[float]) -> float:
 
 
 # --- running a generator --------------------------------------------------------------
+_INFERENCE_FNS: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _inference_fn(generator: Any) -> Callable[[np.ndarray], Any]:
+    """A compiled inference call for ``generator``, built once per generator.
+
+    One graph for every batch size and image size (None dimensions), so the
+    trainer's per-epoch calls and a short last batch never retrace. The graph holds
+    the generator only weakly, so caching it keeps no model alive.
+    """
+    try:
+        return _INFERENCE_FNS[generator]
+    except (KeyError, TypeError):
+        pass
+    import tensorflow as tf
+
+    ref = weakref.ref(generator)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        autograph=False,
+    )
+    def call(x):
+        return ref()(x, training=False)
+
+    try:
+        _INFERENCE_FNS[generator] = call
+    except TypeError:  # an unhashable callable still works, just uncached
+        pass
+    return call
+
+
 def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
     ``generator``: a Keras model mapping (B, H, W, 3) float32 in [-1, 1] to the same
-    shape in [-1, 1]. ``blurred``: (B, H, W, 3) uint8. Returns (B, H, W, 3) uint8,
-    rounded by :func:`to_uint8`.
+    shape in [-1, 1]; it is called as ``generator(x, training=False)`` inside a
+    ``tf.function`` compiled once per generator. ``blurred``: (B, H, W, 3) uint8.
+    Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
     """
     blurred = np.asarray(blurred)
     if blurred.dtype != np.uint8 or blurred.ndim != 4 or blurred.shape[-1] != 3:
@@ -139,10 +173,10 @@ def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     out = np.empty_like(blurred)
+    call = _inference_fn(generator)
     for start in range(0, len(blurred), batch_size):
         chunk = to_unit(blurred[start : start + batch_size])
-        y = generator(chunk, training=False)
-        y = np.asarray(y)
+        y = np.asarray(call(chunk), dtype=np.float32)
         if y.shape != chunk.shape:
             raise DgfError(
                 f"generator returned shape {y.shape} for input {chunk.shape}; a "

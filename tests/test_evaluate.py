@@ -43,14 +43,16 @@ def _make_h5(path: Path, *, with_source: bool = True, count: int = COUNT) -> tup
 
 
 def _generator(seed: int):
-    """A tiny fully convolutional generator: (B, H, W, 3) in [-1, 1] -> same, tanh."""
+    """The real DGF generator at channel rate 8: (B, H, W, 3) in [-1, 1] -> same, tanh.
+
+    Its dropout makes any accidental training-mode call visible as unequal outputs.
+    """
     import keras
 
+    from dgf.models import build_generator
+
     keras.utils.set_random_seed(seed)
-    inp = keras.Input((None, None, 3))
-    hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
-    out = keras.layers.Conv2D(3, 3, padding="same", activation="tanh")(hidden)
-    return keras.Model(inp, out)
+    return build_generator(channel_rate=8)
 
 
 def _identity_generator():
@@ -312,19 +314,20 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
     again = ev.evaluate_run(run, strips=3, progress=False)
     assert loads == [] and again == rows
 
-    (run / "snapshots" / "generator_epoch_0003.keras").write_bytes(snapshots[2].read_bytes())
-    rows3 = ev.evaluate_run(run, strips=3, progress=False)
-    assert loads == ["generator_epoch_0003.keras"]
-    assert [r["epoch"] for r in rows3] == [1, 2, 3]
-    assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 3 * H)
+    ev.evaluate_run(run, strips=2, progress=False)  # other strip pairs: all re-drawn
+    assert len(loads) == 2
+    assert _png(out / "strips" / "epoch_0002.png").shape == (2 * H, 3 * W, 3)
+    loads.clear()
+    ev.evaluate_run(run, strips=2, force=True, progress=False)
+    assert len(loads) == 2
 
     loads.clear()
-    ev.evaluate_run(run, strips=3, force=True, progress=False)
-    assert len(loads) == 3
-    loads.clear()
-    ev.evaluate_run(run, strips=2, progress=False)  # other strip pairs: all re-drawn
-    assert len(loads) == 3
-    assert _png(out / "strips" / "epoch_0002.png").shape == (2 * H, 3 * W, 3)
+    (run / "snapshots" / "generator_epoch_0003.keras").write_bytes(snapshots[2].read_bytes())
+    rows3 = ev.evaluate_run(run, strips=2, progress=False)
+    assert loads == ["generator_epoch_0003.keras"]
+    assert [r["epoch"] for r in rows3] == [1, 2, 3]
+    assert rows3[:2] == ev.evaluate_run(run, strips=2, progress=False)[:2]
+    assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 2 * H)
 
 
 def test_evaluate_run_errors(tmp_path, snapshots):
