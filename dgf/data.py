@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -155,7 +156,7 @@ _PIXEL = np.dtype((np.void, 3))
 
 
 def _pixels(image: np.ndarray) -> np.ndarray:
-    """View a (h, w, 3) uint8 image as (h, w) pixels; no copy."""
+    """View (..., 3) uint8 images as (...) pixels; no copy."""
     return image.view(_PIXEL)[..., 0]
 
 
@@ -173,7 +174,8 @@ class _FileReader:
     Each tf.data worker thread opens its own handle on first use (a handle must not
     be shared between threads mid-read, nor cross a fork); handles close when the
     reader, and so the pipeline holding it, is garbage-collected. Reads go through
-    h5py's low-level API straight into the caller's buffer: no temporary array.
+    h5py's low-level API straight into the caller's buffer (or, for a transformed
+    pair, a per-thread scratch pair): no array is allocated per read.
     """
 
     def __init__(self, path: Path, split: str) -> None:
@@ -190,36 +192,47 @@ class _FileReader:
             ids = tuple(handle[name].id for name in self._names)
             spaces = tuple(dataset_id.get_space() for dataset_id in ids)
             memory = h5py.h5s.create_simple((h, w, 3))
-            state = self._local.state = ((h, w), ids, spaces, memory)
+            # Transformed windows land here first, then turn while copied out.
+            scratch = np.empty((2, h, w, 3), dtype=np.uint8)
+            state = self._local.state = ((h, w), ids, spaces, memory, scratch)
         return state
 
     def read_into(
-        self, index: int, y: int, x: int, blurred: np.ndarray, sharp: np.ndarray
+        self, index: int, y: int, x: int, code: int, blurred: np.ndarray, sharp: np.ndarray
     ) -> None:
-        """Copy the window at (y, x) of pair ``index`` into C-contiguous (h, w, 3)
-        uint8 arrays ``blurred`` and ``sharp``."""
+        """Copy the window at (y, x) of pair ``index``, turned by transform ``code``,
+        into C-contiguous (h, w, 3) uint8 arrays ``blurred`` and ``sharp``."""
         h, w = blurred.shape[:2]
-        _, ids, spaces, memory = self._state(h, w)
-        for dataset_id, space, out in zip(ids, spaces, (blurred, sharp)):
+        if code % 2:
+            h, w = w, h
+        _, ids, spaces, memory, scratch = self._state(h, w)
+        targets = (scratch[0], scratch[1]) if code else (blurred, sharp)
+        for dataset_id, space, out in zip(ids, spaces, targets):
             space.select_hyperslab((index, y, x, 0), (1, h, w, 3))
             dataset_id.read(memory, space, out)
+        if code:
+            _pixels(blurred)[...] = _transform(_pixels(scratch[0]), code)
+            _pixels(sharp)[...] = _transform(_pixels(scratch[1]), code)
 
 
 class _ArrayReader:
     """Reads crop windows from a split held in memory (``cache=True``)."""
 
     def __init__(self, blurred: np.ndarray, sharp: np.ndarray) -> None:
-        self._blurred = blurred
-        self._sharp = sharp
+        self._blurred = _pixels(blurred)
+        self._sharp = _pixels(sharp)
 
     def read_into(
-        self, index: int, y: int, x: int, blurred: np.ndarray, sharp: np.ndarray
+        self, index: int, y: int, x: int, code: int, blurred: np.ndarray, sharp: np.ndarray
     ) -> None:
-        """Copy the window at (y, x) of pair ``index`` into (h, w, 3) arrays."""
+        """Copy the window at (y, x) of pair ``index``, turned by transform ``code``,
+        into (h, w, 3) uint8 arrays ``blurred`` and ``sharp``."""
         h, w = blurred.shape[:2]
-        window = np.s_[index, y : y + h, x : x + w, :]
-        blurred[...] = self._blurred[window]
-        sharp[...] = self._sharp[window]
+        if code % 2:
+            h, w = w, h
+        window = np.s_[index, y : y + h, x : x + w]
+        _pixels(blurred)[...] = _transform(self._blurred[window], code)
+        _pixels(sharp)[...] = _transform(self._sharp[window], code)
 
 
 # Splits loaded by ``cache=True``, kept across calls so that a trainer rebuilding the
@@ -286,6 +299,56 @@ def _cached_split(path: Path, split: str, info: SplitInfo) -> _ArrayReader:
         return _ArrayReader(blurred, sharp)
 
 
+class _Lease:
+    """One use of a pooled buffer, as an object numpy can wrap.
+
+    Every array onto the buffer, however derived, ends its chain of ``base``
+    references here (numpy collapses views to the first non-array base), so this
+    object dies only when no array uses the memory any more.
+    """
+
+    def __init__(self, raw: np.ndarray, start: int, shape: tuple[int, ...]) -> None:
+        self.raw = raw
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": shape,
+            "typestr": "|u1",
+            "data": (raw.ctypes.data + start, False),
+        }
+
+
+class _BufferPool:
+    """Batch arrays that TensorFlow can adopt, recycled once it lets go of them.
+
+    TensorFlow takes a returned array's memory without copying it only when the data
+    is aligned to 64 bytes (numpy guarantees 16), and keeps a reference to the array
+    for as long as the tensor lives. Buffers go back to the pool when the last array
+    onto them dies, sparing the page faults of touching newly mapped memory on every
+    batch.
+    """
+
+    ALIGNMENT = 64
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised, 64-byte-aligned uint8 array of ``shape``."""
+        with self._lock:
+            free = self._free.setdefault(shape, [])
+            raw = free.pop() if free else None
+        if raw is None:
+            raw = np.empty(int(np.prod(shape)) + self.ALIGNMENT, dtype=np.uint8)
+        lease = _Lease(raw, -raw.ctypes.data % self.ALIGNMENT, shape)
+        weakref.finalize(lease, self._give_back, shape, raw)
+        return np.asarray(lease)
+
+    def _give_back(self, shape: tuple[int, ...], raw: np.ndarray) -> None:
+        with self._lock:
+            self._free[shape].append(raw)
+
+
 def _batch_reader(
     reader: _FileReader | _ArrayReader,
     records: np.ndarray,
@@ -294,26 +357,14 @@ def _batch_reader(
 ) -> Callable[[np.int64], tuple[np.ndarray, np.ndarray]]:
     """A function from a batch number to its (blurred, sharp) uint8 arrays."""
     h, w = crop
-
-    # Transformed pairs are read into a per-thread scratch pair, then turned while
-    # being copied into the batch.
-    local = threading.local()
+    pool = _BufferPool()
 
     def read_batch(batch: np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = records[int(batch) * batch_size : (int(batch) + 1) * batch_size]
-        blurred = np.empty((len(rows), h, w, 3), dtype=np.uint8)
-        sharp = np.empty_like(blurred)
-        blurred_px, sharp_px = _pixels(blurred), _pixels(sharp)
+        blurred = pool.take((len(rows), h, w, 3))
+        sharp = pool.take((len(rows), h, w, 3))
         for j, (index, y, x, code) in enumerate(rows.tolist()):
-            if not code:
-                reader.read_into(index, y, x, blurred[j], sharp[j])
-                continue
-            scratch = getattr(local, "scratch", None)
-            if scratch is None:
-                scratch = local.scratch = np.empty((2, h, w, 3), dtype=np.uint8)
-            reader.read_into(index, y, x, scratch[0], scratch[1])
-            blurred_px[j] = _transform(_pixels(scratch[0]), code)
-            sharp_px[j] = _transform(_pixels(scratch[1]), code)
+            reader.read_into(index, y, x, code, blurred[j], sharp[j])
         return blurred, sharp
 
     return read_batch

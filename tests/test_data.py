@@ -371,3 +371,21 @@ def test_batch_larger_than_the_split(h5: Path) -> None:
 def test_bad_options(h5: Path, kwargs, message: str) -> None:
     with pytest.raises(DgfError, match=message):
         data.make_dataset(h5, "train", 2, **kwargs)
+
+
+def test_batch_buffers_are_reused_only_when_no_array_uses_them() -> None:
+    import gc
+
+    pool = data._BufferPool()
+    first = pool.take((2, 4, 4, 3))
+    assert first.ctypes.data % 64 == 0  # aligned, so TensorFlow can adopt it
+    derived = first[1:, :, ::-1]
+    del first
+    gc.collect()
+    second = pool.take((2, 4, 4, 3))
+    assert not np.shares_memory(second, derived)
+    del derived
+    gc.collect()
+    third = pool.take((2, 4, 4, 3))
+    assert not np.shares_memory(third, second)
+    assert len(pool._free[(2, 4, 4, 3)]) == 0  # third reused the released buffer
