@@ -1,0 +1,537 @@
+"""Pack sharp/blurred pairs into one HDF5 file (``build-hdf5``) and describe such files.
+
+What :func:`build_hdf5` writes, per split (``train``, ``test`` and ``val`` if present):
+
+* ``{split}_data_full`` (sharp) and ``{split}_data_blur`` (blurred): uint8
+  (N, H, W, 3) RGB, one image per chunk ``(1, H, W, 3)``, resizable along N,
+  compressed with ``none`` (default), ``lzf`` or ``gzip``.
+* ``{split}_source``: variable-length UTF-8 strings, shape (N, 2). Row i holds the
+  sharp and the blurred file of pair i as POSIX paths relative to JPEG_DIR; for
+  side-by-side inputs both columns name the same file.
+
+File attributes (names in :mod:`dgf.schema`): ``schema_version``, ``size`` (int N,
+or the string ``"native"``), ``order``, ``layout``, ``compression``, ``splits``
+(JSON list), ``{split}_count`` (int), ``dgf_version`` and ``skipped`` (JSON list of
+``[relative path, reason]``). Pairs are stored sorted by relative path, whatever
+the number of workers.
+
+Files written by the seed's own script (same dataset names, no attributes, no
+chunking) are read by :func:`describe` and accepted by :func:`dgf.schema.check_split`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import multiprocessing
+import os
+import time
+import warnings
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+import dgf
+from dgf import schema, sources
+from dgf.errors import DgfError
+
+COMPRESSIONS = ("none", "lzf", "gzip")
+ON_ERROR = ("skip", "fail")
+GZIP_LEVEL = 4  # h5py's default; fast enough that decoding, not deflating, dominates
+
+# Each pool task carries at most this many decoded bytes back, so memory in flight
+# stays bounded for native-resolution inputs too.
+_TASK_BYTES = 4 << 20
+_TASK_PAIRS = 16
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_hdf5` wrote.
+
+    ``counts``: pairs per split, in writing order. ``skipped``: (relative path,
+    reason) for every file left out. ``notes``: (relative path, note) for files
+    used with a caveat, e.g. an odd width. ``size``: N, or None for native.
+    """
+
+    output: Path
+    layout: str
+    size: int | None
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self, max_notes: int = 10) -> str:
+        """A human-readable end-of-run summary: pairs per split, every skipped file."""
+        shape = "native resolution" if self.size is None else f"{self.size}x{self.size}"
+        lines = [f"wrote {self.output} in {self.seconds:.1f} s ({self.layout}, {shape})"]
+        width = max(len(s) for s in self.counts) if self.counts else 0
+        for split, count in self.counts.items():
+            lines.append(f"  {split + ':':<{width + 1}} {count} pairs")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            lines += [f"  {path}: {reason}" for path, reason in self.skipped]
+        else:
+            lines.append("skipped no files")
+        if self.notes:
+            lines.append(f"notes on {len(self.notes)} file(s):")
+            lines += [f"  {path}: {note}" for path, note in self.notes[:max_notes]]
+            if len(self.notes) > max_notes:
+                lines.append(f"  ... and {len(self.notes) - max_notes} more")
+        return "\n".join(lines)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _check_options(
+    size: int, native: bool, order: str, compression: str, workers: int | None, on_error: str
+) -> int:
+    if not native and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DgfError(f"size must be a positive integer (pixels per side); got {size!r}.")
+    if order not in sources.ORDERS:
+        raise DgfError(f"unknown order '{order}'; choose {' or '.join(sources.ORDERS)}.")
+    if compression not in COMPRESSIONS:
+        raise DgfError(f"unknown compression '{compression}'; choose {', '.join(COMPRESSIONS)}.")
+    if on_error not in ON_ERROR:
+        raise DgfError(f"unknown on_error '{on_error}'; choose {' or '.join(ON_ERROR)}.")
+    if workers is None:
+        return _available_cores()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DgfError(f"workers must be 1 or more; got {workers!r}.")
+    return workers
+
+
+def _temp_path(output: Path) -> Path:
+    # Same folder, so os.replace is an atomic rename on one filesystem.
+    return output.with_name(f".{output.name}.tmp-{os.getpid()}")
+
+
+def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int] | None:
+    """(height, width) shared by a split's pairs; DgfError names the first odd file."""
+    found: list[tuple[str, tuple[int, int]]] = []
+    for pair in tqdm(split.pairs, desc=f"{split.split} sizes", unit="pair", disable=not progress, leave=False):
+        try:
+            width, height = sources.image_size(pair.sharp)
+        except sources.BadImageError:
+            continue  # reported with its reason when decoding
+        if pair.side_by_side:
+            width //= 2
+        found.append((pair.sharp_rel, (height, width)))
+    if not found:
+        return None
+    counts = Counter(shape for _, shape in found)
+    (common, n_common), = counts.most_common(1)
+    for rel, shape in found:
+        if shape != common:
+            h, w = shape
+            raise DgfError(
+                f"{rel}: pair is {w}x{h} but {n_common} of {len(found)} pairs in "
+                f"'{split.split}' are {common[1]}x{common[0]}; --native needs one size per "
+                f"split. Resize or remove the odd files, or use --size N."
+            )
+    return common
+
+
+def _task_pairs(height: int, width: int, n: int, workers: int) -> int:
+    per_bytes = max(1, _TASK_BYTES // (height * width * 3 * 2))
+    balanced = max(1, math.ceil(n / (workers * 4)))
+    return max(1, min(_TASK_PAIRS, per_bytes, balanced))
+
+
+# Decoded pairs travel from the workers to the writer through this anonymous shared
+# mapping, created before the workers fork, instead of being pickled: pushing
+# ~400 KB per pair through a pipe costs about as much as decoding it. Each task in
+# flight owns its own group of slots, so nothing is overwritten before it is written.
+_SLOTS: mmap.mmap | None = None
+
+
+def _slot_view(buffer, shape: tuple[int, int]) -> np.ndarray:
+    """The buffer as (slots, 2, H, W, 3) uint8: [i, 0] sharp, [i, 1] blurred."""
+    h, w = shape
+    per = 2 * h * w * 3
+    return np.frombuffer(buffer, np.uint8, count=(len(buffer) // per) * per).reshape(
+        -1, 2, h, w, 3
+    )
+
+
+def _decode_to_slots(
+    batch: Sequence[sources.PairSource],
+    size: int | None,
+    order: str,
+    deflate_level: int | None,
+    first_slot: int,
+    shape: tuple[int, int],
+) -> list[sources.Decoded]:
+    """Pool task: decode a batch; park same-shape arrays in the shared slots.
+
+    A parked pair comes back with ``sharp is None`` and ``reason is None``; anything
+    else (failures, deflated bytes, an odd shape, no shared buffer under spawn)
+    travels in the result itself.
+    """
+    results = sources.decode_batch(batch, size, order, True, deflate_level)
+    if _SLOTS is None or deflate_level is not None:
+        return results
+    view = _slot_view(_SLOTS, shape)
+    parked = []
+    for k, out in enumerate(results):
+        if out.reason is None and out.shape == tuple(shape):
+            view[first_slot + k, 0] = out.sharp
+            view[first_slot + k, 1] = out.blurred
+            out = sources.Decoded(out.shape, None, None, notes=out.notes)
+        parked.append(out)
+    return parked
+
+
+def _decode_in_order(
+    pool,
+    pairs: Sequence[sources.PairSource],
+    size: int | None,
+    order: str,
+    deflate_level: int | None,
+    shape: tuple[int, int],
+    task: int,
+    window: int,
+) -> Iterator[sources.Decoded]:
+    """Decoded pairs in input order, with at most ``window`` tasks in flight.
+
+    The bounded window is what keeps memory flat: a plain ``imap`` would queue every
+    task at once and buffer results whenever writing is slower than decoding.
+    Arrays yielded from the shared slots are valid until the next item is asked for.
+    """
+    if pool is None:
+        for pair in pairs:
+            # Looked up at call time so a replaced decode function takes effect.
+            yield from sources.decode_batch([pair], size, order, True, deflate_level)
+        return
+    view = _slot_view(_SLOTS, shape) if _SLOTS is not None else None
+    groups = window + 1  # the tasks in flight plus the one being written
+    batches = enumerate(pairs[i : i + task] for i in range(0, len(pairs), task))
+    pending: deque = deque()
+
+    def submit(number: int, batch) -> None:
+        first = (number % groups) * task
+        args = (batch, size, order, deflate_level, first, shape)
+        pending.append((first, pool.submit(_decode_to_slots, *args)))
+
+    for number, batch in batches:
+        submit(number, batch)
+        if len(pending) >= window:
+            break
+    while pending:
+        first, future = pending.popleft()
+        results = future.result()
+        following = next(batches, None)
+        if following is not None:
+            submit(*following)
+        for k, out in enumerate(results):
+            if out.reason is None and out.sharp is None:
+                out = sources.Decoded(out.shape, view[first + k, 0], view[first + k, 1], notes=out.notes)
+            yield out
+
+
+def _write_split(
+    h5: h5py.File,
+    split: sources.SplitSources,
+    decoded: Iterator[sources.Decoded],
+    shape: tuple[int, int] | None,
+    compression: str,
+    on_error: str,
+    report: BuildReport,
+    progress: bool,
+) -> int:
+    n = len(split.pairs)
+    kwargs = {}
+    if compression == "gzip":
+        kwargs = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+    elif compression == "lzf":
+        kwargs = {"compression": "lzf"}
+    sharp_ds = blurred_ds = None
+    written = 0
+    used: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
+    with tqdm(total=n, desc=split.split, unit="pair", disable=not progress) as bar:
+        for pair, out in zip(split.pairs, decoded):
+            bar.update(1)
+            if out.reason is not None:
+                if on_error == "fail":
+                    raise DgfError(
+                        f"{out.bad_path}: {out.reason}. Fix or remove the file, or pass "
+                        f"--on-error skip to leave bad files out."
+                    )
+                skipped.append((out.bad_path, out.reason))
+                continue
+            got = out.shape
+            if shape is None:
+                shape = got
+            if got != shape:
+                raise DgfError(
+                    f"{pair.sharp_rel}: pair is {got[1]}x{got[0]} but the split's pairs are "
+                    f"{shape[1]}x{shape[0]}; --native needs one size per split."
+                )
+            if sharp_ds is None:
+                h, w = shape
+                make = dict(
+                    shape=(n, h, w, 3),
+                    maxshape=(None, h, w, 3),
+                    chunks=(1, h, w, 3),
+                    dtype=schema.DTYPE,
+                    **kwargs,
+                )
+                sharp_ds = h5.create_dataset(schema.sharp_name(split.split), **make)
+                blurred_ds = h5.create_dataset(schema.blurred_name(split.split), **make)
+            if compression == "lzf":
+                sharp_ds[written] = out.sharp
+                blurred_ds[written] = out.blurred
+            else:
+                # One image per chunk, already laid out (or deflated) by the worker:
+                # storing it directly skips h5py's selection and filter machinery.
+                at = (written, 0, 0, 0)
+                sharp_ds.id.write_direct_chunk(at, out.sharp)
+                blurred_ds.id.write_direct_chunk(at, out.blurred)
+            used.append((pair.sharp_rel, pair.blurred_rel))
+            notes += [(pair.sharp_rel, note) for note in out.notes]
+            written += 1
+    report.skipped += skipped
+    report.notes += notes
+    if written == 0:
+        listed = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise DgfError(
+            f"every file of split '{split.split}' is unusable ({len(skipped)} files): "
+            f"{listed}{more}."
+        )
+    if written < n:
+        sharp_ds.resize(written, axis=0)
+        blurred_ds.resize(written, axis=0)
+    h5.create_dataset(
+        schema.source_name(split.split),
+        data=np.array(used, dtype=object),
+        dtype=h5py.string_dtype("utf-8"),
+        maxshape=(None, 2),
+        chunks=(min(written, 4096), 2),
+    )
+    odd = [path for path, note in notes if note.startswith("odd width")]
+    if odd:
+        warnings.warn(
+            f"{split.split}: {len(odd)} image(s) had an odd width; the middle column was "
+            f"dropped (first: {odd[0]})",
+            stacklevel=3,
+        )
+    return written
+
+
+def build_hdf5(
+    jpeg_dir: Path | str,
+    output: Path | str = Path("data/data.h5"),
+    *,
+    size: int = 256,
+    native: bool = False,
+    layout: str = "auto",
+    order: str = "sharp-blur",
+    compression: str = "none",
+    workers: int | None = None,
+    on_error: str = "skip",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Pack the pairs under ``jpeg_dir`` into one HDF5 file at ``output``.
+
+    ``size`` N resizes every sharp and blurred image to N x N (LANCZOS); ``native``
+    keeps native resolution (all pairs of a split must then share one size).
+    ``layout``: ``"auto"``, ``"side-by-side"`` or ``"paired"`` (see
+    :mod:`dgf.sources`); ``order`` says which half of a side-by-side image is
+    sharp. ``workers`` decoding processes (None: all cores; 1: in this process).
+    ``on_error="skip"`` leaves bad files out and reports them; ``"fail"`` stops at
+    the first. The file is built beside ``output`` under a temporary name and
+    moved into place only when complete; an existing ``output`` is replaced only
+    with ``overwrite=True``. Raises DgfError on bad input.
+    """
+    start = time.perf_counter()
+    n_workers = _check_options(size, native, order, compression, workers, on_error)
+    output = Path(output)
+    if output.is_dir():
+        raise DgfError(f"{output}: is a folder; give the path of the .h5 file to write.")
+    if output.exists() and not overwrite:
+        raise DgfError(
+            f"{output} already exists; pass --overwrite to replace it (the old file "
+            f"stays in place until the new one is complete)."
+        )
+    plan = sources.find_pairs(jpeg_dir, layout)
+    if plan.layout == "paired" and order != "sharp-blur":
+        raise DgfError(
+            f"{plan.jpeg_dir}: order '{order}' applies to side-by-side images only; "
+            f"paired folders name their roles (sharp/blur, A = blurred, B = sharp)."
+        )
+    target = None if native else size
+    shapes = {
+        s.split: (_native_shape(s, progress) if native else (size, size)) for s in plan.splits
+    }
+
+    report = BuildReport(output=output, layout=plan.layout, size=target)
+    for s in plan.splits:
+        report.skipped += s.skipped
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(output)
+    deflate_level = GZIP_LEVEL if compression == "gzip" else None
+    total = sum(len(s.pairs) for s in plan.splits)
+    n_workers = min(n_workers, total)
+    window = 2 * n_workers
+    tasks = {}
+    for s in plan.splits:
+        h, w = shapes[s.split] or (1, 1)
+        tasks[s.split] = _task_pairs(h, w, len(s.pairs), n_workers)
+    try:
+        with _pool(n_workers, plan.splits, shapes, tasks, window) as pool, h5py.File(tmp, "w") as h5:
+            for s in plan.splits:
+                decoded = _decode_in_order(
+                    pool,
+                    s.pairs,
+                    target,
+                    order,
+                    deflate_level,
+                    shapes[s.split] or (1, 1),
+                    tasks[s.split],
+                    window,
+                )
+                report.counts[s.split] = _write_split(
+                    h5, s, decoded, shapes[s.split], compression, on_error, report, progress
+                )
+            attrs = h5.attrs
+            attrs[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
+            attrs[schema.ATTR_SIZE] = "native" if native else int(size)
+            attrs[schema.ATTR_ORDER] = order
+            attrs[schema.ATTR_LAYOUT] = plan.layout
+            attrs[schema.ATTR_COMPRESSION] = compression
+            attrs[schema.ATTR_SPLITS] = json.dumps(list(report.counts))
+            for split, count in report.counts.items():
+                attrs[schema.count_attr(split)] = int(count)
+            attrs[schema.ATTR_DGF_VERSION] = dgf.__version__
+            attrs[schema.ATTR_SKIPPED] = json.dumps([list(x) for x in report.skipped])
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@contextmanager
+def _pool(
+    workers: int,
+    splits: Sequence[sources.SplitSources],
+    shapes: dict[str, tuple[int, int] | None],
+    tasks: dict[str, int],
+    window: int,
+):
+    """A process pool for decoding, with its shared slots; or None to decode here.
+
+    Fork where the platform has it: the workers inherit the shared slots, no
+    importable ``__main__`` is needed (scripts without a main guard, notebooks),
+    and the children only run Pillow and NumPy. Under spawn the slots are not
+    shared and results are pickled instead. An executor rather than
+    ``multiprocessing.Pool``: a worker killed mid-task (e.g. out of memory) then
+    fails the build instead of hanging it.
+    """
+    global _SLOTS
+    if workers <= 1:
+        yield None
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        need = max(
+            (window + 1) * tasks[s.split] * 2 * math.prod(shapes[s.split] or (1, 1)) * 3
+            for s in splits
+        )
+        _SLOTS = mmap.mmap(-1, need)
+    executor = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=sources.ignore_sigint,
+    )
+    try:
+        yield executor
+    except BrokenProcessPool:
+        raise DgfError(
+            "a decoding worker process died (out of memory on a huge image?); run with "
+            "--workers 1 to find the file."
+        ) from None
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        # Not closed here: views handed to the writer may outlive the pool; the
+        # mapping goes away with the last of them.
+        _SLOTS = None
+
+
+@dataclass(frozen=True)
+class H5Description:
+    """What a pairs file holds: its splits and, for files from ``build-hdf5``, attributes.
+
+    ``attrs`` is empty for files written by the seed's script.
+    """
+
+    path: Path
+    splits: dict[str, schema.SplitInfo]
+    attrs: dict[str, object]
+
+    @property
+    def size(self) -> int | None:
+        """N for resized files, None for native-resolution or seed files."""
+        value = self.attrs.get(schema.ATTR_SIZE)
+        return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+@contextmanager
+def open_h5(path: Path | str) -> Iterator[h5py.File]:
+    """Open a pairs file read-only; DgfError when it is missing or not HDF5."""
+    path = Path(path)
+    if not path.is_file():
+        raise DgfError(f"{path}: no such file. Build one with `build-hdf5 JPEG_DIR -o {path}`.")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DgfError(f"{path}: not a readable HDF5 file ({exc}).") from None
+    with h5:
+        yield h5
+
+
+def describe(path: Path | str) -> H5Description:
+    """Validate a pairs file and describe it; works for seed-written files too.
+
+    Every split present (a ``{split}_data_full`` dataset) is checked with
+    :func:`dgf.schema.check_split`; a file without train and test raises DgfError.
+    """
+    path = Path(path)
+    with open_h5(path) as h5:
+        present = [s for s in schema.SPLITS if schema.sharp_name(s) in h5]
+        for required in sources.REQUIRED_SPLITS:
+            if required not in present:
+                schema.check_split(h5, required, path)  # raises, naming what is missing
+        splits = {s: schema.check_split(h5, s, path) for s in present}
+        attrs = {}
+        for key, value in h5.attrs.items():
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            if isinstance(value, np.generic):
+                value = value.item()
+            attrs[key] = value
+    for key in (schema.ATTR_SPLITS, schema.ATTR_SKIPPED):
+        if isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    return H5Description(path, splits, attrs)

@@ -1,0 +1,424 @@
+"""Finding sharp/blurred pairs on disk and decoding them into uint8 RGB arrays.
+
+Two layouts are understood, one per JPEG_DIR (``train``, ``test`` and, when present,
+``val`` are its split folders):
+
+``side-by-side`` (the seed's format)
+    ``SPLIT/**/*.{jpg,jpeg,png}`` (recursive, any case of extension). Each image holds
+    both halves: by default the left half is sharp and the right half blurred
+    (``order="sharp-blur"``); ``order="blur-sharp"`` flips this. An odd width loses
+    its middle column.
+
+``paired`` (two files per pair, matched by their path relative to the role folder)
+    * GOPRO style: ``SPLIT/SCENE/sharp/x.png`` with ``SPLIT/SCENE/blur/x.png`` (any
+      folder named ``sharp`` with a sibling named ``blur``, at any depth; GOPRO's
+      ``blur_gamma`` folders are not used).
+    * pix2pix / DeblurGAN style: ``SPLIT/A/x.png`` (blurred) with ``SPLIT/B/x.png``
+      (sharp).
+    A file without its partner is skipped, and reported with the reason.
+
+Decoding converts every input mode to 8-bit RGB: grayscale, palette, CMYK and
+alpha modes through Pillow (alpha is dropped, not composited), 16-bit grayscale
+scaled (not clipped) to 8 bits. A file that cannot be decoded raises
+:class:`BadImageError`, which names the file and says why.
+"""
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dgf.errors import DgfError
+
+LAYOUTS = ("side-by-side", "paired")
+ORDERS = ("sharp-blur", "blur-sharp")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+REQUIRED_SPLITS = ("train", "test")
+OPTIONAL_SPLITS = ("val",)
+
+# DCT scaling works on 16-pixel MCUs (8x8 blocks, 2x chroma subsampling); only when
+# the seam between the halves falls on an MCU edge does draft decoding keep the
+# sharp and blurred halves from bleeding into each other.
+_MCU = 16
+
+# Everything Pillow raises for a file that is not a decodable image of a sane size.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+class BadImageError(DgfError):
+    """One input file cannot be used; ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """Where one pair comes from.
+
+    For ``side-by-side`` both paths are the same file. ``sharp_rel`` and
+    ``blurred_rel`` are POSIX paths relative to JPEG_DIR, used in reports and in
+    the ``{split}_source`` dataset.
+    """
+
+    sharp: Path
+    blurred: Path
+    sharp_rel: str
+    blurred_rel: str
+
+    @property
+    def side_by_side(self) -> bool:
+        return self.sharp == self.blurred
+
+
+@dataclass
+class SplitSources:
+    """The pairs found for one split, sorted by relative path, and what was left out."""
+
+    split: str
+    pairs: list[PairSource]
+    skipped: list[tuple[str, str]]
+
+
+@dataclass
+class SourcePlan:
+    """All splits of a JPEG_DIR, in the order they are written."""
+
+    jpeg_dir: Path
+    layout: str
+    splits: list[SplitSources]
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by relative path."""
+    found = [
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    ]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _role_folders(split_dir: Path) -> list[tuple[Path, Path]]:
+    """(sharp folder, blurred folder) couples of a paired-layout split."""
+    couples = []
+    a, b = split_dir / "A", split_dir / "B"
+    if a.is_dir() and b.is_dir():
+        couples.append((b, a))
+    for sharp in sorted(p for p in split_dir.rglob("sharp") if p.is_dir()):
+        blurred = sharp.parent / "blur"
+        if blurred.is_dir():
+            couples.append((sharp, blurred))
+    return couples
+
+
+def _has_paired_layout(split_dir: Path) -> bool:
+    return bool(_role_folders(split_dir))
+
+
+def _side_by_side_split(split_dir: Path, root: Path) -> SplitSources:
+    pairs = []
+    for path in _image_files(split_dir):
+        rel = _rel(path, root)
+        pairs.append(PairSource(path, path, rel, rel))
+    return SplitSources(split_dir.name, pairs, [])
+
+
+def _paired_split(split_dir: Path, root: Path) -> SplitSources:
+    couples = _role_folders(split_dir)
+    if not couples:
+        raise DgfError(
+            f"{split_dir}: no paired folders found. The paired layout needs "
+            f"'{split_dir.name}/SCENE/sharp' with '{split_dir.name}/SCENE/blur' "
+            f"(GOPRO style) or '{split_dir.name}/A' (blurred) with "
+            f"'{split_dir.name}/B' (sharp)."
+        )
+    pairs: list[PairSource] = []
+    skipped: list[tuple[str, str]] = []
+    for sharp_dir, blurred_dir in couples:
+        sharp_files = {p.relative_to(sharp_dir).as_posix(): p for p in _image_files(sharp_dir)}
+        blurred_files = {
+            p.relative_to(blurred_dir).as_posix(): p for p in _image_files(blurred_dir)
+        }
+        for name, sharp in sharp_files.items():
+            blurred = blurred_files.get(name)
+            if blurred is None:
+                skipped.append(
+                    (_rel(sharp, root), f"no blurred partner {_rel(blurred_dir / name, root)}")
+                )
+                continue
+            pairs.append(PairSource(sharp, blurred, _rel(sharp, root), _rel(blurred, root)))
+        for name, blurred in blurred_files.items():
+            if name not in sharp_files:
+                skipped.append(
+                    (_rel(blurred, root), f"no sharp partner {_rel(sharp_dir / name, root)}")
+                )
+    pairs.sort(key=lambda p: p.sharp_rel)
+    skipped.sort()
+    return SplitSources(split_dir.name, pairs, skipped)
+
+
+def find_pairs(jpeg_dir: Path | str, layout: str = "auto") -> SourcePlan:
+    """Find every pair under ``jpeg_dir`` for the splits train, test and (if present) val.
+
+    ``layout`` is ``"auto"`` (paired when the train split has A/B or sharp/blur
+    folders, side-by-side otherwise), ``"side-by-side"`` or ``"paired"``.
+    Raises DgfError when the folder, a required split or any split's pairs are
+    missing.
+    """
+    root = Path(jpeg_dir)
+    if layout not in ("auto", *LAYOUTS):
+        raise DgfError(f"unknown layout '{layout}'; choose auto, {', '.join(LAYOUTS)}.")
+    if not root.exists():
+        raise DgfError(f"{root}: no such folder. Pass the folder that holds train/ and test/.")
+    if not root.is_dir():
+        raise DgfError(f"{root}: not a folder. Pass the folder that holds train/ and test/.")
+    split_dirs = []
+    for split in REQUIRED_SPLITS:
+        if not (root / split).is_dir():
+            present = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise DgfError(
+                f"{root}: no '{split}' folder (found {present or 'no folders'}). "
+                f"JPEG_DIR must hold {' and '.join(REQUIRED_SPLITS)} folders"
+                f"{' and optionally ' + ', '.join(OPTIONAL_SPLITS) if OPTIONAL_SPLITS else ''}."
+            )
+        split_dirs.append(root / split)
+    split_dirs += [root / s for s in OPTIONAL_SPLITS if (root / s).is_dir()]
+
+    if layout == "auto":
+        layout = "paired" if _has_paired_layout(root / "train") else "side-by-side"
+    gather = _paired_split if layout == "paired" else _side_by_side_split
+    splits = [gather(d, root) for d in split_dirs]
+    for s in splits:
+        if not s.pairs:
+            what = (
+                "*.jpg, *.jpeg or *.png images"
+                if layout == "side-by-side"
+                else "matching sharp/blurred files"
+            )
+            extra = f" ({len(s.skipped)} unmatched files)" if s.skipped else ""
+            raise DgfError(f"{root / s.split}: empty split, no {what} found{extra}.")
+    return SourcePlan(root, layout, splits)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open lazily; decompression-bomb warnings become errors."""
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError(path, "empty file (0 bytes)")
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read: {exc.strerror or exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except UnidentifiedImageError:
+            raise BadImageError(path, "not an image Pillow can read") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadImageError(path, f"decompression bomb refused: {exc}") from None
+        except _DECODE_ERRORS as exc:
+            raise BadImageError(path, f"cannot open: {exc}") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    im = _open(path)
+    with im:
+        return im.size
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB; 16-bit values are scaled by 255/65535, rounded."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        wide = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
+    if im.mode == "F":
+        raise ValueError("32-bit float images have no fixed range; save as 8 or 16 bit")
+    return im.convert("RGB")
+
+
+def _load(
+    path: Path, draft_for: Callable[[int, int], tuple[int, int] | None] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` as RGB; return it with the size its header states.
+
+    ``draft_for(width, height)`` may return the smallest size JPEG draft decoding
+    has to keep, or None to decode at full size.
+    """
+    im = _open(path)
+    header_size = im.size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if draft_for is not None:
+                draft_size = draft_for(*header_size)
+                if draft_size is not None:
+                    im.draft("RGB", draft_size)
+            im.load()
+            return to_rgb(im), header_size
+    except _DECODE_ERRORS as exc:
+        im.close()
+        raise BadImageError(path, f"corrupt or truncated image: {exc}") from None
+
+
+def _fit(im: Image.Image, size: int | None) -> np.ndarray:
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_pair(
+    source: PairSource, size: int | None, order: str = "sharp-blur", *, draft: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode one pair into ``(sharp, blurred, notes)``.
+
+    ``size`` N resizes each image to N x N with LANCZOS; ``None`` keeps the native
+    resolution. ``order`` applies to side-by-side files only. ``draft`` lets
+    JPEG decoding downscale by 2, 4 or 8 in the DCT when the result still leaves
+    at least N pixels per side (much faster for large inputs; LANCZOS still does
+    the final resize). Returns two (H, W, 3) uint8 arrays in [0, 255] and notes
+    for the report (e.g. a dropped middle column). Raises BadImageError.
+    """
+    if source.side_by_side:
+        return _decode_side_by_side(source.sharp, size, order, draft)
+    return _decode_two_files(source, size, draft)
+
+
+def _decode_side_by_side(
+    path: Path, size: int | None, order: str, draft: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    draft_for = None
+    if draft and size is not None:
+
+        def draft_for(width: int, height: int) -> tuple[int, int] | None:
+            if width % (2 * _MCU) == 0 and min(width // 2, height) >= 2 * size:
+                return (2 * size, size)
+            return None
+
+    im, _ = _load(path, draft_for)
+    width, height = im.size
+    half = width // 2
+    if half < 1:
+        raise BadImageError(path, f"{width}x{height} is too narrow to split into two halves")
+    notes = []
+    if width % 2:
+        notes.append(f"odd width {width}: middle column dropped")
+    left = im.crop((0, 0, half, height))
+    right = im.crop((width - half, 0, width, height))
+    sharp, blurred = (left, right) if order == "sharp-blur" else (right, left)
+    try:
+        return _fit(sharp, size), _fit(blurred, size), notes
+    except _DECODE_ERRORS as exc:
+        raise BadImageError(path, f"cannot resize: {exc}") from None
+
+
+def _decode_two_files(
+    source: PairSource, size: int | None, draft: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    draft_for = None
+    if draft and size is not None:
+
+        def draft_for(width: int, height: int) -> tuple[int, int] | None:
+            return (size, size) if min(width, height) >= 2 * size else None
+
+    sizes = {}
+    arrays = []
+    for path in (source.sharp, source.blurred):
+        im, sizes[path] = _load(path, draft_for)
+        try:
+            arrays.append(_fit(im, size))
+        except _DECODE_ERRORS as exc:
+            raise BadImageError(path, f"cannot resize: {exc}") from None
+    (ws, hs), (wb, hb) = sizes[source.sharp], sizes[source.blurred]
+    if (ws, hs) != (wb, hb):
+        raise BadImageError(
+            source.blurred_rel,
+            f"blurred is {wb}x{hb} but its sharp partner {source.sharp_rel} is {ws}x{hs}",
+        )
+    return arrays[0], arrays[1], []
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a worker hands back for one pair.
+
+    On success ``shape`` is (H, W) and ``sharp`` / ``blurred`` are (H, W, 3) uint8
+    arrays, or, when the batch was asked to deflate, the zlib-compressed bytes of
+    those arrays (ready to be stored as one HDF5 gzip chunk). On failure they are
+    None and ``bad_path`` / ``reason`` say which file and why.
+    """
+
+    shape: tuple[int, int] | None
+    sharp: np.ndarray | bytes | None
+    blurred: np.ndarray | bytes | None
+    bad_path: str | None = None
+    reason: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def decode_batch(
+    sources: Sequence[PairSource],
+    size: int | None,
+    order: str,
+    draft: bool = True,
+    deflate_level: int | None = None,
+) -> list[Decoded]:
+    """Decode several pairs (one pool task); bad files come back as reasons, in order.
+
+    ``deflate_level`` compresses each image here, so gzip compression runs in the
+    decoding workers rather than serially in the writer.
+    """
+    out = []
+    for source in sources:
+        try:
+            sharp, blurred, notes = decode_pair(source, size, order, draft=draft)
+        except BadImageError as exc:
+            out.append(Decoded(None, None, None, _relative_name(exc.path, source), exc.reason))
+            continue
+        shape = sharp.shape[:2]
+        if deflate_level is not None:
+            sharp = zlib.compress(np.ascontiguousarray(sharp), deflate_level)
+            blurred = zlib.compress(np.ascontiguousarray(blurred), deflate_level)
+        out.append(Decoded(shape, sharp, blurred, notes=tuple(notes)))
+    return out
+
+
+def _relative_name(path: str, source: PairSource) -> str:
+    """Report a failing file by its path relative to JPEG_DIR."""
+    if path == str(source.sharp):
+        return source.sharp_rel
+    if path == str(source.blurred):
+        return source.blurred_rel
+    return path
+
+
+def ignore_sigint() -> None:
+    """Pool-worker initializer: Ctrl-C is handled once, by the parent, which stops the pool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
