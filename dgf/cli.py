@@ -35,7 +35,93 @@ def _run(fn: Callable[[], int | None]) -> int:
 
 # --- build-hdf5 -------------------------------------------------------------
 def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError  # filled in by the build-hdf5 work
+    """``build-hdf5 JPEG_DIR``: pack sharp/blurred pairs into one HDF5 file."""
+    p = _parser(
+        "build-hdf5",
+        "Pack pairs of sharp and blurred images into one HDF5 file with train, test "
+        "(and val, if present) splits. JPEG_DIR holds train/ and test/ folders of "
+        "side-by-side images (left sharp, right blurred) or paired folders "
+        "(SCENE/sharp + SCENE/blur, or A = blurred + B = sharp).",
+    )
+    p.add_argument("jpeg_dir", type=Path, metavar="JPEG_DIR", help="folder holding train/ and test/")
+    p.add_argument("-o", "--output", type=Path, default=Path("data/data.h5"), help="HDF5 file to write")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--size", type=int, default=256, help="resize each image to N x N (LANCZOS)")
+    shape.add_argument(
+        "--native",
+        action="store_true",
+        help="keep native resolution (every pair of a split must share one size)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("auto", "side-by-side", "paired"),
+        default="auto",
+        help="input layout; auto picks paired when train/ has sharp+blur or A+B folders",
+    )
+    p.add_argument(
+        "--order",
+        choices=("sharp-blur", "blur-sharp"),
+        default="sharp-blur",
+        help="which half of a side-by-side image is sharp (left-right)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=("none", "lzf", "gzip"),
+        default="none",
+        help="HDF5 compression of the image datasets (none reads fastest)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="decoding processes; all cores when omitted, 1 decodes in this process",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("skip", "fail"),
+        default="skip",
+        help="skip unreadable images (listed in the summary) or stop at the first",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        import signal
+        import threading
+
+        from dgf.hdf5 import build_hdf5
+
+        # SIGTERM (e.g. from a job scheduler) gets the same cleanup as Ctrl-C:
+        # the temporary file is removed and the old output stays.
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            restore = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            report = build_hdf5(
+                args.jpeg_dir,
+                args.output,
+                size=args.size,
+                native=args.native,
+                layout=args.layout,
+                order=args.order,
+                compression=args.compression,
+                workers=getattr(args, "workers", None),
+                on_error=args.on_error,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGTERM, restore)
+        print(report.summary())
+        return 0
+
+    return _run(work)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --- dgf-make-pairs ---------------------------------------------------------
