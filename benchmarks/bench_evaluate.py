@@ -89,6 +89,22 @@ def main() -> None:
             summary, _ = ev.evaluate_split(generator, h5, batch_size=8, progress=False)
             cached.append(time.perf_counter() - t0)
         t_cached = min(cached)
+        # Inference: the compiled call deblur_array uses vs the plain eager call,
+        # interleaved and reduced to medians so a busy machine hurts both alike.
+        batch = blurred[:8]
+        generator(ev.to_unit(batch), training=False)
+        eager, compiled = [], []
+        for _ in range(max(3, 2 * args.repeats)):
+            t0 = time.perf_counter()
+            generator(ev.to_unit(batch), training=False)
+            eager.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ev.deblur_array(generator, batch, batch_size=8)
+            compiled.append(time.perf_counter() - t0)
+        t_eager = float(np.median(eager)) / len(batch)
+        t_compiled = float(np.median(compiled)) / len(batch)
+    print(f"generator per image: eager {t_eager * 1e3:.1f} ms, deblur_array (compiled) "
+          f"{t_compiled * 1e3:.1f} ms (speed-up {t_eager / t_compiled:.2f}x)")
     print(f"blurred baseline: PSNR {first['blurred_psnr']:.2f} dB, SSIM {first['blurred_ssim']:.4f}")
     print(f"evaluate_split, first call (scores the baseline too): {t_first:.2f} s "
           f"({t_first / n * 1e3:.1f} ms/pair)")
