@@ -239,7 +239,7 @@ def _open(path: Path) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadImageError(path, f"decompression bomb refused: {exc}") from None
         except _DECODE_ERRORS as exc:
-            raise BadImageError(path, f"cannot open: {exc}") from None
+            raise BadImageError(path, f"corrupt or truncated image: {exc}") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:

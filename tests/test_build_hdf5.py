@@ -1,0 +1,554 @@
+"""build-hdf5: layouts, pixel exactness, bad input, atomic output, determinism, CLI."""
+from __future__ import annotations
+
+import json
+import re
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgf import schema, sources
+from dgf.cli import build_hdf5_main
+from dgf.errors import DgfError
+from dgf.hdf5 import build_hdf5, describe
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 12, 16  # one half of a side-by-side test image
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _noise(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    return _rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _save_sbs(path: Path, left: np.ndarray, right: np.ndarray, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([left, right], axis=1)).save(path, **kw)
+
+
+def _sbs_tree(root: Path, names: dict[str, list[str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Side-by-side PNGs with random halves; returns {relative path: (left, right)}."""
+    halves = {}
+    for split, files in names.items():
+        for name in files:
+            rel = f"{split}/{name}"
+            seed = zlib.crc32(rel.encode())
+            left, right = _noise(seed), _noise(seed + 1)
+            _save_sbs(root / rel, left, right)
+            halves[rel] = (left, right)
+    return halves
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def _sources(data: dict, split: str) -> list[tuple[str, str]]:
+    return [(a.decode(), b.decode()) for a, b in data[schema.source_name(split)]]
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+# --- layouts and pixels -----------------------------------------------------
+def test_side_by_side_native_png_is_exact_and_sorted(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    halves = _sbs_tree(
+        jpeg_dir, {"train": ["b.png", "a.PNG", "sub/c.png"], "test": ["z.png", "y.png"]}
+    )
+    (jpeg_dir / "train" / "notes.txt").write_text("not an image suffix, ignored")
+    out = tmp_path / "out" / "data.h5"  # parent folder does not exist yet
+    report = build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+
+    assert report.counts == {"train": 3, "test": 2}
+    assert report.skipped == [] and report.layout == "side-by-side" and report.size is None
+    data = _read(out)
+    for split, order in (("train", ["a.PNG", "b.png", "sub/c.png"]), ("test", ["y.png", "z.png"])):
+        rels = [f"{split}/{n}" for n in order]
+        assert _sources(data, split) == [(r, r) for r in rels]
+        sharp, blurred = data[schema.sharp_name(split)], data[schema.blurred_name(split)]
+        assert sharp.dtype == np.uint8 and sharp.shape == (len(rels), H, W, 3)
+        for i, rel in enumerate(rels):
+            np.testing.assert_array_equal(sharp[i], halves[rel][0])
+            np.testing.assert_array_equal(blurred[i], halves[rel][1])
+    with h5py.File(out, "r") as f:
+        ds = f["train_data_full"]
+        assert ds.chunks == (1, H, W, 3) and ds.maxshape == (None, H, W, 3)
+        assert ds.compression is None
+
+
+def test_resize_is_lanczos_of_each_half(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    halves = _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"]})
+    out = tmp_path / "data.h5"
+    build_hdf5(jpeg_dir, out, size=7, workers=1, progress=False)
+    data = _read(out)
+    left, right = halves["train/a.png"]
+    want = [np.asarray(Image.fromarray(x).resize((7, 7), Image.Resampling.LANCZOS)) for x in (left, right)]
+    assert data["train_data_full"].shape == (1, 7, 7, 3)
+    np.testing.assert_array_equal(data["train_data_full"][0], want[0])
+    np.testing.assert_array_equal(data["train_data_blur"][0], want[1])
+
+
+def test_blur_sharp_order_swaps_halves(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    halves = _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"]})
+    out = tmp_path / "data.h5"
+    build_hdf5(jpeg_dir, out, native=True, order="blur-sharp", workers=1, progress=False)
+    data = _read(out)
+    left, right = halves["test/b.png"]
+    np.testing.assert_array_equal(data["test_data_full"][0], right)
+    np.testing.assert_array_equal(data["test_data_blur"][0], left)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["order"] == "blur-sharp"
+
+
+def test_odd_width_drops_middle_column_with_warning(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    left, right = _noise(1), _noise(2)
+    middle = np.full((H, 1, 3), 7, np.uint8)
+    for split in ("train", "test"):
+        path = jpeg_dir / split / "odd.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray(np.concatenate([left, middle, right], axis=1)).save(path)
+    out = tmp_path / "data.h5"
+    with pytest.warns(UserWarning, match="odd width"):
+        report = build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    data = _read(out)
+    assert data["train_data_full"].shape == (1, H, W, 3)
+    np.testing.assert_array_equal(data["train_data_full"][0], left)
+    np.testing.assert_array_equal(data["train_data_blur"][0], right)
+    assert ("train/odd.png", f"odd width {2 * W + 1}: middle column dropped") in report.notes
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_gopro_layout_pairs_by_name_and_reports_unmatched(tmp_path):
+    root = tmp_path / "gopro"
+    pixels = {}
+    for split, scenes in (("train", ["S1", "S2"]), ("test", ["T1"])):
+        for scene in scenes:
+            for name in ("001.png", "002.png"):
+                sharp, blurred = _noise(len(pixels) * 2), _noise(len(pixels) * 2 + 1)
+                _save(root / split / scene / "sharp" / name, sharp)
+                _save(root / split / scene / "blur" / name, blurred)
+                pixels[f"{split}/{scene}/{name}"] = (sharp, blurred)
+    _save(root / "train/S1/sharp/lonely.png", _noise(90))
+    _save(root / "train/S2/blur/orphan.png", _noise(91))
+    _save(root / "train/S2/blur_gamma/001.png", _noise(92))  # GOPRO extra, not used
+
+    out = tmp_path / "data.h5"
+    report = build_hdf5(root, out, native=True, workers=1, progress=False)
+    assert report.layout == "paired"
+    assert report.counts == {"train": 4, "test": 2}
+    assert sorted(report.skipped) == [
+        ("train/S1/sharp/lonely.png", "no blurred partner train/S1/blur/lonely.png"),
+        ("train/S2/blur/orphan.png", "no sharp partner train/S2/sharp/orphan.png"),
+    ]
+    data = _read(out)
+    rows = _sources(data, "train")
+    assert rows[0] == ("train/S1/sharp/001.png", "train/S1/blur/001.png")
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    for i, (sharp_rel, blur_rel) in enumerate(rows):
+        scene, name = sharp_rel.split("/")[1], sharp_rel.split("/")[-1]
+        sharp, blurred = pixels[f"train/{scene}/{name}"]
+        np.testing.assert_array_equal(data["train_data_full"][i], sharp)
+        np.testing.assert_array_equal(data["train_data_blur"][i], blurred)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["skipped"]) == [list(x) for x in report.skipped]
+
+
+def test_pix2pix_layout_a_is_blurred_b_is_sharp(tmp_path):
+    root = tmp_path / "ab"
+    sharp, blurred = _noise(5), _noise(6)
+    for split in ("train", "test"):
+        _save(root / split / "A" / "x.png", blurred)
+        _save(root / split / "B" / "x.png", sharp)
+    out = tmp_path / "data.h5"
+    report = build_hdf5(root, out, native=True, layout="paired", workers=1, progress=False)
+    data = _read(out)
+    np.testing.assert_array_equal(data["test_data_full"][0], sharp)
+    np.testing.assert_array_equal(data["test_data_blur"][0], blurred)
+    assert _sources(data, "test") == [("test/B/x.png", "test/A/x.png")]
+    assert report.layout == "paired"
+    with pytest.raises(DgfError, match="side-by-side images only"):
+        build_hdf5(root, tmp_path / "o.h5", order="blur-sharp", workers=1, progress=False)
+    with pytest.raises(DgfError, match="no paired folders"):
+        sbs = tmp_path / "sbs"
+        _sbs_tree(sbs, {"train": ["a.png"], "test": ["b.png"]})
+        build_hdf5(sbs, tmp_path / "p.h5", layout="paired", workers=1, progress=False)
+
+
+def test_paired_size_mismatch_is_skipped_with_reason(tmp_path):
+    root = tmp_path / "ab"
+    for split in ("train", "test"):
+        _save(root / split / "A" / "ok.png", _noise(1))
+        _save(root / split / "B" / "ok.png", _noise(2))
+    _save(root / "train/A/bad.png", _noise(3, 8, 8))
+    _save(root / "train/B/bad.png", _noise(4))
+    report = build_hdf5(root, tmp_path / "d.h5", size=8, workers=1, progress=False)
+    assert report.counts["train"] == 1
+    assert report.skipped == [
+        ("train/A/bad.png", f"blurred is 8x8 but its sharp partner train/B/bad.png is {W}x{H}")
+    ]
+
+
+def test_val_split_is_written_when_present(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"], "val": ["c.png", "d.png"]})
+    out = tmp_path / "data.h5"
+    report = build_hdf5(jpeg_dir, out, size=8, workers=1, progress=False)
+    assert report.counts == {"train": 1, "test": 1, "val": 2}
+    desc = describe(out)
+    assert desc.splits["val"] == schema.SplitInfo(2, 8, 8)
+    assert desc.attrs["val_count"] == 2 and desc.attrs["splits"] == ["train", "test", "val"]
+
+
+def test_draft_decoding_keeps_halves_apart(tmp_path):
+    # A large JPEG whose halves are flat, very different colours: draft scaling must
+    # neither swap nor blend them, and must stay close to the full decode.
+    left = np.zeros((256, 512, 3), np.uint8) + np.array([200, 30, 30], np.uint8)
+    right = np.zeros((256, 512, 3), np.uint8) + np.array([20, 40, 220], np.uint8)
+    path = tmp_path / "big.jpg"
+    _save_sbs(path, left, right, quality=95)
+    pair = sources.PairSource(path, path, "big.jpg", "big.jpg")
+    fast = sources.decode_pair(pair, 32, draft=True)
+    full = sources.decode_pair(pair, 32, draft=False)
+    assert fast[0].shape == fast[1].shape == (32, 32, 3)
+    assert np.abs(fast[0].astype(int) - [200, 30, 30]).max() <= 4
+    assert np.abs(fast[1].astype(int) - [20, 40, 220]).max() <= 4
+    assert np.abs(fast[0].astype(int) - full[0]).mean() < 2
+    assert np.abs(fast[1].astype(int) - full[1]).mean() < 2
+
+
+# --- bad input ----------------------------------------------------------------
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares a huge size (a decompression bomb) without the pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(b"\xff\xd8\xff\xe0" + _rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+
+
+def _truncated(path: Path) -> None:
+    _save_sbs(path, _noise(1, 64, 64), _noise(2, 64, 64), quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_FILES = {
+    "corrupt.jpg": (_corrupt, "corrupt or truncated image"),
+    "truncated.jpg": (_truncated, "corrupt or truncated image"),
+    "empty.jpg": (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+    "text.png": (lambda p: p.write_text("hello, not a picture"), "not an image"),
+    "bomb.png": (lambda p: _png_header_only(p, 20_000, 20_000), "decompression bomb"),
+    "bomb_warning.png": (lambda p: _png_header_only(p, 10_000, 10_000), "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_skipped_with_reason_or_fails(tmp_path, name):
+    make, reason = BAD_FILES[name]
+    jpeg_dir = tmp_path / "pairs"
+    _sbs_tree(jpeg_dir, {"train": ["a.png", "c.png"], "test": ["t.png"]})
+    make(jpeg_dir / "train" / name)
+    out = tmp_path / "data.h5"
+    report = build_hdf5(jpeg_dir, out, size=8, workers=1, progress=False)
+    assert report.counts == {"train": 2, "test": 1}
+    assert len(report.skipped) == 1
+    path, why = report.skipped[0]
+    assert path == f"train/{name}" and reason in why
+    data = _read(out)
+    assert data["train_data_full"].shape == (2, 8, 8, 3)  # shrunk from 3 candidates
+    assert _sources(data, "train") == [("train/a.png",) * 2, ("train/c.png",) * 2]
+    assert f"train/{name}" in report.summary() and reason in report.summary()
+
+    with pytest.raises(DgfError, match=re.escape(f"train/{name}: {reason}") + ".*--on-error skip"):
+        build_hdf5(jpeg_dir, tmp_path / "f.h5", size=8, on_error="fail", workers=1, progress=False)
+    assert not (tmp_path / "f.h5").exists() and _no_temp_files(tmp_path)
+
+
+def test_every_file_bad_is_an_error(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    _sbs_tree(jpeg_dir, {"train": ["a.png"]})
+    (jpeg_dir / "test").mkdir()
+    (jpeg_dir / "test" / "x.jpg").write_bytes(b"")
+    with pytest.raises(DgfError, match=r"every file of split 'test' is unusable.*test/x.jpg"):
+        build_hdf5(jpeg_dir, tmp_path / "d.h5", size=8, workers=1, progress=False)
+    assert not (tmp_path / "d.h5").exists() and _no_temp_files(tmp_path)
+
+
+def _mode_case(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image in ``mode`` and the RGB pixels it must become."""
+    g = _rng(3).integers(0, 256, (H, 2 * W), dtype=np.uint8)
+    if mode == "L":
+        return Image.fromarray(g), np.repeat(g[..., None], 3, axis=2)
+    if mode == "LA":
+        im = Image.merge("LA", [Image.fromarray(g), Image.fromarray(255 - g)])
+        return im, np.repeat(g[..., None], 3, axis=2)
+    if mode == "RGBA":
+        rgba = _rng(4).integers(0, 256, (H, 2 * W, 4), dtype=np.uint8)
+        return Image.fromarray(rgba), rgba[..., :3]  # alpha dropped, colour kept
+    if mode == "P":
+        palette = _rng(5).integers(0, 256, (256, 3), dtype=np.uint8)
+        im = Image.fromarray(g, mode="L").convert("P")  # make a P image, then set pixels
+        im.putpalette(palette.tobytes())
+        im.frombytes(g.tobytes())
+        return im, palette[g]
+    if mode == "I;16":
+        wide = _rng(6).integers(0, 65536, (H, 2 * W), dtype=np.uint16)
+        wide[0, :4] = [0, 65535, 1000, 32896]
+        want = np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
+        return Image.fromarray(wide), np.repeat(want[..., None], 3, axis=2)
+    raise ValueError(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16"])
+def test_modes_convert_to_rgb(tmp_path, mode):
+    im, want = _mode_case(mode)
+    jpeg_dir = tmp_path / "pairs"
+    for split in ("train", "test"):
+        (jpeg_dir / split).mkdir(parents=True)
+        im.save(jpeg_dir / split / "m.png")
+    assert Image.open(jpeg_dir / "train" / "m.png").mode == mode
+    out = tmp_path / "data.h5"
+    build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    data = _read(out)
+    np.testing.assert_array_equal(data["train_data_full"][0], want[:, :W])
+    np.testing.assert_array_equal(data["train_data_blur"][0], want[:, W:])
+    if mode == "I;16":  # scaled, not clipped: 1000 -> 4, not 255
+        assert list(data["train_data_full"][0, 0, :4, 0]) == [0, 255, 4, 128]
+
+
+def test_cmyk_jpeg_converts_to_rgb(tmp_path):
+    jpeg_dir = tmp_path / "pairs"
+    cmyk = np.zeros((16, 32, 4), np.uint8)
+    cmyk[:, :16] = [0, 255, 255, 0]  # red
+    cmyk[:, 16:] = [255, 0, 0, 0]  # cyan
+    for split in ("train", "test"):
+        (jpeg_dir / split).mkdir(parents=True)
+        Image.fromarray(cmyk, mode="CMYK").save(jpeg_dir / split / "c.jpg", quality=100)
+    out = tmp_path / "data.h5"
+    build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    data = _read(out)
+    assert np.abs(data["train_data_full"][0].astype(int) - [255, 0, 0]).max() <= 3
+    assert np.abs(data["train_data_blur"][0].astype(int) - [0, 255, 255]).max() <= 3
+
+
+def test_missing_dir_split_and_empty_split_are_errors(tmp_path):
+    with pytest.raises(DgfError, match="no such folder"):
+        build_hdf5(tmp_path / "nope", tmp_path / "d.h5", progress=False)
+    root = tmp_path / "pairs"
+    _sbs_tree(root, {"train": ["a.png"]})
+    with pytest.raises(DgfError, match="no 'test' folder"):
+        build_hdf5(root, tmp_path / "d.h5", progress=False)
+    (root / "test").mkdir()
+    with pytest.raises(DgfError, match="test: empty split"):
+        build_hdf5(root, tmp_path / "d.h5", progress=False)
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_native_size_mismatch_names_the_file_and_size(tmp_path):
+    root = tmp_path / "pairs"
+    _sbs_tree(root, {"train": ["a.png", "b.png", "d.png"], "test": ["t.png"]})
+    _save_sbs(root / "train" / "c.png", _noise(1, 10, 9), _noise(2, 10, 9))
+    with pytest.raises(DgfError, match=rf"train/c\.png: pair is 9x10 but 3 of 4 pairs .* {W}x{H}"):
+        build_hdf5(root, tmp_path / "d.h5", native=True, workers=1, progress=False)
+    assert not (tmp_path / "d.h5").exists() and _no_temp_files(tmp_path)
+
+
+def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
+    root = tmp_path / "pairs"
+    _sbs_tree(root, {"train": ["a.png"], "test": ["b.png"]})
+    out = tmp_path / "data.h5"
+    out.write_bytes(b"precious old file")
+    with pytest.raises(DgfError, match="already exists; pass --overwrite"):
+        build_hdf5(root, out, size=8, workers=1, progress=False)
+    assert out.read_bytes() == b"precious old file"
+    build_hdf5(root, out, size=8, workers=1, overwrite=True, progress=False)
+    assert describe(out).splits["train"].count == 1
+
+
+# --- never lose data ------------------------------------------------------------
+def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
+    root = tmp_path / "pairs"
+    _sbs_tree(root, {"train": [f"{i}.png" for i in range(6)], "test": ["t.png"]})
+    out = tmp_path / "data.h5"
+    build_hdf5(root, out, size=8, workers=1, progress=False)
+    old = out.read_bytes()
+
+    real = sources.decode_pair
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "decode_pair", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_hdf5(root, out, size=16, workers=1, overwrite=True, progress=False)
+    assert len(calls) == 3
+    assert out.read_bytes() == old
+    assert _no_temp_files(tmp_path)
+
+
+def test_sigkill_mid_build_keeps_old_output(tmp_path):
+    root = tmp_path / "pairs"
+    big = tmp_path / "big.jpg"
+    _save_sbs(big, _noise(1, 768, 1024), _noise(2, 768, 1024), quality=90)
+    for split, n in (("train", 300), ("test", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            os.link(big, root / split / f"{i:04d}.jpg")
+    out = tmp_path / "data.h5"
+    out.write_bytes(b"old output")
+    code = (
+        "import sys; from dgf.cli import build_hdf5_main; "
+        "sys.exit(build_hdf5_main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", code, str(root), "-o", str(out), "--native",
+           "--workers", "1", "--overwrite", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while _no_temp_files(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # let it write a few pairs into the temporary file
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert out.read_bytes() == b"old output"
+    left = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert left == [f".data.h5.tmp-{proc.pid}"]  # only ever under the temporary name
+
+
+# --- determinism, compression, attributes, compatibility -------------------------
+@pytest.fixture
+def jpeg_tree(tmp_path) -> Path:
+    root = tmp_path / "pairs"
+    for split, n in (("train", 13), ("test", 5)):
+        for i in range(n):
+            _save_sbs(root / split / f"{i}.jpg", _noise(i, 24, 32), _noise(i + 50, 24, 32), quality=92)
+    (root / "train" / "9.jpg").write_bytes(b"broken")
+    return root
+
+
+@pytest.mark.parametrize("shape", [{"size": 16}, {"native": True}])
+def test_workers_do_not_change_the_result(jpeg_tree, tmp_path, shape):
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    r1 = build_hdf5(jpeg_tree, one, workers=1, progress=False, **shape)
+    r2 = build_hdf5(jpeg_tree, two, workers=2, progress=False, **shape)
+    assert r1.counts == r2.counts == {"train": 12, "test": 5}
+    assert r1.skipped == r2.skipped == [("train/9.jpg", "not an image Pillow can read")]
+    a, b = _read(one), _read(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_stores_the_same_pixels(jpeg_tree, tmp_path, compression):
+    plain, packed = tmp_path / "plain.h5", tmp_path / f"{compression}.h5"
+    build_hdf5(jpeg_tree, plain, size=16, workers=1, progress=False)
+    build_hdf5(jpeg_tree, packed, size=16, compression=compression, workers=2, progress=False)
+    a, b = _read(plain), _read(packed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    with h5py.File(packed, "r") as f:
+        assert f["train_data_full"].compression == compression
+        assert f.attrs["compression"] == compression
+
+
+def test_attributes_describe_the_build(jpeg_tree, tmp_path):
+    out = tmp_path / "data.h5"
+    build_hdf5(jpeg_tree, out, size=16, workers=1, progress=False)
+    desc = describe(out)
+    import dgf
+
+    assert desc.attrs["schema_version"] == schema.SCHEMA_VERSION
+    assert desc.size == 16 and desc.attrs["size"] == 16
+    assert desc.attrs["layout"] == "side-by-side" and desc.attrs["order"] == "sharp-blur"
+    assert desc.attrs["train_count"] == 12 and desc.attrs["test_count"] == 5
+    assert desc.attrs["splits"] == ["train", "test"]
+    assert desc.attrs["dgf_version"] == dgf.__version__
+    assert desc.attrs["skipped"] == [["train/9.jpg", "not an image Pillow can read"]]
+    assert desc.splits == {"train": schema.SplitInfo(12, 16, 16), "test": schema.SplitInfo(5, 16, 16)}
+
+    native = tmp_path / "native.h5"
+    build_hdf5(jpeg_tree, native, native=True, workers=1, progress=False)
+    assert describe(native).attrs["size"] == "native" and describe(native).size is None
+
+
+def test_seed_style_file_is_readable(tmp_path):
+    out = tmp_path / "seed.h5"
+    rng = _rng(0)
+    with h5py.File(out, "w") as f:
+        for split, n in (("train", 3), ("test", 2)):
+            full = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)]
+            blur = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)]
+            f.create_dataset(f"{split}_data_full", data=np.array(full))
+            f.create_dataset(f"{split}_data_blur", data=np.array(blur))
+    with h5py.File(out, "r") as f:
+        assert f["train_data_full"].chunks is None and not f.attrs
+        assert schema.check_split(f, "train", out) == schema.SplitInfo(3, 8, 8)
+    desc = describe(out)
+    assert desc.splits == {"train": schema.SplitInfo(3, 8, 8), "test": schema.SplitInfo(2, 8, 8)}
+    assert desc.attrs == {} and desc.size is None
+
+
+def test_describe_rejects_non_hdf5(tmp_path):
+    bad = tmp_path / "x.h5"
+    bad.write_text("nope")
+    with pytest.raises(DgfError, match="not a readable HDF5 file"):
+        describe(bad)
+    with pytest.raises(DgfError, match="no such file"):
+        describe(tmp_path / "missing.h5")
+
+
+# --- CLI ------------------------------------------------------------------------
+def test_cli_builds_and_prints_summary(jpeg_tree, tmp_path, capsys):
+    out = tmp_path / "cli" / "data.h5"
+    rc = build_hdf5_main(
+        [str(jpeg_tree), "-o", str(out), "--size", "16", "--workers", "1", "--no-progress"]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "train: 12 pairs" in printed and "test:  5 pairs" in printed
+    assert "train/9.jpg: not an image Pillow can read" in printed
+    assert describe(out).splits["train"] == schema.SplitInfo(12, 16, 16)
+
+
+def test_cli_reports_bad_input_with_status_2(tmp_path, capsys):
+    rc = build_hdf5_main([str(tmp_path / "missing"), "-o", str(tmp_path / "d.h5")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "missing: no such folder" in err
