@@ -55,11 +55,18 @@ def _check_target(path: Path, overwrite: bool) -> None:
 def _replace(tmp: Path, target: Path) -> None:
     """Move ``tmp`` onto ``target``, a file or a folder, without a half-written state."""
     if target.is_dir() and not target.is_symlink():
+        # A folder cannot be replaced in one rename: move it aside, restore on failure.
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
+        if tmp.is_dir() and (target.exists() or target.is_symlink()):
+            target.unlink()  # rename cannot put a folder over a file
         os.replace(tmp, target)
 
 
