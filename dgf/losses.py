@@ -56,6 +56,18 @@ class LossWeights:
                 raise DgfError(f"loss weight {field} must be a finite number >= 0, got {value}")
 
 
+# The seed fed VGG16 images in [-1, 1] and tuned its weight of 145 for features of
+# that size. VGG16 is fed here what it was trained on (0-255, mean-subtracted),
+# which makes the features about 127.5x larger; the squared difference is scaled
+# back by 127.5**2 so the seed's loss weights keep their balance with L1.
+FEATURE_SCALE = 1.0 / 127.5**2
+
+
+def vgg_weights_cached() -> bool:
+    """Whether the ImageNet VGG16 notop weights are already in the Keras cache."""
+    return (keras_cache_dir() / "models" / VGG16_NOTOP_FILE).is_file()
+
+
 def keras_cache_dir() -> Path:
     """The directory Keras caches downloads under: `$KERAS_HOME`, else `~/.keras`.
 
@@ -147,7 +159,9 @@ class PerceptualLoss:
         weights: str | Path | None = "imagenet",
         layer: str = "block3_conv3",
         input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+        feature_scale: float = FEATURE_SCALE,
     ) -> None:
+        self.feature_scale = float(feature_scale)
         if weights == "imagenet":
             weights_path: Path | None = vgg16_imagenet_weights()
         elif weights is None:
@@ -208,7 +222,8 @@ class PerceptualLoss:
         # One VGG pass over both batches is cheaper than two.
         both = vgg_preprocess(ops.concatenate([sharp, deblurred], axis=0))
         features = self.features(both, training=False)
-        return ops.mean(ops.square(features[:batch] - features[batch:]))
+        diff = ops.mean(ops.square(features[:batch] - features[batch:]))
+        return diff * self.feature_scale
 
 
 def l1_loss(sharp: Any, deblurred: Any) -> Any:

@@ -38,7 +38,8 @@ from dgf.errors import DgfError
 
 RUNS_ROOT = Path("runs")
 LOSS_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss", "d_real", "d_fake")
-CHECKED_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss")
+# The components come first so that a NaN is reported by the term that made it.
+CHECKED_KEYS = ("g_perceptual", "g_l1", "g_adv", "d_loss", "g_loss")
 
 
 class NonFiniteLoss(DgfError):
@@ -255,7 +256,15 @@ class GANTrainer:
             self.batch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
             self.best_psnr = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_psnr")
         self.perceptual = perceptual
+        # Dropout draws from Keras seed generators whose state variables are not
+        # part of the model's checkpoint graph; saving them keeps a resumed run on
+        # the same random stream as an uninterrupted one.
+        rng_state = [
+            v.value for m in (self.generator, self.discriminator) for v in m.variables
+            if "seed_generator_state" in v.path
+        ]
         self.checkpoint = tf.train.Checkpoint(
+            rng_state=rng_state,
             generator=self.generator,
             discriminator=self.discriminator,
             g_optimizer=self.g_optimizer,
@@ -354,7 +363,10 @@ class GANTrainer:
         return self._step_fn(batch)
 
     def learning_rates(self) -> tuple[float, float]:
-        return float(self.g_optimizer.learning_rate), float(self.d_optimizer.learning_rate)
+        from keras import ops
+
+        return (float(ops.convert_to_numpy(self.g_optimizer.learning_rate)),
+                float(ops.convert_to_numpy(self.d_optimizer.learning_rate)))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -542,7 +554,8 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
     if start_epoch or global_step:
         print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}", flush=True)
     else:
-        print(f"training into {run_dir}", flush=True)
+        print(f"training into {run_dir} ({strategy.num_replicas_in_sync} replica(s), "
+              f"{steps} steps per epoch)", flush=True)
     steps_this_call = 0
     replicas = strategy.num_replicas_in_sync
 

@@ -1,0 +1,158 @@
+"""Train-step throughput: dgf's compiled step against a seed-style loop, same run.
+
+The seed-style loop is what the tutorial code does per batch: ``g.predict``, then
+``d.train_on_batch``, then ``d_on_g.train_on_batch``, then ``g.train_on_batch``: the
+generator runs forward three times and backward twice per step. dgf's step runs it
+forward once and backward once.
+
+Each variant runs in its own subprocess (mixed-precision policies and XLA are
+process-wide), on random uint8 batches held in memory, so only the step is timed.
+The VGG16 perceptual loss is included with random weights (same cost as ImageNet's).
+
+    python benchmarks/bench_train.py            # small (cr 16, 64x64) and full size
+    python benchmarks/bench_train.py --small    # small configuration only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORKER = r"""
+import json, os, resource, sys, time
+import numpy as np
+args = json.loads(sys.argv[1])
+import keras
+import tensorflow as tf
+sys.path.insert(0, args["repo"])
+from dgf.config import TrainConfig
+from dgf.losses import PerceptualLoss
+
+cr, size, batch = args["channel_rate"], args["size"], args["batch"]
+patch = min(64, size)
+rng = np.random.default_rng(0)
+blurred = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+sharp = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+def timed(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+if args["mode"] == "dgf":
+    from dgf.train import GANTrainer, _policy_name
+    keras.mixed_precision.set_dtype_policy(_policy_name(args["precision"]))
+    cfg = TrainConfig(channel_rate=cr, patch=patch, crop=size, batch_size=batch,
+                      precision=args["precision"], jit=args["jit"])
+    strategy = tf.distribute.get_strategy()
+    perceptual = PerceptualLoss(weights=None)
+    trainer = GANTrainer(cfg, strategy, total_steps=1000, perceptual=perceptual)
+    data = (tf.constant(blurred), tf.constant(sharp))
+    def step():
+        logs = trainer.step(data)
+        float(logs["g_loss"])
+else:
+    from dgf.models import build_discriminator, build_generator
+    from dgf.losses import l1_loss
+    perceptual = PerceptualLoss(weights=None)
+    g = build_generator(channel_rate=cr)
+    d = build_discriminator(channel_rate=cr, patch=patch)
+    inp = keras.Input((size, size, 3))
+    n_patches = (size // patch) ** 2
+    prob = keras.layers.Activation("sigmoid")(d(inp))
+    prob = keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((n_patches, 1))(prob))
+    d_prob = keras.Model(inp, prob)
+    d_prob.compile(keras.optimizers.Adam(3e-4, beta_1=0.5), loss="binary_crossentropy")
+    def generator_loss(y_true, y_pred):
+        return 145 * perceptual(y_true, y_pred) + 170 * l1_loss(y_true, y_pred)
+    def adversarial_loss(y_true, y_pred):
+        return -keras.ops.mean(keras.ops.log(y_pred + 1e-7))
+    g.compile(keras.optimizers.Adam(3e-4, beta_1=0.5), loss=generator_loss)
+    d_prob.trainable = False
+    gin = keras.Input((size, size, 3))
+    gen = g(gin)
+    d_on_g = keras.Model(gin, [gen, d_prob(gen)])
+    d_on_g.compile(keras.optimizers.Adam(3e-4, beta_1=0.5),
+                   loss=[generator_loss, adversarial_loss], loss_weights=[1.0, 1.0])
+    xb = blurred.astype("float32") / 127.5 - 1
+    xs = sharp.astype("float32") / 127.5 - 1
+    ones, zeros = np.ones((batch, 1), "float32"), np.zeros((batch, 1), "float32")
+    def step():
+        generated = g.predict(xb, verbose=0)
+        d_prob.trainable = True
+        d_prob.train_on_batch(np.concatenate([xs, generated]), np.concatenate([ones, zeros]))
+        d_prob.trainable = False
+        d_on_g.train_on_batch(xb, [xs, ones])
+        g.train_on_batch(xb, xs)
+
+rate = timed(step, args["warmup"], args["steps"])
+print("RESULT", json.dumps({"images_per_sec": rate,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(mode: str, channel_rate: int, size: int, batch: int, precision: str = "fp32",
+        jit: bool = False, warmup: int = 2, steps: int = 5) -> dict:
+    spec = dict(mode=mode, channel_rate=channel_rate, size=size, batch=batch,
+                precision=precision, jit=jit, warmup=warmup, steps=steps, repo=str(REPO))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{spec} failed:\n{done.stderr[-3000:]}")
+
+
+def table(title: str, rows: list[tuple[str, dict]], baseline: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':34s} {'images/s':>9s} {'x seed':>7s} {'peak RSS MiB':>13s}")
+    for name, r in rows:
+        ratio = r["images_per_sec"] / baseline["images_per_sec"]
+        print(f"{name:34s} {r['images_per_sec']:9.2f} {ratio:7.2f} {r['peak_rss_mib']:13.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="skip the full-size model")
+    args = parser.parse_args()
+    print(f"CPU cores: {os.cpu_count()}")
+
+    small = dict(channel_rate=16, size=64, batch=4, warmup=3, steps=10)
+    seed = run("seed", **small)
+    rows = [("seed-style loop, fp32", seed),
+            ("dgf step, fp32", run("dgf", **small)),
+            ("dgf step, bf16", run("dgf", precision="bf16", **small)),
+            ("dgf step, fp32 + XLA", run("dgf", jit=True, **small)),
+            ("dgf step, bf16 + XLA", run("dgf", precision="bf16", jit=True, **small))]
+    table("channel_rate 16, 64x64 crops, batch 4", rows, seed)
+    if args.small:
+        return
+
+    full = dict(channel_rate=64, size=256, batch=1, warmup=1, steps=3)
+    seed = run("seed", **full)
+    rows = [("seed-style loop, fp32", seed),
+            ("dgf step, fp32", run("dgf", **full)),
+            ("dgf step, bf16", run("dgf", precision="bf16", **full)),
+            ("dgf step, fp32 + XLA", run("dgf", jit=True, **full))]
+    table("full model (channel_rate 64), 256x256, batch 1", rows, seed)
+
+    print("\npeak memory, full model at 256x256 (dgf step, fp32; host RSS on this CPU)")
+    for batch in (1, 2):
+        r = run("dgf", channel_rate=64, size=256, batch=batch, warmup=1, steps=1)
+        print(f"  batch {batch}: {r['peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

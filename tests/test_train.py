@@ -1,0 +1,378 @@
+"""The trainer: a loss that falls, exact resume, failure handling, strategies, CLI.
+
+Everything runs a tiny network (channel_rate 8) on 32x32 crops, so each training
+run costs seconds. Runs that need a fresh process (a SIGKILL, logical CPU devices)
+go through subprocesses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dgf.config import TrainConfig
+from dgf.errors import DgfError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
+            val_samples=2, strip_pairs=2, log_every=1, save_every=1000)
+
+
+def _box_blur(img: np.ndarray, k: int = 5) -> np.ndarray:
+    pad = k // 2
+    padded = np.pad(img.astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    out = np.zeros_like(img, dtype=np.float32)
+    for dy in range(k):
+        for dx in range(k):
+            out += padded[dy:dy + img.shape[0], dx:dx + img.shape[1]]
+    return np.clip(np.rint(out / (k * k)), 0, 255).astype(np.uint8)
+
+
+def make_h5(path: Path, n_train: int = 4, n_test: int = 2, size: int = 48, seed: int = 0) -> Path:
+    """A small HDF5 file in the build-hdf5 schema: smooth sharp images, box-blurred."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+
+    def sharp_image() -> np.ndarray:
+        channels = []
+        for _ in range(3):
+            fx, fy, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
+            wave = np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+            edges = (rng.uniform(0, 1, (size // 8, size // 8)) > 0.5).repeat(8, 0).repeat(8, 1)
+            channels.append(127 + 70 * wave + 50 * (edges - 0.5))
+        return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", n_train), ("test", n_test)):
+            sharp = np.stack([sharp_image() for _ in range(n)])
+            blurred = np.stack([_box_blur(s) for s in sharp])
+            f.create_dataset(f"{split}_data_full", data=sharp, chunks=(1, size, size, 3))
+            f.create_dataset(f"{split}_data_blur", data=blurred, chunks=(1, size, size, 3))
+    return path
+
+
+@pytest.fixture(scope="module")
+def h5_file(tmp_path_factory) -> Path:
+    return make_h5(tmp_path_factory.mktemp("data") / "data.h5")
+
+
+def _cfg(h5: Path, run_dir: Path, **kw) -> TrainConfig:
+    values = {**TINY, "h5": str(h5), "run_dir": str(run_dir), **kw}
+    return TrainConfig(**values)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tiny_overfit_l1_falls(h5_file, tmp_path):
+    from dgf.train import train
+
+    small = make_h5(tmp_path / "two.h5", n_train=2, n_test=2, seed=3)
+    cfg = _cfg(small, tmp_path / "run", epochs=12, batch_size=1, dropout=0.0,
+               adversarial_weight=0.01, g_lr=2e-3, augment=False, snapshots=False)
+    result = train(cfg, progress=False)
+    steps = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    l1 = [r["g_l1"] for r in steps if r["kind"] == "step"]
+    assert result.step == 24 and len(l1) == 24
+    first, last = np.mean(l1[:3]), np.mean(l1[-3:])
+    assert last < 0.5 * first, (first, last)
+    # Every term is logged separately, and the epoch records carry test metrics.
+    assert {"g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss", "d_real", "d_fake",
+            "g_lr", "images_per_sec"} <= set(steps[0])
+    epochs = [r for r in steps if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(1, 13))
+    assert all(np.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 for r in epochs)
+
+
+def _variables(trainer) -> dict[str, np.ndarray]:
+    out = {}
+    for prefix, obj in (("g", trainer.generator), ("d", trainer.discriminator),
+                        ("go", trainer.g_optimizer), ("do", trainer.d_optimizer)):
+        for i, v in enumerate(obj.variables):
+            # Positions, not paths: Keras numbers auto-named variables per process.
+            out[f"{prefix}/{i}/{v.name}"] = np.array(v.numpy())
+    return out
+
+
+def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
+    import tensorflow as tf
+
+    from dgf.train import GANTrainer, _restore, select_strategy, train
+
+    cfg = _cfg(h5_file, tmp_path / "run", epochs=2)
+    result = train(cfg, progress=False, max_steps=3)
+    assert result.step == 3
+    strategy = select_strategy("one")
+    first = GANTrainer(cfg, strategy, total_steps=4)
+    manager = tf.train.CheckpointManager(first.checkpoint, str(tmp_path / "run" / "checkpoints"), 3)
+    _restore(first, manager, tmp_path / "run")
+    saved = _variables(first)
+    # Optimizer slots (Adam moments) are restored, not zero.
+    moments = [v for k, v in saved.items() if k.startswith("go/") and "momentum" in k]
+    assert moments and any(np.abs(m).sum() > 0 for m in moments)
+    assert int(first.step_var.numpy()) == 3 and int(first.batch_var.numpy()) == 1
+    # A fresh trainer restored from the same checkpoint holds identical values,
+    # and those are exactly the tensors stored in the checkpoint file.
+    second = GANTrainer(cfg, strategy, total_steps=4)
+    _restore(second, tf.train.CheckpointManager(second.checkpoint,
+                                                str(tmp_path / "run" / "checkpoints"), 3),
+             tmp_path / "run")
+    again = _variables(second)
+    assert saved.keys() == again.keys()
+    for key in saved:
+        np.testing.assert_array_equal(saved[key], again[key], err_msg=key)
+    reader = tf.train.load_checkpoint(manager.latest_checkpoint)
+    stored = {reader.get_tensor(k).tobytes() for k in reader.get_variable_to_shape_map()
+              if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    live = [v for m in (first.generator, first.discriminator, first.g_optimizer,
+                        first.d_optimizer) for v in m.variables]
+    missing = [v.path for v in live if np.array(v.numpy()).tobytes() not in stored]
+    assert not missing, missing[:5]
+
+
+def test_checkpoint_from_other_architecture_is_refused(h5_file, tmp_path):
+    from dgf.train import train
+
+    train(_cfg(h5_file, tmp_path / "run", epochs=1), progress=False, max_steps=1)
+    # Same folder, different width, config.json edited to hide the change: the
+    # restore itself must refuse, not load part of the weights.
+    cfg_path = tmp_path / "run" / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    saved["channel_rate"] = 16
+    cfg_path.write_text(json.dumps(saved))
+    with pytest.raises(DgfError, match="does not match this model"):
+        train(_cfg(h5_file, tmp_path / "run", epochs=1, channel_rate=16), progress=False)
+
+
+def test_resolve_config_precedence_and_resume_rules(h5_file, tmp_path):
+    from dgf.train import resolve_config, train
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 7\nbatch-size: 4\ncrop: 64\n")
+    cfg, resuming = resolve_config({"epochs": 3}, cfg_file, runs_root=tmp_path / "runs")
+    assert (cfg.epochs, cfg.batch_size, cfg.crop) == (3, 4, 64)
+    assert not resuming and Path(cfg.run_dir).parent == tmp_path / "runs"
+
+    with pytest.raises(DgfError, match="unknown key"):
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"epochz": 3}')
+        resolve_config({}, bad)
+    with pytest.raises(DgfError, match="not a multiple of the discriminator patch"):
+        TrainConfig(crop=100, patch=64)
+
+    run = tmp_path / "runs" / "a"
+    train(_cfg(h5_file, run, epochs=1), progress=False, max_steps=1)
+    cfg, resuming = resolve_config({"run_dir": str(run), "epochs": 5})
+    assert resuming and cfg.epochs == 5 and cfg.channel_rate == 8  # saved config is the base
+    cfg, resuming = resolve_config({}, resume=True, runs_root=tmp_path / "runs")
+    assert resuming and Path(cfg.run_dir) == run
+    with pytest.raises(DgfError, match="cannot resume with channel_rate=16"):
+        resolve_config({"run_dir": str(run), "channel_rate": 16})
+
+
+def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import dgf.losses
+    from dgf.train import NonFiniteLoss, train
+
+    run = tmp_path / "run"
+    train(_cfg(h5_file, run, epochs=1, save_every=1), progress=False, max_steps=1)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+
+    real_l1 = dgf.losses.l1_loss
+
+    def poisoned(a, b):
+        return real_l1(a, b) * tf.constant(np.nan, tf.float32)
+
+    monkeypatch.setattr(dgf.losses, "l1_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"g_l1 became nan at step 2"):
+        train(_cfg(h5_file, run, epochs=1, save_every=1), progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-1")
+
+
+def test_bad_data_is_refused_before_training(h5_file, tmp_path):
+    from dgf.train import train
+
+    with pytest.raises(DgfError, match="does not exist"):
+        train(_cfg(tmp_path / "missing.h5", tmp_path / "r1"), progress=False)
+    with pytest.raises(DgfError, match="crop 64 is larger than the training images"):
+        train(_cfg(h5_file, tmp_path / "r2", crop=64), progress=False)
+    with pytest.raises(DgfError, match="batch size 8 is larger than the training split"):
+        train(_cfg(h5_file, tmp_path / "r3", batch_size=8), progress=False)
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("train_data_full", data=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(DgfError, match="train_data"):
+        train(_cfg(empty, tmp_path / "r4"), progress=False)
+    assert not (tmp_path / "r2" / "checkpoints").exists()
+
+
+def test_offline_vgg_fails_before_training(h5_file, tmp_path, monkeypatch):
+    from dgf.train import train
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    cfg = _cfg(h5_file, tmp_path / "run", perceptual_weight=145.0, vgg_weights="imagenet")
+    with pytest.raises(DgfError) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "--perceptual-weight 0" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_perceptual_term_with_local_vgg_weights(h5_file, tmp_path):
+    """--vgg-weights PATH loads a local file and the perceptual term is trained."""
+    import keras
+
+    from dgf.train import train
+
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    weights = tmp_path / "vgg16_notop.weights.h5"
+    vgg.save_weights(weights)
+    cfg = _cfg(h5_file, tmp_path / "run", epochs=1, perceptual_weight=1.0, vgg_weights=str(weights))
+    train(cfg, progress=False, max_steps=2)
+    steps = [r for r in _jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    assert all(r["g_perceptual"] > 0 for r in steps)
+
+
+def _python_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from dgf.cli import train_main; "
+            "sys.exit(train_main(sys.argv[1:]))",
+            "--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--patch", "16",
+            "--crop", "32", "--batch-size", "1", "--perceptual-weight", "0",
+            "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1", *extra]
+
+
+def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
+    """Kill a run with SIGKILL mid-training, resume it, and end where an
+    uninterrupted run ends: 3 epochs x 4 steps = step 12."""
+    run = tmp_path / "run"
+    args = _train_cli(h5_file, run, "--epochs", "3", "--save-every", "1")
+    proc = subprocess.Popen(args, env=_python_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    ckpt = run / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and "ckpt-5" in ckpt.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    text = ckpt.read_text()
+    killed_at = int(text.split('model_checkpoint_path: "ckpt-')[1].split('"')[0])
+    assert 5 <= killed_at < 12
+    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "3", "--save-every", "1"),
+                          env=_python_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"resuming {run}" in done.stdout
+    records = _jsonl(run / "metrics.jsonl")
+    assert max(r["step"] for r in records) == 12
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"][-1] == 3
+    import tensorflow as tf
+
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12")
+
+
+def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cli(h5_file, run, "--epochs", "50"), env=_python_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err and f"--run-dir {run}" in err
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    last_step = max(r["step"] for r in _jsonl(metrics))
+    assert latest is not None and int(latest.rsplit("-", 1)[1]) >= last_step
+
+
+def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "2"), env=_python_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from PIL import Image
+
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["channel_rate"] == 8 and cfg["epochs"] == 2 and cfg["h5"] == str(h5_file)
+    for epoch in (1, 2):
+        strip = Image.open(run / "samples" / f"epoch_{epoch:04d}.png")
+        assert strip.size == (3 * 48, 2 * 48)  # sharp | blurred | deblurred, 2 rows
+        assert (run / "snapshots" / f"generator_epoch_{epoch:04d}.keras").is_file()
+    assert (run / "generator.keras").is_file() and (run / "generator_best.keras").is_file()
+    records = _jsonl(run / "metrics.jsonl")
+    assert sum(r["kind"] == "step" for r in records) == 8
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    import keras
+
+    import dgf.models  # noqa: F401  (registers the custom layers)
+
+    g = keras.models.load_model(run / "generator.keras")
+    assert g.output_shape[-1] == 3
+
+
+def test_cli_errors_are_clean(tmp_path):
+    done = subprocess.run(_train_cli(tmp_path / "nope.h5", tmp_path / "run", "--epochs", "1"),
+                          env=_python_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "error:" in done.stderr and "nope.h5" in done.stderr and "Traceback" not in done.stderr
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from dgf.config import TrainConfig
+    from dgf.train import train
+    cfg = TrainConfig(**json.loads(sys.argv[1]))
+    result = train(cfg, progress=False)
+    print("RESULT", result.step)
+    """
+)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(h5_file, tmp_path):
+    values = {**TINY, "h5": str(h5_file), "run_dir": str(tmp_path / "run"), "epochs": 2,
+              "batch_size": 2, "strategy": "mirrored"}
+    done = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(values)],
+                          env=_python_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 replica(s)" in done.stdout
+    assert "RESULT 4" in done.stdout  # 4 pairs / global batch 2 = 2 steps x 2 epochs
+    records = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(steps) == 4 and all(np.isfinite(r["g_loss"]) for r in steps)
+    assert (tmp_path / "run" / "generator.keras").is_file()
