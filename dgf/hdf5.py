@@ -243,6 +243,10 @@ def _decode_in_order(
             yield out
 
 
+def _contiguous(chunk: np.ndarray | bytes) -> np.ndarray | bytes:
+    return chunk if isinstance(chunk, bytes) else np.ascontiguousarray(chunk)
+
+
 def _write_split(
     h5: h5py.File,
     split: sources.SplitSources,
@@ -301,8 +305,8 @@ def _write_split(
                 # One image per chunk, already laid out (or deflated) by the worker:
                 # storing it directly skips h5py's selection and filter machinery.
                 at = (written, 0, 0, 0)
-                sharp_ds.id.write_direct_chunk(at, out.sharp)
-                blurred_ds.id.write_direct_chunk(at, out.blurred)
+                sharp_ds.id.write_direct_chunk(at, _contiguous(out.sharp))
+                blurred_ds.id.write_direct_chunk(at, _contiguous(out.blurred))
             used.append((pair.sharp_rel, pair.blurred_rel))
             notes += [(pair.sharp_rel, note) for note in out.notes]
             written += 1
@@ -422,8 +426,11 @@ def build_hdf5(
                 attrs[schema.count_attr(split)] = int(count)
             attrs[schema.ATTR_DGF_VERSION] = dgf.__version__
             attrs[schema.ATTR_SKIPPED] = json.dumps([list(x) for x in report.skipped])
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if output.exists():
+            # Replacing a file: make the new one durable first, or a power cut right
+            # after the rename could leave neither.
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -463,7 +470,7 @@ def _pool(
     executor = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context(method),
-        initializer=sources.ignore_sigint,
+        initializer=sources.init_worker,
     )
     try:
         yield executor
