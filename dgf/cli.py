@@ -43,8 +43,12 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         "side-by-side images (left sharp, right blurred) or paired folders "
         "(SCENE/sharp + SCENE/blur, or A = blurred + B = sharp).",
     )
-    p.add_argument("jpeg_dir", type=Path, metavar="JPEG_DIR", help="folder holding train/ and test/")
-    p.add_argument("-o", "--output", type=Path, default=Path("data/data.h5"), help="HDF5 file to write")
+    p.add_argument(
+        "jpeg_dir", type=Path, metavar="JPEG_DIR", help="folder holding train/ and test/"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("data/data.h5"), help="HDF5 file to write"
+    )
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--size", type=int, default=256, help="resize each image to N x N (LANCZOS)")
     shape.add_argument(

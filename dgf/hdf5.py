@@ -123,7 +123,10 @@ def _temp_path(output: Path) -> Path:
 def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int] | None:
     """(height, width) shared by a split's pairs; DgfError names the first odd file."""
     found: list[tuple[str, tuple[int, int]]] = []
-    for pair in tqdm(split.pairs, desc=f"{split.split} sizes", unit="pair", disable=not progress, leave=False):
+    bar = tqdm(
+        split.pairs, desc=f"{split.split} sizes", unit="pair", disable=not progress, leave=False
+    )
+    for pair in bar:
         try:
             width, height = sources.image_size(pair.sharp)
         except sources.BadImageError:
@@ -139,7 +142,7 @@ def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int
         if shape != common:
             h, w = shape
             raise DgfError(
-                f"{rel}: pair is {w}x{h} but {n_common} of {len(found)} pairs in "
+                f"{rel}: its images are {w}x{h} but {n_common} of {len(found)} pairs in "
                 f"'{split.split}' are {common[1]}x{common[0]}; --native needs one size per "
                 f"split. Resize or remove the odd files, or use --size N."
             )
@@ -239,7 +242,8 @@ def _decode_in_order(
             submit(*following)
         for k, out in enumerate(results):
             if out.reason is None and out.sharp is None:
-                out = sources.Decoded(out.shape, view[first + k, 0], view[first + k, 1], notes=out.notes)
+                sharp, blurred = view[first + k, 0], view[first + k, 1]
+                out = sources.Decoded(out.shape, sharp, blurred, notes=out.notes)
             yield out
 
 
@@ -284,8 +288,8 @@ def _write_split(
                 shape = got
             if got != shape:
                 raise DgfError(
-                    f"{pair.sharp_rel}: pair is {got[1]}x{got[0]} but the split's pairs are "
-                    f"{shape[1]}x{shape[0]}; --native needs one size per split."
+                    f"{pair.sharp_rel}: its images are {got[1]}x{got[0]} but the split's "
+                    f"pairs are {shape[1]}x{shape[0]}; --native needs one size per split."
                 )
             if sharp_ds is None:
                 h, w = shape
@@ -400,7 +404,8 @@ def build_hdf5(
         h, w = shapes[s.split] or (1, 1)
         tasks[s.split] = _task_pairs(h, w, len(s.pairs), n_workers)
     try:
-        with _pool(n_workers, plan.splits, shapes, tasks, window) as pool, h5py.File(tmp, "w") as h5:
+        pool_context = _pool(n_workers, plan.splits, shapes, tasks, window)
+        with pool_context as pool, h5py.File(tmp, "w") as h5:
             for s in plan.splits:
                 decoded = _decode_in_order(
                     pool,

@@ -99,7 +99,8 @@ def test_resize_is_lanczos_of_each_half(tmp_path):
     build_hdf5(jpeg_dir, out, size=7, workers=1, progress=False)
     data = _read(out)
     left, right = halves["train/a.png"]
-    want = [np.asarray(Image.fromarray(x).resize((7, 7), Image.Resampling.LANCZOS)) for x in (left, right)]
+    lanczos = Image.Resampling.LANCZOS
+    want = [np.asarray(Image.fromarray(x).resize((7, 7), lanczos)) for x in (left, right)]
     assert data["train_data_full"].shape == (1, 7, 7, 3)
     np.testing.assert_array_equal(data["train_data_full"][0], want[0])
     np.testing.assert_array_equal(data["train_data_blur"][0], want[1])
@@ -244,7 +245,8 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG that declares a huge size (a decompression bomb) without the pixels."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
@@ -377,7 +379,8 @@ def test_native_size_mismatch_names_the_file_and_size(tmp_path):
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": ["a.png", "b.png", "d.png"], "test": ["t.png"]})
     _save_sbs(root / "train" / "c.png", _noise(1, 10, 9), _noise(2, 10, 9))
-    with pytest.raises(DgfError, match=rf"train/c\.png: pair is 9x10 but 3 of 4 pairs .* {W}x{H}"):
+    odd = rf"train/c\.png: its images are 9x10 but 3 of 4 pairs .* {W}x{H}"
+    with pytest.raises(DgfError, match=odd):
         build_hdf5(root, tmp_path / "d.h5", native=True, workers=1, progress=False)
     assert not (tmp_path / "d.h5").exists() and _no_temp_files(tmp_path)
 
@@ -458,7 +461,8 @@ def jpeg_tree(tmp_path) -> Path:
     root = tmp_path / "pairs"
     for split, n in (("train", 13), ("test", 5)):
         for i in range(n):
-            _save_sbs(root / split / f"{i}.jpg", _noise(i, 24, 32), _noise(i + 50, 24, 32), quality=92)
+            sharp, blurred = _noise(i, 24, 32), _noise(i + 50, 24, 32)
+            _save_sbs(root / split / f"{i}.jpg", sharp, blurred, quality=92)
     (root / "train" / "9.jpg").write_bytes(b"broken")
     return root
 
@@ -502,7 +506,8 @@ def test_attributes_describe_the_build(jpeg_tree, tmp_path):
     assert desc.attrs["splits"] == ["train", "test"]
     assert desc.attrs["dgf_version"] == dgf.__version__
     assert desc.attrs["skipped"] == [["train/9.jpg", "not an image Pillow can read"]]
-    assert desc.splits == {"train": schema.SplitInfo(12, 16, 16), "test": schema.SplitInfo(5, 16, 16)}
+    info = schema.SplitInfo
+    assert desc.splits == {"train": info(12, 16, 16), "test": info(5, 16, 16)}
 
     native = tmp_path / "native.h5"
     build_hdf5(jpeg_tree, native, native=True, workers=1, progress=False)
