@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -577,19 +578,16 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
             bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not progress or not chief, dynamic_ncols=True)
             pending = None  # the previous step's losses, read while this step runs
-            tick, tick_step = time.perf_counter(), done
-            rate = 0.0
+            # Throughput over the last steps, timed where each step is launched: the
+            # launch waits for the device, so this tracks the real step rate.
+            launched: deque[float] = deque(maxlen=20)
 
             def settle(item) -> None:
-                nonlocal tick, tick_step, rate
                 step_no, logs = item
                 values = {k: float(v) for k, v in logs.items()}
                 _check_finite(step_no, values)
-                now = time.perf_counter()
-                in_epoch = step_no - (epoch * steps)
-                if now - tick > 0.5 or in_epoch == steps:
-                    rate = (in_epoch - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
-                    tick, tick_step = now, in_epoch
+                span = launched[-1] - launched[0] if len(launched) > 1 else 0.0
+                rate = (len(launched) - 1) * cfg.batch_size / span if span > 0 else 0.0
                 bar.set_postfix(g=f"{values['g_loss']:.3g}", l1=f"{values['g_l1']:.3f}",
                                 adv=f"{values['g_adv']:.3g}", d=f"{values['d_loss']:.3g}",
                                 img_s=f"{rate:.1f}", refresh=False)
@@ -610,6 +608,7 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
                 if stop.signum is not None or (max_steps is not None and steps_this_call >= max_steps):
                     break
                 logs = trainer.step(next(iterator))
+                launched.append(time.perf_counter())
                 step_no = int(trainer.step_var.numpy())
                 steps_this_call += 1
                 if pending is not None:
