@@ -113,20 +113,28 @@ def bench_pairs(pairs: Path, tmp: Path, repeats: int) -> None:
             runs[kind].append(measure(kind, pairs, tmp / f"{kind}.h5"))
     rate = {k: statistics.median(r["images"] / r["seconds"] for r in v) for k, v in runs.items()}
     rss = {k: max(r["rss_mb"] for r in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(r["cpu_seconds"] / r["images"] * 1e3 for r in v) for k, v in runs.items()}
+    cpu = {
+        k: statistics.median(r["cpu_seconds"] / r["images"] * 1e3 for r in v)
+        for k, v in runs.items()
+    }
     wrss = max(r["worker_rss_mb"] for r in runs["ours"])
     n = runs["seed"][0]["images"]
+    labels = {
+        "seed": "seed style (1 process)",
+        "ours-1": "build_hdf5 --workers 1",
+        "ours": f"build_hdf5 (all {os.cpu_count()} cores)",
+    }
     print(f"[1] {pairs} ({n} side-by-side 512x256 JPEGs -> 256x256), median of {repeats}")
-    print(f"    seed style (1 process)      {rate['seed']:7.1f} images/s   {cpu['seed']:5.2f} CPU ms/image   "
-          f"peak RSS {rss['seed']:6.0f} MB")
-    print(f"    build_hdf5 --workers 1      {rate['ours-1']:7.1f} images/s   {cpu['ours-1']:5.2f} CPU ms/image   "
-          f"peak RSS {rss['ours-1']:6.0f} MB")
+    for kind, label in labels.items():
+        extra = f" main, {wrss:.0f} MB per worker" if kind == "ours" else ""
+        print(
+            f"    {label:<26} {rate[kind]:7.1f} images/s  {cpu[kind]:5.2f} CPU ms/image  "
+            f"peak RSS {rss[kind]:5.0f} MB{extra}"
+        )
     print(
-        f"    build_hdf5 (all {os.cpu_count()} cores)   {rate['ours']:7.1f} images/s   "
-        f"{cpu['ours']:5.2f} CPU ms/image   peak RSS {rss['ours']:6.0f} MB main, {wrss:.0f} MB per worker"
+        f"    speed ratio ours/seed: {rate['ours'] / rate['seed']:.2f}x "
+        f"(workers=1: {rate['ours-1'] / rate['seed']:.2f}x)"
     )
-    print(f"    speed ratio ours/seed: {rate['ours'] / rate['seed']:.2f}x (workers=1: "
-          f"{rate['ours-1'] / rate['seed']:.2f}x)")
 
     big = replicate(pairs, tmp / "x4", 4)
     r_seed = measure("seed", big, tmp / "seed4.h5")
@@ -151,7 +159,8 @@ def bench_draft(pairs: Path, tmp: Path, count: int, repeats: int) -> None:
     for i, photo in enumerate(photos):
         im = Image.open(photo)
         w, h = im.size
-        halves = [im.crop(box).resize((1280, 720), Image.BICUBIC) for box in ((0, 0, w // 2, h), (w // 2, 0, w, h))]
+        boxes = ((0, 0, w // 2, h), (w // 2, 0, w, h))
+        halves = [im.crop(box).resize((1280, 720), Image.BICUBIC) for box in boxes]
         canvas = Image.new("RGB", (2560, 720))
         canvas.paste(halves[0], (0, 0))
         canvas.paste(halves[1], (1280, 0))
@@ -159,28 +168,31 @@ def bench_draft(pairs: Path, tmp: Path, count: int, repeats: int) -> None:
     files = sorted(folder.glob("*.jpg"))
     warm_cache(folder)
     pairs_ = [sources.PairSource(p, p, p.name, p.name) for p in files]
-    best = {}
-    for draft in (False, True):
-        times = []
-        for _ in range(repeats):
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):
+        for draft in best:  # interleaved so background load hits both alike
             start = time.perf_counter()
             for pair in pairs_:
                 sources.decode_pair(pair, 256, draft=draft)
-            times.append(time.perf_counter() - start)
-        best[draft] = min(times)
+            best[draft] = min(best[draft], time.perf_counter() - start)
     a = np.stack(sources.decode_pair(pairs_[0], 256, draft=True)[:2]).astype(int)
     b = np.stack(sources.decode_pair(pairs_[0], 256, draft=False)[:2]).astype(int)
     print(f"[3] {len(files)} side-by-side 2560x720 JPEGs -> 256x256, one process, best of {repeats}")
     print(f"    draft off  {len(files) / best[False]:6.1f} images/s")
-    print(f"    draft on   {len(files) / best[True]:6.1f} images/s   ({best[False] / best[True]:.2f}x faster; "
-          f"mean |difference| {np.abs(a - b).mean():.2f} of 255)")
+    print(
+        f"    draft on   {len(files) / best[True]:6.1f} images/s   "
+        f"({best[False] / best[True]:.2f}x faster; mean |difference| "
+        f"{np.abs(a - b).mean():.2f} of 255)"
+    )
 
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
         return
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pairs", type=Path, default=REPO.parent / "shared" / "data" / "pairs-small")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gopro-images", type=int, default=40)
