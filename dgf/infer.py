@@ -259,10 +259,17 @@ def _is_image_name(path: Path) -> bool:
 def _plan(inputs: Sequence[Path | str], out_dir: Path, compare: bool) -> list[_Job]:
     """Map inputs to outputs; files keep their name, folders are mirrored."""
     pairs: list[tuple[Path, Path]] = []
+    out_resolved = out_dir.resolve()
     for raw in inputs:
         src = Path(raw)
         if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and _is_image_name(p))
+            # Skip earlier outputs when OUT lies inside (not at) an input folder.
+            nested = out_resolved != src.resolve()
+            found = sorted(
+                p for p in src.rglob("*")
+                if p.is_file() and _is_image_name(p)
+                and not (nested and out_resolved in p.resolve().parents)
+            )
             if not found:
                 raise DgfError(
                     f"input folder {src} contains no .jpg, .jpeg or .png images "

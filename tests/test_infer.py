@@ -195,6 +195,15 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     status, _, err = _run([src, "-o", src, "--model", model_file], capsys)
     assert status == 2 and "would replace its input" in err
 
+    # OUT inside the input folder: earlier outputs are not taken as new inputs.
+    inner = src / "deblurred"
+    status, stdout, err = _run([src, "-o", inner, "--model", model_file], capsys)
+    assert status == 0 and "deblurred 1 image(s)" in stdout, err
+    status, stdout, err = _run([src, "-o", inner, "--model", model_file,
+                                "--overwrite"], capsys)
+    assert status == 0 and "deblurred 1 image(s)" in stdout, err
+    assert not (inner / "deblurred").exists()
+
     status, _, err = _run([src, "-o", out, "--model", model_file, "--tile", "64",
                            "--overlap", "40"], capsys)
     assert status == 2 and "--overlap" in err
