@@ -177,7 +177,10 @@ def bench_draft(pairs: Path, tmp: Path, count: int, repeats: int) -> None:
             best[draft] = min(best[draft], time.perf_counter() - start)
     a = np.stack(sources.decode_pair(pairs_[0], 256, draft=True)[:2]).astype(int)
     b = np.stack(sources.decode_pair(pairs_[0], 256, draft=False)[:2]).astype(int)
-    print(f"[3] {len(files)} side-by-side 2560x720 JPEGs -> 256x256, one process, best of {repeats}")
+    print(
+        f"[3] {len(files)} side-by-side 2560x720 JPEGs -> 256x256, one process, "
+        f"best of {repeats}"
+    )
     print(f"    draft off  {len(files) / best[False]:6.1f} images/s")
     print(
         f"    draft on   {len(files) / best[True]:6.1f} images/s   "
