@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dgf.errors import DgfError
-from dgf.schema import SplitInfo, blurred_name, check_split, sharp_name
+from dgf.schema import SplitInfo, blurred_name, check_split, open_pairs_file, sharp_name
 
 if TYPE_CHECKING:  # TensorFlow is imported only when a pipeline is built.
     import tensorflow as tf
@@ -52,34 +52,13 @@ _ALL_TRANSFORMS = np.arange(8, dtype=np.int64)
 _CACHE_MEMORY_SHARE = 0.8
 
 
-def _open(h5_path: Path | str) -> h5py.File:
-    """Open ``h5_path`` read-only, turning the usual mistakes into DgfError."""
-    path = Path(h5_path)
-    if not path.exists():
-        raise DgfError(
-            f"{path}: no such file. Build it with `build-hdf5 JPEG_DIR` "
-            f"(or pass the path of an existing HDF5 file)."
-        )
-    if path.is_dir():
-        raise DgfError(f"{path}: is a directory; expected an HDF5 file built by `build-hdf5`.")
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        if not h5py.is_hdf5(path):
-            raise DgfError(
-                f"{path}: not an HDF5 file. Build one from your JPEG pairs with "
-                f"`build-hdf5 JPEG_DIR`."
-            ) from exc
-        raise DgfError(f"{path}: cannot open the HDF5 file ({exc}).") from exc
-
-
 def split_info(h5_path: Path | str, split: str) -> SplitInfo:
     """Open ``h5_path``, validate ``split`` and return its pair count and image size.
 
     Raises DgfError for a missing file, a file that is not HDF5, or a split whose
     datasets are missing or have the wrong dtype or shape.
     """
-    with _open(h5_path) as f:
+    with open_pairs_file(h5_path) as f:
         return check_split(f, split, h5_path)
 
 

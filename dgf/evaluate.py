@@ -19,6 +19,8 @@ Metric definitions (the README quotes these):
 The "blurred" numbers score the blurred input against the sharp image: the
 baseline a deblurring model must beat.
 
+The conversions (:func:`to_uint8`, :func:`to_unit`), :func:`load_generator` and the
+compiled inference call come from :mod:`dgf.infer` and are re-exported here.
 TensorFlow is imported only by the functions that run a generator, so the metric
 helpers stay cheap to import.
 """
@@ -30,14 +32,14 @@ import math
 import os
 import re
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from dgf.errors import DgfError
-from dgf.schema import blurred_name, check_split, sharp_name, source_name
+from dgf.infer import compiled_generator, load_generator, to_uint8, to_unit
+from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 PSNR_CAP_DB = 100.0
 SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image")
@@ -49,23 +51,6 @@ BAND_HEIGHT = 18
 # so a long run still gives a picture an image viewer can open.
 MAX_PROGRESS_EPOCHS = 24
 SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.keras$")
-
-
-# --- conversions --------------------------------------------------------------
-def to_uint8(x: Any) -> np.ndarray:
-    """Generator output -> the uint8 image a user would save.
-
-    ``x``: any shape, float in [-1, 1] (NumPy array or tensor). Returns
-    ``clip(rint((x + 1) * 127.5), 0, 255)`` as uint8; ``np.rint`` rounds halves to
-    even, so -1 -> 0, 0 -> 128 (127.5 rounds to the even 128), 1 -> 255.
-    """
-    arr = np.asarray(x, dtype=np.float32)
-    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_unit(x_uint8: Any) -> np.ndarray:
-    """uint8 image(s), any shape -> float32 in [-1, 1] (``x / 127.5 - 1``)."""
-    return np.asarray(x_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 # --- metrics --------------------------------------------------------------------
@@ -124,38 +109,6 @@ def mean_psnr(values: Sequence[float]) -> float:
 
 
 # --- running a generator --------------------------------------------------------------
-_INFERENCE_FNS: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
-
-
-def _inference_fn(generator: Any) -> Callable[[np.ndarray], Any]:
-    """A compiled inference call for ``generator``, built once per generator.
-
-    One graph for every batch size and image size (None dimensions), so the
-    trainer's per-epoch calls and a short last batch never retrace. The graph holds
-    the generator only weakly, so caching it keeps no model alive.
-    """
-    try:
-        return _INFERENCE_FNS[generator]
-    except (KeyError, TypeError):
-        pass
-    import tensorflow as tf
-
-    ref = weakref.ref(generator)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-        autograph=False,
-    )
-    def call(x):
-        return ref()(x, training=False)
-
-    try:
-        _INFERENCE_FNS[generator] = call
-    except TypeError:  # an unhashable callable still works, just uncached
-        pass
-    return call
-
-
 def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
@@ -173,7 +126,7 @@ def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     out = np.empty_like(blurred)
-    call = _inference_fn(generator)
+    call = compiled_generator(generator)
     for start in range(0, len(blurred), batch_size):
         chunk = to_unit(blurred[start : start + batch_size])
         y = np.asarray(call(chunk), dtype=np.float32)
@@ -205,17 +158,9 @@ def strip_indices(count: int, n: int) -> list[int]:
 
 def _open_split(h5_path: Path | str, split: str):
     """Open ``h5_path`` read-only and validate ``split``; return (file, SplitInfo)."""
-    import h5py
-
-    path = Path(h5_path)
-    if not path.is_file():
-        raise DgfError(f"HDF5 file not found: {path}. Build it with `build-hdf5 JPEG_DIR`.")
+    h5 = open_pairs_file(h5_path)
     try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise DgfError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    try:
-        info = check_split(h5, split, path)
+        info = check_split(h5, split, Path(h5_path))
     except BaseException:
         h5.close()
         raise
@@ -462,27 +407,6 @@ def evaluate_split(
         "seconds_per_image": gen_seconds / len(indices),
     }
     return summary, rows
-
-
-# --- loading generators -------------------------------------------------------------
-def load_generator(path: Path | str) -> Any:
-    """Load a saved generator (``.keras``) for inference; DgfError if it cannot be."""
-    import importlib.util
-
-    path = Path(path)
-    if not path.is_file():
-        raise DgfError(f"model file not found: {path}")
-    # The generator's custom layers register themselves when dgf.models is imported;
-    # without the import Keras cannot rebuild them from the file.
-    if importlib.util.find_spec("dgf.models") is not None:
-        import dgf.models  # noqa: F401
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a bad or foreign file
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DgfError(f"{path}: cannot load it as a Keras generator ({first})") from exc
 
 
 # --- plots and pictures --------------------------------------------------------------

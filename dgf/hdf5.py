@@ -509,20 +509,6 @@ class H5Description:
         return int(value) if isinstance(value, (int, np.integer)) else None
 
 
-@contextmanager
-def open_h5(path: Path | str) -> Iterator[h5py.File]:
-    """Open a pairs file read-only; DgfError when it is missing or not HDF5."""
-    path = Path(path)
-    if not path.is_file():
-        raise DgfError(f"{path}: no such file. Build one with `build-hdf5 JPEG_DIR -o {path}`.")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise DgfError(f"{path}: not a readable HDF5 file ({exc}).") from None
-    with h5:
-        yield h5
-
-
 def describe(path: Path | str) -> H5Description:
     """Validate a pairs file and describe it; works for seed-written files too.
 
@@ -530,7 +516,7 @@ def describe(path: Path | str) -> H5Description:
     :func:`dgf.schema.check_split`; a file without train and test raises DgfError.
     """
     path = Path(path)
-    with open_h5(path) as h5:
+    with schema.open_pairs_file(path) as h5:
         present = [s for s in schema.SPLITS if schema.sharp_name(s) in h5]
         for required in sources.REQUIRED_SPLITS:
             if required not in present:

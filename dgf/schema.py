@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dgf.errors import DgfError
+
+if TYPE_CHECKING:
+    import h5py
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test", "val")
@@ -43,6 +47,34 @@ def blurred_name(split: str) -> str:
 
 def source_name(split: str) -> str:
     return f"{split}_source"
+
+
+def open_pairs_file(path: Path | str) -> "h5py.File":
+    """Open a pairs file read-only, turning the usual mistakes into DgfError.
+
+    Missing path, a directory, a file that is not HDF5 and any other open failure
+    each get their own message naming the path. The caller closes the returned
+    ``h5py.File`` (it is a context manager).
+    """
+    import h5py  # lazily: importing the schema stays cheap
+
+    path = Path(path)
+    if not path.exists():
+        raise DgfError(
+            f"{path}: no such file. Build it with `build-hdf5 JPEG_DIR` "
+            f"(or pass the path of an existing HDF5 file)."
+        )
+    if path.is_dir():
+        raise DgfError(f"{path}: is a directory; expected an HDF5 file built by `build-hdf5`.")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if not h5py.is_hdf5(path):
+            raise DgfError(
+                f"{path}: not an HDF5 file. Build one from your JPEG pairs with "
+                f"`build-hdf5 JPEG_DIR`."
+            ) from exc
+        raise DgfError(f"{path}: cannot open the HDF5 file ({exc}).") from exc
 
 
 @dataclass(frozen=True)

@@ -534,10 +534,12 @@ def test_seed_style_file_is_readable(tmp_path):
 def test_describe_rejects_non_hdf5(tmp_path):
     bad = tmp_path / "x.h5"
     bad.write_text("nope")
-    with pytest.raises(DgfError, match="not a readable HDF5 file"):
+    with pytest.raises(DgfError, match=r"x\.h5: not an HDF5 file"):
         describe(bad)
     with pytest.raises(DgfError, match="no such file"):
         describe(tmp_path / "missing.h5")
+    with pytest.raises(DgfError, match="is a directory"):
+        describe(tmp_path)
 
 
 def test_real_pairs_build(pairs_small, tmp_path):

@@ -246,7 +246,7 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
 
 
 def test_evaluate_split_bad_inputs(tmp_path):
-    with pytest.raises(DgfError, match="not found"):
+    with pytest.raises(DgfError, match=r"missing\.h5: no such file"):
         ev.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
