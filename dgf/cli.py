@@ -249,6 +249,8 @@ _TRAIN_FLAGS = (
      "('full' for the whole test split)"),
     ("--strip-pairs", "strip_pairs", int, "rows in the per-epoch sample strip"),
     ("--snapshots", "snapshots", _on_off, "keep one generator per epoch for dgf-eval (on/off)"),
+    ("--bn-recalibrate", "bn_recalibrate", int, "training batches over which BatchNorm "
+     "statistics are re-estimated at each epoch end, before scoring (0: off)"),
 )
 
 

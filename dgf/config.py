@@ -68,6 +68,9 @@ class TrainConfig:
     val_samples: int | None = None  # test pairs scored per epoch; None: whole test split
     strip_pairs: int = 4  # rows of the per-epoch sample strip
     snapshots: bool = True  # keep one generator per epoch for dgf-eval
+    # Training batches over which BatchNorm's moving statistics are re-estimated at
+    # each epoch end, before scoring (0 keeps the running averages as trained).
+    bn_recalibrate: int = 20
 
     def __post_init__(self) -> None:
         _check(self)
@@ -123,6 +126,8 @@ def _check(cfg: TrainConfig) -> None:
                 f"pick a crop such as {max(cfg.patch, cfg.crop // cfg.patch * cfg.patch)} "
                 f"or change --patch."
             )
+    if not isinstance(cfg.bn_recalibrate, int) or cfg.bn_recalibrate < 0:
+        raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:
         raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
     if cfg.precision not in PRECISIONS:

@@ -633,7 +633,7 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
 
             # End of epoch: score, picture, snapshot, then the checkpoint that moves on.
             record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer,
-                                   evaluate_split, write_strip, tf)
+                                   evaluate_split, write_strip, tf, make_dataset)
             history.append(record)
             if chief:
                 _append_jsonl(metrics_path, record)
@@ -647,9 +647,59 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
     return TrainResult(run_dir, step_no, cfg.epochs, history)
 
 
-def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, evaluate_split, write_strip, tf):
+def recalibrate_batchnorm(model, batches) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to the average
+    of its batch statistics over ``batches`` (the "precise BN" estimate).
+
+    During GAN training the weights move faster than BatchNorm's running averages
+    (momentum 0.99) can follow, so inference-mode outputs drift (a colour cast)
+    from what training-mode outputs are. Averaging fresh batch statistics of the
+    current weights removes that drift. ``batches`` yields (B, H, W, 3) float32 in
+    [-1, 1]. Only the moving statistics change. Returns the batches used.
+    """
+    import keras
+
+    layers = [layer for layer in _all_layers(model)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    count = 0
+    try:
+        for count, batch in enumerate(batches, start=1):
+            # Cumulative average: after batch k, moving = mean of the k batch stats.
+            for layer in layers:
+                layer.momentum = (count - 1) / count
+            model(batch, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    return count
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _recalibrate(cfg, trainer, epoch, make_dataset) -> None:
+    if cfg.bn_recalibrate <= 0:
+        return
+    # Its own seed, so the training stream is untouched.
+    dataset = make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
+                           seed=cfg.seed + 7919, epoch=epoch, augment=cfg.augment)
+    batches = (blurred.numpy().astype(np.float32) / 127.5 - 1.0
+               for blurred, _ in dataset.take(cfg.bn_recalibrate))
+    recalibrate_batchnorm(trainer.generator, batches)
+
+
+def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, evaluate_split, write_strip, tf,
+                  make_dataset):
     run_dir = Path(cfg.run_dir)
     step_no = int(trainer.step_var.numpy())
+    _recalibrate(cfg, trainer, epoch, make_dataset)
     summary, _ = evaluate_split(trainer.generator, cfg.h5, "test", limit=cfg.val_samples,
                                 progress=False)
     record = {"kind": "epoch", "epoch": epoch + 1, "step": step_no,

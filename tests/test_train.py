@@ -376,3 +376,26 @@ def test_mirrored_strategy_on_two_logical_cpus(h5_file, tmp_path):
     steps = [r for r in records if r["kind"] == "step"]
     assert len(steps) == 4 and all(np.isfinite(r["g_loss"]) for r in steps)
     assert (tmp_path / "run" / "generator.keras").is_file()
+
+
+def test_recalibrate_batchnorm_matches_training_mode_statistics():
+    """After re-estimating on one batch, inference mode reproduces training mode on
+    that batch (both then normalise with the same statistics), even when the
+    running averages started far off; BatchNorm momentum is restored."""
+    import keras
+
+    from dgf.models import build_generator
+    from dgf.train import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(1)
+    g = build_generator(channel_rate=8, dropout=0.0)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
+    bns = [layer for layer in g.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.moving_mean.assign(layer.moving_mean + 3.0)
+    train_out = np.asarray(g(x, training=True))
+    before = np.abs(np.asarray(g(x, training=False)) - train_out).max()
+    assert recalibrate_batchnorm(g, [x, x, x]) == 3
+    after = np.abs(np.asarray(g(x, training=False)) - train_out).max()
+    assert before > 0.1 and after < 1e-4, (before, after)
+    assert all(layer.momentum == 0.99 for layer in bns)
