@@ -399,3 +399,23 @@ def test_recalibrate_batchnorm_matches_training_mode_statistics():
     after = np.abs(np.asarray(g(x, training=False)) - train_out).max()
     assert before > 0.1 and after < 1e-4, (before, after)
     assert all(layer.momentum == 0.99 for layer in bns)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
+    """bf16 and fp16 (with loss scaling) run the step, keep float32 losses and
+    restore the global dtype policy afterwards."""
+    import keras
+
+    from dgf.train import train
+
+    run = tmp_path / "run"
+    result = train(_cfg(h5_file, run, epochs=1, precision=precision, save_every=1),
+                   progress=False, max_steps=2)
+    assert result.step == 2
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    steps = [r for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert len(steps) == 2 and all(np.isfinite(r["g_loss"]) for r in steps)
+    resumed = train(_cfg(h5_file, run, epochs=1, precision=precision), progress=False)
+    assert resumed.step == 2 * 1  # 4 pairs / batch 2 = 2 steps: nothing left but the epoch end
+    assert [r["epoch"] for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
