@@ -476,10 +476,8 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     """
     import keras
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
-    from dgf.data import make_dataset, steps_per_epoch
-    from dgf.evaluate import evaluate_split, strip_indices, write_strip
+    from dgf.data import steps_per_epoch
 
     if cfg.run_dir is None:
         raise DgfError("train(): cfg.run_dir is not set; use resolve_config()")
@@ -513,8 +511,7 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
             save_config(cfg, run_dir / "config.json")
             for sub in ("samples", "snapshots"):
                 (run_dir / sub).mkdir(exist_ok=True)
-        return _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps,
-                     make_dataset, evaluate_split, strip_indices, write_strip, tqdm, tf)
+        return _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
@@ -543,8 +540,13 @@ def _restore(trainer: GANTrainer, manager, run_dir: Path) -> None:
         ) from None
 
 
-def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps,
-          make_dataset, evaluate_split, strip_indices, write_strip, tqdm, tf) -> TrainResult:
+def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps) -> TrainResult:
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    from dgf.data import make_dataset
+    from dgf.evaluate import strip_indices
+
     run_dir = Path(cfg.run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard")) if chief else None
@@ -632,8 +634,7 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
                 return TrainResult(run_dir, step_no, epoch, history)
 
             # End of epoch: score, picture, snapshot, then the checkpoint that moves on.
-            record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer,
-                                   evaluate_split, write_strip, tf, make_dataset)
+            record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer)
             history.append(record)
             if chief:
                 _append_jsonl(metrics_path, record)
@@ -684,7 +685,9 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def _recalibrate(cfg, trainer, epoch, make_dataset) -> None:
+def _recalibrate(cfg, trainer, epoch) -> None:
+    from dgf.data import make_dataset
+
     if cfg.bn_recalibrate <= 0:
         return
     # Its own seed, so the training stream is untouched.
@@ -695,11 +698,14 @@ def _recalibrate(cfg, trainer, epoch, make_dataset) -> None:
     recalibrate_batchnorm(trainer.generator, batches)
 
 
-def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, evaluate_split, write_strip, tf,
-                  make_dataset):
+def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from dgf.evaluate import evaluate_split, write_strip
+
     run_dir = Path(cfg.run_dir)
     step_no = int(trainer.step_var.numpy())
-    _recalibrate(cfg, trainer, epoch, make_dataset)
+    _recalibrate(cfg, trainer, epoch)
     summary, _ = evaluate_split(trainer.generator, cfg.h5, "test", limit=cfg.val_samples,
                                 progress=False)
     record = {"kind": "epoch", "epoch": epoch + 1, "step": step_no,
