@@ -419,3 +419,21 @@ def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
     resumed = train(_cfg(h5_file, run, epochs=1, precision=precision), progress=False)
     assert resumed.step == 2 * 1  # 4 pairs / batch 2 = 2 steps: nothing left but the epoch end
     assert [r["epoch"] for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
+
+
+def test_linear_schedule_holds_then_decays_to_zero():
+    from dgf.train import hold_then_linear_decay_class
+
+    schedule = hold_then_linear_decay_class()(1e-3, total_steps=100)
+    values = [float(schedule(step)) for step in (0, 50, 75, 100, 150)]
+    np.testing.assert_allclose(values, [1e-3, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
+    clone = type(schedule).from_config(schedule.get_config())
+    assert float(clone(75)) == pytest.approx(5e-4)
+
+
+def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch):
+    from dgf.train import select_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(DgfError, match="TF_CONFIG"):
+        select_strategy("multiworker")
