@@ -511,7 +511,8 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
             save_config(cfg, run_dir / "config.json")
             for sub in ("samples", "snapshots"):
                 (run_dir / sub).mkdir(exist_ok=True)
-        return _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps)
+        return _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief,
+                     progress, max_steps)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
@@ -540,7 +541,8 @@ def _restore(trainer: GANTrainer, manager, run_dir: Path) -> None:
         ) from None
 
 
-def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, max_steps) -> TrainResult:
+def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, progress,
+          max_steps) -> TrainResult:
     import tensorflow as tf
     from tqdm.auto import tqdm
 
@@ -634,7 +636,7 @@ def _loop(cfg, trainer, manager, strategy, steps, test_info, chief, progress, ma
                 return TrainResult(run_dir, step_no, epoch, history)
 
             # End of epoch: score, picture, snapshot, then the checkpoint that moves on.
-            record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer)
+            record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info)
             history.append(record)
             if chief:
                 _append_jsonl(metrics_path, record)
@@ -656,25 +658,38 @@ def recalibrate_batchnorm(model, batches) -> int:
     (momentum 0.99) can follow, so inference-mode outputs drift (a colour cast)
     from what training-mode outputs are. Averaging fresh batch statistics of the
     current weights removes that drift. ``batches`` yields (B, H, W, 3) float32 in
-    [-1, 1]. Only the moving statistics change. Returns the batches used.
+    [-1, 1] of any size. Only the moving statistics change. Returns the batches used.
     """
     import keras
+    import tensorflow as tf
 
     layers = [layer for layer in _all_layers(model)
               if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return 0
-    saved = [layer.momentum for layer in layers]
+    saved = [(layer.momentum, layer.moving_mean.numpy(), layer.moving_variance.numpy())
+             for layer in layers]
+    sums = [[0.0, 0.0] for _ in layers]
     count = 0
     try:
-        for count, batch in enumerate(batches, start=1):
-            # Cumulative average: after batch k, moving = mean of the k batch stats.
-            for layer in layers:
-                layer.momentum = (count - 1) / count
-            model(batch, training=True)
+        # Momentum 0: after each call the moving statistics hold exactly that batch's
+        # statistics, which are summed here. One compiled graph for any image size
+        # keeps memory at inference-like levels.
+        for layer in layers:
+            layer.momentum = 0.0
+        forward = tf.function(lambda x: model(x, training=True),
+                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        for batch in batches:
+            forward(tf.convert_to_tensor(batch, tf.float32))
+            count += 1
+            for acc, layer in zip(sums, layers):
+                acc[0] = acc[0] + layer.moving_mean.numpy()
+                acc[1] = acc[1] + layer.moving_variance.numpy()
     finally:
-        for layer, momentum in zip(layers, saved):
+        for (momentum, mean, var), acc, layer in zip(saved, sums, layers):
             layer.momentum = momentum
+            layer.moving_mean.assign(acc[0] / count if count else mean)
+            layer.moving_variance.assign(acc[1] / count if count else var)
     return count
 
 
@@ -685,27 +700,37 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def _recalibrate(cfg, trainer, epoch) -> None:
+# Images up to this many pixels are re-estimated whole, as the generator sees them
+# when scoring and deblurring: statistics from small crops differ (zero padding
+# touches a larger share of a crop), measured 19.7 dB with 96x96 crops against
+# 21.7 dB with whole 256x256 images on pairs-small.
+RECALIBRATE_MAX_PIXELS = 1024 * 1024
+
+
+def _recalibrate(cfg, trainer, epoch, train_info) -> None:
     from dgf.data import make_dataset
 
     if cfg.bn_recalibrate <= 0:
         return
+    whole = train_info.height * train_info.width <= RECALIBRATE_MAX_PIXELS
+    crop = None if whole else min(train_info.height, train_info.width, 512)
     # Its own seed, so the training stream is untouched.
-    dataset = make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
-                           seed=cfg.seed + 7919, epoch=epoch, augment=cfg.augment)
+    dataset = make_dataset(cfg.h5, "train", cfg.batch_size, crop=crop, training=True,
+                           seed=cfg.seed + 7919, epoch=epoch, augment=cfg.augment,
+                           drop_remainder=False)
     batches = (blurred.numpy().astype(np.float32) / 127.5 - 1.0
                for blurred, _ in dataset.take(cfg.bn_recalibrate))
     recalibrate_batchnorm(trainer.generator, batches)
 
 
-def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer) -> dict[str, Any]:
+def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info) -> dict[str, Any]:
     import tensorflow as tf
 
     from dgf.evaluate import evaluate_split, write_strip
 
     run_dir = Path(cfg.run_dir)
     step_no = int(trainer.step_var.numpy())
-    _recalibrate(cfg, trainer, epoch)
+    _recalibrate(cfg, trainer, epoch, train_info)
     summary, _ = evaluate_split(trainer.generator, cfg.h5, "test", limit=cfg.val_samples,
                                 progress=False)
     record = {"kind": "epoch", "epoch": epoch + 1, "step": step_no,
