@@ -387,6 +387,27 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
         fh.flush()
 
 
+def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
+    """Drop records written after the checkpoint being resumed: those steps run
+    again, and the log should read as one uninterrupted run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the crash
+            continue
+        if record.get("kind") == "epoch" and record.get("epoch", 0) > epoch:
+            continue
+        if record.get("kind") == "step" and record.get("step", 0) > step:
+            continue
+        kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 class _StopFlag:
     """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
 
@@ -558,6 +579,8 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
     global_step = int(trainer.step_var.numpy())
     if start_epoch or global_step:
         print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}", flush=True)
+        if chief:
+            _truncate_metrics(metrics_path, global_step, start_epoch)
     else:
         print(f"training into {run_dir} ({strategy.num_replicas_in_sync} replica(s), "
               f"{steps} steps per epoch)", flush=True)

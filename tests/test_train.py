@@ -288,6 +288,9 @@ def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
     assert f"resuming {run}" in done.stdout
     records = _jsonl(run / "metrics.jsonl")
     assert max(r["step"] for r in records) == 12
+    # Steps redone after the kill are logged once: the log reads as one run.
+    step_ids = [r["step"] for r in records if r["kind"] == "step"]
+    assert step_ids == list(range(1, 13))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"][-1] == 3
     import tensorflow as tf
 
