@@ -6,6 +6,7 @@ status 2, so users see what to fix instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,9 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def _run(fn: Callable[[], int | None]) -> int:
+    # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
+    # notes) drown the progress bars; errors still show. Users can set it themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         status = fn()
     except DgfError as exc:
