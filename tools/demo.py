@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args(argv)
     out: Path = args.out
     started = time.perf_counter()
@@ -46,14 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     pairs, h5, run = out / "pairs", out / "data.h5", out / "run"
 
     step("1/5 synthetic pairs from the bundled sample photos", "dgf-make-pairs", cli.make_pairs_main,
-         [str(pairs), "--sample-photos", "--per-image", "6", "--size", "128", "--seed", "0"])
+         [str(pairs), "--sample-photos", "--per-image", "8", "--size", "128",
+          "--kernel-size", "15", "--test-fraction", "0.2", "--seed", "0"])
     step("2/5 pack the pairs into HDF5", "build-hdf5", cli.build_hdf5_main,
          [str(pairs), "-o", str(h5), "--size", "128"])
 
     train_args = ["--h5", str(h5), "--run-dir", str(run), "--epochs", str(args.epochs),
                   "--channel-rate", "16", "--crop", "64", "--batch-size", "4",
-                  "--g-lr", "1e-3", "--adversarial-weight", "0.1", "--dropout", "0",
-                  "--val-samples", "16", "--strip-pairs", "4"]
+                  "--g-lr", "1e-3", "--d-lr", "2e-4", "--lr-schedule", "cosine",
+                  "--adversarial-weight", "0.01", "--dropout", "0", "--strip-pairs", "4"]
     if vgg_available():
         print("\nVGG16 ImageNet weights found in the Keras cache: training with the "
               "perceptual loss.")
