@@ -18,3 +18,22 @@ def pairs_small() -> Path:
     if not (PAIRS_SMALL / "train").is_dir():
         pytest.skip(f"real pairs not found at {PAIRS_SMALL} (shared data absent)")
     return PAIRS_SMALL
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """A tiny DGF generator (channel rate 8) with fixed weights, for inference tests."""
+    import keras
+
+    from dgf.models import build_generator
+
+    keras.utils.set_random_seed(3)
+    return build_generator(channel_rate=8)
+
+
+@pytest.fixture(scope="module")
+def model_file(generator, tmp_path_factory) -> Path:
+    """``generator`` saved as a .keras file."""
+    path = tmp_path_factory.mktemp("model") / "generator.keras"
+    generator.save(path)
+    return path

@@ -1,10 +1,8 @@
 """dgf-export: SavedModel and TFLite exports reproduce the Keras generator."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dgf.cli import export_main
 from dgf.infer import deblur_image
@@ -16,23 +14,6 @@ def _images(count: int, height: int, width: int, seed: int) -> np.ndarray:
     smooth = (np.sin(xx / 7.0)[..., None] + np.cos(yy / 11.0)[..., None] + 2) * 60
     noisy = smooth + rng.normal(0, 15, (count, height, width, 3))
     return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def generator():
-    import keras
-
-    from dgf.models import build_generator
-
-    keras.utils.set_random_seed(5)
-    return build_generator(channel_rate=8)
-
-
-@pytest.fixture(scope="module")
-def model_file(generator, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "generator.keras"
-    generator.save(path)
-    return path
 
 
 def _reference(generator, batch: np.ndarray) -> np.ndarray:

@@ -1,7 +1,6 @@
 """dgf-deblur: tiled inference, file handling, per-file errors, the CLI."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,23 +28,6 @@ def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     )
     noisy = (base + 2) * 60 + rng.normal(0, 12, base.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def generator():
-    from dgf.models import build_generator
-
-    import keras
-
-    keras.utils.set_random_seed(3)
-    return build_generator(channel_rate=8)
-
-
-@pytest.fixture(scope="module")
-def model_file(generator, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "generator.keras"
-    generator.save(path)
-    return path
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
