@@ -1,7 +1,6 @@
 """dgf-export: SavedModel and TFLite exports reproduce the Keras generator."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from dgf.cli import export_main
