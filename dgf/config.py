@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dgf.errors import DgfError
+from dgf.fileio import write_text_atomic
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -163,9 +164,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     """Write the resolved config as JSON, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def read_config(path: Path) -> TrainConfig:

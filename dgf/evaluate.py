@@ -29,15 +29,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from dgf.errors import DgfError
+from dgf.fileio import write_atomic, write_text_atomic
 from dgf.infer import compiled_generator, load_generator, to_uint8, to_unit
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
@@ -227,36 +227,12 @@ def make_strip(sharp: np.ndarray, blurred: np.ndarray, deblurred: np.ndarray) ->
     return np.concatenate(arrays, axis=2).reshape(n * h, 3 * w, 3)
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temp file in the same folder and ``os.replace``.
-
-    Readers (a user's image viewer, a second dgf-eval) never see half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_png(path: Path | str, image: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 array as PNG, atomically."""
     from PIL import Image
 
     pil = Image.fromarray(np.ascontiguousarray(image), mode=None)
-    _write_atomic(Path(path), lambda tmp: pil.save(tmp, format="PNG"))
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(Path(path), lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def read_pairs(
@@ -459,7 +435,7 @@ def plot_metrics(
     if len(epochs) < 20:
         axes[1].set_xticks(epochs)
     fig.tight_layout()
-    _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _progress_image(strips: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
@@ -500,7 +476,7 @@ def _write_csv(path: Path, keys: Sequence[str], rows: Sequence[dict[str, Any]]) 
             writer.writeheader()
             writer.writerows(rows)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def evaluate_model(
@@ -549,7 +525,7 @@ def evaluate_model(
         "split": split,
         "strip_indices": indices,
     }
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     summary["out_dir"] = str(out)
     return summary
 
@@ -700,7 +676,7 @@ def evaluate_run(
     def save_tables() -> None:
         rows = [{"epoch": e, **results[e]} for e in sorted(results)]
         _write_csv(out / "metrics.csv", RUN_CSV_KEYS, rows)
-        _write_text(
+        write_text_atomic(
             state_path,
             json.dumps({"settings": settings, "snapshots": seen}, indent=2) + "\n",
         )

@@ -36,6 +36,7 @@ from dgf.config import (
     save_config,
 )
 from dgf.errors import DgfError
+from dgf.fileio import write_atomic, write_text_atomic
 
 RUNS_ROOT = Path("runs")
 LOSS_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss", "d_real", "d_fake")
@@ -372,13 +373,7 @@ class GANTrainer:
 
 # --------------------------------------------------------------------------- helpers
 def _save_keras_atomic(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, model.save)
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
@@ -403,9 +398,7 @@ def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
         if record.get("kind") == "step" and record.get("step", 0) > step:
             continue
         kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 class _StopFlag:
