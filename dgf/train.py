@@ -257,7 +257,11 @@ class GANTrainer:
             self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.batch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
             self.best_psnr = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_psnr")
+        from dgf.losses import LossWeights
+
         self.perceptual = perceptual
+        self.loss_weights = LossWeights(perceptual=cfg.perceptual_weight, l1=cfg.l1_weight,
+                                        adversarial=cfg.adversarial_weight)
         # Dropout draws from Keras seed generators whose state variables are not
         # part of the model's checkpoint graph; saving them keeps a resumed run on
         # the same random stream as an uninterrupted one.
@@ -284,12 +288,7 @@ class GANTrainer:
     def _replica_step(self, blurred_u8, sharp_u8):
         import tensorflow as tf
 
-        from dgf.losses import (
-            discriminator_loss,
-            generator_adversarial_loss,
-            l1_loss,
-            patch_probability,
-        )
+        from dgf.losses import discriminator_loss, generator_loss_terms, patch_probability
 
         cfg = self.cfg
         G, D = self.generator, self.discriminator
@@ -313,27 +312,15 @@ class GANTrainer:
                     d_grads = d_tape.gradient(d_obj, D.trainable_variables)
                     self.d_optimizer.apply(d_grads, D.trainable_variables)
             g_fake_logits = tf.cast(D(deblurred, training=True), tf.float32)
-            g_adv = generator_adversarial_loss(g_fake_logits)
-            g_l1 = l1_loss(sharp, deblurred)
-            if self.perceptual is not None and cfg.perceptual_weight > 0:
-                g_perceptual = self.perceptual(sharp, deblurred)
-            else:
-                g_perceptual = tf.constant(0.0, tf.float32)
-            g_loss = (
-                cfg.perceptual_weight * g_perceptual
-                + cfg.l1_weight * g_l1
-                + cfg.adversarial_weight * g_adv
-            )
-            g_obj = g_loss * scale
+            terms = generator_loss_terms(sharp, deblurred, g_fake_logits, self.perceptual,
+                                         self.loss_weights)
+            g_obj = terms["g_loss"] * scale
             if fp16:
                 g_obj = self.g_optimizer.scale_loss(g_obj)
         g_grads = g_tape.gradient(g_obj, G.trainable_variables)
         self.g_optimizer.apply(g_grads, G.trainable_variables)
         return {
-            "g_loss": g_loss,
-            "g_perceptual": tf.cast(g_perceptual, tf.float32),
-            "g_l1": g_l1,
-            "g_adv": g_adv,
+            **{k: tf.cast(v, tf.float32) for k, v in terms.items()},
             "d_loss": d_loss,
             "d_real": tf.reduce_mean(patch_probability(real_logits)),
             "d_fake": tf.reduce_mean(patch_probability(fake_logits)),
