@@ -46,10 +46,14 @@ class LossWeights:
     """Weights of the generator's loss terms (the DGF paper's 145, 170 and 1)."""
 
     perceptual: float = 145.0
-    l1: float = 170.0
+    l1: float = 170.0  # weight of the pixel loss, whichever `pixel_loss` names
     adversarial: float = 1.0
+    pixel_loss: str = "l1"
 
     def __post_init__(self) -> None:
+        if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:
+            raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
+                           f"got {self.pixel_loss!r}")
         for field in ("perceptual", "l1", "adversarial"):
             value = getattr(self, field)
             if not math.isfinite(value) or value < 0:
@@ -231,6 +235,26 @@ def l1_loss(sharp: Any, deblurred: Any) -> Any:
     return ops.mean(ops.abs(ops.cast(sharp, "float32") - ops.cast(deblurred, "float32")))
 
 
+def l2_loss(sharp: Any, deblurred: Any) -> Any:
+    """Mean squared difference of (B, H, W, 3) images in [-1, 1] (what PSNR measures)."""
+    return ops.mean(ops.square(ops.cast(sharp, "float32") - ops.cast(deblurred, "float32")))
+
+
+#: Charbonnier's epsilon, in [-1, 1] units (about 0.13 grey levels of 255).
+CHARBONNIER_EPS = 1e-3
+
+
+def charbonnier_loss(sharp: Any, deblurred: Any) -> Any:
+    """mean(sqrt(d^2 + eps^2)) of (B, H, W, 3) images in [-1, 1]: L1 away from zero,
+    smooth at it (the loss of LapSRN, MPRNet and others)."""
+    d = ops.cast(sharp, "float32") - ops.cast(deblurred, "float32")
+    return ops.mean(ops.sqrt(ops.square(d) + CHARBONNIER_EPS**2))
+
+
+#: The pixel losses by name (the ``pixel_loss`` config key).
+PIXEL_LOSS_FUNCTIONS = {"l1": l1_loss, "l2": l2_loss, "charbonnier": charbonnier_loss}
+
+
 def _log_mean_sigmoid(logits: Any) -> Any:
     """log(mean_p sigmoid(l_p)) per row of (B, P) logits, stable for any magnitude."""
     logits = ops.cast(logits, "float32")
@@ -287,20 +311,29 @@ def generator_loss_terms(
     Args:
         sharp: (B, H, W, 3) float in [-1, 1], target images.
         deblurred: (B, H, W, 3) float in [-1, 1], generator output.
-        fake_logits: (B, P) discriminator logits of `deblurred`.
+        fake_logits: (B, P) discriminator logits of `deblurred`, or None for the
+            content-only loss (warm-up: `g_adv` is 0 and D is not run).
         perceptual: the perceptual loss; `None` turns the term off (as does
             `weights.perceptual == 0`), and then VGG16 is not run at all.
         weights: weight of each term.
 
     Returns:
-        float32 scalars `g_perceptual` (0 when off), `g_l1`, `g_adv` (unweighted) and
-        `g_loss` = weighted sum.
+        float32 scalars `g_perceptual` (0 when off), `g_pixel` (the `pixel_loss`
+        term), `g_l1` (the L1 distance, logged whatever the pixel loss), `g_adv`
+        (unweighted) and `g_loss` = perceptual, pixel and adversarial terms weighted.
     """
     if perceptual is not None and weights.perceptual > 0:
         g_perceptual = perceptual(sharp, deblurred)
     else:
         g_perceptual = ops.zeros((), dtype="float32")
     g_l1 = l1_loss(sharp, deblurred)
-    g_adv = generator_adversarial_loss(fake_logits)
-    g_loss = weights.perceptual * g_perceptual + weights.l1 * g_l1 + weights.adversarial * g_adv
-    return {"g_perceptual": g_perceptual, "g_l1": g_l1, "g_adv": g_adv, "g_loss": g_loss}
+    g_pixel = g_l1 if weights.pixel_loss == "l1" else PIXEL_LOSS_FUNCTIONS[weights.pixel_loss](
+        sharp, deblurred)
+    if fake_logits is None:
+        g_adv = ops.zeros((), dtype="float32")
+    else:
+        g_adv = generator_adversarial_loss(fake_logits)
+    g_loss = (weights.perceptual * g_perceptual + weights.l1 * g_pixel
+              + weights.adversarial * g_adv)
+    return {"g_perceptual": g_perceptual, "g_pixel": g_pixel, "g_l1": g_l1, "g_adv": g_adv,
+            "g_loss": g_loss}

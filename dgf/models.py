@@ -26,12 +26,18 @@ DENSE_DILATIONS: tuple[int, ...] = (1, 1, 1, 2, 1, 3, 1, 2, 1, 1)
 _LEAK = 0.2
 
 
-def _dense_block(x: Any, channel_rate: int, dilation: int, dropout: float, index: int) -> Any:
+def _norm(y: Any, batchnorm: bool, name: str) -> Any:
+    return layers.BatchNormalization(name=name)(y) if batchnorm else y
+
+
+def _dense_block(
+    x: Any, channel_rate: int, dilation: int, dropout: float, index: int, batchnorm: bool
+) -> Any:
     """One bottleneck block of the dense field; returns its `channel_rate` new maps."""
     prefix = f"dense{index}"
     y = layers.LeakyReLU(negative_slope=_LEAK, name=f"{prefix}_act1")(x)
     y = layers.Conv2D(4 * channel_rate, 1, padding="same", name=f"{prefix}_conv1x1")(y)
-    y = layers.BatchNormalization(name=f"{prefix}_bn1")(y)
+    y = _norm(y, batchnorm, f"{prefix}_bn1")
     y = layers.LeakyReLU(negative_slope=_LEAK, name=f"{prefix}_act2")(y)
     y = layers.Conv2D(
         channel_rate,
@@ -40,13 +46,36 @@ def _dense_block(x: Any, channel_rate: int, dilation: int, dropout: float, index
         dilation_rate=dilation,
         name=f"{prefix}_conv3x3",
     )(y)
-    y = layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+    y = _norm(y, batchnorm, f"{prefix}_bn2")
     # The DGF paper uses dropout as the generator's noise source (no z input).
     return layers.Dropout(dropout, name=f"{prefix}_dropout")(y)
 
 
+@keras.saving.register_keras_serializable(package="dgf")
+class ResidualOutput(layers.Layer):
+    """``clip(blurred + residual, -1, 1)``: the generator predicts a correction.
+
+    Takes ``[blurred, residual]``, both (B, H, W, 3) in [-1, 1] (the residual may be
+    any float dtype; the sum is float32). The clip keeps the output a valid image.
+    """
+
+    def call(self, inputs: list[Any]) -> Any:
+        blurred, residual = inputs
+        total = ops.cast(blurred, "float32") + ops.cast(residual, "float32")
+        return ops.clip(total, -1.0, 1.0)
+
+    def compute_output_shape(
+        self, input_shape: list[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        return tuple(input_shape[0])
+
+
 def build_generator(
-    channel_rate: int = 64, dropout: float = 0.5, name: str = "generator"
+    channel_rate: int = 64,
+    dropout: float = 0.5,
+    residual: bool = False,
+    batchnorm: bool = True,
+    name: str = "generator",
 ) -> keras.Model:
     """Build the DGF generator (head, ten-block dense field, tail with global skip).
 
@@ -54,6 +83,16 @@ def build_generator(
         channel_rate: growth rate `cr` of the dense field; the head and bottlenecks use
             `4 * cr` maps. 64 is the published size (3,197,827 trainable parameters).
         dropout: dropout rate at the end of every dense block, in [0, 1).
+        residual: False is the paper's layout (the last 3x3 conv with tanh *is* the
+            image). True makes the last 3x3 conv (no activation, initialised to zero)
+            predict a correction ``r`` and outputs ``clip(blurred + r, -1, 1)``, as
+            DeblurGAN's ``learn_residual``: a fresh generator is then exactly the
+            identity, so training starts from the blurred input's quality. Same
+            parameter count either way.
+        batchnorm: True is the paper's layout (BatchNorm after every dense-block and
+            tail 1x1/3x3 conv). False drops every BatchNorm, as restoration networks
+            since EDSR do: no train/inference statistics gap to re-estimate, and each
+            step and inference call does less work.
         name: model name.
 
     Returns:
@@ -72,23 +111,37 @@ def build_generator(
     x = h
     d = h
     for index, dilation in enumerate(DENSE_DILATIONS, start=1):
-        d = _dense_block(x, cr, dilation, dropout, index)
+        d = _dense_block(x, cr, dilation, dropout, index, batchnorm)
         # The last block's output feeds the tail directly, not the running concat.
         if index < len(DENSE_DILATIONS):
             x = layers.Concatenate(name=f"dense{index}_concat")([x, d])
 
     y = layers.LeakyReLU(negative_slope=_LEAK, name="tail_act1")(d)
     y = layers.Conv2D(4 * cr, 1, padding="same", name="tail_conv1x1")(y)
-    y = layers.BatchNormalization(name="tail_bn")(y)
+    y = _norm(y, batchnorm, "tail_bn")
     y = layers.Concatenate(name="global_skip")([h, y])
     y = layers.Conv2D(cr, 3, padding="same", name="tail_conv3x3")(y)
     y = layers.LeakyReLU(negative_slope=_LEAK, name="tail_act2")(y)
     # float32 so the image (and every loss on it) keeps full precision under a
     # mixed policy; this conv is tiny, so running it in float32 costs nothing.
-    deblurred = layers.Conv2D(
-        3, 3, padding="same", activation="tanh", dtype="float32", name="deblurred"
+    if not residual:
+        deblurred = layers.Conv2D(
+            3, 3, padding="same", activation="tanh", dtype="float32", name="deblurred"
+        )(y)
+        return keras.Model(blurred, deblurred, name=name)
+    # No tanh on the correction: the clip already bounds the output, and a tanh would
+    # only shrink the large corrections that heavy blur needs.
+    correction = layers.Conv2D(
+        3, 3, padding="same", kernel_initializer="zeros", bias_initializer="zeros",
+        dtype="float32", name="residual",
     )(y)
+    deblurred = ResidualOutput(dtype="float32", name="deblurred")([blurred, correction])
     return keras.Model(blurred, deblurred, name=name)
+
+
+def is_residual(generator: keras.Model) -> bool:
+    """Whether a (possibly loaded) generator adds its output to the blurred input."""
+    return any(isinstance(layer, ResidualOutput) for layer in generator.layers)
 
 
 def check_discriminator_size(height: int, width: int, patch: int) -> None:

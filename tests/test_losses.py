@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from dgf.errors import DgfError
 from dgf.losses import (
+    CHARBONNIER_EPS,
     VGG16_NOTOP_FILE,
     VGG16_NOTOP_MD5,
     VGG16_NOTOP_URL,
@@ -293,7 +294,8 @@ def test_generator_loss_terms_weighted_sum():
     weights = LossWeights(perceptual=2.0, l1=3.0, adversarial=5.0)
     terms = generator_loss_terms(sharp, deblurred, logits, spy, weights)
     assert spy.calls == 1
-    assert set(terms) == {"g_perceptual", "g_l1", "g_adv", "g_loss"}
+    assert set(terms) == {"g_perceptual", "g_pixel", "g_l1", "g_adv", "g_loss"}
+    assert float(terms["g_pixel"]) == float(terms["g_l1"])  # pixel_loss defaults to l1
     expected = 2.0 * 0.5 + 3.0 * float(l1_loss(sharp, deblurred)) + 5.0 * float(
         generator_adversarial_loss(logits)
     )
@@ -321,3 +323,29 @@ def test_default_weights_are_the_papers():
 def test_loss_weights_reject_bad_values(bad):
     with pytest.raises(DgfError):
         LossWeights(**bad)
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "charbonnier"])
+def test_pixel_losses_match_their_definitions(name):
+    sharp, deblurred = _images((2, 8, 8, 3), seed=21), _images((2, 8, 8, 3), seed=22)
+    d = sharp.astype(np.float64) - deblurred.astype(np.float64)
+    expected = {"l1": np.abs(d).mean(), "l2": (d**2).mean(),
+                "charbonnier": np.sqrt(d**2 + CHARBONNIER_EPS**2).mean()}[name]
+    weights = LossWeights(perceptual=0.0, l1=2.0, adversarial=0.0, pixel_loss=name)
+    terms = generator_loss_terms(sharp, deblurred, np.zeros((2, 4), "float32"), None, weights)
+    np.testing.assert_allclose(float(terms["g_pixel"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["g_l1"]), np.abs(d).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(terms["g_loss"]), 2.0 * expected, rtol=1e-5)
+
+
+def test_content_only_terms_have_no_adversarial_part():
+    sharp, deblurred = _images((2, 8, 8, 3), seed=23), _images((2, 8, 8, 3), seed=24)
+    weights = LossWeights(perceptual=0.0, l1=3.0, adversarial=5.0, pixel_loss="l2")
+    terms = generator_loss_terms(sharp, deblurred, None, None, weights)
+    assert float(terms["g_adv"]) == 0.0
+    np.testing.assert_allclose(float(terms["g_loss"]), 3.0 * float(terms["g_pixel"]), rtol=1e-6)
+
+
+def test_unknown_pixel_loss_is_refused():
+    with pytest.raises(DgfError, match="pixel_loss must be one of"):
+        LossWeights(pixel_loss="l3")

@@ -12,9 +12,11 @@ from dgf.errors import DgfError
 from dgf.models import (
     PatchTiles,
     build_discriminator,
+    ResidualOutput,
     build_generator,
     check_discriminator_size,
     count_params,
+    is_residual,
 )
 
 
@@ -43,6 +45,37 @@ def mixed_bfloat16():
 
 def test_generator_golden_parameter_count():
     assert count_params(build_generator()) == (3_197_827, 6_912)
+
+
+def test_residual_and_batchnorm_options_keep_the_counts_they_should():
+    # The residual head is the same 3x3 conv; dropping BatchNorm removes its 2 * 3456
+    # scales/offsets and its 6,912 moving statistics at cr 64.
+    assert count_params(build_generator(residual=True)) == (3_197_827, 6_912)
+    assert count_params(build_generator(batchnorm=False)) == (3_197_827 - 6_912, 0)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_fresh_residual_generator_is_the_identity(batchnorm):
+    generator = build_generator(channel_rate=8, residual=True, batchnorm=batchnorm)
+    assert is_residual(generator) and not is_residual(build_generator(channel_rate=8))
+    x = _images((2, 24, 40, 3), seed=5)
+    np.testing.assert_array_equal(np.asarray(generator(x, training=False)), x)
+    np.testing.assert_array_equal(np.asarray(generator(x, training=True)), x)
+
+
+def test_residual_output_adds_and_clips():
+    blurred = np.array([[[[0.5, -0.9, 0.0]]]], "float32")
+    correction = np.array([[[[0.7, -0.3, 0.25]]]], "float32")
+    out = np.asarray(ResidualOutput()([blurred, correction]))
+    np.testing.assert_allclose(out, [[[[1.0, -1.0, 0.25]]]])
+
+
+def test_trained_residual_generator_departs_from_the_identity():
+    generator = build_generator(channel_rate=8, residual=True)
+    last = generator.get_layer("residual")
+    last.kernel.assign(np.full(last.kernel.shape, 0.01, "float32"))
+    x = _images((1, 16, 16, 3), seed=6)
+    assert np.abs(np.asarray(generator(x, training=False)) - x).max() > 1e-3
 
 
 def test_discriminator_golden_parameter_count():
@@ -133,6 +166,7 @@ def test_no_lambda_layers(builder):
     "builder, shape",
     [
         (lambda: build_generator(channel_rate=8), (2, 32, 48, 3)),
+        (lambda: build_generator(channel_rate=8, residual=True, batchnorm=False), (2, 32, 48, 3)),
         (lambda: build_discriminator(channel_rate=8, patch=32), (2, 64, 32, 3)),
     ],
 )
@@ -142,6 +176,9 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path: Path, builder, shape):
     # A training step's worth of BN statistics, so loading must restore non-trainables.
     for w in model.non_trainable_weights:
         w.assign(np.random.default_rng(3).uniform(0.5, 1.5, w.shape).astype("float32"))
+    if "residual" in [layer.name for layer in model.layers]:  # a non-identity correction
+        kernel = model.get_layer("residual").kernel
+        kernel.assign(np.random.default_rng(4).normal(0, 0.05, kernel.shape).astype("float32"))
     expected = np.asarray(model(x, training=False))
     path = tmp_path / "model.keras"
     model.save(path)
