@@ -229,9 +229,14 @@ _TRAIN_FLAGS = (
     ("--channel-rate", "channel_rate", int, "network width (64 is the paper's model)"),
     ("--dropout", "dropout", float, "dropout rate in the dense blocks"),
     ("--patch", "patch", int, "discriminator patch side"),
+    ("--residual", "residual", _on_off, "on: the generator outputs clip(blurred + r) with r "
+     "starting at zero (a fresh generator is the identity); off: the paper's layout"),
+    ("--batchnorm", "batchnorm", _on_off, "BatchNorm in the generator (on: the paper's "
+     "layout; off: none, as EDSR-style restoration networks)"),
     ("--perceptual-weight", "perceptual_weight", float, "weight of the VGG16 perceptual "
      "loss; 0 trains without VGG"),
-    ("--l1-weight", "l1_weight", float, "weight of the L1 loss"),
+    ("--l1-weight", "l1_weight", float, "weight of the pixel loss (--pixel-loss)"),
+    ("--pixel-loss", "pixel_loss", str, "l1 | l2 (what PSNR measures) | charbonnier"),
     ("--adversarial-weight", "adversarial_weight", float, "weight of the adversarial loss"),
     ("--vgg-weights", "vgg_weights", str, "'imagenet' (Keras download/cache in "
      "~/.keras/models) or a path to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
@@ -240,6 +245,10 @@ _TRAIN_FLAGS = (
     ("--beta1", "beta_1", float, "Adam beta1"),
     ("--beta2", "beta_2", float, "Adam beta2"),
     ("--critic-steps", "critic_steps", int, "discriminator updates per generator update"),
+    ("--warmup-epochs", "warmup_epochs", int, "first epochs trained on the content loss "
+     "alone, before the GAN starts"),
+    ("--ema-decay", "ema_decay", float, "exponential moving average of the generator's "
+     "weights, used for scoring and saving (0: off; 0.999 is usual)"),
     ("--lr-schedule", "lr_schedule", str, "constant | linear (hold half, then to 0) | cosine"),
     ("--precision", "precision", str, "fp32 | bf16 | fp16 (mixed precision; fp16 uses "
      "loss scaling)"),

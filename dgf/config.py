@@ -20,10 +20,11 @@ from dgf.fileio import write_text_atomic
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 
 # Keys that decide the shape of the networks: a checkpoint made with other values
 # cannot be restored, so a resumed run must keep them.
-ARCHITECTURE_KEYS = ("channel_rate", "patch")
+ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm")
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,16 @@ class TrainConfig:
     channel_rate: int = 64
     dropout: float = 0.5
     patch: int = 64  # discriminator patch side
+    # The generator outputs clip(blurred + r, -1, 1) with r's last conv starting at
+    # zero (a fresh generator is the identity); False is the paper's exact layout.
+    residual: bool = False
+    # BatchNorm in the generator (the paper's layout); False drops it, as restoration
+    # networks since EDSR do.
+    batchnorm: bool = True
 
     perceptual_weight: float = 145.0
-    l1_weight: float = 170.0
+    l1_weight: float = 170.0  # weight of the pixel loss below
+    pixel_loss: str = "l1"  # l1 | l2 (what PSNR measures) | charbonnier (smooth L1)
     adversarial_weight: float = 1.0
     vgg_weights: str = "imagenet"  # "imagenet" (Keras cache) or a path to a notop .h5
 
@@ -57,6 +65,12 @@ class TrainConfig:
     beta_2: float = 0.999
     critic_steps: int = 1  # discriminator updates per generator update
     lr_schedule: str = "constant"  # constant | linear (hold half, then decay to 0) | cosine
+    # Epochs at the start trained on the content loss alone (no discriminator, no
+    # adversarial term), as SRGAN/ESRGAN pretrain before the GAN starts.
+    warmup_epochs: int = 0
+    # Decay of an exponential moving average of the generator's weights, which is
+    # what gets scored, snapshotted and saved; 0 uses the raw weights.
+    ema_decay: float = 0.0
 
     precision: str = "fp32"
     jit: bool = False
@@ -127,6 +141,18 @@ def _check(cfg: TrainConfig) -> None:
                 f"pick a crop such as {max(cfg.patch, cfg.crop // cfg.patch * cfg.patch)} "
                 f"or change --patch."
             )
+    if not isinstance(cfg.warmup_epochs, int) or isinstance(cfg.warmup_epochs, bool) \
+            or cfg.warmup_epochs < 0:
+        raise DgfError(f"warmup_epochs must be an integer >= 0, got {cfg.warmup_epochs!r}")
+    if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) \
+            or not 0.0 <= cfg.ema_decay < 1.0:
+        raise DgfError(f"ema_decay must be in [0, 1) (0 turns the average off), "
+                       f"got {cfg.ema_decay!r}")
+    for name in ("residual", "batchnorm"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise DgfError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    if cfg.pixel_loss not in PIXEL_LOSSES:
+        raise DgfError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {cfg.pixel_loss!r}")
     if not isinstance(cfg.bn_recalibrate, int) or cfg.bn_recalibrate < 0:
         raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:

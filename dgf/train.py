@@ -39,9 +39,10 @@ from dgf.errors import DgfError
 from dgf.fileio import write_atomic, write_text_atomic
 
 RUNS_ROOT = Path("runs")
-LOSS_KEYS = ("g_loss", "g_perceptual", "g_l1", "g_adv", "d_loss", "d_real", "d_fake")
+LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_adv", "d_loss", "d_real",
+             "d_fake")
 # The components come first so that a NaN is reported by the term that made it.
-CHECKED_KEYS = ("g_perceptual", "g_l1", "g_adv", "d_loss", "g_loss")
+CHECKED_KEYS = ("g_perceptual", "g_l1", "g_pixel", "g_adv", "d_loss", "g_loss")
 
 
 class NonFiniteLoss(DgfError):
@@ -233,7 +234,12 @@ class GANTrainer:
 
     Build it inside ``strategy.scope()``. ``step(batch)`` runs one distributed
     training step on a ``(blurred, sharp)`` uint8 batch and returns the losses,
-    averaged over replicas.
+    averaged over replicas; ``step(batch, warmup=True)`` trains the generator on the
+    content loss alone (the discriminator is neither run nor updated).
+
+    ``averaged`` is a second generator holding an exponential moving average of the
+    trained one's weights (decay ``cfg.ema_decay``, or an exact copy when it is 0),
+    updated at every step; it is what gets scored, snapshotted and saved.
     """
 
     def __init__(self, cfg: TrainConfig, strategy, total_steps: int, perceptual=None):
@@ -245,7 +251,11 @@ class GANTrainer:
         self.cfg = cfg
         self.strategy = strategy
         with strategy.scope():
-            self.generator = build_generator(channel_rate=cfg.channel_rate, dropout=cfg.dropout)
+            layout = dict(channel_rate=cfg.channel_rate, dropout=cfg.dropout,
+                          residual=cfg.residual, batchnorm=cfg.batchnorm)
+            self.generator = build_generator(**layout)
+            self.averaged = build_generator(**layout)
+            self.averaged.set_weights(self.generator.get_weights())
             self.discriminator = build_discriminator(channel_rate=cfg.channel_rate, patch=cfg.patch)
             self.g_optimizer = _make_optimizer(cfg.g_lr, cfg, total_steps, "g_optimizer")
             self.d_optimizer = _make_optimizer(cfg.d_lr, cfg, total_steps, "d_optimizer")
@@ -261,7 +271,14 @@ class GANTrainer:
 
         self.perceptual = perceptual
         self.loss_weights = LossWeights(perceptual=cfg.perceptual_weight, l1=cfg.l1_weight,
-                                        adversarial=cfg.adversarial_weight)
+                                        adversarial=cfg.adversarial_weight,
+                                        pixel_loss=cfg.pixel_loss)
+        # Every float weight (BatchNorm statistics included) is averaged; the dropout
+        # seed states are integers and stay out.
+        self._ema_pairs = [
+            (a, g) for a, g in zip(self.averaged.weights, self.generator.weights)
+            if "seed_generator_state" not in g.path
+        ]
         # Dropout draws from Keras seed generators whose state variables are not
         # part of the model's checkpoint graph; saving them keeps a resumed run on
         # the same random stream as an uninterrupted one.
@@ -272,6 +289,7 @@ class GANTrainer:
         self.checkpoint = tf.train.Checkpoint(
             rng_state=rng_state,
             generator=self.generator,
+            averaged_generator=self.averaged,
             discriminator=self.discriminator,
             g_optimizer=self.g_optimizer,
             d_optimizer=self.d_optimizer,
@@ -280,7 +298,8 @@ class GANTrainer:
             batch_in_epoch=self.batch_var,
             best_psnr=self.best_psnr,
         )
-        self._step_fn = self._build_step(jit=cfg.jit)
+        self._step_fns = {False: self._build_step(self._replica_step, jit=cfg.jit),
+                          True: self._build_step(self._replica_content_step, jit=cfg.jit)}
         del keras
 
     # The per-replica step. Losses are per-replica means; gradients are summed
@@ -326,10 +345,49 @@ class GANTrainer:
             "d_fake": tf.reduce_mean(patch_probability(fake_logits)),
         }
 
-    def _build_step(self, jit: bool):
+    def _replica_content_step(self, blurred_u8, sharp_u8):
+        """Warm-up: the generator alone on the content loss (no D, no adversarial)."""
         import tensorflow as tf
 
-        replica_step = tf.function(self._replica_step, jit_compile=jit) if jit else self._replica_step
+        from dgf.losses import generator_loss_terms
+
+        G = self.generator
+        scale = 1.0 / self.strategy.num_replicas_in_sync
+        blurred = tf.cast(blurred_u8, tf.float32) / 127.5 - 1.0
+        sharp = tf.cast(sharp_u8, tf.float32) / 127.5 - 1.0
+        with tf.GradientTape() as g_tape:
+            deblurred = tf.cast(G(blurred, training=True), tf.float32)
+            terms = generator_loss_terms(sharp, deblurred, None, self.perceptual,
+                                         self.loss_weights)
+            g_obj = terms["g_loss"] * scale
+            if self.cfg.precision == "fp16":
+                g_obj = self.g_optimizer.scale_loss(g_obj)
+        g_grads = g_tape.gradient(g_obj, G.trainable_variables)
+        self.g_optimizer.apply(g_grads, G.trainable_variables)
+        zero = tf.zeros((), tf.float32)
+        return {**{k: tf.cast(v, tf.float32) for k, v in terms.items()},
+                "d_loss": zero, "d_real": zero, "d_fake": zero}
+
+    def _update_average(self) -> None:
+        """averaged <- d * averaged + (1 - d) * generator, with d warming up as
+        (1 + n) / (10 + n) over the first steps so early weights fade quickly."""
+        import tensorflow as tf
+
+        decay = self.cfg.ema_decay
+        if decay > 0:
+            n = tf.cast(self.step_var, tf.float32)
+            d = tf.minimum(tf.constant(decay, tf.float32), (1.0 + n) / (10.0 + n))
+        for avg, live in self._ema_pairs:
+            if decay > 0:
+                d_cast = tf.cast(d, avg.dtype)
+                avg.assign(d_cast * avg + (1 - d_cast) * live)
+            else:
+                avg.assign(live)
+
+    def _build_step(self, replica_fn, jit: bool):
+        import tensorflow as tf
+
+        replica_step = tf.function(replica_fn, jit_compile=jit) if jit else replica_fn
         strategy = self.strategy
 
         @tf.function
@@ -344,12 +402,13 @@ class GANTrainer:
             # so a checkpoint always pairs weights with the batches they have seen.
             self.step_var.assign_add(1)
             self.batch_var.assign_add(1)
+            self._update_average()
             return logs
 
         return step
 
-    def step(self, batch) -> dict:
-        return self._step_fn(batch)
+    def step(self, batch, warmup: bool = False) -> dict:
+        return self._step_fns[bool(warmup)](batch)
 
     def learning_rates(self) -> tuple[float, float]:
         from keras import ops
@@ -614,7 +673,7 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
             for _ in range(done, steps):
                 if stop.signum is not None or (max_steps is not None and steps_this_call >= max_steps):
                     break
-                logs = trainer.step(next(iterator))
+                logs = trainer.step(next(iterator), warmup=epoch < cfg.warmup_epochs)
                 launched.append(time.perf_counter())
                 step_no = int(trainer.step_var.numpy())
                 steps_this_call += 1
@@ -723,7 +782,7 @@ def _recalibrate(cfg, trainer, epoch, train_info) -> None:
                            drop_remainder=False)
     batches = (blurred.numpy().astype(np.float32) / 127.5 - 1.0
                for blurred, _ in dataset.take(cfg.bn_recalibrate))
-    recalibrate_batchnorm(trainer.generator, batches)
+    recalibrate_batchnorm(trainer.averaged, batches)
 
 
 def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info) -> dict[str, Any]:
@@ -734,7 +793,8 @@ def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info) ->
     run_dir = Path(cfg.run_dir)
     step_no = int(trainer.step_var.numpy())
     _recalibrate(cfg, trainer, epoch, train_info)
-    summary, _ = evaluate_split(trainer.generator, cfg.h5, "test", limit=cfg.val_samples,
+    generator = trainer.averaged  # the weights that get scored and saved
+    summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
                                 progress=False)
     record = {"kind": "epoch", "epoch": epoch + 1, "step": step_no,
               **{k: summary[k] for k in ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count")}}
@@ -744,7 +804,7 @@ def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info) ->
     if not chief:
         return record
     strip_path = run_dir / "samples" / f"epoch_{epoch + 1:04d}.png"
-    strip = write_strip(strip_path, trainer.generator, cfg.h5, "test", indices=strip_rows)
+    strip = write_strip(strip_path, generator, cfg.h5, "test", indices=strip_rows)
     with writer.as_default(step=step_no):
         tf.summary.scalar("test/psnr", summary["psnr"])
         tf.summary.scalar("test/ssim", summary["ssim"])
@@ -752,10 +812,10 @@ def _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info) ->
         tf.summary.image("samples/sharp_blurred_deblurred", np.asarray(strip)[None], max_outputs=1)
     writer.flush()
     if cfg.snapshots:
-        _save_keras_atomic(trainer.generator, run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
-    _save_keras_atomic(trainer.generator, run_dir / "generator.keras")
+        _save_keras_atomic(generator, run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
+    _save_keras_atomic(generator, run_dir / "generator.keras")
     if summary["psnr"] > float(trainer.best_psnr.numpy()):
         trainer.best_psnr.assign(summary["psnr"])
-        _save_keras_atomic(trainer.generator, run_dir / "generator_best.keras")
+        _save_keras_atomic(generator, run_dir / "generator_best.keras")
         record["best"] = True
     return record
