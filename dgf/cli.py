@@ -225,6 +225,8 @@ _TRAIN_FLAGS = (
     ("--batch-size", "batch_size", int, "global batch size (split over replicas)"),
     ("--crop", "crop", _optional_int, "square random crop side; 'full' trains on whole images"),
     ("--augment", "augment", _on_off, "random flips and 90-degree rotations (on/off)"),
+    ("--edge-crops", "edge_crops", float, "share of crops snapped to the image edge, per "
+     "axis, so training sees image borders (0-1)"),
     ("--cache", "cache", _on_off, "hold the training split in memory (on/off)"),
     ("--channel-rate", "channel_rate", int, "network width (64 is the paper's model)"),
     ("--dropout", "dropout", float, "dropout rate in the dense blocks"),
@@ -237,6 +239,7 @@ _TRAIN_FLAGS = (
      "loss; 0 trains without VGG"),
     ("--l1-weight", "l1_weight", float, "weight of the pixel loss (--pixel-loss)"),
     ("--pixel-loss", "pixel_loss", str, "l1 | l2 (what PSNR measures) | charbonnier"),
+    ("--ssim-weight", "ssim_weight", float, "weight of a 1 - SSIM loss term (0: off)"),
     ("--adversarial-weight", "adversarial_weight", float, "weight of the adversarial loss"),
     ("--vgg-weights", "vgg_weights", str, "'imagenet' (Keras download/cache in "
      "~/.keras/models) or a path to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),

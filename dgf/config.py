@@ -41,6 +41,9 @@ class TrainConfig:
     batch_size: int = 1
     crop: int | None = 256  # square random crop side; None trains on whole images
     augment: bool = True  # flips and 90-degree rotations, same for both images of a pair
+    # Share of crops whose edge is snapped to the image's edge, per axis, so that
+    # training sees image borders as whole-image inference does (0: uniform crops).
+    edge_crops: float = 0.0
     cache: bool = False  # hold the decoded training split in memory
 
     channel_rate: int = 64
@@ -56,6 +59,7 @@ class TrainConfig:
     perceptual_weight: float = 145.0
     l1_weight: float = 170.0  # weight of the pixel loss below
     pixel_loss: str = "l1"  # l1 | l2 (what PSNR measures) | charbonnier (smooth L1)
+    ssim_weight: float = 0.0  # weight of 1 - SSIM (the reported metric's definition)
     adversarial_weight: float = 1.0
     vgg_weights: str = "imagenet"  # "imagenet" (Keras cache) or a path to a notop .h5
 
@@ -125,7 +129,7 @@ def _check(cfg: TrainConfig) -> None:
             raise DgfError(f"{name} must be an integer, got {getattr(cfg, name)!r}")
     for name in ("g_lr", "d_lr"):
         positive(name)
-    for name in ("perceptual_weight", "l1_weight", "adversarial_weight"):
+    for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight"):
         positive(name, allow_zero=True)
     if not 0.0 <= cfg.dropout < 1.0:
         raise DgfError(f"dropout must be in [0, 1), got {cfg.dropout}")
@@ -141,6 +145,9 @@ def _check(cfg: TrainConfig) -> None:
                 f"pick a crop such as {max(cfg.patch, cfg.crop // cfg.patch * cfg.patch)} "
                 f"or change --patch."
             )
+    if not isinstance(cfg.edge_crops, (int, float)) or isinstance(cfg.edge_crops, bool) \
+            or not 0.0 <= cfg.edge_crops <= 1.0:
+        raise DgfError(f"edge_crops must be in [0, 1], got {cfg.edge_crops!r}")
     if not isinstance(cfg.warmup_epochs, int) or isinstance(cfg.warmup_epochs, bool) \
             or cfg.warmup_epochs < 0:
         raise DgfError(f"warmup_epochs must be an integer >= 0, got {cfg.warmup_epochs!r}")

@@ -49,12 +49,13 @@ class LossWeights:
     l1: float = 170.0  # weight of the pixel loss, whichever `pixel_loss` names
     adversarial: float = 1.0
     pixel_loss: str = "l1"
+    ssim: float = 0.0  # weight of 1 - SSIM (off by default, as in the paper)
 
     def __post_init__(self) -> None:
         if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:
             raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
                            f"got {self.pixel_loss!r}")
-        for field in ("perceptual", "l1", "adversarial"):
+        for field in ("perceptual", "l1", "adversarial", "ssim"):
             value = getattr(self, field)
             if not math.isfinite(value) or value < 0:
                 raise DgfError(f"loss weight {field} must be a finite number >= 0, got {value}")
@@ -251,6 +252,32 @@ def charbonnier_loss(sharp: Any, deblurred: Any) -> Any:
     return ops.mean(ops.sqrt(ops.square(d) + CHARBONNIER_EPS**2))
 
 
+def ssim_loss(sharp: Any, deblurred: Any) -> Any:
+    """1 - SSIM of (B, H, W, 3) images in [-1, 1], with the reported metric's own
+    definition (scikit-image defaults: 7x7 uniform window, sample covariance,
+    K1 = 0.01, K2 = 0.03, mean over valid windows and channels); float32 scalar.
+
+    PSNR follows from the L2 loss, but heavy blur leaves many sharp images equally
+    likely, and their mean (what L2 learns) is smooth; this term asks for local
+    contrast and structure directly.
+    """
+    x = ops.cast(sharp, "float32")
+    y = ops.cast(deblurred, "float32")
+    window = 7
+    norm = window * window / (window * window - 1.0)  # sample covariance
+    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data range 2 in [-1, 1]
+
+    def mean(t: Any) -> Any:
+        return ops.average_pool(t, window, strides=1, padding="valid")
+
+    mx, my = mean(x), mean(y)
+    vx = norm * (mean(x * x) - mx * mx)
+    vy = norm * (mean(y * y) - my * my)
+    cxy = norm * (mean(x * y) - mx * my)
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return 1.0 - ops.mean(ssim_map)
+
+
 #: The pixel losses by name (the ``pixel_loss`` config key).
 PIXEL_LOSS_FUNCTIONS = {"l1": l1_loss, "l2": l2_loss, "charbonnier": charbonnier_loss}
 
@@ -319,8 +346,9 @@ def generator_loss_terms(
 
     Returns:
         float32 scalars `g_perceptual` (0 when off), `g_pixel` (the `pixel_loss`
-        term), `g_l1` (the L1 distance, logged whatever the pixel loss), `g_adv`
-        (unweighted) and `g_loss` = perceptual, pixel and adversarial terms weighted.
+        term), `g_l1` (the L1 distance, logged whatever the pixel loss), `g_ssim`
+        (1 - SSIM, 0 when its weight is 0), `g_adv` (unweighted) and `g_loss` = the
+        weighted sum.
     """
     if perceptual is not None and weights.perceptual > 0:
         g_perceptual = perceptual(sharp, deblurred)
@@ -329,11 +357,15 @@ def generator_loss_terms(
     g_l1 = l1_loss(sharp, deblurred)
     g_pixel = g_l1 if weights.pixel_loss == "l1" else PIXEL_LOSS_FUNCTIONS[weights.pixel_loss](
         sharp, deblurred)
+    if weights.ssim > 0:
+        g_ssim = ssim_loss(sharp, deblurred)
+    else:
+        g_ssim = ops.zeros((), dtype="float32")
     if fake_logits is None:
         g_adv = ops.zeros((), dtype="float32")
     else:
         g_adv = generator_adversarial_loss(fake_logits)
     g_loss = (weights.perceptual * g_perceptual + weights.l1 * g_pixel
-              + weights.adversarial * g_adv)
-    return {"g_perceptual": g_perceptual, "g_pixel": g_pixel, "g_l1": g_l1, "g_adv": g_adv,
-            "g_loss": g_loss}
+              + weights.ssim * g_ssim + weights.adversarial * g_adv)
+    return {"g_perceptual": g_perceptual, "g_pixel": g_pixel, "g_l1": g_l1,
+            "g_ssim": g_ssim, "g_adv": g_adv, "g_loss": g_loss}

@@ -39,10 +39,10 @@ from dgf.errors import DgfError
 from dgf.fileio import write_atomic, write_text_atomic
 
 RUNS_ROOT = Path("runs")
-LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_adv", "d_loss", "d_real",
-             "d_fake")
+LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "d_loss",
+             "d_real", "d_fake")
 # The components come first so that a NaN is reported by the term that made it.
-CHECKED_KEYS = ("g_perceptual", "g_l1", "g_pixel", "g_adv", "d_loss", "g_loss")
+CHECKED_KEYS = ("g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv", "d_loss", "g_loss")
 
 
 class NonFiniteLoss(DgfError):
@@ -272,7 +272,7 @@ class GANTrainer:
         self.perceptual = perceptual
         self.loss_weights = LossWeights(perceptual=cfg.perceptual_weight, l1=cfg.l1_weight,
                                         adversarial=cfg.adversarial_weight,
-                                        pixel_loss=cfg.pixel_loss)
+                                        pixel_loss=cfg.pixel_loss, ssim=cfg.ssim_weight)
         # Every float weight (BatchNorm statistics included) is averaged; the dropout
         # seed states are integers and stay out.
         self._ema_pairs = [
@@ -638,6 +638,7 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
                     seed=cfg.seed, epoch=epoch,
                     skip_batches=done * (replicas // ctx.num_input_pipelines),
                     input_context=ctx, cache=cfg.cache, augment=cfg.augment,
+                    edge_crops=cfg.edge_crops,
                 )
             )
             iterator = iter(dataset)

@@ -122,6 +122,21 @@ def test_no_augment_gives_plain_windows_with_the_same_order_and_crops(h5: Path) 
         assert [int(s[..., 0].min()) for s in p] == [int(s[..., 0].min()) for s in a]
 
 
+def test_edge_crops_snap_that_share_of_windows_to_the_image_edges() -> None:
+    info = SplitInfo(count=4000, height=256, width=200)
+    plain = data.epoch_records(info, (96, 64), training=True, seed=1, epoch=2)
+    snapped = data.epoch_records(info, (96, 64), training=True, seed=1, epoch=2,
+                                 edge_crops=0.4)
+    # Order and transforms are the same plan; only offsets move, and only to an edge.
+    np.testing.assert_array_equal(plain[:, [0, 3]], snapped[:, [0, 3]])
+    for column, last in ((1, 256 - 96), (2, 200 - 64)):
+        moved = plain[:, column] != snapped[:, column]
+        assert set(np.unique(snapped[moved, column])) <= {0, last}
+        at_edge = np.isin(snapped[:, column], (0, last)).mean()
+        assert 0.35 < at_edge < 0.45, at_edge  # 40% snapped (+ the rare uniform hit)
+        assert 0.02 > np.isin(plain[:, column], (0, last)).mean()
+
+
 def test_full_images_of_a_non_square_split_never_turn(h5: Path) -> None:
     source = _sharp_images(COUNT, HEIGHT, WIDTH)
     batches = _batches(data.make_dataset(h5, "train", 10))
@@ -366,6 +381,7 @@ def test_batch_larger_than_the_split(h5: Path) -> None:
         (dict(seed=-1), "seed must be a non-negative integer"),
         (dict(read_workers=0), "read_workers must be at least 1"),
         (dict(prefetch=-2), "prefetch must be None or a non-negative integer"),
+        (dict(edge_crops=1.5), r"edge_crops must be a number in \[0, 1\]"),
     ],
 )
 def test_bad_options(h5: Path, kwargs, message: str) -> None:

@@ -24,6 +24,7 @@ from dgf.losses import (
     generator_loss_terms,
     keras_cache_dir,
     l1_loss,
+    ssim_loss,
     patch_probability,
     vgg_preprocess,
 )
@@ -294,7 +295,7 @@ def test_generator_loss_terms_weighted_sum():
     weights = LossWeights(perceptual=2.0, l1=3.0, adversarial=5.0)
     terms = generator_loss_terms(sharp, deblurred, logits, spy, weights)
     assert spy.calls == 1
-    assert set(terms) == {"g_perceptual", "g_pixel", "g_l1", "g_adv", "g_loss"}
+    assert set(terms) == {"g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "g_loss"}
     assert float(terms["g_pixel"]) == float(terms["g_l1"])  # pixel_loss defaults to l1
     expected = 2.0 * 0.5 + 3.0 * float(l1_loss(sharp, deblurred)) + 5.0 * float(
         generator_adversarial_loss(logits)
@@ -349,3 +350,23 @@ def test_content_only_terms_have_no_adversarial_part():
 def test_unknown_pixel_loss_is_refused():
     with pytest.raises(DgfError, match="pixel_loss must be one of"):
         LossWeights(pixel_loss="l3")
+
+
+def test_ssim_loss_is_one_minus_the_reported_ssim():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(31)
+    sharp = rng.uniform(-1, 1, (1, 24, 20, 3)).astype("float32")
+    deblurred = np.clip(sharp + rng.normal(0, 0.3, sharp.shape), -1, 1).astype("float32")
+    expected = structural_similarity(sharp[0], deblurred[0], channel_axis=-1, data_range=2.0)
+    np.testing.assert_allclose(float(ssim_loss(sharp, deblurred)), 1.0 - expected, atol=1e-5)
+    assert float(ssim_loss(sharp, sharp)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ssim_weight_adds_its_term():
+    sharp, deblurred = _images((2, 16, 16, 3), seed=32), _images((2, 16, 16, 3), seed=33)
+    weights = LossWeights(perceptual=0.0, l1=1.0, adversarial=0.0, ssim=2.0)
+    terms = generator_loss_terms(sharp, deblurred, None, None, weights)
+    np.testing.assert_allclose(float(terms["g_ssim"]), float(ssim_loss(sharp, deblurred)))
+    np.testing.assert_allclose(float(terms["g_loss"]),
+                               float(terms["g_l1"]) + 2.0 * float(terms["g_ssim"]), rtol=1e-6)
