@@ -544,12 +544,15 @@ def make_dataset(
 
     small_host = host_cores() <= SMALL_HOST_CORES
     if read_workers is None:
-        read_workers = 1 if small_host else tf.data.AUTOTUNE
+        read_workers = 0 if small_host else tf.data.AUTOTUNE
     if prefetch is None:
-        prefetch = 2 if small_host else tf.data.AUTOTUNE
-    dataset = tf.data.Dataset.range(n_batches).map(
-        load, num_parallel_calls=read_workers, deterministic=True
-    )
+        prefetch = 0 if small_host else tf.data.AUTOTUNE
+    if read_workers == 0:  # read in the caller's thread, when the batch is asked for
+        dataset = tf.data.Dataset.range(n_batches).map(load)
+    else:
+        dataset = tf.data.Dataset.range(n_batches).map(
+            load, num_parallel_calls=read_workers, deterministic=True
+        )
     if prefetch > 0 or prefetch == tf.data.AUTOTUNE:
         dataset = dataset.prefetch(prefetch)
     if small_host:

@@ -624,7 +624,6 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
         print(f"training into {run_dir} ({strategy.num_replicas_in_sync} replica(s), "
               f"{steps} steps per epoch)", flush=True)
     steps_this_call = 0
-    replicas = strategy.num_replicas_in_sync
 
     def save() -> None:
         manager.save(checkpoint_number=int(trainer.step_var.numpy()))
@@ -632,16 +631,7 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
     with _StopFlag() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             done = int(trainer.batch_var.numpy())
-            dataset = strategy.distribute_datasets_from_function(
-                lambda ctx, epoch=epoch, done=done: make_dataset(
-                    cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
-                    seed=cfg.seed, epoch=epoch,
-                    skip_batches=done * (replicas // ctx.num_input_pipelines),
-                    input_context=ctx, cache=cfg.cache, augment=cfg.augment,
-                    edge_crops=cfg.edge_crops,
-                )
-            )
-            iterator = iter(dataset)
+            iterator = iter(_epoch_batches(cfg, strategy, epoch, done))
             bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not progress or not chief, dynamic_ncols=True)
             pending = None  # the previous step's losses, read while this step runs
@@ -711,6 +701,38 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
     step_no = int(trainer.step_var.numpy())
     print(f"done: {step_no} steps; generator in {run_dir / 'generator.keras'}", flush=True)
     return TrainResult(run_dir, step_no, cfg.epochs, history)
+
+
+def _plain_input(strategy) -> bool:
+    """Whether the step can take the loader's batches as they are.
+
+    A single replica on the CPU needs no distributed input: the distributed iterator's
+    per-step bookkeeping was measured at about 0.45 s a step on 2 cores (2.15 s
+    against 1.71 s for plain batches, cr 16, 96x96 crops, batch 4). Several replicas
+    or a GPU (where the iterator prefetches to the device) keep it.
+    """
+    import tensorflow as tf
+
+    return (strategy.num_replicas_in_sync == 1
+            and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and not tf.config.list_logical_devices("GPU"))
+
+
+def _epoch_batches(cfg: TrainConfig, strategy, epoch: int, done: int):
+    """The rest of epoch ``epoch`` after ``done`` steps, as the step takes it."""
+    from dgf.data import make_dataset
+
+    def dataset(ctx=None):
+        skip = done if ctx is None else done * (
+            strategy.num_replicas_in_sync // ctx.num_input_pipelines)
+        return make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
+                            seed=cfg.seed, epoch=epoch, skip_batches=skip,
+                            input_context=ctx, cache=cfg.cache, augment=cfg.augment,
+                            edge_crops=cfg.edge_crops)
+
+    if _plain_input(strategy):
+        return dataset()
+    return strategy.distribute_datasets_from_function(dataset)
 
 
 def recalibrate_batchnorm(model, batches) -> int:
