@@ -8,10 +8,13 @@ In one run:
     the seconds per image and GFLOP/s of
       * ``today``: ``dgf.runtime.compiled_generator`` on the model as built (the path
         every inference entry point used before BatchNorm folding);
-      * ``fp32``: ``dgf.runtime.inference_call(g, "fp32")``, the folded copy every
-        entry point runs now;
+      * ``fp32``: ``dgf.runtime.inference_call(g, "fp32")``, what every entry point
+        runs now: the BatchNorm-folded copy, compiled with XLA;
       * ``bf16``: ``inference_call(g, "bf16")``, unless ``--no-bf16``. Where the CPU
-        has no bfloat16 instructions TensorFlow emulates it; the table says so.
+        has no bfloat16 instructions TensorFlow converts in software; the output
+        says so.
+      * with ``--ablate`` also ``fold only`` (the folded copy without XLA) and
+        ``xla only`` (today's model under XLA), to show what each part gives.
     GFLOP/s counts the convolutions only, analytically (``dgf.runtime.conv_flops``:
     ``2 * H * W * kh * kw * C_in * C_out`` per convolution), so the same FLOP count
     divides both paths' times; the fraction is of the peak in (a).
@@ -23,7 +26,7 @@ other work slows all of them alike. Weights are random (speed does not depend on
 them); BatchNorm statistics are randomised so the folded kernels are not trivial.
 
     .venv/bin/python benchmarks/bench_inference.py
-    .venv/bin/python benchmarks/bench_inference.py --channel-rates 16 --repeats 7
+    .venv/bin/python benchmarks/bench_inference.py --channel-rates 16 --repeats 7 --ablate
 """
 from __future__ import annotations
 
@@ -57,8 +60,8 @@ def _time(fn, x) -> float:
     return time.perf_counter() - start
 
 
-def _peak(args) -> float:
-    """Median GFLOP/s of one large compiled 3x3 convolution."""
+def _peak_conv(args):
+    """A compiled large 3x3 convolution, its input, and its FLOPs per call."""
     import numpy as np
     import tensorflow as tf
 
@@ -68,9 +71,7 @@ def _peak(args) -> float:
     w = tf.constant(rng.standard_normal((3, 3, c, c)) * 0.02, tf.float32)
     conv = tf.function(lambda t: tf.nn.conv2d(t, w, 1, "SAME"))
     conv(x)
-    flops = 2 * b * s * s * 9 * c * c
-    times = [_time(conv, x) for _ in range(args.repeats)]
-    return flops / statistics.median(times) / 1e9
+    return conv, x, 2 * b * s * s * 9 * c * c
 
 
 def main() -> None:
@@ -85,8 +86,8 @@ def main() -> None:
     p.add_argument("--peak-size", type=int, default=256)
     p.add_argument("--peak-batch", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 path")
-    p.add_argument("--jit", action="store_true",
-                   help="also time the folded copy under XLA (jit_compile=True)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time the folded copy without XLA, and today's model with XLA")
     args = p.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,19 +97,18 @@ def main() -> None:
     import tensorflow as tf
 
     from dgf.models import build_generator
-    from dgf.runtime import (bf16_unsupported_reason, compiled_generator, conv_flops,
-                             inference_call, inference_model)
+    from dgf.runtime import (bf16_native, compiled_generator, conv_flops, inference_call,
+                             inference_model)
 
-    bf16_note = bf16_unsupported_reason()
     print(f"{os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras "
           f"{keras.__version__}; intra-op threads "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
           f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'default'}")
     if not args.no_bf16:
-        print("bf16: " + ("native" if bf16_note is None else f"EMULATED ({bf16_note})"))
-    peak = _peak(args)
-    print(f"(a) peak: 3x3 conv 256->256 at {args.peak_batch}x{args.peak_size}^2, "
-          f"float32, compiled: {peak:.1f} GFLOP/s (median of {args.repeats})")
+        print("bf16: " + ("native bfloat16 instructions" if bf16_native() else
+                          "no bfloat16 instructions: TensorFlow converts in software"))
+    peak_conv, peak_x, peak_flops = _peak_conv(args)
+    peak_times: list[float] = []
 
     rows = []
     for cr in args.channel_rates:
@@ -121,24 +121,26 @@ def main() -> None:
         paths = {"today": compiled_generator(generator), "fp32": inference_call(generator)}
         if not args.no_bf16:
             paths["bf16"] = inference_call(generator, "bf16")
-        if args.jit:
-            for name, model in (("today+xla", generator),
-                                ("fp32+xla", inference_model(generator)),
-                                ("bf16+xla", inference_model(generator, "bf16"))):
-                paths[name] = tf.function(
-                    lambda t, m=model: m(t, training=False), jit_compile=True,
-                    autograph=False,
-                    input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        if args.ablate:
+            # Which part gives what: folding without XLA, XLA without folding.
+            paths["fold only"] = compiled_generator(inference_model(generator))
+            paths["xla only"] = compiled_generator(generator, jit_compile=True)
         for fn in paths.values():  # warm-up: tracing and first-call setup
             fn(x)
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.repeats):
+            # The peak is timed in every round too, so it sees the same machine load.
+            peak_times.append(_time(peak_conv, peak_x))
             for name, fn in paths.items():
                 times[name].append(_time(fn, x) / batch)
         flops = conv_flops(generator, args.size, args.size)
         med = {name: statistics.median(t) for name, t in times.items()}
         rows.append((cr, batch, flops, med))
 
+    peak = peak_flops / statistics.median(peak_times) / 1e9
+    print(f"(a) peak: 3x3 conv 256->256 at {args.peak_batch}x{args.peak_size}^2, "
+          f"float32, compiled: {peak:.1f} GFLOP/s (median of {len(peak_times)}, "
+          f"timed between the generator calls)")
     print(f"(b) generator at {args.size}^2, random weights, median seconds per image "
           f"of {args.repeats} interleaved calls; GFLOP counts convolutions only")
     print(f"{'cr':>3} {'batch':>5} {'GFLOP/img':>9} {'path':>9} {'s/img':>8} "
@@ -153,9 +155,9 @@ def main() -> None:
         line = f"cr {cr:>3}: today/fp32 {med['today'] / med['fp32']:.2f}x"
         if "bf16" in med:
             line += f", fp32/bf16 {med['fp32'] / med['bf16']:.2f}x"
-            if bf16_note is not None:
-                line += " (bf16 emulated)"
-        for name in ("today+xla", "fp32+xla", "bf16+xla"):
+            if not bf16_native():
+                line += " (bf16 in software)"
+        for name in ("fold only", "xla only"):
             if name in med:
                 line += f", today/{name} {med['today'] / med[name]:.2f}x"
         print(line)

@@ -1,29 +1,37 @@
 """The generator's inference runtime: BatchNorm folding, precision, the compiled call.
 
 Every inference entry point (``dgf-deblur``, ``dgf-eval``, the trainer's per-epoch
-scoring, ``dgf-export``) runs the generator through :func:`inference_call`, which
-returns a compiled call of an inference copy of the model:
+scoring) runs the generator through :func:`inference_call`, which returns a compiled
+call of an inference copy of the model; ``dgf-export`` exports the same copy
+(:func:`fold_batchnorm`), without XLA:
 
 * **BatchNorm folding.** In inference mode a BatchNormalization is a per-channel
   affine map ``y = (x - mean) * gamma / sqrt(var + eps) + beta``. When it directly
   follows a convolution whose output nothing else reads, the map is folded into the
-  convolution's kernel and bias, so the BatchNorm's pass over memory disappears and
-  oneDNN can fuse the LeakyReLU that follows into the convolution. Dropout (identity
-  at inference) is removed too. The folding walks the functional graph
+  convolution's kernel and bias and the BatchNorm's pass over memory disappears.
+  Dropout (identity at inference) is removed. The folding walks the functional graph
   (``keras.models.clone_model``), so it works on any functional Keras model, custom
   registered layers included; it never rebuilds the network from its builder.
-* **Current weights.** The copy is built once per source model and precision (the
-  compiled graph is traced once), and its weights are refolded from the source
+* **Activations of a concatenation.** ``LeakyReLU(concat(a, b))`` equals
+  ``concat(LeakyReLU(a), LeakyReLU(b))``: the copy activates each part once, so the
+  dense field no longer re-activates its whole growing concatenation in every block,
+  and each new part's activation fuses into the convolution that made it.
+* **Current weights.** The copy is built once per source model and precision (its
+  compiled call is traced once), and its weights are refolded from the source
   model's *current* weights at every :func:`inference_call`, so the trainer's
   per-epoch scoring always sees the weights of that epoch. The source model is never
   modified.
+* **XLA.** :func:`inference_call` compiles the copy with ``jit_compile``, which fuses
+  the remaining concatenations and elementwise work into the loops around the
+  convolutions (measured in ``benchmarks/bench_inference.py``).
 * **Precision.** ``fp32`` keeps every layer in float32. ``bf16`` computes the body
   under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16 activations);
   the last convolution and every layer after it stay float32, so the image leaves
-  the network at full precision. bf16 only pays off where the CPU has bfloat16
-  instructions (AVX512-BF16 or AMX on x86, BF16 on Arm) or on a GPU of compute
-  capability 8.0 or newer; elsewhere TensorFlow emulates it, slower than float32.
-  :func:`check_precision` refuses it there, at the command-line entry points.
+  the network at full precision. It is fast where the hardware has bfloat16
+  arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm, a GPU of compute capability
+  8.0+; :func:`bf16_native`); elsewhere TensorFlow converts in software, which can
+  still gain from the halved memory traffic or can lose. :func:`check_precision`
+  refuses bf16 only where TensorFlow cannot run a bfloat16 convolution at all.
 """
 from __future__ import annotations
 
@@ -339,24 +347,27 @@ def fold_batchnorm(model, precision: str = "fp32"):
 # consumer ran; an eager Keras call keeps every intermediate of the dense field alive
 # until it returns (measured at channel_rate 16 on a 512 px tile: 5.5 GiB eager,
 # 0.7 GiB compiled, and 2.7x faster).
-_COMPILED: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict[bool, Callable]]" = (
+    weakref.WeakKeyDictionary()
+)
 # Folded copies per source model and precision, with their fill plans.
 _FOLDED: "weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, _Plan]]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-def compiled_generator(generator: Any) -> Callable[[np.ndarray], Any]:
+def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[np.ndarray], Any]:
     """A compiled inference call for ``generator`` as it is (no folding), built once.
 
     ``generator(x, training=False)`` inside one ``tf.function`` with input signature
     (None, None, None, 3) float32, so every batch size and image size (tiles, a
-    short last batch, the trainer's per-epoch calls) share one graph and never
-    retrace. The graph holds the generator only weakly, so caching it keeps no
-    model alive. :func:`inference_call` uses it on the folded copy.
+    short last batch, the trainer's per-epoch calls) share one function and never
+    retrace. With ``jit_compile`` XLA compiles it, once per input shape. The graph
+    holds the generator only weakly, so caching it keeps no model alive.
+    :func:`inference_call` uses it on the folded copy.
     """
     try:
-        return _COMPILED[generator]
+        return _COMPILED[generator][jit_compile]
     except (KeyError, TypeError):
         pass
     import tensorflow as tf
@@ -366,12 +377,13 @@ def compiled_generator(generator: Any) -> Callable[[np.ndarray], Any]:
     @tf.function(
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
         autograph=False,
+        jit_compile=jit_compile,
     )
     def call(x):
         return ref()(x, training=False)
 
     try:
-        _COMPILED[generator] = call
+        _COMPILED.setdefault(generator, {})[jit_compile] = call
     except TypeError:  # an unhashable callable still works, just uncached
         pass
     return call
@@ -407,10 +419,15 @@ def inference_call(generator: Any, precision: str = "fp32") -> Callable[[np.ndar
     Takes (B, H, W, 3) float32 in [-1, 1] and returns the generator's output, a
     float32 tensor of the same shape (in [-1, 1] for the DGF generator). Call it
     once per batch of work (an image, a batch of pairs), not once per tile: each
-    call refolds the weights. Does not check that the CPU supports ``bf16`` (see
-    :func:`check_precision`); emulated bf16 runs, slowly.
+    call refolds the weights. Does not check that TensorFlow can run ``bf16`` here
+    (see :func:`check_precision`).
+
+    XLA compiles the call (``jit_compile``), once per input shape (seconds; the
+    compiled programs are kept for the generator's life): it fuses the dense field's
+    concatenations and activations into its loops, measured 1.4x faster than the
+    same folded graph without XLA at channel rate 16 (README, Benchmarks).
     """
-    return compiled_generator(inference_model(generator, precision))
+    return compiled_generator(inference_model(generator, precision), jit_compile=True)
 
 
 # --- counting work ---------------------------------------------------------------------
