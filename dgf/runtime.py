@@ -424,7 +424,7 @@ def inference_call(generator: Any, precision: str = "fp32") -> Callable[[np.ndar
 
     XLA compiles the call (``jit_compile``), once per input shape (seconds; the
     compiled programs are kept for the generator's life): it fuses the dense field's
-    concatenations and activations into its loops, measured 1.4x faster than the
+    concatenations and activations into its loops, measured 1.2-1.5x faster than the
     same folded graph without XLA at channel rate 16 (README, Benchmarks).
     """
     return compiled_generator(inference_model(generator, precision), jit_compile=True)
