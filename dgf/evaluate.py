@@ -19,8 +19,10 @@ Metric definitions (the README quotes these):
 The "blurred" numbers score the blurred input against the sharp image: the
 baseline a deblurring model must beat.
 
-The conversions (:func:`to_uint8`, :func:`to_unit`), :func:`load_generator` and the
-compiled inference call come from :mod:`dgf.infer` and are re-exported here.
+The conversions (:func:`to_uint8`, :func:`to_unit`) and :func:`load_generator` come
+from :mod:`dgf.infer` and are re-exported here; every generator runs through
+:func:`dgf.runtime.inference_call`, its compiled BatchNorm-folded copy with the
+generator's current weights (so the trainer's per-epoch scoring sees each epoch's).
 TensorFlow is imported only by the functions that run a generator, so the metric
 helpers stay cheap to import.
 """
@@ -38,7 +40,8 @@ import numpy as np
 
 from dgf.errors import DgfError
 from dgf.fileio import write_atomic, write_text_atomic
-from dgf.infer import compiled_generator, load_generator, to_uint8, to_unit
+from dgf.infer import load_generator, to_uint8, to_unit
+from dgf.runtime import check_precision, inference_call
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 PSNR_CAP_DB = 100.0
@@ -109,12 +112,15 @@ def mean_psnr(values: Sequence[float]) -> float:
 
 
 # --- running a generator --------------------------------------------------------------
-def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def deblur_array(
+    generator: Any, blurred: np.ndarray, batch_size: int = 8, precision: str = "fp32"
+) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
     ``generator``: a Keras model mapping (B, H, W, 3) float32 in [-1, 1] to the same
-    shape in [-1, 1]; it is called as ``generator(x, training=False)`` inside a
-    ``tf.function`` compiled once per generator. ``blurred``: (B, H, W, 3) uint8.
+    shape in [-1, 1]; its BatchNorm-folded copy at ``precision`` (``"fp32"`` or
+    ``"bf16"``) runs, compiled once per generator, with the generator's current
+    weights (:func:`dgf.runtime.inference_call`). ``blurred``: (B, H, W, 3) uint8.
     Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
     """
     blurred = np.asarray(blurred)
@@ -126,7 +132,7 @@ def deblur_array(generator: Any, blurred: np.ndarray, batch_size: int = 8) -> np
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     out = np.empty_like(blurred)
-    call = compiled_generator(generator)
+    call = inference_call(generator, precision)
     for start in range(0, len(blurred), batch_size):
         chunk = to_unit(blurred[start : start + batch_size])
         y = np.asarray(call(chunk), dtype=np.float32)
@@ -260,13 +266,15 @@ def write_strip(
     crop: int | tuple[int, int] | None = None,
     *,
     n: int = 4,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Deblur fixed pairs of ``split`` and write the sharp | blurred | deblurred strip.
 
     ``indices`` default to ``strip_indices(count, n)``. ``crop`` (side or
     (height, width)) takes a centred crop of each image after deblurring the whole
-    image, to keep strips of large photos small. Writes ``path`` as PNG atomically
-    and returns the strip, (len(indices)*H, 3*W, 3) uint8.
+    image, to keep strips of large photos small. ``precision`` as in
+    :func:`deblur_array`. Writes ``path`` as PNG atomically and returns the strip,
+    (len(indices)*H, 3*W, 3) uint8.
     """
     h5, info = _open_split(h5_path, split)
     h5.close()
@@ -275,7 +283,8 @@ def write_strip(
     if len(indices) == 0:
         raise DgfError("no pairs selected for the strip")
     sharp, blurred = read_pairs(h5_path, split, indices)
-    deblurred = deblur_array(generator, blurred, batch_size=max(1, len(indices)))
+    deblurred = deblur_array(generator, blurred, batch_size=max(1, len(indices)),
+                             precision=precision)
     strip = make_strip(*(_center_crop(a, crop) for a in (sharp, blurred, deblurred)))
     save_png(path, strip)
     return strip
@@ -300,6 +309,7 @@ def evaluate_split(
     batch_size: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``generator`` on one split of an HDF5 file.
 
@@ -307,7 +317,8 @@ def evaluate_split(
     deblurs each batch in inference mode and scores the uint8 result against the
     sharp image (definitions in the module docstring). ``limit`` scores
     ``strip_indices(count, limit)``: that many pairs evenly spread over the split,
-    the same ones every call; ``None`` scores every pair.
+    the same ones every call; ``None`` scores every pair. ``precision`` as in
+    :func:`deblur_array`.
 
     Returns ``(summary, rows)``. ``summary`` has ``count``, ``psnr``, ``ssim``,
     ``blurred_psnr``, ``blurred_ssim`` (means over images, PSNR capped at 100 dB
@@ -348,7 +359,8 @@ def evaluate_split(
                 sharp = _read(sharp_ds, idx)
                 blurred = _read(blurred_ds, idx)
                 t0 = time.perf_counter()
-                deblurred = deblur_array(generator, blurred, batch_size=len(idx))
+                deblurred = deblur_array(generator, blurred, batch_size=len(idx),
+                                         precision=precision)
                 gen_seconds += time.perf_counter() - t0
                 for s, b, d in zip(sharp, blurred, deblurred):
                     g_psnr.append(psnr(s, d))
@@ -490,6 +502,7 @@ def evaluate_model(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score one saved generator on a split and write its report.
 
@@ -498,8 +511,10 @@ def evaluate_model(
     (one row per scored pair) and ``out_dir/strip.png`` (``strips`` rows of
     sharp | blurred | deblurred). ``out_dir`` defaults to ``<model stem>_eval/``
     next to the model. Existing outputs are an error unless ``overwrite``.
-    Returns the summary.
+    ``precision`` (``"fp32"`` or ``"bf16"``, also written to the summary) as in
+    :func:`deblur_array`. Returns the summary.
     """
+    check_precision(precision)
     model_path, h5_path = Path(model_path), Path(h5_path)
     out = Path(out_dir) if out_dir is not None else model_path.parent / f"{model_path.stem}_eval"
     targets = [out / "summary.json", out / "per_image.csv", out / "strip.png"]
@@ -514,9 +529,11 @@ def evaluate_model(
     generator = load_generator(model_path)
     indices = strip_indices(info.count, strips)
     summary, rows = evaluate_split(
-        generator, h5_path, split, batch_size=batch_size, limit=limit, progress=progress
+        generator, h5_path, split, batch_size=batch_size, limit=limit, progress=progress,
+        precision=precision,
     )
-    write_strip(out / "strip.png", generator, h5_path, split, indices=indices)
+    write_strip(out / "strip.png", generator, h5_path, split, indices=indices,
+                precision=precision)
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
         **summary,
@@ -524,6 +541,7 @@ def evaluate_model(
         "h5": str(h5_path),
         "split": split,
         "strip_indices": indices,
+        "precision": precision,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     summary["out_dir"] = str(out)
@@ -603,6 +621,7 @@ def evaluate_run(
     limit: int | None = None,
     force: bool = False,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Score every per-epoch snapshot of a training run and draw its progress.
 
@@ -618,10 +637,13 @@ def evaluate_run(
     Epochs already in ``out/metrics.csv`` are not re-scored, unless ``force``, the
     snapshot file changed, its strip is missing, or the HDF5 file, split, strips or
     limit differ from the previous evaluation (kept in ``out/eval_state.json``).
-    Returns one dict per epoch with the ``metrics.csv`` columns.
+    ``precision`` (``"fp32"`` or ``"bf16"``) as in :func:`deblur_array`; a change
+    of it re-scores every epoch too. Returns one dict per epoch with the
+    ``metrics.csv`` columns.
     """
     from tqdm import tqdm
 
+    check_precision(precision)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DgfError(f"run folder not found: {run_dir}")
@@ -646,6 +668,10 @@ def evaluate_run(
         "strip_indices": indices,
         "limit": limit,
     }
+    if precision != "fp32":
+        # Only when not the default, so evaluations made before the option existed
+        # still match and are not re-scored.
+        settings["precision"] = precision
     state_path = out / "eval_state.json"
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
@@ -687,9 +713,11 @@ def evaluate_run(
         path = snapshots[epoch]
         stamp = mtime(path)
         generator = load_generator(path)
-        write_strip(strip_path(epoch), generator, h5, split, indices=indices)
+        write_strip(strip_path(epoch), generator, h5, split, indices=indices,
+                    precision=precision)
         summary, _ = evaluate_split(
-            generator, h5, split, batch_size=batch_size, limit=limit, progress=progress
+            generator, h5, split, batch_size=batch_size, limit=limit, progress=progress,
+            precision=precision,
         )
         del generator
         results[epoch] = {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}

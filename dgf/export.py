@@ -11,9 +11,15 @@ and one output ``deblurred`` of the same shape and dtype.
 TFLite: the same function with input ``(1, H, W, 3) uint8``. H and W are dynamic
 unless ``input_size`` is given: call ``interpreter.resize_tensor_input(idx,
 [1, H, W, 3])`` then ``allocate_tensors()`` before each new size. Only builtin
-TFLite ops are used (CAST, CONV_2D with dilation, ROUND, ...; BatchNorm is folded
-into the convolutions). Outputs differ from the Keras model by float round-off,
-which can move a pixel by a uint8 level or two.
+TFLite ops are used (CAST, CONV_2D with dilation, ROUND, ...).
+
+Both export the generator's inference copy (:func:`dgf.runtime.fold_batchnorm`):
+BatchNorm folded into the convolutions, Dropout removed, the dense field's
+activations taken once per part, the graph ``dgf-deblur`` runs. The TFLite converter
+folds BatchNorm on its own too, but a SavedModel keeps the model's variables, so
+its graph would otherwise normalise every BatchNorm at serving time. Outputs differ
+from the Keras model by float round-off, which can move a pixel by a uint8 level or
+two.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Sequence
 
 from dgf.errors import DgfError
 from dgf.infer import load_generator
+from dgf.runtime import fold_batchnorm
 
 FORMATS = ("savedmodel", "tflite")
 INPUT_NAME = "images"
@@ -74,7 +81,8 @@ def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -
     """Write ``generator`` as a SavedModel folder with a uint8 ``serving_default``.
 
     Args:
-        generator: Keras model, (B, H, W, 3) float32 in [-1, 1] → same.
+        generator: functional Keras model, (B, H, W, 3) float32 in [-1, 1] → same;
+            its BatchNorm-folded copy is exported, ``generator`` is not modified.
         path: folder to create; replaced only with ``overwrite``.
 
     Returns:
@@ -85,11 +93,12 @@ def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -
 
     path = Path(path)
     _check_target(path, overwrite)
+    folded = fold_batchnorm(generator)
     archive = keras.export.ExportArchive()
-    archive.track(generator)
+    archive.track(folded)
     archive.add_endpoint(
         name="serving_default",
-        fn=_serving_fn(generator),
+        fn=_serving_fn(folded),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)],
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -112,7 +121,8 @@ def export_tflite(
     """Write ``generator`` as a ``.tflite`` file taking (1, H, W, 3) uint8.
 
     Args:
-        generator: Keras model, (B, H, W, 3) float32 in [-1, 1] → same.
+        generator: functional Keras model, (B, H, W, 3) float32 in [-1, 1] → same;
+            its BatchNorm-folded copy is exported, ``generator`` is not modified.
         path: file to create; replaced only with ``overwrite``.
         input_size: (H, W) to fix the input shape; None keeps H and W dynamic
             (resize the input tensor at inference).
@@ -135,12 +145,13 @@ def export_tflite(
     # Converting from a SavedModel freezes the Keras variables into constants; a
     # concrete function would keep them as TFLite resource variables that read back
     # uninitialised.
+    folded = fold_batchnorm(generator)
     with tempfile.TemporaryDirectory(prefix="dgf-tflite-") as staging:
         archive = keras.export.ExportArchive()
-        archive.track(generator)
+        archive.track(folded)
         archive.add_endpoint(
             name="serving_default",
-            fn=_serving_fn(generator),
+            fn=_serving_fn(folded),
             input_signature=[tf.TensorSpec(shape, tf.uint8, name=INPUT_NAME)],
         )
         archive.write_out(staging, verbose=False)

@@ -15,15 +15,14 @@ the default overlap of 64 px the margin is 21 px, more than the radius, so the t
 result matches the untiled one to float round-off. Tile edges that lie on the true
 image border keep weight 1: there the untiled run sees the same zero padding.
 
-Conversions, model loading and the compiled inference call live here and are shared
-with ``dgf.evaluate``: uint8 ``x`` → ``x / 127.5 - 1`` (:func:`to_unit`); generator
+Conversions and model loading live here and are shared with ``dgf.evaluate``; the
+compiled, BatchNorm-folded inference call lives in :mod:`dgf.runtime`: uint8 ``x`` → ``x / 127.5 - 1`` (:func:`to_unit`); generator
 output ``y`` → ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8 (:func:`to_uint8`).
 """
 from __future__ import annotations
 
 import os
 import tempfile
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +32,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf.errors import DgfError
+from dgf.runtime import check_precision, inference_call
 
 IMAGE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 DEFAULT_TILE = 512
@@ -152,47 +152,8 @@ def _axis_window(start: int, size: int, length: int, overlap: int) -> np.ndarray
     return w
 
 
-# One compiled call per generator. Graph mode frees each activation once its last
-# consumer ran; an eager Keras call keeps every intermediate of the dense field alive
-# until it returns (measured at channel_rate 16 on a 512 px tile: 5.5 GiB eager,
-# 0.7 GiB compiled, and 2.7x faster).
-_COMPILED: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
-
-
-def compiled_generator(generator: Any) -> Callable[[np.ndarray], Any]:
-    """A compiled inference call for ``generator``, built once per generator.
-
-    ``generator(x, training=False)`` inside one ``tf.function`` with input signature
-    (None, None, None, 3) float32, so every batch size and image size (tiles, a
-    short last batch, the trainer's per-epoch calls) share one graph and never
-    retrace. The graph holds the generator only weakly, so caching it keeps no
-    model alive. Used by :func:`deblur_image` and ``dgf.evaluate.deblur_array``.
-    """
-    try:
-        return _COMPILED[generator]
-    except (KeyError, TypeError):
-        pass
-    import tensorflow as tf
-
-    ref = weakref.ref(generator)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-        autograph=False,
-    )
-    def call(x):
-        return ref()(x, training=False)
-
-    try:
-        _COMPILED[generator] = call
-    except TypeError:  # an unhashable callable still works, just uncached
-        pass
-    return call
-
-
-def _run_generator(generator, batch_uint8: np.ndarray) -> np.ndarray:
-    out = compiled_generator(generator)(to_unit(batch_uint8))
-    return np.asarray(out, dtype=np.float32)
+def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -> np.ndarray:
+    return np.asarray(call(to_unit(batch_uint8)), dtype=np.float32)
 
 
 def deblur_image(
@@ -203,6 +164,7 @@ def deblur_image(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
 
@@ -219,6 +181,9 @@ def deblur_image(
             batches run no faster per pixel (measured) and multiply peak memory
             (about 3 GiB per 512 px tile at channel_rate 64); raise it on a GPU.
         progress: show a tqdm bar over the tiles (for images of several tiles).
+        precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
+            folded copy (:func:`dgf.runtime.inference_call`) with its current
+            weights.
 
     Returns:
         (H, W, 3) uint8 in [0, 255], the deblurred image.
@@ -233,8 +198,9 @@ def deblur_image(
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
+    call = inference_call(generator, precision)
     if tile == 0 or (height <= tile and width <= tile):
-        return to_uint8(_run_generator(generator, image[None])[0])
+        return to_uint8(_run_generator(call, image[None])[0])
 
     th, tw = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
@@ -248,7 +214,7 @@ def deblur_image(
         for i in range(0, len(positions), batch_size):
             chunk = positions[i : i + batch_size]
             batch = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
-            outputs = _run_generator(generator, batch)
+            outputs = _run_generator(call, batch)
             for (y, x), out in zip(chunk, outputs):
                 w = (wy[y][:, None] * wx[x][None, :])[..., None]
                 accum[y : y + th, x : x + tw] += out * w
@@ -401,7 +367,7 @@ def _exists_error(path: Path) -> str:
 
 def _process(
     generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
-    overwrite: bool, quality: int, progress: bool,
+    overwrite: bool, quality: int, progress: bool, precision: str,
 ) -> None:
     import tensorflow as tf
 
@@ -425,7 +391,7 @@ def _process(
     try:
         deblurred = deblur_image(
             generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
-            progress=progress,
+            progress=progress, precision=precision,
         )
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
@@ -462,6 +428,7 @@ def deblur_paths(
     quality: int = DEFAULT_QUALITY,
     progress: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
+    precision: str = "fp32",
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
@@ -474,9 +441,11 @@ def deblur_paths(
     images, two inputs mapped to one output, bad tile settings) raise DgfError before
     any image is processed. Problems with one file (unreadable, unsupported suffix,
     existing output without ``overwrite``) are recorded in the report, passed to
-    ``on_failure`` and the other files still run.
+    ``on_failure`` and the other files still run. ``precision`` is ``"fp32"`` or
+    ``"bf16"`` (DgfError up front where TensorFlow cannot run bf16).
     """
     check_tiling(tile, overlap, batch_size)
+    check_precision(precision)
     if not 1 <= quality <= 100:
         raise DgfError(f"JPEG quality {quality} must be between 1 and 100.")
     if not inputs:
@@ -492,6 +461,7 @@ def deblur_paths(
             _process(
                 generator, job, tile=tile, overlap=overlap, batch_size=batch_size,
                 overwrite=overwrite, quality=quality, progress=progress,
+                precision=precision,
             )
         except _JobFailed as exc:
             report.failed.append((job.source, str(exc)))
