@@ -405,8 +405,10 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="image files and/or folders")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", type=Path, required=True,
-                   help="generator .keras file written by dgf-train")
+    p.add_argument("--model", type=Path, default=None,
+                   help="generator .keras file written by dgf-train (default: the "
+                   "bundled channel-rate-16 model trained on pairs-small; see "
+                   "dgf/weights/MODEL_CARD.md)")
     p.add_argument("--tile", type=int, default=infer.DEFAULT_TILE,
                    help="tile edge in pixels for large images; 0 = whole image at once")
     p.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP,
@@ -431,8 +433,17 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
         def tell(path: Path, reason: str) -> None:
             tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
 
+        model = args.model
+        if model is None:
+            from dgf.weights import MODEL_CARD, bundled_model
+
+            model = bundled_model()
+            print(f"using the bundled model {model} (channel rate 16, trained on "
+                  f"pairs-small on a CPU; see {MODEL_CARD}). Pass --model for your own.")
+        else:
+            print(f"using the model {model}")
         report = infer.deblur_paths(
-            args.model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+            model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
             quality=args.quality, progress=not args.quiet, on_failure=tell,
             precision=args.precision,

@@ -1,0 +1,59 @@
+"""The generator shipped in dgf/weights: it loads safely, and it deblurs real pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+from dgf.cli import deblur_main
+from dgf.evaluate import deblur_array, psnr, ssim
+from dgf.models import is_residual
+from dgf.weights import MODEL_CARD, bundled_model
+
+
+def _test_pairs(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` evenly spaced side-by-side test pairs (sharp | blurred), uint8."""
+    files = sorted((root / "test").glob("*.jpg"))
+    chosen = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
+    sharp, blurred = [], []
+    for path in chosen:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        half = image.shape[1] // 2
+        sharp.append(image[:, :half])
+        blurred.append(image[:, half: 2 * half])
+    return np.stack(sharp), np.stack(blurred)
+
+
+def test_bundled_model_loads_in_safe_mode_with_its_card():
+    path = bundled_model()
+    assert path.stat().st_size < 2_000_000  # small enough to ship
+    model = keras.models.load_model(path, safe_mode=True)
+    assert is_residual(model)
+    assert model.get_layer("head_conv").filters == 4 * 16
+    card = MODEL_CARD.read_text(encoding="utf-8")
+    for needed in ("configs/cpu-pairs-small.yaml", "PSNR", "SSIM", "not good for"):
+        assert needed in card
+
+
+def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
+    sharp, blurred = _test_pairs(pairs_small, 8)
+    model = keras.models.load_model(bundled_model())
+    deblurred = deblur_array(model, blurred, batch_size=4)
+    gain_psnr = np.mean([psnr(s, d) - psnr(s, b) for s, b, d in zip(sharp, blurred, deblurred)])
+    gain_ssim = np.mean([ssim(s, d) - ssim(s, b) for s, b, d in zip(sharp, blurred, deblurred)])
+    assert gain_psnr > 0.0, gain_psnr
+    assert gain_ssim > 0.0, gain_ssim
+
+
+def test_dgf_deblur_uses_the_bundled_model_without_model(tmp_path, capsys):
+    photo = tmp_path / "in.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photo)
+    status = deblur_main([str(photo), "-o", str(tmp_path / "out"), "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"using the bundled model {bundled_model()}" in out
+    with Image.open(tmp_path / "out" / "in.png") as result:
+        assert result.size == (56, 40)
