@@ -631,6 +631,7 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
     with _StopFlag() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             done = int(trainer.batch_var.numpy())
+            epoch_started = time.perf_counter()
             iterator = iter(_epoch_batches(cfg, strategy, epoch, done))
             bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not progress or not chief, dynamic_ncols=True)
@@ -689,7 +690,12 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
                 return TrainResult(run_dir, step_no, epoch, history)
 
             # End of epoch: score, picture, snapshot, then the checkpoint that moves on.
+            end_started = time.perf_counter()
             record = _end_of_epoch(cfg, trainer, epoch, strip_rows, chief, writer, train_info)
+            # Where the epoch's time went: its steps, and the work at its end
+            # (BatchNorm re-estimation, scoring, strip, TensorBoard, snapshots).
+            record["train_seconds"] = round(end_started - epoch_started, 2)
+            record["end_seconds"] = round(time.perf_counter() - end_started, 2)
             history.append(record)
             if chief:
                 _append_jsonl(metrics_path, record)
