@@ -1,0 +1,108 @@
+"""What each training lever does to quality, measured the same way in one run.
+
+Every variant starts from the same seed, sees the same batches (the loader's plan
+for ``seed``/``epoch``), trains the same number of steps through
+``dgf.train.GANTrainer`` on a real HDF5 file, and is scored with
+``dgf.evaluate.evaluate_split`` on the same evenly spaced test pairs (BatchNorm
+statistics re-estimated first, as the trainer does, when the variant has them).
+The baseline is the recipe (``configs/cpu-pairs-small.yaml``) with one setting
+changed per row.
+
+    python benchmarks/bench_levers.py data/pairs-small.h5 --steps 120
+    python benchmarks/bench_levers.py data/pairs-small.h5 --variants recipe paper
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One setting changed from the recipe per variant (the recipe's warm-up means no GAN).
+VARIANTS = {
+    "recipe": {},
+    "paper": {"residual": False, "batchnorm": True},
+    "batchnorm": {"batchnorm": True},
+    "l1": {"pixel_loss": "l1", "ssim_weight": 0.0},
+    "l2": {"ssim_weight": 0.0},
+    "charbonnier": {"pixel_loss": "charbonnier", "ssim_weight": 0.0},
+    "no-edge-crops": {"edge_crops": 0.0},
+    "no-ema": {"ema_decay": 0.0},
+}
+
+WORKER = r"""
+import json, sys, time
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["repo"])
+import keras, tensorflow as tf
+from dgf.config import TrainConfig, load_config_file
+from dgf.data import make_dataset
+from dgf.evaluate import evaluate_split
+from dgf.train import GANTrainer, _recalibrate, select_strategy
+from dgf.data import split_info
+values = load_config_file(args["config"])
+values.update(h5=args["h5"], run_dir=None, **args["changes"])
+cfg = TrainConfig.from_dict(values)
+keras.utils.set_random_seed(cfg.seed)
+strategy = select_strategy("one")
+trainer = GANTrainer(cfg, strategy, total_steps=args["steps"], perceptual=None)
+started = time.perf_counter()
+done, epoch = 0, 0
+while done < args["steps"]:
+    for batch in make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
+                              seed=cfg.seed, epoch=epoch, augment=cfg.augment,
+                              edge_crops=cfg.edge_crops):
+        trainer.step(batch, warmup=True)
+        done += 1
+        if done == args["steps"]:
+            break
+    epoch += 1
+seconds = time.perf_counter() - started
+_recalibrate(cfg, trainer, 0, split_info(cfg.h5, "train"))
+summary, _ = evaluate_split(trainer.averaged, cfg.h5, "test", limit=args["pairs"], progress=False)
+summary["train_seconds"] = seconds
+print("RESULT", json.dumps(summary))
+"""
+
+
+def run_variant(h5: str, config: str, changes: dict, steps: int, pairs: int) -> dict:
+    spec = dict(repo=str(REPO), h5=h5, config=config, changes=changes, steps=steps,
+                pairs=pairs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{changes} failed:\n{done.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("h5", help="HDF5 pairs file (pairs-small built at 256x256)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "cpu-pairs-small.yaml"))
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--pairs", type=int, default=32, help="test pairs scored")
+    parser.add_argument("--variants", nargs="+", default=["recipe", "paper"],
+                        choices=sorted(VARIANTS))
+    args = parser.parse_args()
+    print(f"{args.steps} content-loss steps per variant, {args.pairs} test pairs, "
+          f"CPU cores: {os.cpu_count()}")
+    print(f"{'variant':14s} {'changes':44s} {'PSNR':>7s} {'dPSNR':>7s} {'SSIM':>7s} "
+          f"{'dSSIM':>7s} {'train s':>8s}")
+    for name in args.variants:
+        r = run_variant(args.h5, args.config, VARIANTS[name], args.steps, args.pairs)
+        changes = json.dumps(VARIANTS[name]) if VARIANTS[name] else "(the recipe)"
+        print(f"{name:14s} {changes:44s} {r['psnr']:7.3f} {r['psnr'] - r['blurred_psnr']:+7.3f} "
+              f"{r['ssim']:7.4f} {r['ssim'] - r['blurred_ssim']:+7.4f} {r['train_seconds']:8.0f}",
+              flush=True)
+    print(f"blurred input: PSNR {r['blurred_psnr']:.3f} dB, SSIM {r['blurred_ssim']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
