@@ -51,7 +51,7 @@ class TrainConfig:
     patch: int = 64  # discriminator patch side
     # The generator outputs clip(blurred + r, -1, 1) with r's last conv starting at
     # zero (a fresh generator is the identity); False is the paper's exact layout.
-    residual: bool = False
+    residual: bool = True
     # BatchNorm in the generator (the paper's layout); False drops it, as restoration
     # networks since EDSR do.
     batchnorm: bool = True
