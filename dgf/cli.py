@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from types import FrameType
+from typing import Callable, Iterator, Sequence
 
 from dgf.errors import DgfError
 
@@ -27,14 +31,48 @@ def _run(fn: Callable[[], int | None]) -> int:
     # notes) drown the progress bars; errors still show. Users can set it themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        status = fn()
+        with _interrupts_stop_once():
+            status = fn()
     except DgfError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
+        # else the file system refuses still gets one line, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+@contextmanager
+def _interrupts_stop_once() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a job scheduler, ``kill``) both stop a command the same
+    way: the first raises KeyboardInterrupt, so temporary files are removed and
+    worker processes stopped on the way out; later ones are ignored, so the
+    cleanup is not cut short (it takes well under a second). dgf-train installs
+    its own handler around the training loop (stop after this step, save)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    stopping = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 # --- build-hdf5 -------------------------------------------------------------
@@ -95,41 +133,25 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def work() -> int:
-        import signal
-        import threading
-
         from dgf.hdf5 import build_hdf5
 
-        # SIGTERM (e.g. from a job scheduler) gets the same cleanup as Ctrl-C:
-        # the temporary file is removed and the old output stays.
-        restore = None
-        if threading.current_thread() is threading.main_thread():
-            restore = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            report = build_hdf5(
-                args.jpeg_dir,
-                args.output,
-                size=args.size,
-                native=args.native,
-                layout=args.layout,
-                order=args.order,
-                compression=args.compression,
-                workers=getattr(args, "workers", None),
-                on_error=args.on_error,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGTERM, restore)
+        report = build_hdf5(
+            args.jpeg_dir,
+            args.output,
+            size=args.size,
+            native=args.native,
+            layout=args.layout,
+            order=args.order,
+            compression=args.compression,
+            workers=getattr(args, "workers", None),
+            on_error=args.on_error,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         print(report.summary())
         return 0
 
     return _run(work)
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 # --- dgf-make-pairs ---------------------------------------------------------
