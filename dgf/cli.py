@@ -224,21 +224,28 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- dgf-train --------------------------------------------------------------
-def _optional_int(text: str) -> int | None:
-    if text.lower() in ("none", "null", "0", "full"):
-        return None
-    return int(text)
-
-
 def _on_off(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+    from dgf.config import parse_on_off
+
+    try:
+        return parse_on_off(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-# (flag, config key, type, help). Defaults live in dgf.config.TrainConfig only.
+def _optional_int(text: str) -> int | None:
+    from dgf.config import parse_optional_int
+
+    try:
+        return parse_optional_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or 'full', got {text!r}") from None
+
+
+# (flag, config key, type, help). Defaults live in dgf.config.TrainConfig only. The
+# types only turn text into values (with dgf.config's parsers, as config files do);
+# what a value may be is checked once, by TrainConfig.
 _TRAIN_FLAGS = (
     ("--h5", "h5", str, "HDF5 file made by build-hdf5"),
     ("--run-dir", "run_dir", str, "run folder (default: runs/<timestamp>); a folder "
