@@ -115,7 +115,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     strategy = select_strategy("one")
     first = GANTrainer(cfg, strategy, total_steps=4)
     manager = tf.train.CheckpointManager(first.checkpoint, str(tmp_path / "run" / "checkpoints"), 3)
-    _restore(first, manager, tmp_path / "run")
+    _restore(first, manager.latest_checkpoint, tmp_path / "run")
     saved = _variables(first)
     # Optimizer slots (Adam moments) are restored, not zero.
     moments = [v for k, v in saved.items() if k.startswith("go/") and "momentum" in k]
@@ -124,9 +124,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     # A fresh trainer restored from the same checkpoint holds identical values,
     # and those are exactly the tensors stored in the checkpoint file.
     second = GANTrainer(cfg, strategy, total_steps=4)
-    _restore(second, tf.train.CheckpointManager(second.checkpoint,
-                                                str(tmp_path / "run" / "checkpoints"), 3),
-             tmp_path / "run")
+    _restore(second, manager.latest_checkpoint, tmp_path / "run")
     again = _variables(second)
     assert saved.keys() == again.keys()
     for key in saved:
