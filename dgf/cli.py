@@ -355,8 +355,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def main() -> int:
-        from dgf.errors import DgfError
         from dgf import evaluate
+        from dgf.fileio import require_file
 
         for name in ("strips", "batch_size", "limit"):
             value = getattr(args, name)
@@ -367,8 +367,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DgfError("--force applies to --run; with --model use --overwrite")
             if args.h5 is None:
                 raise DgfError("--model needs --h5 PATH (the pairs file to score on)")
-            if not args.model.is_file():
-                raise DgfError(f"model file not found: {args.model}")
+            require_file(args.model, "model file")
             summary = evaluate.evaluate_model(
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
