@@ -51,7 +51,7 @@ _TFLITE_MAGIC = b"TFL3"
 def _check_target(path: Path, fmt: str, overwrite: bool) -> None:
     """Refuse an output that exists (without ``overwrite``), or that is not an
     earlier export of the same format: --overwrite replaces exports, nothing else."""
-    if not path.parent.is_dir():
+    if not (path.parent.exists() or path.parent.is_symlink()):
         raise DgfError(f"folder {path.parent} for the export does not exist.")
     if path.exists() or path.is_symlink():
         if not overwrite:
