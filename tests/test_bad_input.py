@@ -579,7 +579,7 @@ marker, where, main = sys.argv[1:4]
 
 def stall():
     Path(marker).touch()
-    time.sleep(120)
+    time.sleep(600)
 
 
 if where == "image-save":  # the 2nd image written: part of it, then a stall
@@ -639,14 +639,14 @@ def _interrupt(tmp: Path, where: str, main: str, argv: list[str], signum: int) -
         [sys.executable, "-c", STALL, str(marker), where, main, *argv], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # TensorFlow starts slowly on a busy machine
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert marker.exists(), proc.communicate(timeout=30)[1][-3000:]
         children = _children(proc.pid)
         sent = time.monotonic()
         os.killpg(proc.pid, signum)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=300)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
@@ -655,7 +655,9 @@ def _interrupt(tmp: Path, where: str, main: str, argv: list[str], signum: int) -
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert "interrupted" in err
-    assert took < 15, f"took {took:.1f} s to stop"
+    # Far below the 600 s stall: nothing waited for the stalled step (build-hdf5 used
+    # to wait for its busy workers). Loose because a loaded machine exits slowly.
+    assert took < 200, f"took {took:.1f} s to stop"
     assert not [pid for pid in children if _alive(pid)], "worker processes left running"
     return err
 

@@ -295,7 +295,10 @@ def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12")
 
 
-def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path, signum):
+    """Ctrl-C and SIGTERM (a scheduler) both save a checkpoint and exit with 130."""
     run = tmp_path / "run"
     proc = subprocess.Popen(_train_cli(h5_file, run, "--epochs", "50"), env=_python_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -305,7 +308,7 @@ def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path):
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "checkpoint saved" in err and f"--run-dir {run}" in err
