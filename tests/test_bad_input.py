@@ -597,15 +597,15 @@ if where == "image-save":  # the 2nd image written: part of it, then a stall
 elif where == "decode":  # every decoding worker stalls
     from dgf import sources
     sources.decode_batch = lambda *args, **kwargs: stall()
-elif where == "export":  # the SavedModel is written to its temporary folder, then a stall
-    import keras
-    real_write = keras.export.ExportArchive.write_out
+elif where == "before-rename":  # an atomic write is complete under its temporary name
+    from dgf import fileio
+    real_mode = fileio._give_normal_mode
 
-    def write_out(self, path, *args, **kwargs):
-        real_write(self, path, *args, **kwargs)
+    def give_normal_mode(path):
+        real_mode(path)
         stall()
 
-    keras.export.ExportArchive.write_out = write_out
+    fileio._give_normal_mode = give_normal_mode
 from dgf import cli
 sys.exit(getattr(cli, main)(sys.argv[4:]))
 """
@@ -731,7 +731,7 @@ def test_eval_interrupt_leaves_no_partial_report(assets, tmp_path, signum):
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_export_interrupt_leaves_no_partial_savedmodel(assets, tmp_path, signum):
     target = tmp_path / "sm"
-    _interrupt(tmp_path, "export", "export_main",
+    _interrupt(tmp_path, "before-rename", "export_main",
                ["--model", str(assets.model), "--format", "savedmodel", "-o", str(target)],
                signum)
     assert not target.exists()
