@@ -30,21 +30,23 @@ def _run(fn: Callable[[], int | None]) -> int:
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
     # notes) drown the progress bars; errors still show. Users can set it themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        with _interrupts_stop_once():
+    # The handlers stay in place while the outcome is printed, so a second Ctrl-C
+    # cannot turn the "interrupted" line into a traceback.
+    with _interrupts_stop_once():
+        try:
             status = fn()
-    except DgfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
-        # else the file system refuses still gets one line, not a traceback.
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        except DgfError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
+            # else the file system refuses still gets one line, not a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     return int(status or 0)
 
 

@@ -631,8 +631,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _interrupt(tmp: Path, where: str, main: str, argv: list[str], signum: int) -> str:
-    """Run, wait for the stall, signal the process group; return stderr."""
+def _interrupt(tmp: Path, where: str, main: str, argv: list[str], signum: int,
+               again: bool = False) -> str:
+    """Run, wait for the stall, signal the process group (``again``: a second time
+    while it cleans up, as an impatient user does); return stderr."""
     marker = tmp / "stalled"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -646,6 +648,12 @@ def _interrupt(tmp: Path, where: str, main: str, argv: list[str], signum: int) -
         children = _children(proc.pid)
         sent = time.monotonic()
         os.killpg(proc.pid, signum)
+        if again:
+            time.sleep(0.05)
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass  # already gone
         _, err = proc.communicate(timeout=300)
         took = time.monotonic() - sent
     finally:
@@ -675,7 +683,7 @@ def test_build_hdf5_interrupt_stops_workers_and_keeps_old_output(assets, tmp_pat
     out = _file(tmp_path / "data.h5", "old output")
     _interrupt(tmp_path, "decode", "build_hdf5_main",
                [str(assets.jpegs), "-o", str(out), "--overwrite", "--workers", "2",
-                "--no-progress"], signum)
+                "--no-progress"], signum, again=True)
     assert out.read_text() == "old output"
     assert _temp_files(tmp_path) == []
 
