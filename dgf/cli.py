@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from types import FrameType
+from typing import Callable, Iterator, Sequence
 
 from dgf.errors import DgfError
 from dgf.runtime import PRECISIONS
@@ -27,15 +31,51 @@ def _run(fn: Callable[[], int | None]) -> int:
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
     # notes) drown the progress bars; errors still show. Users can set it themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        status = fn()
-    except DgfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # The handlers stay in place while the outcome is printed, so a second Ctrl-C
+    # cannot turn the "interrupted" line into a traceback.
+    with _interrupts_stop_once():
+        try:
+            status = fn()
+        except DgfError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
+            # else the file system refuses still gets one line, not a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     return int(status or 0)
+
+
+@contextmanager
+def _interrupts_stop_once() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a job scheduler, ``kill``) both stop a command the same
+    way: the first raises KeyboardInterrupt, so temporary files are removed and
+    worker processes stopped on the way out; later ones are ignored, so the
+    cleanup is not cut short (it takes well under a second). dgf-train installs
+    its own handler around the training loop (stop after this step, save)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    stopping = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 # --- build-hdf5 -------------------------------------------------------------
@@ -96,41 +136,25 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def work() -> int:
-        import signal
-        import threading
-
         from dgf.hdf5 import build_hdf5
 
-        # SIGTERM (e.g. from a job scheduler) gets the same cleanup as Ctrl-C:
-        # the temporary file is removed and the old output stays.
-        restore = None
-        if threading.current_thread() is threading.main_thread():
-            restore = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            report = build_hdf5(
-                args.jpeg_dir,
-                args.output,
-                size=args.size,
-                native=args.native,
-                layout=args.layout,
-                order=args.order,
-                compression=args.compression,
-                workers=getattr(args, "workers", None),
-                on_error=args.on_error,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGTERM, restore)
+        report = build_hdf5(
+            args.jpeg_dir,
+            args.output,
+            size=args.size,
+            native=args.native,
+            layout=args.layout,
+            order=args.order,
+            compression=args.compression,
+            workers=getattr(args, "workers", None),
+            on_error=args.on_error,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         print(report.summary())
         return 0
 
     return _run(work)
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 # --- dgf-make-pairs ---------------------------------------------------------
@@ -203,21 +227,28 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- dgf-train --------------------------------------------------------------
-def _optional_int(text: str) -> int | None:
-    if text.lower() in ("none", "null", "0", "full"):
-        return None
-    return int(text)
-
-
 def _on_off(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+    from dgf.config import parse_on_off
+
+    try:
+        return parse_on_off(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-# (flag, config key, type, help). Defaults live in dgf.config.TrainConfig only.
+def _optional_int(text: str) -> int | None:
+    from dgf.config import parse_optional_int
+
+    try:
+        return parse_optional_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or 'full', got {text!r}") from None
+
+
+# (flag, config key, type, help). Defaults live in dgf.config.TrainConfig only. The
+# types only turn text into values (with dgf.config's parsers, as config files do);
+# what a value may be is checked once, by TrainConfig.
 _TRAIN_FLAGS = (
     ("--h5", "h5", str, "HDF5 file made by build-hdf5"),
     ("--run-dir", "run_dir", str, "run folder (default: runs/<timestamp>); a folder "
@@ -342,8 +373,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def main() -> int:
-        from dgf.errors import DgfError
         from dgf import evaluate
+        from dgf.fileio import require_file
 
         for name in ("strips", "batch_size", "limit"):
             value = getattr(args, name)
@@ -354,8 +385,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DgfError("--force applies to --run; with --model use --overwrite")
             if args.h5 is None:
                 raise DgfError("--model needs --h5 PATH (the pairs file to score on)")
-            if not args.model.is_file():
-                raise DgfError(f"model file not found: {args.model}")
+            require_file(args.model, "model file")
             summary = evaluate.evaluate_model(
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,

@@ -9,13 +9,19 @@ No TensorFlow import here, so ``--help`` and config checks stay fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import yaml
 
 from dgf.errors import DgfError
-from dgf.fileio import write_text_atomic
+from dgf.fileio import require_file, write_text_atomic
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -101,32 +107,128 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DgfError(
-                f"{source}: unknown key(s) {unknown}. Known keys: {sorted(known)}."
-            )
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "TrainConfig":
+        """A config from flag or file values: text is read as :func:`coerce` says."""
+        values = coerce(data, source)
         try:
-            return cls(**dict(data))
-        except TypeError as exc:  # pragma: no cover - dataclass signature errors
-            raise DgfError(f"{source}: {exc}") from None
+            return cls(**values)
+        except DgfError as exc:
+            raise DgfError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+# --- one validator for flags, config files and the Python API -----------------
+# Text (a command-line flag, a quoted YAML value, YAML's "3e-4", which PyYAML reads
+# as a string) is read the same way wherever it comes from, by the field's type.
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_NO_LIMIT = ("none", "null", "full", "0")  # optional integers: crop, val_samples
+
+
+def parse_on_off(text: str) -> bool:
+    """'on'/'off' and friends (true/false, yes/no, 1/0), any case."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected on/off, true/false, yes/no or 1/0, got {text!r}")
+
+
+def parse_optional_int(text: str) -> int | None:
+    """An integer, or None for 'none', 'null', 'full' or 0 (no limit)."""
+    if text.strip().lower() in _NO_LIMIT:
+        return None
+    return int(text)
+
+
+def parse_float(text: str) -> float:
+    return float(text)
+
+
+_TEXT_PARSERS: dict[type, Callable[[str], Any]] = {
+    bool: parse_on_off,
+    int: int,
+    float: parse_float,
+    str: str,
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+@functools.cache
+def field_types() -> dict[str, tuple[type, bool]]:
+    """name -> (base type, None allowed), read from TrainConfig's annotations, so a
+    new field is validated as soon as it is declared."""
+    found = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = typing.get_args(hint)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        optional = union and type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else hint
+        found[name] = (base, optional)
+    return found
+
+
+def _coerce_value(name: str, value: Any) -> Any:
+    base, optional = field_types()[name]
+    if isinstance(value, str) and base is not str:
+        parse = parse_optional_int if (base is int and optional) else _TEXT_PARSERS[base]
+        try:
+            value = parse(value)
+        except ValueError:
+            raise DgfError(f"{name} must be {_TYPE_WORDS[base]}, got {value!r}") from None
+    elif optional and base is int and value == 0 and not isinstance(value, bool):
+        value = None  # as '--crop 0' on the command line: no limit
+    elif base is bool and not isinstance(value, bool) and value in (0, 1):
+        value = bool(value)  # as '--augment 1'
+    elif base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _check_value(name, value)
+    return value
+
+
+def coerce(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Check the keys of ``data`` and read text values by their field's type.
+
+    DgfError names ``source`` (a file) when given, the key and the value.
+    """
+    known = field_types()
+    unknown = sorted(set(data) - set(known))
+    where = f"{source}: " if source else ""
+    if unknown:
+        raise DgfError(f"{where}unknown key(s) {unknown}. Known keys: {sorted(known)}.")
+    try:
+        return {name: _coerce_value(name, value) for name, value in data.items()}
+    except DgfError as exc:
+        raise DgfError(f"{where}{exc}") from None
+
+
+def _check_value(name: str, value: Any) -> None:
+    """The type rule of one field: its declared type, finite floats."""
+    base, optional = field_types()[name]
+    if value is None and optional:
+        return
+    ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise DgfError(f"{name} must be a finite number, got {value}")
+    if not ok:
+        null = " or null" if optional else ""
+        raise DgfError(f"{name} must be {_TYPE_WORDS[base]}{null}, got {value!r}")
 
 
 def _check(cfg: TrainConfig) -> None:
+    for name in field_types():
+        _check_value(name, getattr(cfg, name))
+
     def positive(name: str, allow_zero: bool = False) -> None:
         value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise DgfError(f"{name} must be a number, got {value!r}")
         if value < 0 or (value == 0 and not allow_zero):
             raise DgfError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
     for name in ("epochs", "batch_size", "channel_rate", "patch", "critic_steps",
                  "save_every", "keep", "log_every", "strip_pairs"):
         positive(name)
-        if not isinstance(getattr(cfg, name), int):
-            raise DgfError(f"{name} must be an integer, got {getattr(cfg, name)!r}")
     for name in ("g_lr", "d_lr"):
         positive(name)
     for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight"):
@@ -137,7 +239,7 @@ def _check(cfg: TrainConfig) -> None:
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise DgfError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.crop is not None:
-        if not isinstance(cfg.crop, int) or cfg.crop <= 0:
+        if cfg.crop <= 0:
             raise DgfError(f"crop must be a positive integer or null, got {cfg.crop!r}")
         if cfg.crop % cfg.patch:
             raise DgfError(
@@ -145,22 +247,17 @@ def _check(cfg: TrainConfig) -> None:
                 f"pick a crop such as {max(cfg.patch, cfg.crop // cfg.patch * cfg.patch)} "
                 f"or change --patch."
             )
-    if not isinstance(cfg.edge_crops, (int, float)) or isinstance(cfg.edge_crops, bool) \
-            or not 0.0 <= cfg.edge_crops <= 1.0:
+    # Types are checked by coerce() from the field annotations; ranges here.
+    if not 0.0 <= cfg.edge_crops <= 1.0:
         raise DgfError(f"edge_crops must be in [0, 1], got {cfg.edge_crops!r}")
-    if not isinstance(cfg.warmup_epochs, int) or isinstance(cfg.warmup_epochs, bool) \
-            or cfg.warmup_epochs < 0:
+    if cfg.warmup_epochs < 0:
         raise DgfError(f"warmup_epochs must be an integer >= 0, got {cfg.warmup_epochs!r}")
-    if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) \
-            or not 0.0 <= cfg.ema_decay < 1.0:
+    if not 0.0 <= cfg.ema_decay < 1.0:
         raise DgfError(f"ema_decay must be in [0, 1) (0 turns the average off), "
                        f"got {cfg.ema_decay!r}")
-    for name in ("residual", "batchnorm"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise DgfError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.pixel_loss not in PIXEL_LOSSES:
         raise DgfError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {cfg.pixel_loss!r}")
-    if not isinstance(cfg.bn_recalibrate, int) or cfg.bn_recalibrate < 0:
+    if cfg.bn_recalibrate < 0:
         raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:
         raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
@@ -173,26 +270,33 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def load_config_file(path: Path | str) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict of TrainConfig keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise DgfError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    """Read a YAML or JSON config file into a dict of TrainConfig keys, values read
+    as :func:`coerce` says; DgfError names the file."""
+    path = require_file(path, "config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DgfError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise DgfError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
-    except (ValueError, ImportError) as exc:
-        raise DgfError(f"config file {path} could not be parsed: {exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:  # YAML's own text spans lines and names no file
+            detail = f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            detail = " ".join(str(exc).split())
+        raise DgfError(f"config file {path} could not be parsed: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise DgfError(f"config file {path} must hold a mapping of keys to values")
     # Accept dashes as in the command-line flags.
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return coerce({str(k).replace("-", "_"): v for k, v in data.items()}, str(path))
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
@@ -201,4 +305,18 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 
 def read_config(path: Path) -> TrainConfig:
-    return TrainConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
+    """The config saved in a run folder; DgfError naming the file when it is damaged."""
+    path = Path(path)
+    damaged = (
+        f"{path} is damaged ({{}}); restore it from a copy, or start a new --run-dir"
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DgfError(damaged.format(f"not JSON: {exc}")) from None
+    if not isinstance(data, dict):
+        raise DgfError(damaged.format("not a JSON object"))
+    try:
+        return TrainConfig.from_dict(data)
+    except DgfError as exc:
+        raise DgfError(damaged.format(exc)) from None

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from dgf.errors import DgfError
-from dgf.fileio import write_atomic, write_text_atomic
+from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 from dgf.infer import load_generator, to_uint8, to_unit
 from dgf.runtime import check_precision, inference_call
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
@@ -524,6 +524,7 @@ def evaluate_model(
             f"would overwrite {', '.join(existing)}; pass --overwrite or choose "
             f"another --out"
         )
+    check_output(out, folder=True)
     h5, info = _open_split(h5_path, split)
     h5.close()
     generator = load_generator(model_path)
@@ -568,10 +569,7 @@ def resolve_run_h5(run_dir: Path | str, h5_path: Path | str | None = None) -> Pa
     """
     run_dir = Path(run_dir)
     if h5_path is not None:
-        path = Path(h5_path)
-        if not path.is_file():
-            raise DgfError(f"HDF5 file not found: {path}")
-        return path
+        return require_file(h5_path, "HDF5 file")
     config = run_dir / "config.json"
     if not config.is_file():
         raise DgfError(f"{config} not found, so the run's HDF5 file is unknown; pass --h5 PATH")
@@ -657,7 +655,7 @@ def evaluate_run(
     h5 = resolve_run_h5(run_dir, h5_path)
     handle, info = _open_split(h5, split)
     handle.close()
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
     indices = strip_indices(info.count, strips)
     stat = h5.stat()
     settings = {
@@ -677,9 +675,13 @@ def evaluate_run(
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
+    if not isinstance(state, dict):  # damaged: everything is scored again
+        state = {}
     same_settings = state.get("settings") == settings
     done = _read_run_csv(out / "metrics.csv") if same_settings and not force else {}
     seen = state.get("snapshots", {}) if same_settings else {}
+    if not isinstance(seen, dict):
+        seen = {}
 
     def strip_path(epoch: int) -> Path:
         return out / "strips" / f"epoch_{epoch:04d}.png"
@@ -707,12 +709,18 @@ def evaluate_run(
             json.dumps({"settings": settings, "snapshots": seen}, indent=2) + "\n",
         )
 
-    out.mkdir(parents=True, exist_ok=True)
-    seen = {k: v for k, v in seen.items() if int(k) in results}
+    prepare_output(out, folder=True)
+    seen = {k: v for k, v in seen.items() if str(k).isdigit() and int(k) in results}
     for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
         path = snapshots[epoch]
         stamp = mtime(path)
-        generator = load_generator(path)
+        try:
+            generator = load_generator(path)
+        except DgfError as exc:
+            raise DgfError(
+                f"{exc} Snapshot {path.name} is damaged: remove it to score the other "
+                f"epochs, or start a new --run-dir"
+            ) from None
         write_strip(strip_path(epoch), generator, h5, split, indices=indices,
                     precision=precision)
         summary, _ = evaluate_split(
@@ -740,8 +748,14 @@ def evaluate_run(
     shown = _progress_epochs(epochs)
     strip_images = []
     for e in shown:
-        with Image.open(strip_path(e)) as img:
-            strip_images.append(np.asarray(img.convert("RGB")))
+        try:
+            with Image.open(strip_path(e)) as img:
+                strip_images.append(np.asarray(img.convert("RGB")))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DgfError(
+                f"{strip_path(e)} is damaged ({exc}); remove it and run dgf-eval again "
+                f"to draw it anew"
+            ) from None
     labels = [
         f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}"
         f"   (sharp | blurred | deblurred)"

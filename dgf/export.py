@@ -23,13 +23,12 @@ two.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from dgf.errors import DgfError
+from dgf.fileio import check_output, write_bytes_atomic, write_folder_atomic
 from dgf.infer import load_generator
 from dgf.runtime import fold_batchnorm
 
@@ -52,29 +51,41 @@ def _serving_fn(generator):
     return deblur
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise DgfError(f"{path} already exists; pass --overwrite to replace it.")
-    if not path.parent.is_dir():
+# A TFLite flatbuffer carries this file identifier at bytes 4-8.
+_TFLITE_MAGIC = b"TFL3"
+
+
+def _check_target(path: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse an output that exists (without ``overwrite``), or that is not an
+    earlier export of the same format: --overwrite replaces exports, nothing else."""
+    if not (path.parent.exists() or path.parent.is_symlink()):
         raise DgfError(f"folder {path.parent} for the export does not exist.")
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` onto ``target``, a file or a folder, without a half-written state."""
-    if target.is_dir() and not target.is_symlink():
-        # A folder cannot be replaced in one rename: move it aside, restore on failure.
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if tmp.is_dir() and (target.exists() or target.is_symlink()):
-            target.unlink()  # rename cannot put a folder over a file
-        os.replace(tmp, target)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise DgfError(f"{path} already exists; pass --overwrite to replace it.")
+        if fmt == "savedmodel":
+            if not path.is_dir():
+                raise DgfError(
+                    f"{path} is a file, not a SavedModel folder; --overwrite replaces only "
+                    f"an earlier SavedModel export. Choose another -o."
+                )
+            if any(path.iterdir()) and not (path / "saved_model.pb").is_file():
+                raise DgfError(
+                    f"{path} is a folder that holds no SavedModel (no saved_model.pb); "
+                    f"--overwrite replaces only an earlier export or an empty folder. "
+                    f"Choose another -o."
+                )
+        else:
+            if path.is_dir():
+                raise DgfError(f"{path} is a folder; give the .tflite file to write.")
+            with open(path, "rb") as fh:
+                magic = fh.read(8)[4:8]
+            if magic != _TFLITE_MAGIC:
+                raise DgfError(
+                    f"{path} is not a TFLite file; --overwrite replaces only an earlier "
+                    f"TFLite export. Choose another -o."
+                )
+    check_output(path)
 
 
 def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -> Path:
@@ -92,7 +103,7 @@ def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -
     import tensorflow as tf
 
     path = Path(path)
-    _check_target(path, overwrite)
+    _check_target(path, "savedmodel", overwrite)
     folded = fold_batchnorm(generator)
     archive = keras.export.ExportArchive()
     archive.track(folded)
@@ -101,13 +112,7 @@ def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -
         fn=_serving_fn(folded),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)],
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        archive.write_out(str(tmp), verbose=False)
-        _replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_folder_atomic(path, lambda tmp: archive.write_out(str(tmp), verbose=False))
     return path
 
 
@@ -134,7 +139,7 @@ def export_tflite(
     import tensorflow as tf
 
     path = Path(path)
-    _check_target(path, overwrite)
+    _check_target(path, "tflite", overwrite)
     if input_size is not None:
         height, width = input_size
         if height < 1 or width < 1:
@@ -161,17 +166,7 @@ def export_tflite(
             flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError and plain errors
             raise DgfError(f"TFLite conversion failed: {exc}") from exc
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(flatbuffer)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, flatbuffer)
     return path
 
 
@@ -195,7 +190,7 @@ def export_model(
         raise DgfError("--input-size applies to --format tflite only; SavedModel "
                        "exports always take any size.")
     out_path = Path(out_path)
-    _check_target(out_path, overwrite)
+    _check_target(out_path, fmt, overwrite)
     generator = load_generator(model_path)
     if fmt == "savedmodel":
         return export_savedmodel(generator, out_path, overwrite=overwrite)

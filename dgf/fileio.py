@@ -1,9 +1,120 @@
-"""Writing files so that nobody ever sees half of one."""
+"""Files in and out: inputs that must be files, outputs that must be writable, and
+writing so that nobody ever sees half of a file.
+
+Every command checks its outputs with :func:`check_output` before any slow work and
+writes them with :func:`write_atomic` (files) or :func:`write_folder_atomic`
+(folders). Both turn an ``OSError`` into :class:`OutputError`, so the user reads
+``error: cannot write PATH: reason`` instead of a traceback.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
+
+from dgf.errors import DgfError
+
+
+class OutputError(DgfError):
+    """An output cannot be written; the message names it and says why."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def os_reason(exc: OSError) -> str:
+    """The human part of an OSError ("Permission denied"), without its repr noise."""
+    if exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def require_file(path: Path | str, what: str, hint: str = "") -> Path:
+    """``path`` as a Path if it is an existing file; DgfError that says what it is
+    otherwise (missing, or a folder), naming ``what`` ("HDF5 file", "model file")."""
+    path = Path(path)
+    if path.is_dir():
+        problem = "is a folder, not a file"
+    elif not path.exists():
+        problem = "does not exist"
+    elif not path.is_file():
+        problem = "is not a regular file"
+    else:
+        return path
+    raise DgfError(f"{what} {path} {problem}" + (f"; {hint}" if hint else ""))
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (a file or a folder)."""
+    probe = path
+    while not (probe.exists() or probe.is_symlink()):
+        parent = probe.parent
+        if parent == probe:  # reached the root or '.' without finding anything
+            return probe
+        probe = parent
+    return probe
+
+
+def check_output(path: Path | str, *, folder: bool = False) -> Path:
+    """Raise OutputError unless ``path`` can be created (or written into) here.
+
+    Creates nothing, so commands call it before any slow work. ``folder=True``:
+    ``path`` is a folder that will hold outputs, so an existing file there is an
+    error. The checks are what would make the later write fail: a file where a
+    folder is needed on the way, no write permission in the folder that would
+    receive the new entry.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(path, "it is a file, not a folder")
+    # The folder that gets a new entry: path itself for an existing output folder,
+    # else the nearest existing ancestor, where the first missing part is created.
+    base = path if folder and path.is_dir() else nearest_existing(path.parent)
+    if not base.is_dir():
+        raise OutputError(path, f"{base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(path, f"no write permission in {base}")
+    return path
+
+
+def prepare_output(path: Path | str, *, folder: bool = False) -> Path:
+    """:func:`check_output`, then create the folders the output needs
+    (``path`` itself with ``folder=True``, its parent otherwise)."""
+    path = check_output(path, folder=folder)
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(path, os_reason(exc)) from None
+    return path
+
+
+def _umask() -> int:
+    # Linux reports the umask without changing it; elsewhere set it and put it back.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_normal_mode(path: Path) -> None:
+    """The mode a plain ``open(path, "w")`` or ``mkdir`` would have given: temp
+    files and folders made by ``mkstemp`` / ``mkdtemp`` or libraries are private
+    (0o600 / 0o700), and that would survive the rename."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
@@ -11,14 +122,23 @@ def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
 
     The temp name keeps the suffix (Keras and Pillow choose the format by it), so a
     crash or a reader (an image viewer, a second process) never sees a partial file
-    under the real name; the temp file is removed if ``write`` fails.
+    under the real name; the temp file is removed if ``write`` fails or is
+    interrupted. The result gets the mode a normal write would give. An OSError
+    becomes OutputError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
+        _give_normal_mode(tmp)
+        if path.exists():
+            # Replacing a file: make the new one durable first, or a power cut right
+            # after the rename could leave neither.
+            _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(path, os_reason(exc)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -26,3 +146,47 @@ def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
 
 def write_text_atomic(path: Path | str, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_folder_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
+    """Like :func:`write_atomic` for a folder: ``write(tmp)`` fills a new temp
+    folder beside ``path``, which then takes the place of ``path``.
+
+    An existing folder at ``path`` is moved aside first and put back if the move
+    fails, so ``path`` is always either the old folder or the complete new one
+    (there is a moment without either: a folder cannot be replaced in one rename).
+    Callers decide whether an existing ``path`` may be replaced.
+    """
+    path = Path(path)
+    prepare_output(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of this pid
+        tmp.mkdir()
+        write(tmp)
+        _give_normal_mode(tmp)
+        _replace_with_folder(tmp, path)
+    except OSError as exc:
+        raise OutputError(path, os_reason(exc)) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_with_folder(tmp: Path, target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old{os.getpid()}")
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if target.exists() or target.is_symlink():
+        target.unlink()  # rename cannot put a folder over a file
+    os.replace(tmp, target)

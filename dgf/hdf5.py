@@ -25,6 +25,7 @@ import math
 import mmap
 import multiprocessing
 import os
+import shutil
 import time
 import warnings
 from collections import Counter, deque
@@ -42,6 +43,7 @@ from tqdm import tqdm
 import dgf
 from dgf import schema, sources
 from dgf.errors import DgfError
+from dgf.fileio import OutputError, check_output, nearest_existing, os_reason, prepare_output
 
 COMPRESSIONS = ("none", "lzf", "gzip")
 ON_ERROR = ("skip", "fail")
@@ -379,6 +381,7 @@ def build_hdf5(
             f"{output} already exists; pass --overwrite to replace it (the old file "
             f"stays in place until the new one is complete)."
         )
+    check_output(output)
     plan = sources.find_pairs(jpeg_dir, layout)
     if plan.layout == "paired" and order != "sharp-blur":
         raise DgfError(
@@ -393,8 +396,6 @@ def build_hdf5(
     report = BuildReport(output=output, layout=plan.layout, size=target)
     for s in plan.splits:
         report.skipped += s.skipped
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(output)
     deflate_level = GZIP_LEVEL if compression == "gzip" else None
     total = sum(len(s.pairs) for s in plan.splits)
     n_workers = min(n_workers, total)
@@ -403,6 +404,9 @@ def build_hdf5(
     for s in plan.splits:
         h, w = shapes[s.split] or (1, 1)
         tasks[s.split] = _task_pairs(h, w, len(s.pairs), n_workers)
+    _check_resources(plan.splits, shapes, tasks, n_workers, window, compression, output)
+    prepare_output(output)
+    tmp = _temp_path(output)
     try:
         pool_context = _pool(n_workers, plan.splits, shapes, tasks, window)
         with pool_context as pool, h5py.File(tmp, "w") as h5:
@@ -437,6 +441,10 @@ def build_hdf5(
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # h5py's OSErrors carry their reason in the text, not in strerror.
+        raise OutputError(output, os_reason(exc)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -471,7 +479,13 @@ def _pool(
             (window + 1) * tasks[s.split] * 2 * math.prod(shapes[s.split] or (1, 1)) * 3
             for s in splits
         )
-        _SLOTS = mmap.mmap(-1, need)
+        try:
+            _SLOTS = mmap.mmap(-1, need)
+        except OSError as exc:  # _check_resources estimates this; the kernel decides
+            raise DgfError(
+                f"cannot reserve {_gib(need)} for decoded pairs in flight ({os_reason(exc)}); "
+                f"use a smaller --size or fewer --workers."
+            ) from None
     executor = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context(method),
@@ -484,11 +498,106 @@ def _pool(
             "a decoding worker process died (out of memory on a huge image?); run with "
             "--workers 1 to find the file."
         ) from None
+    except BaseException:
+        # Interrupted or failed: the tasks in flight are of no use. Waiting for them
+        # took many seconds with large images (and a second Ctrl-C in that wait
+        # left the workers behind), so the workers are stopped now.
+        _kill_workers(executor)
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         # Not closed here: views handed to the writer may outlive the pool; the
         # mapping goes away with the last of them.
         _SLOTS = None
+
+
+def _kill_workers(executor: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before that the
+    # processes are only reachable through the private ``_processes``.
+    kill = getattr(executor, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.kill()  # SIGKILL: the workers ignore SIGINT and SIGTERM
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.join(timeout=5)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup v2
+    memory limit (containers); None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+# Decoded pairs a decoding process holds besides the shared slots: the source image,
+# its two halves and their resized copies.
+_PAIRS_PER_DECODER = 3
+
+
+def _check_resources(
+    splits: Sequence[sources.SplitSources],
+    shapes: dict[str, tuple[int, int] | None],
+    tasks: dict[str, int],
+    workers: int,
+    window: int,
+    compression: str,
+    output: Path,
+) -> None:
+    """Refuse a build that cannot fit in memory (or, uncompressed, on disk) before
+    any work, with the numbers and a way out, instead of dying in mmap or at 90 %."""
+    h, w = max((shapes[s.split] or (1, 1) for s in splits), key=math.prod)
+    pair_bytes = 2 * h * w * 3
+    decoders = workers if workers > 1 else 1
+    in_flight = decoders * _PAIRS_PER_DECODER + 1  # + the pair being written
+    if workers > 1:
+        in_flight += (window + 1) * max(tasks.values())  # the shared slots
+    need = in_flight * pair_bytes
+    have = available_memory()
+    if have is not None and need > have:
+        alone = (_PAIRS_PER_DECODER + 1) * pair_bytes
+        way_out = (
+            f"use fewer --workers (--workers 1 needs about {_gib(alone)}) or a smaller --size"
+            if workers > 1 and alone <= have
+            else "use a smaller --size"
+        )
+        raise DgfError(
+            f"pairs of {w}x{h} need about {_gib(need)} of memory ({in_flight} decoded "
+            f"pairs of {_gib(pair_bytes)} in flight with {decoders} decoding "
+            f"process(es)) but {_gib(have)} is available; {way_out}."
+        )
+    if compression == "none":
+        total = sum(
+            len(s.pairs) * 2 * math.prod(shapes[s.split] or (1, 1)) * 3 for s in splits
+        )
+        try:
+            free = shutil.disk_usage(nearest_existing(output.parent)).free
+        except OSError:
+            return
+        if total > free:
+            raise DgfError(
+                f"{output} would take about {_gib(total)} uncompressed but "
+                f"{_gib(free)} is free there; use --compression lzf or gzip, a smaller "
+                f"--size, or another -o."
+            )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ output ``y`` → ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8 (:func:`to_uin
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +31,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf.errors import DgfError
+from dgf.fileio import check_output, require_file, write_atomic
 from dgf.runtime import check_precision, inference_call
 
 IMAGE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
@@ -70,16 +70,20 @@ def load_generator(model_path: Path | str):
     Raises DgfError naming the file when it is missing, unreadable or not an
     image-to-image generator.
     """
-    path = Path(model_path)
-    if not path.is_file():
-        raise DgfError(
-            f"model file {path} not found. Pass the generator saved by dgf-train "
-            f"(a .keras file) with --model."
-        )
+    path = require_file(
+        model_path, "model file",
+        "pass the generator saved by dgf-train (a .keras file) with --model."
+    )
     if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
         raise DgfError(
             f"model file {path} has suffix '{path.suffix}'; expected a Keras model "
             f"saved as .keras (or legacy .h5)."
+        )
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        # Keras itself says "File not found" for any .keras file that is no zip.
+        raise DgfError(
+            f"model file {path} is not a valid .keras file (a .keras file is a zip "
+            f"archive; this one is damaged or something else renamed)."
         )
     import keras
 
@@ -331,9 +335,8 @@ def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
 
 
 def _save_atomic(image: Image.Image, target: Path, *, quality: int, keep: dict) -> None:
-    """Write ``image`` to ``target`` via a temporary file and ``os.replace``."""
+    """Write ``image`` to ``target`` atomically (:func:`dgf.fileio.write_atomic`)."""
     fmt = IMAGE_SUFFIXES[target.suffix.lower()]
-    target.parent.mkdir(parents=True, exist_ok=True)
     options: dict = {}
     if fmt == "JPEG":
         options["quality"] = quality
@@ -346,19 +349,7 @@ def _save_atomic(image: Image.Image, target: Path, *, quality: int, keep: dict) 
             options["exif"] = keep["exif"].tobytes()
         except (ValueError, TypeError, OSError, KeyError):
             pass  # a malformed EXIF block is not worth losing the image over
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt, **options)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(target, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
 def _exists_error(path: Path) -> str:
@@ -407,8 +398,8 @@ def _process(
             side = np.concatenate([rgb, deblurred], axis=1)
             _save_atomic(Image.fromarray(side, "RGB"), job.compare, quality=quality,
                          keep={k: v for k, v in keep.items() if k == "icc_profile"})
-    except OSError as exc:
-        raise _JobFailed(f"could not write output: {exc}") from exc
+    except DgfError as exc:  # OutputError: cannot write OUTPUT: reason
+        raise _JobFailed(str(exc)) from exc
 
 
 class _JobFailed(Exception):
@@ -453,6 +444,7 @@ def deblur_paths(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"output {out_dir} exists and is not a folder.")
+    check_output(out_dir, folder=True)
     jobs = _plan(inputs, out_dir, compare)
     generator = load_generator(model_path)
     report = DeblurReport()

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dgf.errors import DgfError
+from dgf.fileio import check_output, prepare_output, write_atomic, write_text_atomic
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_FORMATS = ("jpg", "png")
@@ -439,6 +440,7 @@ def make_pairs(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"{out_dir} exists and is not a folder; choose another OUT_DIR.")
+    check_output(out_dir, folder=True)
 
     sources: list[tuple[str, Path | np.ndarray]]
     if sample_photos:
@@ -466,7 +468,7 @@ def make_pairs(
 
     test_set = _split_photos(len(sources), float(test_fraction), np.random.default_rng([seed, 0]))
     for split in ("train", "test"):
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        prepare_output(out_dir / split, folder=True)
     photo_digits = max(4, len(str(len(sources) - 1)))
     crop_digits = max(2, len(str(per_image - 1)))
     radius = kernel_size // 2
@@ -501,12 +503,13 @@ def make_pairs(
             pair = np.concatenate([sharp, _to_uint8(blurred)], axis=1)
             stem = f"{index:0{photo_digits}d}_{k:0{crop_digits}d}"
             file = out_dir / split / f"{stem}.{fmt}"
-            if fmt == "jpg":
-                # 4:4:4 chroma: subsampling would smear the sharp half's colour edges.
-                Image.fromarray(pair).save(file, quality=quality, subsampling=0)
-            else:
-                Image.fromarray(pair).save(file)
-            np.save(out_dir / split / f"{stem}{KERNEL_SUFFIX}", kernel)
+            # The kernel goes first, so every pair on disk has its kernel, even
+            # when the run is interrupted between the two.
+            write_atomic(out_dir / split / f"{stem}{KERNEL_SUFFIX}",
+                         lambda tmp: np.save(tmp, kernel))
+            # 4:4:4 chroma: subsampling would smear the sharp half's colour edges.
+            options = {"quality": quality, "subsampling": 0} if fmt == "jpg" else {}
+            write_atomic(file, lambda tmp: Image.fromarray(pair).save(tmp, **options))
             records.append({
                 "file": f"{split}/{file.name}",
                 "kernel": f"{split}/{stem}{KERNEL_SUFFIX}",
@@ -543,6 +546,6 @@ def make_pairs(
         "pairs": records,
         "skipped": [{"source": n, "reason": why} for n, why in report.skipped],
     }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     report.seconds = time.perf_counter() - started
     return report

@@ -36,7 +36,7 @@ from dgf.config import (
     save_config,
 )
 from dgf.errors import DgfError
-from dgf.fileio import write_atomic, write_text_atomic
+from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 
 RUNS_ROOT = Path("runs")
 LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "d_loss",
@@ -96,6 +96,8 @@ def resolve_config(
     run_dir = values.get("run_dir")
     if run_dir is None and resume:
         run_dir = str(latest_run(runs_root))
+    if run_dir is not None:
+        check_output(run_dir, folder=True)  # a file there, or no permission: say so now
     resuming = run_dir is not None and has_checkpoint(Path(run_dir))
     if resume and not resuming:
         raise DgfError(f"--resume: {run_dir} has no checkpoint to resume from")
@@ -430,15 +432,26 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
 
 def _truncate_metrics(path: Path, step: int, epoch: int) -> None:
     """Drop records written after the checkpoint being resumed: those steps run
-    again, and the log should read as one uninterrupted run."""
+    again, and the log should read as one uninterrupted run. A last line cut
+    short by a crash is dropped; anything else unreadable is damage, and said so."""
     if not path.is_file():
         return
+    damaged = (f"{path} is damaged ({{}}); it is only a log: move it away to resume "
+               f"without the old records, or start a new --run-dir")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DgfError(damaged.format("not UTF-8 text")) from None
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
-        except ValueError:  # a line cut short by the crash
-            continue
+        except ValueError:
+            if number == len(lines):  # the line a crash cut short
+                continue
+            raise DgfError(damaged.format(f"line {number} is not JSON")) from None
+        if not isinstance(record, dict):
+            raise DgfError(damaged.format(f"line {number} is not a record"))
         if record.get("kind") == "epoch" and record.get("epoch", 0) > epoch:
             continue
         if record.get("kind") == "step" and record.get("step", 0) > step:
@@ -487,9 +500,7 @@ def _check_data(cfg: TrainConfig, strategy):
     from dgf.data import split_info
     from dgf.models import check_discriminator_size
 
-    h5 = Path(cfg.h5)
-    if not h5.is_file():
-        raise DgfError(f"HDF5 file {h5} does not exist; build it with `build-hdf5 JPEG_DIR`")
+    h5 = require_file(cfg.h5, "HDF5 file", "build it with `build-hdf5 JPEG_DIR`")
     train_info = split_info(h5, "train")
     test_info = split_info(h5, "test")
     height, width = train_info.height, train_info.width
@@ -541,10 +552,12 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
 
     if cfg.run_dir is None:
         raise DgfError("train(): cfg.run_dir is not set; use resolve_config()")
-    run_dir = Path(cfg.run_dir)
+    run_dir = check_output(cfg.run_dir, folder=True)
     resuming = has_checkpoint(run_dir) if resume is None else resume
     if resuming and not has_checkpoint(run_dir):
         raise DgfError(f"{run_dir} has no checkpoint to resume from")
+    # Before any slow setup: a damaged index or missing files are found here.
+    checkpoint = _checkpoint_to_resume(run_dir / "checkpoints") if resuming else None
 
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
@@ -563,10 +576,10 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         ckpt_dir = run_dir / "checkpoints"
         if not chief:  # multi-worker: every worker saves, only the chief keeps it
             ckpt_dir = run_dir / f".worker-{strategy.cluster_resolver.task_id}-checkpoints"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output(run_dir, folder=True)
         manager = tf.train.CheckpointManager(trainer.checkpoint, str(ckpt_dir), max_to_keep=cfg.keep)
         if resuming:
-            _restore(trainer, manager, run_dir)
+            _restore(trainer, checkpoint, run_dir)
         if chief:
             save_config(cfg, run_dir / "config.json")
             for sub in ("samples", "snapshots"):
@@ -577,28 +590,72 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
-def _restore(trainer: GANTrainer, manager, run_dir: Path) -> None:
+def _checkpoint_to_resume(ckpt_dir: Path) -> str:
+    """The newest checkpoint listed in ``ckpt_dir/checkpoint`` whose files exist.
+
+    Removing a damaged checkpoint's files (``ckpt-N.*``) thus falls back to the one
+    before it; ``--keep`` of them are kept for this. DgfError, naming the file and
+    what to do, when the index is damaged or no listed checkpoint is complete.
+    """
     import tensorflow as tf
 
-    path = manager.latest_checkpoint
+    index = ckpt_dir / "checkpoint"
+    try:
+        # TensorFlow logs a warning and returns None for an index it cannot parse.
+        state = tf.train.get_checkpoint_state(str(ckpt_dir))
+    except (ValueError, tf.errors.OpError):
+        state = None
+    if state is None:
+        raise DgfError(
+            f"{index} (the list of checkpoints) is damaged; start a new --run-dir "
+            f"(the checkpoint files beside it cannot be resumed without it)"
+        )
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    for path in reversed(listed):
+        if Path(f"{path}.index").is_file() and list(Path(path).parent.glob(f"{Path(path).name}.data-*")):
+            if path != listed[-1]:
+                print(f"note: the newest checkpoint {listed[-1]} is missing; resuming "
+                      f"from {path}", file=sys.stderr, flush=True)
+            return str(path)
+    raise DgfError(
+        f"no checkpoint listed in {index} has its files ({', '.join(listed)}); start a "
+        f"new --run-dir"
+    )
+
+
+def _restore(trainer: GANTrainer, path: str, run_dir: Path) -> None:
+    import tensorflow as tf
+
     saved_cfg = run_dir / "config.json"
     if saved_cfg.is_file():
-        saved = json.loads(saved_cfg.read_text())
+        saved = read_config(saved_cfg)
         for key in ARCHITECTURE_KEYS:
-            if saved.get(key) != getattr(trainer.cfg, key):
+            if getattr(saved, key) != getattr(trainer.cfg, key):
                 raise DgfError(
-                    f"checkpoint {path} was made with {key}={saved.get(key)}, this run asks "
-                    f"for {key}={getattr(trainer.cfg, key)}; start a new run folder instead"
+                    f"checkpoint {path} was made with {key}={getattr(saved, key)}, this run "
+                    f"asks for {key}={getattr(trainer.cfg, key)}; start a new run folder instead"
                 )
     try:
         status = trainer.checkpoint.restore(path)
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    except (tf.errors.OpError, IndexError) as exc:
+        # Truncated or overwritten files: TensorFlow says "not an sstable", "file is
+        # too short" (the .index) or "Read less bytes than requested" (the data).
         raise DgfError(
-            f"checkpoint {path} does not match this model ({first}). It was made by a "
-            f"different architecture or version; start a new run folder instead"
+            f"checkpoint {path} is damaged ({_first_line(exc)}). Remove its files "
+            f"({Path(path).name}.*) to resume from the checkpoint before it, or start a "
+            f"new --run-dir"
         ) from None
+    except (AssertionError, ValueError) as exc:
+        raise DgfError(
+            f"checkpoint {path} does not match this model ({_first_line(exc)}). It was "
+            f"made by a different architecture or version; start a new run folder instead"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, progress,

@@ -100,7 +100,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
 def test_export_errors(tmp_path, model_file, capsys):
     status, err = _export(["--model", tmp_path / "absent.keras", "--format", "tflite",
                            "-o", tmp_path / "x.tflite"], capsys)
-    assert status == 2 and "absent.keras not found" in err
+    assert status == 2 and "absent.keras does not exist" in err
     assert not (tmp_path / "x.tflite").exists()
 
     status, err = _export(["--model", model_file, "--format", "savedmodel",

@@ -83,11 +83,13 @@ def test_bad_arguments_raise(generator):
 
 
 def test_load_generator_errors(tmp_path):
-    with pytest.raises(DgfError, match="not found"):
+    with pytest.raises(DgfError, match="missing.keras does not exist"):
         load_generator(tmp_path / "missing.keras")
+    with pytest.raises(DgfError, match="is a folder, not a file"):
+        load_generator(tmp_path)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip archive")
-    with pytest.raises(DgfError, match="could not load model .*junk.keras"):
+    with pytest.raises(DgfError, match="junk.keras is not a valid .keras file"):
         load_generator(junk)
 
 
@@ -161,7 +163,7 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     out = tmp_path / "out"
 
     status, _, err = _run([src, "-o", out, "--model", tmp_path / "nope.keras"], capsys)
-    assert status == 2 and "nope.keras not found" in err
+    assert status == 2 and "nope.keras does not exist" in err
     assert not out.exists()  # nothing processed before the model was checked
 
     empty = tmp_path / "empty"
