@@ -663,7 +663,6 @@ def _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief, 
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from dgf.data import make_dataset
     from dgf.evaluate import strip_indices
 
     run_dir = Path(cfg.run_dir)
