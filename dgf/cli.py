@@ -27,13 +27,16 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
 
 
-def _run(fn: Callable[[], int | None]) -> int:
+def _run(fn: Callable[[], int | None], program: bool = False) -> int:
+    """Run a command's work at the one error boundary. ``program``: this process
+    exists to run the command (a console script, argv from sys.argv), so after an
+    interrupt nothing is left to protect and later signals stay ignored until exit."""
     # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
     # notes) drown the progress bars; errors still show. Users can set it themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The handlers stay in place while the outcome is printed, so a second Ctrl-C
     # cannot turn the "interrupted" line into a traceback.
-    with _interrupts_stop_once():
+    with _interrupts_stop_once(program):
         try:
             status = fn()
         except DgfError as exc:
@@ -52,12 +55,15 @@ def _run(fn: Callable[[], int | None]) -> int:
 
 
 @contextmanager
-def _interrupts_stop_once() -> Iterator[None]:
+def _interrupts_stop_once(program: bool = False) -> Iterator[None]:
     """Ctrl-C and SIGTERM (a job scheduler, ``kill``) both stop a command the same
     way: the first raises KeyboardInterrupt, so temporary files are removed and
     worker processes stopped on the way out; later ones are ignored, so the
     cleanup is not cut short (it takes well under a second). dgf-train installs
-    its own handler around the training loop (stop after this step, save)."""
+    its own handler around the training loop (stop after this step, save).
+    With ``program``, signals stay ignored after an interrupt until the process
+    exits, so a second Ctrl-C cannot kill it on its way out (status -2, not 130);
+    called from Python with an argv list, the caller's handlers come back."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -75,7 +81,7 @@ def _interrupts_stop_once() -> Iterator[None]:
         yield
     finally:
         for sig, previous in old.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, signal.SIG_IGN if stopping and program else previous)
 
 
 # --- build-hdf5 -------------------------------------------------------------
@@ -154,7 +160,7 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         print(report.summary())
         return 0
 
-    return _run(work)
+    return _run(work, program=argv is None)
 
 
 # --- dgf-make-pairs ---------------------------------------------------------
@@ -223,7 +229,7 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
         print(report.summary())
         return 0
 
-    return _run(work)
+    return _run(work, program=argv is None)
 
 
 # --- dgf-train --------------------------------------------------------------
@@ -335,7 +341,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"run folder: {result.run_dir}")
         return 0
 
-    return _run(work)
+    return _run(work, program=argv is None)
 
 
 # --- dgf-eval ---------------------------------------------------------------
@@ -418,7 +424,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
               f"{out / 'progress.png'} and {out / 'strips'}/")
         return 0
 
-    return _run(main)
+    return _run(main, program=argv is None)
 
 
 # --- dgf-deblur -------------------------------------------------------------
@@ -482,7 +488,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
               + (f"; {len(report.failed)} failed" if report.failed else ""))
         return 1 if report.failed else 0
 
-    return _run(work)
+    return _run(work, program=argv is None)
 
 
 # --- dgf-export -------------------------------------------------------------
@@ -514,4 +520,4 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.format} export to {path}")
         return 0
 
-    return _run(work)
+    return _run(work, program=argv is None)

@@ -607,7 +607,8 @@ elif where == "before-rename":  # an atomic write is complete under its temporar
 
     fileio._give_normal_mode = give_normal_mode
 from dgf import cli
-sys.exit(getattr(cli, main)(sys.argv[4:]))
+sys.argv = [main, *sys.argv[4:]]
+sys.exit(getattr(cli, main)())  # argv from sys.argv, as the console scripts run
 """
 
 
