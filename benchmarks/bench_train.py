@@ -37,7 +37,7 @@ from dgf.config import TrainConfig
 from dgf.losses import PerceptualLoss
 
 cr, size, batch = args["channel_rate"], args["size"], args["batch"]
-patch = min(64, size)
+patch = 64 if size % 64 == 0 else 32
 rng = np.random.default_rng(0)
 blurred = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 sharp = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
