@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from bench_train import run_worker  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,13 +72,7 @@ print("RESULT", json.dumps(summary))
 def run_variant(h5: str, config: str, changes: dict, steps: int, pairs: int) -> dict:
     spec = dict(repo=str(REPO), h5=h5, config=config, changes=changes, steps=steps,
                 pairs=pairs)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{changes} failed:\n{done.stderr[-3000:]}")
+    return run_worker(WORKER, spec)
 
 
 def main() -> None:

@@ -126,17 +126,24 @@ print("RESULT", json.dumps({"images_per_sec": rate,
 """
 
 
-def run(mode: str, channel_rate: int, size: int, batch: int, precision: str = "fp32",
-        jit: bool = False, warmup: int = 2, steps: int = 5) -> dict:
-    spec = dict(mode=mode, channel_rate=channel_rate, size=size, batch=batch,
-                precision=precision, jit=jit, warmup=warmup, steps=steps, repo=str(REPO))
+def run_worker(source: str, spec: dict) -> dict:
+    """Run ``source`` in a fresh Python with ``spec`` as JSON in argv[1]; return the
+    JSON it prints after ``RESULT ``. A fresh process per variant keeps process-wide
+    settings (mixed-precision policy, XLA, seeds) from leaking between variants."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env,
+    done = subprocess.run([sys.executable, "-c", source, json.dumps(spec)], env=env,
                           capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"{spec} failed:\n{done.stderr[-3000:]}")
+
+
+def run(mode: str, channel_rate: int, size: int, batch: int, precision: str = "fp32",
+        jit: bool = False, warmup: int = 2, steps: int = 5) -> dict:
+    spec = dict(mode=mode, channel_rate=channel_rate, size=size, batch=batch,
+                precision=precision, jit=jit, warmup=warmup, steps=steps, repo=str(REPO))
+    return run_worker(WORKER, spec)
 
 
 def table(title: str, rows: list[tuple[str, dict]], baseline: dict) -> None:

@@ -857,8 +857,8 @@ RECALIBRATE_MAX_PIXELS = 1024 * 1024
 def _recalibrate(cfg, trainer, epoch, train_info) -> None:
     from dgf.data import make_dataset
 
-    if cfg.bn_recalibrate <= 0:
-        return
+    if cfg.bn_recalibrate <= 0 or not cfg.batchnorm:
+        return  # nothing to re-estimate: no need to open the split
     whole = train_info.height * train_info.width <= RECALIBRATE_MAX_PIXELS
     crop = None if whole else min(train_info.height, train_info.width, 512)
     # Its own seed, so the training stream is untouched.
