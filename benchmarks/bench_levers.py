@@ -42,7 +42,8 @@ import keras, tensorflow as tf
 from dgf.config import TrainConfig, load_config_file
 from dgf.data import make_dataset
 from dgf.evaluate import evaluate_split
-from dgf.train import GANTrainer, _recalibrate, select_strategy
+from dgf.actions import BatchNormReestimation
+from dgf.train import GANTrainer, select_strategy
 from dgf.data import split_info
 values = load_config_file(args["config"])
 values.update(h5=args["h5"], run_dir=None, **args["changes"])
@@ -62,7 +63,7 @@ while done < args["steps"]:
             break
     epoch += 1
 seconds = time.perf_counter() - started
-_recalibrate(cfg, trainer, 0, split_info(cfg.h5, "train"))
+BatchNormReestimation(cfg, split_info(cfg.h5, "train"))(trainer.averaged, 0)
 summary, _ = evaluate_split(trainer.averaged, cfg.h5, "test", limit=args["pairs"], progress=False)
 summary["train_seconds"] = seconds
 print("RESULT", json.dumps(summary))

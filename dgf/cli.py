@@ -330,7 +330,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     resume = args.pop("resume")
 
     def work() -> int:
-        from dgf.train import TrainingInterrupted, resolve_config, train
+        from dgf.config import resolve_config
+        from dgf.train import TrainingInterrupted, train
 
         cfg, resuming = resolve_config(args, config_file, resume=resume)
         try:

@@ -1,8 +1,11 @@
-"""Training configuration: the only home of defaults.
+"""Training configuration and run folders: the only home of training defaults.
 
 A ``TrainConfig`` is resolved from three layers, later ones winning: the defaults
 below, an optional YAML/JSON file (``--config``), then command-line flags. The
-resolved config is written to ``RUN/config.json`` and read back on resume.
+resolved config is written to ``RUN/config.json`` and read back on resume:
+:func:`resolve_config` decides whether a run folder is new or resumed, and
+:func:`check_architecture` is the one place that refuses a resume with other
+network shapes.
 
 No TensorFlow import here, so ``--help`` and config checks stay fast.
 """
@@ -15,13 +18,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
 from dgf.errors import DgfError
-from dgf.fileio import require_file, write_text_atomic
+from dgf.fileio import check_output, require_file, write_text_atomic
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -31,6 +35,7 @@ PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 # Keys that decide the shape of the networks: a checkpoint made with other values
 # cannot be restored, so a resumed run must keep them.
 ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm")
+RUNS_ROOT = Path("runs")  # where new run folders go when --run-dir is not given
 
 
 @dataclass(frozen=True)
@@ -320,3 +325,84 @@ def read_config(path: Path) -> TrainConfig:
         return TrainConfig.from_dict(data)
     except DgfError as exc:
         raise DgfError(damaged.format(exc)) from None
+
+
+# --- run folders: new or resumed ---------------------------------------------
+def has_checkpoint(run_dir: Path | str) -> bool:
+    return (Path(run_dir) / "checkpoints" / "checkpoint").is_file()
+
+
+def latest_run(root: Path = RUNS_ROOT) -> Path:
+    """The most recently modified run folder under ``root`` that has a checkpoint."""
+    runs = [p for p in Path(root).glob("*") if has_checkpoint(p)] if Path(root).is_dir() else []
+    if not runs:
+        raise DgfError(
+            f"--resume: no run with a checkpoint under {root}/; pass --run-dir RUN"
+        )
+    return max(runs, key=lambda p: (p / "checkpoints" / "checkpoint").stat().st_mtime)
+
+
+def saved_config(run_dir: Path | str) -> TrainConfig:
+    """The config a run folder was trained with; DgfError when it has none."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise DgfError(f"{run_dir} has checkpoints but no config.json; cannot resume")
+    return read_config(path)
+
+
+def check_architecture(saved: TrainConfig, requested: Mapping[str, Any], run_dir: Path | str) -> None:
+    """Refuse to resume ``run_dir`` (trained as ``saved``) with other network shapes.
+
+    ``requested`` holds the values asked for now; keys it lacks are not checked.
+    """
+    for key in ARCHITECTURE_KEYS:
+        if key in requested and requested[key] != getattr(saved, key):
+            raise DgfError(
+                f"{run_dir} was trained with {key}={getattr(saved, key)}; it cannot resume "
+                f"with {key}={requested[key]}. Start a new run folder instead."
+            )
+
+
+def new_run_dir(runs_root: Path = RUNS_ROOT) -> Path:
+    """A fresh ``runs_root/<timestamp>`` folder name (``-2``, ``-3``... if taken)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = runs_root / stamp, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = runs_root / f"{stamp}-{n}"
+    return run_dir
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | str | None = None,
+    *,
+    resume: bool = False,
+    runs_root: Path = RUNS_ROOT,
+) -> tuple[TrainConfig, bool]:
+    """Merge defaults, a config file and explicit overrides; decide new run or resume.
+
+    Returns ``(config, resuming)``. A run folder that already has a checkpoint is
+    resumed: its saved config is the base, and overrides may change anything but
+    the architecture (:data:`ARCHITECTURE_KEYS`).
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_config_file(config_file))
+    values.update(overrides or {})
+    run_dir = values.get("run_dir")
+    if run_dir is None and resume:
+        run_dir = str(latest_run(runs_root))
+    if run_dir is not None:
+        check_output(run_dir, folder=True)  # a file there, or no permission: say so now
+    resuming = run_dir is not None and has_checkpoint(run_dir)
+    if resume and not resuming:
+        raise DgfError(f"--resume: {run_dir} has no checkpoint to resume from")
+    if resuming:
+        saved = saved_config(run_dir)
+        check_architecture(saved, values, run_dir)
+        values = {**saved.to_dict(), **values}
+    if run_dir is None:
+        run_dir = new_run_dir(runs_root)
+    values["run_dir"] = str(run_dir)
+    return TrainConfig.from_dict(values), resuming

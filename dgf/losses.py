@@ -19,6 +19,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from dgf.config import TrainConfig
 from dgf.errors import DgfError
 
 #: What Keras itself downloads for `VGG16(include_top=False, weights="imagenet")`; the
@@ -41,15 +42,25 @@ class VGGWeightsUnavailable(DgfError):
     """The ImageNet VGG16 weights the perceptual loss needs could not be found or fetched."""
 
 
+_DEFAULTS = TrainConfig()
+
+
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the generator's loss terms (the DGF paper's 145, 170 and 1)."""
+    """Weights of the generator's loss terms; defaults are :class:`TrainConfig`'s
+    (the DGF paper's 145, 170 and 1)."""
 
-    perceptual: float = 145.0
-    l1: float = 170.0  # weight of the pixel loss, whichever `pixel_loss` names
-    adversarial: float = 1.0
-    pixel_loss: str = "l1"
-    ssim: float = 0.0  # weight of 1 - SSIM (off by default, as in the paper)
+    perceptual: float = _DEFAULTS.perceptual_weight
+    l1: float = _DEFAULTS.l1_weight  # weight of the pixel loss, whichever `pixel_loss` names
+    adversarial: float = _DEFAULTS.adversarial_weight
+    pixel_loss: str = _DEFAULTS.pixel_loss
+    ssim: float = _DEFAULTS.ssim_weight  # weight of 1 - SSIM
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> "LossWeights":
+        return cls(perceptual=cfg.perceptual_weight, l1=cfg.l1_weight,
+                   adversarial=cfg.adversarial_weight, pixel_loss=cfg.pixel_loss,
+                   ssim=cfg.ssim_weight)
 
     def __post_init__(self) -> None:
         if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:

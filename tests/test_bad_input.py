@@ -433,12 +433,12 @@ def test_bad_input_gets_one_error_line_and_changes_nothing(name, assets, tmp_pat
 def test_damaged_checkpoint_files_removed_falls_back_to_the_previous_one(assets, tmp_path,
                                                                           capsys):
     """What the damaged-checkpoint message tells the user to do works."""
-    from dgf.train import _checkpoint_to_resume
+    from dgf.actions import checkpoint_to_resume
 
     run = _copy_run(assets, tmp_path)
     for path in (run / "checkpoints").glob("ckpt-2.*"):
         path.unlink()
-    chosen = _checkpoint_to_resume(run / "checkpoints")
+    chosen = checkpoint_to_resume(run / "checkpoints")
     assert chosen.endswith("ckpt-1")
     assert "resuming from" in capsys.readouterr().err
 

@@ -111,7 +111,8 @@ def _variables(trainer) -> dict[str, np.ndarray]:
 def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     import tensorflow as tf
 
-    from dgf.train import GANTrainer, _restore, select_strategy, train
+    from dgf.actions import Checkpoints
+    from dgf.train import GANTrainer, select_strategy, train
 
     cfg = _cfg(h5_file, tmp_path / "run", epochs=2)
     result = train(cfg, progress=False, max_steps=3)
@@ -119,7 +120,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     strategy = select_strategy("one")
     first = GANTrainer(cfg, strategy, total_steps=4)
     manager = tf.train.CheckpointManager(first.checkpoint, str(tmp_path / "run" / "checkpoints"), 3)
-    _restore(first, manager.latest_checkpoint, tmp_path / "run")
+    Checkpoints(first.checkpoint, tmp_path / "run" / "checkpoints", cfg).restore(manager.latest_checkpoint)
     saved = _variables(first)
     # Optimizer slots (Adam moments) are restored, not zero.
     moments = [v for k, v in saved.items() if k.startswith("go/") and "momentum" in k]
@@ -128,7 +129,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     # A fresh trainer restored from the same checkpoint holds identical values,
     # and those are exactly the tensors stored in the checkpoint file.
     second = GANTrainer(cfg, strategy, total_steps=4)
-    _restore(second, manager.latest_checkpoint, tmp_path / "run")
+    Checkpoints(second.checkpoint, tmp_path / "run" / "checkpoints", cfg).restore(manager.latest_checkpoint)
     again = _variables(second)
     assert saved.keys() == again.keys()
     for key in saved:
@@ -157,7 +158,8 @@ def test_checkpoint_from_other_architecture_is_refused(h5_file, tmp_path):
 
 
 def test_resolve_config_precedence_and_resume_rules(h5_file, tmp_path):
-    from dgf.train import resolve_config, train
+    from dgf.config import resolve_config
+    from dgf.train import train
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epochs: 7\nbatch-size: 4\ncrop: 64\n")
@@ -393,7 +395,7 @@ def test_recalibrate_batchnorm_matches_training_mode_statistics():
     import keras
 
     from dgf.models import build_generator
-    from dgf.train import recalibrate_batchnorm
+    from dgf.actions import recalibrate_batchnorm
 
     keras.utils.set_random_seed(1)
     g = build_generator(channel_rate=8, dropout=0.0)
@@ -430,9 +432,9 @@ def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
 
 
 def test_linear_schedule_holds_then_decays_to_zero():
-    from dgf.train import hold_then_linear_decay_class
+    from dgf.train import HoldThenLinearDecay
 
-    schedule = hold_then_linear_decay_class()(1e-3, total_steps=100)
+    schedule = HoldThenLinearDecay(1e-3, total_steps=100)
     values = [float(schedule(step)) for step in (0, 50, 75, 100, 150)]
     np.testing.assert_allclose(values, [1e-3, 1e-3, 5e-4, 0.0, 0.0], atol=1e-9)
     clone = type(schedule).from_config(schedule.get_config())
