@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
 
@@ -181,11 +182,11 @@ def _coerce_value(name: str, value: Any) -> Any:
             value = parse(value)
         except ValueError:
             raise DgfError(f"{name} must be {_TYPE_WORDS[base]}, got {value!r}") from None
-    elif optional and base is int and value == 0 and not isinstance(value, bool):
+    elif optional and base is int and is_number(value) and value == 0:
         value = None  # as '--crop 0' on the command line: no limit
-    elif base is bool and not isinstance(value, bool) and value in (0, 1):
+    elif base is bool and is_number(value) and value in (0, 1):
         value = bool(value)  # as '--augment 1'
-    elif base is float and isinstance(value, int) and not isinstance(value, bool):
+    elif base is float and is_int(value):
         value = float(value)
     _check_value(name, value)
     return value
@@ -212,9 +213,9 @@ def _check_value(name: str, value: Any) -> None:
     base, optional = field_types()[name]
     if value is None and optional:
         return
-    ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
+    ok = is_int(value, numpy=False) if base is int else isinstance(value, base)
     if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = is_number(value, numpy=False)
         if ok and not math.isfinite(value):
             raise DgfError(f"{name} must be a finite number, got {value}")
     if not ok:

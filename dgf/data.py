@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo, blurred_name, check_split, open_pairs_file, sharp_name
 
@@ -378,7 +379,7 @@ def host_cores() -> int:
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise DgfError(f"{name} must be a positive integer, got {value!r}.")
 
 
@@ -389,7 +390,7 @@ def _check_crop(
         return info.height, info.width
     size = (crop, crop) if isinstance(crop, (int, np.integer)) else tuple(crop)
     if len(size) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size
+        not is_int(v) or v < 1 for v in size
     ):
         raise DgfError(
             f"crop must be a positive int or a (height, width) pair of them, got {crop!r}."
@@ -471,11 +472,11 @@ def make_dataset(
     _check_positive_int("batch_size", batch_size)
     hw = _check_crop(crop, info, path, split)
     for name, value in (("seed", seed), ("epoch", epoch), ("skip_batches", skip_batches)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if not is_int(value) or value < 0:
             raise DgfError(f"{name} must be a non-negative integer, got {value!r}.")
     for name, value in (("prefetch", prefetch), ("read_workers", read_workers)):
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0
+            not is_int(value) or value < 0
         ):
             raise DgfError(f"{name} must be None or a non-negative integer, got {value!r}.")
     if read_workers == 0:
@@ -497,7 +498,7 @@ def make_dataset(
                 f"{input_context.num_replicas_in_sync}."
             ) from exc
 
-    if isinstance(edge_crops, bool) or not isinstance(edge_crops, (int, float)) \
+    if not is_number(edge_crops) \
             or not 0.0 <= edge_crops <= 1.0:
         raise DgfError(f"edge_crops must be a number in [0, 1], got {edge_crops!r}.")
     records = epoch_records(

@@ -40,7 +40,8 @@ import numpy as np
 
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
-from dgf.infer import load_generator, to_uint8, to_unit
+from dgf.images import to_uint8, to_unit
+from dgf.infer import load_generator
 from dgf.runtime import check_precision, inference_call
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 

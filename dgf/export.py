@@ -1,7 +1,7 @@
 """Export a trained generator for serving: TensorFlow SavedModel or TFLite.
 
 Both exports take uint8 images and return uint8 images; the conversions of
-``dgf.infer`` (``x / 127.5 - 1`` in, ``clip(rint((y + 1) * 127.5))`` out) run inside
+``dgf.images`` (``x / 127.5 - 1`` in, ``clip(rint((y + 1) * 127.5))`` out) run inside
 the graph, so a client needs no knowledge of the model's [-1, 1] range.
 
 SavedModel: signature ``serving_default`` with one input ``images``, a batch
@@ -45,7 +45,7 @@ def _serving_fn(generator):
         x = tf.cast(images, tf.float32) / 127.5 - 1.0
         y = generator(x, training=False)
         y = tf.clip_by_value(tf.round((y + 1.0) * 127.5), 0.0, 255.0)
-        # tf.round rounds half to even, as np.rint does in dgf.infer.
+        # tf.round rounds half to even, as np.rint does in dgf.images.to_uint8.
         return {OUTPUT_NAME: tf.cast(y, tf.uint8)}
 
     return deblur

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from dgf.errors import DgfError
+
+T = TypeVar("T")
 
 
 class OutputError(DgfError):
@@ -117,20 +119,30 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then ``os.replace`` it.
+def temp_path(path: Path | str, pid: int | None = None) -> Path:
+    """The temp file :func:`write_atomic` writes ``path`` through, in process
+    ``pid`` (this one by default): hidden (a leading '.'), beside ``path``, with
+    its suffix kept (Keras and Pillow choose the format by it)."""
+    path = Path(path)
+    pid = os.getpid() if pid is None else pid
+    return path.with_name(f".{path.stem}.tmp{pid}{path.suffix}")
 
-    The temp name keeps the suffix (Keras and Pillow choose the format by it), so a
-    crash or a reader (an image viewer, a second process) never sees a partial file
-    under the real name; the temp file is removed if ``write`` fails or is
-    interrupted. The result gets the mode a normal write would give. An OSError
-    becomes OutputError naming ``path``.
+
+def write_atomic(path: Path | str, write: Callable[[Path], T]) -> T:
+    """Call ``write(tmp)`` on a temp file beside ``path`` (:func:`temp_path`), then
+    ``os.replace`` it; return what ``write`` returned.
+
+    A crash or a reader (an image viewer, a second process) never sees a partial
+    file under the real name; the temp file is removed if ``write`` fails or is
+    interrupted (a process killed outright leaves it behind, under its hidden
+    name). The result gets the mode a normal write would give. An OSError becomes
+    OutputError naming ``path``.
     """
     path = Path(path)
     prepare_output(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = temp_path(path)
     try:
-        write(tmp)
+        result = write(tmp)
         _give_normal_mode(tmp)
         if path.exists():
             # Replacing a file: make the new one durable first, or a power cut right
@@ -142,6 +154,7 @@ def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return result
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -152,14 +165,15 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-def write_folder_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
+def write_folder_atomic(path: Path | str, write: Callable[[Path], T]) -> T:
     """Like :func:`write_atomic` for a folder: ``write(tmp)`` fills a new temp
     folder beside ``path``, which then takes the place of ``path``.
 
     An existing folder at ``path`` is moved aside first and put back if the move
     fails, so ``path`` is always either the old folder or the complete new one
     (there is a moment without either: a folder cannot be replaced in one rename).
-    Callers decide whether an existing ``path`` may be replaced.
+    Callers decide whether an existing ``path`` may be replaced. Returns what
+    ``write`` returned.
     """
     path = Path(path)
     prepare_output(path)
@@ -167,13 +181,14 @@ def write_folder_atomic(path: Path | str, write: Callable[[Path], None]) -> None
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of this pid
         tmp.mkdir()
-        write(tmp)
+        result = write(tmp)
         _give_normal_mode(tmp)
         _replace_with_folder(tmp, path)
     except OSError as exc:
         raise OutputError(path, os_reason(exc)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return result
 
 
 def _replace_with_folder(tmp: Path, target: Path) -> None:

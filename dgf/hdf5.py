@@ -42,12 +42,19 @@ from tqdm import tqdm
 
 import dgf
 from dgf import schema, sources
+from dgf.checks import is_int
 from dgf.errors import DgfError
-from dgf.fileio import OutputError, check_output, nearest_existing, os_reason, prepare_output
+from dgf.fileio import check_output, nearest_existing, os_reason, write_atomic
+from dgf.images import BadImageError, image_size
 
 COMPRESSIONS = ("none", "lzf", "gzip")
 ON_ERROR = ("skip", "fail")
 GZIP_LEVEL = 4  # h5py's default; fast enough that decoding, not deflating, dominates
+_COMPRESSION_OPTIONS = {
+    "none": {},
+    "lzf": {"compression": "lzf"},
+    "gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL},
+}
 
 # Each pool task carries at most this many decoded bytes back, so memory in flight
 # stays bounded for native-resolution inputs too.
@@ -102,7 +109,7 @@ def _available_cores() -> int:
 def _check_options(
     size: int, native: bool, order: str, compression: str, workers: int | None, on_error: str
 ) -> int:
-    if not native and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+    if not native and (not is_int(size) or size < 1):
         raise DgfError(f"size must be a positive integer (pixels per side); got {size!r}.")
     if order not in sources.ORDERS:
         raise DgfError(f"unknown order '{order}'; choose {' or '.join(sources.ORDERS)}.")
@@ -112,14 +119,9 @@ def _check_options(
         raise DgfError(f"unknown on_error '{on_error}'; choose {' or '.join(ON_ERROR)}.")
     if workers is None:
         return _available_cores()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_int(workers) or workers < 1:
         raise DgfError(f"workers must be 1 or more; got {workers!r}.")
     return workers
-
-
-def _temp_path(output: Path) -> Path:
-    # Same folder, so os.replace is an atomic rename on one filesystem.
-    return output.with_name(f".{output.name}.tmp-{os.getpid()}")
 
 
 def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int] | None:
@@ -130,8 +132,8 @@ def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int
     )
     for pair in bar:
         try:
-            width, height = sources.image_size(pair.sharp)
-        except sources.BadImageError:
+            width, height = image_size(pair.sharp)
+        except BadImageError:
             continue  # reported with its reason when decoding
         if pair.side_by_side:
             width //= 2
@@ -253,28 +255,78 @@ def _contiguous(chunk: np.ndarray | bytes) -> np.ndarray | bytes:
     return chunk if isinstance(chunk, bytes) else np.ascontiguousarray(chunk)
 
 
-def _write_split(
+@dataclass
+class _SplitWritten:
+    """What writing one split stored: pairs written (in order), files left out and
+    notes on the ones used."""
+
+    used: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.used)
+
+    def odd_width_warning(self, split: str) -> str | None:
+        odd = [path for path, note in self.notes if note.startswith("odd width")]
+        if not odd:
+            return None
+        return (
+            f"{split}: {len(odd)} image(s) had an odd width; the middle column was "
+            f"dropped (first: {odd[0]})"
+        )
+
+
+def _create_pair_datasets(
+    h5: h5py.File, split: str, n: int, shape: tuple[int, int], compression: str
+) -> tuple[h5py.Dataset, h5py.Dataset]:
+    """The sharp and blurred datasets of a split: room for ``n`` pairs, one per chunk."""
+    h, w = shape
+    make = dict(
+        shape=(n, h, w, 3),
+        maxshape=(None, h, w, 3),
+        chunks=(1, h, w, 3),
+        dtype=schema.DTYPE,
+        **_COMPRESSION_OPTIONS[compression],
+    )
+    return (
+        h5.create_dataset(schema.sharp_name(split), **make),
+        h5.create_dataset(schema.blurred_name(split), **make),
+    )
+
+
+def _store_pair(
+    datasets: tuple[h5py.Dataset, h5py.Dataset], index: int, out: sources.Decoded,
+    compression: str,
+) -> None:
+    sharp_ds, blurred_ds = datasets
+    if compression == "lzf":
+        sharp_ds[index] = out.sharp
+        blurred_ds[index] = out.blurred
+    else:
+        # One image per chunk, already laid out (or deflated) by the worker: storing
+        # it directly skips h5py's selection and filter machinery.
+        at = (index, 0, 0, 0)
+        sharp_ds.id.write_direct_chunk(at, _contiguous(out.sharp))
+        blurred_ds.id.write_direct_chunk(at, _contiguous(out.blurred))
+
+
+def _store_split(
     h5: h5py.File,
     split: sources.SplitSources,
     decoded: Iterator[sources.Decoded],
     shape: tuple[int, int] | None,
     compression: str,
     on_error: str,
-    report: BuildReport,
     progress: bool,
-) -> int:
-    n = len(split.pairs)
-    kwargs = {}
-    if compression == "gzip":
-        kwargs = {"compression": "gzip", "compression_opts": GZIP_LEVEL}
-    elif compression == "lzf":
-        kwargs = {"compression": "lzf"}
-    sharp_ds = blurred_ds = None
-    written = 0
-    used: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    notes: list[tuple[str, str]] = []
-    with tqdm(total=n, desc=split.split, unit="pair", disable=not progress) as bar:
+) -> _SplitWritten:
+    """Store a split's decoded pairs in order; bad files are left out (``on_error``
+    "skip") or stop the build ("fail")."""
+    result = _SplitWritten()
+    datasets = None
+    with tqdm(total=len(split.pairs), desc=split.split, unit="pair",
+              disable=not progress) as bar:
         for pair, out in zip(split.pairs, decoded):
             bar.update(1)
             if out.reason is not None:
@@ -283,7 +335,7 @@ def _write_split(
                         f"{out.bad_path}: {out.reason}. Fix or remove the file, or pass "
                         f"--on-error skip to leave bad files out."
                     )
-                skipped.append((out.bad_path, out.reason))
+                result.skipped.append((out.bad_path, out.reason))
                 continue
             got = out.shape
             if shape is None:
@@ -293,56 +345,128 @@ def _write_split(
                     f"{pair.sharp_rel}: its images are {got[1]}x{got[0]} but the split's "
                     f"pairs are {shape[1]}x{shape[0]}; --native needs one size per split."
                 )
-            if sharp_ds is None:
-                h, w = shape
-                make = dict(
-                    shape=(n, h, w, 3),
-                    maxshape=(None, h, w, 3),
-                    chunks=(1, h, w, 3),
-                    dtype=schema.DTYPE,
-                    **kwargs,
+            if datasets is None:
+                datasets = _create_pair_datasets(
+                    h5, split.split, len(split.pairs), shape, compression
                 )
-                sharp_ds = h5.create_dataset(schema.sharp_name(split.split), **make)
-                blurred_ds = h5.create_dataset(schema.blurred_name(split.split), **make)
-            if compression == "lzf":
-                sharp_ds[written] = out.sharp
-                blurred_ds[written] = out.blurred
-            else:
-                # One image per chunk, already laid out (or deflated) by the worker:
-                # storing it directly skips h5py's selection and filter machinery.
-                at = (written, 0, 0, 0)
-                sharp_ds.id.write_direct_chunk(at, _contiguous(out.sharp))
-                blurred_ds.id.write_direct_chunk(at, _contiguous(out.blurred))
-            used.append((pair.sharp_rel, pair.blurred_rel))
-            notes += [(pair.sharp_rel, note) for note in out.notes]
-            written += 1
-    report.skipped += skipped
-    report.notes += notes
+            _store_pair(datasets, result.count, out, compression)
+            result.used.append((pair.sharp_rel, pair.blurred_rel))
+            result.notes += [(pair.sharp_rel, note) for note in out.notes]
+    return result
+
+
+def _finish_split(h5: h5py.File, split: str, n: int, result: _SplitWritten) -> None:
+    """Trim the datasets to the pairs written and add the ``{split}_source`` list;
+    DgfError when no pair of the split was usable."""
+    written = result.count
     if written == 0:
+        skipped = result.skipped
         listed = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
         more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         raise DgfError(
-            f"every file of split '{split.split}' is unusable ({len(skipped)} files): "
+            f"every file of split '{split}' is unusable ({len(skipped)} files): "
             f"{listed}{more}."
         )
     if written < n:
-        sharp_ds.resize(written, axis=0)
-        blurred_ds.resize(written, axis=0)
+        h5[schema.sharp_name(split)].resize(written, axis=0)
+        h5[schema.blurred_name(split)].resize(written, axis=0)
     h5.create_dataset(
-        schema.source_name(split.split),
-        data=np.array(used, dtype=object),
+        schema.source_name(split),
+        data=np.array(result.used, dtype=object),
         dtype=h5py.string_dtype("utf-8"),
         maxshape=(None, 2),
         chunks=(min(written, 4096), 2),
     )
-    odd = [path for path, note in notes if note.startswith("odd width")]
-    if odd:
-        warnings.warn(
-            f"{split.split}: {len(odd)} image(s) had an odd width; the middle column was "
-            f"dropped (first: {odd[0]})",
-            stacklevel=3,
+
+
+def _write_attrs(
+    h5: h5py.File, plan: sources.SourcePlan, settings: _BuildSettings,
+    counts: dict[str, int], skipped: list[tuple[str, str]],
+) -> None:
+    attrs = h5.attrs
+    attrs[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
+    attrs[schema.ATTR_SIZE] = "native" if settings.size is None else int(settings.size)
+    attrs[schema.ATTR_ORDER] = settings.order
+    attrs[schema.ATTR_LAYOUT] = plan.layout
+    attrs[schema.ATTR_COMPRESSION] = settings.compression
+    attrs[schema.ATTR_SPLITS] = json.dumps(list(counts))
+    for split, count in counts.items():
+        attrs[schema.count_attr(split)] = int(count)
+    attrs[schema.ATTR_DGF_VERSION] = dgf.__version__
+    attrs[schema.ATTR_SKIPPED] = json.dumps([list(x) for x in skipped])
+
+
+@dataclass(frozen=True)
+class _BuildSettings:
+    """How one build decodes and stores its pairs."""
+
+    size: int | None  # None: native resolution
+    order: str
+    compression: str
+    on_error: str
+    workers: int
+    progress: bool
+
+    @property
+    def window(self) -> int:
+        """Decoding tasks in flight at most."""
+        return 2 * self.workers
+
+    @property
+    def deflate_level(self) -> int | None:
+        return GZIP_LEVEL if self.compression == "gzip" else None
+
+
+def _write_h5(
+    tmp: Path,
+    plan: sources.SourcePlan,
+    shapes: dict[str, tuple[int, int] | None],
+    tasks: dict[str, int],
+    settings: _BuildSettings,
+) -> dict[str, _SplitWritten]:
+    """Decode every split of ``plan`` and write the whole file at ``tmp``."""
+    results: dict[str, _SplitWritten] = {}
+    pool_context = _pool(settings.workers, plan.splits, shapes, tasks, settings.window)
+    with pool_context as pool, h5py.File(tmp, "w") as h5:
+        for s in plan.splits:
+            decoded = _decode_in_order(
+                pool,
+                s.pairs,
+                settings.size,
+                settings.order,
+                settings.deflate_level,
+                shapes[s.split] or (1, 1),
+                tasks[s.split],
+                settings.window,
+            )
+            result = _store_split(
+                h5, s, decoded, shapes[s.split], settings.compression, settings.on_error,
+                settings.progress,
+            )
+            _finish_split(h5, s.split, len(s.pairs), result)
+            results[s.split] = result
+        counts = {split: r.count for split, r in results.items()}
+        _write_attrs(h5, plan, settings, counts, _all_skipped(plan, results))
+    return results
+
+
+def _all_skipped(
+    plan: sources.SourcePlan, results: dict[str, _SplitWritten]
+) -> list[tuple[str, str]]:
+    """Unmatched files of every split, then the files that failed to decode."""
+    unmatched = [x for s in plan.splits for x in s.skipped]
+    return unmatched + [x for r in results.values() for x in r.skipped]
+
+
+def _check_target(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise DgfError(f"{output}: is a folder; give the path of the .h5 file to write.")
+    if output.exists() and not overwrite:
+        raise DgfError(
+            f"{output} already exists; pass --overwrite to replace it (the old file "
+            f"stays in place until the new one is complete)."
         )
-    return written
+    check_output(output)
 
 
 def build_hdf5(
@@ -367,90 +491,49 @@ def build_hdf5(
     :mod:`dgf.sources`); ``order`` says which half of a side-by-side image is
     sharp. ``workers`` decoding processes (None: all cores; 1: in this process).
     ``on_error="skip"`` leaves bad files out and reports them; ``"fail"`` stops at
-    the first. The file is built beside ``output`` under a temporary name and
-    moved into place only when complete; an existing ``output`` is replaced only
-    with ``overwrite=True``. Raises DgfError on bad input.
+    the first. The file is built beside ``output`` under a hidden temporary name
+    (:func:`dgf.fileio.write_atomic`) and moved into place only when complete; an
+    existing ``output`` is replaced only with ``overwrite=True``. Raises DgfError
+    on bad input.
     """
     start = time.perf_counter()
     n_workers = _check_options(size, native, order, compression, workers, on_error)
     output = Path(output)
-    if output.is_dir():
-        raise DgfError(f"{output}: is a folder; give the path of the .h5 file to write.")
-    if output.exists() and not overwrite:
-        raise DgfError(
-            f"{output} already exists; pass --overwrite to replace it (the old file "
-            f"stays in place until the new one is complete)."
-        )
-    check_output(output)
+    _check_target(output, overwrite)
     plan = sources.find_pairs(jpeg_dir, layout)
     if plan.layout == "paired" and order != "sharp-blur":
         raise DgfError(
             f"{plan.jpeg_dir}: order '{order}' applies to side-by-side images only; "
             f"paired folders name their roles (sharp/blur, A = blurred, B = sharp)."
         )
-    target = None if native else size
     shapes = {
         s.split: (_native_shape(s, progress) if native else (size, size)) for s in plan.splits
     }
-
-    report = BuildReport(output=output, layout=plan.layout, size=target)
-    for s in plan.splits:
-        report.skipped += s.skipped
-    deflate_level = GZIP_LEVEL if compression == "gzip" else None
     total = sum(len(s.pairs) for s in plan.splits)
-    n_workers = min(n_workers, total)
-    window = 2 * n_workers
+    settings = _BuildSettings(
+        None if native else size, order, compression, on_error, min(n_workers, total),
+        progress,
+    )
     tasks = {}
     for s in plan.splits:
         h, w = shapes[s.split] or (1, 1)
-        tasks[s.split] = _task_pairs(h, w, len(s.pairs), n_workers)
-    _check_resources(plan.splits, shapes, tasks, n_workers, window, compression, output)
-    prepare_output(output)
-    tmp = _temp_path(output)
-    try:
-        pool_context = _pool(n_workers, plan.splits, shapes, tasks, window)
-        with pool_context as pool, h5py.File(tmp, "w") as h5:
-            for s in plan.splits:
-                decoded = _decode_in_order(
-                    pool,
-                    s.pairs,
-                    target,
-                    order,
-                    deflate_level,
-                    shapes[s.split] or (1, 1),
-                    tasks[s.split],
-                    window,
-                )
-                report.counts[s.split] = _write_split(
-                    h5, s, decoded, shapes[s.split], compression, on_error, report, progress
-                )
-            attrs = h5.attrs
-            attrs[schema.ATTR_SCHEMA_VERSION] = schema.SCHEMA_VERSION
-            attrs[schema.ATTR_SIZE] = "native" if native else int(size)
-            attrs[schema.ATTR_ORDER] = order
-            attrs[schema.ATTR_LAYOUT] = plan.layout
-            attrs[schema.ATTR_COMPRESSION] = compression
-            attrs[schema.ATTR_SPLITS] = json.dumps(list(report.counts))
-            for split, count in report.counts.items():
-                attrs[schema.count_attr(split)] = int(count)
-            attrs[schema.ATTR_DGF_VERSION] = dgf.__version__
-            attrs[schema.ATTR_SKIPPED] = json.dumps([list(x) for x in report.skipped])
-        if output.exists():
-            # Replacing a file: make the new one durable first, or a power cut right
-            # after the rename could leave neither.
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        # h5py's OSErrors carry their reason in the text, not in strerror.
-        raise OutputError(output, os_reason(exc)) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    report.seconds = time.perf_counter() - start
-    return report
-
+        tasks[s.split] = _task_pairs(h, w, len(s.pairs), settings.workers)
+    _check_resources(plan.splits, shapes, tasks, settings.workers, settings.window,
+                     compression, output)
+    results = write_atomic(output, lambda tmp: _write_h5(tmp, plan, shapes, tasks, settings))
+    for split, result in results.items():
+        message = result.odd_width_warning(split)
+        if message is not None:
+            warnings.warn(message, stacklevel=2)
+    return BuildReport(
+        output=output,
+        layout=plan.layout,
+        size=settings.size,
+        counts={split: r.count for split, r in results.items()},
+        skipped=_all_skipped(plan, results),
+        notes=[x for r in results.values() for x in r.notes],
+        seconds=time.perf_counter() - start,
+    )
 
 @contextmanager
 def _pool(

@@ -15,9 +15,11 @@ the default overlap of 64 px the margin is 21 px, more than the radius, so the t
 result matches the untiled one to float round-off. Tile edges that lie on the true
 image border keep weight 1: there the untiled run sees the same zero padding.
 
-Conversions and model loading live here and are shared with ``dgf.evaluate``; the
-compiled, BatchNorm-folded inference call lives in :mod:`dgf.runtime`: uint8 ``x`` → ``x / 127.5 - 1`` (:func:`to_unit`); generator
-output ``y`` → ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8 (:func:`to_uint8`).
+Model loading lives here and is shared with ``dgf.evaluate``; the compiled,
+BatchNorm-folded inference call lives in :mod:`dgf.runtime`; reading and writing
+image files and the conversions uint8 ``x`` → ``x / 127.5 - 1`` (:func:`to_unit`) and
+generator output ``y`` → ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8
+(:func:`to_uint8`) live in :mod:`dgf.images`.
 """
 from __future__ import annotations
 
@@ -27,14 +29,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf.errors import DgfError
-from dgf.fileio import check_output, require_file, write_atomic
+from dgf.fileio import check_output, require_file
+from dgf.images import (
+    SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, to_uint8, to_unit,
+    write_image,
+)
 from dgf.runtime import check_precision, inference_call
 
-IMAGE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 DEFAULT_BATCH = 1
@@ -43,23 +48,6 @@ COMPARE_DIR = "compare"
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.
 _EDGE_WEIGHT = 1e-6
-
-
-# --- conversions -------------------------------------------------------------
-def to_unit(x_uint8: Any) -> np.ndarray:
-    """uint8 image(s), any shape -> float32 in [-1, 1] (``x / 127.5 - 1``)."""
-    return np.asarray(x_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def to_uint8(x: Any) -> np.ndarray:
-    """Generator output -> the uint8 image a user would save.
-
-    ``x``: any shape, float in [-1, 1] (NumPy array or tensor). Returns
-    ``clip(rint((x + 1) * 127.5), 0, 255)`` as uint8; ``np.rint`` rounds halves to
-    even, so -1 -> 0, 0 -> 128 (127.5 rounds to the even 128), 1 -> 255.
-    """
-    arr = np.asarray(x, dtype=np.float32)
-    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 # --- model -------------------------------------------------------------------
@@ -243,10 +231,6 @@ class _Job:
     compare: Path | None
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def _plan(inputs: Sequence[Path | str], out_dir: Path, compare: bool) -> list[_Job]:
     """Map inputs to outputs; files keep their name, folders are mirrored."""
     pairs: list[tuple[Path, Path]] = []
@@ -256,14 +240,10 @@ def _plan(inputs: Sequence[Path | str], out_dir: Path, compare: bool) -> list[_J
         if src.is_dir():
             # Skip earlier outputs when OUT lies inside (not at) an input folder.
             nested = out_resolved != src.resolve()
-            found = sorted(
-                p for p in src.rglob("*")
-                if p.is_file() and _is_image_name(p)
-                and not (nested and out_resolved in p.resolve().parents)
-            )
+            found = find_images(src, exclude=out_dir if nested else None)
             if not found:
                 raise DgfError(
-                    f"input folder {src} contains no .jpg, .jpeg or .png images "
+                    f"input folder {src} contains no {SUFFIX_WORDS} images "
                     f"(searched recursively)."
                 )
             pairs.extend((p, p.relative_to(src)) for p in found)
@@ -299,59 +279,6 @@ def _plan(inputs: Sequence[Path | str], out_dir: Path, compare: bool) -> list[_J
     return jobs
 
 
-def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Read an image upright as (H, W, 3) uint8, plus its alpha (H, W) uint8 if any.
-
-    Also returns what to carry into the output: ICC profile (RGB sources only) and
-    EXIF without the orientation tag.
-    """
-    with Image.open(path) as img:
-        img.load()
-        upright = ImageOps.exif_transpose(img)
-    keep: dict = {}
-    exif = upright.getexif()
-    if exif:
-        exif.pop(ExifTags.Base.Orientation, None)
-        keep["exif"] = exif
-    if upright.mode in ("RGB", "RGBA") and upright.info.get("icc_profile"):
-        keep["icc_profile"] = upright.info["icc_profile"]
-    mode = upright.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: Pillow's RGB conversion clips instead of scaling.
-        grey = np.asarray(upright, dtype=np.float64) / 257.0
-        rgb = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, 2)
-        return rgb, None, keep
-    alpha = None
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        mode == "P" and "transparency" in upright.info
-    )
-    if has_alpha:
-        rgba = upright.convert("RGBA")
-        alpha = np.asarray(rgba)[..., 3].copy()
-        rgb = np.asarray(rgba)[..., :3].copy()
-    else:
-        rgb = np.asarray(upright.convert("RGB")).copy()
-    return rgb, alpha, keep
-
-
-def _save_atomic(image: Image.Image, target: Path, *, quality: int, keep: dict) -> None:
-    """Write ``image`` to ``target`` atomically (:func:`dgf.fileio.write_atomic`)."""
-    fmt = IMAGE_SUFFIXES[target.suffix.lower()]
-    options: dict = {}
-    if fmt == "JPEG":
-        options["quality"] = quality
-        if image.mode == "RGBA":
-            image = image.convert("RGB")
-    if "icc_profile" in keep:
-        options["icc_profile"] = keep["icc_profile"]
-    if "exif" in keep:
-        try:
-            options["exif"] = keep["exif"].tobytes()
-        except (ValueError, TypeError, OSError, KeyError):
-            pass  # a malformed EXIF block is not worth losing the image over
-    write_atomic(target, lambda tmp: image.save(tmp, format=fmt, **options))
-
-
 def _exists_error(path: Path) -> str:
     return f"output {path} already exists; pass --overwrite to replace it"
 
@@ -367,18 +294,19 @@ def _process(
         for target in targets:
             if target.exists():
                 raise _JobFailed(_exists_error(target))
-    if not _is_image_name(job.source):
+    if not is_image_name(job.source):
         raise _JobFailed(
-            f"unsupported file type '{job.source.suffix}'; expected .jpg, .jpeg or .png"
+            f"unsupported file type '{job.source.suffix}'; expected {SUFFIX_WORDS}"
         )
     try:
-        rgb, alpha, keep = _read_rgb(job.source)
+        source = read_image(job.source)
     except UnidentifiedImageError as exc:
         raise _JobFailed(f"not an image file Pillow can read ({exc})") from exc
     except Image.DecompressionBombError as exc:
         raise _JobFailed(f"image too large to open safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise _JobFailed(f"corrupt, truncated or unreadable image ({exc})") from exc
+    rgb = source.rgb
     try:
         deblurred = deblur_image(
             generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
@@ -390,14 +318,14 @@ def _process(
             f"use a smaller --tile or --batch"
         ) from exc
     out = Image.fromarray(deblurred, "RGB")
-    if alpha is not None and IMAGE_SUFFIXES[job.output.suffix.lower()] == "PNG":
-        out.putalpha(Image.fromarray(alpha, "L"))
+    if source.alpha is not None and image_format(job.output) == "PNG":
+        out.putalpha(Image.fromarray(source.alpha, "L"))
     try:
-        _save_atomic(out, job.output, quality=quality, keep=keep)
+        write_image(job.output, out, quality=quality, metadata=source.metadata)
         if job.compare is not None:
             side = np.concatenate([rgb, deblurred], axis=1)
-            _save_atomic(Image.fromarray(side, "RGB"), job.compare, quality=quality,
-                         keep={k: v for k, v in keep.items() if k == "icc_profile"})
+            icc = {k: v for k, v in source.metadata.items() if k == "icc_profile"}
+            write_image(job.compare, side, quality=quality, metadata=icc)
     except DgfError as exc:  # OutputError: cannot write OUTPUT: reason
         raise _JobFailed(str(exc)) from exc
 

@@ -4,7 +4,8 @@ Two layouts are understood, one per JPEG_DIR (``train``, ``test`` and, when pres
 ``val`` are its split folders):
 
 ``side-by-side`` (the seed's format)
-    ``SPLIT/**/*.{jpg,jpeg,png}`` (recursive, any case of extension). Each image holds
+    ``SPLIT/**/*.{jpg,jpeg,png}`` (recursive, any case of extension, hidden files and
+    folders left out: :func:`dgf.images.find_images`). Each image holds
     both halves: by default the left half is sharp and the right half blurred
     (``order="sharp-blur"``); ``order="blur-sharp"`` flips this. An odd width loses
     its middle column.
@@ -17,28 +18,30 @@ Two layouts are understood, one per JPEG_DIR (``train``, ``test`` and, when pres
       (sharp).
     A file without its partner is skipped, and reported with the reason.
 
-Decoding converts every input mode to 8-bit RGB: grayscale, palette, CMYK and
-alpha modes through Pillow (alpha is dropped, not composited), 16-bit grayscale
-scaled (not clipped) to 8 bits. A file that cannot be decoded raises
-:class:`BadImageError`, which names the file and says why.
+Decoding (:func:`dgf.images.load_rgb_image`) converts every input mode to 8-bit RGB:
+grayscale, palette, CMYK and alpha modes through Pillow (alpha is dropped, not
+composited), 16-bit grayscale scaled (not clipped) to 8 bits; pixels are used as
+stored, without EXIF rotation. A file that cannot be decoded raises
+:class:`~dgf.images.BadImageError`, which names the file and says why.
 """
 from __future__ import annotations
 
-import struct
-import warnings
+import ctypes
+import ctypes.util
+import signal
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dgf.errors import DgfError
+from dgf.images import DECODE_ERRORS, BadImageError, find_images, load_rgb_image
 
 LAYOUTS = ("side-by-side", "paired")
 ORDERS = ("sharp-blur", "blur-sharp")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 REQUIRED_SPLITS = ("train", "test")
 OPTIONAL_SPLITS = ("val",)
 
@@ -46,31 +49,6 @@ OPTIONAL_SPLITS = ("val",)
 # the seam between the halves falls on an MCU edge does draft decoding keep the
 # sharp and blurred halves from bleeding into each other.
 _MCU = 16
-
-# Everything Pillow raises for a file that is not a decodable image of a sane size.
-_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
-)
-
-
-class BadImageError(DgfError):
-    """One input file cannot be used; ``path`` names it, ``reason`` says why."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
-
 
 @dataclass(frozen=True)
 class PairSource:
@@ -114,11 +92,9 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by relative path."""
-    found = [
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    ]
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+    """Image files under ``folder`` (:func:`dgf.images.find_images`: recursive, no
+    hidden files), sorted by relative POSIX path, the order pairs are stored in."""
+    return sorted(find_images(folder), key=lambda p: p.relative_to(folder).as_posix())
 
 
 def _role_folders(split_dir: Path) -> list[tuple[Path, Path]]:
@@ -223,73 +199,6 @@ def find_pairs(jpeg_dir: Path | str, layout: str = "auto") -> SourcePlan:
     return SourcePlan(root, layout, splits)
 
 
-def _open(path: Path) -> Image.Image:
-    """Open lazily; decompression-bomb warnings become errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(path)
-        except UnidentifiedImageError:
-            empty = path.is_file() and path.stat().st_size == 0
-            reason = "empty file (0 bytes)" if empty else "not an image Pillow can read"
-            raise BadImageError(path, reason) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            # Pillow's message ends with a full stop; callers add their own.
-            raise BadImageError(
-                path, f"decompression bomb refused: {str(exc).rstrip('.')}"
-            ) from None
-        except OSError as exc:
-            if exc.errno is not None:  # the file system, not the image data
-                raise BadImageError(path, f"cannot read: {exc.strerror}") from None
-            raise BadImageError(path, f"corrupt or truncated image: {exc}") from None
-        except _DECODE_ERRORS as exc:
-            raise BadImageError(path, f"corrupt or truncated image: {exc}") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    im = _open(path)
-    with im:
-        return im.size
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB; 16-bit values are scaled by 255/65535, rounded."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        wide = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
-        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
-    if im.mode == "F":
-        raise ValueError("32-bit float images have no fixed range; save as 8 or 16 bit")
-    return im.convert("RGB")
-
-
-def _load(
-    path: Path, draft_for: Callable[[int, int], tuple[int, int] | None] | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``path`` as RGB; return it with the size its header states.
-
-    ``draft_for(width, height)`` may return the smallest size JPEG draft decoding
-    has to keep, or None to decode at full size.
-    """
-    im = _open(path)
-    header_size = im.size
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if draft_for is not None:
-                draft_size = draft_for(*header_size)
-                if draft_size is not None:
-                    im.draft("RGB", draft_size)
-            im.load()
-            return to_rgb(im), header_size
-    except _DECODE_ERRORS as exc:
-        im.close()
-        raise BadImageError(path, f"corrupt or truncated image: {exc}") from None
-
-
 def _fit(im: Image.Image, size: int | None) -> np.ndarray:
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.LANCZOS)
@@ -325,7 +234,7 @@ def _decode_side_by_side(
                 return (2 * size, size)
             return None
 
-    im, _ = _load(path, draft_for)
+    im, _ = load_rgb_image(path, draft_for)
     width, height = im.size
     half = width // 2
     if half < 1:
@@ -341,7 +250,7 @@ def _decode_side_by_side(
         try:
             left = _fit(im.crop((0, 0, half, height)), size)
             right = _fit(im.crop((width - half, 0, width, height)), size)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise BadImageError(path, f"cannot resize: {exc}") from None
     sharp, blurred = (left, right) if order == "sharp-blur" else (right, left)
     return sharp, blurred, notes
@@ -359,10 +268,10 @@ def _decode_two_files(
     sizes = {}
     arrays = []
     for path in (source.sharp, source.blurred):
-        im, sizes[path] = _load(path, draft_for)
+        im, sizes[path] = load_rgb_image(path, draft_for)
         try:
             arrays.append(_fit(im, size))
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise BadImageError(path, f"cannot resize: {exc}") from None
     (ws, hs), (wb, hb) = sizes[source.sharp], sizes[source.blurred]
     if (ws, hs) != (wb, hb):
@@ -437,10 +346,6 @@ def init_worker() -> None:
     mapped and unmapped per image, which costs page faults on every decode (about
     a third of a worker's time on 512x256 JPEGs).
     """
-    import ctypes
-    import ctypes.util
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+from skimage import data as skimage_data
 from tqdm import tqdm
 
+from dgf.checks import is_int
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, write_atomic, write_text_atomic
+from dgf.images import SUFFIX_WORDS, find_images, is_image_name, read_rgb, write_image
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_FORMATS = ("jpg", "png")
 KERNEL_SUFFIX = ".kernel.npy"
 MANIFEST_NAME = "make_pairs.json"
@@ -67,7 +69,7 @@ _EXPOSURE = (0.3, 1.0)  # fraction of the trajectory the shutter sees
 
 
 def _check_kernel_args(size: int, strength: float) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+    if not is_int(size):
         raise DgfError(f"kernel size must be an integer, got {size!r}.")
     if size < 3 or size % 2 == 0:
         raise DgfError(
@@ -211,33 +213,6 @@ def blur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return _to_uint8(_blur_valid(padded, kernel))
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 from any Pillow mode; 16-bit and float images are rescaled
-    instead of clipped, so 16-bit PNGs do not come out white."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = values.max() if values.size else 0.0
-        if img.mode == "F" and top <= 1.0:
-            values = values * 255.0
-        elif top > 255.0:
-            values = values / 257.0
-        gray = _to_uint8(values)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def load_photo(path: Path) -> np.ndarray:
-    """Read a photo as (H, W, 3) uint8 RGB, with its EXIF orientation applied.
-
-    Raises OSError, ValueError or Pillow's DecompressionBombError if the file is not
-    a readable image.
-    """
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb_array(img)
-
-
 def sample_photos() -> list[tuple[str, np.ndarray]]:
     """The sample photos bundled with scikit-image, loaded without any download.
 
@@ -245,16 +220,13 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
         (name, image) pairs; each image (H, W, 3) uint8 RGB, short side >= 256.
         Gray photos are repeated into three channels.
     """
-    try:
-        from skimage import data
-    except ImportError as exc:  # pragma: no cover - scikit-image is a dependency
-        raise DgfError(
-            "--sample-photos needs scikit-image: pip install scikit-image"
-        ) from exc
     photos = []
     for name in _SAMPLE_PHOTOS:
         try:
-            image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+            image = (
+                skimage_data.stereo_motorcycle()[0] if name == "motorcycle"
+                else getattr(skimage_data, name)()
+            )
         except (ImportError, OSError, ValueError, AttributeError) as exc:
             # Builds of scikit-image that leave an image out (or want to download
             # it) just give fewer samples.
@@ -271,20 +243,6 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
 
 # make_pairs has a flag of the same name; it calls the function through this alias.
 _bundled_photos = sample_photos
-
-
-def find_photos(sharp_dir: Path, exclude: Path | None = None) -> list[Path]:
-    """All .jpg/.jpeg/.png files under ``sharp_dir`` (any case), sorted, excluding
-    anything inside ``exclude`` (the output folder, when it lies inside)."""
-    found = []
-    exclude = exclude.resolve() if exclude is not None else None
-    for path in sharp_dir.rglob("*"):
-        if path.suffix.lower() not in PHOTO_SUFFIXES or not path.is_file():
-            continue
-        if exclude is not None and path.resolve().is_relative_to(exclude):
-            continue
-        found.append(path)
-    return sorted(found)
 
 
 def _fit_short_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
@@ -349,7 +307,7 @@ def _existing_outputs(out_dir: Path) -> list[Path]:
                 p
                 for p in folder.iterdir()
                 if p.is_file()
-                and (p.suffix.lower() in PHOTO_SUFFIXES or p.name.endswith(KERNEL_SUFFIX))
+                and (is_image_name(p) or p.name.endswith(KERNEL_SUFFIX))
             ]
     found.sort()
     manifest = out_dir / MANIFEST_NAME
@@ -362,9 +320,6 @@ def _check_options(
     per_image: int, size: int, test_fraction: float, seed: int, kernel_size: int,
     strength: float, noise: float, quality: int, fmt: str,
 ) -> None:
-    def is_int(v: object) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
     if not is_int(per_image) or per_image < 1:
         raise DgfError(f"per-image {per_image!r} must be a whole number >= 1.")
     if not is_int(size) or size < 8:
@@ -385,6 +340,165 @@ def _check_options(
         raise DgfError(f"JPEG quality {quality!r} must be between 1 and 100.")
     if fmt not in OUTPUT_FORMATS:
         raise DgfError(f"format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}.")
+
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How every pair of one run is made and named."""
+
+    per_image: int
+    size: int
+    kernel_size: int
+    strength: float
+    noise: float
+    quality: int
+    fmt: str
+    seed: int
+    photo_digits: int
+
+    @property
+    def crop_digits(self) -> int:
+        return max(2, len(str(self.per_image - 1)))
+
+
+@dataclass
+class _PhotoPairs:
+    """What one source photo gave: the records of its pairs, or why it was skipped."""
+
+    name: str
+    split: str
+    records: list[dict] = field(default_factory=list)
+    upscaled: bool = False
+    skipped: str | None = None
+
+
+def _gather_sources(
+    sharp_dir: Path | str | None, sample_photos: bool, out_dir: Path
+) -> list[tuple[str, Path | np.ndarray]]:
+    """(name, photo file or image) of every source photo, in their numbering order."""
+    if sample_photos:
+        return [(f"skimage.data.{name}", image) for name, image in _bundled_photos()]
+    sharp_dir = Path(sharp_dir)
+    if not sharp_dir.is_dir():
+        raise DgfError(f"{sharp_dir} is not a folder; give the folder of sharp photos.")
+    paths = find_images(sharp_dir, exclude=out_dir if out_dir.exists() else None)
+    if not paths:
+        raise DgfError(
+            f"no {SUFFIX_WORDS} photos found under {sharp_dir} (searched "
+            f"recursively); point SHARP_DIR at your sharp photos."
+        )
+    return [(str(p.relative_to(sharp_dir)), p) for p in paths]
+
+
+def _clear_outputs(out_dir: Path, overwrite: bool) -> None:
+    """Remove the pairs, kernels and manifest of an earlier run (only with
+    ``overwrite``; DgfError naming one of them otherwise)."""
+    existing = _existing_outputs(out_dir)
+    if existing and not overwrite:
+        raise DgfError(
+            f"{out_dir} already holds {len(existing)} pair/kernel files (e.g. "
+            f"{existing[0]}); pass --overwrite to replace them or choose another OUT_DIR."
+        )
+    for path in existing:
+        path.unlink()
+
+
+def _write_pair(
+    folder: Path, stem: str, pair: np.ndarray, kernel: np.ndarray, recipe: _Recipe
+) -> None:
+    # The kernel goes first, so every pair on disk has its kernel, even when the
+    # run is interrupted between the two.
+    write_atomic(folder / f"{stem}{KERNEL_SUFFIX}", lambda tmp: np.save(tmp, kernel))
+    # 4:4:4 chroma: subsampling would smear the sharp half's colour edges.
+    options = {"quality": recipe.quality, "subsampling": 0} if recipe.fmt == "jpg" else {}
+    write_image(folder / f"{stem}.{recipe.fmt}", pair, **options)
+
+
+def _cut_pairs(
+    image: np.ndarray, index: int, name: str, scale: float, split: str, out_dir: Path,
+    recipe: _Recipe,
+) -> list[dict]:
+    """Cut, blur and write the ``per_image`` pairs of one photo (short side at least
+    the crop size); return their manifest records."""
+    size, radius = recipe.size, recipe.kernel_size // 2
+    # One generator per photo, keyed by its place in the sorted list, so a photo's
+    # crops and kernels do not depend on how many came before it or failed.
+    rng = np.random.default_rng([recipe.seed, 1, index])
+    padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+    h, w = image.shape[:2]
+    records = []
+    for k in range(recipe.per_image):
+        top = int(rng.integers(0, h - size + 1))
+        left = int(rng.integers(0, w - size + 1))
+        kernel = random_kernel(rng, recipe.kernel_size, recipe.strength)
+        sharp = image[top : top + size, left : left + size]
+        region = padded[top : top + size + 2 * radius, left : left + size + 2 * radius]
+        blurred = _blur_valid(region, kernel)
+        if recipe.noise > 0:
+            blurred = blurred + rng.normal(0.0, recipe.noise, blurred.shape)
+        pair = np.concatenate([sharp, _to_uint8(blurred)], axis=1)
+        stem = f"{index:0{recipe.photo_digits}d}_{k:0{recipe.crop_digits}d}"
+        _write_pair(out_dir / split, stem, pair, kernel, recipe)
+        records.append({
+            "file": f"{split}/{stem}.{recipe.fmt}",
+            "kernel": f"{split}/{stem}{KERNEL_SUFFIX}",
+            "source": name,
+            "crop": {"top": top, "left": left, "size": size, "scale": scale},
+        })
+    return records
+
+
+def _photo_pairs(
+    index: int, name: str, source: Path | np.ndarray, split: str, out_dir: Path,
+    recipe: _Recipe,
+) -> _PhotoPairs:
+    """Read one source photo (a file, or an image already in memory) and write its
+    pairs; an unreadable file is reported, not raised."""
+    try:
+        image = read_rgb(source) if isinstance(source, Path) else source
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        tqdm.write(f"warning: skipping {name}: {exc}", file=sys.stderr)
+        return _PhotoPairs(name, split, skipped=f"{type(exc).__name__}: {exc}")
+    image, scale = _fit_short_side(image, recipe.size)
+    records = _cut_pairs(image, index, name, scale, split, out_dir, recipe)
+    return _PhotoPairs(name, split, records, upscaled=scale != 1.0)
+
+
+def _summarise(
+    out_dir: Path, per_image: int, results: list[_PhotoPairs], test_fraction: float
+) -> MakePairsReport:
+    """The report of a run from what each photo gave; DgfError when none was read."""
+    done = [r for r in results if r.skipped is None]
+    n_test = sum(r.split == "test" for r in done)
+    n_train = len(done) - n_test
+    report = MakePairsReport(
+        out_dir, n_train * per_image, n_test * per_image, n_train, n_test,
+        upscaled=[r.name for r in done if r.upscaled],
+        skipped=[(r.name, r.skipped) for r in results if r.skipped is not None],
+    )
+    if not done:
+        raise DgfError(
+            f"none of the {len(results)} photos could be read; first problem: "
+            f"{report.skipped[0][0]}: {report.skipped[0][1]}"
+        )
+    if test_fraction > 0 and n_test == 0:
+        report.notes.append("the test split is empty: it needs at least two readable photos")
+    if n_test > 0 and n_train == 0:
+        report.notes.append("the train split is empty: its photos could not be read")
+    return report
+
+
+def _manifest(settings: dict, results: list[_PhotoPairs]) -> dict:
+    """The contents of ``make_pairs.json``: settings, every pair's source and crop,
+    and the photos skipped."""
+    return {
+        "tool": "dgf-make-pairs",
+        "settings": settings,
+        "pairs": [record for r in results for record in r.records],
+        "skipped": [{"source": r.name, "reason": r.skipped} for r in results
+                    if r.skipped is not None],
+    }
 
 
 def make_pairs(
@@ -411,11 +525,12 @@ def make_pairs(
     ``PPPP_KK.kernel.npy`` ((k, k) float32 summing to 1) beside it, and
     ``out_dir/make_pairs.json`` with the settings and the source photo and crop of
     every pair. ``PPPP`` numbers the source photo, so all crops of a photo share it;
-    whole photos go to test, never single crops, so none leaks across splits.
+    whole photos go to test, never single crops, so none leaks across splits. Every
+    file is written atomically (:mod:`dgf.fileio`), the manifest last.
 
     Args:
-        sharp_dir: folder searched recursively for .jpg/.jpeg/.png photos; None
-            with ``sample_photos=True``.
+        sharp_dir: folder searched recursively for .jpg/.jpeg/.png photos (hidden
+            files and folders left out); None with ``sample_photos=True``.
         out_dir: where the train/ and test/ folders go.
         per_image: random crops (each with its own kernel) per photo.
         size: side of the square crops; smaller photos are upscaled first.
@@ -441,111 +556,30 @@ def make_pairs(
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"{out_dir} exists and is not a folder; choose another OUT_DIR.")
     check_output(out_dir, folder=True)
-
-    sources: list[tuple[str, Path | np.ndarray]]
-    if sample_photos:
-        sources = [(f"skimage.data.{name}", image) for name, image in _bundled_photos()]
-    else:
-        sharp_dir = Path(sharp_dir)
-        if not sharp_dir.is_dir():
-            raise DgfError(f"{sharp_dir} is not a folder; give the folder of sharp photos.")
-        paths = find_photos(sharp_dir, exclude=out_dir if out_dir.exists() else None)
-        if not paths:
-            raise DgfError(
-                f"no .jpg, .jpeg or .png photos found under {sharp_dir} (searched "
-                f"recursively); point SHARP_DIR at your sharp photos."
-            )
-        sources = [(str(p.relative_to(sharp_dir)), p) for p in paths]
-
-    existing = _existing_outputs(out_dir)
-    if existing and not overwrite:
-        raise DgfError(
-            f"{out_dir} already holds {len(existing)} pair/kernel files (e.g. "
-            f"{existing[0]}); pass --overwrite to replace them or choose another OUT_DIR."
-        )
-    for path in existing:
-        path.unlink()
+    sources = _gather_sources(sharp_dir, sample_photos, out_dir)
+    _clear_outputs(out_dir, overwrite)
 
     test_set = _split_photos(len(sources), float(test_fraction), np.random.default_rng([seed, 0]))
     for split in ("train", "test"):
         prepare_output(out_dir / split, folder=True)
-    photo_digits = max(4, len(str(len(sources) - 1)))
-    crop_digits = max(2, len(str(per_image - 1)))
-    radius = kernel_size // 2
-    report = MakePairsReport(out_dir, 0, 0, 0, 0)
-    records = []
+    recipe = _Recipe(per_image, size, kernel_size, strength, noise, quality, fmt, seed,
+                     photo_digits=max(4, len(str(len(sources) - 1))))
     bar = tqdm(sources, desc="photos", unit="photo", disable=not progress)
-    for index, (name, source) in enumerate(bar):
-        try:
-            image = load_photo(source) if isinstance(source, Path) else source
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            report.skipped.append((name, f"{type(exc).__name__}: {exc}"))
-            tqdm.write(f"warning: skipping {name}: {exc}", file=sys.stderr)
-            continue
-        image, scale = _fit_short_side(image, size)
-        if scale != 1.0:
-            report.upscaled.append(name)
-        split = "test" if index in test_set else "train"
-        # One generator per photo, keyed by its place in the sorted list, so a photo's
-        # crops and kernels do not depend on how many came before it or failed.
-        rng = np.random.default_rng([seed, 1, index])
-        padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
-        h, w = image.shape[:2]
-        for k in range(per_image):
-            top = int(rng.integers(0, h - size + 1))
-            left = int(rng.integers(0, w - size + 1))
-            kernel = random_kernel(rng, kernel_size, strength)
-            sharp = image[top : top + size, left : left + size]
-            region = padded[top : top + size + 2 * radius, left : left + size + 2 * radius]
-            blurred = _blur_valid(region, kernel)
-            if noise > 0:
-                blurred = blurred + rng.normal(0.0, noise, blurred.shape)
-            pair = np.concatenate([sharp, _to_uint8(blurred)], axis=1)
-            stem = f"{index:0{photo_digits}d}_{k:0{crop_digits}d}"
-            file = out_dir / split / f"{stem}.{fmt}"
-            # The kernel goes first, so every pair on disk has its kernel, even
-            # when the run is interrupted between the two.
-            write_atomic(out_dir / split / f"{stem}{KERNEL_SUFFIX}",
-                         lambda tmp: np.save(tmp, kernel))
-            # 4:4:4 chroma: subsampling would smear the sharp half's colour edges.
-            options = {"quality": quality, "subsampling": 0} if fmt == "jpg" else {}
-            write_atomic(file, lambda tmp: Image.fromarray(pair).save(tmp, **options))
-            records.append({
-                "file": f"{split}/{file.name}",
-                "kernel": f"{split}/{stem}{KERNEL_SUFFIX}",
-                "source": name,
-                "crop": {"top": top, "left": left, "size": size, "scale": scale},
-            })
-        if split == "test":
-            report.test_pairs += per_image
-            report.test_photos += 1
-        else:
-            report.train_pairs += per_image
-            report.train_photos += 1
+    results = [
+        _photo_pairs(index, name, source, "test" if index in test_set else "train",
+                     out_dir, recipe)
+        for index, (name, source) in enumerate(bar)
+    ]
     bar.close()
 
-    if report.train_pairs + report.test_pairs == 0:
-        raise DgfError(
-            f"none of the {len(sources)} photos could be read; first problem: "
-            f"{report.skipped[0][0]}: {report.skipped[0][1]}"
-        )
-    if test_fraction > 0 and report.test_pairs == 0:
-        report.notes.append(
-            "the test split is empty: it needs at least two readable photos"
-        )
-    if report.test_pairs > 0 and report.train_pairs == 0:
-        report.notes.append("the train split is empty: its photos could not be read")
-    manifest = {
-        "tool": "dgf-make-pairs",
-        "settings": {
-            "sharp_dir": None if sample_photos else str(sharp_dir),
-            "sample_photos": sample_photos, "per_image": per_image, "size": size,
-            "test_fraction": test_fraction, "seed": seed, "kernel_size": kernel_size,
-            "strength": strength, "noise": noise, "quality": quality, "format": fmt,
-        },
-        "pairs": records,
-        "skipped": [{"source": n, "reason": why} for n, why in report.skipped],
+    report = _summarise(out_dir, per_image, results, float(test_fraction))
+    settings = {
+        "sharp_dir": None if sample_photos else str(Path(sharp_dir)),
+        "sample_photos": sample_photos, "per_image": per_image, "size": size,
+        "test_fraction": test_fraction, "seed": seed, "kernel_size": kernel_size,
+        "strength": strength, "noise": noise, "quality": quality, "format": fmt,
     }
-    write_text_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out_dir / MANIFEST_NAME,
+                      json.dumps(_manifest(settings, results), indent=1) + "\n")
     report.seconds = time.perf_counter() - started
     return report

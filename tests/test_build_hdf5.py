@@ -20,6 +20,7 @@ from PIL import Image
 from dgf import schema, sources
 from dgf.cli import build_hdf5_main
 from dgf.errors import DgfError
+from dgf.fileio import temp_path
 from dgf.hdf5 import build_hdf5, describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def _sources(data: dict, split: str) -> list[tuple[str, str]]:
 
 
 def _no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    return not [p for p in folder.iterdir() if ".tmp" in p.name]
 
 
 # --- layouts and pixels -----------------------------------------------------
@@ -451,8 +452,8 @@ def test_sigkill_mid_build_keeps_old_output(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert out.read_bytes() == b"old output"
-    left = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    assert left == [f".data.h5.tmp-{proc.pid}"]  # only ever under the temporary name
+    left = [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert left == [temp_path(out, proc.pid).name]  # only ever under the temporary name
 
 
 # --- determinism, compression, attributes, compatibility -------------------------

@@ -13,7 +13,8 @@ from scipy import ndimage
 from dgf import synth
 from dgf.cli import make_pairs_main
 from dgf.errors import DgfError
-from dgf.synth import blur, load_photo, make_pairs, random_kernel, sample_photos
+from dgf.images import read_rgb as load_photo
+from dgf.synth import blur, make_pairs, random_kernel, sample_photos
 
 
 def _spread(kernel: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from PIL import Image
 from dgf import runtime
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
-from dgf.infer import to_unit
+from dgf.images import to_unit
 from dgf.models import build_generator
 
 TOL = 1e-4
