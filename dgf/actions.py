@@ -32,7 +32,7 @@ from dgf.data import make_dataset
 from dgf.errors import DgfError
 from dgf.evaluate import evaluate_split, strip_indices, write_strip
 from dgf.fileio import write_atomic, write_text_atomic
-from dgf.infer import to_unit
+from dgf.images import to_unit
 from dgf.schema import SplitInfo
 
 SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count")
