@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+import h5py
 import numpy as np
 
 from dgf.errors import DgfError
-
-if TYPE_CHECKING:
-    import h5py
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test", "val")
@@ -49,15 +45,13 @@ def source_name(split: str) -> str:
     return f"{split}_source"
 
 
-def open_pairs_file(path: Path | str) -> "h5py.File":
+def open_pairs_file(path: Path | str) -> h5py.File:
     """Open a pairs file read-only, turning the usual mistakes into DgfError.
 
     Missing path, a directory, a file that is not HDF5 and any other open failure
     each get their own message naming the path. The caller closes the returned
     ``h5py.File`` (it is a context manager).
     """
-    import h5py  # lazily: importing the schema stays cheap
-
     path = Path(path)
     if not path.exists():
         raise DgfError(

@@ -1,0 +1,54 @@
+"""Rules of the package's shape that a reader relies on, checked on the source."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dgf"
+MODULES = sorted(PACKAGE.glob("*.py"))
+MAX_BODY_LINES = 80
+# Argument parsing is not logic: the command-line entry points may be long.
+PARSING = {("cli.py", name) for name in ("build_hdf5_main", "make_pairs_main", "train_main",
+                                          "eval_main", "deblur_main", "export_main")}
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def body_lines(fn: ast.FunctionDef) -> int:
+    """Lines from the first statement after the docstring to the function's end."""
+    body = fn.body
+    if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str) and len(body) > 1):
+        body = body[1:]
+    return fn.end_lineno - body[0].lineno + 1
+
+
+def test_body_lines_counts_from_after_the_docstring():
+    fn = ast.parse('def f():\n    """Doc.\n\n    More."""\n    a = 1\n    return a\n').body[0]
+    assert body_lines(fn) == 2
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_no_function_body_over_80_lines(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    long = [f"{path.name}:{fn.lineno} {fn.name} ({body_lines(fn)} lines)"
+            for fn in _functions(tree)
+            if body_lines(fn) > MAX_BODY_LINES and (path.name, fn.name) not in PARSING]
+    assert not long, long
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.name != "cli.py"],
+                         ids=lambda p: p.name)
+def test_modules_below_the_cli_import_at_the_top(path):
+    """Only cli.py defers imports (so that --help stays fast); everything else
+    imports what it needs where a reader looks for it."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    inside = [f"{path.name}:{node.lineno}" for fn in _functions(tree)
+              for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not inside, inside
