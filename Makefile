@@ -1,4 +1,4 @@
-# `make demo` and `make test` each set up .venv on first use, then run.
+# `make demo`, `make test` and `make bench` each set up .venv on first use, then run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.dgf-installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
@@ -17,6 +17,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick benchmark set: minutes, each script printing its numbers (README,
+# Benchmarks). The loader and evaluation read ../shared/data/pairs-small by default.
+# The long ones run by hand: bench_deblur.py (a 12-megapixel photo),
+# bench_build_hdf5.py, bench_levers.py and bench_bf16_psnr.py (these two take an
+# HDF5 file).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_loader.py --epochs 1 --rounds 2
+	$(PY) benchmarks/bench_evaluate.py --count 32
+	$(PY) benchmarks/bench_inference.py --channel-rates 8 16 --repeats 3
+	$(PY) benchmarks/bench_train.py --small
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -44,9 +44,8 @@ def main() -> None:
 
     from dgf.evaluate import (_open_split, deblur_array, mean_psnr, psnr, read_pairs, ssim,
                               strip_indices)
-    from dgf.infer import load_generator
     from dgf.models import build_generator
-    from dgf.runtime import bf16_native
+    from dgf.runtime import bf16_native, load_generator
 
     if args.model is not None:
         generator, what = load_generator(args.model), str(args.model)

@@ -2,10 +2,18 @@
 
 Every entry point turns a DgfError into ``error: <message>`` on stderr and exit
 status 2, so users see what to fix instead of a traceback.
+
+No option's choices or default is written here: each parser imports them from the
+module that owns them: the data commands' from :mod:`dgf.sources`, :mod:`dgf.hdf5`
+and :mod:`dgf.synth` (constants, and the keyword defaults of the function the
+command calls), the trainer's from :mod:`dgf.config`, the inference commands' from
+:mod:`dgf.options`. None of those imports TensorFlow, so every ``--help`` stays
+fast; the modules that run a model are imported only once the arguments are parsed.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
@@ -13,10 +21,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from dgf import options
 from dgf.errors import DgfError
-from dgf.runtime import PRECISIONS
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -25,6 +33,16 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+
+
+def _defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``fn``, the function a command calls: the one home of
+    the defaults of the command's options."""
+    return {
+        name: param.default
+        for name, param in inspect.signature(fn).parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
 
 
 def _run(fn: Callable[[], int | None], program: bool = False) -> int:
@@ -87,6 +105,9 @@ def _interrupts_stop_once(program: bool = False) -> Iterator[None]:
 # --- build-hdf5 -------------------------------------------------------------
 def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     """``build-hdf5 JPEG_DIR``: pack sharp/blurred pairs into one HDF5 file."""
+    from dgf import hdf5, sources
+
+    defaults = _defaults(hdf5.build_hdf5)
     p = _parser(
         "build-hdf5",
         "Pack pairs of sharp and blurred images into one HDF5 file with train, test "
@@ -98,10 +119,11 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         "jpeg_dir", type=Path, metavar="JPEG_DIR", help="folder holding train/ and test/"
     )
     p.add_argument(
-        "-o", "--output", type=Path, default=Path("data/data.h5"), help="HDF5 file to write"
+        "-o", "--output", type=Path, default=Path(defaults["output"]), help="HDF5 file to write"
     )
     shape = p.add_mutually_exclusive_group()
-    shape.add_argument("--size", type=int, default=256, help="resize each image to N x N (LANCZOS)")
+    shape.add_argument("--size", type=int, default=defaults["size"],
+                       help="resize each image to N x N (LANCZOS)")
     shape.add_argument(
         "--native",
         action="store_true",
@@ -109,20 +131,20 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--layout",
-        choices=("auto", "side-by-side", "paired"),
-        default="auto",
+        choices=("auto", *sources.LAYOUTS),
+        default=defaults["layout"],
         help="input layout; auto picks paired when train/ has sharp+blur or A+B folders",
     )
     p.add_argument(
         "--order",
-        choices=("sharp-blur", "blur-sharp"),
-        default="sharp-blur",
+        choices=sources.ORDERS,
+        default=defaults["order"],
         help="which half of a side-by-side image is sharp (left-right)",
     )
     p.add_argument(
         "--compression",
-        choices=("none", "lzf", "gzip"),
-        default="none",
+        choices=hdf5.COMPRESSIONS,
+        default=defaults["compression"],
         help="HDF5 compression of the image datasets (none reads fastest)",
     )
     p.add_argument(
@@ -133,8 +155,8 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--on-error",
-        choices=("skip", "fail"),
-        default="skip",
+        choices=hdf5.ON_ERROR,
+        default=defaults["on_error"],
         help="skip unreadable images (listed in the summary) or stop at the first",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -142,9 +164,7 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def work() -> int:
-        from dgf.hdf5 import build_hdf5
-
-        report = build_hdf5(
+        report = hdf5.build_hdf5(
             args.jpeg_dir,
             args.output,
             size=args.size,
@@ -168,6 +188,7 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
     """``dgf-make-pairs [SHARP_DIR] OUT_DIR``: synthetic blurred/sharp pairs."""
     from dgf import synth
 
+    defaults = _defaults(synth.make_pairs)
     parser = _parser(
         "dgf-make-pairs",
         "Blur sharp photos with random camera-shake kernels and write side-by-side "
@@ -182,23 +203,25 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
                         ".jpg/.jpeg/.png), then the output folder")
     parser.add_argument("--sample-photos", action="store_true",
                         help="use the photos bundled with scikit-image instead of SHARP_DIR")
-    parser.add_argument("--per-image", type=int, default=4,
+    parser.add_argument("--per-image", type=int, default=defaults["per_image"],
                         help="random crops, each with its own kernel, per photo")
-    parser.add_argument("--size", type=int, default=256, help="side of the square crops")
-    parser.add_argument("--test-fraction", type=float, default=0.1,
+    parser.add_argument("--size", type=int, default=defaults["size"],
+                        help="side of the square crops")
+    parser.add_argument("--test-fraction", type=float, default=defaults["test_fraction"],
                         help="share of the source photos that go to test (0: no test split)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=defaults["seed"],
                         help="random seed; the same seed gives byte-identical files")
-    parser.add_argument("--kernel-size", type=int, default=31,
+    parser.add_argument("--kernel-size", type=int, default=defaults["kernel_size"],
                         help="odd side of the kernel canvas in pixels")
-    parser.add_argument("--strength", type=float, default=synth.DEFAULT_STRENGTH,
+    parser.add_argument("--strength", type=float, default=defaults["strength"],
                         help="camera shake in (0, 1]: path length up to "
                         "1.5*strength*(kernel-size - 1) px and how jerky it is")
-    parser.add_argument("--noise", type=float, default=0.0,
+    parser.add_argument("--noise", type=float, default=defaults["noise"],
                         help="std of Gaussian noise added to the blurred half, in 8-bit levels")
-    parser.add_argument("--format", choices=synth.OUTPUT_FORMATS, default="jpg",
+    parser.add_argument("--format", choices=synth.OUTPUT_FORMATS, default=defaults["fmt"],
                         help="pair image format; png is lossless")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
+    parser.add_argument("--quality", type=int, default=defaults["quality"],
+                        help="JPEG quality (1-100)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace pairs and kernels already in OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -359,21 +382,24 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--h5", type=Path, default=None,
                         help="HDF5 pairs file; required with --model, default for --run: "
                         "the run's config.json")
-    parser.add_argument("--split", default="test", help="split of the HDF5 file to score")
-    parser.add_argument("--strips", type=int, default=4,
+    parser.add_argument("--split", default=options.DEFAULT_EVAL_SPLIT,
+                        help="split of the HDF5 file to score")
+    parser.add_argument("--strips", type=int, default=options.DEFAULT_STRIPS,
                         help="pairs (rows) in each sample strip, evenly spaced over the split")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per generator call")
+    parser.add_argument("--batch-size", type=int, default=options.DEFAULT_EVAL_BATCH,
+                        help="images per generator call")
     parser.add_argument("--limit", type=int, default=None,
                         help="score only this many pairs, evenly spaced over the split "
                         "(default: all)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("-o", "--out", type=Path, default=None,
                         help="output folder (default: RUN/eval, or <model>_eval next to "
                         "the model)")
     parser.add_argument("--force", action="store_true",
                         help="--run: re-score epochs already in metrics.csv")
     parser.add_argument("--overwrite", action="store_true",
                         help="--model: replace existing summary.json/per_image.csv/strip.png")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=options.PRECISIONS,
+                        default=options.DEFAULT_PRECISION,
                         help="inference precision: bf16 computes the body in bfloat16 "
                         "(faster on CPUs with bf16 or AMX; changes PSNR slightly)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -430,8 +456,6 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 # --- dgf-deblur -------------------------------------------------------------
 def deblur_main(argv: Sequence[str] | None = None) -> int:
-    from dgf import infer
-
     p = _parser(
         "dgf-deblur",
         "Deblur JPEG/PNG photos of any size with a trained generator. Outputs keep "
@@ -446,19 +470,19 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
                    help="generator .keras file written by dgf-train (default: the "
                    "bundled channel-rate-16 model trained on pairs-small; see "
                    "dgf/weights/MODEL_CARD.md)")
-    p.add_argument("--tile", type=int, default=infer.DEFAULT_TILE,
+    p.add_argument("--tile", type=int, default=options.DEFAULT_TILE,
                    help="tile edge in pixels for large images; 0 = whole image at once")
-    p.add_argument("--overlap", type=int, default=infer.DEFAULT_OVERLAP,
+    p.add_argument("--overlap", type=int, default=options.DEFAULT_OVERLAP,
                    help="overlap of neighbouring tiles in pixels (< tile/2)")
-    p.add_argument("--batch", type=int, default=infer.DEFAULT_BATCH,
+    p.add_argument("--batch", type=int, default=options.DEFAULT_BATCH,
                    help="tiles per generator call")
-    p.add_argument("--quality", type=int, default=infer.DEFAULT_QUALITY,
+    p.add_argument("--quality", type=int, default=options.DEFAULT_QUALITY,
                    help="JPEG quality of the outputs (1-100)")
     p.add_argument("--compare", action="store_true",
                    help="also write blurred | deblurred side by side as "
                         "OUT/compare/REL/NAME_compare.EXT")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=options.PRECISIONS, default=options.DEFAULT_PRECISION,
                    help="inference precision: bf16 computes the body in bfloat16 "
                    "(faster on CPUs with bf16 or AMX; changes outputs slightly)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -466,6 +490,8 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         from tqdm import tqdm
+
+        from dgf import infer
 
         def tell(path: Path, reason: str) -> None:
             tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
@@ -504,7 +530,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--model", type=Path, required=True,
                    help="generator .keras file written by dgf-train")
-    p.add_argument("--format", choices=("savedmodel", "tflite"), required=True,
+    p.add_argument("--format", choices=options.EXPORT_FORMATS, required=True,
                    help="export format")
     p.add_argument("-o", "--out", type=Path, required=True,
                    help="SavedModel folder or .tflite file to create")

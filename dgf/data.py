@@ -22,18 +22,16 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, NamedTuple
 
 import h5py
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo, blurred_name, check_split, open_pairs_file, sharp_name
-
-if TYPE_CHECKING:  # TensorFlow is imported only when a pipeline is built.
-    import tensorflow as tf
 
 __all__ = [
     "make_dataset",
@@ -465,12 +463,40 @@ def make_dataset(
     Raises DgfError for a bad file, a crop larger than the images, or a batch
     larger than the split (or shard) when the remainder is dropped.
     """
-    import tensorflow as tf
-
     path = Path(h5_path)
     info = split_info(path, split)
     _check_positive_int("batch_size", batch_size)
     hw = _check_crop(crop, info, path, split)
+    _check_dataset_options(seed, epoch, skip_batches, prefetch, read_workers)
+    if drop_remainder is None:
+        drop_remainder = training
+    shards = _Shards.of(input_context, batch_size)
+    if not is_number(edge_crops) \
+            or not 0.0 <= edge_crops <= 1.0:
+        raise DgfError(f"edge_crops must be a number in [0, 1], got {edge_crops!r}.")
+    records = epoch_records(
+        info, hw, training=training, seed=seed, epoch=epoch, augment=augment,
+        edge_crops=edge_crops,
+    )
+    records = _shard_records(records, shards, info, drop_remainder, batch_size, split, path)
+    records = _skip_batches(records, shards.per_batch, skip_batches)
+    reader = _cached_split(path, split, info) if cache else _FileReader(path, split)
+    read_batch = _batch_reader(reader, records, shards.per_batch, hw)
+    static_batch = shards.per_batch if drop_remainder else None
+    n_batches = math.ceil(len(records) / shards.per_batch)
+    return _pipeline(
+        read_batch, n_batches, (static_batch, hw[0], hw[1], 3), prefetch, read_workers
+    )
+
+
+def _check_dataset_options(
+    seed: object,
+    epoch: object,
+    skip_batches: object,
+    prefetch: object,
+    read_workers: object,
+) -> None:
+    """Raise DgfError for a bad value of one of :func:`make_dataset`'s numeric options."""
     for name, value in (("seed", seed), ("epoch", epoch), ("skip_batches", skip_batches)):
         if not is_int(value) or value < 0:
             raise DgfError(f"{name} must be a non-negative integer, got {value!r}.")
@@ -481,14 +507,22 @@ def make_dataset(
             raise DgfError(f"{name} must be None or a non-negative integer, got {value!r}.")
     if read_workers == 0:
         raise DgfError("read_workers must be at least 1 (or None to let tf.data choose).")
-    if drop_remainder is None:
-        drop_remainder = training
 
-    shards, shard_id, local_replicas, per_batch = 1, 0, 1, batch_size
-    if input_context is not None:
-        shards = input_context.num_input_pipelines
-        shard_id = input_context.input_pipeline_id
-        local_replicas = max(1, input_context.num_replicas_in_sync // shards)
+
+class _Shards(NamedTuple):
+    """How an epoch is cut over input pipelines and batched per replica."""
+
+    count: int  # input pipelines
+    index: int  # this pipeline
+    local_replicas: int  # replicas this pipeline feeds
+    per_batch: int  # the batch size this pipeline yields
+
+    @classmethod
+    def of(cls, input_context: tf.distribute.InputContext | None, batch_size: int) -> _Shards:
+        """The sharding of ``input_context`` (one pipeline, global batches, if None)."""
+        if input_context is None:
+            return cls(1, 0, 1, batch_size)
+        count = input_context.num_input_pipelines
         try:
             per_batch = input_context.get_per_replica_batch_size(batch_size)
         except ValueError as exc:
@@ -497,43 +531,60 @@ def make_dataset(
                 f"{input_context.num_replicas_in_sync} replicas; use a multiple of "
                 f"{input_context.num_replicas_in_sync}."
             ) from exc
+        return cls(
+            count,
+            input_context.input_pipeline_id,
+            max(1, input_context.num_replicas_in_sync // count),
+            per_batch,
+        )
 
-    if not is_number(edge_crops) \
-            or not 0.0 <= edge_crops <= 1.0:
-        raise DgfError(f"edge_crops must be a number in [0, 1], got {edge_crops!r}.")
-    records = epoch_records(
-        info, hw, training=training, seed=seed, epoch=epoch, augment=augment,
-        edge_crops=edge_crops,
-    )
-    if drop_remainder:
-        # Every pipeline must yield the same number of batches, a whole number of
-        # global steps, or the replicas would fall out of step at the end.
-        steps = info.count // (per_batch * local_replicas * shards)
-        if steps == 0:
-            where = f" over {shards} input pipelines" if shards > 1 else ""
-            raise DgfError(
-                f"batch_size {batch_size} is larger than the {info.count} pairs of "
-                f"split '{split}' in {path}{where}; lower the batch size or pass "
-                f"drop_remainder=False."
-            )
-        share = steps * local_replicas * per_batch
-        records = records[shard_id * share : (shard_id + 1) * share]
-    else:
-        records = np.array_split(records, shards)[shard_id]
+
+def _shard_records(
+    records: np.ndarray,
+    shards: _Shards,
+    info: SplitInfo,
+    drop_remainder: bool,
+    batch_size: int,
+    split: str,
+    path: Path,
+) -> np.ndarray:
+    """This pipeline's piece of the epoch's records."""
+    if not drop_remainder:
+        return np.array_split(records, shards.count)[shards.index]
+    # Every pipeline must yield the same number of batches, a whole number of
+    # global steps, or the replicas would fall out of step at the end.
+    steps = info.count // (shards.per_batch * shards.local_replicas * shards.count)
+    if steps == 0:
+        where = f" over {shards.count} input pipelines" if shards.count > 1 else ""
+        raise DgfError(
+            f"batch_size {batch_size} is larger than the {info.count} pairs of "
+            f"split '{split}' in {path}{where}; lower the batch size or pass "
+            f"drop_remainder=False."
+        )
+    share = steps * shards.local_replicas * shards.per_batch
+    return records[shards.index * share : (shards.index + 1) * share]
+
+
+def _skip_batches(records: np.ndarray, per_batch: int, skip_batches: int) -> np.ndarray:
+    """``records`` without its first ``skip_batches`` batches (never read)."""
     n_batches = math.ceil(len(records) / per_batch)
     if skip_batches > n_batches:
         raise DgfError(
             f"skip_batches {skip_batches} is more than the {n_batches} batches of "
             f"this epoch."
         )
-    # Slicing the plan skips batches without reading them.
-    records = records[skip_batches * per_batch :]
-    n_batches -= skip_batches
+    return records[skip_batches * per_batch :]
 
-    reader = _cached_split(path, split, info) if cache else _FileReader(path, split)
-    read_batch = _batch_reader(reader, records, per_batch, hw)
-    static_batch = per_batch if drop_remainder else None
-    shape = (static_batch, hw[0], hw[1], 3)
+
+def _pipeline(
+    read_batch: Callable[[np.int64], tuple[np.ndarray, np.ndarray]],
+    n_batches: int,
+    shape: tuple[int | None, int, int, int],
+    prefetch: int | None,
+    read_workers: int | None,
+) -> tf.data.Dataset:
+    """The tf.data pipeline over batch numbers ``0 .. n_batches - 1``; each is read by
+    ``read_batch`` into (blurred, sharp) uint8 tensors of ``shape``."""
 
     def load(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         blurred, sharp = tf.numpy_function(

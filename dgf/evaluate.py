@@ -19,12 +19,12 @@ Metric definitions (the README quotes these):
 The "blurred" numbers score the blurred input against the sharp image: the
 baseline a deblurring model must beat.
 
-The conversions (:func:`to_uint8`, :func:`to_unit`) and :func:`load_generator` come
-from :mod:`dgf.infer` and are re-exported here; every generator runs through
-:func:`dgf.runtime.inference_call`, its compiled BatchNorm-folded copy with the
-generator's current weights (so the trainer's per-epoch scoring sees each epoch's).
-TensorFlow is imported only by the functions that run a generator, so the metric
-helpers stay cheap to import.
+The conversions (:func:`to_uint8`, :func:`to_unit`) come from :mod:`dgf.images`
+and :func:`load_generator` from :mod:`dgf.runtime`; both are re-exported here.
+Every generator runs through :func:`dgf.runtime.inference_call`, its compiled
+BatchNorm-folded copy with the generator's current weights (so the trainer's
+per-epoch scoring sees each epoch's). The defaults of ``dgf-eval`` live in
+:mod:`dgf.options`.
 """
 from __future__ import annotations
 
@@ -33,16 +33,22 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
 
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
-from dgf.images import to_uint8, to_unit
-from dgf.infer import load_generator
-from dgf.runtime import check_precision, inference_call
+from dgf.images import to_uint8, to_unit, write_image
+from dgf.options import DEFAULT_EVAL_BATCH, DEFAULT_EVAL_SPLIT, DEFAULT_PRECISION, DEFAULT_STRIPS
+from dgf.runtime import check_precision, inference_call, load_generator
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 PSNR_CAP_DB = 100.0
@@ -98,8 +104,6 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> float:
             f"SSIM needs images of at least 7x7 pixels (its window); got "
             f"{reference.shape[1]}x{reference.shape[0]}"
         )
-    from skimage.metrics import structural_similarity
-
     return float(
         structural_similarity(reference, test, channel_axis=-1, data_range=255)
     )
@@ -114,7 +118,10 @@ def mean_psnr(values: Sequence[float]) -> float:
 
 # --- running a generator --------------------------------------------------------------
 def deblur_array(
-    generator: Any, blurred: np.ndarray, batch_size: int = 8, precision: str = "fp32"
+    generator: Any,
+    blurred: np.ndarray,
+    batch_size: int = DEFAULT_EVAL_BATCH,
+    precision: str = DEFAULT_PRECISION,
 ) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
@@ -236,10 +243,7 @@ def make_strip(sharp: np.ndarray, blurred: np.ndarray, deblurred: np.ndarray) ->
 
 def save_png(path: Path | str, image: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 array as PNG, atomically."""
-    from PIL import Image
-
-    pil = Image.fromarray(np.ascontiguousarray(image), mode=None)
-    write_atomic(Path(path), lambda tmp: pil.save(tmp, format="PNG"))
+    write_image(path, np.ascontiguousarray(image), format="PNG")
 
 
 def read_pairs(
@@ -262,12 +266,12 @@ def write_strip(
     path: Path | str,
     generator: Any,
     h5_path: Path | str,
-    split: str = "test",
+    split: str = DEFAULT_EVAL_SPLIT,
     indices: Sequence[int] | None = None,
     crop: int | tuple[int, int] | None = None,
     *,
-    n: int = 4,
-    precision: str = "fp32",
+    n: int = DEFAULT_STRIPS,
+    precision: str = DEFAULT_PRECISION,
 ) -> np.ndarray:
     """Deblur fixed pairs of ``split`` and write the sharp | blurred | deblurred strip.
 
@@ -305,12 +309,12 @@ def _baseline_key(h5_path: Path | str, split: str, indices: Sequence[int]) -> tu
 def evaluate_split(
     generator: Any,
     h5_path: Path | str,
-    split: str = "test",
+    split: str = DEFAULT_EVAL_SPLIT,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_EVAL_BATCH,
     limit: int | None = None,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``generator`` on one split of an HDF5 file.
 
@@ -331,8 +335,6 @@ def evaluate_split(
     The blurred-input scores depend only on the data, so they are cached in-process
     per (file, size, mtime, split, pairs): the trainer calls this every epoch.
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     if limit is not None and limit < 1:
@@ -344,36 +346,77 @@ def evaluate_split(
         )
         key = _baseline_key(h5_path, split, indices)
         cached = _BASELINE_CACHE.get(key)
-        sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
         sources = _sources(h5, split, indices)
-        g_psnr, g_ssim, b_psnr, b_ssim = [], [], [], []
-        gen_seconds = 0.0
-        bar = tqdm(
-            total=len(indices),
-            desc=f"eval {split}",
-            unit="img",
-            disable=not progress,
-            leave=False,
+        scores = _score_pairs(
+            generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
+            progress=progress, precision=precision,
         )
-        with bar:
-            for idx in _index_batches(indices, batch_size):
-                sharp = _read(sharp_ds, idx)
-                blurred = _read(blurred_ds, idx)
-                t0 = time.perf_counter()
-                deblurred = deblur_array(generator, blurred, batch_size=len(idx),
-                                         precision=precision)
-                gen_seconds += time.perf_counter() - t0
-                for s, b, d in zip(sharp, blurred, deblurred):
-                    g_psnr.append(psnr(s, d))
-                    g_ssim.append(ssim(s, d))
-                    if cached is None:
-                        b_psnr.append(psnr(s, b))
-                        b_ssim.append(ssim(s, b))
-                bar.update(len(idx))
     if cached is None:
-        cached = (np.asarray(b_psnr), np.asarray(b_ssim))
+        cached = (np.asarray(scores.blurred_psnr), np.asarray(scores.blurred_ssim))
         _BASELINE_CACHE[key] = cached
-    b_psnr_arr, b_ssim_arr = cached
+    return _split_report(indices, sources, scores, cached)
+
+
+@dataclass
+class _Scores:
+    """Per-image scores of one pass over a split, in the order of its indices."""
+
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    blurred_psnr: list[float] = field(default_factory=list)  # empty without baseline
+    blurred_ssim: list[float] = field(default_factory=list)
+    generator_seconds: float = 0.0
+
+
+def _score_pairs(
+    generator: Any,
+    h5,
+    split: str,
+    indices: Sequence[int],
+    *,
+    baseline: bool,
+    batch_size: int,
+    progress: bool,
+    precision: str,
+) -> _Scores:
+    """Deblur and score the pairs ``indices`` of ``split`` in the open file ``h5``,
+    ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too."""
+    sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
+    scores = _Scores()
+    bar = tqdm(
+        total=len(indices),
+        desc=f"eval {split}",
+        unit="img",
+        disable=not progress,
+        leave=False,
+    )
+    with bar:
+        for idx in _index_batches(indices, batch_size):
+            sharp = _read(sharp_ds, idx)
+            blurred = _read(blurred_ds, idx)
+            t0 = time.perf_counter()
+            deblurred = deblur_array(generator, blurred, batch_size=len(idx),
+                                     precision=precision)
+            scores.generator_seconds += time.perf_counter() - t0
+            for s, b, d in zip(sharp, blurred, deblurred):
+                scores.psnr.append(psnr(s, d))
+                scores.ssim.append(ssim(s, d))
+                if baseline:
+                    scores.blurred_psnr.append(psnr(s, b))
+                    scores.blurred_ssim.append(ssim(s, b))
+            bar.update(len(idx))
+    return scores
+
+
+def _split_report(
+    indices: Sequence[int],
+    sources: Sequence[str],
+    scores: _Scores,
+    baseline: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``(summary, rows)`` of :func:`evaluate_split` from its scores and the
+    blurred-input ``baseline`` (PSNR and SSIM arrays, one value per index)."""
+    b_psnr_arr, b_ssim_arr = baseline
     rows = [
         {
             "index": int(i),
@@ -384,16 +427,16 @@ def evaluate_split(
             "blurred_ssim": float(bs),
         }
         for i, src, gp, gs, bp, bs in zip(
-            indices, sources, g_psnr, g_ssim, b_psnr_arr, b_ssim_arr
+            indices, sources, scores.psnr, scores.ssim, b_psnr_arr, b_ssim_arr
         )
     ]
     summary = {
         "count": len(indices),
-        "psnr": mean_psnr(g_psnr),
-        "ssim": float(np.mean(g_ssim)),
+        "psnr": mean_psnr(scores.psnr),
+        "ssim": float(np.mean(scores.ssim)),
         "blurred_psnr": mean_psnr(list(b_psnr_arr)),
         "blurred_ssim": float(np.mean(b_ssim_arr)),
-        "seconds_per_image": gen_seconds / len(indices),
+        "seconds_per_image": scores.generator_seconds / len(indices),
     }
     return summary, rows
 
@@ -414,9 +457,6 @@ def plot_metrics(
     depends only on the data), is drawn as a horizontal dashed line; differing
     per-epoch baselines are drawn as a dashed line over the epochs.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     epochs = [int(e) for e in epochs]
     if not (len(epochs) == len(psnr) == len(ssim)) or not epochs:
         raise DgfError(
@@ -457,8 +497,6 @@ def _progress_image(strips: Sequence[np.ndarray], labels: Sequence[str]) -> np.n
     Strip ``k`` starts at pixel row ``(k + 1) * BAND_HEIGHT + sum of the heights of
     strips before it``; narrower strips are padded on the right with white.
     """
-    from PIL import Image, ImageDraw
-
     width = max(s.shape[1] for s in strips)
     blocks = []
     for strip, label in zip(strips, labels):
@@ -497,13 +535,13 @@ def evaluate_model(
     h5_path: Path | str,
     out_dir: Path | str | None = None,
     *,
-    split: str = "test",
-    strips: int = 4,
-    batch_size: int = 8,
+    split: str = DEFAULT_EVAL_SPLIT,
+    strips: int = DEFAULT_STRIPS,
+    batch_size: int = DEFAULT_EVAL_BATCH,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> dict[str, Any]:
     """Score one saved generator on a split and write its report.
 
@@ -613,14 +651,14 @@ def evaluate_run(
     run_dir: Path | str,
     *,
     h5_path: Path | str | None = None,
-    split: str = "test",
-    strips: int = 4,
-    batch_size: int = 8,
+    split: str = DEFAULT_EVAL_SPLIT,
+    strips: int = DEFAULT_STRIPS,
+    batch_size: int = DEFAULT_EVAL_BATCH,
     out_dir: Path | str | None = None,
     limit: int | None = None,
     force: bool = False,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> list[dict[str, Any]]:
     """Score every per-epoch snapshot of a training run and draw its progress.
 
@@ -640,10 +678,34 @@ def evaluate_run(
     of it re-scores every epoch too. Returns one dict per epoch with the
     ``metrics.csv`` columns.
     """
-    from tqdm import tqdm
-
     check_precision(precision)
     run_dir = Path(run_dir)
+    snapshots = _run_snapshots(run_dir)
+    h5 = resolve_run_h5(run_dir, h5_path)
+    handle, info = _open_split(h5, split)
+    handle.close()
+    out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
+    indices = strip_indices(info.count, strips)
+    settings = _run_settings(h5, split, indices, limit, precision)
+    results, seen, todo = _previous_results(out, settings, snapshots, force)
+    prepare_output(out, folder=True)
+    for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
+        path = snapshots[epoch]
+        stamp = path.stat().st_mtime_ns
+        results[epoch] = _score_snapshot(
+            path, _strip_path(out, epoch), h5, split, indices, batch_size=batch_size,
+            limit=limit, progress=progress, precision=precision,
+        )
+        seen[str(epoch)] = stamp
+        # Saved after every epoch: an interrupted evaluation keeps what it finished.
+        _save_run_tables(out, results, settings, seen)
+    _save_run_tables(out, results, settings, seen)
+    _draw_run(out, results)
+    return [{"epoch": e, **results[e]} for e in sorted(results)]
+
+
+def _run_snapshots(run_dir: Path) -> dict[int, Path]:
+    """The run's snapshots (:func:`find_snapshots`); DgfError when there are none."""
     if not run_dir.is_dir():
         raise DgfError(f"run folder not found: {run_dir}")
     snapshots = find_snapshots(run_dir)
@@ -653,27 +715,44 @@ def evaluate_run(
             f"generator_epoch_0001.keras, ...); train with snapshots on, or score a "
             f"single model with --model"
         )
-    h5 = resolve_run_h5(run_dir, h5_path)
-    handle, info = _open_split(h5, split)
-    handle.close()
-    out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
-    indices = strip_indices(info.count, strips)
+    return snapshots
+
+
+def _run_settings(
+    h5: Path, split: str, indices: Sequence[int], limit: int | None, precision: str
+) -> dict[str, Any]:
+    """What a run's scores depend on besides the snapshots (``eval_state.json``)."""
     stat = h5.stat()
     settings = {
         "h5": str(h5.resolve()),
         "h5_size": stat.st_size,
         "h5_mtime_ns": stat.st_mtime_ns,
         "split": split,
-        "strip_indices": indices,
+        "strip_indices": list(indices),
         "limit": limit,
     }
     if precision != "fp32":
         # Only when not the default, so evaluations made before the option existed
         # still match and are not re-scored.
         settings["precision"] = precision
-    state_path = out / "eval_state.json"
+    return settings
+
+
+def _strip_path(out: Path, epoch: int) -> Path:
+    return out / "strips" / f"epoch_{epoch:04d}.png"
+
+
+def _previous_results(
+    out: Path, settings: dict[str, Any], snapshots: dict[int, Path], force: bool
+) -> tuple[dict[int, dict[str, float]], dict[str, int], list[int]]:
+    """What an earlier evaluation into ``out`` already scored and still holds.
+
+    Returns ``(results, seen, todo)``: the metrics of each epoch kept (epoch ->
+    ``metrics.csv`` row without the epoch), the snapshot modification times they
+    were scored at (epoch as text -> ns), and the epochs to score again.
+    """
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = json.loads((out / "eval_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
     if not isinstance(state, dict):  # damaged: everything is scored again
@@ -683,58 +762,67 @@ def evaluate_run(
     seen = state.get("snapshots", {}) if same_settings else {}
     if not isinstance(seen, dict):
         seen = {}
-
-    def strip_path(epoch: int) -> Path:
-        return out / "strips" / f"epoch_{epoch:04d}.png"
-
-    def mtime(path: Path) -> int:
-        return path.stat().st_mtime_ns
-
     results: dict[int, dict[str, float]] = {}
     todo = []
     for epoch, path in snapshots.items():
         if (
             epoch in done
-            and seen.get(str(epoch)) == mtime(path)
-            and strip_path(epoch).is_file()
+            and seen.get(str(epoch)) == path.stat().st_mtime_ns
+            and _strip_path(out, epoch).is_file()
         ):
             results[epoch] = done[epoch]
         else:
             todo.append(epoch)
-
-    def save_tables() -> None:
-        rows = [{"epoch": e, **results[e]} for e in sorted(results)]
-        _write_csv(out / "metrics.csv", RUN_CSV_KEYS, rows)
-        write_text_atomic(
-            state_path,
-            json.dumps({"settings": settings, "snapshots": seen}, indent=2) + "\n",
-        )
-
-    prepare_output(out, folder=True)
     seen = {k: v for k, v in seen.items() if str(k).isdigit() and int(k) in results}
-    for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
-        path = snapshots[epoch]
-        stamp = mtime(path)
-        try:
-            generator = load_generator(path)
-        except DgfError as exc:
-            raise DgfError(
-                f"{exc} Snapshot {path.name} is damaged: remove it to score the other "
-                f"epochs, or start a new --run-dir"
-            ) from None
-        write_strip(strip_path(epoch), generator, h5, split, indices=indices,
-                    precision=precision)
-        summary, _ = evaluate_split(
-            generator, h5, split, batch_size=batch_size, limit=limit, progress=progress,
-            precision=precision,
-        )
-        del generator
-        results[epoch] = {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}
-        seen[str(epoch)] = stamp
-        # Saved after every epoch: an interrupted evaluation keeps what it finished.
-        save_tables()
-    save_tables()
+    return results, seen, todo
 
+
+def _score_snapshot(
+    path: Path,
+    strip: Path,
+    h5: Path,
+    split: str,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    limit: int | None,
+    progress: bool,
+    precision: str,
+) -> dict[str, float]:
+    """Draw one snapshot's strip into ``strip`` and score it; its ``metrics.csv`` row
+    (without the epoch)."""
+    try:
+        generator = load_generator(path)
+    except DgfError as exc:
+        raise DgfError(
+            f"{exc} Snapshot {path.name} is damaged: remove it to score the other "
+            f"epochs, or start a new --run-dir"
+        ) from None
+    write_strip(strip, generator, h5, split, indices=indices, precision=precision)
+    summary, _ = evaluate_split(
+        generator, h5, split, batch_size=batch_size, limit=limit, progress=progress,
+        precision=precision,
+    )
+    return {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}
+
+
+def _save_run_tables(
+    out: Path,
+    results: dict[int, dict[str, float]],
+    settings: dict[str, Any],
+    seen: dict[str, int],
+) -> None:
+    """Write ``metrics.csv`` and ``eval_state.json`` of a run's evaluation."""
+    rows = [{"epoch": e, **results[e]} for e in sorted(results)]
+    _write_csv(out / "metrics.csv", RUN_CSV_KEYS, rows)
+    write_text_atomic(
+        out / "eval_state.json",
+        json.dumps({"settings": settings, "snapshots": seen}, indent=2) + "\n",
+    )
+
+
+def _draw_run(out: Path, results: dict[int, dict[str, float]]) -> None:
+    """Write ``metrics.png`` and ``progress.png`` from every epoch's scores and strip."""
     epochs = sorted(results)
     plot_metrics(
         epochs,
@@ -744,18 +832,16 @@ def evaluate_run(
         [results[e]["blurred_ssim"] for e in epochs],
         out / "metrics.png",
     )
-    from PIL import Image
-
     shown = _progress_epochs(epochs)
     strip_images = []
     for e in shown:
         try:
-            with Image.open(strip_path(e)) as img:
+            with Image.open(_strip_path(out, e)) as img:
                 strip_images.append(np.asarray(img.convert("RGB")))
         except (OSError, ValueError, SyntaxError) as exc:
             raise DgfError(
-                f"{strip_path(e)} is damaged ({exc}); remove it and run dgf-eval again "
-                f"to draw it anew"
+                f"{_strip_path(out, e)} is damaged ({exc}); remove it and run dgf-eval "
+                f"again to draw it anew"
             ) from None
     labels = [
         f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}"
@@ -763,4 +849,3 @@ def evaluate_run(
         for e in shown
     ]
     save_png(out / "progress.png", _progress_image(strip_images, labels))
-    return [{"epoch": e, **results[e]} for e in epochs]

@@ -27,20 +27,19 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import keras
+import tensorflow as tf
+
 from dgf.errors import DgfError
 from dgf.fileio import check_output, write_bytes_atomic, write_folder_atomic
-from dgf.infer import load_generator
-from dgf.runtime import fold_batchnorm
-
-FORMATS = ("savedmodel", "tflite")
+from dgf.options import EXPORT_FORMATS
+from dgf.runtime import fold_batchnorm, load_generator
 INPUT_NAME = "images"
 OUTPUT_NAME = "deblurred"
 
 
 def _serving_fn(generator):
     """A function (B, H, W, 3) uint8 → (B, H, W, 3) uint8 around ``generator``."""
-    import tensorflow as tf
-
     def deblur(images):
         x = tf.cast(images, tf.float32) / 127.5 - 1.0
         y = generator(x, training=False)
@@ -99,9 +98,6 @@ def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -
     Returns:
         The SavedModel path.
     """
-    import keras
-    import tensorflow as tf
-
     path = Path(path)
     _check_target(path, "savedmodel", overwrite)
     folded = fold_batchnorm(generator)
@@ -135,9 +131,6 @@ def export_tflite(
     Returns:
         The .tflite path.
     """
-    import keras
-    import tensorflow as tf
-
     path = Path(path)
     _check_target(path, "tflite", overwrite)
     if input_size is not None:
@@ -184,8 +177,10 @@ def export_model(
     TFLite only. Raises DgfError for a missing model, an existing ``out_path``
     without ``overwrite`` or a bad option.
     """
-    if fmt not in FORMATS:
-        raise DgfError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    if fmt not in EXPORT_FORMATS:
+        raise DgfError(
+            f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}."
+        )
     if input_size is not None and fmt != "tflite":
         raise DgfError("--input-size applies to --format tflite only; SavedModel "
                        "exports always take any size.")

@@ -1,218 +1,40 @@
-"""Deblur photos of any size with a trained generator, in overlapping tiles.
+"""``dgf-deblur``: deblur photo files and folders with a trained generator.
 
-The generator is fully convolutional, so any image size works, but activation memory
-grows with the pixel count (a 12-megapixel photo at channel_rate 64 needs tens of
-GiB untiled). Large images are therefore cut into equal-sized overlapping tiles that
-run in small batches and are blended back with a window that is flat in each tile's
-interior and ramps across the overlap.
+Plans the jobs (inputs to outputs, folders mirrored), reads each image upright,
+runs it through :func:`dgf.runtime.deblur_image` (the model runtime: loading,
+BatchNorm folding, tiling), writes the result atomically and reports which files
+failed. The defaults of the command's options live in :mod:`dgf.options`.
 
-Why the window starts with a near-zero margin: the generator zero-pads at its input
-border, so a tile's outputs within the receptive-field radius (about 17 px for the
-DGF generator) of a cut edge differ from what the whole image would give. The window
-gives the outer third of the overlap almost no weight (1e-6, never zero, so the
-normalisation is always defined) and ramps linearly across the middle third. With
-the default overlap of 64 px the margin is 21 px, more than the radius, so the tiled
-result matches the untiled one to float round-off. Tile edges that lie on the true
-image border keep weight 1: there the untiled run sees the same zero padding.
-
-Model loading lives here and is shared with ``dgf.evaluate``; the compiled,
-BatchNorm-folded inference call lives in :mod:`dgf.runtime`; reading and writing
-image files and the conversions uint8 ``x`` → ``x / 127.5 - 1`` (:func:`to_unit`) and
-generator output ``y`` → ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8
-(:func:`to_uint8`) live in :mod:`dgf.images`.
+Reading and writing image files, and the conversions uint8 ``x`` → ``x / 127.5 - 1``
+(:func:`~dgf.images.to_unit`) and generator output ``y`` → ``clip(rint((y + 1) *
+127.5), 0, 255)`` as uint8 (:func:`~dgf.images.to_uint8`), live in :mod:`dgf.images`.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf.errors import DgfError
-from dgf.fileio import check_output, require_file
+from dgf.fileio import check_output
 from dgf.images import (
-    SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, to_uint8, to_unit,
-    write_image,
+    SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, write_image,
 )
-from dgf.runtime import check_precision, inference_call
+from dgf.options import (
+    DEFAULT_BATCH,
+    DEFAULT_OVERLAP,
+    DEFAULT_PRECISION,
+    DEFAULT_QUALITY,
+    DEFAULT_TILE,
+)
+from dgf.runtime import check_precision, check_tiling, deblur_image, load_generator
 
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
-DEFAULT_BATCH = 1
-DEFAULT_QUALITY = 95
 COMPARE_DIR = "compare"
-# Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
-# accumulated weight can never be zero.
-_EDGE_WEIGHT = 1e-6
-
-
-# --- model -------------------------------------------------------------------
-def load_generator(model_path: Path | str):
-    """Load a generator saved with ``model.save("generator.keras")``.
-
-    Returns the Keras model (input and output (B, H, W, 3) float32 in [-1, 1]).
-    Raises DgfError naming the file when it is missing, unreadable or not an
-    image-to-image generator.
-    """
-    path = require_file(
-        model_path, "model file",
-        "pass the generator saved by dgf-train (a .keras file) with --model."
-    )
-    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise DgfError(
-            f"model file {path} has suffix '{path.suffix}'; expected a Keras model "
-            f"saved as .keras (or legacy .h5)."
-        )
-    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        # Keras itself says "File not found" for any .keras file that is no zip.
-        raise DgfError(
-            f"model file {path} is not a valid .keras file (a .keras file is a zip "
-            f"archive; this one is damaged or something else renamed)."
-        )
-    import keras
-
-    import dgf.models  # noqa: F401  (registers the generator's custom layers)
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a bad archive
-        raise DgfError(
-            f"could not load model {path}: {type(exc).__name__}: {exc}. Is it the "
-            f"generator .keras file written by dgf-train?"
-        ) from exc
-    in_shape = tuple(model.inputs[0].shape) if model.inputs else ()
-    out_shape = tuple(model.outputs[0].shape) if model.outputs else ()
-    if len(model.inputs) != 1 or len(in_shape) != 4 or in_shape[-1] != 3 or (
-        len(out_shape) != 4 or out_shape[-1] != 3
-    ):
-        raise DgfError(
-            f"model {path} maps {in_shape} to {out_shape}; a generator takes and "
-            f"returns (B, H, W, 3) images. Did you pass the discriminator?"
-        )
-    return model
-
-
-# --- tiling ------------------------------------------------------------------
-def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
-    """Raise DgfError for a tile / overlap / batch combination that cannot work."""
-    if tile < 0:
-        raise DgfError(f"tile size {tile} is negative; use a size in pixels or 0.")
-    if overlap < 0:
-        raise DgfError(f"overlap {overlap} is negative.")
-    if tile and 2 * overlap >= tile:
-        raise DgfError(
-            f"overlap {overlap} is too large for tile {tile}: each side's overlap "
-            f"must be less than half the tile (try --overlap {max(0, (tile - 1) // 2)} "
-            f"or a larger --tile)."
-        )
-    if batch_size < 1:
-        raise DgfError(f"batch size {batch_size} must be at least 1.")
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``min(tile, length)`` covering ``length``.
-
-    Consecutive tiles overlap by at least ``overlap``; the last one is shifted back
-    inside the image rather than padded, so every tile has the same size.
-    """
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def _axis_window(start: int, size: int, length: int, overlap: int) -> np.ndarray:
-    """1-D blend weights of one tile along one axis (see the module docstring)."""
-    w = np.ones(size, np.float32)
-    if overlap == 0:
-        return w
-    margin = overlap // 3
-    ramp = overlap - 2 * margin
-    # Ramp from (near) 0 to 1 over `ramp` pixels after `margin` near-zero ones.
-    d = np.arange(size, dtype=np.float32)
-    rising = np.clip((d - margin + 0.5) / ramp, _EDGE_WEIGHT, 1.0)
-    if start > 0:
-        w = np.minimum(w, rising)
-    if start + size < length:
-        w = np.minimum(w, rising[::-1])
-    return w
-
-
-def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -> np.ndarray:
-    return np.asarray(call(to_unit(batch_uint8)), dtype=np.float32)
-
-
-def deblur_image(
-    generator,
-    image: np.ndarray,
-    *,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH,
-    progress: bool = False,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
-
-    Args:
-        generator: Keras model, (B, h, w, 3) float32 in [-1, 1] → same shape and
-            range; called with ``training=False``.
-        image: (H, W, 3) uint8 in [0, 255], any H and W ≥ 1.
-        tile: tile edge in pixels; 0 runs the whole image at once. An image no
-            larger than ``tile`` on an axis is one tile wide on that axis.
-        overlap: minimum overlap of neighbouring tiles in pixels (< tile / 2). It
-            must exceed 1.5× the generator's receptive-field radius for a seamless
-            result (64 for the DGF generator's ~17 px).
-        batch_size: tiles per generator call. 1 by default: on a CPU larger
-            batches run no faster per pixel (measured) and multiply peak memory
-            (about 3 GiB per 512 px tile at channel_rate 64); raise it on a GPU.
-        progress: show a tqdm bar over the tiles (for images of several tiles).
-        precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
-            folded copy (:func:`dgf.runtime.inference_call`) with its current
-            weights.
-
-    Returns:
-        (H, W, 3) uint8 in [0, 255], the deblurred image.
-    """
-    check_tiling(tile, overlap, batch_size)
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DgfError(
-            f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype "
-            f"{image.dtype}."
-        )
-    height, width = image.shape[:2]
-    if height == 0 or width == 0:
-        raise DgfError(f"image of size {width}x{height} is empty.")
-    call = inference_call(generator, precision)
-    if tile == 0 or (height <= tile and width <= tile):
-        return to_uint8(_run_generator(call, image[None])[0])
-
-    th, tw = min(tile, height), min(tile, width)
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    wy = {y: _axis_window(y, th, height, overlap) for y in ys}
-    wx = {x: _axis_window(x, tw, width, overlap) for x in xs}
-    accum = np.zeros((height, width, 3), np.float32)
-    weight = np.zeros((height, width, 1), np.float32)
-    positions = [(y, x) for y in ys for x in xs]
-    with tqdm(total=len(positions), desc="tiles", unit="tile", leave=False,
-              disable=not progress) as bar:
-        for i in range(0, len(positions), batch_size):
-            chunk = positions[i : i + batch_size]
-            batch = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
-            outputs = _run_generator(call, batch)
-            for (y, x), out in zip(chunk, outputs):
-                w = (wy[y][:, None] * wx[x][None, :])[..., None]
-                accum[y : y + th, x : x + tw] += out * w
-                weight[y : y + th, x : x + tw] += w
-            bar.update(len(chunk))
-    return to_uint8(accum / weight)
 
 
 # --- files -------------------------------------------------------------------
@@ -287,8 +109,6 @@ def _process(
     generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
     overwrite: bool, quality: int, progress: bool, precision: str,
 ) -> None:
-    import tensorflow as tf
-
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not overwrite:
         for target in targets:
@@ -347,7 +167,7 @@ def deblur_paths(
     quality: int = DEFAULT_QUALITY,
     progress: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 

@@ -1,9 +1,11 @@
-"""The generator's inference runtime: BatchNorm folding, precision, the compiled call.
+"""The generator's inference runtime: loading, BatchNorm folding, precision, the
+compiled call, and tiled inference of images of any size.
 
-Every inference entry point (``dgf-deblur``, ``dgf-eval``, the trainer's per-epoch
-scoring) runs the generator through :func:`inference_call`, which returns a compiled
-call of an inference copy of the model; ``dgf-export`` exports the same copy
-(:func:`fold_batchnorm`), without XLA:
+:func:`load_generator` reads a saved generator (with the custom layers of
+:mod:`dgf.models` registered). Every inference entry point (``dgf-deblur``,
+``dgf-eval``, the trainer's per-epoch scoring) runs the generator through
+:func:`inference_call`, which returns a compiled call of an inference copy of the
+model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`), without XLA:
 
 * **BatchNorm folding.** In inference mode a BatchNormalization is a per-channel
   affine map ``y = (x - mean) * gamma / sqrt(var + eps) + beta``. When it directly
@@ -32,31 +34,56 @@ call of an inference copy of the model; ``dgf-export`` exports the same copy
   8.0+; :func:`bf16_native`); elsewhere TensorFlow converts in software, which can
   still gain from the halved memory traffic or can lose. :func:`check_precision`
   refuses bf16 only where TensorFlow cannot run a bfloat16 convolution at all.
+
+**Tiling** (:func:`deblur_image`). The generator is fully convolutional, so any
+image size works, but activation memory grows with the pixel count (a 12-megapixel
+photo at channel_rate 64 needs tens of GiB untiled). Large images are therefore cut
+into equal-sized overlapping tiles that run in small batches and are blended back
+with a window that is flat in each tile's interior and ramps across the overlap.
+
+Why the window starts with a near-zero margin: the generator zero-pads at its input
+border, so a tile's outputs within the receptive-field radius (about 17 px for the
+DGF generator) of a cut edge differ from what the whole image would give. The window
+gives the outer third of the overlap almost no weight (1e-6, never zero, so the
+normalisation is always defined) and ramps linearly across the middle third. With
+the default overlap of 64 px the margin is 21 px, more than the radius, so the tiled
+result matches the untiled one to float round-off. Tile edges that lie on the true
+image border keep weight 1: there the untiled run sees the same zero padding.
+
+The choices and defaults of the commands that run this (precisions, tile sizes)
+live in :mod:`dgf.options`, which argument parsers import without TensorFlow.
 """
 from __future__ import annotations
 
 import json
 import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import keras
 import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+from tqdm import tqdm
 
+import dgf.models  # noqa: F401  (registers the generator's custom layers for loading)
 from dgf.errors import DgfError
+from dgf.fileio import require_file
+from dgf.images import to_uint8, to_unit
+from dgf.options import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE, PRECISIONS
 
-#: Inference precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision``.
-PRECISIONS = ("fp32", "bf16")
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 # /proc/cpuinfo flags that give a CPU native bfloat16 arithmetic (x86, then Arm).
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 _CPUINFO = Path("/proc/cpuinfo")
+# Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
+# accumulated weight can never be zero.
+_EDGE_WEIGHT = 1e-6
 
-
-def _elementwise_activations() -> tuple[type, ...]:
-    from keras import layers
-
-    return (layers.LeakyReLU, layers.ReLU)
+# Activations applied element by element: taken once per part of a concatenation.
+_ELEMENTWISE = (layers.LeakyReLU, layers.ReLU)
 
 
 # --- precision ---------------------------------------------------------------------
@@ -75,8 +102,6 @@ def _cpu_flags() -> set[str]:
 
 def bf16_native() -> bool:
     """Whether this machine has bfloat16 arithmetic: the CPU flags, or a GPU >= 8.0."""
-    import tensorflow as tf
-
     for gpu in tf.config.list_physical_devices("GPU"):
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
         if capability and tuple(capability) >= (8, 0):
@@ -96,8 +121,6 @@ def bf16_unsupported_reason() -> str | None:
     converting in software.
     """
     if not _BF16_PROBE:
-        import tensorflow as tf
-
         try:
             x = tf.zeros((1, 4, 4, 2), tf.bfloat16)
             kernel = tf.zeros((3, 3, 2, 2), tf.bfloat16)
@@ -125,8 +148,6 @@ def check_precision(precision: str) -> None:
 
 # --- the graph ------------------------------------------------------------------------
 def _is_functional(model: Any) -> bool:
-    import keras
-
     return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
 
 
@@ -142,8 +163,6 @@ def _foldable_pairs(model) -> dict[str, str]:
     whose output nothing else reads (no other layer, not a model output), and when
     it normalises the last axis.
     """
-    from keras import layers
-
     convs = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
     nodes = _nodes(model)
     calls: dict[int, int] = {}
@@ -184,8 +203,6 @@ def _float32_tail(model) -> set[str]:
     bf16 these layers keep float32 (the output image's precision) while the body
     computes in bfloat16.
     """
-    from keras import layers
-
     convs = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
     tail: set[str] = set()
     stack = list(model.outputs)
@@ -221,8 +238,6 @@ def _fold_weights(conv, bn) -> list[np.ndarray]:
     With ``s = gamma / sqrt(var + eps)``: kernel * s on the output-channel (last)
     axis, bias ``(b - mean) * s + beta``. Computed in float64, then rounded once.
     """
-    from keras import ops
-
     def arr(v) -> np.ndarray:
         return np.asarray(ops.convert_to_numpy(v), dtype=np.float64)
 
@@ -238,16 +253,12 @@ def _fold_weights(conv, bn) -> list[np.ndarray]:
 
 def _build_folded(model, precision: str):
     """A folded copy of the functional ``model`` (weights not yet filled) and its plan."""
-    import keras
-    from keras import layers
-
     pairs = _foldable_pairs(model)
     folded_bns = set(pairs)
     folded_convs = {conv: bn for bn, conv in pairs.items()}
     tail = _float32_tail(model) if precision == "bf16" else set()
     plan = _Plan(copies=[], folds=[])
     dropped: set[int] = set()
-    _ELEMENTWISE = _elementwise_activations()
 
     def clone(layer):
         config = layer.get_config()
@@ -314,7 +325,7 @@ def _fill(copy, plan: _Plan, source) -> None:
         dst[new].set_weights(_fold_weights(src[conv], src[bn]))
 
 
-def fold_batchnorm(model, precision: str = "fp32"):
+def fold_batchnorm(model, precision: str = DEFAULT_PRECISION):
     """An inference copy of ``model`` with BatchNorm folded into the convolutions.
 
     Args:
@@ -370,8 +381,6 @@ def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[n
         return _COMPILED[generator][jit_compile]
     except (KeyError, TypeError):
         pass
-    import tensorflow as tf
-
     ref = weakref.ref(generator)
 
     @tf.function(
@@ -389,7 +398,7 @@ def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[n
     return call
 
 
-def inference_model(generator: Any, precision: str = "fp32"):
+def inference_model(generator: Any, precision: str = DEFAULT_PRECISION):
     """The folded inference copy of ``generator`` at ``precision``, with its current weights.
 
     Built on the first call per (generator, precision) and kept while the generator
@@ -413,7 +422,9 @@ def inference_model(generator: Any, precision: str = "fp32"):
     return copy
 
 
-def inference_call(generator: Any, precision: str = "fp32") -> Callable[[np.ndarray], Any]:
+def inference_call(
+    generator: Any, precision: str = DEFAULT_PRECISION
+) -> Callable[[np.ndarray], Any]:
     """The compiled call of ``generator``'s folded copy, refolded from its current weights.
 
     Takes (B, H, W, 3) float32 in [-1, 1] and returns the generator's output, a
@@ -440,8 +451,6 @@ def conv_flops(model, height: int, width: int) -> int:
     BatchNorm, activations and concatenation are not counted: they are memory-bound
     and well under 1% of the arithmetic.
     """
-    from keras import layers
-
     total = 0
     for node in _nodes(model):
         op = node.operation
@@ -452,3 +461,163 @@ def conv_flops(model, height: int, width: int) -> int:
         c_in = node.input_tensors[0].shape[-1]
         total += 2 * (height // sh) * (width // sw) * kh * kw * (c_in // op.groups) * op.filters
     return int(total)
+
+
+# --- loading a generator -------------------------------------------------------------------
+def load_generator(model_path: Path | str):
+    """Load a generator saved with ``model.save("generator.keras")``.
+
+    Returns the Keras model (input and output (B, H, W, 3) float32 in [-1, 1]).
+    Raises DgfError naming the file when it is missing, unreadable or not an
+    image-to-image generator.
+    """
+    path = require_file(
+        model_path, "model file",
+        "pass the generator saved by dgf-train (a .keras file) with --model."
+    )
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise DgfError(
+            f"model file {path} has suffix '{path.suffix}'; expected a Keras model "
+            f"saved as .keras (or legacy .h5)."
+        )
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        # Keras itself says "File not found" for any .keras file that is no zip.
+        raise DgfError(
+            f"model file {path} is not a valid .keras file (a .keras file is a zip "
+            f"archive; this one is damaged or something else renamed)."
+        )
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        raise DgfError(
+            f"could not load model {path}: {type(exc).__name__}: {exc}. Is it the "
+            f"generator .keras file written by dgf-train?"
+        ) from exc
+    in_shape = tuple(model.inputs[0].shape) if model.inputs else ()
+    out_shape = tuple(model.outputs[0].shape) if model.outputs else ()
+    if len(model.inputs) != 1 or len(in_shape) != 4 or in_shape[-1] != 3 or (
+        len(out_shape) != 4 or out_shape[-1] != 3
+    ):
+        raise DgfError(
+            f"model {path} maps {in_shape} to {out_shape}; a generator takes and "
+            f"returns (B, H, W, 3) images. Did you pass the discriminator?"
+        )
+    return model
+
+
+# --- tiling ------------------------------------------------------------------
+def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
+    """Raise DgfError for a tile / overlap / batch combination that cannot work."""
+    if tile < 0:
+        raise DgfError(f"tile size {tile} is negative; use a size in pixels or 0.")
+    if overlap < 0:
+        raise DgfError(f"overlap {overlap} is negative.")
+    if tile and 2 * overlap >= tile:
+        raise DgfError(
+            f"overlap {overlap} is too large for tile {tile}: each side's overlap "
+            f"must be less than half the tile (try --overlap {max(0, (tile - 1) // 2)} "
+            f"or a larger --tile)."
+        )
+    if batch_size < 1:
+        raise DgfError(f"batch size {batch_size} must be at least 1.")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``min(tile, length)`` covering ``length``.
+
+    Consecutive tiles overlap by at least ``overlap``; the last one is shifted back
+    inside the image rather than padded, so every tile has the same size.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _axis_window(start: int, size: int, length: int, overlap: int) -> np.ndarray:
+    """1-D blend weights of one tile along one axis (see the module docstring, Tiling)."""
+    w = np.ones(size, np.float32)
+    if overlap == 0:
+        return w
+    margin = overlap // 3
+    ramp = overlap - 2 * margin
+    # Ramp from (near) 0 to 1 over `ramp` pixels after `margin` near-zero ones.
+    d = np.arange(size, dtype=np.float32)
+    rising = np.clip((d - margin + 0.5) / ramp, _EDGE_WEIGHT, 1.0)
+    if start > 0:
+        w = np.minimum(w, rising)
+    if start + size < length:
+        w = np.minimum(w, rising[::-1])
+    return w
+
+
+def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -> np.ndarray:
+    return np.asarray(call(to_unit(batch_uint8)), dtype=np.float32)
+
+
+def deblur_image(
+    generator,
+    image: np.ndarray,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    precision: str = DEFAULT_PRECISION,
+) -> np.ndarray:
+    """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
+
+    Args:
+        generator: Keras model, (B, h, w, 3) float32 in [-1, 1] → same shape and
+            range; called with ``training=False``.
+        image: (H, W, 3) uint8 in [0, 255], any H and W ≥ 1.
+        tile: tile edge in pixels; 0 runs the whole image at once. An image no
+            larger than ``tile`` on an axis is one tile wide on that axis.
+        overlap: minimum overlap of neighbouring tiles in pixels (< tile / 2). It
+            must exceed 1.5× the generator's receptive-field radius for a seamless
+            result (64 for the DGF generator's ~17 px).
+        batch_size: tiles per generator call. 1 by default: on a CPU larger
+            batches run no faster per pixel (measured) and multiply peak memory
+            (about 3 GiB per 512 px tile at channel_rate 64); raise it on a GPU.
+        progress: show a tqdm bar over the tiles (for images of several tiles).
+        precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
+            folded copy (:func:`inference_call`) with its current weights.
+
+    Returns:
+        (H, W, 3) uint8 in [0, 255], the deblurred image.
+    """
+    check_tiling(tile, overlap, batch_size)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DgfError(
+            f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype "
+            f"{image.dtype}."
+        )
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise DgfError(f"image of size {width}x{height} is empty.")
+    call = inference_call(generator, precision)
+    if tile == 0 or (height <= tile and width <= tile):
+        return to_uint8(_run_generator(call, image[None])[0])
+
+    th, tw = min(tile, height), min(tile, width)
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    wy = {y: _axis_window(y, th, height, overlap) for y in ys}
+    wx = {x: _axis_window(x, tw, width, overlap) for x in xs}
+    accum = np.zeros((height, width, 3), np.float32)
+    weight = np.zeros((height, width, 1), np.float32)
+    positions = [(y, x) for y in ys for x in xs]
+    with tqdm(total=len(positions), desc="tiles", unit="tile", leave=False,
+              disable=not progress) as bar:
+        for i in range(0, len(positions), batch_size):
+            chunk = positions[i : i + batch_size]
+            batch = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
+            outputs = _run_generator(call, batch)
+            for (y, x), out in zip(chunk, outputs):
+                w = (wy[y][:, None] * wx[x][None, :])[..., None]
+                accum[y : y + th, x : x + tw] += out * w
+                weight[y : y + th, x : x + tw] += w
+            bar.update(len(chunk))
+    return to_uint8(accum / weight)

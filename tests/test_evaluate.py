@@ -366,6 +366,20 @@ def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
     assert eval_main(args + ["--overwrite"]) == 0
 
 
+def test_cli_takes_short_o_for_out(tmp_path, snapshots, capsys):
+    run, h5 = _make_run(tmp_path, snapshots, epochs=1)
+    one = tmp_path / "one"
+    assert eval_main(["--model", str(snapshots[0]), "--h5", str(h5), "-o", str(one),
+                      "--strips", "2", "--limit", "2", "--no-progress"]) == 0
+    assert f"wrote {one / 'summary.json'}" in capsys.readouterr().out
+    assert json.loads((one / "summary.json").read_text())["count"] == 2
+    elsewhere = tmp_path / "run_eval"
+    assert eval_main(["--run", str(run), "-o", str(elsewhere), "--strips", "2",
+                      "--limit", "2", "--no-progress"]) == 0
+    assert (elsewhere / "metrics.csv").is_file() and (elsewhere / "progress.png").is_file()
+    assert not (run / "eval").exists()
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     h5 = tmp_path / "d.h5"
     _make_h5(h5)

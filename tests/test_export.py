@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from dgf.cli import export_main
-from dgf.infer import deblur_image
+from dgf.runtime import deblur_image
 
 
 def _images(count: int, height: int, width: int, seed: int) -> np.ndarray:

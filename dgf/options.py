@@ -1,0 +1,41 @@
+"""Choices and defaults of the inference commands, in a module without TensorFlow.
+
+``dgf-deblur``, ``dgf-eval`` and ``dgf-export`` build their argument parsers from
+these values, and the modules that do the work (:mod:`dgf.runtime`,
+:mod:`dgf.infer`, :mod:`dgf.evaluate`, :mod:`dgf.export`) take their defaults and
+validate against the same names. Those modules import TensorFlow when they load
+(about two seconds), which a parser must not do so that every command's ``--help``
+stays instant; hence this module, which imports nothing, is the one home of these
+values. The data-preparation commands' choices live in their own modules, which are
+free of TensorFlow already (:mod:`dgf.sources`, :mod:`dgf.hdf5`, :mod:`dgf.synth`),
+and the trainer's in :mod:`dgf.config`.
+"""
+from __future__ import annotations
+
+#: Inference precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision``
+#: (see :mod:`dgf.runtime`).
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
+
+# dgf-deblur (dgf.runtime.deblur_image, dgf.infer.deblur_paths).
+#: Tile edge in pixels; 0 runs the whole image at once.
+DEFAULT_TILE = 512
+#: Minimum overlap of neighbouring tiles in pixels; must exceed 1.5x the
+#: generator's receptive-field radius (~17 px) for a seamless result.
+DEFAULT_OVERLAP = 64
+#: Tiles per generator call.
+DEFAULT_BATCH = 1
+#: JPEG quality of the outputs.
+DEFAULT_QUALITY = 95
+
+# dgf-eval (dgf.evaluate).
+#: Split of the HDF5 file that is scored.
+DEFAULT_EVAL_SPLIT = "test"
+#: Rows (pairs) of a sample strip.
+DEFAULT_STRIPS = 4
+#: Images per generator call when scoring.
+DEFAULT_EVAL_BATCH = 8
+
+# dgf-export (dgf.export).
+#: Export formats.
+EXPORT_FORMATS = ("savedmodel", "tflite")

@@ -1,0 +1,126 @@
+"""Every command's --help imports no TensorFlow and lists the choices of the module
+that owns them; the modules that do the work use the same values."""
+import inspect
+import json
+import os
+import subprocess
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from dgf import hdf5, options, sources, synth
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras")
+
+# Runs one console command's function with --help in a fresh interpreter, then
+# reports its output and which heavy packages ended up imported.
+_PROBE = r"""
+import contextlib, importlib, io, json, sys
+module, function = sys.argv[1].split(":")
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        getattr(importlib.import_module(module), function)(["--help"])
+        status = None
+    except SystemExit as exc:
+        status = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras"})
+print(json.dumps({"status": status, "help": out.getvalue(), "heavy": heavy}))
+"""
+
+
+def _scripts() -> dict[str, str]:
+    """``[project.scripts]`` of pyproject.toml: command -> "module:function"."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    table = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([\w.]+:\w+)"', table, flags=re.M))
+
+
+def _help(target: str) -> dict:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, target], capture_output=True, text=True,
+        env=env, cwd=REPO, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    # argparse wraps help text; compare with single spaces.
+    result["help"] = " ".join(result["help"].split())
+    return result
+
+
+def _choices(values) -> str:
+    return "{" + ",".join(values) + "}"
+
+
+def test_every_console_command_is_probed():
+    assert set(_scripts()) == {
+        "build-hdf5", "dgf-make-pairs", "dgf-train", "dgf-eval", "dgf-deblur", "dgf-export",
+    }
+
+
+@pytest.mark.parametrize("command", sorted(_scripts()))
+def test_help_imports_no_tensorflow(command):
+    result = _help(_scripts()[command])
+    assert result["status"] == 0
+    assert f"usage: {command}" in result["help"]
+    assert result["heavy"] == [], f"{command} --help imported {result['heavy']}"
+
+
+def test_build_hdf5_help_lists_the_owners_choices_and_defaults():
+    text = _help(_scripts()["build-hdf5"])["help"]
+    defaults = inspect.signature(hdf5.build_hdf5).parameters
+    assert _choices(("auto", *sources.LAYOUTS)) in text
+    assert _choices(sources.ORDERS) in text
+    assert _choices(hdf5.COMPRESSIONS) in text
+    assert _choices(hdf5.ON_ERROR) in text
+    assert f"(default: {defaults['size'].default})" in text
+    assert f"(default: {defaults['output'].default})" in text
+
+
+def test_make_pairs_help_lists_the_owners_choices_and_defaults():
+    text = _help(_scripts()["dgf-make-pairs"])["help"]
+    defaults = inspect.signature(synth.make_pairs).parameters
+    assert _choices(synth.OUTPUT_FORMATS) in text
+    assert f"(default: {synth.DEFAULT_STRENGTH})" in text
+    for flag, name in (("--per-image", "per_image"), ("--kernel-size", "kernel_size"),
+                       ("--test-fraction", "test_fraction"), ("--format", "fmt")):
+        after_flag = text.split(f" {flag} ", 1)[1]
+        assert f"(default: {defaults[name].default})" in after_flag.split(" --", 1)[0]
+
+
+def test_inference_commands_help_lists_the_options_module():
+    deblur = _help(_scripts()["dgf-deblur"])["help"]
+    assert _choices(options.PRECISIONS) in deblur
+    for flag, value in (("--tile", options.DEFAULT_TILE), ("--overlap", options.DEFAULT_OVERLAP),
+                        ("--batch", options.DEFAULT_BATCH),
+                        ("--quality", options.DEFAULT_QUALITY)):
+        described = deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {value})" in described
+    evaluate = _help(_scripts()["dgf-eval"])["help"]
+    assert _choices(options.PRECISIONS) in evaluate
+    assert "-o OUT, --out OUT" in evaluate
+    assert f"(default: {options.DEFAULT_EVAL_BATCH})" in evaluate
+    export = _help(_scripts()["dgf-export"])["help"]
+    assert _choices(options.EXPORT_FORMATS) in export
+
+
+def test_working_modules_use_the_options_module():
+    from dgf import evaluate, export, infer, runtime
+
+    assert runtime.PRECISIONS is options.PRECISIONS
+    assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
+    tiling = inspect.signature(runtime.deblur_image).parameters
+    files = inspect.signature(infer.deblur_paths).parameters
+    assert tiling["tile"].default == files["tile"].default == options.DEFAULT_TILE
+    assert tiling["overlap"].default == files["overlap"].default == options.DEFAULT_OVERLAP
+    assert tiling["batch_size"].default == files["batch_size"].default == options.DEFAULT_BATCH
+    assert files["quality"].default == options.DEFAULT_QUALITY
+    scoring = inspect.signature(evaluate.evaluate_model).parameters
+    assert scoring["strips"].default == options.DEFAULT_STRIPS
+    assert scoring["batch_size"].default == options.DEFAULT_EVAL_BATCH
+    assert scoring["split"].default == options.DEFAULT_EVAL_SPLIT
+    assert scoring["precision"].default == options.DEFAULT_PRECISION
