@@ -19,6 +19,7 @@ with writing turned off, so every worker does the same collective work.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -323,15 +324,25 @@ class ModelFiles:
         self.best_psnr = best_psnr
 
     def __call__(self, generator: keras.Model, epoch: int, psnr: float) -> bool:
-        """Write the files; True when this epoch is the best so far."""
+        """Write the files; True when this epoch is the best so far.
+
+        The model is serialized once, to ``generator.keras``; the snapshot and the
+        best are byte copies of it (each written atomically).
+        """
+        latest = self.run_dir / "generator.keras"
+        save_model(generator, latest)
         if self.snapshots:
-            save_model(generator, self.run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
-        save_model(generator, self.run_dir / "generator.keras")
+            copy_file(latest, self.run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
         if psnr > float(self.best_psnr.numpy()):
             self.best_psnr.assign(psnr)
-            save_model(generator, self.run_dir / "generator_best.keras")
+            copy_file(latest, self.run_dir / "generator_best.keras")
             return True
         return False
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """A byte copy of ``source`` at ``target``, atomically."""
+    write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -515,17 +516,36 @@ class Controller:
         return TrainResult(self.run_dir, self.global_step, epoch, self.history)
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
-        """The epoch-end actions, on the averaged generator (what is scored and saved)."""
+        """The epoch-end actions, on the averaged generator (what is scored and saved).
+
+        The record's ``end_parts`` says how many seconds each action took.
+        """
         generator = self.trainer.averaged
-        self.reestimate(generator, epoch)
-        score = self.score(generator, epoch)
+        parts: dict[str, float] = {}
+        with _timed(parts, "reestimate"):
+            self.reestimate(generator, epoch)
+        with _timed(parts, "score"):
+            score = self.score(generator, epoch)
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step, **score}
         if self.chief:
-            strip = self.strips(generator, epoch)
-            self.log.log_scores(self.global_step, score, strip)
-            if self.model_files(generator, epoch, score["psnr"]):
-                record["best"] = True
+            with _timed(parts, "strip"):
+                strip = self.strips(generator, epoch)
+            with _timed(parts, "tensorboard"):
+                self.log.log_scores(self.global_step, score, strip)
+            with _timed(parts, "model_files"):
+                if self.model_files(generator, epoch, score["psnr"]):
+                    record["best"] = True
+        record["end_parts"] = parts
         return record
+
+
+@contextmanager
+def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        parts[name] = round(time.perf_counter() - started, 3)
 
 
 def _plain_input(strategy) -> bool:
