@@ -395,13 +395,18 @@ def test_batch_buffers_are_reused_only_when_no_array_uses_them() -> None:
     pool = data._BufferPool()
     first = pool.take((2, 4, 4, 3))
     assert first.ctypes.data % 64 == 0  # aligned, so TensorFlow can adopt it
+    # Hold the memory under ``first`` ourselves: a buffer allocated afresh can then
+    # never land at its address, so sharing memory with it means it was reused.
+    memory = first.base.raw
     derived = first[1:, :, ::-1]
     del first
     gc.collect()
     second = pool.take((2, 4, 4, 3))
-    assert not np.shares_memory(second, derived)
+    assert not np.shares_memory(second, memory)  # ``derived`` still uses it
+    assert np.shares_memory(derived, memory)
     del derived
     gc.collect()
     third = pool.take((2, 4, 4, 3))
+    assert np.shares_memory(third, memory)  # the released buffer came back
     assert not np.shares_memory(third, second)
-    assert len(pool._free[(2, 4, 4, 3)]) == 0  # third reused the released buffer
+    assert third.ctypes.data % 64 == 0
