@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -156,7 +157,10 @@ def test_metric_inputs_are_checked():
 # --- strips -----------------------------------------------------------------------------
 def test_strip_indices_even_fixed_and_bounded():
     idx = ev.strip_indices(100, 4)
-    assert idx == ev.strip_indices(100, 4)
+    # The middles of four equal parts of 100, the same whatever the random state.
+    assert idx == [12, 37, 62, 87]
+    np.random.seed(5)
+    assert ev.strip_indices(100, 4) == [12, 37, 62, 87]
     assert idx == sorted(set(idx)) and len(idx) == 4
     assert all(0 <= i < 100 for i in idx)
     gaps = np.diff(idx)
@@ -164,7 +168,7 @@ def test_strip_indices_even_fixed_and_bounded():
     assert ev.strip_indices(3, 5) == [0, 1, 2]
     assert ev.strip_indices(7, 7) == list(range(7))
     assert len(set(ev.strip_indices(9, 8))) == 8
-    with pytest.raises(DgfError):
+    with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
         ev.strip_indices(10, 0)
 
 
@@ -228,9 +232,48 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     limited, lrows = ev.evaluate_split(generator, h5, limit=3, progress=False)
     assert limited["count"] == 3
     assert [r["index"] for r in lrows] == ev.strip_indices(COUNT, 3)
-    # Second call with the same pairs reuses the cached baseline; values must match.
-    again, _ = ev.evaluate_split(generator, h5, limit=3, progress=False)
-    assert again["blurred_psnr"] == limited["blurred_psnr"]
+
+
+def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
+    """The blurred-input scores are computed once per file and set of pairs."""
+    h5 = tmp_path / "d.h5"
+    _make_h5(h5)
+    generator = _generator(0)
+    monkeypatch.setattr(ev, "_BASELINE_CACHE", {})
+    calls = {"psnr": 0, "ssim": 0}
+
+    def counting(name, real):
+        def metric(a, b):
+            calls[name] += 1
+            return real(a, b)
+        return metric
+
+    monkeypatch.setattr(ev, "psnr", counting("psnr", ev.psnr))
+    monkeypatch.setattr(ev, "ssim", counting("ssim", ev.ssim))
+
+    def scored(**kw):
+        calls.update(psnr=0, ssim=0)
+        summary, rows = ev.evaluate_split(generator, h5, progress=False, **kw)
+        return summary, rows, dict(calls)
+
+    first, rows, n = scored(limit=3)
+    assert n == {"psnr": 6, "ssim": 6}  # deblurred and blurred scores of 3 pairs
+    again, again_rows, n = scored(limit=3)
+    assert n == {"psnr": 3, "ssim": 3}  # only the deblurred ones: baseline from the cache
+    assert again_rows == rows
+    assert again["blurred_psnr"] == first["blurred_psnr"]
+    # Other pairs of the same file are another entry.
+    _, _, n = scored(limit=2)
+    assert n == {"psnr": 4, "ssim": 4}
+    # A rewritten file (new mtime) is scored afresh, and its new baseline is used.
+    with h5py.File(h5, "a") as f:
+        f[blurred_name("test")][...] = f[sharp_name("test")][...]
+    stat = h5.stat()
+    os.utime(h5, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    rebuilt, rebuilt_rows, n = scored(limit=3)
+    assert n == {"psnr": 6, "ssim": 6}
+    assert all(r["blurred_psnr"] == math.inf for r in rebuilt_rows)
+    assert rebuilt["blurred_psnr"] == ev.PSNR_CAP_DB
 
 
 def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
