@@ -363,16 +363,25 @@ def test_cmyk_jpeg_converts_to_rgb(tmp_path):
 
 
 def test_missing_dir_split_and_empty_split_are_errors(tmp_path):
+    # The output's folder does not exist yet: a build creates it, so a failed check
+    # that still left it behind would show here.
+    fresh = tmp_path / "out" / "d.h5"
     with pytest.raises(DgfError, match="no such folder"):
-        build_hdf5(tmp_path / "nope", tmp_path / "d.h5", progress=False)
+        build_hdf5(tmp_path / "nope", fresh, progress=False)
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": ["a.png"]})
     with pytest.raises(DgfError, match="no 'test' folder"):
-        build_hdf5(root, tmp_path / "d.h5", progress=False)
+        build_hdf5(root, fresh, progress=False)
     (root / "test").mkdir()
     with pytest.raises(DgfError, match="test: empty split"):
-        build_hdf5(root, tmp_path / "d.h5", progress=False)
-    assert not (tmp_path / "d.h5").exists()
+        build_hdf5(root, fresh, progress=False)
+    assert not (tmp_path / "out").exists()
+    # An old output about to be replaced stays as it was.
+    old = tmp_path / "d.h5"
+    old.write_bytes(b"old output")
+    with pytest.raises(DgfError, match="test: empty split"):
+        build_hdf5(root, old, overwrite=True, progress=False)
+    assert old.read_bytes() == b"old output" and _no_temp_files(tmp_path)
 
 
 def test_native_size_mismatch_names_the_file_and_size(tmp_path):
