@@ -420,11 +420,11 @@ def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("interrupted while decoding the third pair")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sources, "decode_pair", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="interrupted while decoding the third pair"):
         build_hdf5(root, out, size=16, workers=1, overwrite=True, progress=False)
     assert len(calls) == 3
     assert out.read_bytes() == old

@@ -306,7 +306,7 @@ def test_plot_metrics_writes_png(tmp_path):
     path = tmp_path / "m.png"
     ev.plot_metrics([1, 2, 3], [20.0, 22.0, 23.5], [0.6, 0.65, 0.7], 21.0, [0.62] * 3, path)
     assert _png(path).shape == (600, 800, 3)
-    with pytest.raises(DgfError):
+    with pytest.raises(DgfError, match="got 2 epochs, 1 PSNR, 2 SSIM values"):
         ev.plot_metrics([1, 2], [20.0], [0.6, 0.7], 21.0, 0.6, tmp_path / "n.png")
 
 
@@ -417,5 +417,6 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert err.startswith("error:") and "nope.keras" in err
     assert eval_main(["--model", str(tmp_path / "nope.keras")]) == 2
     assert "--h5" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         eval_main(["--run", str(tmp_path), "--model", str(tmp_path / "g.keras")])
+    assert "argument --model: not allowed with argument --run" in capsys.readouterr().err

@@ -91,9 +91,14 @@ def test_kernel_is_reproducible_from_the_generator_state():
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("size,strength", [(30, 0.5), (1, 0.5), (31, 0.0), (31, 1.5)])
-def test_kernel_rejects_bad_arguments(size, strength):
-    with pytest.raises(DgfError):
+@pytest.mark.parametrize("size,strength,message", [
+    (30, 0.5, "kernel size 30 is not allowed: use an odd size of at least 3"),
+    (1, 0.5, "kernel size 1 is not allowed"),
+    (31, 0.0, r"strength 0\.0 is outside \(0, 1\]"),
+    (31, 1.5, r"strength 1\.5 is outside \(0, 1\]"),
+])
+def test_kernel_rejects_bad_arguments(size, strength, message):
+    with pytest.raises(DgfError, match=message):
         random_kernel(np.random.default_rng(0), size, strength)
 
 
@@ -267,13 +272,20 @@ def test_sharp_dir_and_sample_photos_are_exclusive(tmp_path):
         make_pairs(None, tmp_path / "out")
 
 
-@pytest.mark.parametrize("option,value", [
-    ("per_image", 0), ("size", 4), ("test_fraction", 1.0), ("seed", -1),
-    ("kernel_size", 8), ("strength", 2.0), ("noise", -1.0), ("quality", 0), ("fmt", "gif"),
+@pytest.mark.parametrize("option,value,message", [
+    ("per_image", 0, "per-image 0 must be a whole number >= 1"),
+    ("size", 4, "size 4 must be a whole number >= 8"),
+    ("test_fraction", 1.0, r"test-fraction 1\.0 must be in \[0, 1\)"),
+    ("seed", -1, "seed -1 must be a whole number >= 0"),
+    ("kernel_size", 8, "kernel size 8 is not allowed"),
+    ("strength", 2.0, r"strength 2\.0 is outside \(0, 1\]"),
+    ("noise", -1.0, r"noise -1\.0 must be >= 0"),
+    ("quality", 0, "JPEG quality 0 must be between 1 and 100"),
+    ("fmt", "gif", "format 'gif' is not one of jpg, png"),
 ])
-def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value):
+def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value, message):
     _write_photos(tmp_path / "src", [(40, 40)])
-    with pytest.raises(DgfError):
+    with pytest.raises(DgfError, match=message):
         make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **{option: value})
     assert not (tmp_path / "out").exists()
 

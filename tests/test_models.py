@@ -222,7 +222,11 @@ def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
     assert {w.dtype for w in bn.weights} == {"float32"}
 
 
-@pytest.mark.parametrize("bad", [{"channel_rate": 0}, {"dropout": 1.0}, {"dropout": -0.1}])
-def test_generator_rejects_bad_arguments(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    ({"channel_rate": 0}, "channel_rate must be a positive integer, got 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1\.0"),
+    ({"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0\.1"),
+])
+def test_generator_rejects_bad_arguments(bad, message):
+    with pytest.raises(ValueError, match=message):
         build_generator(**bad)
