@@ -19,45 +19,13 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import make_h5
 from dgf.config import TrainConfig
 from dgf.errors import DgfError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
             val_samples=2, strip_pairs=2, log_every=1, save_every=1000)
-
-
-def _box_blur(img: np.ndarray, k: int = 5) -> np.ndarray:
-    pad = k // 2
-    padded = np.pad(img.astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    out = np.zeros_like(img, dtype=np.float32)
-    for dy in range(k):
-        for dx in range(k):
-            out += padded[dy:dy + img.shape[0], dx:dx + img.shape[1]]
-    return np.clip(np.rint(out / (k * k)), 0, 255).astype(np.uint8)
-
-
-def make_h5(path: Path, n_train: int = 4, n_test: int = 2, size: int = 48, seed: int = 0) -> Path:
-    """A small HDF5 file in the build-hdf5 schema: smooth sharp images, box-blurred."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-
-    def sharp_image() -> np.ndarray:
-        channels = []
-        for _ in range(3):
-            fx, fy, ph = rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6)
-            wave = np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
-            edges = (rng.uniform(0, 1, (size // 8, size // 8)) > 0.5).repeat(8, 0).repeat(8, 1)
-            channels.append(127 + 70 * wave + 50 * (edges - 0.5))
-        return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
-
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", n_train), ("test", n_test)):
-            sharp = np.stack([sharp_image() for _ in range(n)])
-            blurred = np.stack([_box_blur(s) for s in sharp])
-            f.create_dataset(f"{split}_data_full", data=sharp, chunks=(1, size, size, 3))
-            f.create_dataset(f"{split}_data_blur", data=blurred, chunks=(1, size, size, 3))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +331,8 @@ MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from dgf.config import TrainConfig
+    from conftest import make_h5
+from dgf.config import TrainConfig
     from dgf.train import train
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     result = train(cfg, progress=False)
