@@ -481,7 +481,6 @@ def test_deblur_and_savedmodel_outputs_are_not_private(assets, tmp_path, capsys)
 # --- without write permission (needs a user that is not root) -------------------------
 NO_PERMISSION = """
 import json, sys
-from conftest import noise_image, png_header_only, save_side_by_side
 from dgf import cli
 results = []
 for name, argv in json.loads(sys.argv[1]):
@@ -590,7 +589,6 @@ elif where == "before-rename":  # an atomic write is complete under its temporar
         stall()
 
     fileio._give_normal_mode = give_normal_mode
-from conftest import noise_image, png_header_only, save_side_by_side
 from dgf import cli
 sys.argv = [main, *sys.argv[4:]]
 sys.exit(getattr(cli, main)())  # argv from sys.argv, as the console scripts run

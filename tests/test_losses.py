@@ -363,7 +363,8 @@ def test_ssim_loss_is_one_minus_the_reported_ssim():
 
 
 def test_ssim_weight_adds_its_term():
-    sharp, deblurred = uniform_images((2, 16, 16, 3), seed=32), uniform_images((2, 16, 16, 3), seed=33)
+    sharp = uniform_images((2, 16, 16, 3), seed=32)
+    deblurred = uniform_images((2, 16, 16, 3), seed=33)
     weights = LossWeights(perceptual=0.0, l1=1.0, adversarial=0.0, ssim=2.0)
     terms = generator_loss_terms(sharp, deblurred, None, None, weights)
     np.testing.assert_allclose(float(terms["g_ssim"]), float(ssim_loss(sharp, deblurred)))

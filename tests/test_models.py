@@ -104,7 +104,7 @@ def test_discriminator_logits_per_patch_for_non_square_image():
     assert logits.dtype == np.float32
 
 
-def test_discriminator_rows_belong_to_theiruniform_images():
+def test_discriminator_rows_belong_to_their_images():
     discriminator = build_discriminator(channel_rate=8, patch=32)
     batch = uniform_images((3, 64, 96, 3), seed=1)
     together = np.asarray(discriminator(batch, training=False))

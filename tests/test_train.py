@@ -331,8 +331,7 @@ MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from conftest import make_h5
-from dgf.config import TrainConfig
+    from dgf.config import TrainConfig
     from dgf.train import train
     cfg = TrainConfig(**json.loads(sys.argv[1]))
     result = train(cfg, progress=False)
