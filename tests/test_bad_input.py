@@ -461,6 +461,7 @@ def test_atomic_writers_give_the_mode_of_a_normal_write(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.tflite", "sm"]
 
 
+@pytest.mark.slow
 def test_deblur_and_savedmodel_outputs_are_not_private(assets, tmp_path, capsys):
     old = os.umask(0o022)
     try:

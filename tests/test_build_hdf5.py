@@ -408,6 +408,7 @@ def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
     assert _no_temp_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_build_keeps_old_output(tmp_path):
     root = tmp_path / "pairs"
     big = tmp_path / "big.jpg"
@@ -528,6 +529,7 @@ def test_describe_rejects_non_hdf5(tmp_path):
         describe(tmp_path)
 
 
+@pytest.mark.slow
 def test_real_pairs_build(pairs_small, tmp_path):
     out = tmp_path / "data.h5"
     report = build_hdf5(pairs_small, out, workers=2, progress=False)

@@ -33,6 +33,7 @@ def test_bundled_model_loads_in_safe_mode_with_its_card():
         assert needed in card
 
 
+@pytest.mark.slow
 def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
     sharp, blurred = _test_pairs(pairs_small, 8)
     model = keras.models.load_model(bundled_model())

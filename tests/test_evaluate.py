@@ -287,6 +287,7 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
 
 
 # --- whole run -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshots, monkeypatch):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
     rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False)
@@ -348,6 +349,7 @@ def test_evaluate_run_errors(tmp_path, snapshots):
 
 
 # --- CLI ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
     assert eval_main(["--run", str(run), "--strips", "2", "--no-progress"]) == 0

@@ -17,6 +17,7 @@ def _export(argv: list, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_keras_at_two_sizes(tmp_path, model_file, generator, capsys):
     import tensorflow as tf
 
@@ -59,6 +60,7 @@ def _tflite_run(interpreter, image: np.ndarray, resize: bool) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
 
 
+@pytest.mark.slow
 def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, generator,
                                                     capsys):
     import tensorflow as tf

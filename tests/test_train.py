@@ -44,6 +44,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 # The paper's layout starts from noise and must halve its L1; a residual generator
 # starts as the identity (L1 = the blur's) and must get clearly below that.
+@pytest.mark.slow
 @pytest.mark.parametrize("residual, ratio", [(False, 0.5), (True, 0.85)])
 def test_tiny_overfit_l1_falls(h5_file, tmp_path, residual, ratio):
     from dgf.train import train
@@ -76,6 +77,7 @@ def _variables(trainer) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     import tensorflow as tf
 
@@ -110,6 +112,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     assert not missing, missing[:5]
 
 
+@pytest.mark.slow
 def test_checkpoint_from_other_architecture_is_refused(h5_file, tmp_path):
     from dgf.train import train
 
@@ -124,8 +127,8 @@ def test_checkpoint_from_other_architecture_is_refused(h5_file, tmp_path):
         train(_cfg(h5_file, tmp_path / "run", epochs=1, channel_rate=16), progress=False)
 
 
-def test_resolve_config_precedence_and_resume_rules(h5_file, tmp_path):
-    from dgf.train import resolve_config, train
+def test_resolve_config_precedence(tmp_path):
+    from dgf.train import resolve_config
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epochs: 7\nbatch-size: 4\ncrop: 64\n")
@@ -140,6 +143,11 @@ def test_resolve_config_precedence_and_resume_rules(h5_file, tmp_path):
     with pytest.raises(DgfError, match="not a multiple of the discriminator patch"):
         TrainConfig(crop=100, patch=64)
 
+
+@pytest.mark.slow
+def test_resolve_config_resume_rules(h5_file, tmp_path):
+    from dgf.train import resolve_config, train
+
     run = tmp_path / "runs" / "a"
     train(_cfg(h5_file, run, epochs=1), progress=False, max_steps=1)
     cfg, resuming = resolve_config({"run_dir": str(run), "epochs": 5})
@@ -150,6 +158,7 @@ def test_resolve_config_precedence_and_resume_rules(h5_file, tmp_path):
         resolve_config({"run_dir": str(run), "channel_rate": 16})
 
 
+@pytest.mark.slow
 def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -203,6 +212,7 @@ def test_offline_vgg_fails_before_training(h5_file, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_perceptual_term_with_local_vgg_weights(h5_file, tmp_path):
     """--vgg-weights PATH loads a local file and the perceptual term is trained."""
     import keras
@@ -233,6 +243,7 @@ def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
             "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
     """Kill a run with SIGKILL mid-training, resume it, and end where an
     uninterrupted run ends: 3 epochs x 4 steps = step 12."""
@@ -291,6 +302,7 @@ def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path, signum):
     assert latest is not None and int(latest.rsplit("-", 1)[1]) >= last_step
 
 
+@pytest.mark.slow
 def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(_train_cli(h5_file, run, "--epochs", "2"), env=_python_env(),
@@ -340,6 +352,7 @@ MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(h5_file, tmp_path):
     values = {**TINY, "h5": str(h5_file), "run_dir": str(tmp_path / "run"), "epochs": 2,
               "batch_size": 2, "strategy": "mirrored"}
@@ -377,6 +390,7 @@ def test_recalibrate_batchnorm_matches_training_mode_statistics():
     assert all(layer.momentum == 0.99 for layer in bns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
     """bf16 and fp16 (with loss scaling) run the step, keep float32 losses and
