@@ -5,6 +5,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import noise_image, read_halves

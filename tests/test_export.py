@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import smooth_photo, smooth_photos
 from dgf.cli import export_main
