@@ -267,6 +267,7 @@ def test_plot_metrics_writes_png(tmp_path):
 
 
 # --- whole model -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots):
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)

@@ -328,6 +328,7 @@ def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
     assert g.output_shape[-1] == 3
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clean(tmp_path):
     done = subprocess.run(_train_cli(tmp_path / "nope.h5", tmp_path / "run", "--epochs", "1"),
                           env=_python_env(), capture_output=True, text=True, timeout=120)
