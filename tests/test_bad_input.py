@@ -14,12 +14,10 @@ import os
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import noise_image, png_header_only, save_side_by_side
 from dgf import cli
 from dgf.fileio import write_atomic, write_bytes_atomic, write_folder_atomic
 
@@ -37,22 +36,6 @@ TINY_RUN = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weig
 
 
 # --- inputs, made once ---------------------------------------------------------
-def _pair_jpeg(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(path)
-
-
-def _png_header_only(path: Path, width: int, height: int) -> None:
-    """A PNG that claims width x height pixels and holds none: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-
-
 @dataclass(frozen=True)
 class Assets:
     root: Path
@@ -75,13 +58,13 @@ def assets(tmp_path_factory, model_file) -> Assets:
     jpegs = root / "jpegs"
     for split, n in (("train", 3), ("test", 2)):
         for i in range(n):
-            _pair_jpeg(jpegs / split / f"{i}.jpg", seed=10 * i + len(split))
+            seed = 10 * i + len(split)
+            save_side_by_side(jpegs / split / f"{i}.jpg", noise_image(seed, 32, 32),
+                              noise_image(seed + 1, 32, 32))
     photos = root / "photos"
     photos.mkdir()
     for i in range(2):
-        rng = np.random.default_rng(i)
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
-            photos / f"{i}.jpg")
+        Image.fromarray(noise_image(i, 48, 48)).save(photos / f"{i}.jpg")
     h5 = root / "data.h5"
     build_hdf5(jpegs, h5, size=32, workers=1, progress=False)
     model = root / "generator.keras"
@@ -378,7 +361,7 @@ def _damage(path: Path, text: str = "garbage \x00\x01 not what dgf wrote") -> Pa
 def _bomb_tree(a: Assets, tmp: Path) -> Path:
     root = tmp / "bomb"
     shutil.copytree(a.jpegs, root)
-    _png_header_only(root / "train" / "bomb.png", 20_000, 20_000)
+    png_header_only(root / "train" / "bomb.png", 20_000, 20_000)
     return root
 
 
@@ -478,6 +461,7 @@ def test_atomic_writers_give_the_mode_of_a_normal_write(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.tflite", "sm"]
 
 
+@pytest.mark.slow
 def test_deblur_and_savedmodel_outputs_are_not_private(assets, tmp_path, capsys):
     old = os.umask(0o022)
     try:

@@ -5,7 +5,6 @@ import json
 import re
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import noise_image, png_header_only, save_side_by_side
 from dgf import schema, sources
 from dgf.cli import build_hdf5_main
 from dgf.errors import DgfError
@@ -27,19 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 H, W = 12, 16  # one half of a side-by-side test image
 
 
-def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def _noise(seed: int, h: int = H, w: int = W) -> np.ndarray:
-    return _rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _save_sbs(path: Path, left: np.ndarray, right: np.ndarray, **kw) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate([left, right], axis=1)).save(path, **kw)
-
-
 def _sbs_tree(root: Path, names: dict[str, list[str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Side-by-side PNGs with random halves; returns {relative path: (left, right)}."""
     halves = {}
@@ -47,8 +34,8 @@ def _sbs_tree(root: Path, names: dict[str, list[str]]) -> dict[str, tuple[np.nda
         for name in files:
             rel = f"{split}/{name}"
             seed = zlib.crc32(rel.encode())
-            left, right = _noise(seed), _noise(seed + 1)
-            _save_sbs(root / rel, left, right)
+            left, right = noise_image(seed, H, W), noise_image(seed + 1, H, W)
+            save_side_by_side(root / rel, left, right)
             halves[rel] = (left, right)
     return halves
 
@@ -122,7 +109,7 @@ def test_blur_sharp_order_swaps_halves(tmp_path):
 
 def test_odd_width_drops_middle_column_with_warning(tmp_path):
     jpeg_dir = tmp_path / "pairs"
-    left, right = _noise(1), _noise(2)
+    left, right = noise_image(1, H, W), noise_image(2, H, W)
     middle = np.full((H, 1, 3), 7, np.uint8)
     for split in ("train", "test"):
         path = jpeg_dir / split / "odd.png"
@@ -149,13 +136,14 @@ def test_gopro_layout_pairs_by_name_and_reports_unmatched(tmp_path):
     for split, scenes in (("train", ["S1", "S2"]), ("test", ["T1"])):
         for scene in scenes:
             for name in ("001.png", "002.png"):
-                sharp, blurred = _noise(len(pixels) * 2), _noise(len(pixels) * 2 + 1)
+                seed = len(pixels) * 2
+                sharp, blurred = noise_image(seed, H, W), noise_image(seed + 1, H, W)
                 _save(root / split / scene / "sharp" / name, sharp)
                 _save(root / split / scene / "blur" / name, blurred)
                 pixels[f"{split}/{scene}/{name}"] = (sharp, blurred)
-    _save(root / "train/S1/sharp/lonely.png", _noise(90))
-    _save(root / "train/S2/blur/orphan.png", _noise(91))
-    _save(root / "train/S2/blur_gamma/001.png", _noise(92))  # GOPRO extra, not used
+    _save(root / "train/S1/sharp/lonely.png", noise_image(90, H, W))
+    _save(root / "train/S2/blur/orphan.png", noise_image(91, H, W))
+    _save(root / "train/S2/blur_gamma/001.png", noise_image(92, H, W))  # GOPRO extra, not used
 
     out = tmp_path / "data.h5"
     report = build_hdf5(root, out, native=True, workers=1, progress=False)
@@ -180,7 +168,7 @@ def test_gopro_layout_pairs_by_name_and_reports_unmatched(tmp_path):
 
 def test_pix2pix_layout_a_is_blurred_b_is_sharp(tmp_path):
     root = tmp_path / "ab"
-    sharp, blurred = _noise(5), _noise(6)
+    sharp, blurred = noise_image(5, H, W), noise_image(6, H, W)
     for split in ("train", "test"):
         _save(root / split / "A" / "x.png", blurred)
         _save(root / split / "B" / "x.png", sharp)
@@ -202,10 +190,10 @@ def test_pix2pix_layout_a_is_blurred_b_is_sharp(tmp_path):
 def test_paired_size_mismatch_is_skipped_with_reason(tmp_path):
     root = tmp_path / "ab"
     for split in ("train", "test"):
-        _save(root / split / "A" / "ok.png", _noise(1))
-        _save(root / split / "B" / "ok.png", _noise(2))
-    _save(root / "train/A/bad.png", _noise(3, 8, 8))
-    _save(root / "train/B/bad.png", _noise(4))
+        _save(root / split / "A" / "ok.png", noise_image(1, H, W))
+        _save(root / split / "B" / "ok.png", noise_image(2, H, W))
+    _save(root / "train/A/bad.png", noise_image(3, 8, 8))
+    _save(root / "train/B/bad.png", noise_image(4, H, W))
     report = build_hdf5(root, tmp_path / "d.h5", size=8, workers=1, progress=False)
     assert report.counts["train"] == 1
     assert report.skipped == [
@@ -230,7 +218,7 @@ def test_draft_decoding_keeps_halves_apart(tmp_path):
     left = np.zeros((256, 512, 3), np.uint8) + np.array([200, 30, 30], np.uint8)
     right = np.zeros((256, 512, 3), np.uint8) + np.array([20, 40, 220], np.uint8)
     path = tmp_path / "big.jpg"
-    _save_sbs(path, left, right, quality=95)
+    save_side_by_side(path, left, right, quality=95)
     pair = sources.PairSource(path, path, "big.jpg", "big.jpg")
     fast = sources.decode_pair(pair, 32, draft=True)
     full = sources.decode_pair(pair, 32, draft=False)
@@ -242,24 +230,13 @@ def test_draft_decoding_keeps_halves_apart(tmp_path):
 
 
 # --- bad input ----------------------------------------------------------------
-def _png_header_only(path: Path, width: int, height: int) -> None:
-    """A PNG that declares a huge size (a decompression bomb) without the pixels."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
-
-
 def _corrupt(path: Path) -> None:
-    path.write_bytes(b"\xff\xd8\xff\xe0" + _rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    junk = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)
+    path.write_bytes(b"\xff\xd8\xff\xe0" + junk.tobytes())
 
 
 def _truncated(path: Path) -> None:
-    _save_sbs(path, _noise(1, 64, 64), _noise(2, 64, 64), quality=90)
+    save_side_by_side(path, noise_image(1, 64, 64), noise_image(2, 64, 64), quality=90)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
@@ -269,8 +246,8 @@ BAD_FILES = {
     "truncated.jpg": (_truncated, "corrupt or truncated image"),
     "empty.jpg": (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
     "text.png": (lambda p: p.write_text("hello, not a picture"), "not an image"),
-    "bomb.png": (lambda p: _png_header_only(p, 20_000, 20_000), "decompression bomb"),
-    "bomb_warning.png": (lambda p: _png_header_only(p, 10_000, 10_000), "decompression bomb"),
+    "bomb.png": (lambda p: png_header_only(p, 20_000, 20_000), "decompression bomb"),
+    "bomb_warning.png": (lambda p: png_header_only(p, 10_000, 10_000), "decompression bomb"),
 }
 
 
@@ -308,23 +285,23 @@ def test_every_file_bad_is_an_error(tmp_path):
 
 def _mode_case(mode: str) -> tuple[Image.Image, np.ndarray]:
     """An image in ``mode`` and the RGB pixels it must become."""
-    g = _rng(3).integers(0, 256, (H, 2 * W), dtype=np.uint8)
+    g = np.random.default_rng(3).integers(0, 256, (H, 2 * W), dtype=np.uint8)
     if mode == "L":
         return Image.fromarray(g), np.repeat(g[..., None], 3, axis=2)
     if mode == "LA":
         im = Image.merge("LA", [Image.fromarray(g), Image.fromarray(255 - g)])
         return im, np.repeat(g[..., None], 3, axis=2)
     if mode == "RGBA":
-        rgba = _rng(4).integers(0, 256, (H, 2 * W, 4), dtype=np.uint8)
+        rgba = np.random.default_rng(4).integers(0, 256, (H, 2 * W, 4), dtype=np.uint8)
         return Image.fromarray(rgba), rgba[..., :3]  # alpha dropped, colour kept
     if mode == "P":
-        palette = _rng(5).integers(0, 256, (256, 3), dtype=np.uint8)
+        palette = np.random.default_rng(5).integers(0, 256, (256, 3), dtype=np.uint8)
         im = Image.fromarray(g, mode="L").convert("P")  # make a P image, then set pixels
         im.putpalette(palette.tobytes())
         im.frombytes(g.tobytes())
         return im, palette[g]
     if mode == "I;16":
-        wide = _rng(6).integers(0, 65536, (H, 2 * W), dtype=np.uint16)
+        wide = np.random.default_rng(6).integers(0, 65536, (H, 2 * W), dtype=np.uint16)
         wide[0, :4] = [0, 65535, 1000, 32896]
         want = np.round(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
         return Image.fromarray(wide), np.repeat(want[..., None], 3, axis=2)
@@ -364,22 +341,31 @@ def test_cmyk_jpeg_converts_to_rgb(tmp_path):
 
 
 def test_missing_dir_split_and_empty_split_are_errors(tmp_path):
+    # The output's folder does not exist yet: a build creates it, so a failed check
+    # that still left it behind would show here.
+    fresh = tmp_path / "out" / "d.h5"
     with pytest.raises(DgfError, match="no such folder"):
-        build_hdf5(tmp_path / "nope", tmp_path / "d.h5", progress=False)
+        build_hdf5(tmp_path / "nope", fresh, progress=False)
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": ["a.png"]})
     with pytest.raises(DgfError, match="no 'test' folder"):
-        build_hdf5(root, tmp_path / "d.h5", progress=False)
+        build_hdf5(root, fresh, progress=False)
     (root / "test").mkdir()
     with pytest.raises(DgfError, match="test: empty split"):
-        build_hdf5(root, tmp_path / "d.h5", progress=False)
-    assert not (tmp_path / "d.h5").exists()
+        build_hdf5(root, fresh, progress=False)
+    assert not (tmp_path / "out").exists()
+    # An old output about to be replaced stays as it was.
+    old = tmp_path / "d.h5"
+    old.write_bytes(b"old output")
+    with pytest.raises(DgfError, match="test: empty split"):
+        build_hdf5(root, old, overwrite=True, progress=False)
+    assert old.read_bytes() == b"old output" and _no_temp_files(tmp_path)
 
 
 def test_native_size_mismatch_names_the_file_and_size(tmp_path):
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": ["a.png", "b.png", "d.png"], "test": ["t.png"]})
-    _save_sbs(root / "train" / "c.png", _noise(1, 10, 9), _noise(2, 10, 9))
+    save_side_by_side(root / "train" / "c.png", noise_image(1, 10, 9), noise_image(2, 10, 9))
     odd = rf"train/c\.png: its images are 9x10 but 3 of 4 pairs .* {W}x{H}"
     with pytest.raises(DgfError, match=odd):
         build_hdf5(root, tmp_path / "d.h5", native=True, workers=1, progress=False)
@@ -412,21 +398,22 @@ def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("interrupted while decoding the third pair")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sources, "decode_pair", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="interrupted while decoding the third pair"):
         build_hdf5(root, out, size=16, workers=1, overwrite=True, progress=False)
     assert len(calls) == 3
     assert out.read_bytes() == old
     assert _no_temp_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_build_keeps_old_output(tmp_path):
     root = tmp_path / "pairs"
     big = tmp_path / "big.jpg"
-    _save_sbs(big, _noise(1, 768, 1024), _noise(2, 768, 1024), quality=90)
+    save_side_by_side(big, noise_image(1, 768, 1024), noise_image(2, 768, 1024), quality=90)
     for split, n in (("train", 300), ("test", 2)):
         (root / split).mkdir(parents=True)
         for i in range(n):
@@ -462,8 +449,8 @@ def jpeg_tree(tmp_path) -> Path:
     root = tmp_path / "pairs"
     for split, n in (("train", 13), ("test", 5)):
         for i in range(n):
-            sharp, blurred = _noise(i, 24, 32), _noise(i + 50, 24, 32)
-            _save_sbs(root / split / f"{i}.jpg", sharp, blurred, quality=92)
+            sharp, blurred = noise_image(i, 24, 32), noise_image(i + 50, 24, 32)
+            save_side_by_side(root / split / f"{i}.jpg", sharp, blurred, quality=92)
     (root / "train" / "9.jpg").write_bytes(b"broken")
     return root
 
@@ -517,7 +504,7 @@ def test_attributes_describe_the_build(jpeg_tree, tmp_path):
 
 def test_seed_style_file_is_readable(tmp_path):
     out = tmp_path / "seed.h5"
-    rng = _rng(0)
+    rng = np.random.default_rng(0)
     with h5py.File(out, "w") as f:
         for split, n in (("train", 3), ("test", 2)):
             full = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)]
@@ -543,6 +530,7 @@ def test_describe_rejects_non_hdf5(tmp_path):
         describe(tmp_path)
 
 
+@pytest.mark.slow
 def test_real_pairs_build(pairs_small, tmp_path):
     out = tmp_path / "data.h5"
     report = build_hdf5(pairs_small, out, workers=2, progress=False)

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
+from conftest import noise_image, read_halves
 from dgf.cli import deblur_main
 from dgf.evaluate import deblur_array, psnr, ssim
 from dgf.models import is_residual
@@ -17,12 +19,7 @@ def _test_pairs(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` evenly spaced side-by-side test pairs (sharp | blurred), uint8."""
     files = sorted((root / "test").glob("*.jpg"))
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-    sharp, blurred = [], []
-    for path in chosen:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        half = image.shape[1] // 2
-        sharp.append(image[:, :half])
-        blurred.append(image[:, half: 2 * half])
+    sharp, blurred = zip(*map(read_halves, chosen))
     return np.stack(sharp), np.stack(blurred)
 
 
@@ -37,6 +34,7 @@ def test_bundled_model_loads_in_safe_mode_with_its_card():
         assert needed in card
 
 
+@pytest.mark.slow
 def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
     sharp, blurred = _test_pairs(pairs_small, 8)
     model = keras.models.load_model(bundled_model())
@@ -49,8 +47,7 @@ def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
 
 def test_dgf_deblur_uses_the_bundled_model_without_model(tmp_path, capsys):
     photo = tmp_path / "in.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(noise_image(0, 40, 56)).save(photo)
     status = deblur_main([str(photo), "-o", str(tmp_path / "out"), "--quiet"])
     out = capsys.readouterr().out
     assert status == 0

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import indexed_images, make_indexed_h5, write_pairs_h5
 from dgf import data
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo, blurred_name, sharp_name
@@ -17,46 +18,9 @@ tf = pytest.importorskip("tensorflow")
 COUNT, HEIGHT, WIDTH = 20, 12, 16
 
 
-def _sharp_images(count: int, height: int, width: int) -> np.ndarray:
-    """Every pixel names its own source: (row, column, pair index)."""
-    images = np.empty((count, height, width, 3), dtype=np.uint8)
-    images[..., 0] = np.arange(height)[None, :, None]
-    images[..., 1] = np.arange(width)[None, None, :]
-    images[..., 2] = np.arange(count)[:, None, None]
-    return images
-
-
-def _write(
-    path: Path,
-    count: int = COUNT,
-    height: int = HEIGHT,
-    width: int = WIDTH,
-    *,
-    seed_style: bool = False,
-    offset: int = 0,
-) -> Path:
-    """A train and a test split where blurred = 255 - sharp, pixel by pixel.
-
-    Writer-style files are chunked one image per chunk and carry attributes;
-    seed-style files are contiguous with no attributes.
-    """
-    sharp = _sharp_images(count, height, width)
-    sharp[..., 2] += offset
-    with h5py.File(path, "w") as f:
-        if not seed_style:
-            f.attrs["schema_version"] = 1
-        for split in ("train", "test"):
-            for name, images in ((sharp_name(split), sharp), (blurred_name(split), 255 - sharp)):
-                if seed_style:
-                    f.create_dataset(name, data=images)
-                else:
-                    f.create_dataset(name, data=images, chunks=(1, height, width, 3))
-    return path
-
-
 @pytest.fixture
 def h5(tmp_path: Path) -> Path:
-    return _write(tmp_path / "pairs.h5")
+    return make_indexed_h5(tmp_path / "pairs.h5", COUNT, HEIGHT, WIDTH)
 
 
 def _batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -90,7 +54,7 @@ def _match(sample: np.ndarray, source: np.ndarray) -> int:
 # --- content -----------------------------------------------------------------
 @pytest.mark.parametrize("crop", [8, (6, 10)])
 def test_training_crops_stay_aligned_and_come_from_the_source(h5: Path, crop) -> None:
-    source = _sharp_images(COUNT, HEIGHT, WIDTH)
+    source = indexed_images(COUNT, HEIGHT, WIDTH)
     h, w = (crop, crop) if isinstance(crop, int) else crop
     seen = set()
     for epoch in range(3):
@@ -113,7 +77,7 @@ def test_training_crops_stay_aligned_and_come_from_the_source(h5: Path, crop) ->
 
 
 def test_no_augment_gives_plain_windows_with_the_same_order_and_crops(h5: Path) -> None:
-    source = _sharp_images(COUNT, HEIGHT, WIDTH)
+    source = indexed_images(COUNT, HEIGHT, WIDTH)
     plain = _batches(data.make_dataset(h5, "train", 5, crop=8, augment=False, seed=3))
     augmented = _batches(data.make_dataset(h5, "train", 5, crop=8, augment=True, seed=3))
     assert {_match(s, source) for _, sharp in plain for s in sharp} == {0}
@@ -138,7 +102,7 @@ def test_edge_crops_snap_that_share_of_windows_to_the_image_edges() -> None:
 
 
 def test_full_images_of_a_non_square_split_never_turn(h5: Path) -> None:
-    source = _sharp_images(COUNT, HEIGHT, WIDTH)
+    source = indexed_images(COUNT, HEIGHT, WIDTH)
     batches = _batches(data.make_dataset(h5, "train", 10))
     assert all(b.shape == (10, HEIGHT, WIDTH, 3) for b, _ in batches)
     assert {_match(s, source) for _, sharp in batches for s in sharp} <= {0, 2, 4, 6}
@@ -150,7 +114,7 @@ def test_evaluation_is_file_order_centre_crop_and_keeps_the_last_batch(h5: Path)
     assert [len(s) for _, s in batches] == [6, 6, 6, 2]
     assert int(dataset.cardinality()) == 4
     assert _indices(batches) == list(range(COUNT))
-    source = _sharp_images(COUNT, HEIGHT, WIDTH)
+    source = indexed_images(COUNT, HEIGHT, WIDTH)
     for blurred, sharp in batches:
         np.testing.assert_array_equal(blurred, 255 - sharp)
         for s in sharp:
@@ -160,7 +124,7 @@ def test_evaluation_is_file_order_centre_crop_and_keeps_the_last_batch(h5: Path)
 
 
 def test_seed_style_file_loads(tmp_path: Path) -> None:
-    path = _write(tmp_path / "seed.h5", seed_style=True)
+    path = make_indexed_h5(tmp_path / "seed.h5", COUNT, HEIGHT, WIDTH, seed_style=True)
     batches = _batches(data.make_dataset(path, "train", 4, crop=8))
     assert len(batches) == 5
     assert sorted(_indices(batches)) == list(range(COUNT))
@@ -280,7 +244,7 @@ def test_uneven_global_batch_is_an_error(h5: Path) -> None:
 
 # --- cache ---------------------------------------------------------------------
 def test_cache_gives_the_same_batches_with_fresh_crops_each_epoch(tmp_path: Path) -> None:
-    path = _write(tmp_path / "pairs.h5")
+    path = make_indexed_h5(tmp_path / "pairs.h5", COUNT, HEIGHT, WIDTH)
     data.clear_cache()
     try:
         epochs = []
@@ -297,7 +261,7 @@ def test_cache_gives_the_same_batches_with_fresh_crops_each_epoch(tmp_path: Path
         assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])
 
         # A rebuilt file is read afresh, not served from the stale copy.
-        _write(path, offset=100)
+        make_indexed_h5(path, COUNT, HEIGHT, WIDTH, offset=100)
         os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))
         rebuilt = _batches(data.make_dataset(path, "test", 20, training=False, cache=True))
         assert _indices(rebuilt) == list(range(100, 100 + COUNT))
@@ -336,10 +300,7 @@ def test_not_an_hdf5_file(tmp_path: Path) -> None:
     ],
 )
 def test_wrong_dtype_or_shape(tmp_path: Path, images: np.ndarray, message: str) -> None:
-    path = tmp_path / "bad.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset(sharp_name("train"), data=images)
-        f.create_dataset(blurred_name("train"), data=images)
+    path = write_pairs_h5(tmp_path / "bad.h5", {"train": (images, images)}, chunked=False)
     with pytest.raises(DgfError, match=message):
         data.make_dataset(path, "train", 2)
 
@@ -395,13 +356,18 @@ def test_batch_buffers_are_reused_only_when_no_array_uses_them() -> None:
     pool = data._BufferPool()
     first = pool.take((2, 4, 4, 3))
     assert first.ctypes.data % 64 == 0  # aligned, so TensorFlow can adopt it
+    # Hold the memory under ``first`` ourselves: a buffer allocated afresh can then
+    # never land at its address, so sharing memory with it means it was reused.
+    memory = first.base.raw
     derived = first[1:, :, ::-1]
     del first
     gc.collect()
     second = pool.take((2, 4, 4, 3))
-    assert not np.shares_memory(second, derived)
+    assert not np.shares_memory(second, memory)  # ``derived`` still uses it
+    assert np.shares_memory(derived, memory)
     del derived
     gc.collect()
     third = pool.take((2, 4, 4, 3))
+    assert np.shares_memory(third, memory)  # the released buffer came back
     assert not np.shares_memory(third, second)
-    assert len(pool._free[(2, 4, 4, 3)]) == 0  # third reused the released buffer
+    assert third.ctypes.data % 64 == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -12,34 +13,13 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from conftest import make_eval_h5, make_run, read_halves
 from dgf import evaluate as ev
 from dgf.cli import eval_main
 from dgf.errors import DgfError
-from dgf.schema import blurred_name, sharp_name, source_name
+from dgf.schema import blurred_name, sharp_name
 
-H, W, COUNT = 24, 40, 7
-
-
-def _smooth_images(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    # Low-frequency content plus noise, so SSIM is neither ~0 nor ~1.
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack(
-        [np.sin(xx / (3 + c) + k) * np.cos(yy / (4 + k) + c) for k in range(n) for c in range(3)]
-    ).reshape(n, 3, h, w).transpose(0, 2, 3, 1)
-    noisy = 127.5 + 100 * base + rng.normal(0, 12, base.shape)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-
-
-def _make_h5(path: Path, *, with_source: bool = True, count: int = COUNT) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    sharp = _smooth_images(rng, count, H, W)
-    blurred = np.clip(sharp.astype(int) + rng.integers(-25, 26, sharp.shape), 0, 255).astype(np.uint8)
-    with h5py.File(path, "w") as f:
-        f[sharp_name("test")] = sharp
-        f[blurred_name("test")] = blurred
-        if with_source:
-            f[source_name("test")] = np.array([f"pair_{i}.jpg".encode() for i in range(count)])
-    return sharp, blurred
+H, W, COUNT = 24, 40, 7  # what make_eval_h5 writes
 
 
 def _generator(seed: int):
@@ -73,19 +53,6 @@ def snapshots(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def _make_run(tmp_path: Path, snapshots: list[Path], epochs: int = 2) -> tuple[Path, Path]:
-    run = tmp_path / "run"
-    (run / "snapshots").mkdir(parents=True)
-    h5 = tmp_path / "data.h5"
-    _make_h5(h5)
-    (run / "config.json").write_text(json.dumps({"h5": str(h5), "channel_rate": 8}))
-    for epoch in range(1, epochs + 1):
-        (run / "snapshots" / f"generator_epoch_{epoch:04d}.keras").write_bytes(
-            snapshots[epoch - 1].read_bytes()
-        )
-    return run, h5
-
-
 def _png(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
@@ -102,20 +69,10 @@ def test_to_uint8_rounds_clips_and_inverts_to_unit():
     np.testing.assert_array_equal(ev.to_uint8(unit), every)
 
 
-def _halves(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
-    for path in paths:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))
-        half = arr.shape[1] // 2
-        pairs.append((arr[:, :half], arr[:, half : 2 * half]))
-    return pairs
-
-
 def test_metrics_agree_with_scikit_image_on_real_pairs(pairs_small):
     paths = sorted((pairs_small / "test").glob("*.jpg"))[:8]
     assert len(paths) == 8
-    for sharp, blurred in _halves(paths):
+    for sharp, blurred in map(read_halves, paths):
         want_p = peak_signal_noise_ratio(sharp, blurred, data_range=255)
         want_s = structural_similarity(sharp, blurred, channel_axis=-1, data_range=255)
         assert abs(ev.psnr(sharp, blurred) - want_p) < 0.01
@@ -156,7 +113,10 @@ def test_metric_inputs_are_checked():
 # --- strips -----------------------------------------------------------------------------
 def test_strip_indices_even_fixed_and_bounded():
     idx = ev.strip_indices(100, 4)
-    assert idx == ev.strip_indices(100, 4)
+    # The middles of four equal parts of 100, the same whatever the random state.
+    assert idx == [12, 37, 62, 87]
+    np.random.seed(5)
+    assert ev.strip_indices(100, 4) == [12, 37, 62, 87]
     assert idx == sorted(set(idx)) and len(idx) == 4
     assert all(0 <= i < 100 for i in idx)
     gaps = np.diff(idx)
@@ -164,7 +124,7 @@ def test_strip_indices_even_fixed_and_bounded():
     assert ev.strip_indices(3, 5) == [0, 1, 2]
     assert ev.strip_indices(7, 7) == list(range(7))
     assert len(set(ev.strip_indices(9, 8))) == 8
-    with pytest.raises(DgfError):
+    with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
         ev.strip_indices(10, 0)
 
 
@@ -184,7 +144,7 @@ def test_make_strip_panels_are_exact():
 
 def test_write_strip_png_matches_sources(tmp_path):
     h5 = tmp_path / "d.h5"
-    sharp, blurred = _make_h5(h5)
+    sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
     out = tmp_path / "samples" / "epoch_0001.png"
     strip = ev.write_strip(out, generator, h5, "test", indices=[1, 4, 6])
@@ -207,7 +167,7 @@ def test_write_strip_png_matches_sources(tmp_path):
 # --- scoring a split ---------------------------------------------------------------------
 def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
-    sharp, blurred = _make_h5(h5)
+    sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
     summary, rows = ev.evaluate_split(generator, h5, batch_size=3, progress=False)
     assert set(summary) == set(ev.SUMMARY_KEYS)
@@ -228,14 +188,53 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     limited, lrows = ev.evaluate_split(generator, h5, limit=3, progress=False)
     assert limited["count"] == 3
     assert [r["index"] for r in lrows] == ev.strip_indices(COUNT, 3)
-    # Second call with the same pairs reuses the cached baseline; values must match.
-    again, _ = ev.evaluate_split(generator, h5, limit=3, progress=False)
-    assert again["blurred_psnr"] == limited["blurred_psnr"]
+
+
+def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
+    """The blurred-input scores are computed once per file and set of pairs."""
+    h5 = tmp_path / "d.h5"
+    make_eval_h5(h5)
+    generator = _generator(0)
+    monkeypatch.setattr(ev, "_BASELINE_CACHE", {})
+    calls = {"psnr": 0, "ssim": 0}
+
+    def counting(name, real):
+        def metric(a, b):
+            calls[name] += 1
+            return real(a, b)
+        return metric
+
+    monkeypatch.setattr(ev, "psnr", counting("psnr", ev.psnr))
+    monkeypatch.setattr(ev, "ssim", counting("ssim", ev.ssim))
+
+    def scored(**kw):
+        calls.update(psnr=0, ssim=0)
+        summary, rows = ev.evaluate_split(generator, h5, progress=False, **kw)
+        return summary, rows, dict(calls)
+
+    first, rows, n = scored(limit=3)
+    assert n == {"psnr": 6, "ssim": 6}  # deblurred and blurred scores of 3 pairs
+    again, again_rows, n = scored(limit=3)
+    assert n == {"psnr": 3, "ssim": 3}  # only the deblurred ones: baseline from the cache
+    assert again_rows == rows
+    assert again["blurred_psnr"] == first["blurred_psnr"]
+    # Other pairs of the same file are another entry.
+    _, _, n = scored(limit=2)
+    assert n == {"psnr": 4, "ssim": 4}
+    # A rewritten file (new mtime) is scored afresh, and its new baseline is used.
+    with h5py.File(h5, "a") as f:
+        f[blurred_name("test")][...] = f[sharp_name("test")][...]
+    stat = h5.stat()
+    os.utime(h5, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    rebuilt, rebuilt_rows, n = scored(limit=3)
+    assert n == {"psnr": 6, "ssim": 6}
+    assert all(r["blurred_psnr"] == math.inf for r in rebuilt_rows)
+    assert rebuilt["blurred_psnr"] == ev.PSNR_CAP_DB
 
 
 def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
     h5 = tmp_path / "d.h5"
-    _make_h5(h5, with_source=False, count=3)
+    make_eval_h5(h5, count=3, with_source=False)
     with h5py.File(h5, "a") as f:  # blurred == sharp: a perfect "deblurrer" too
         f[blurred_name("test")][...] = f[sharp_name("test")][...]
     summary, rows = ev.evaluate_split(_identity_generator(), h5, progress=False)
@@ -253,7 +252,7 @@ def test_evaluate_split_bad_inputs(tmp_path):
     with pytest.raises(DgfError, match="HDF5"):
         ev.evaluate_split(_generator(0), bad, progress=False)
     h5 = tmp_path / "d.h5"
-    _make_h5(h5)
+    make_eval_h5(h5)
     with pytest.raises(DgfError, match="val_data_full"):
         ev.evaluate_split(_generator(0), h5, "val", progress=False)
 
@@ -263,14 +262,15 @@ def test_plot_metrics_writes_png(tmp_path):
     path = tmp_path / "m.png"
     ev.plot_metrics([1, 2, 3], [20.0, 22.0, 23.5], [0.6, 0.65, 0.7], 21.0, [0.62] * 3, path)
     assert _png(path).shape == (600, 800, 3)
-    with pytest.raises(DgfError):
+    with pytest.raises(DgfError, match="got 2 epochs, 1 PSNR, 2 SSIM values"):
         ev.plot_metrics([1, 2], [20.0], [0.6, 0.7], 21.0, 0.6, tmp_path / "n.png")
 
 
 # --- whole model -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots):
     h5 = tmp_path / "d.h5"
-    _make_h5(h5)
+    make_eval_h5(h5)
     out = tmp_path / "report"
     summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False)
     saved = json.loads((out / "summary.json").read_text())
@@ -288,8 +288,9 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
 
 
 # --- whole run -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshots, monkeypatch):
-    run, h5 = _make_run(tmp_path, snapshots, epochs=2)
+    run, h5 = make_run(tmp_path, snapshots, epochs=2)
     rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False)
     out = run / "eval"
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -331,7 +332,7 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
 
 
 def test_evaluate_run_errors(tmp_path, snapshots):
-    run, h5 = _make_run(tmp_path, snapshots, epochs=0)
+    run, h5 = make_run(tmp_path, snapshots, epochs=0)
     with pytest.raises(DgfError, match="no snapshots"):
         ev.evaluate_run(run, progress=False)
     (run / "snapshots" / "generator_epoch_0001.keras").write_bytes(snapshots[0].read_bytes())
@@ -349,8 +350,9 @@ def test_evaluate_run_errors(tmp_path, snapshots):
 
 
 # --- CLI ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
-    run, h5 = _make_run(tmp_path, snapshots, epochs=2)
+    run, h5 = make_run(tmp_path, snapshots, epochs=2)
     assert eval_main(["--run", str(run), "--strips", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "metrics.csv" in printed and "PSNR" in printed
@@ -382,11 +384,12 @@ def test_cli_takes_short_o_for_out(tmp_path, snapshots, capsys):
 
 def test_cli_errors_exit_2(tmp_path, capsys):
     h5 = tmp_path / "d.h5"
-    _make_h5(h5)
+    make_eval_h5(h5)
     assert eval_main(["--model", str(tmp_path / "nope.keras"), "--h5", str(h5)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nope.keras" in err
     assert eval_main(["--model", str(tmp_path / "nope.keras")]) == 2
     assert "--h5" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         eval_main(["--run", str(tmp_path), "--model", str(tmp_path / "g.keras")])
+    assert "argument --model: not allowed with argument --run" in capsys.readouterr().err

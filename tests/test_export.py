@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from conftest import smooth_photo, smooth_photos
 from dgf.cli import export_main
 from dgf.runtime import deblur_image
-
-
-def _images(count: int, height: int, width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    smooth = (np.sin(xx / 7.0)[..., None] + np.cos(yy / 11.0)[..., None] + 2) * 60
-    noisy = smooth + rng.normal(0, 15, (count, height, width, 3))
-    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _reference(generator, batch: np.ndarray) -> np.ndarray:
@@ -24,6 +18,7 @@ def _export(argv: list, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_keras_at_two_sizes(tmp_path, model_file, generator, capsys):
     import tensorflow as tf
 
@@ -38,7 +33,7 @@ def test_savedmodel_matches_keras_at_two_sizes(tmp_path, model_file, generator, 
     serve = loaded.signatures["serving_default"]
     spec = serve.structured_input_signature[1]["images"]
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
-    for batch in (_images(2, 37, 53, seed=1), _images(1, 64, 29, seed=2)):
+    for batch in (smooth_photos(2, 37, 53, seed=1), smooth_photos(1, 64, 29, seed=2)):
         result = serve(images=tf.constant(batch))["deblurred"].numpy()
         assert result.dtype == np.uint8 and result.shape == batch.shape
         expected = _reference(generator, batch)
@@ -66,6 +61,7 @@ def _tflite_run(interpreter, image: np.ndarray, resize: bool) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
 
 
+@pytest.mark.slow
 def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, generator,
                                                     capsys):
     import tensorflow as tf
@@ -78,7 +74,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
     detail = interpreter.get_input_details()[0]
     assert detail["dtype"] == np.uint8
     assert list(detail["shape_signature"]) == [1, -1, -1, 3]
-    for image in (_images(1, 37, 53, seed=3)[0], _images(1, 48, 70, seed=4)[0]):
+    for image in (smooth_photo(37, 53, seed=3), smooth_photo(48, 70, seed=4)):
         result = _tflite_run(interpreter, image, resize=True)
         assert result.dtype == np.uint8 and result.shape == image.shape
         # TFLite's own float kernels (XNNPACK): measured identical at cr=8 on this
@@ -92,7 +88,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
     assert status == 0, err
     interpreter = tf.lite.Interpreter(str(fixed))
     assert list(interpreter.get_input_details()[0]["shape_signature"]) == [1, 40, 24, 3]
-    image = _images(1, 40, 24, seed=5)[0]
+    image = smooth_photo(40, 24, seed=5)
     result = _tflite_run(interpreter, image, resize=False)
     assert np.abs(result.astype(int) - deblur_image(generator, image, tile=0)).max() <= 2
 

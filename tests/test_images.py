@@ -174,10 +174,10 @@ def test_failed_write_leaves_nothing_under_the_real_name(tmp_path, monkeypatch):
 def test_interrupted_write_leaves_nothing_under_the_real_name(tmp_path, monkeypatch):
     def interrupted(self, fp, *args, **kwargs):
         Path(fp).write_bytes(b"half")
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("interrupted mid-write")
 
     monkeypatch.setattr(Image.Image, "save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="interrupted mid-write"):
         write_image(tmp_path / "new.jpg", _pattern(4, 4))
     assert list(tmp_path.iterdir()) == []
 

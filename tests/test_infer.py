@@ -1,33 +1,17 @@
 """dgf-deblur: tiled inference, file handling, per-file errors, the CLI."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import smooth_photo
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
 from dgf.runtime import _axis_window, deblur_image, load_generator, tile_starts
 
 # Receptive-field radius of the DGF generator (head 1 + dense dilations 14 + tail 2).
 RADIUS = 17
-
-
-def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth synthetic photo with some texture, (H, W, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            np.sin(xx / 9.0) + np.cos(yy / 13.0),
-            np.sin((xx + yy) / 17.0),
-            np.cos(xx / 5.0) * np.sin(yy / 7.0),
-        ],
-        axis=-1,
-    )
-    noisy = (base + 2) * 60 + rng.normal(0, 12, base.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -58,7 +42,7 @@ def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
 
 
 def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
-    image = _photo(150, 230)
+    image = smooth_photo(150, 230)
     whole = deblur_image(generator, image, tile=0)
     assert whole.shape == image.shape and whole.dtype == np.uint8
     assert whole.std() > 5  # a varied output, so agreement below means something
@@ -73,7 +57,7 @@ def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
 
 
 def test_bad_arguments_raise(generator):
-    image = _photo(20, 20)
+    image = smooth_photo(20, 20)
     with pytest.raises(DgfError, match="overlap 64 is too large for tile 100"):
         deblur_image(generator, image, tile=100, overlap=64)
     with pytest.raises(DgfError, match="uint8"):
@@ -97,12 +81,12 @@ def test_load_generator_errors(tmp_path):
 def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
-    jpg = _photo(37, 53, seed=1)
+    jpg = smooth_photo(37, 53, seed=1)
     Image.fromarray(jpg).save(src / "a.jpg", quality=95)
-    png = _photo(301, 97, seed=2)
+    png = smooth_photo(301, 97, seed=2)
     alpha = np.tile(np.arange(97, dtype=np.uint8)[None, :], (301, 1))
     Image.fromarray(np.dstack([png, alpha]), "RGBA").save(src / "sub" / "b.png")
-    rotated = Image.fromarray(_photo(24, 40, seed=3))  # stored 40 wide, 24 high
+    rotated = Image.fromarray(smooth_photo(24, 40, seed=3))  # stored 40 wide, 24 high
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated by 90 degrees
     rotated.save(src / "sub" / "c.JPG", exif=exif)
@@ -128,11 +112,11 @@ def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, caps
 def test_per_file_errors_and_overwrite(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(_photo(30, 40)).save(src / "good.jpg")
+    Image.fromarray(smooth_photo(30, 40)).save(src / "good.jpg")
     (src / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
     (src / "notes.png").write_text("these are notes, not an image\n")
     bmp = tmp_path / "extra.bmp"
-    Image.fromarray(_photo(8, 8)).save(bmp)
+    Image.fromarray(smooth_photo(8, 8)).save(bmp)
     out = tmp_path / "out"
 
     status, stdout, err = _run([src, bmp, "-o", out, "--model", model_file], capsys)
@@ -159,7 +143,7 @@ def test_per_file_errors_and_overwrite(tmp_path, model_file, capsys):
 def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(_photo(16, 16)).save(src / "x.png")
+    Image.fromarray(smooth_photo(16, 16)).save(src / "x.png")
     out = tmp_path / "out"
 
     status, _, err = _run([src, "-o", out, "--model", tmp_path / "nope.keras"], capsys)
@@ -196,7 +180,7 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
 def test_compare_side_by_side(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()
-    image = _photo(33, 45, seed=4)
+    image = smooth_photo(33, 45, seed=4)
     Image.fromarray(image).save(src / "shot.png")
     out = tmp_path / "out"
     status, _, err = _run([src, "-o", out, "--model", model_file, "--compare"], capsys)

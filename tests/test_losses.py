@@ -1,6 +1,7 @@
 """Losses: perceptual (VGG weights handling, preprocessing), L1, adversarial stability."""
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import uniform_images
 from dgf.errors import DgfError
 from dgf.losses import (
     CHARBONNIER_EPS,
@@ -28,10 +30,6 @@ from dgf.losses import (
     patch_probability,
     vgg_preprocess,
 )
-
-
-def _images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype("float32")
 
 
 def _log_mean_sigmoid64(logits: np.ndarray) -> np.ndarray:
@@ -58,7 +56,7 @@ def offline(monkeypatch):
 
 
 def test_vgg_preprocess_matches_keras_preprocess_input():
-    images = _images((2, 8, 8, 3))
+    images = uniform_images((2, 8, 8, 3))
     expected = keras.applications.vgg16.preprocess_input((images.astype(np.float64) + 1.0) * 127.5)
     got = np.asarray(vgg_preprocess(images))
     assert got.dtype == np.float32
@@ -75,11 +73,11 @@ def test_vgg_constants_match_what_keras_caches():
 
 
 def test_perceptual_zero_for_identical_and_positive_otherwise(random_perceptual):
-    sharp = _images((2, 32, 40, 3), seed=1)
+    sharp = uniform_images((2, 32, 40, 3), seed=1)
     same = random_perceptual(sharp, sharp)
     assert same.dtype == "float32"
     assert abs(float(same)) < 1e-6
-    different = float(random_perceptual(sharp, _images((2, 32, 40, 3), seed=2)))
+    different = float(random_perceptual(sharp, uniform_images((2, 32, 40, 3), seed=2)))
     assert np.isfinite(different) and different > 0.0
     # Closer images are closer in feature space.
     near = float(random_perceptual(sharp, np.clip(sharp + 0.01, -1, 1)))
@@ -92,7 +90,7 @@ def test_perceptual_is_truncated_frozen_and_float32_under_mixed_policy():
     try:
         loss = PerceptualLoss(weights=None, layer="block2_conv2")
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
-        value = loss(_images((1, 16, 16, 3)), _images((1, 16, 16, 3), seed=3))
+        value = loss(uniform_images((1, 16, 16, 3)), uniform_images((1, 16, 16, 3), seed=3))
     finally:
         keras.config.set_dtype_policy(previous)
     assert loss.features.layers[-1].name == "block2_conv2"
@@ -102,8 +100,8 @@ def test_perceptual_is_truncated_frozen_and_float32_under_mixed_policy():
 
 
 def test_perceptual_gradient_reaches_the_deblurred_image(random_perceptual):
-    sharp = tf.constant(_images((1, 16, 16, 3), seed=4))
-    deblurred = tf.Variable(_images((1, 16, 16, 3), seed=5))
+    sharp = tf.constant(uniform_images((1, 16, 16, 3), seed=4))
+    deblurred = tf.Variable(uniform_images((1, 16, 16, 3), seed=5))
     with tf.GradientTape() as tape:
         value = random_perceptual(sharp, deblurred)
     grad = tape.gradient(value, deblurred)
@@ -167,7 +165,7 @@ def test_missing_weights_path_names_it(tmp_path: Path):
 def test_unusable_weights_file_names_it(tmp_path: Path, name: str, content: bytes):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(DgfError) as info:
+    with pytest.raises(DgfError, match=re.escape(VGG16_NOTOP_FILE)) as info:
         PerceptualLoss(weights=path)
     assert str(path) in str(info.value)
 
@@ -178,7 +176,7 @@ def test_wrong_hdf5_content_names_the_file(tmp_path: Path):
         f.attrs["layer_names"] = [b"dense"]
         f.create_group("dense").attrs["weight_names"] = [b"kernel:0"]
         f["dense"].create_dataset("kernel:0", data=np.zeros((2, 2)))
-    with pytest.raises(DgfError, match=VGG16_NOTOP_FILE) as info:
+    with pytest.raises(DgfError, match=re.escape(VGG16_NOTOP_FILE)) as info:
         PerceptualLoss(weights=path)
     assert str(path) in str(info.value)
 
@@ -191,7 +189,7 @@ def test_keras_cache_dir_follows_keras_home(tmp_path: Path, monkeypatch):
 
 def test_offline_without_cached_weights_explains_the_fix(tmp_path: Path, monkeypatch, offline):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(VGGWeightsUnavailable) as info:
+    with pytest.raises(VGGWeightsUnavailable, match=re.escape(VGG16_NOTOP_FILE)) as info:
         PerceptualLoss()
     assert isinstance(info.value, DgfError)
     message = str(info.value)
@@ -211,7 +209,7 @@ def test_offline_without_cached_weights_explains_the_fix(tmp_path: Path, monkeyp
 
 
 def test_l1_loss_matches_numpy():
-    a, b = _images((2, 8, 8, 3), seed=6), _images((2, 8, 8, 3), seed=7)
+    a, b = uniform_images((2, 8, 8, 3), seed=6), uniform_images((2, 8, 8, 3), seed=7)
     np.testing.assert_allclose(float(l1_loss(a, b)), np.mean(np.abs(a - b)), rtol=1e-6)
 
 
@@ -289,7 +287,7 @@ class _SpyPerceptual:
 
 
 def test_generator_loss_terms_weighted_sum():
-    sharp, deblurred = _images((2, 8, 8, 3), seed=11), _images((2, 8, 8, 3), seed=12)
+    sharp, deblurred = uniform_images((2, 8, 8, 3), seed=11), uniform_images((2, 8, 8, 3), seed=12)
     logits = np.random.default_rng(13).normal(0, 2, (2, 4)).astype("float32")
     spy = _SpyPerceptual()
     weights = LossWeights(perceptual=2.0, l1=3.0, adversarial=5.0)
@@ -305,7 +303,7 @@ def test_generator_loss_terms_weighted_sum():
 
 @pytest.mark.parametrize("use_spy, weight", [(True, 0.0), (False, 145.0)])
 def test_perceptual_off_skips_vgg(use_spy, weight):
-    sharp, deblurred = _images((1, 8, 8, 3), seed=14), _images((1, 8, 8, 3), seed=15)
+    sharp, deblurred = uniform_images((1, 8, 8, 3), seed=14), uniform_images((1, 8, 8, 3), seed=15)
     spy = _SpyPerceptual() if use_spy else None
     weights = LossWeights(perceptual=weight)
     terms = generator_loss_terms(sharp, deblurred, np.zeros((1, 4), "float32"), spy, weights)
@@ -322,13 +320,14 @@ def test_default_weights_are_the_papers():
 
 @pytest.mark.parametrize("bad", [{"l1": -1.0}, {"perceptual": float("nan")}])
 def test_loss_weights_reject_bad_values(bad):
-    with pytest.raises(DgfError):
+    name = next(iter(bad))
+    with pytest.raises(DgfError, match=f"loss weight {name} must be a finite number >= 0"):
         LossWeights(**bad)
 
 
 @pytest.mark.parametrize("name", ["l1", "l2", "charbonnier"])
 def test_pixel_losses_match_their_definitions(name):
-    sharp, deblurred = _images((2, 8, 8, 3), seed=21), _images((2, 8, 8, 3), seed=22)
+    sharp, deblurred = uniform_images((2, 8, 8, 3), seed=21), uniform_images((2, 8, 8, 3), seed=22)
     d = sharp.astype(np.float64) - deblurred.astype(np.float64)
     expected = {"l1": np.abs(d).mean(), "l2": (d**2).mean(),
                 "charbonnier": np.sqrt(d**2 + CHARBONNIER_EPS**2).mean()}[name]
@@ -340,7 +339,7 @@ def test_pixel_losses_match_their_definitions(name):
 
 
 def test_content_only_terms_have_no_adversarial_part():
-    sharp, deblurred = _images((2, 8, 8, 3), seed=23), _images((2, 8, 8, 3), seed=24)
+    sharp, deblurred = uniform_images((2, 8, 8, 3), seed=23), uniform_images((2, 8, 8, 3), seed=24)
     weights = LossWeights(perceptual=0.0, l1=3.0, adversarial=5.0, pixel_loss="l2")
     terms = generator_loss_terms(sharp, deblurred, None, None, weights)
     assert float(terms["g_adv"]) == 0.0
@@ -364,7 +363,8 @@ def test_ssim_loss_is_one_minus_the_reported_ssim():
 
 
 def test_ssim_weight_adds_its_term():
-    sharp, deblurred = _images((2, 16, 16, 3), seed=32), _images((2, 16, 16, 3), seed=33)
+    sharp = uniform_images((2, 16, 16, 3), seed=32)
+    deblurred = uniform_images((2, 16, 16, 3), seed=33)
     weights = LossWeights(perceptual=0.0, l1=1.0, adversarial=0.0, ssim=2.0)
     terms = generator_loss_terms(sharp, deblurred, None, None, weights)
     np.testing.assert_allclose(float(terms["g_ssim"]), float(ssim_loss(sharp, deblurred)))

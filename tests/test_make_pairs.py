@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import read_halves, textured_photo, write_photos
 from dgf import synth
 from dgf.cli import make_pairs_main
 from dgf.errors import DgfError
@@ -22,31 +23,6 @@ def _spread(kernel: np.ndarray) -> float:
     yy, xx = np.mgrid[: kernel.shape[0], : kernel.shape[1]]
     cy, cx = (kernel * yy).sum(), (kernel * xx).sum()
     return float(np.sqrt((kernel * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum()))
-
-
-def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A textured RGB photo stand-in: smooth shapes plus fine detail, so blur shows."""
-    yy, xx = np.mgrid[:h, :w]
-    base = 128 + 60 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None]
-    detail = rng.integers(-40, 40, (h, w, 3))
-    return np.clip(base + detail, 0, 255).astype(np.uint8)
-
-
-def _write_photos(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (h, w) in enumerate(sizes):
-        path = folder / f"photo{i}.png"
-        Image.fromarray(_photo(rng, h, w)).save(path)
-        paths.append(path)
-    return paths
-
-
-def _halves(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    pair = np.asarray(Image.open(path).convert("RGB"))
-    n = pair.shape[1] // 2
-    return pair[:, :n], pair[:, n:]
 
 
 def _reference_blur(sharp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -92,16 +68,21 @@ def test_kernel_is_reproducible_from_the_generator_state():
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("size,strength", [(30, 0.5), (1, 0.5), (31, 0.0), (31, 1.5)])
-def test_kernel_rejects_bad_arguments(size, strength):
-    with pytest.raises(DgfError):
+@pytest.mark.parametrize("size,strength,message", [
+    (30, 0.5, "kernel size 30 is not allowed: use an odd size of at least 3"),
+    (1, 0.5, "kernel size 1 is not allowed"),
+    (31, 0.0, r"strength 0\.0 is outside \(0, 1\]"),
+    (31, 1.5, r"strength 1\.5 is outside \(0, 1\]"),
+])
+def test_kernel_rejects_bad_arguments(size, strength, message):
+    with pytest.raises(DgfError, match=message):
         random_kernel(np.random.default_rng(0), size, strength)
 
 
 # --- blurring -------------------------------------------------------------------
 def test_blur_matches_an_independent_convolution():
     rng = np.random.default_rng(2)
-    image = _photo(rng, 40, 56)
+    image = textured_photo(rng, 40, 56)
     kernel = random_kernel(rng, 15, 1.0)
     ours = blur(image, kernel)
     assert ours.shape == image.shape and ours.dtype == np.uint8
@@ -112,7 +93,7 @@ def test_blur_matches_an_independent_convolution():
 
 
 def test_blur_orientation_and_identity():
-    image = _photo(np.random.default_rng(3), 20, 24)
+    image = textured_photo(np.random.default_rng(3), 20, 24)
     delta = np.zeros((5, 5), np.float32)
     delta[2, 2] = 1
     np.testing.assert_array_equal(blur(image, delta), image)
@@ -134,7 +115,7 @@ def test_blur_rejects_bad_inputs():
 def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
     # Photos 0-2 are exactly the crop size (crop = photo, borders mirrored); photo 3
     # is larger (real context around the crop); photo 4 is smaller (upscaled).
-    _write_photos(tmp_path / "src", [(48, 48), (48, 48), (48, 48), (70, 90), (30, 40)])
+    write_photos(tmp_path / "src", [(48, 48), (48, 48), (48, 48), (70, 90), (30, 40)])
     out = tmp_path / "out"
     report = make_pairs(tmp_path / "src", out, per_image=3, size=48, kernel_size=11,
                         strength=1.0, test_fraction=0.4, seed=5, fmt="png", progress=False)
@@ -155,7 +136,7 @@ def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
     assert not by_split["train"] & by_split["test"]
 
     for path in train + test:
-        sharp, blurred = _halves(path)
+        sharp, blurred = read_halves(path)
         assert sharp.shape == (48, 48, 3) and blurred.shape == (48, 48, 3)
         kernel = np.load(path.with_name(path.stem + synth.KERNEL_SUFFIX))
         assert kernel.dtype == np.float32 and kernel.shape == (11, 11)
@@ -171,7 +152,7 @@ def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    _write_photos(tmp_path / "src", [(60, 60), (50, 70), (64, 64)])
+    write_photos(tmp_path / "src", [(60, 60), (50, 70), (64, 64)])
     kwargs = dict(per_image=2, size=32, kernel_size=9, progress=False)
     for name, seed in (("a", 11), ("b", 11), ("c", 12)):
         make_pairs(tmp_path / "src", tmp_path / name, seed=seed, **kwargs)
@@ -191,10 +172,10 @@ def test_jpeg_output_photo_formats_and_recursion(tmp_path):
     src = tmp_path / "src"
     (src / "deep" / "er").mkdir(parents=True)
     rng = np.random.default_rng(4)
-    Image.fromarray(_photo(rng, 40, 50)).save(src / "deep" / "er" / "A.JPG")
-    Image.fromarray(_photo(rng, 40, 40)[..., 0]).save(src / "gray.png")
-    Image.fromarray(_photo(rng, 40, 40)).convert("RGBA").save(src / "alpha.PNG")
-    Image.fromarray(_photo(rng, 40, 40)).save(src / "ignored.bmp")
+    Image.fromarray(textured_photo(rng, 40, 50)).save(src / "deep" / "er" / "A.JPG")
+    Image.fromarray(textured_photo(rng, 40, 40)[..., 0]).save(src / "gray.png")
+    Image.fromarray(textured_photo(rng, 40, 40)).convert("RGBA").save(src / "alpha.PNG")
+    Image.fromarray(textured_photo(rng, 40, 40)).save(src / "ignored.bmp")
     report = make_pairs(src, tmp_path / "out", per_image=2, size=32, kernel_size=7,
                         test_fraction=0.0, progress=False)
     files = sorted((tmp_path / "out" / "train").glob("*.jpg"))
@@ -209,7 +190,7 @@ def test_jpeg_output_photo_formats_and_recursion(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    image = _photo(np.random.default_rng(5), 20, 30)
+    image = textured_photo(np.random.default_rng(5), 20, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees clockwise
     Image.fromarray(image).save(tmp_path / "rot.jpg", exif=exif, quality=100)
@@ -217,19 +198,19 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_noise_option_adds_gaussian_noise_to_the_blurred_half_only(tmp_path):
-    _write_photos(tmp_path / "src", [(64, 64)])
+    write_photos(tmp_path / "src", [(64, 64)])
     common = dict(per_image=1, size=64, kernel_size=9, fmt="png", seed=3, progress=False)
     make_pairs(tmp_path / "src", tmp_path / "clean", **common)
     make_pairs(tmp_path / "src", tmp_path / "noisy", noise=4.0, **common)
-    sharp0, blurred0 = _halves(tmp_path / "clean" / "train" / "0000_00.png")
-    sharp1, blurred1 = _halves(tmp_path / "noisy" / "train" / "0000_00.png")
+    sharp0, blurred0 = read_halves(tmp_path / "clean" / "train" / "0000_00.png")
+    sharp1, blurred1 = read_halves(tmp_path / "noisy" / "train" / "0000_00.png")
     np.testing.assert_array_equal(sharp0, sharp1)
     residual = blurred1.astype(float) - blurred0.astype(float)
     assert 3.5 < residual.std() < 4.5 and abs(residual.mean()) < 0.5
 
 
 def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
-    _write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+    write_photos(tmp_path / "src", [(40, 40), (40, 40)])
     (tmp_path / "src" / "broken.jpg").write_bytes(b"not a jpeg at all")
     report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=1, size=32,
                         kernel_size=5, progress=False)
@@ -240,7 +221,7 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
 
 
 def test_single_photo_goes_to_train_with_a_note(tmp_path):
-    _write_photos(tmp_path / "src", [(40, 40)])
+    write_photos(tmp_path / "src", [(40, 40)])
     report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
                         kernel_size=5, test_fraction=0.5, progress=False)
     assert (report.train_pairs, report.test_pairs) == (2, 0)
@@ -268,19 +249,26 @@ def test_sharp_dir_and_sample_photos_are_exclusive(tmp_path):
         make_pairs(None, tmp_path / "out")
 
 
-@pytest.mark.parametrize("option,value", [
-    ("per_image", 0), ("size", 4), ("test_fraction", 1.0), ("seed", -1),
-    ("kernel_size", 8), ("strength", 2.0), ("noise", -1.0), ("quality", 0), ("fmt", "gif"),
+@pytest.mark.parametrize("option,value,message", [
+    ("per_image", 0, "per-image 0 must be a whole number >= 1"),
+    ("size", 4, "size 4 must be a whole number >= 8"),
+    ("test_fraction", 1.0, r"test-fraction 1\.0 must be in \[0, 1\)"),
+    ("seed", -1, "seed -1 must be a whole number >= 0"),
+    ("kernel_size", 8, "kernel size 8 is not allowed"),
+    ("strength", 2.0, r"strength 2\.0 is outside \(0, 1\]"),
+    ("noise", -1.0, r"noise -1\.0 must be >= 0"),
+    ("quality", 0, "JPEG quality 0 must be between 1 and 100"),
+    ("fmt", "gif", "format 'gif' is not one of jpg, png"),
 ])
-def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value):
-    _write_photos(tmp_path / "src", [(40, 40)])
-    with pytest.raises(DgfError):
+def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value, message):
+    write_photos(tmp_path / "src", [(40, 40)])
+    with pytest.raises(DgfError, match=message):
         make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **{option: value})
     assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
-    _write_photos(tmp_path / "src", [(40, 40), (40, 40), (40, 40)])
+    write_photos(tmp_path / "src", [(40, 40), (40, 40), (40, 40)])
     out = tmp_path / "out"
     make_pairs(tmp_path / "src", out, per_image=2, size=32, kernel_size=5, seed=0,
                progress=False)
@@ -298,7 +286,7 @@ def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
 
 
 def test_output_inside_the_photo_folder_is_not_read_back(tmp_path):
-    _write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+    write_photos(tmp_path / "src", [(40, 40), (40, 40)])
     out = tmp_path / "src" / "pairs"
     first = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
                        progress=False)
@@ -328,7 +316,7 @@ def test_sample_photos_load_offline_and_make_pairs(tmp_path, monkeypatch):
 
 # --- command line ---------------------------------------------------------------------
 def test_cli_writes_pairs_and_prints_a_summary(tmp_path, capsys):
-    _write_photos(tmp_path / "src", [(50, 50), (60, 40), (40, 40), (48, 64)])
+    write_photos(tmp_path / "src", [(50, 50), (60, 40), (40, 40), (48, 64)])
     out = tmp_path / "out"
     status = make_pairs_main([str(tmp_path / "src"), str(out), "--per-image", "2",
                               "--size", "32", "--kernel-size", "7", "--strength", "0.9",

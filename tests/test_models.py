@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import uniform_images
 from dgf.errors import DgfError
 from dgf.models import (
     PatchTiles,
@@ -18,10 +19,6 @@ from dgf.models import (
     count_params,
     is_residual,
 )
-
-
-def _images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype("float32")
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -58,7 +55,7 @@ def test_residual_and_batchnorm_options_keep_the_counts_they_should():
 def test_fresh_residual_generator_is_the_identity(batchnorm):
     generator = build_generator(channel_rate=8, residual=True, batchnorm=batchnorm)
     assert is_residual(generator) and not is_residual(build_generator(channel_rate=8))
-    x = _images((2, 24, 40, 3), seed=5)
+    x = uniform_images((2, 24, 40, 3), seed=5)
     np.testing.assert_array_equal(np.asarray(generator(x, training=False)), x)
     np.testing.assert_array_equal(np.asarray(generator(x, training=True)), x)
 
@@ -74,7 +71,7 @@ def test_trained_residual_generator_departs_from_the_identity():
     generator = build_generator(channel_rate=8, residual=True)
     last = generator.get_layer("residual")
     last.kernel.assign(np.full(last.kernel.shape, 0.01, "float32"))
-    x = _images((1, 16, 16, 3), seed=6)
+    x = uniform_images((1, 16, 16, 3), seed=6)
     assert np.abs(np.asarray(generator(x, training=False)) - x).max() > 1e-3
 
 
@@ -84,7 +81,7 @@ def test_discriminator_golden_parameter_count():
 
 def test_generator_keeps_non_square_size_and_range():
     generator = build_generator(channel_rate=8)
-    out = np.asarray(generator(_images((2, 40, 72, 3)), training=True))
+    out = np.asarray(generator(uniform_images((2, 40, 72, 3)), training=True))
     assert out.shape == (2, 40, 72, 3)
     assert out.dtype == np.float32
     assert np.all(np.abs(out) <= 1.0)
@@ -102,14 +99,14 @@ def test_generator_layers_follow_the_dgf_design():
 
 def test_discriminator_logits_per_patch_for_non_square_image():
     discriminator = build_discriminator(channel_rate=8, patch=64)
-    logits = np.asarray(discriminator(_images((2, 128, 256, 3)), training=False))
+    logits = np.asarray(discriminator(uniform_images((2, 128, 256, 3)), training=False))
     assert logits.shape == (2, 8)
     assert logits.dtype == np.float32
 
 
 def test_discriminator_rows_belong_to_their_images():
     discriminator = build_discriminator(channel_rate=8, patch=32)
-    batch = _images((3, 64, 96, 3), seed=1)
+    batch = uniform_images((3, 64, 96, 3), seed=1)
     together = np.asarray(discriminator(batch, training=False))
     alone = np.concatenate(
         [np.asarray(discriminator(batch[i : i + 1], training=False)) for i in range(3)]
@@ -135,7 +132,7 @@ def test_patch_tiles_are_row_major_within_each_image():
 def test_discriminator_rejects_size_that_does_not_tile():
     discriminator = build_discriminator(channel_rate=8, patch=64)
     with pytest.raises(ValueError, match=r"100x100.*patch size 64"):
-        discriminator(_images((1, 100, 100, 3)))
+        discriminator(uniform_images((1, 100, 100, 3)))
 
 
 def test_discriminator_rejects_static_input_shape_that_does_not_tile():
@@ -172,7 +169,7 @@ def test_no_lambda_layers(builder):
 )
 def test_keras_file_round_trip_in_safe_mode(tmp_path: Path, builder, shape):
     model = builder()
-    x = _images(shape, seed=2)
+    x = uniform_images(shape, seed=2)
     # A training step's worth of BN statistics, so loading must restore non-trainables.
     for w in model.non_trainable_weights:
         w.assign(np.random.default_rng(3).uniform(0.5, 1.5, w.shape).astype("float32"))
@@ -202,7 +199,7 @@ def test_config_round_trip(builder, shape):
     clone = keras.Model.from_config(copy.deepcopy(config))
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())
-    x = _images(shape, seed=4)
+    x = uniform_images(shape, seed=4)
     np.testing.assert_allclose(
         np.asarray(clone(x, training=False)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-5
     )
@@ -212,7 +209,7 @@ def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
     generator = build_generator(channel_rate=8)
     discriminator = build_discriminator(channel_rate=8, patch=32)
     assert generator.get_layer("dense1_conv3x3").compute_dtype == "bfloat16"
-    deblurred = generator(_images((2, 64, 64, 3)), training=True)
+    deblurred = generator(uniform_images((2, 64, 64, 3)), training=True)
     logits = discriminator(deblurred, training=True)
     assert deblurred.dtype == "float32"
     assert logits.dtype == "float32"
@@ -222,7 +219,11 @@ def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
     assert {w.dtype for w in bn.weights} == {"float32"}
 
 
-@pytest.mark.parametrize("bad", [{"channel_rate": 0}, {"dropout": 1.0}, {"dropout": -0.1}])
-def test_generator_rejects_bad_arguments(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    ({"channel_rate": 0}, "channel_rate must be a positive integer, got 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1\.0"),
+    ({"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0\.1"),
+])
+def test_generator_rejects_bad_arguments(bad, message):
+    with pytest.raises(ValueError, match=message):
         build_generator(**bad)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import smooth_photo, smooth_photos
 from dgf import runtime
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
@@ -38,16 +39,6 @@ def trained_like():
     return model
 
 
-def _images(count: int, height: int, width: int, seed: int) -> np.ndarray:
-    """(count, H, W, 3) float32 in [-1, 1]: smooth content plus noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    smooth = np.sin(xx / 7.0)[..., None] * np.cos(yy / 5.0)[..., None] * 0.6
-    return np.clip(smooth + rng.normal(0, 0.2, (count, height, width, 3)), -1, 1).astype(
-        np.float32
-    )
-
-
 def _unfused(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(runtime.compiled_generator(model)(x))
 
@@ -58,7 +49,7 @@ def _layer_types(model) -> list[str]:
 
 # --- folding ------------------------------------------------------------------------
 def test_fold_matches_unfused_with_random_statistics(trained_like):
-    x = _images(2, 48, 64, seed=1)
+    x = to_unit(smooth_photos(2, 48, 64, seed=1))
     expected = _unfused(trained_like, x)
     # The statistics matter (a fold that ignored them would be far off) and the
     # output is not saturated by tanh (which would hide differences).
@@ -115,7 +106,7 @@ def test_inference_call_follows_the_current_weights():
     """The trainer scores every epoch through one cached call: it must see new weights."""
     keras.utils.set_random_seed(11)
     model = build_generator(channel_rate=8)
-    x = _images(1, 32, 40, seed=2)
+    x = to_unit(smooth_photos(1, 32, 40, seed=2))
     call = runtime.inference_call(model)
     first = np.asarray(call(x))
     _randomise_batchnorm(model, 12)  # as an epoch of training would change them
@@ -166,7 +157,7 @@ def test_fold_is_generic_and_only_folds_what_it_may():
     assert folded.get_layer("a").use_bias and folded.get_layer("b").use_bias
     np.testing.assert_array_equal(folded.get_layer("shift").get_weights()[0],
                                   np.array([0.1, -0.2, 0.3], np.float32))
-    x = _images(2, 16, 20, seed=3)
+    x = to_unit(smooth_photos(2, 16, 20, seed=3))
     assert np.abs(_unfused(folded, x) - _unfused(model, x)).max() <= 1e-5
 
 
@@ -187,7 +178,7 @@ def test_bf16_copy_computes_body_in_bfloat16_and_output_in_float32(trained_like)
     policies = {layer.name: layer.dtype_policy.name for layer in folded.layers}
     assert policies["deblurred"] == "float32"  # the last conv and what follows
     assert policies["head_conv"] == policies["dense5_conv1x1"] == "mixed_bfloat16"
-    x = _images(1, 40, 40, seed=6)
+    x = to_unit(smooth_photos(1, 40, 40, seed=6))
     expected = _unfused(trained_like, x)
     got = runtime.compiled_generator(folded)(x)
     assert got.dtype == "float32"
@@ -207,7 +198,7 @@ def test_check_precision_messages(monkeypatch):
 
 def test_deblur_cli_precision_bf16(tmp_path, model_file, capsys, monkeypatch):
     source = tmp_path / "in.png"
-    image = (np.clip(_images(1, 40, 56, seed=7)[0], -1, 1) * 127.5 + 127.5).astype(np.uint8)
+    image = smooth_photo(40, 56, seed=7)
     Image.fromarray(image).save(source)
     outputs = {}
     for precision in ("fp32", "bf16"):
