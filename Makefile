@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dgf-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick check while editing: everything but the tests marked slow (training runs,
+# subprocesses, SIGKILL, exports, real pairs); `make test` runs all of them.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # The quick benchmark set: minutes, each script printing its numbers (README,
 # Benchmarks). The loader and evaluation read ../shared/data/pairs-small by default.
