@@ -368,8 +368,9 @@ def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
     assert eval_main(args + ["--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_cli_takes_short_o_for_out(tmp_path, snapshots, capsys):
-    run, h5 = _make_run(tmp_path, snapshots, epochs=1)
+    run, h5 = make_run(tmp_path, snapshots, epochs=1)
     one = tmp_path / "one"
     assert eval_main(["--model", str(snapshots[0]), "--h5", str(h5), "-o", str(one),
                       "--strips", "2", "--limit", "2", "--no-progress"]) == 0
