@@ -8,7 +8,7 @@ flip / rotation) is drawn up front from ``(seed, epoch)`` alone into a small tab
 records ``(index, y, x, transform)``. Batch ``k`` of an epoch therefore depends only on
 ``(seed, epoch, k)``: a resumed run rebuilds the same table and slices off the batches
 it already trained on without reading them, and a sharded run cuts disjoint pieces
-out of the same table.
+out of the same table (each pipeline its share of every step).
 
 Reads are one pair at a time by plain index and crop window
 (``ds[i, y:y + h, x:x + w, :]``, a hyperslab), never h5py fancy indexing, which is
@@ -442,7 +442,9 @@ def make_dataset(
             reading them. ``make_dataset(..., epoch=e, skip_batches=k)`` yields exactly
             batches k, k + 1, ... of the uninterrupted epoch ``e``.
         input_context: shard the epoch over ``num_input_pipelines``; pipeline
-            ``input_pipeline_id`` takes its own disjoint piece of the epoch's order.
+            ``input_pipeline_id`` takes its own disjoint piece of the epoch's order:
+            its share of every global step, so step k trains on the same pairs
+            whether one process or several workers run it.
         cache: hold the raw split in memory (kept across calls, so a dataset rebuilt
             for every epoch reads the file once); crops and transforms stay fresh each
             epoch. Raises DgfError if the split does not fit in available memory.
@@ -515,10 +517,17 @@ def make_dataset(
                 f"split '{split}' in {path}{where}; lower the batch size or pass "
                 f"drop_remainder=False."
             )
-        share = steps * local_replicas * per_batch
-        records = records[shard_id * share : (shard_id + 1) * share]
+        # Global step k is rows [k * B, (k + 1) * B) of the epoch's plan whatever the
+        # topology: pipeline p takes the p-th share of every step (its replicas'
+        # batches), so one process and several workers train on the same batches.
+        group = local_replicas * per_batch
+        records = records[: steps * shards * group].reshape(steps, shards, group, 4)
+        records = records[:, shard_id].reshape(-1, 4)
     else:
-        records = np.array_split(records, shards)[shard_id]
+        group = local_replicas * per_batch
+        chunks = [records[i : i + group] for i in range(0, len(records), group)]
+        mine = chunks[shard_id::shards]
+        records = np.concatenate(mine) if mine else records[:0]
     n_batches = math.ceil(len(records) / per_batch)
     if skip_batches > n_batches:
         raise DgfError(

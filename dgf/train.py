@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dgf import distributed
 from dgf.config import (
     ARCHITECTURE_KEYS,
     TrainConfig,
@@ -126,41 +126,14 @@ def resolve_config(
 
 
 # --------------------------------------------------------------------------- TF setup
-def select_strategy(name: str):
-    """A tf.distribute strategy: one device, all local devices, or multi-worker."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one"
-    if name == "one":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        # All local GPUs; on a machine without GPUs, all logical CPU devices.
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise DgfError(
-                "--strategy multiworker reads the cluster from the TF_CONFIG environment "
-                "variable, which is not set"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise DgfError(f"unknown strategy {name!r}")
+# Strategy creation and who owns the run folder live in dgf.distributed; the names
+# stay importable from here.
+select_strategy = distributed.select_strategy
+_is_chief = distributed.is_chief
 
 
 def _policy_name(precision: str) -> str:
     return {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
-
-
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if "chief" in spec:
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def _make_schedule(lr: float, cfg: TrainConfig, total_steps: int):
@@ -558,11 +531,17 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         raise DgfError(f"{run_dir} has no checkpoint to resume from")
     # Before any slow setup: a damaged index or missing files are found here.
     checkpoint = _checkpoint_to_resume(run_dir / "checkpoints") if resuming else None
+    if resuming:
+        distributed.check_resume_settings(cfg, run_dir)
+    # The strategy first: a multi-worker strategy must set up TensorFlow's
+    # collectives before anything else starts TensorFlow.
+    strategy = select_strategy(cfg.strategy, cfg.collective_timeout)
 
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
+    scratch = None
     try:
-        strategy = select_strategy(cfg.strategy)
+        distributed.check_workers_agree(strategy, cfg)
         train_info, test_info = _check_data(cfg, strategy)
         steps = steps_per_epoch(train_info.count, cfg.batch_size, True, 1)
         total_steps = steps * cfg.epochs
@@ -573,20 +552,27 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
             keras.utils.set_random_seed(cfg.seed)
         trainer = GANTrainer(cfg, strategy, total_steps, perceptual)
         chief = _is_chief(strategy)
-        ckpt_dir = run_dir / "checkpoints"
-        if not chief:  # multi-worker: every worker saves, only the chief keeps it
-            ckpt_dir = run_dir / f".worker-{strategy.cluster_resolver.task_id}-checkpoints"
-        prepare_output(run_dir, folder=True)
+        # Multi-worker: every worker saves, only the chief's checkpoints are kept.
+        ckpt_dir, scratch = distributed.checkpoint_dir(run_dir, strategy)
+        if chief:
+            prepare_output(run_dir, folder=True)
         manager = tf.train.CheckpointManager(trainer.checkpoint, str(ckpt_dir), max_to_keep=cfg.keep)
         if resuming:
             _restore(trainer, checkpoint, run_dir)
+        distributed.check_same_start(strategy, int(trainer.step_var.numpy()),
+                                     int(trainer.epoch_var.numpy()), run_dir)
         if chief:
             save_config(cfg, run_dir / "config.json")
             for sub in ("samples", "snapshots"):
                 (run_dir / sub).mkdir(exist_ok=True)
         return _loop(cfg, trainer, manager, strategy, steps, train_info, test_info, chief,
                      progress, max_steps)
+    except tf.errors.OpError as exc:
+        if distributed.is_multiworker(strategy):  # a peer died or hung mid-collective
+            raise distributed.collective_failure(exc, strategy) from None
+        raise
     finally:
+        distributed.remove_scratch(scratch)
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
