@@ -250,11 +250,16 @@ def worker_name(strategy) -> str:
 def checkpoint_dir(run_dir: Path, strategy) -> tuple[Path, Path | None]:
     """Where this process saves checkpoints, and the scratch folder to remove at the
     end (None for the chief). A non-chief worker saves too (saving reads variables
-    through collectives) but into a private folder outside the run folder."""
+    through collectives) but into a private folder under the temp folder, outside the
+    run folder. Its name depends on the run and the task only, so a worker restarted
+    after a crash clears what its killed predecessor left there."""
     if is_chief(strategy):
         return Path(run_dir) / "checkpoints", None
-    scratch = Path(tempfile.mkdtemp(prefix=f"dgf-{worker_name(strategy).replace(' ', '-')}-"
-                                    "checkpoints-"))
+    run = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    task = worker_name(strategy).replace(" ", "-")
+    scratch = Path(tempfile.gettempdir()) / f"dgf-{task}-{run}-checkpoints"
+    remove_scratch(scratch)
+    scratch.mkdir(parents=True)
     return scratch, scratch
 
 
@@ -359,9 +364,21 @@ def collective_failure(exc: BaseException, strategy) -> DgfError:
     """The error a worker reports when its peers went away mid-run."""
     return DgfError(
         f"{worker_name(strategy)} lost contact with the other workers "
-        f"({_first_line(exc)}). A worker died or hung; the chief's last checkpoint is "
-        f"kept. Restart every worker with the same command to resume from it"
+        f"({_collective_reason(exc)}). A worker died or hung; the chief's last checkpoint "
+        f"is kept. Restart every worker with the same command to resume from it"
     )
+
+
+def _collective_reason(exc: BaseException) -> str:
+    """The line of a TensorFlow error that says what happened to the peers
+    (its first line is often just "Graph execution error:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for key in ("aborted by", "connection", "deadline", "timed out", "timeout",
+                "unavailable", "failed"):
+        for line in lines:
+            if key in line.lower():
+                return f"{type(exc).__name__}: {line[:200]}"
+    return type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
