@@ -33,13 +33,14 @@ from typing import IO, Any, Mapping, Sequence
 
 from dgf.errors import DgfError
 
-#: Seconds a collective operation (a gradient all-reduce, a checkpoint's variable
-#: reads) may wait for its peers before the worker gives up with an error. A peer
-#: that dies is normally noticed at once (its connection drops); this bounds the wait
-#: for a peer that hangs or a host that vanishes without closing its connections.
-#: It must exceed the longest time one worker can run ahead of another: the first
-#: step's tracing and, at the end of an epoch, the chief's strip and snapshot writes.
-DEFAULT_COLLECTIVE_TIMEOUT = 600.0
+# TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
+# a collective operation (a gradient all-reduce, a checkpoint's variable reads) may
+# wait for its peers before the worker gives up with an error. A peer that dies is
+# noticed at once (its connections drop), and one that freezes or vanishes within
+# about 10 s (it stops sending the coordination service's heartbeats); the timeout
+# bounds the wait for a peer that is alive but does not arrive. It must exceed the
+# longest time one worker can run ahead of another: the first step's tracing and,
+# at the end of an epoch, the chief's strip and snapshot writes.
 
 #: Config keys that decide which pairs a step trains on: a worker resuming a
 #: multi-worker run with another value would train on other batches than the ones
