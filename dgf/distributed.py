@@ -167,7 +167,7 @@ def split_cpu(count: int) -> None:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     wanted = [tf.config.LogicalDeviceConfiguration()] * count
-    current = tf.config.get_logical_device_configuration(cpu)
+    current = tf.config.get_logical_device_configuration(cpu) or []
     if (current and len(current) == count) or (not current and count == 1):
         return
     try:

@@ -82,6 +82,13 @@ def _reads(folder: Path, name) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.is_file() else []
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _scratch_folders(tmp: Path) -> list[str]:
     """Scratch checkpoint folders left in the workers' temp folder."""
     return sorted(p.name for p in (tmp / "scratch").glob("dgf-*"))
@@ -110,6 +117,7 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
     logs = {"mw": tmp_path / "reads-mw", "mirrored": tmp_path / "reads-mirrored"}
     for folder in logs.values():
         folder.mkdir()
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     multi = subprocess.run(
         _dgf_train("--local-workers", "2", "--run-dir", str(tmp_path / "mw"), *common),
@@ -123,7 +131,8 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
         env=_env(tmp_path, DGF_TEST_READ_LOG=str(logs["mirrored"])), capture_output=True,
         text=True, timeout=600)
     assert mirrored.returncode == 0, mirrored.stderr[-4000:]
-    print(f"two workers: {multi_seconds:.1f} s")
+    print(f"two workers: {multi_seconds:.1f} s; the three training processes used "
+          f"{_children_cpu() - cpu_before:.1f} s of CPU")
 
     # The launcher streamed both workers' output, each line named.
     out = multi.stdout
@@ -227,7 +236,12 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path):
         assert _checkpoint_steps(run / "checkpoints"), "no checkpoint before the deadline"
         workers[1].send_signal(signal.SIGKILL)  # mid-epoch: 12 steps per epoch
         killed = time.monotonic()
-        status = workers[0].wait(timeout=timeout + 120)
+        reported = None
+        while workers[0].poll() is None and time.monotonic() - killed < timeout + 120:
+            if reported is None and "lost contact" in logs[0].read_text():
+                reported = time.monotonic() - killed
+            time.sleep(0.1)
+        status = workers[0].wait(timeout=1)
         waited = time.monotonic() - killed
     finally:
         for w in workers:
@@ -240,7 +254,8 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path):
         in chief_log
     assert "Restart every worker with the same command" in chief_log
     assert waited < timeout + 120, waited
-    print(f"the chief stopped {waited:.1f} s after worker 1 was killed")
+    print(f"the chief reported the loss {reported} s and exited {waited:.1f} s after "
+          f"worker 1 was killed")
 
     # The chief's checkpoints are whole: every listed one has its files, and the
     # newest is mid-epoch (the run was cut short).
@@ -386,3 +401,21 @@ def test_worker_argv_gives_back_the_parsed_values():
                                    flags, ["--resume"])
     assert argv == ["--epochs", "3", "--augment", "off", "--crop", "full", "--g-lr", "0.0003",
                     "--resume"]
+
+
+def test_cpu_devices_must_come_before_tensorflow_starts():
+    import tensorflow as tf
+
+    with pytest.raises(DgfError, match="--cpu-devices must be a positive integer"):
+        distributed.split_cpu(0)
+    tf.constant(1.0) + 1.0  # TensorFlow is running in this process now
+    with pytest.raises(DgfError, match="--cpu-devices 3: TensorFlow has already started"):
+        distributed.split_cpu(3)
+
+
+def test_local_workers_run_multiworker_only(capsys):
+    from dgf.cli import train_main
+
+    assert train_main(["--local-workers", "2", "--strategy", "one"]) == 2
+    assert "--local-workers runs --strategy multiworker; drop --strategy one" \
+        in capsys.readouterr().err
