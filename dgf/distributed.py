@@ -31,6 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
+import numpy as np
+import tensorflow as tf
+
+from dgf.config import read_config
 from dgf.errors import DgfError
 
 # TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
@@ -163,8 +167,6 @@ def split_cpu(count: int) -> None:
     machine without GPUs. Must run before TensorFlow starts; 1 leaves it whole."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise DgfError(f"--cpu-devices must be a positive integer, got {count!r}")
-    import tensorflow as tf
-
     cpu = tf.config.list_physical_devices("CPU")[0]
     wanted = [tf.config.LogicalDeviceConfiguration()] * count
     current = tf.config.get_logical_device_configuration(cpu) or []
@@ -188,8 +190,6 @@ def select_strategy(name: str, collective_timeout: float | None = None):
     (None or 0: no limit). ``multiworker`` is created before anything else touches
     TensorFlow (listing devices would start it too early).
     """
-    import tensorflow as tf
-
     if name == "multiworker":
         cluster = parse_tf_config()
         options = tf.distribute.experimental.CommunicationOptions(
@@ -223,8 +223,6 @@ def select_strategy(name: str, collective_timeout: float | None = None):
 
 
 def is_multiworker(strategy) -> bool:
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         bool(getattr(strategy.cluster_resolver, "task_type", None))
 
@@ -274,8 +272,6 @@ def check_resume_settings(cfg, run_dir: Path) -> None:
     """A multi-worker run resumes with the settings it was started with: a worker
     whose global batch, crop, seed or augmentation differ from the run's config.json
     would train on other batches than the checkpoint's position counts."""
-    from dgf.config import read_config
-
     saved_path = Path(run_dir) / "config.json"
     if cfg.strategy != "multiworker" or not saved_path.is_file():
         return
@@ -303,9 +299,6 @@ def _code(value: Any) -> float:
 
 def _gather_per_worker(strategy, row: Sequence[float]):
     """Every worker's ``row``, one per worker in rank order (a collective)."""
-    import numpy as np
-    import tensorflow as tf
-
     value = tf.constant([list(row)], tf.float64)
 
     @tf.function  # eager collectives work too, but warn of their overhead
