@@ -318,6 +318,8 @@ _TRAIN_FLAGS = (
      "loss scaling)"),
     ("--jit", "jit", _on_off, "compile the step with XLA (on/off)"),
     ("--strategy", "strategy", str, "auto | one | mirrored | multiworker (reads TF_CONFIG)"),
+    ("--collective-timeout", "collective_timeout", float, "multiworker: seconds a worker "
+     "waits for the others in a step before it stops with an error (0: no limit)"),
     ("--seed", "seed", int, "seed for weights, shuffling, crops and augmentation"),
     ("--save-every", "save_every", int, "steps between checkpoints (also at each epoch end)"),
     ("--keep", "keep", int, "checkpoints to keep"),
@@ -344,6 +346,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML or JSON file of config keys")
     parser.add_argument("--resume", action="store_true",
                         help="resume --run-dir, or the newest run under runs/")
+    parser.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                        help="split the CPU into N logical devices at startup, so that "
+                        "--strategy mirrored trains N replicas on a machine without GPUs "
+                        "(default: one CPU device)")
+    parser.add_argument("--local-workers", type=int, default=None, metavar="N",
+                        help="start N --strategy multiworker processes on this machine, "
+                        "each with its own TF_CONFIG on a free port of 127.0.0.1, pass "
+                        "them the other flags and prefix their output with [worker I]; "
+                        "fails (and stops the others) if any worker fails")
     for flag, key, kind, text in _TRAIN_FLAGS:
         default = getattr(defaults, key)
         parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS,
@@ -351,11 +362,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config")
     resume = args.pop("resume")
+    cpu_devices = args.pop("cpu_devices")
+    local_workers = args.pop("local_workers")
 
     def work() -> int:
+        from dgf import distributed
         from dgf.config import resolve_config
         from dgf.train import TrainingInterrupted, train
 
+        if local_workers is not None:
+            return _launch_workers(local_workers, args, config_file, resume, cpu_devices)
+        if cpu_devices is not None:
+            distributed.split_cpu(cpu_devices)  # before anything starts TensorFlow
         cfg, resuming = resolve_config(args, config_file, resume=resume)
         try:
             result = train(cfg, resume=resuming)
@@ -366,6 +384,25 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return _run(work, program=argv is None)
+
+
+def _launch_workers(count, args, config_file, resume, cpu_devices) -> int:
+    """``dgf-train --local-workers N``: the run folder is chosen once, here, and every
+    worker gets the same flags with ``--strategy multiworker``."""
+    from dgf import distributed
+    from dgf.train import resolve_config
+
+    if args.get("strategy", "multiworker") != "multiworker":
+        raise DgfError(f"--local-workers runs --strategy multiworker; drop --strategy "
+                       f"{args['strategy']}")
+    values = {**args, "strategy": "multiworker"}
+    cfg, _ = resolve_config(values, config_file, resume=resume)
+    values["run_dir"] = cfg.run_dir
+    extra = [*(["--config", str(config_file)] if config_file is not None else []),
+             *(["--resume"] if resume else []),
+             *(["--cpu-devices", str(cpu_devices)] if cpu_devices is not None else [])]
+    flags = [(flag, key) for flag, key, _, _ in _TRAIN_FLAGS]
+    return distributed.launch_local_workers(count, distributed.worker_argv(values, flags, extra))
 
 
 # --- dgf-eval ---------------------------------------------------------------

@@ -91,6 +91,9 @@ class TrainConfig:
     precision: str = "fp32"
     jit: bool = False
     strategy: str = "auto"
+    # Multi-worker runs: seconds a collective (all-reduce) waits for the other
+    # workers before this one stops with an error (0: wait forever).
+    collective_timeout: float = 600.0
     seed: int = 0
 
     save_every: int = 500  # steps between checkpoints (also saved at each epoch end)
@@ -237,7 +240,8 @@ def _check(cfg: TrainConfig) -> None:
         positive(name)
     for name in ("g_lr", "d_lr"):
         positive(name)
-    for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight"):
+    for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight",
+                 "collective_timeout"):
         positive(name, allow_zero=True)
     if not 0.0 <= cfg.dropout < 1.0:
         raise DgfError(f"dropout must be in [0, 1), got {cfg.dropout}")

@@ -8,7 +8,7 @@ flip / rotation) is drawn up front from ``(seed, epoch)`` alone into a small tab
 records ``(index, y, x, transform)``. Batch ``k`` of an epoch therefore depends only on
 ``(seed, epoch, k)``: a resumed run rebuilds the same table and slices off the batches
 it already trained on without reading them, and a sharded run cuts disjoint pieces
-out of the same table.
+out of the same table (each pipeline its share of every step).
 
 Reads are one pair at a time by plain index and crop window
 (``ds[i, y:y + h, x:x + w, :]``, a hyperslab), never h5py fancy indexing, which is
@@ -441,7 +441,9 @@ def make_dataset(
             reading them. ``make_dataset(..., epoch=e, skip_batches=k)`` yields exactly
             batches k, k + 1, ... of the uninterrupted epoch ``e``.
         input_context: shard the epoch over ``num_input_pipelines``; pipeline
-            ``input_pipeline_id`` takes its own disjoint piece of the epoch's order.
+            ``input_pipeline_id`` takes its own disjoint piece of the epoch's order:
+            its share of every global step, so step k trains on the same pairs
+            whether one process or several workers run it.
         cache: hold the raw split in memory (kept across calls, so a dataset rebuilt
             for every epoch reads the file once); crops and transforms stay fresh each
             epoch. Raises DgfError if the split does not fit in available memory.
@@ -548,12 +550,20 @@ def _shard_records(
     split: str,
     path: Path,
 ) -> np.ndarray:
-    """This pipeline's piece of the epoch's records."""
+    """This pipeline's piece of the epoch's records: its share of every global step.
+
+    Global step k is rows [k * B, (k + 1) * B) of the epoch's plan whatever the
+    topology: pipeline p takes the p-th share of every step (its replicas'
+    batches), so one process and several workers train on the same batches.
+    """
+    group = shards.local_replicas * shards.per_batch
     if not drop_remainder:
-        return np.array_split(records, shards.count)[shards.index]
+        chunks = [records[i : i + group] for i in range(0, len(records), group)]
+        mine = chunks[shards.index :: shards.count]
+        return np.concatenate(mine) if mine else records[:0]
     # Every pipeline must yield the same number of batches, a whole number of
     # global steps, or the replicas would fall out of step at the end.
-    steps = info.count // (shards.per_batch * shards.local_replicas * shards.count)
+    steps = info.count // (group * shards.count)
     if steps == 0:
         where = f" over {shards.count} input pipelines" if shards.count > 1 else ""
         raise DgfError(
@@ -561,8 +571,8 @@ def _shard_records(
             f"split '{split}' in {path}{where}; lower the batch size or pass "
             f"drop_remainder=False."
         )
-    share = steps * shards.local_replicas * shards.per_batch
-    return records[shards.index * share : (shards.index + 1) * share]
+    records = records[: steps * shards.count * group].reshape(steps, shards.count, group, 4)
+    return records[:, shards.index].reshape(-1, 4)
 
 
 def _skip_batches(records: np.ndarray, per_batch: int, skip_batches: int) -> np.ndarray:

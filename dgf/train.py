@@ -19,7 +19,6 @@ model files). :func:`train` wires them up for a run folder.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading
@@ -45,8 +44,10 @@ from dgf.actions import (
     Scoring,
     checkpoint_to_resume,
 )
+from dgf import distributed
 from dgf.config import TrainConfig, check_architecture, has_checkpoint, read_config, save_config
 from dgf.data import make_dataset, split_info, steps_per_epoch
+from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file
 from dgf.losses import (
@@ -82,39 +83,9 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- TF setup
-def select_strategy(name: str):
-    """A tf.distribute strategy: one device, all local devices, or multi-worker."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one"
-    if name == "one":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        # All local GPUs; on a machine without GPUs, all logical CPU devices.
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise DgfError(
-                "--strategy multiworker reads the cluster from the TF_CONFIG environment "
-                "variable, which is not set"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise DgfError(f"unknown strategy {name!r}")
-
-
+# Strategy creation and who owns the run folder: dgf.distributed.
 def _policy_name(precision: str) -> str:
     return {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
-
-
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if "chief" in spec:
-        return resolver.task_type == "chief"
-    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 @keras.saving.register_keras_serializable(package="dgf")
@@ -633,11 +604,16 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     checkpoint = checkpoint_to_resume(run_dir / "checkpoints") if resuming else None
     if resuming and (run_dir / "config.json").is_file():
         check_architecture(read_config(run_dir / "config.json"), cfg.to_dict(), run_dir)
+        distributed.check_resume_settings(cfg, run_dir)
+    # The strategy first: a multi-worker strategy must set up TensorFlow's
+    # collectives before anything else starts TensorFlow.
+    strategy = select_strategy(cfg.strategy, cfg.collective_timeout)
 
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
+    scratch = None
     try:
-        strategy = select_strategy(cfg.strategy)
+        distributed.check_workers_agree(strategy, cfg)
         data = _check_data(cfg, strategy)
         # Fail before any training if the VGG weights cannot be had.
         with strategy.scope():
@@ -645,14 +621,16 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         if not resuming:
             keras.utils.set_random_seed(cfg.seed)
         trainer = GANTrainer(cfg, strategy, data.steps * cfg.epochs, perceptual)
-        chief = _is_chief(strategy)
-        ckpt_dir = run_dir / "checkpoints"
-        if not chief:  # multi-worker: every worker saves, only the chief keeps it
-            ckpt_dir = run_dir / f".worker-{strategy.cluster_resolver.task_id}-checkpoints"
-        prepare_output(run_dir, folder=True)
+        chief = is_chief(strategy)
+        # Multi-worker: every worker saves, only the chief's checkpoints are kept.
+        ckpt_dir, scratch = distributed.checkpoint_dir(run_dir, strategy)
+        if chief:
+            prepare_output(run_dir, folder=True)
         checkpoints = Checkpoints(trainer.checkpoint, ckpt_dir, cfg)
         if resuming:
             checkpoints.restore(checkpoint)
+        distributed.check_same_start(strategy, int(trainer.step_var.numpy()),
+                                     int(trainer.epoch_var.numpy()), run_dir)
         if chief:
             save_config(cfg, run_dir / "config.json")
             for sub in ("samples", "snapshots"):
@@ -660,5 +638,10 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         controller = Controller(cfg, trainer, strategy, data, checkpoints,
                                 chief=chief, progress=progress)
         return controller.run(max_steps)
+    except tf.errors.OpError as exc:
+        if distributed.is_multiworker(strategy):  # a peer died or hung mid-collective
+            raise distributed.collective_failure(exc, strategy) from None
+        raise
     finally:
+        distributed.remove_scratch(scratch)
         keras.mixed_precision.set_dtype_policy(previous_policy)
