@@ -390,7 +390,7 @@ def _launch_workers(count, args, config_file, resume, cpu_devices) -> int:
     """``dgf-train --local-workers N``: the run folder is chosen once, here, and every
     worker gets the same flags with ``--strategy multiworker``."""
     from dgf import distributed
-    from dgf.train import resolve_config
+    from dgf.config import resolve_config
 
     if args.get("strategy", "multiworker") != "multiworker":
         raise DgfError(f"--local-workers runs --strategy multiworker; drop --strategy "
