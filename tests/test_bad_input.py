@@ -508,6 +508,7 @@ def _unprivileged_prefix() -> list[str]:
     return prefix
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_no_write_permission_is_an_error_line_as_any_user(assets, model_file):
     prefix = _unprivileged_prefix()
     base = Path(tempfile.mkdtemp(prefix="dgf-noperm-"))

@@ -45,6 +45,7 @@ def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
     assert gain_ssim > 0.0, gain_ssim
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_dgf_deblur_uses_the_bundled_model_without_model(tmp_path, capsys):
     photo = tmp_path / "in.png"
     Image.fromarray(noise_image(0, 40, 56)).save(photo)

@@ -331,6 +331,7 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
     assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 2 * H)
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_evaluate_run_errors(tmp_path, snapshots):
     run, h5 = make_run(tmp_path, snapshots, epochs=0)
     with pytest.raises(DgfError, match="no snapshots"):

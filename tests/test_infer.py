@@ -78,6 +78,7 @@ def test_load_generator_errors(tmp_path):
 
 
 # --- files and CLI -----------------------------------------------------------
+@pytest.mark.slow  # runs the whole command end to end
 def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -109,6 +110,7 @@ def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, caps
     assert not list(out.rglob(".*"))  # no temporary files left behind
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_per_file_errors_and_overwrite(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -140,6 +142,7 @@ def test_per_file_errors_and_overwrite(tmp_path, model_file, capsys):
     assert (out / "good.jpg").read_bytes() != before  # rewritten at quality 50
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()

@@ -196,6 +196,7 @@ def test_check_precision_messages(monkeypatch):
     runtime.check_precision("fp32")
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_deblur_cli_precision_bf16(tmp_path, model_file, capsys, monkeypatch):
     source = tmp_path / "in.png"
     image = smooth_photo(40, 56, seed=7)
