@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -233,8 +234,7 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> 
         # keeps memory at inference-like levels.
         for layer in layers:
             layer.momentum = 0.0
-        forward = tf.function(lambda x: model(x, training=True),
-                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        forward = _training_forward(model)
         for batch in batches:
             forward(tf.convert_to_tensor(batch, tf.float32))
             count += 1
@@ -247,6 +247,22 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> 
             layer.moving_mean.assign(acc[0] / count if count else mean)
             layer.moving_variance.assign(acc[1] / count if count else var)
     return count
+
+
+# One compiled training-mode forward per model, traced once (with every BatchNorm's
+# momentum at 0, as it always is while the function runs) and reused at every
+# epoch end instead of retraced.
+_TRAINING_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _training_forward(model: keras.Model):
+    forward = _TRAINING_FORWARD.get(model)
+    if forward is None:
+        ref = weakref.ref(model)
+        forward = tf.function(lambda x: ref()(x, training=True),
+                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        _TRAINING_FORWARD[model] = forward
+    return forward
 
 
 def _all_layers(model):

@@ -338,36 +338,8 @@ def test_cli_errors_are_clean(tmp_path):
     assert "error:" in done.stderr and "nope.h5" in done.stderr and "Traceback" not in done.stderr
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from dgf.config import TrainConfig
-    from dgf.train import train
-    cfg = TrainConfig(**json.loads(sys.argv[1]))
-    result = train(cfg, progress=False)
-    print("RESULT", result.step)
-    """
-)
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_on_two_logical_cpus(h5_file, tmp_path):
-    values = {**TINY, "h5": str(h5_file), "run_dir": str(tmp_path / "run"), "epochs": 2,
-              "batch_size": 2, "strategy": "mirrored"}
-    done = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(values)],
-                          env=_python_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 replica(s)" in done.stdout
-    assert "RESULT 4" in done.stdout  # 4 pairs / global batch 2 = 2 steps x 2 epochs
-    records = _jsonl(tmp_path / "run" / "metrics.jsonl")
-    steps = [r for r in records if r["kind"] == "step"]
-    assert len(steps) == 4 and all(np.isfinite(r["g_loss"]) for r in steps)
-    assert (tmp_path / "run" / "generator.keras").is_file()
+# --strategy mirrored over two logical CPUs (--cpu-devices 2) is trained, and compared
+# step by step with two multi-worker processes, in tests/test_multiworker.py.
 
 
 def test_recalibrate_batchnorm_matches_training_mode_statistics():
