@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from dgf.config import TrainConfig
 from dgf.data import make_dataset
-from dgf.errors import DgfError
+from dgf.errors import DgfError, first_line
 from dgf.evaluate import evaluate_split, strip_indices, write_strip
 from dgf.fileio import write_atomic, write_text_atomic
 from dgf.images import to_unit
@@ -202,11 +202,6 @@ def checkpoint_to_resume(ckpt_dir: Path) -> str:
         f"no checkpoint listed in {index} has its files ({', '.join(listed)}); start a "
         f"new --run-dir"
     )
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- BatchNorm

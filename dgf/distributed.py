@@ -34,8 +34,8 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import read_config
-from dgf.errors import DgfError
+from dgf.config import TrainConfig
+from dgf.errors import DgfError, first_line
 
 # TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
 # a collective operation (a gradient all-reduce, a checkpoint's variable reads) may
@@ -207,7 +207,7 @@ def select_strategy(name: str, collective_timeout: float | None = None):
         except (tf.errors.OpError, ValueError) as exc:
             raise DgfError(
                 f"{cluster.name} could not join the cluster {json.dumps(cluster.jobs)} "
-                f"from TF_CONFIG: {_first_line(exc)}"
+                f"from TF_CONFIG: {first_line(exc)}"
             ) from None
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
@@ -268,14 +268,12 @@ def remove_scratch(scratch: Path | None) -> None:
 
 
 # --------------------------------------------------------------------------- agreement
-def check_resume_settings(cfg, run_dir: Path) -> None:
-    """A multi-worker run resumes with the settings it was started with: a worker
-    whose global batch, crop, seed or augmentation differ from the run's config.json
-    would train on other batches than the checkpoint's position counts."""
-    saved_path = Path(run_dir) / "config.json"
-    if cfg.strategy != "multiworker" or not saved_path.is_file():
+def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, run_dir: Path) -> None:
+    """A multi-worker run resumes with the settings it was started with (``saved``,
+    the run's config.json): a worker whose global batch, crop, seed or augmentation
+    differ would train on other batches than the checkpoint's position counts."""
+    if cfg.strategy != "multiworker":
         return
-    saved = read_config(saved_path)
     for key in STREAM_KEYS:
         if getattr(saved, key) != getattr(cfg, key):
             raise DgfError(
@@ -373,11 +371,6 @@ def _collective_reason(exc: BaseException) -> str:
             if key in line.lower():
                 return f"{type(exc).__name__}: {line[:200]}"
     return type(exc).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- launcher

@@ -603,8 +603,9 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     # are found here.
     checkpoint = checkpoint_to_resume(run_dir / "checkpoints") if resuming else None
     if resuming and (run_dir / "config.json").is_file():
-        check_architecture(read_config(run_dir / "config.json"), cfg.to_dict(), run_dir)
-        distributed.check_resume_settings(cfg, run_dir)
+        saved = read_config(run_dir / "config.json")
+        check_architecture(saved, cfg.to_dict(), run_dir)
+        distributed.check_resume_settings(cfg, saved, run_dir)
     # The strategy first: a multi-worker strategy must set up TensorFlow's
     # collectives before anything else starts TensorFlow.
     strategy = select_strategy(cfg.strategy, cfg.collective_timeout)

@@ -210,6 +210,21 @@ def _start_worker(index: int, addresses: list[str], args: list[str], env: dict,
                             stderr=subprocess.STDOUT)
 
 
+def _wait_all(workers: list[subprocess.Popen], timeout: float) -> list[int]:
+    """Every worker's exit status; any still running when this returns or raises is killed."""
+    try:
+        return [w.wait(timeout=timeout) for w in workers]
+    finally:
+        _kill_leftovers(workers)
+
+
+def _kill_leftovers(workers: list[subprocess.Popen]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+
+
 def _checkpoint_steps(ckpt_dir: Path) -> list[int]:
     index = ckpt_dir / "checkpoint"
     if not index.is_file():
@@ -251,10 +266,7 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path):
         status = workers[0].wait(timeout=1)
         waited = time.monotonic() - killed
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+        _kill_leftovers(workers)
     chief_log = logs[0].read_text()
     assert status == 2, chief_log[-3000:]
     assert "error: worker 0 lost contact with the other workers (UnavailableError: " \
@@ -293,13 +305,7 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     addresses = [f"127.0.0.1:{p}" for p in distributed.free_ports(2)]
     logs = [tmp_path / "r0.txt", tmp_path / "r1.txt"]
     workers = [_start_worker(i, addresses, args, env, logs[i]) for i in range(2)]
-    try:
-        codes = [w.wait(timeout=600) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+    codes = _wait_all(workers, timeout=600)
     assert codes == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
     resumed_at = max(saved)
     for log in logs:
@@ -323,13 +329,7 @@ def test_workers_started_with_different_settings_are_refused(h5, tmp_path):
     logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
     workers = [_start_worker(i, addresses, [*base, "--batch-size", str(2 * (i + 1))], env,
                              logs[i]) for i in range(2)]
-    try:
-        codes = [w.wait(timeout=400) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+    codes = _wait_all(workers, timeout=400)
     assert codes == [2, 2]
     for log in logs:
         assert ("the workers were started with different settings: batch_size differs "
