@@ -8,8 +8,9 @@
   resume from, and restoring it with errors that say what to do.
 - :class:`BatchNormReestimation` sets BatchNorm's moving statistics of the scored
   generator from fresh batches at each epoch end.
-- :class:`Scoring` scores the generator on the test split (PSNR/SSIM).
-- :class:`SampleStrips` writes ``samples/epoch_NNNN.png`` (sharp | blurred | deblurred).
+- :class:`Scoring` scores the generator on the test split (PSNR/SSIM) every
+  ``eval_every`` epochs and writes ``samples/epoch_NNNN.png`` (sharp | blurred |
+  deblurred) from the same generator pass.
 - :class:`ModelFiles` writes ``generator.keras``, ``generator_best.keras`` and the
   per-epoch snapshots.
 
@@ -32,7 +33,7 @@ import tensorflow as tf
 from dgf.config import TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
-from dgf.evaluate import evaluate_split, strip_indices, write_strip
+from dgf.evaluate import evaluate_split, evaluate_with_strip
 from dgf.fileio import write_atomic, write_text_atomic
 from dgf.images import to_unit
 from dgf.schema import SplitInfo
@@ -297,31 +298,34 @@ class BatchNormReestimation:
 
 # --------------------------------------------------------------------------- epoch end
 class Scoring:
-    """PSNR/SSIM of the generator on ``cfg.val_samples`` test pairs (all if None)."""
+    """PSNR/SSIM of the generator on ``cfg.val_samples`` test pairs (all if None)
+    and, where ``strips`` (the chief), ``RUN/samples/epoch_NNNN.png``: the same
+    ``cfg.strip_pairs`` test pairs each epoch, drawn from the scoring pass (see
+    :func:`dgf.evaluate.strip_rows`), so the strip costs no generator pass."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, *, strips: bool = True) -> None:
         self.cfg = cfg
+        self.folder = Path(cfg.run_dir) / "samples" if strips else None
 
-    def __call__(self, generator: keras.Model, epoch: int) -> dict[str, Any]:
-        summary, _ = evaluate_split(generator, self.cfg.h5, "test", limit=self.cfg.val_samples,
-                                    progress=False)
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is scored: every ``eval_every``-th, and the last."""
+        return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+
+    def __call__(self, generator: keras.Model, epoch: int
+                 ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The epoch's scores (``SCORE_KEYS``) and its strip (None without strips)."""
+        cfg, strip = self.cfg, None
+        if self.folder is None:
+            summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
+                                        progress=False)
+        else:
+            summary, _, strip = evaluate_with_strip(
+                generator, cfg.h5, "test", self.folder / f"epoch_{epoch + 1:04d}.png",
+                strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False)
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "
               f"{summary['blurred_psnr']:.2f}), SSIM {summary['ssim']:.4f} (blurred "
               f"{summary['blurred_ssim']:.4f}) on {summary['count']} pairs", flush=True)
-        return {key: summary[key] for key in SCORE_KEYS}
-
-
-class SampleStrips:
-    """``RUN/samples/epoch_NNNN.png``: the same ``cfg.strip_pairs`` test pairs each epoch."""
-
-    def __init__(self, cfg: TrainConfig, test_info: SplitInfo) -> None:
-        self.cfg = cfg
-        self.folder = Path(cfg.run_dir) / "samples"
-        self.rows = strip_indices(test_info.count, cfg.strip_pairs)
-
-    def __call__(self, generator: keras.Model, epoch: int) -> np.ndarray:
-        path = self.folder / f"epoch_{epoch + 1:04d}.png"
-        return write_strip(path, generator, self.cfg.h5, "test", indices=self.rows)
+        return {key: summary[key] for key in SCORE_KEYS}, strip
 
 
 class ModelFiles:
@@ -334,17 +338,18 @@ class ModelFiles:
         self.snapshots = cfg.snapshots
         self.best_psnr = best_psnr
 
-    def __call__(self, generator: keras.Model, epoch: int, psnr: float) -> bool:
+    def __call__(self, generator: keras.Model, epoch: int, psnr: float | None) -> bool:
         """Write the files; True when this epoch is the best so far.
 
         The model is serialized once, to ``generator.keras``; the snapshot and the
-        best are byte copies of it (each written atomically).
+        best are byte copies of it (each written atomically). ``psnr`` is None on
+        an epoch that was not scored (``eval_every``): it cannot become the best.
         """
         latest = self.run_dir / "generator.keras"
         save_model(generator, latest)
         if self.snapshots:
             copy_file(latest, self.run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
-        if psnr > float(self.best_psnr.numpy()):
+        if psnr is not None and psnr > float(self.best_psnr.numpy()):
             self.best_psnr.assign(psnr)
             copy_file(latest, self.run_dir / "generator_best.keras")
             return True

@@ -327,6 +327,8 @@ _TRAIN_FLAGS = (
     ("--val-samples", "val_samples", _optional_int, "test pairs scored each epoch "
      "('full' for the whole test split)"),
     ("--strip-pairs", "strip_pairs", int, "rows in the per-epoch sample strip"),
+    ("--eval-every", "eval_every", int, "score the test pairs, draw the strip and update "
+     "generator_best.keras every N epochs and at the last (model files: every epoch)"),
     ("--snapshots", "snapshots", _on_off, "keep one generator per epoch for dgf-eval (on/off)"),
     ("--bn-recalibrate", "bn_recalibrate", int, "training batches over which BatchNorm "
      "statistics are re-estimated at each epoch end, before scoring (0: off)"),

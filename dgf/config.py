@@ -100,6 +100,9 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept
     log_every: int = 10  # steps between TensorBoard / metrics.jsonl step records
     val_samples: int | None = None  # test pairs scored per epoch; None: whole test split
+    # Score (and draw the strip, and update generator_best.keras) every this many
+    # epochs and at the last; BasicSR's val_freq. The model files are saved every epoch.
+    eval_every: int = 1
     strip_pairs: int = 4  # rows of the per-epoch sample strip
     snapshots: bool = True  # keep one generator per epoch for dgf-eval
     # Training batches over which BatchNorm's moving statistics are re-estimated at
@@ -236,7 +239,7 @@ def _check(cfg: TrainConfig) -> None:
             raise DgfError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
     for name in ("epochs", "batch_size", "channel_rate", "patch", "critic_steps",
-                 "save_every", "keep", "log_every", "strip_pairs"):
+                 "save_every", "keep", "log_every", "strip_pairs", "eval_every"):
         positive(name)
     for name in ("g_lr", "d_lr"):
         positive(name)

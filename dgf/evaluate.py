@@ -170,6 +170,21 @@ def strip_indices(count: int, n: int) -> list[int]:
     return [(2 * k + 1) * count // (2 * n) for k in range(n)]
 
 
+def scored_indices(count: int, limit: int | None) -> list[int]:
+    """The pairs a split's scoring covers: every one (``limit`` None), else
+    ``strip_indices(count, limit)``."""
+    return list(range(count)) if limit is None else strip_indices(count, limit)
+
+
+def strip_rows(count: int, limit: int | None, n: int) -> list[int]:
+    """The ``n`` pairs a strip shows: evenly spread over the pairs scored with
+    ``limit`` (:func:`scored_indices`), so scoring deblurs them anyway and the strip
+    costs no extra generator pass. With ``limit`` None this is
+    ``strip_indices(count, n)``."""
+    scored = scored_indices(count, limit)
+    return [scored[k] for k in strip_indices(len(scored), n)]
+
+
 def _open_split(h5_path: Path | str, split: str):
     """Open ``h5_path`` read-only and validate ``split``; return (file, SplitInfo)."""
     h5 = open_pairs_file(h5_path)
@@ -335,26 +350,73 @@ def evaluate_split(
     The blurred-input scores depend only on the data, so they are cached in-process
     per (file, size, mtime, split, pairs): the trainer calls this every epoch.
     """
+    summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
+                                 limit=limit, progress=progress, precision=precision)
+    return summary, rows
+
+
+def evaluate_with_strip(
+    generator: Any,
+    h5_path: Path | str,
+    split: str,
+    strip_path: Path | str,
+    *,
+    strips: int = DEFAULT_STRIPS,
+    batch_size: int = DEFAULT_EVAL_BATCH,
+    limit: int | None = None,
+    progress: bool = True,
+    precision: str = DEFAULT_PRECISION,
+) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """:func:`evaluate_split` and the sample strip of the same pass.
+
+    The strip's rows are ``strip_rows(count, limit, strips)``, pairs the scoring
+    deblurs anyway, so the strip costs no generator pass of its own. Writes it to
+    ``strip_path`` (PNG, atomically) and returns ``(summary, rows, strip)``; the
+    summary gains ``strip_indices``.
+    """
+    summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
+                                    limit=limit, progress=progress, precision=precision,
+                                    strips=strips)
+    order = sorted(kept)
+    strip = make_strip(*(np.stack([kept[i][part] for i in order]) for part in range(3)))
+    save_png(strip_path, strip)
+    summary["strip_indices"] = order
+    return summary, rows, strip
+
+
+def _evaluate(
+    generator: Any,
+    h5_path: Path | str,
+    split: str,
+    *,
+    batch_size: int,
+    limit: int | None,
+    progress: bool,
+    precision: str,
+    strips: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, tuple[np.ndarray, ...]]]:
+    """Both evaluations: the report, and the (sharp, blurred, deblurred) images of
+    ``strip_rows(count, limit, strips)`` by index (none when ``strips`` is None)."""
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     if limit is not None and limit < 1:
         raise DgfError(f"limit must be at least 1 pair; got {limit}")
     h5, info = _open_split(h5_path, split)
     with h5:
-        indices = (
-            list(range(info.count)) if limit is None else strip_indices(info.count, limit)
-        )
+        indices = scored_indices(info.count, limit)
+        keep = set() if strips is None else set(strip_rows(info.count, limit, strips))
         key = _baseline_key(h5_path, split, indices)
         cached = _BASELINE_CACHE.get(key)
         sources = _sources(h5, split, indices)
         scores = _score_pairs(
             generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
-            progress=progress, precision=precision,
+            progress=progress, precision=precision, keep=keep,
         )
     if cached is None:
         cached = (np.asarray(scores.blurred_psnr), np.asarray(scores.blurred_ssim))
         _BASELINE_CACHE[key] = cached
-    return _split_report(indices, sources, scores, cached)
+    summary, rows = _split_report(indices, sources, scores, cached)
+    return summary, rows, scores.kept
 
 
 @dataclass
@@ -366,6 +428,8 @@ class _Scores:
     blurred_psnr: list[float] = field(default_factory=list)  # empty without baseline
     blurred_ssim: list[float] = field(default_factory=list)
     generator_seconds: float = 0.0
+    # index -> (sharp, blurred, deblurred) uint8 images of the pairs asked to be kept
+    kept: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
 def _score_pairs(
@@ -378,9 +442,11 @@ def _score_pairs(
     batch_size: int,
     progress: bool,
     precision: str,
+    keep: set[int] = frozenset(),
 ) -> _Scores:
     """Deblur and score the pairs ``indices`` of ``split`` in the open file ``h5``,
-    ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too."""
+    ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too.
+    The images of the indices in ``keep`` are kept (``_Scores.kept``)."""
     sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
     scores = _Scores()
     bar = tqdm(
@@ -398,7 +464,9 @@ def _score_pairs(
             deblurred = deblur_array(generator, blurred, batch_size=len(idx),
                                      precision=precision)
             scores.generator_seconds += time.perf_counter() - t0
-            for s, b, d in zip(sharp, blurred, deblurred):
+            for i, s, b, d in zip(idx, sharp, blurred, deblurred):
+                if i in keep:
+                    scores.kept[i] = (s.copy(), b.copy(), d.copy())
                 scores.psnr.append(psnr(s, d))
                 scores.ssim.append(ssim(s, d))
                 if baseline:
@@ -567,20 +635,16 @@ def evaluate_model(
     h5, info = _open_split(h5_path, split)
     h5.close()
     generator = load_generator(model_path)
-    indices = strip_indices(info.count, strips)
-    summary, rows = evaluate_split(
-        generator, h5_path, split, batch_size=batch_size, limit=limit, progress=progress,
-        precision=precision,
+    summary, rows, _ = evaluate_with_strip(
+        generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
+        limit=limit, progress=progress, precision=precision,
     )
-    write_strip(out / "strip.png", generator, h5_path, split, indices=indices,
-                precision=precision)
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
         **summary,
         "model": str(model_path),
         "h5": str(h5_path),
         "split": split,
-        "strip_indices": indices,
         "precision": precision,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -663,8 +727,9 @@ def evaluate_run(
     """Score every per-epoch snapshot of a training run and draw its progress.
 
     For each ``RUN/snapshots/generator_epoch_NNNN.keras`` in epoch order: writes
-    ``out/strips/epoch_NNNN.png`` (the same ``strips`` test pairs every epoch, the
-    ones the trainer's own samples use) and scores the split (``limit`` as in
+    ``out/strips/epoch_NNNN.png`` (the same ``strips`` test pairs every epoch,
+    :func:`strip_rows`: the trainer's own samples show the same pairs when ``limit``
+    is the run's ``val_samples``) and scores the split (``limit`` as in
     :func:`evaluate_split`). Then writes ``out/metrics.csv`` (epoch, psnr, ssim,
     blurred_psnr, blurred_ssim), ``out/metrics.png`` (:func:`plot_metrics`) and
     ``out/progress.png`` (each epoch's strip under a labelled band, see
@@ -685,7 +750,7 @@ def evaluate_run(
     handle, info = _open_split(h5, split)
     handle.close()
     out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
-    indices = strip_indices(info.count, strips)
+    indices = strip_rows(info.count, limit, strips)
     settings = _run_settings(h5, split, indices, limit, precision)
     results, seen, todo = _previous_results(out, settings, snapshots, force)
     prepare_output(out, folder=True)
@@ -693,7 +758,7 @@ def evaluate_run(
         path = snapshots[epoch]
         stamp = path.stat().st_mtime_ns
         results[epoch] = _score_snapshot(
-            path, _strip_path(out, epoch), h5, split, indices, batch_size=batch_size,
+            path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
             limit=limit, progress=progress, precision=precision,
         )
         seen[str(epoch)] = stamp
@@ -782,15 +847,15 @@ def _score_snapshot(
     strip: Path,
     h5: Path,
     split: str,
-    indices: Sequence[int],
     *,
+    strips: int,
     batch_size: int,
     limit: int | None,
     progress: bool,
     precision: str,
 ) -> dict[str, float]:
-    """Draw one snapshot's strip into ``strip`` and score it; its ``metrics.csv`` row
-    (without the epoch)."""
+    """Score one snapshot and draw its strip into ``strip`` (one generator pass);
+    its ``metrics.csv`` row (without the epoch)."""
     try:
         generator = load_generator(path)
     except DgfError as exc:
@@ -798,10 +863,9 @@ def _score_snapshot(
             f"{exc} Snapshot {path.name} is damaged: remove it to score the other "
             f"epochs, or start a new --run-dir"
         ) from None
-    write_strip(strip, generator, h5, split, indices=indices, precision=precision)
-    summary, _ = evaluate_split(
-        generator, h5, split, batch_size=batch_size, limit=limit, progress=progress,
-        precision=precision,
+    summary, _, _ = evaluate_with_strip(
+        generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
+        progress=progress, precision=precision,
     )
     return {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}
 

@@ -40,7 +40,6 @@ from dgf.actions import (
     Checkpoints,
     MetricsLog,
     ModelFiles,
-    SampleStrips,
     Scoring,
     checkpoint_to_resume,
 )
@@ -395,8 +394,7 @@ class Controller:
         self.checkpoints = checkpoints
         self.log = MetricsLog(self.run_dir, enabled=chief)
         self.reestimate = BatchNormReestimation(cfg, data.train)
-        self.score = Scoring(cfg)
-        self.strips = SampleStrips(cfg, data.test)
+        self.score = Scoring(cfg, strips=chief)
         self.model_files = ModelFiles(cfg, trainer.best_psnr)
         self.history: list[dict[str, Any]] = []
         self.steps_this_call = 0
@@ -489,22 +487,26 @@ class Controller:
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         """The epoch-end actions, on the averaged generator (what is scored and saved).
 
-        The record's ``end_parts`` says how many seconds each action took.
+        Scoring (with the strip drawn from its pass) runs on the epochs
+        ``Scoring.due`` names; the model files are written every epoch. The record's
+        ``end_parts`` says how many seconds each action took.
         """
         generator = self.trainer.averaged
         parts: dict[str, float] = {}
-        with _timed(parts, "reestimate"):
+        record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step}
+        score = strip = None
+        with _timed(parts, "reestimate"):  # every epoch: the snapshots are saved with it
             self.reestimate(generator, epoch)
-        with _timed(parts, "score"):
-            score = self.score(generator, epoch)
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": self.global_step, **score}
+        if self.score.due(epoch):
+            with _timed(parts, "score"):
+                score, strip = self.score(generator, epoch)
+            record.update(score)
         if self.chief:
-            with _timed(parts, "strip"):
-                strip = self.strips(generator, epoch)
-            with _timed(parts, "tensorboard"):
-                self.log.log_scores(self.global_step, score, strip)
+            if score is not None:
+                with _timed(parts, "tensorboard"):
+                    self.log.log_scores(self.global_step, score, strip)
             with _timed(parts, "model_files"):
-                if self.model_files(generator, epoch, score["psnr"]):
+                if self.model_files(generator, epoch, None if score is None else score["psnr"]):
                     record["best"] = True
         record["end_parts"] = parts
         return record

@@ -164,6 +164,50 @@ def test_write_strip_png_matches_sources(tmp_path):
         ev.write_strip(tmp_path / "x.png", generator, h5, indices=[COUNT])
 
 
+def test_strip_rows_are_spread_over_the_scored_pairs():
+    assert ev.scored_indices(64, None) == list(range(64))
+    assert ev.scored_indices(64, 32) == ev.strip_indices(64, 32)
+    # Whole split scored: the strip shows the pairs it always showed.
+    assert ev.strip_rows(64, None, 4) == ev.strip_indices(64, 4) == [8, 24, 40, 56]
+    # 32 of 64 scored (odd indices): the strip picks 4 of those, evenly spread.
+    rows = ev.strip_rows(64, 32, 4)
+    assert rows == [9, 25, 41, 57]
+    assert set(rows) <= set(ev.scored_indices(64, 32))
+    assert ev.strip_rows(7, 3, 5) == ev.strip_indices(7, 3)  # more rows than scored pairs
+    with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
+        ev.strip_rows(64, None, 0)
+
+
+@pytest.mark.parametrize("limit", [None, 4])
+def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, monkeypatch, limit):
+    h5 = tmp_path / "d.h5"
+    sharp, blurred = make_eval_h5(h5)
+    generator = _generator(0)
+    expected, expected_rows = ev.evaluate_split(generator, h5, limit=limit, progress=False)
+    passed = []
+    real = ev.deblur_array
+    monkeypatch.setattr(ev, "deblur_array",
+                        lambda g, images, **kw: passed.append(len(images)) or real(g, images, **kw))
+    out = tmp_path / "samples" / "epoch_0003.png"
+    summary, rows, strip = ev.evaluate_with_strip(generator, h5, "test", out, strips=2,
+                                                  batch_size=3, limit=limit, progress=False)
+    # One generator pass over the scored pairs, none for the strip.
+    assert sum(passed) == expected["count"] == (COUNT if limit is None else limit)
+    assert rows == expected_rows
+    assert {k: summary[k] for k in ("psnr", "ssim", "blurred_psnr", "count")} == {
+        k: expected[k] for k in ("psnr", "ssim", "blurred_psnr", "count")}
+    picked = ev.strip_rows(COUNT, limit, 2)
+    assert summary["strip_indices"] == picked
+    assert set(picked) <= {r["index"] for r in rows}
+    np.testing.assert_array_equal(_png(out), strip)
+    deblurred = real(generator, blurred[picked])
+    np.testing.assert_array_equal(strip, ev.make_strip(sharp[picked], blurred[picked], deblurred))
+    with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
+        ev.evaluate_with_strip(generator, h5, "test", tmp_path / "x.png", strips=0,
+                               progress=False)
+    assert not (tmp_path / "x.png").exists()
+
+
 # --- scoring a split ---------------------------------------------------------------------
 def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
@@ -277,6 +321,9 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
     assert set(ev.SUMMARY_KEYS) <= set(saved)
     assert saved["count"] == COUNT and saved["psnr"] == pytest.approx(summary["psnr"])
     assert saved["strip_indices"] == ev.strip_indices(COUNT, 2)
+    limited = ev.evaluate_model(snapshots[0], h5, tmp_path / "limited", strips=2, limit=4,
+                                progress=False)
+    assert limited["strip_indices"] == ev.strip_rows(COUNT, 4, 2)
     with (out / "per_image.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == COUNT and tuple(rows[0]) == ev.ROW_KEYS

@@ -306,20 +306,30 @@ def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path, signum):
 @pytest.mark.slow
 def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
     run = tmp_path / "run"
-    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "2"), env=_python_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "3", "--eval-every", "2"),
+                          env=_python_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     from PIL import Image
 
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["channel_rate"] == 8 and cfg["epochs"] == 2 and cfg["h5"] == str(h5_file)
-    for epoch in (1, 2):
+    assert cfg["channel_rate"] == 8 and cfg["epochs"] == 3 and cfg["h5"] == str(h5_file)
+    assert cfg["eval_every"] == 2
+    # Scored (with a strip) at epoch 2 and at the last; a snapshot every epoch.
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "epoch_0002.png", "epoch_0003.png"]
+    for epoch in (2, 3):
         strip = Image.open(run / "samples" / f"epoch_{epoch:04d}.png")
         assert strip.size == (3 * 48, 2 * 48)  # sharp | blurred | deblurred, 2 rows
+    for epoch in (1, 2, 3):
         assert (run / "snapshots" / f"generator_epoch_{epoch:04d}.keras").is_file()
     assert (run / "generator.keras").is_file() and (run / "generator_best.keras").is_file()
     records = _jsonl(run / "metrics.jsonl")
-    assert sum(r["kind"] == "step" for r in records) == 8
+    assert sum(r["kind"] == "step" for r in records) == 12
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [("psnr" in r, "score" in r["end_parts"]) for r in epochs] == [
+        (False, False), (True, True), (True, True)]
+    assert all("model_files" in r["end_parts"] for r in epochs)
+    assert "epoch 1: test PSNR" not in done.stdout and "epoch 2: test PSNR" in done.stdout
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     import keras
 
