@@ -234,12 +234,13 @@ class PerceptualLoss:
             float32 scalar: mean over batch, positions and channels of the squared
             difference of the VGG16 `layer` features.
         """
-        batch = ops.shape(sharp)[0]
-        # One VGG pass over both batches is cheaper than two.
-        both = vgg_preprocess(ops.concatenate([sharp, deblurred], axis=0))
-        features = self.features(both, training=False)
-        diff = ops.mean(ops.square(features[:batch] - features[batch:]))
-        return diff * self.feature_scale
+        # Two passes, not one over the concatenated batches: under a gradient tape a
+        # joint pass back-propagates through VGG for the sharp half too, which no
+        # gradient needs (measured: 0.24 s against 0.16 s for loss + gradient at
+        # batch 4, 64x64; 0.50 s against 0.35 s at 96x96).
+        target = ops.stop_gradient(self.features(vgg_preprocess(sharp), training=False))
+        features = self.features(vgg_preprocess(deblurred), training=False)
+        return ops.mean(ops.square(target - features)) * self.feature_scale
 
 
 def l1_loss(sharp: Any, deblurred: Any) -> Any:

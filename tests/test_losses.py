@@ -15,6 +15,7 @@ from conftest import uniform_images
 from dgf.errors import DgfError
 from dgf.losses import (
     CHARBONNIER_EPS,
+    FEATURE_SCALE,
     VGG16_NOTOP_FILE,
     VGG16_NOTOP_MD5,
     VGG16_NOTOP_URL,
@@ -107,6 +108,22 @@ def test_perceptual_gradient_reaches_the_deblurred_image(random_perceptual):
     grad = tape.gradient(value, deblurred)
     assert grad is not None
     assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+
+
+def test_perceptual_does_not_backpropagate_through_the_target(random_perceptual):
+    """The sharp image's VGG features are a constant target: no backward pass runs
+    through VGG for them (that pass would cost as much as the deblurred one's)."""
+    sharp = tf.Variable(uniform_images((2, 16, 16, 3), seed=4))
+    deblurred = tf.Variable(uniform_images((2, 16, 16, 3), seed=5))
+    with tf.GradientTape() as tape:
+        value = random_perceptual(sharp, deblurred)
+    grad_sharp, grad_deblurred = tape.gradient(value, [sharp, deblurred])
+    assert grad_sharp is None and grad_deblurred is not None
+    features = random_perceptual.features
+    target = features(vgg_preprocess(sharp.numpy()), training=False)
+    mine = features(vgg_preprocess(deblurred.numpy()), training=False)
+    expected = np.mean(np.square(np.asarray(target) - np.asarray(mine))) * FEATURE_SCALE
+    assert float(value) == pytest.approx(expected, rel=1e-5)
 
 
 def test_unknown_layer_is_a_clear_error():
