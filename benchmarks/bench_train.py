@@ -62,6 +62,34 @@ if args["mode"] == "dgf":
     def step():
         logs = trainer.step(data)
         float(logs["g_loss"])
+elif args["mode"] == "flops":
+    # Convolution arithmetic per step, counted on real calls (shapes after every
+    # stride and pooling): G = generator forward, D = discriminator forward, V = VGG16
+    # to block3_conv3 forward, each on one batch. A backward pass costs about twice
+    # its forward when weight gradients are needed (G, D being trained) and once when
+    # only input gradients are (VGG; D inside the generator's loss).
+    from keras import layers
+    from dgf.models import build_discriminator, build_generator
+    def conv_flops(model):
+        total = [0]
+        for conv in (l for l in model._flatten_layers() if isinstance(l, layers.Conv2D)):
+            def counted(x, *a, _conv=conv, _call=conv.call, **k):
+                y = _call(x, *a, **k)
+                kh, kw = _conv.kernel_size
+                total[0] += 2 * y.shape[0] * y.shape[1] * y.shape[2] * kh * kw * x.shape[-1] * _conv.filters
+                return y
+            conv.call = counted
+        model(np.zeros((batch, size, size, 3), "float32"))
+        return total[0] / 1e9
+    g = conv_flops(build_generator(channel_rate=cr))
+    d = conv_flops(build_discriminator(channel_rate=cr, patch=patch))
+    v = conv_flops(PerceptualLoss(weights=None).features)
+    # seed: predict (G) + D trained on 2 batches (6D) + d_on_g (3G + 2D + 3V)
+    #       + g.train_on_batch (3G + 3V).  dgf: G once forward and backward (3G),
+    #       D trained on 2 batches (6D), D in G's loss (2D), VGG 3V.
+    print("RESULT", json.dumps({"G": g, "D": d, "V": v, "seed": 7 * g + 8 * d + 6 * v,
+                                "dgf": 3 * g + 8 * d + 3 * v}))
+    sys.exit(0)
 elif args["mode"] == "loop":
     # The whole training loop (dgf.train.train) on an HDF5 file of the same random
     # pairs: loader, step, logging, progress. Its rate is what metrics.jsonl reports,
@@ -88,8 +116,13 @@ elif args["mode"] == "loop":
     sys.exit(0)
 else:
     from dgf.models import build_discriminator, build_generator
-    from dgf.losses import l1_loss
-    perceptual = PerceptualLoss(weights=None)
+    from dgf.losses import FEATURE_SCALE, l1_loss, vgg_preprocess
+    vgg = PerceptualLoss(weights=None).features
+    def perceptual(y_true, y_pred):
+        # The seed's own perceptual loss: one VGG call per image batch (the target's
+        # features get no backward pass, having no path to a weight), same scaling.
+        return FEATURE_SCALE * keras.ops.mean(keras.ops.square(
+            vgg(vgg_preprocess(y_true)) - vgg(vgg_preprocess(y_pred))))
     g = build_generator(channel_rate=cr)
     d = build_discriminator(channel_rate=cr, patch=patch)
     inp = keras.Input((size, size, 3))
@@ -173,6 +206,11 @@ def main() -> None:
             ("dgf step, bf16 + XLA", run("dgf", precision="bf16", jit=True, **small))]
     table("channel_rate 16, 64x64 crops, batch 4", rows, seed)
     print(f"loop / bare step: {rows[2][1]['images_per_sec'] / step['images_per_sec']:.2f}")
+    count = run("flops", **small)
+    print(f"convolution arithmetic per step (GFLOP): G {count['G']:.2f}, D {count['D']:.3f}, "
+          f"VGG {count['V']:.2f} forward; seed-style {count['seed']:.1f}, dgf "
+          f"{count['dgf']:.1f}: the seed does {count['seed'] / count['dgf']:.2f}x dgf's "
+          f"arithmetic, the most its step can gain on compute-bound hardware")
 
     recipe = dict(channel_rate=16, size=96, batch=4)
     step = run("dgf", warmup=3, steps=10, **recipe)
