@@ -19,6 +19,10 @@ In one run:
     ``2 * H * W * kh * kw * C_in * C_out`` per convolution), so the same FLOP count
     divides both paths' times; the fraction is of the peak in (a).
 (c) the ratios today/fp32 (>1: the new path is faster) and fp32/bf16 per image.
+(d) **convs alone**: every convolution of the folded generator timed on its own
+    (compiled, its own shape), summed: the floor the generator would reach if the
+    concatenations, activations and memory traffic between layers were free. Its
+    share of the fp32 path's time says how much any fusion could still gain.
 
 The paths are measured interleaved (today, fp32, bf16, today, ...) ``--repeats``
 times after a warm-up call each, and medians are reported, so a machine shared with
@@ -72,6 +76,45 @@ def _peak_conv(args):
     conv = tf.function(lambda t: tf.nn.conv2d(t, w, 1, "SAME"))
     conv(x)
     return conv, x, 2 * b * s * s * 9 * c * c
+
+
+def _conv_floor(generator, batch: int, size: int, repeats: int) -> float:
+    """Seconds per image that the generator's convolutions need on their own.
+
+    Every Conv2D of ``generator`` (run it on the folded copy: no BatchNorm) is timed
+    alone as one compiled (XLA) convolution with its own kernel size, channels,
+    dilation and padding on a ``batch`` x ``size``² input; layers of the same shape are
+    timed once. The sum is the time with no concatenation, activation or memory
+    traffic between the layers: how fast the network could run if all of that were
+    free.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from dgf.runtime import _nodes
+
+    rng = np.random.default_rng(0)
+    timed: dict[tuple, float] = {}
+    total = 0.0
+    for node in _nodes(generator):
+        conv = node.operation
+        if not isinstance(conv, keras.layers.Conv2D):
+            continue
+        c_in = node.input_tensors[0].shape[-1]
+        key = (conv.kernel_size, conv.strides, conv.dilation_rate, conv.padding, c_in,
+               conv.filters)
+        if key not in timed:
+            x = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
+            w = tf.constant(rng.standard_normal((*conv.kernel_size, c_in, conv.filters))
+                            * 0.05, tf.float32)
+            fn = tf.function(lambda t, w=w, conv=conv: tf.nn.conv2d(
+                t, w, conv.strides, conv.padding.upper(), dilations=conv.dilation_rate),
+                jit_compile=True)
+            fn(x)
+            timed[key] = statistics.median(_time(fn, x) for _ in range(repeats)) / batch
+        total += timed[key]
+    return total
 
 
 def main() -> None:
@@ -135,6 +178,8 @@ def main() -> None:
                 times[name].append(_time(fn, x) / batch)
         flops = conv_flops(generator, args.size, args.size)
         med = {name: statistics.median(t) for name, t in times.items()}
+        med["convs alone"] = _conv_floor(inference_model(generator), batch, args.size,
+                                         args.repeats)
         rows.append((cr, batch, flops, med))
 
     peak = peak_flops / statistics.median(peak_times) / 1e9
@@ -143,16 +188,17 @@ def main() -> None:
           f"timed between the generator calls)")
     print(f"(b) generator at {args.size}^2, random weights, median seconds per image "
           f"of {args.repeats} interleaved calls; GFLOP counts convolutions only")
-    print(f"{'cr':>3} {'batch':>5} {'GFLOP/img':>9} {'path':>9} {'s/img':>8} "
+    print(f"{'cr':>3} {'batch':>5} {'GFLOP/img':>9} {'path':>11} {'s/img':>8} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
     for cr, batch, flops, med in rows:
         for name, sec in med.items():
             gflops = flops / sec / 1e9
-            print(f"{cr:>3} {batch:>5} {flops / 1e9:>9.2f} {name:>9} {sec:>8.3f} "
+            print(f"{cr:>3} {batch:>5} {flops / 1e9:>9.2f} {name:>11} {sec:>8.3f} "
                   f"{gflops:>8.1f} {gflops / peak:>8.0%}")
     print("(c) ratios per image (>1: the second path is faster)")
     for cr, _, _, med in rows:
-        line = f"cr {cr:>3}: today/fp32 {med['today'] / med['fp32']:.2f}x"
+        line = (f"cr {cr:>3}: today/fp32 {med['today'] / med['fp32']:.2f}x, the "
+                f"convolutions alone are {med['convs alone'] / med['fp32']:.0%} of fp32's time")
         if "bf16" in med:
             line += f", fp32/bf16 {med['fp32'] / med['bf16']:.2f}x"
             if not bf16_native():
