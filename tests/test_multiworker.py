@@ -206,8 +206,9 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
 def _start_worker(index: int, addresses: list[str], args: list[str], env: dict,
                   out: Path) -> subprocess.Popen:
     worker_env = {**env, "TF_CONFIG": distributed.tf_config(addresses, index)}
-    return subprocess.Popen(_dgf_train(*args), env=worker_env, stdout=open(out, "w"),
-                            stderr=subprocess.STDOUT)
+    with open(out, "w") as log:  # the worker keeps its own copy of the handle
+        return subprocess.Popen(_dgf_train(*args), env=worker_env, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def _wait_all(workers: list[subprocess.Popen], timeout: float) -> list[int]:
