@@ -304,6 +304,9 @@ _TRAIN_FLAGS = (
     ("--adversarial-weight", "adversarial_weight", float, "weight of the adversarial loss"),
     ("--vgg-weights", "vgg_weights", str, "'imagenet' (Keras download/cache in "
      "~/.keras/models) or a path to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("--init-generator", "init_generator", str, "start a new run from this saved "
+     "generator's weights (a .keras file, or 'bundled' for the model dgf ships); same "
+     "--channel-rate/--residual/--batchnorm as it was trained with. Not used when resuming"),
     ("--g-lr", "g_lr", float, "generator learning rate"),
     ("--d-lr", "d_lr", float, "discriminator learning rate"),
     ("--beta1", "beta_1", float, "Adam beta1"),

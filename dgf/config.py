@@ -74,6 +74,9 @@ class TrainConfig:
     ssim_weight: float = 0.0  # weight of 1 - SSIM (the reported metric's definition)
     adversarial_weight: float = 1.0
     vgg_weights: str = "imagenet"  # "imagenet" (Keras cache) or a path to a notop .h5
+    # A saved generator (.keras) whose weights start a new run (fine-tuning), or
+    # "bundled" for the model dgf ships; a resumed run takes its checkpoint's weights.
+    init_generator: str | None = None
 
     g_lr: float = 3e-4
     d_lr: float = 3e-4

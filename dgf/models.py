@@ -144,6 +144,22 @@ def is_residual(generator: keras.Model) -> bool:
     return any(isinstance(layer, ResidualOutput) for layer in generator.layers)
 
 
+def generator_layout(generator: keras.Model) -> dict[str, Any] | None:
+    """``channel_rate``, ``residual`` and ``batchnorm`` of a (possibly loaded) DGF
+    generator, as :func:`build_generator` takes them; None when ``generator`` is not
+    one (it has no ``head_conv`` layer)."""
+    try:
+        head = generator.get_layer("head_conv")
+    except ValueError:
+        return None
+    return {
+        "channel_rate": head.filters // 4,
+        "residual": is_residual(generator),
+        "batchnorm": any(isinstance(layer, layers.BatchNormalization)
+                         for layer in generator.layers),
+    }
+
+
 def check_discriminator_size(height: int, width: int, patch: int) -> None:
     """Raise `DgfError` unless an image of `height` x `width` tiles into `patch` squares.
 

@@ -56,8 +56,15 @@ from dgf.losses import (
     generator_loss_terms,
     patch_probability,
 )
-from dgf.models import build_discriminator, build_generator, check_discriminator_size
+from dgf.models import (
+    build_discriminator,
+    build_generator,
+    check_discriminator_size,
+    generator_layout,
+)
+from dgf.runtime import load_generator
 from dgf.schema import SplitInfo
+from dgf.weights import bundled_model
 
 LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "d_loss",
              "d_real", "d_fake")
@@ -258,6 +265,30 @@ class GANTrainer:
         zero = tf.zeros((), tf.float32)
         return {**{k: tf.cast(v, tf.float32) for k, v in terms.items()},
                 "d_loss": zero, "d_real": zero, "d_fake": zero}
+
+    def start_from(self, model: keras.Model, source: str) -> None:
+        """Set the generator and its average to ``model``'s weights (fine-tuning).
+
+        ``model`` must be a DGF generator of this run's layout (channel rate,
+        residual, BatchNorm); DgfError naming ``source`` and both layouts otherwise.
+        Dropout may differ: it has no weights.
+        """
+        cfg = self.cfg
+        theirs = generator_layout(model)
+        mine = dict(channel_rate=cfg.channel_rate, residual=cfg.residual,
+                    batchnorm=cfg.batchnorm)
+        if theirs is None:
+            raise DgfError(f"{source} is not a DGF generator (it has no head_conv layer); "
+                           f"pass a generator saved by dgf-train")
+        if theirs != mine:
+            flags = " ".join(_flag(k, v) for k, v in theirs.items() if mine[k] != v)
+            raise DgfError(f"{source} is a generator with {_describe(theirs)}; this run "
+                           f"builds {_describe(mine)}. Pass {flags} to fine-tune it")
+        weights = [w for w in model.weights if "seed_generator_state" not in w.path]
+        for target in (self.generator, self.averaged):
+            mine_w = [w for w in target.weights if "seed_generator_state" not in w.path]
+            for variable, value in zip(mine_w, weights, strict=True):
+                variable.assign(value)
 
     def _update_average(self) -> None:
         """averaged <- d * averaged + (1 - d) * generator, with d warming up as
@@ -512,6 +543,29 @@ class Controller:
         return record
 
 
+def _flag(key: str, value: Any) -> str:
+    """The dgf-train flag that sets ``key`` to ``value``."""
+    text = ("on" if value else "off") if isinstance(value, bool) else value
+    return f"--{key.replace('_', '-')} {text}"
+
+
+def _describe(layout: dict[str, Any]) -> str:
+    return (f"channel rate {layout['channel_rate']}, residual "
+            f"{'on' if layout['residual'] else 'off'}, batchnorm "
+            f"{'on' if layout['batchnorm'] else 'off'}")
+
+
+def _initial_generator(cfg: TrainConfig) -> keras.Model | None:
+    """The model ``cfg.init_generator`` names (``"bundled"``: the shipped one), loaded."""
+    if not cfg.init_generator:
+        return None
+    path = bundled_model() if cfg.init_generator == "bundled" else Path(cfg.init_generator)
+    try:
+        return load_generator(path)
+    except DgfError as exc:
+        raise DgfError(f"--init-generator: {exc}") from None
+
+
 @contextmanager
 def _timed(parts: dict[str, float], name: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -623,7 +677,10 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
             perceptual = perceptual_override if perceptual_override is not None else build_perceptual(cfg)
         if not resuming:
             keras.utils.set_random_seed(cfg.seed)
+        init = None if resuming else _initial_generator(cfg)
         trainer = GANTrainer(cfg, strategy, data.steps * cfg.epochs, perceptual)
+        if init is not None:
+            trainer.start_from(init, str(cfg.init_generator))
         chief = is_chief(strategy)
         # Multi-worker: every worker saves, only the chief's checkpoints are kept.
         ckpt_dir, scratch = distributed.checkpoint_dir(run_dir, strategy)
