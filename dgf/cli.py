@@ -322,7 +322,8 @@ _TRAIN_FLAGS = (
     ("--jit", "jit", _on_off, "compile the step with XLA (on/off)"),
     ("--strategy", "strategy", str, "auto | one | mirrored | multiworker (reads TF_CONFIG)"),
     ("--collective-timeout", "collective_timeout", float, "multiworker: seconds a worker "
-     "waits for the others in a step before it stops with an error (0: no limit)"),
+     "waits for the others, at startup and in a step, before it stops with an error "
+     "(0: no limit)"),
     ("--seed", "seed", int, "seed for weights, shuffling, crops and augmentation"),
     ("--save-every", "save_every", int, "steps between checkpoints (also at each epoch end)"),
     ("--keep", "keep", int, "checkpoints to keep"),

@@ -94,8 +94,8 @@ class TrainConfig:
     precision: str = "fp32"
     jit: bool = False
     strategy: str = "auto"
-    # Multi-worker runs: seconds a collective (all-reduce) waits for the other
-    # workers before this one stops with an error (0: wait forever).
+    # Multi-worker runs: seconds a worker waits for the others, at startup and in a
+    # collective (all-reduce), before it stops with an error (0: wait forever).
     collective_timeout: float = 600.0
     seed: int = 0
 

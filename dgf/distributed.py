@@ -42,7 +42,8 @@ from dgf.errors import DgfError, first_line
 # wait for its peers before the worker gives up with an error. A peer that dies is
 # noticed at once (its connections drop), and one that freezes or vanishes within
 # about 10 s (it stops sending the coordination service's heartbeats); the timeout
-# bounds the wait for a peer that is alive but does not arrive. It must exceed the
+# bounds the wait for a peer that is alive but does not arrive, and (through a
+# watchdog process) the wait at startup for peers that never start. It must exceed the
 # longest time one worker can run ahead of another: the first step's tracing and,
 # at the end of an epoch, the chief's strip and snapshot writes.
 
@@ -194,6 +195,9 @@ def select_strategy(name: str, collective_timeout: float | None = None):
         cluster = parse_tf_config()
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=float(collective_timeout) if collective_timeout else None)
+        # Creating the strategy waits, inside TensorFlow, until every task of the
+        # cluster has registered, with no limit of its own.
+        watchdog = _startup_watchdog(collective_timeout, cluster)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=options)
@@ -209,6 +213,10 @@ def select_strategy(name: str, collective_timeout: float | None = None):
                 f"{cluster.name} could not join the cluster {json.dumps(cluster.jobs)} "
                 f"from TF_CONFIG: {first_line(exc)}"
             ) from None
+        finally:
+            if watchdog is not None:
+                watchdog.kill()
+                watchdog.wait()
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -220,6 +228,42 @@ def select_strategy(name: str, collective_timeout: float | None = None):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     raise DgfError(f"unknown strategy {name!r}")
+
+
+# The watchdog process of _startup_watchdog: sleeps, then, if its parent is still
+# there, says why on the shared stderr and stops the parent.
+_WATCHDOG = r"""
+import os, signal, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(seconds)
+try:
+    os.kill(parent, 0)
+except OSError:
+    sys.exit(0)
+os.write(2, message.encode())
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _startup_watchdog(seconds: float | None, cluster: Cluster) -> subprocess.Popen | None:
+    """A watchdog that stops this process with a clear message if the cluster has
+    not come together within ``seconds`` (None or 0: none); ``kill()`` it once the
+    strategy exists.
+
+    The wait happens in TensorFlow's C++ code while it holds Python's interpreter
+    lock, so neither an exception nor a Python timer thread can end it: a separate
+    process does, with SIGKILL. Nothing has been written yet, so nothing is lost.
+    """
+    if not seconds:
+        return None
+    message = (
+        f"error: {cluster.name} waited {seconds:g} s for the other workers of TF_CONFIG "
+        f"{json.dumps(cluster.jobs)} to start. Start every worker (the same dgf-train "
+        f"command, each with its own TF_CONFIG task), check that these addresses are "
+        f"reachable from every host, or raise --collective-timeout (0: wait without "
+        f"limit)\n")
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds),
+                             message], stdin=subprocess.DEVNULL)
 
 
 def is_multiworker(strategy) -> bool:

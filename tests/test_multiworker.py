@@ -338,6 +338,29 @@ def test_workers_started_with_different_settings_are_refused(h5, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_stops_after_the_timeout(h5, tmp_path):
+    """TensorFlow waits without limit for every task to register; dgf stops the
+    worker after --collective-timeout (SIGKILL from a watchdog process: TensorFlow
+    holds the interpreter lock while it waits) with a message saying what to do,
+    before it writes anything."""
+    addresses = [f"127.0.0.1:{p}" for p in distributed.free_ports(2)]
+    run = tmp_path / "run"
+    log = tmp_path / "w0.txt"
+    started = time.monotonic()
+    worker = _start_worker(0, addresses, ["--h5", str(h5), "--run-dir", str(run),
+                                          "--strategy", "multiworker",
+                                          "--collective-timeout", "5", *TINY],
+                           _env(tmp_path), log)
+    assert _wait_all([worker], timeout=240) == [-signal.SIGKILL]
+    assert time.monotonic() - started >= 5
+    text = log.read_text()
+    assert (f"error: worker 0 waited 5 s for the other workers of TF_CONFIG "
+            f'{{"worker": ["{addresses[0]}", "{addresses[1]}"]}} to start. Start every '
+            f"worker") in text, text[-2000:]
+    assert not run.exists()
+
+
 # --- TF_CONFIG and the launcher, without TensorFlow ----------------------------------
 def test_tf_config_is_checked_with_a_clear_message():
     cluster = distributed.parse_tf_config(distributed.tf_config(["a:1", "b:2"], 1))
