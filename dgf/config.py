@@ -139,6 +139,12 @@ _FALSE = ("0", "false", "no", "off")
 _NO_LIMIT = ("none", "null", "full", "0")  # optional integers: crop, val_samples
 
 
+def on_off(value: bool) -> str:
+    """``"on"`` or ``"off"``: how flags and messages write a boolean setting (what
+    :func:`parse_on_off` reads back)."""
+    return "on" if value else "off"
+
+
 def parse_on_off(text: str) -> bool:
     """'on'/'off' and friends (true/false, yes/no, 1/0), any case."""
     word = text.strip().lower()

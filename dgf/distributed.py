@@ -34,7 +34,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import TrainConfig
+from dgf.config import TrainConfig, on_off
 from dgf.errors import DgfError, first_line
 
 # TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
@@ -533,7 +533,7 @@ def worker_argv(values: Mapping[str, Any], flags: Sequence[tuple[str, str]],
     by_key = dict((key, flag) for flag, key in flags)
     for key, value in values.items():
         if value is True or value is False:
-            text = "on" if value else "off"
+            text = on_off(value)
         elif value is None:
             text = "full"
         else:

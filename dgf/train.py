@@ -44,7 +44,14 @@ from dgf.actions import (
     checkpoint_to_resume,
 )
 from dgf import distributed
-from dgf.config import TrainConfig, check_architecture, has_checkpoint, read_config, save_config
+from dgf.config import (
+    TrainConfig,
+    check_architecture,
+    has_checkpoint,
+    on_off,
+    read_config,
+    save_config,
+)
 from dgf.data import make_dataset, split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
@@ -184,10 +191,8 @@ class GANTrainer:
         self.loss_weights = LossWeights.from_config(cfg)
         # Every float weight (BatchNorm statistics included) is averaged; the dropout
         # seed states are integers and stay out.
-        self._ema_pairs = [
-            (a, g) for a, g in zip(self.averaged.weights, self.generator.weights)
-            if "seed_generator_state" not in g.path
-        ]
+        self._ema_pairs = list(zip(_float_weights(self.averaged),
+                                   _float_weights(self.generator), strict=True))
         # Dropout draws from Keras seed generators whose state variables are not
         # part of the model's checkpoint graph; saving them keeps a resumed run on
         # the same random stream as an uninterrupted one.
@@ -284,10 +289,9 @@ class GANTrainer:
             flags = " ".join(_flag(k, v) for k, v in theirs.items() if mine[k] != v)
             raise DgfError(f"{source} is a generator with {_describe(theirs)}; this run "
                            f"builds {_describe(mine)}. Pass {flags} to fine-tune it")
-        weights = [w for w in model.weights if "seed_generator_state" not in w.path]
+        weights = _float_weights(model)
         for target in (self.generator, self.averaged):
-            mine_w = [w for w in target.weights if "seed_generator_state" not in w.path]
-            for variable, value in zip(mine_w, weights, strict=True):
+            for variable, value in zip(_float_weights(target), weights, strict=True):
                 variable.assign(value)
 
     def _update_average(self) -> None:
@@ -543,16 +547,22 @@ class Controller:
         return record
 
 
+def _float_weights(model: keras.Model) -> list:
+    """A generator's weights that training and averaging touch: every float weight
+    (BatchNorm statistics included), not the integer states of Dropout's seed
+    generators (those are checkpointed separately)."""
+    return [w for w in model.weights if "seed_generator_state" not in w.path]
+
+
 def _flag(key: str, value: Any) -> str:
     """The dgf-train flag that sets ``key`` to ``value``."""
-    text = ("on" if value else "off") if isinstance(value, bool) else value
+    text = on_off(value) if isinstance(value, bool) else value
     return f"--{key.replace('_', '-')} {text}"
 
 
 def _describe(layout: dict[str, Any]) -> str:
-    return (f"channel rate {layout['channel_rate']}, residual "
-            f"{'on' if layout['residual'] else 'off'}, batchnorm "
-            f"{'on' if layout['batchnorm'] else 'off'}")
+    return (f"channel rate {layout['channel_rate']}, residual {on_off(layout['residual'])}, "
+            f"batchnorm {on_off(layout['batchnorm'])}")
 
 
 def _initial_generator(cfg: TrainConfig) -> keras.Model | None:

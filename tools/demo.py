@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> None:
          cli.deblur_main, [str(real), "-o", str(out / "deblurred_bundled"), "--compare"])
 
     minutes = (time.perf_counter() - started) / 60
-    best = _best_epoch(run / "metrics.jsonl")
+    epochs = _epoch_records(run / "metrics.jsonl")
+    best = _best_epoch(epochs)
     print(f"\ndemo finished in {minutes:.1f} min; work at the epochs' ends (scoring, "
-          f"strips, model files) took {100 * _epoch_end_share(run / 'metrics.jsonl'):.0f}% "
+          f"strips, model files) took {100 * _epoch_end_share(epochs):.0f}% "
           f"of the training steps' time.")
     print(f"test pairs, best epoch ({best['epoch']}): deblurred PSNR {best['psnr']:.2f} dB, "
           f"SSIM {best['ssim']:.3f}; blurred input PSNR {best['blurred_psnr']:.2f} dB, "
@@ -108,21 +109,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  TensorBoard:                   tensorboard --logdir {run / 'tensorboard'}")
 
 
-def _best_epoch(metrics: Path) -> dict:
-    """The epoch record with the best test PSNR (the one generator_best.keras holds)."""
+def _epoch_records(metrics: Path) -> list[dict]:
     import json
 
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    scored = [r for r in records if r.get("kind") == "epoch" and "psnr" in r]
-    return max(scored, key=lambda r: r["psnr"])
+    return [r for r in records if r.get("kind") == "epoch"]
 
 
-def _epoch_end_share(metrics: Path) -> float:
+def _best_epoch(epochs: list[dict]) -> dict:
+    """The scored epoch with the best test PSNR (the one generator_best.keras holds)."""
+    return max((r for r in epochs if "psnr" in r), key=lambda r: r["psnr"])
+
+
+def _epoch_end_share(epochs: list[dict]) -> float:
     """Seconds of epoch-end work per second of training steps, over the whole run."""
-    import json
-
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    epochs = [r for r in records if r.get("kind") == "epoch"]
     return sum(r["end_seconds"] for r in epochs) / sum(r["train_seconds"] for r in epochs)
 
 
