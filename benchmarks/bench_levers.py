@@ -32,6 +32,11 @@ VARIANTS = {
     "charbonnier": {"pixel_loss": "charbonnier", "ssim_weight": 0.0},
     "no-edge-crops": {"edge_crops": 0.0},
     "no-ema": {"ema_decay": 0.0},
+    "s2d2-cr32": {"space_to_depth": 2, "channel_rate": 32},
+    "s2d4-cr32": {"space_to_depth": 4, "channel_rate": 32, "crop": 128},
+    "s2d4-cr64": {"space_to_depth": 4, "channel_rate": 64, "crop": 128},
+    "s2d2-cr16": {"space_to_depth": 2},
+    "cr32": {"channel_rate": 32},
 }
 
 WORKER = r"""
@@ -50,6 +55,26 @@ values.update(h5=args["h5"], run_dir=None, **args["changes"])
 cfg = TrainConfig.from_dict(values)
 keras.utils.set_random_seed(cfg.seed)
 strategy = select_strategy("one")
+def batches():
+    epoch = 0
+    while True:
+        yield from make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
+                                seed=cfg.seed, epoch=epoch, augment=cfg.augment,
+                                edge_crops=cfg.edge_crops)
+        epoch += 1
+if args["seconds"]:
+    # Equal wall time: a throwaway trainer times this variant's step, and the real one
+    # gets as many steps as fit in the budget (so its schedule ends with the budget).
+    probe = GANTrainer(cfg, strategy, total_steps=100, perceptual=None)
+    feed = batches()
+    for _ in range(3):
+        probe.step(next(feed), warmup=True)
+    t0 = time.perf_counter()
+    for _ in range(8):
+        probe.step(next(feed), warmup=True)
+    args["steps"] = max(1, int(args["seconds"] / ((time.perf_counter() - t0) / 8)))
+    del probe
+    keras.utils.set_random_seed(cfg.seed)
 trainer = GANTrainer(cfg, strategy, total_steps=args["steps"], perceptual=None)
 started = time.perf_counter()
 done, epoch = 0, 0
@@ -64,15 +89,18 @@ while done < args["steps"]:
     epoch += 1
 seconds = time.perf_counter() - started
 BatchNormReestimation(cfg, split_info(cfg.h5, "train"))(trainer.averaged, 0)
-summary, _ = evaluate_split(trainer.averaged, cfg.h5, "test", limit=args["pairs"], progress=False)
+summary, _ = evaluate_split(trainer.averaged, cfg.h5, "test", limit=args["pairs"], progress=False,
+                            crop_border=args["crop_border"])
 summary["train_seconds"] = seconds
+summary["steps"] = args["steps"]
 print("RESULT", json.dumps(summary))
 """
 
 
-def run_variant(h5: str, config: str, changes: dict, steps: int, pairs: int) -> dict:
+def run_variant(h5: str, config: str, changes: dict, steps: int, pairs: int,
+                crop_border: int, seconds: float = 0.0) -> dict:
     spec = dict(repo=str(REPO), h5=h5, config=config, changes=changes, steps=steps,
-                pairs=pairs)
+                pairs=pairs, crop_border=crop_border, seconds=seconds)
     return run_worker(WORKER, spec)
 
 
@@ -83,18 +111,25 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "cpu-pairs-small.yaml"))
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--pairs", type=int, default=32, help="test pairs scored")
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="train each variant for this much wall time instead of "
+                        "--steps (its step is timed first; the schedule spans the budget)")
+    parser.add_argument("--crop-border", type=int, default=8,
+                        help="pixels removed at each side before scoring")
     parser.add_argument("--variants", nargs="+", default=["recipe", "paper"],
                         choices=sorted(VARIANTS))
     args = parser.parse_args()
-    print(f"{args.steps} content-loss steps per variant, {args.pairs} test pairs, "
+    print(f"{args.steps} content-loss steps per variant, {args.pairs} test pairs at "
+          f"crop border {args.crop_border}, "
           f"CPU cores: {os.cpu_count()}")
     print(f"{'variant':14s} {'changes':44s} {'PSNR':>7s} {'dPSNR':>7s} {'SSIM':>7s} "
-          f"{'dSSIM':>7s} {'train s':>8s}")
+          f"{'dSSIM':>7s} {'train s':>8s} {'steps':>6s}")
     for name in args.variants:
-        r = run_variant(args.h5, args.config, VARIANTS[name], args.steps, args.pairs)
+        r = run_variant(args.h5, args.config, VARIANTS[name], args.steps, args.pairs,
+                        args.crop_border, args.seconds)
         changes = json.dumps(VARIANTS[name]) if VARIANTS[name] else "(the recipe)"
         print(f"{name:14s} {changes:44s} {r['psnr']:7.3f} {r['psnr'] - r['blurred_psnr']:+7.3f} "
-              f"{r['ssim']:7.4f} {r['ssim'] - r['blurred_ssim']:+7.4f} {r['train_seconds']:8.0f}",
+              f"{r['ssim']:7.4f} {r['ssim'] - r['blurred_ssim']:+7.4f} {r['train_seconds']:8.0f} {r['steps']:6d}",
               flush=True)
     print(f"blurred input: PSNR {r['blurred_psnr']:.3f} dB, SSIM {r['blurred_ssim']:.4f}")
 

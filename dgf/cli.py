@@ -296,6 +296,9 @@ _TRAIN_FLAGS = (
      "starting at zero (a fresh generator is the identity); off: the paper's layout"),
     ("--batchnorm", "batchnorm", _on_off, "BatchNorm in the generator (on: the paper's "
      "layout; off: none, as EDSR-style restoration networks)"),
+    ("--space-to-depth", "space_to_depth", int, "1 | 2 | 4: run the generator's dense "
+     "field at 1/s resolution (pixel-unshuffle in, pixel-shuffle out): s x the reach, "
+     "about 1/s^2 the work per pixel; 1 is the paper's layout"),
     ("--perceptual-weight", "perceptual_weight", float, "weight of the VGG16 perceptual "
      "loss; 0 trains without VGG"),
     ("--l1-weight", "l1_weight", float, "weight of the pixel loss (--pixel-loss)"),
@@ -306,7 +309,7 @@ _TRAIN_FLAGS = (
      "~/.keras/models) or a path to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     ("--init-generator", "init_generator", str, "start a new run from this saved "
      "generator's weights (a .keras file, or 'bundled' for the model dgf ships); same "
-     "--channel-rate/--residual/--batchnorm as it was trained with. Not used when resuming"),
+     "--channel-rate/--residual/--batchnorm/--space-to-depth as it was trained with. Not used when resuming"),
     ("--g-lr", "g_lr", float, "generator learning rate"),
     ("--d-lr", "d_lr", float, "discriminator learning rate"),
     ("--beta1", "beta_1", float, "Adam beta1"),

@@ -35,7 +35,7 @@ PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 
 # Keys that decide the shape of the networks: a checkpoint made with other values
 # cannot be restored, so a resumed run must keep them.
-ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm")
+ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm", "space_to_depth")
 RUNS_ROOT = Path("runs")  # where new run folders go when --run-dir is not given
 
 
@@ -67,6 +67,10 @@ class TrainConfig:
     # BatchNorm in the generator (the paper's layout); False drops it, as restoration
     # networks since EDSR do.
     batchnorm: bool = True
+    # Pixel-unshuffle the image by this factor before the generator's head and
+    # shuffle its output back: the dense field runs at 1/s resolution (s x the
+    # reach, about 1/s^2 the work per pixel). 1 is the paper's layout.
+    space_to_depth: int = 1
 
     perceptual_weight: float = 145.0
     l1_weight: float = 170.0  # weight of the pixel loss below
@@ -255,6 +259,11 @@ def _check(cfg: TrainConfig) -> None:
     for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight",
                  "collective_timeout"):
         positive(name, allow_zero=True)
+    if cfg.space_to_depth not in (1, 2, 4):
+        raise DgfError(f"space_to_depth must be 1, 2 or 4, got {cfg.space_to_depth!r}")
+    if cfg.crop is not None and cfg.crop % cfg.space_to_depth:
+        raise DgfError(f"crop {cfg.crop} is not a multiple of space_to_depth "
+                       f"{cfg.space_to_depth}; pick a crop that is")
     if not 0.0 <= cfg.dropout < 1.0:
         raise DgfError(f"dropout must be in [0, 1), got {cfg.dropout}")
     for name in ("beta_1", "beta_2"):

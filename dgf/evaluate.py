@@ -77,13 +77,39 @@ def _check_pair(reference: np.ndarray, test: np.ndarray) -> None:
         )
 
 
-def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+def check_crop_border(crop_border: Any, height: int | None = None,
+                      width: int | None = None) -> int:
+    """``crop_border`` as an int, or DgfError naming the value: it must be an integer
+    >= 0 and, when the image size is given, leave at least one pixel (2N < each side)."""
+    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)):
+        raise DgfError(f"crop border must be an integer number of pixels >= 0, "
+                       f"got {crop_border!r}")
+    n = int(crop_border)
+    if n < 0:
+        raise DgfError(f"crop border must be >= 0 pixels, got {n}")
+    if height is not None and width is not None and 2 * n >= min(height, width):
+        raise DgfError(f"crop border {n} leaves nothing of a {width}x{height} image "
+                       f"(2 x {n} >= {min(height, width)}); use a crop border below "
+                       f"{(min(height, width) + 1) // 2}")
+    return n
+
+
+def crop_borders(image: np.ndarray, crop_border: int) -> np.ndarray:
+    """``image`` (H, W, ...) without ``crop_border`` pixels at each side (BasicSR's
+    ``crop_border``); 0 returns it unchanged."""
+    n = check_crop_border(crop_border, image.shape[0], image.shape[1])
+    return image[n:image.shape[0] - n, n:image.shape[1] - n] if n else image
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, crop_border: int = 0) -> float:
     """PSNR in dB of ``test`` against ``reference``, both (H, W, 3) uint8.
 
     Data range 255, MSE over all pixels and channels (scikit-image's
-    ``peak_signal_noise_ratio``). Identical images give ``inf``.
+    ``peak_signal_noise_ratio``) of the interior left after removing
+    ``crop_border`` pixels at each side. Identical images give ``inf``.
     """
     _check_pair(reference, test)
+    reference, test = crop_borders(reference, crop_border), crop_borders(test, crop_border)
     diff = reference.astype(np.float64) - test.astype(np.float64)
     mse = float(np.mean(diff * diff))
     if mse == 0.0:
@@ -91,14 +117,16 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(255.0**2 / mse)
 
 
-def ssim(reference: np.ndarray, test: np.ndarray) -> float:
+def ssim(reference: np.ndarray, test: np.ndarray, crop_border: int = 0) -> float:
     """SSIM of ``test`` against ``reference``, both (H, W, 3) uint8.
 
     scikit-image's ``structural_similarity`` with data range 255 and its defaults
-    (7x7 uniform window, K1 0.01, K2 0.03), mean over the three channels. Images
+    (7x7 uniform window, K1 0.01, K2 0.03), mean over the three channels, on the
+    interior left after removing ``crop_border`` pixels at each side. That interior
     must be at least 7 pixels on each side.
     """
     _check_pair(reference, test)
+    reference, test = crop_borders(reference, crop_border), crop_borders(test, crop_border)
     if min(reference.shape[:2]) < 7:
         raise DgfError(
             f"SSIM needs images of at least 7x7 pixels (its window); got "
@@ -330,6 +358,7 @@ def evaluate_split(
     limit: int | None = None,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    crop_border: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``generator`` on one split of an HDF5 file.
 
@@ -351,7 +380,8 @@ def evaluate_split(
     per (file, size, mtime, split, pairs): the trainer calls this every epoch.
     """
     summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
-                                 limit=limit, progress=progress, precision=precision)
+                                 limit=limit, progress=progress, precision=precision,
+                                 crop_border=crop_border)
     return summary, rows
 
 
@@ -366,6 +396,7 @@ def evaluate_with_strip(
     limit: int | None = None,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    crop_border: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
     """:func:`evaluate_split` and the sample strip of the same pass.
 
@@ -376,7 +407,7 @@ def evaluate_with_strip(
     """
     summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
                                     limit=limit, progress=progress, precision=precision,
-                                    strips=strips)
+                                    strips=strips, crop_border=crop_border)
     order = sorted(kept)
     strip = make_strip(*(np.stack([kept[i][part] for i in order]) for part in range(3)))
     save_png(strip_path, strip)
@@ -394,6 +425,7 @@ def _evaluate(
     progress: bool,
     precision: str,
     strips: int | None = None,
+    crop_border: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, tuple[np.ndarray, ...]]]:
     """Both evaluations: the report, and the (sharp, blurred, deblurred) images of
     ``strip_rows(count, limit, strips)`` by index (none when ``strips`` is None)."""
@@ -401,21 +433,22 @@ def _evaluate(
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     if limit is not None and limit < 1:
         raise DgfError(f"limit must be at least 1 pair; got {limit}")
+    crop_border = check_crop_border(crop_border)
     h5, info = _open_split(h5_path, split)
     with h5:
         indices = scored_indices(info.count, limit)
         keep = set() if strips is None else set(strip_rows(info.count, limit, strips))
-        key = _baseline_key(h5_path, split, indices)
+        key = (*_baseline_key(h5_path, split, indices), crop_border)
         cached = _BASELINE_CACHE.get(key)
         sources = _sources(h5, split, indices)
         scores = _score_pairs(
             generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
-            progress=progress, precision=precision, keep=keep,
+            progress=progress, precision=precision, keep=keep, crop_border=crop_border,
         )
     if cached is None:
         cached = (np.asarray(scores.blurred_psnr), np.asarray(scores.blurred_ssim))
         _BASELINE_CACHE[key] = cached
-    summary, rows = _split_report(indices, sources, scores, cached)
+    summary, rows = _split_report(indices, sources, scores, cached, crop_border)
     return summary, rows, scores.kept
 
 
@@ -443,6 +476,7 @@ def _score_pairs(
     progress: bool,
     precision: str,
     keep: set[int] = frozenset(),
+    crop_border: int = 0,
 ) -> _Scores:
     """Deblur and score the pairs ``indices`` of ``split`` in the open file ``h5``,
     ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too.
@@ -467,11 +501,11 @@ def _score_pairs(
             for i, s, b, d in zip(idx, sharp, blurred, deblurred):
                 if i in keep:
                     scores.kept[i] = (s.copy(), b.copy(), d.copy())
-                scores.psnr.append(psnr(s, d))
-                scores.ssim.append(ssim(s, d))
+                scores.psnr.append(psnr(s, d, crop_border))
+                scores.ssim.append(ssim(s, d, crop_border))
                 if baseline:
-                    scores.blurred_psnr.append(psnr(s, b))
-                    scores.blurred_ssim.append(ssim(s, b))
+                    scores.blurred_psnr.append(psnr(s, b, crop_border))
+                    scores.blurred_ssim.append(ssim(s, b, crop_border))
             bar.update(len(idx))
     return scores
 
@@ -481,6 +515,7 @@ def _split_report(
     sources: Sequence[str],
     scores: _Scores,
     baseline: tuple[np.ndarray, np.ndarray],
+    crop_border: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``(summary, rows)`` of :func:`evaluate_split` from its scores and the
     blurred-input ``baseline`` (PSNR and SSIM arrays, one value per index)."""
@@ -493,6 +528,7 @@ def _split_report(
             "ssim": float(gs),
             "blurred_psnr": float(bp),
             "blurred_ssim": float(bs),
+            "crop_border": crop_border,
         }
         for i, src, gp, gs, bp, bs in zip(
             indices, sources, scores.psnr, scores.ssim, b_psnr_arr, b_ssim_arr
@@ -505,6 +541,7 @@ def _split_report(
         "blurred_psnr": mean_psnr(list(b_psnr_arr)),
         "blurred_ssim": float(np.mean(b_ssim_arr)),
         "seconds_per_image": scores.generator_seconds / len(indices),
+        "crop_border": crop_border,
     }
     return summary, rows
 

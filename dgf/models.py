@@ -25,6 +25,10 @@ DENSE_DILATIONS: tuple[int, ...] = (1, 1, 1, 2, 1, 3, 1, 2, 1, 1)
 
 _LEAK = 0.2
 
+#: Factors of the space-to-depth head (``build_generator(space_to_depth=s)``); 1 is
+#: the paper's layout, where the dense field runs at the image's resolution.
+SPACE_TO_DEPTH = (1, 2, 4)
+
 
 def _norm(y: Any, batchnorm: bool, name: str) -> Any:
     return layers.BatchNormalization(name=name)(y) if batchnorm else y
@@ -70,11 +74,93 @@ class ResidualOutput(layers.Layer):
         return tuple(input_shape[0])
 
 
+def _pad_amount(side: Any, factor: int) -> Any:
+    return (factor - side % factor) % factor
+
+
+@keras.saving.register_keras_serializable(package="dgf")
+class SpaceToDepth(layers.Layer):
+    """Pixel-unshuffle: (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), C * s * s).
+
+    An image whose sides are not multiples of ``factor`` is first extended at its
+    bottom and right edges by mirroring (no new content, no dark seam), so the
+    generator takes any size; :class:`DepthToSpace` cuts the extension off again.
+    Channel order within each ``s x s`` block is (row, column, channel), as
+    ``tf.nn.space_to_depth`` orders it.
+    """
+
+    def __init__(self, factor: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(factor) < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor}")
+        self.factor = int(factor)
+
+    def call(self, images: Any) -> Any:
+        s = self.factor
+        shape = ops.shape(images)
+        channels = images.shape[-1]
+        pad_h, pad_w = _pad_amount(shape[1], s), _pad_amount(shape[2], s)
+        x = ops.pad(images, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="symmetric")
+        rows, cols = (shape[1] + pad_h) // s, (shape[2] + pad_w) // s
+        x = ops.reshape(x, (-1, rows, s, cols, s, channels))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, rows, cols, s * s * channels))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, channels = input_shape
+        s = self.factor
+
+        def side(n):
+            return None if n is None else -(-n // s)
+
+        return (batch, side(height), side(width), channels * s * s)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="dgf")
+class DepthToSpace(layers.Layer):
+    """Pixel-shuffle, the inverse of :class:`SpaceToDepth`, cut to a reference size.
+
+    Takes ``[features, reference]``: features (B, h, w, C * s * s) become
+    (B, h * s, w * s, C), and the result is cut to the reference image's height and
+    width (undoing :class:`SpaceToDepth`'s mirrored extension).
+    """
+
+    def __init__(self, factor: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(factor) < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor}")
+        self.factor = int(factor)
+
+    def call(self, inputs: list[Any]) -> Any:
+        features, reference = inputs
+        s = self.factor
+        shape = ops.shape(features)
+        channels = features.shape[-1] // (s * s)
+        x = ops.reshape(features, (-1, shape[1], shape[2], s, s, channels))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        x = ops.reshape(x, (-1, shape[1] * s, shape[2] * s, channels))
+        size = ops.shape(reference)
+        return x[:, : size[1], : size[2], :]
+
+    def compute_output_shape(
+        self, input_shape: list[tuple[int | None, ...]]
+    ) -> tuple[int | None, ...]:
+        features, reference = input_shape
+        return (features[0], reference[1], reference[2], features[3] // self.factor**2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "factor": self.factor}
+
+
 def build_generator(
     channel_rate: int = 64,
     dropout: float = 0.5,
     residual: bool = False,
     batchnorm: bool = True,
+    space_to_depth: int = 1,
     name: str = "generator",
 ) -> keras.Model:
     """Build the DGF generator (head, ten-block dense field, tail with global skip).
@@ -93,6 +179,13 @@ def build_generator(
             tail 1x1/3x3 conv). False drops every BatchNorm, as restoration networks
             since EDSR do: no train/inference statistics gap to re-estimate, and each
             step and inference call does less work.
+        space_to_depth: 1 is the paper's layout. 2 or 4 pixel-unshuffles the image
+            by that factor before the head (each ``s x s`` block becomes one
+            position with ``3 s^2`` channels) and pixel-shuffles the last
+            convolution's ``3 s^2`` maps back to full resolution: the dense field
+            runs at 1/s of the image's resolution, which multiplies the receptive
+            field by s and divides the work per pixel by about s^2 at the same
+            channel rate. Any image size works (see :class:`SpaceToDepth`).
         name: model name.
 
     Returns:
@@ -103,10 +196,14 @@ def build_generator(
         raise ValueError(f"channel_rate must be a positive integer, got {channel_rate}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if space_to_depth not in SPACE_TO_DEPTH:
+        raise ValueError(f"space_to_depth must be one of {SPACE_TO_DEPTH}, got {space_to_depth}")
     cr = int(channel_rate)
+    s = int(space_to_depth)
 
     blurred = keras.Input(shape=(None, None, 3), name="blurred")
-    h = layers.Conv2D(4 * cr, 3, padding="same", name="head_conv")(blurred)
+    packed = SpaceToDepth(s, name="space_to_depth")(blurred) if s > 1 else blurred
+    h = layers.Conv2D(4 * cr, 3, padding="same", name="head_conv")(packed)
 
     x = h
     d = h
@@ -125,16 +222,25 @@ def build_generator(
     # float32 so the image (and every loss on it) keeps full precision under a
     # mixed policy; this conv is tiny, so running it in float32 costs nothing.
     if not residual:
-        deblurred = layers.Conv2D(
-            3, 3, padding="same", activation="tanh", dtype="float32", name="deblurred"
+        if s == 1:
+            deblurred = layers.Conv2D(
+                3, 3, padding="same", activation="tanh", dtype="float32", name="deblurred"
+            )(y)
+            return keras.Model(blurred, deblurred, name=name)
+        image = layers.Conv2D(
+            3 * s * s, 3, padding="same", activation="tanh", dtype="float32", name="image"
         )(y)
+        deblurred = DepthToSpace(s, dtype="float32", name="deblurred")([image, blurred])
         return keras.Model(blurred, deblurred, name=name)
     # No tanh on the correction: the clip already bounds the output, and a tanh would
     # only shrink the large corrections that heavy blur needs.
     correction = layers.Conv2D(
-        3, 3, padding="same", kernel_initializer="zeros", bias_initializer="zeros",
+        3 * s * s, 3, padding="same", kernel_initializer="zeros", bias_initializer="zeros",
         dtype="float32", name="residual",
     )(y)
+    if s > 1:
+        correction = DepthToSpace(s, dtype="float32", name="depth_to_space")(
+            [correction, blurred])
     deblurred = ResidualOutput(dtype="float32", name="deblurred")([blurred, correction])
     return keras.Model(blurred, deblurred, name=name)
 
@@ -145,9 +251,9 @@ def is_residual(generator: keras.Model) -> bool:
 
 
 def generator_layout(generator: keras.Model) -> dict[str, Any] | None:
-    """``channel_rate``, ``residual`` and ``batchnorm`` of a (possibly loaded) DGF
-    generator, as :func:`build_generator` takes them; None when ``generator`` is not
-    one (it has no ``head_conv`` layer)."""
+    """``channel_rate``, ``residual``, ``batchnorm`` and ``space_to_depth`` of a
+    (possibly loaded) DGF generator, as :func:`build_generator` takes them; None when
+    ``generator`` is not one (it has no ``head_conv`` layer)."""
     try:
         head = generator.get_layer("head_conv")
     except ValueError:
@@ -157,6 +263,8 @@ def generator_layout(generator: keras.Model) -> dict[str, Any] | None:
         "residual": is_residual(generator),
         "batchnorm": any(isinstance(layer, layers.BatchNormalization)
                          for layer in generator.layers),
+        "space_to_depth": next((layer.factor for layer in generator.layers
+                                if isinstance(layer, SpaceToDepth)), 1),
     }
 
 

@@ -172,7 +172,8 @@ class GANTrainer:
         self.strategy = strategy
         with strategy.scope():
             layout = dict(channel_rate=cfg.channel_rate, dropout=cfg.dropout,
-                          residual=cfg.residual, batchnorm=cfg.batchnorm)
+                          residual=cfg.residual, batchnorm=cfg.batchnorm,
+                          space_to_depth=cfg.space_to_depth)
             self.generator = build_generator(**layout)
             self.averaged = build_generator(**layout)
             self.averaged.set_weights(self.generator.get_weights())
@@ -281,7 +282,7 @@ class GANTrainer:
         cfg = self.cfg
         theirs = generator_layout(model)
         mine = dict(channel_rate=cfg.channel_rate, residual=cfg.residual,
-                    batchnorm=cfg.batchnorm)
+                    batchnorm=cfg.batchnorm, space_to_depth=cfg.space_to_depth)
         if theirs is None:
             raise DgfError(f"{source} is not a DGF generator (it has no head_conv layer); "
                            f"pass a generator saved by dgf-train")
@@ -562,7 +563,8 @@ def _flag(key: str, value: Any) -> str:
 
 def _describe(layout: dict[str, Any]) -> str:
     return (f"channel rate {layout['channel_rate']}, residual {on_off(layout['residual'])}, "
-            f"batchnorm {on_off(layout['batchnorm'])}")
+            f"batchnorm {on_off(layout['batchnorm'])}, "
+            f"space-to-depth {layout['space_to_depth']}")
 
 
 def _initial_generator(cfg: TrainConfig) -> keras.Model | None:
