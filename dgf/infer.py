@@ -30,9 +30,13 @@ from dgf.options import (
     DEFAULT_OVERLAP,
     DEFAULT_PRECISION,
     DEFAULT_QUALITY,
+    DEFAULT_SCALE,
     DEFAULT_TILE,
 )
-from dgf.runtime import check_precision, check_tiling, deblur_image, load_generator
+from dgf.metadata import read_metadata, training_side
+from dgf.runtime import (
+    auto_scale, check_precision, check_scale, check_tiling, deblur_image, load_generator,
+)
 
 COMPARE_DIR = "compare"
 
@@ -108,6 +112,7 @@ def _exists_error(path: Path) -> str:
 def _process(
     generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
     overwrite: bool, quality: int, progress: bool, precision: str,
+    scale: str | float = 1.0, train_side: int | None = None,
 ) -> None:
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not overwrite:
@@ -127,10 +132,16 @@ def _process(
     except (OSError, SyntaxError, ValueError) as exc:
         raise _JobFailed(f"corrupt, truncated or unreadable image ({exc})") from exc
     rgb = source.rgb
+    height, width = rgb.shape[:2]
+    factor = auto_scale(height, width, train_side) if scale == "auto" else float(scale)
+    try:
+        factor = check_scale(factor, height, width)
+    except DgfError as exc:
+        raise _JobFailed(str(exc)) from exc
     try:
         deblurred = deblur_image(
             generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
-            progress=progress, precision=precision,
+            progress=progress, precision=precision, scale=factor,
         )
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
@@ -148,6 +159,13 @@ def _process(
             write_image(job.compare, side, quality=quality, metadata=icc)
     except DgfError as exc:  # OutputError: cannot write OUTPUT: reason
         raise _JobFailed(str(exc)) from exc
+
+
+def parse_scale(scale: str | float) -> str | float:
+    """``"auto"``, or the factor as a float in (0, 1]; DgfError naming the value."""
+    if isinstance(scale, str) and scale.strip().lower() == "auto":
+        return "auto"
+    return check_scale(scale)
 
 
 class _JobFailed(Exception):
@@ -168,6 +186,7 @@ def deblur_paths(
     progress: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
     precision: str = DEFAULT_PRECISION,
+    scale: str | float = DEFAULT_SCALE,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
@@ -182,8 +201,15 @@ def deblur_paths(
     existing output without ``overwrite``) are recorded in the report, passed to
     ``on_failure`` and the other files still run. ``precision`` is ``"fp32"`` or
     ``"bf16"`` (DgfError up front where TensorFlow cannot run bf16).
+
+    ``scale`` is a factor in (0, 1] or ``"auto"``: each photo is deblurred at that
+    scale (:func:`dgf.runtime.deblur_image`) and returned at its own size. ``auto``
+    picks, per photo, the model's training image side over the photo's shorter
+    side (:func:`dgf.runtime.auto_scale`), from the model file's training record;
+    a model without one runs at 1, and the run says so.
     """
     check_tiling(tile, overlap, batch_size)
+    scale = parse_scale(scale)
     check_precision(precision)
     if not 1 <= quality <= 100:
         raise DgfError(f"JPEG quality {quality} must be between 1 and 100.")
@@ -195,13 +221,17 @@ def deblur_paths(
     check_output(out_dir, folder=True)
     jobs = _plan(inputs, out_dir, compare)
     generator = load_generator(model_path)
+    train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
+    if scale == "auto" and train_side is None:
+        print(f"--scale auto: {model_path} does not record its training images (no "
+              f"training metadata); running at scale 1", flush=True)
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
             _process(
                 generator, job, tile=tile, overlap=overlap, batch_size=batch_size,
                 overwrite=overwrite, quality=quality, progress=progress,
-                precision=precision,
+                precision=precision, scale=scale, train_side=train_side,
             )
         except _JobFailed as exc:
             report.failed.append((job.source, str(exc)))

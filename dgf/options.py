@@ -27,6 +27,9 @@ DEFAULT_OVERLAP = 64
 DEFAULT_BATCH = 1
 #: JPEG quality of the outputs.
 DEFAULT_QUALITY = 95
+#: Factor photos are shrunk by before the generator runs ("auto": from the model's
+#: training images; see dgf.runtime.auto_scale).
+DEFAULT_SCALE = "1"
 
 # dgf-eval (dgf.evaluate).
 #: Split of the HDF5 file that is scored.
@@ -35,6 +38,9 @@ DEFAULT_EVAL_SPLIT = "test"
 DEFAULT_STRIPS = 4
 #: Images per generator call when scoring.
 DEFAULT_EVAL_BATCH = 8
+#: Pixels removed at each side of both images before PSNR/SSIM (BasicSR's
+#: ``crop_border``); 0 scores the whole image.
+DEFAULT_CROP_BORDER = 0
 
 # dgf-export (dgf.export).
 #: Export formats.

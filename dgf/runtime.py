@@ -66,6 +66,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+from PIL import Image
 from tqdm import tqdm
 
 import dgf.models  # noqa: F401  (registers the generator's custom layers for loading)
@@ -445,21 +446,37 @@ def inference_call(
 def conv_flops(model, height: int, width: int) -> int:
     """Floating-point operations of ``model``'s convolutions on one height x width image.
 
-    Counted analytically per convolution call: ``2 * H * W * kh * kw * (C_in /
-    groups) * C_out`` (one multiply and one add per kernel tap, 'same' padding,
-    stride 1 assumed as in the generator; strides divide H and W). Bias adds,
-    BatchNorm, activations and concatenation are not counted: they are memory-bound
-    and well under 1% of the arithmetic.
+    Counted analytically per convolution call: ``2 * H' * W' * kh * kw * (C_in /
+    groups) * C_out``, where H' x W' is the resolution the convolution runs at:
+    the image's, divided by the strides before it and by the factor of a
+    :class:`~dgf.models.SpaceToDepth` before it (multiplied back by a
+    :class:`~dgf.models.DepthToSpace`). Bias adds, BatchNorm, activations and
+    concatenation are not counted: they are memory-bound and well under 1% of the
+    arithmetic.
     """
+    from dgf.models import DepthToSpace, SpaceToDepth
+
+    scale: dict[int, float] = {id(t): 1.0 for t in model.inputs}  # resolution divisor
     total = 0
-    for node in _nodes(model):
-        op = node.operation
-        if not isinstance(op, layers.Conv2D):
-            continue
-        kh, kw = op.kernel_size
-        sh, sw = op.strides
-        c_in = node.input_tensors[0].shape[-1]
-        total += 2 * (height // sh) * (width // sw) * kh * kw * (c_in // op.groups) * op.filters
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            inputs = list(node.input_tensors)
+            here = scale.get(id(inputs[0]), 1.0) if inputs else 1.0
+            out = here
+            if isinstance(op, layers.Conv2D):
+                kh, kw = op.kernel_size
+                sh, sw = op.strides
+                c_in = inputs[0].shape[-1]
+                rows, cols = int(height / here) // sh, int(width / here) // sw
+                total += 2 * rows * cols * kh * kw * (c_in // op.groups) * op.filters
+                out = here * sh
+            elif isinstance(op, SpaceToDepth):
+                out = here * op.factor
+            elif isinstance(op, DepthToSpace):
+                out = here / op.factor
+            for tensor in node.output_tensors:
+                scale[id(tensor)] = out
     return int(total)
 
 
@@ -557,6 +574,55 @@ def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -
     return np.asarray(call(to_unit(batch_uint8)), dtype=np.float32)
 
 
+#: Smallest side, in pixels, a photo may have after ``--scale``.
+MIN_SCALED_SIDE = 16
+
+
+def check_scale(scale: float, height: int | None = None, width: int | None = None) -> float:
+    """``scale`` as a float in (0, 1], or DgfError naming the value; with the image
+    size given, also refuse a scale that leaves it under ``MIN_SCALED_SIDE`` px."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise DgfError(f"scale must be a number in (0, 1] or 'auto', got {scale!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise DgfError(f"scale {scale!r} is outside (0, 1]: it is the factor the photo is "
+                       f"shrunk by before the generator runs (1: full size)")
+    if height is not None and width is not None:
+        small = min(scaled_size(height, width, value))
+        if small < MIN_SCALED_SIDE:
+            raise DgfError(f"scale {value:g} leaves a {width}x{height} image {small} px on "
+                           f"its shorter side; use a scale of at least "
+                           f"{MIN_SCALED_SIDE / min(height, width):.3g}")
+    return value
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an image shrunk by ``scale``, rounded, at least 1."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def auto_scale(height: int, width: int, training_side: int | None) -> float:
+    """The scale ``--scale auto`` runs a height x width photo at: the model's training
+    image side over the photo's shorter side (so the photo's blur, relative to its
+    size, meets the blur the model learned), at most 1. 1 when the model does not
+    record its training images."""
+    if not training_side:
+        return 1.0
+    return min(1.0, training_side / min(height, width))
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` (h, w, C) float32 resized to (height, width): antialiased Lanczos when
+    shrinking, bicubic when enlarging, each channel in float (no rounding)."""
+    shrink = height < image.shape[0] or width < image.shape[1]
+    method = Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
+                           .resize((width, height), method), dtype=np.float32)
+                for c in range(image.shape[2])]
+    return np.stack(channels, axis=-1)
+
+
 def deblur_image(
     generator,
     image: np.ndarray,
@@ -566,6 +632,7 @@ def deblur_image(
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
     precision: str = DEFAULT_PRECISION,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
 
@@ -584,6 +651,12 @@ def deblur_image(
         progress: show a tqdm bar over the tiles (for images of several tiles).
         precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
             folded copy (:func:`inference_call`) with its current weights.
+        scale: in (0, 1]. Below 1 the generator runs on the image shrunk by this
+            factor (antialiased), where a long blur is within its reach, and the
+            correction it makes there (its output minus its input) is enlarged
+            (bicubic) and added to the full-size image: the result has the input's
+            exact size and keeps all of its own detail, and a generator that
+            changes nothing returns the input unchanged.
 
     Returns:
         (H, W, 3) uint8 in [0, 255], the deblurred image.
@@ -598,9 +671,24 @@ def deblur_image(
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
+    scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
     call = inference_call(generator, precision)
+    if scale == 1.0:
+        return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress))
+    small_h, small_w = scaled_size(height, width, scale)
+    small = to_uint8(_resize(to_unit(image), small_h, small_w))
+    correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress)
+                  - to_unit(small))
+    return to_uint8(to_unit(image) + _resize(correction, height, width))
+
+
+def _deblur_unit(call: Callable[[np.ndarray], Any], image: np.ndarray, tile: int,
+                 overlap: int, batch_size: int, progress: bool) -> np.ndarray:
+    """The generator's float output in [-1, 1] for the uint8 ``image``, tiled as
+    :func:`deblur_image` describes."""
+    height, width = image.shape[:2]
     if tile == 0 or (height <= tile and width <= tile):
-        return to_uint8(_run_generator(call, image[None])[0])
+        return _run_generator(call, image[None])[0]
 
     th, tw = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
@@ -620,4 +708,4 @@ def deblur_image(
                 accum[y : y + th, x : x + tw] += out * w
                 weight[y : y + th, x : x + tw] += w
             bar.update(len(chunk))
-    return to_uint8(accum / weight)
+    return accum / weight

@@ -40,6 +40,17 @@ def test_demo_runs_end_to_end(tmp_path):
         assert deblurred.size == blurred.size
     assert list((out / "deblurred" / "compare").iterdir())
     assert list((out / "deblurred_bundled" / "compare").iterdir())
+    # The large photo comes back at its own size from --scale auto.
+    with Image.open(out / "large_shaken_photo.png") as large, \
+            Image.open(out / "deblurred_large" / "large_shaken_photo.png") as deblurred:
+        assert large.size == deblurred.size == (600, 400)
+    # Each step says what it deblurs; nothing synthetic is called real.
+    assert "real motion-blurred" not in done.stdout
+    assert ("the blurred half of a pairs-small test pair" in done.stdout
+            or "the demo's own synthetic blurred test image" in done.stdout)
     # The closing summary: time, epoch-end share, the best epoch against the input.
     assert "demo finished in" in done.stdout and "of the training steps' time" in done.stdout
-    assert "test pairs, best epoch (2): deblurred PSNR" in done.stdout
+    assert "test pairs, best epoch (2), PSNR dB / SSIM:" in done.stdout
+    assert "interior (crop border 8)" in done.stdout
+    table = done.stdout.split("interior (crop border 8)")[1].splitlines()[1:3]
+    assert table[0].split()[:2] == ["blurred", "input"] and table[1].split()[0] == "deblurred"
