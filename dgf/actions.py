@@ -30,15 +30,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import TrainConfig
+from dgf.config import GENERATOR_KEYS, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
 from dgf.evaluate import evaluate_split, evaluate_with_strip
 from dgf.fileio import write_atomic, write_text_atomic
 from dgf.images import to_unit
+from dgf.metadata import read_metadata, source_commit, write_metadata
 from dgf.schema import SplitInfo
 
-SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count")
+# An epoch's scores, as metrics.jsonl's epoch records carry them: the crop border
+# (pixels removed at each side before PSNR/SSIM) says what they measured.
+SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count", "crop_border")
 
 
 # --------------------------------------------------------------------------- logs
@@ -107,13 +110,16 @@ class MetricsLog:
             tf.summary.scalar("train/images_per_sec", images_per_sec)
 
     def log_scores(self, step: int, score: Mapping[str, Any], strip: np.ndarray | None) -> None:
-        """The epoch's test scores and sample strip in TensorBoard."""
+        """The epoch's test scores and sample strip in TensorBoard; scores taken with
+        a crop border N > 0 are named for it (``test/psnr_cropN``), so curves of
+        different crops never share a chart."""
         if not self.enabled:
             return
+        crop = score.get("crop_border", 0)
+        suffix = f"_crop{crop}" if crop else ""
         with self._writer.as_default(step=step):
-            tf.summary.scalar("test/psnr", score["psnr"])
-            tf.summary.scalar("test/ssim", score["ssim"])
-            tf.summary.scalar("test/blurred_psnr", score["blurred_psnr"])
+            for key in ("psnr", "ssim", "blurred_psnr"):
+                tf.summary.scalar(f"test/{key}{suffix}", score[key])
             if strip is not None:
                 tf.summary.image("samples/sharp_blurred_deblurred", np.asarray(strip)[None],
                                  max_outputs=1)
@@ -317,43 +323,76 @@ class Scoring:
         cfg, strip = self.cfg, None
         if self.folder is None:
             summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
-                                        progress=False)
+                                        progress=False, crop_border=cfg.crop_border)
         else:
             summary, _, strip = evaluate_with_strip(
                 generator, cfg.h5, "test", self.folder / f"epoch_{epoch + 1:04d}.png",
-                strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False)
+                strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
+                crop_border=cfg.crop_border)
+        crop = f" (crop border {cfg.crop_border})" if cfg.crop_border else ""
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "
               f"{summary['blurred_psnr']:.2f}), SSIM {summary['ssim']:.4f} (blurred "
-              f"{summary['blurred_ssim']:.4f}) on {summary['count']} pairs", flush=True)
+              f"{summary['blurred_ssim']:.4f}) on {summary['count']} pairs{crop}", flush=True)
         return {key: summary[key] for key in SCORE_KEYS}, strip
 
 
 class ModelFiles:
     """The generator files users deblur with: ``generator.keras`` (latest),
     ``generator_best.keras`` (best test PSNR so far, tracked in ``best_psnr``, a
-    checkpointed variable) and ``snapshots/generator_epoch_NNNN.keras``."""
+    checkpointed variable) and ``snapshots/generator_epoch_NNNN.keras``.
 
-    def __init__(self, cfg: TrainConfig, best_psnr: tf.Variable) -> None:
+    Each file carries its training record (:mod:`dgf.metadata`): layout, data,
+    crop, epoch, this epoch's score and the best one, with their crop border."""
+
+    def __init__(self, cfg: TrainConfig, best_psnr: tf.Variable, train_info: SplitInfo,
+                 test_info: SplitInfo) -> None:
+        self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.snapshots = cfg.snapshots
         self.best_psnr = best_psnr
+        self.train_info, self.test_info = train_info, test_info
+        self._commit = source_commit()
 
-    def __call__(self, generator: keras.Model, epoch: int, psnr: float | None) -> bool:
+    def _best_so_far(self) -> dict[str, Any] | None:
+        # The best file's own record: it survives a resume with the file.
+        return (read_metadata(self.run_dir / "generator_best.keras") or {}).get("best")
+
+    def _record(self, epoch: int, score: dict[str, Any] | None,
+                best: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "layout": {key: getattr(cfg, key) for key in GENERATOR_KEYS},
+            "data": {"h5": str(cfg.h5), "image_height": self.train_info.height,
+                     "image_width": self.train_info.width,
+                     "train_pairs": self.train_info.count, "test_pairs": self.test_info.count},
+            "crop": cfg.crop,
+            "epoch": epoch + 1,
+            "score": score,
+            "best": best,
+            "commit": self._commit,
+        }
+
+    def __call__(self, generator: keras.Model, epoch: int,
+                 score: Mapping[str, Any] | None) -> bool:
         """Write the files; True when this epoch is the best so far.
 
         The model is serialized once, to ``generator.keras``; the snapshot and the
-        best are byte copies of it (each written atomically). ``psnr`` is None on
-        an epoch that was not scored (``eval_every``): it cannot become the best.
+        best are byte copies of it (each written atomically). ``score`` (the
+        epoch's ``SCORE_KEYS``) is None on an epoch that was not scored
+        (``eval_every``): it cannot become the best.
         """
+        scored = None if score is None else {"epoch": epoch + 1, **dict(score)}
+        is_best = scored is not None and scored["psnr"] > float(self.best_psnr.numpy())
+        best = scored if is_best else self._best_so_far()
+        record = self._record(epoch, scored, best)
         latest = self.run_dir / "generator.keras"
-        save_model(generator, latest)
+        save_model(generator, latest, record)
         if self.snapshots:
             copy_file(latest, self.run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
-        if psnr is not None and psnr > float(self.best_psnr.numpy()):
-            self.best_psnr.assign(psnr)
+        if is_best:
+            self.best_psnr.assign(scored["psnr"])
             copy_file(latest, self.run_dir / "generator_best.keras")
-            return True
-        return False
+        return is_best
 
 
 def copy_file(source: Path, target: Path) -> None:
@@ -361,6 +400,12 @@ def copy_file(source: Path, target: Path) -> None:
     write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """``model.save(path)``, atomically."""
-    write_atomic(path, model.save)
+def save_model(model: keras.Model, path: Path, record: dict[str, Any] | None = None) -> None:
+    """``model.save(path)``, atomically, with ``record`` as its training metadata
+    (:func:`dgf.metadata.write_metadata`) when given."""
+    def write(tmp: Path) -> None:
+        model.save(tmp)
+        if record is not None:
+            write_metadata(tmp, record)
+
+    write_atomic(path, write)

@@ -334,6 +334,8 @@ _TRAIN_FLAGS = (
     ("--val-samples", "val_samples", _optional_int, "test pairs scored each epoch "
      "('full' for the whole test split)"),
     ("--strip-pairs", "strip_pairs", int, "rows in the per-epoch sample strip"),
+    ("--crop-border", "crop_border", int, "pixels removed at each side before the "
+     "per-epoch PSNR/SSIM, as BasicSR's crop_border; 8 judges the interior"),
     ("--eval-every", "eval_every", int, "score the test pairs, draw the strip and update "
      "generator_best.keras every N epochs and at the last (model files: every epoch)"),
     ("--snapshots", "snapshots", _on_off, "keep one generator per epoch for dgf-eval (on/off)"),
@@ -448,6 +450,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                         default=options.DEFAULT_PRECISION,
                         help="inference precision: bf16 computes the body in bfloat16 "
                         "(faster on CPUs with bf16 or AMX; changes PSNR slightly)")
+    parser.add_argument("--crop-border", type=int, default=options.DEFAULT_CROP_BORDER,
+                        metavar="N",
+                        help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
+                        "crop_border; 8 judges the interior")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
 
@@ -459,6 +465,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if args.crop_border < 0:
+            raise DgfError(f"--crop-border must be >= 0 pixels; got {args.crop_border}")
+        crop = f" (crop border {args.crop_border})" if args.crop_border else ""
         if args.model is not None:
             if args.force:
                 raise DgfError("--force applies to --run; with --model use --overwrite")
@@ -469,9 +478,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
                 progress=not args.no_progress, precision=args.precision,
+                crop_border=args.crop_border,
             )
             out = Path(summary["out_dir"])
-            print(f"{args.model} on {args.h5} [{args.split}], {summary['count']} pairs:")
+            print(f"{args.model} on {args.h5} [{args.split}], {summary['count']} pairs"
+                  f"{crop}:")
             print(f"  {'':10} {'PSNR (dB)':>10} {'SSIM':>8}")
             print(f"  {'deblurred':10} {summary['psnr']:>10.2f} {summary['ssim']:>8.4f}")
             print(f"  {'blurred':10} {summary['blurred_psnr']:>10.2f} "
@@ -486,9 +497,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             args.run, h5_path=args.h5, split=args.split, strips=args.strips,
             batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
             force=args.force, progress=not args.no_progress, precision=args.precision,
+            crop_border=args.crop_border,
         )
         out = args.out if args.out is not None else args.run / "eval"
-        print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}")
+        print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}{crop}")
         for row in rows:
             print(f"{row['epoch']:>5} {row['psnr']:>10.2f} {row['ssim']:>8.4f}")
         print(f"{'input':>5} {rows[-1]['blurred_psnr']:>10.2f} {rows[-1]['blurred_ssim']:>8.4f}"
@@ -531,6 +543,13 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--precision", choices=options.PRECISIONS, default=options.DEFAULT_PRECISION,
                    help="inference precision: bf16 computes the body in bfloat16 "
                    "(faster on CPUs with bf16 or AMX; changes outputs slightly)")
+    p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
+                   help="run the generator on the photo shrunk by F in (0, 1], where "
+                   "a long blur is within its reach, and add the enlarged correction "
+                   "to the full-size photo (the output keeps the input's size and "
+                   "detail). auto: F = the model's training image side / the photo's "
+                   "shorter side, at most 1 (from the model file's training record; "
+                   "1 when it has none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
@@ -555,7 +574,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
             model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
             quality=args.quality, progress=not args.quiet, on_failure=tell,
-            precision=args.precision,
+            precision=args.precision, scale=args.scale,
         )
         print(f"deblurred {len(report.processed)} image(s) into {args.out}"
               + (f"; {len(report.failed)} failed" if report.failed else ""))

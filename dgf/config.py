@@ -36,6 +36,9 @@ PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 # Keys that decide the shape of the networks: a checkpoint made with other values
 # cannot be restored, so a resumed run must keep them.
 ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm", "space_to_depth")
+# The architecture keys of the generator alone (what build_generator takes and a
+# saved generator's metadata records as its layout).
+GENERATOR_KEYS = ("channel_rate", "residual", "batchnorm", "space_to_depth")
 RUNS_ROOT = Path("runs")  # where new run folders go when --run-dir is not given
 
 
@@ -111,6 +114,9 @@ class TrainConfig:
     # epochs and at the last; BasicSR's val_freq. The model files are saved every epoch.
     eval_every: int = 1
     strip_pairs: int = 4  # rows of the per-epoch sample strip
+    # Pixels removed at each side of both images before the per-epoch PSNR/SSIM
+    # (BasicSR's crop_border); 0 scores whole images, 8 judges the interior.
+    crop_border: int = 0
     snapshots: bool = True  # keep one generator per epoch for dgf-eval
     # Training batches over which BatchNorm's moving statistics are re-estimated at
     # each epoch end, before scoring (0 keeps the running averages as trained).
@@ -290,6 +296,8 @@ def _check(cfg: TrainConfig) -> None:
         raise DgfError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {cfg.pixel_loss!r}")
     if cfg.bn_recalibrate < 0:
         raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
+    if cfg.crop_border < 0:
+        raise DgfError(f"crop_border must be an integer >= 0, got {cfg.crop_border!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:
         raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
     if cfg.precision not in PRECISIONS:

@@ -47,14 +47,23 @@ from tqdm import tqdm
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 from dgf.images import to_uint8, to_unit, write_image
-from dgf.options import DEFAULT_EVAL_BATCH, DEFAULT_EVAL_SPLIT, DEFAULT_PRECISION, DEFAULT_STRIPS
+from dgf.options import (
+    DEFAULT_CROP_BORDER,
+    DEFAULT_EVAL_BATCH,
+    DEFAULT_EVAL_SPLIT,
+    DEFAULT_PRECISION,
+    DEFAULT_STRIPS,
+)
 from dgf.runtime import check_precision, inference_call, load_generator
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 PSNR_CAP_DB = 100.0
-SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image")
-ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim")
-RUN_CSV_KEYS = ("epoch", "psnr", "ssim", "blurred_psnr", "blurred_ssim")
+SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image",
+                "crop_border")
+ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "crop_border")
+# A run evaluation's metrics.csv: the scores, and the crop border they were taken at.
+RUN_METRIC_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim")
+RUN_CSV_KEYS = ("epoch", *RUN_METRIC_KEYS, "crop_border")
 # progress.png puts this many pixels of label above each epoch's strip.
 BAND_HEIGHT = 18
 # progress.png shows at most this many epochs (evenly spaced, first and last kept),
@@ -554,13 +563,17 @@ def plot_metrics(
     blurred_psnr: float | Sequence[float],
     blurred_ssim: float | Sequence[float],
     path: Path | str,
+    *,
+    crop_border: int = 0,
 ) -> None:
     """Plot test PSNR and SSIM against epoch, blurred-input baselines dashed.
 
     Two stacked panels in an 800x600 px PNG (written atomically). A baseline given as
     one number, or as per-epoch numbers that are all equal (the usual case: it
     depends only on the data), is drawn as a horizontal dashed line; differing
-    per-epoch baselines are drawn as a dashed line over the epochs.
+    per-epoch baselines are drawn as a dashed line over the epochs. A
+    ``crop_border`` above 0 (the scores' :func:`psnr` ``crop_border``) is named in
+    the title and the axis labels.
     """
     epochs = [int(e) for e in epochs]
     if not (len(epochs) == len(psnr) == len(ssim)) or not epochs:
@@ -572,9 +585,11 @@ def plot_metrics(
     fig = Figure(figsize=(8, 6), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
+    crop_border = check_crop_border(crop_border)
+    crop = f", crop border {crop_border}" if crop_border else ""
     panels = (
-        (axes[0], psnr, blurred_psnr, "PSNR (dB)"),
-        (axes[1], ssim, blurred_ssim, "SSIM"),
+        (axes[0], psnr, blurred_psnr, f"PSNR (dB){crop}"),
+        (axes[1], ssim, blurred_ssim, f"SSIM{crop}"),
     )
     for ax, values, baseline, label in panels:
         ax.plot(epochs, [min(float(v), PSNR_CAP_DB) for v in values], "o-", label="deblurred")
@@ -589,7 +604,7 @@ def plot_metrics(
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best")
     axes[1].set_xlabel("epoch")
-    axes[0].set_title("test metrics per epoch")
+    axes[0].set_title(f"test metrics per epoch{crop}")
     if len(epochs) < 20:
         axes[1].set_xticks(epochs)
     fig.tight_layout()
@@ -647,6 +662,7 @@ def evaluate_model(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    crop_border: int = DEFAULT_CROP_BORDER,
 ) -> dict[str, Any]:
     """Score one saved generator on a split and write its report.
 
@@ -656,9 +672,13 @@ def evaluate_model(
     sharp | blurred | deblurred). ``out_dir`` defaults to ``<model stem>_eval/``
     next to the model. Existing outputs are an error unless ``overwrite``.
     ``precision`` (``"fp32"`` or ``"bf16"``, also written to the summary) as in
-    :func:`deblur_array`. Returns the summary.
+    :func:`deblur_array`. ``crop_border`` pixels are removed at each side before
+    PSNR/SSIM (:func:`psnr`); the summary and every row of ``per_image.csv`` name
+    it, and one that leaves nothing of the split's images is refused before the
+    model loads. Returns the summary.
     """
     check_precision(precision)
+    crop_border = check_crop_border(crop_border)
     model_path, h5_path = Path(model_path), Path(h5_path)
     out = Path(out_dir) if out_dir is not None else model_path.parent / f"{model_path.stem}_eval"
     targets = [out / "summary.json", out / "per_image.csv", out / "strip.png"]
@@ -671,10 +691,11 @@ def evaluate_model(
     check_output(out, folder=True)
     h5, info = _open_split(h5_path, split)
     h5.close()
+    check_crop_border(crop_border, info.height, info.width)
     generator = load_generator(model_path)
     summary, rows, _ = evaluate_with_strip(
         generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
-        limit=limit, progress=progress, precision=precision,
+        limit=limit, progress=progress, precision=precision, crop_border=crop_border,
     )
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
@@ -732,6 +753,8 @@ def resolve_run_h5(run_dir: Path | str, h5_path: Path | str | None = None) -> Pa
 
 
 def _read_run_csv(path: Path) -> dict[int, dict[str, float]]:
+    # A table with other columns (one written before metrics.csv named its crop
+    # border) is not trusted: {} scores every epoch again.
     if not path.is_file():
         return {}
     try:
@@ -740,7 +763,8 @@ def _read_run_csv(path: Path) -> dict[int, dict[str, float]]:
             if tuple(reader.fieldnames or ()) != RUN_CSV_KEYS:
                 return {}
             return {
-                int(row["epoch"]): {k: float(row[k]) for k in RUN_CSV_KEYS[1:]}
+                int(row["epoch"]): {**{k: float(row[k]) for k in RUN_METRIC_KEYS},
+                                    "crop_border": int(row["crop_border"])}
                 for row in reader
             }
     except (ValueError, KeyError, TypeError):
@@ -760,6 +784,7 @@ def evaluate_run(
     force: bool = False,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    crop_border: int = DEFAULT_CROP_BORDER,
 ) -> list[dict[str, Any]]:
     """Score every per-epoch snapshot of a training run and draw its progress.
 
@@ -768,7 +793,7 @@ def evaluate_run(
     :func:`strip_rows`: the trainer's own samples show the same pairs when ``limit``
     is the run's ``val_samples``) and scores the split (``limit`` as in
     :func:`evaluate_split`). Then writes ``out/metrics.csv`` (epoch, psnr, ssim,
-    blurred_psnr, blurred_ssim), ``out/metrics.png`` (:func:`plot_metrics`) and
+    blurred_psnr, blurred_ssim, crop_border), ``out/metrics.png`` (:func:`plot_metrics`) and
     ``out/progress.png`` (each epoch's strip under a labelled band, see
     :func:`_progress_image`; at most ``MAX_PROGRESS_EPOCHS`` epochs, evenly spaced).
     ``out`` defaults to ``RUN/eval/``.
@@ -777,18 +802,21 @@ def evaluate_run(
     snapshot file changed, its strip is missing, or the HDF5 file, split, strips or
     limit differ from the previous evaluation (kept in ``out/eval_state.json``).
     ``precision`` (``"fp32"`` or ``"bf16"``) as in :func:`deblur_array`; a change
-    of it re-scores every epoch too. Returns one dict per epoch with the
-    ``metrics.csv`` columns.
+    of it re-scores every epoch too, as does one of ``crop_border`` (pixels removed
+    at each side before PSNR/SSIM, :func:`psnr`; named in the plot when above 0).
+    Returns one dict per epoch with the ``metrics.csv`` columns.
     """
     check_precision(precision)
+    crop_border = check_crop_border(crop_border)
     run_dir = Path(run_dir)
     snapshots = _run_snapshots(run_dir)
     h5 = resolve_run_h5(run_dir, h5_path)
     handle, info = _open_split(h5, split)
     handle.close()
+    check_crop_border(crop_border, info.height, info.width)
     out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
     indices = strip_rows(info.count, limit, strips)
-    settings = _run_settings(h5, split, indices, limit, precision)
+    settings = _run_settings(h5, split, indices, limit, precision, crop_border)
     results, seen, todo = _previous_results(out, settings, snapshots, force)
     prepare_output(out, folder=True)
     for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
@@ -796,13 +824,13 @@ def evaluate_run(
         stamp = path.stat().st_mtime_ns
         results[epoch] = _score_snapshot(
             path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
-            limit=limit, progress=progress, precision=precision,
+            limit=limit, progress=progress, precision=precision, crop_border=crop_border,
         )
         seen[str(epoch)] = stamp
         # Saved after every epoch: an interrupted evaluation keeps what it finished.
         _save_run_tables(out, results, settings, seen)
     _save_run_tables(out, results, settings, seen)
-    _draw_run(out, results)
+    _draw_run(out, results, crop_border)
     return [{"epoch": e, **results[e]} for e in sorted(results)]
 
 
@@ -821,7 +849,8 @@ def _run_snapshots(run_dir: Path) -> dict[int, Path]:
 
 
 def _run_settings(
-    h5: Path, split: str, indices: Sequence[int], limit: int | None, precision: str
+    h5: Path, split: str, indices: Sequence[int], limit: int | None, precision: str,
+    crop_border: int = 0,
 ) -> dict[str, Any]:
     """What a run's scores depend on besides the snapshots (``eval_state.json``)."""
     stat = h5.stat()
@@ -837,6 +866,9 @@ def _run_settings(
         # Only when not the default, so evaluations made before the option existed
         # still match and are not re-scored.
         settings["precision"] = precision
+    if crop_border:
+        # Likewise only when not 0.
+        settings["crop_border"] = crop_border
     return settings
 
 
@@ -890,6 +922,7 @@ def _score_snapshot(
     limit: int | None,
     progress: bool,
     precision: str,
+    crop_border: int = 0,
 ) -> dict[str, float]:
     """Score one snapshot and draw its strip into ``strip`` (one generator pass);
     its ``metrics.csv`` row (without the epoch)."""
@@ -902,9 +935,10 @@ def _score_snapshot(
         ) from None
     summary, _, _ = evaluate_with_strip(
         generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
-        progress=progress, precision=precision,
+        progress=progress, precision=precision, crop_border=crop_border,
     )
-    return {k: float(summary[k]) for k in RUN_CSV_KEYS[1:]}
+    return {**{k: float(summary[k]) for k in RUN_METRIC_KEYS},
+            "crop_border": int(summary["crop_border"])}
 
 
 def _save_run_tables(
@@ -922,8 +956,9 @@ def _save_run_tables(
     )
 
 
-def _draw_run(out: Path, results: dict[int, dict[str, float]]) -> None:
-    """Write ``metrics.png`` and ``progress.png`` from every epoch's scores and strip."""
+def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int = 0) -> None:
+    """Write ``metrics.png`` and ``progress.png`` from every epoch's scores and strip,
+    scored at ``crop_border`` (named in the plot and the labels when above 0)."""
     epochs = sorted(results)
     plot_metrics(
         epochs,
@@ -932,6 +967,7 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]]) -> None:
         [results[e]["blurred_psnr"] for e in epochs],
         [results[e]["blurred_ssim"] for e in epochs],
         out / "metrics.png",
+        crop_border=crop_border,
     )
     shown = _progress_epochs(epochs)
     strip_images = []
@@ -944,8 +980,9 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]]) -> None:
                 f"{_strip_path(out, e)} is damaged ({exc}); remove it and run dgf-eval "
                 f"again to draw it anew"
             ) from None
+    crop = f" (crop border {crop_border})" if crop_border else ""
     labels = [
-        f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}"
+        f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}{crop}"
         f"   (sharp | blurred | deblurred)"
         for e in shown
     ]

@@ -454,8 +454,6 @@ def conv_flops(model, height: int, width: int) -> int:
     concatenation are not counted: they are memory-bound and well under 1% of the
     arithmetic.
     """
-    from dgf.models import DepthToSpace, SpaceToDepth
-
     scale: dict[int, float] = {id(t): 1.0 for t in model.inputs}  # resolution divisor
     total = 0
     for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
@@ -471,9 +469,9 @@ def conv_flops(model, height: int, width: int) -> int:
                 rows, cols = int(height / here) // sh, int(width / here) // sw
                 total += 2 * rows * cols * kh * kw * (c_in // op.groups) * op.filters
                 out = here * sh
-            elif isinstance(op, SpaceToDepth):
+            elif isinstance(op, dgf.models.SpaceToDepth):
                 out = here * op.factor
-            elif isinstance(op, DepthToSpace):
+            elif isinstance(op, dgf.models.DepthToSpace):
                 out = here / op.factor
             for tensor in node.output_tensors:
                 scale[id(tensor)] = out

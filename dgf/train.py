@@ -55,6 +55,7 @@ from dgf.config import (
 from dgf.data import make_dataset, split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
+from dgf.evaluate import check_crop_border
 from dgf.fileio import check_output, prepare_output, require_file
 from dgf.losses import (
     LossWeights,
@@ -431,7 +432,7 @@ class Controller:
         self.log = MetricsLog(self.run_dir, enabled=chief)
         self.reestimate = BatchNormReestimation(cfg, data.train)
         self.score = Scoring(cfg, strips=chief)
-        self.model_files = ModelFiles(cfg, trainer.best_psnr)
+        self.model_files = ModelFiles(cfg, trainer.best_psnr, data.train, data.test)
         self.history: list[dict[str, Any]] = []
         self.steps_this_call = 0
 
@@ -542,7 +543,7 @@ class Controller:
                 with _timed(parts, "tensorboard"):
                     self.log.log_scores(self.global_step, score, strip)
             with _timed(parts, "model_files"):
-                if self.model_files(generator, epoch, None if score is None else score["psnr"]):
+                if self.model_files(generator, epoch, score):
                     record["best"] = True
         record["end_parts"] = parts
         return record
@@ -631,6 +632,10 @@ def _check_data(cfg: TrainConfig, strategy) -> RunData:
             )
     else:
         check_discriminator_size(height, width, cfg.patch)
+    try:  # refused now, not at the first epoch's end
+        check_crop_border(cfg.crop_border, test_info.height, test_info.width)
+    except DgfError as exc:
+        raise DgfError(f"--crop-border: {exc} (the test images of {h5})") from None
     if cfg.batch_size > train_info.count:
         raise DgfError(
             f"batch size {cfg.batch_size} is larger than the training split of {h5} "

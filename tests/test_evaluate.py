@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import make_eval_h5, make_run, read_halves
+from conftest import make_eval_h5, make_run, read_halves, write_pairs_h5
 from dgf import evaluate as ev
 from dgf.cli import eval_main
 from dgf.errors import DgfError
@@ -108,6 +108,38 @@ def test_metric_inputs_are_checked():
         ev.ssim(a, a.astype(np.float32))
     with pytest.raises(DgfError, match="7x7"):
         ev.ssim(np.zeros((5, 16, 3), np.uint8), np.zeros((5, 16, 3), np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_crop_border_scores_equal_scikit_image_on_the_cropped_arrays(n):
+    rng = np.random.default_rng(n)
+    a = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    ca, cb = a[n:32 - n, n:40 - n], b[n:32 - n, n:40 - n]
+    assert ca.shape == (32 - 2 * n, 40 - 2 * n, 3)
+    want_p = peak_signal_noise_ratio(ca, cb, data_range=255)
+    want_s = structural_similarity(ca, cb, channel_axis=-1, data_range=255)
+    assert abs(ev.psnr(a, b, crop_border=n) - want_p) < 1e-9
+    assert abs(ev.ssim(a, b, crop_border=n) - want_s) < 1e-9
+    # The crop matters: the whole images score otherwise.
+    assert ev.psnr(a, b) != ev.psnr(a, b, crop_border=n)
+    # Only the border differs: cropped, the images are identical.
+    c = a.copy()
+    c[:n] = 255 - c[:n]
+    assert ev.psnr(a, c, crop_border=n) == math.inf and ev.psnr(a, c) < 100
+
+
+def test_crop_border_errors_name_the_value():
+    a = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(DgfError, match=r"crop border must be >= 0 pixels, got -1"):
+        ev.psnr(a, a, crop_border=-1)
+    with pytest.raises(DgfError, match=r"crop border 16 leaves nothing of a 32x32 image"):
+        ev.psnr(a, a, crop_border=16)
+    with pytest.raises(DgfError, match=r"crop border 16 leaves nothing"):
+        ev.ssim(a, a, crop_border=16)
+    with pytest.raises(DgfError, match=r"got 2\.5"):
+        ev.check_crop_border(2.5)
+    assert ev.check_crop_border(15, 32, 32) == 15  # one pixel row and column left
 
 
 # --- strips -----------------------------------------------------------------------------
@@ -243,9 +275,9 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     calls = {"psnr": 0, "ssim": 0}
 
     def counting(name, real):
-        def metric(a, b):
+        def metric(a, b, *crop_border):
             calls[name] += 1
-            return real(a, b)
+            return real(a, b, *crop_border)
         return metric
 
     monkeypatch.setattr(ev, "psnr", counting("psnr", ev.psnr))
@@ -262,9 +294,12 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     assert n == {"psnr": 3, "ssim": 3}  # only the deblurred ones: baseline from the cache
     assert again_rows == rows
     assert again["blurred_psnr"] == first["blurred_psnr"]
-    # Other pairs of the same file are another entry.
+    # Other pairs of the same file are another entry, and so is another crop border.
     _, _, n = scored(limit=2)
     assert n == {"psnr": 4, "ssim": 4}
+    cropped, _, n = scored(limit=3, crop_border=2)
+    assert n == {"psnr": 6, "ssim": 6}
+    assert cropped["blurred_psnr"] != first["blurred_psnr"]
     # A rewritten file (new mtime) is scored afresh, and its new baseline is used.
     with h5py.File(h5, "a") as f:
         f[blurred_name("test")][...] = f[sharp_name("test")][...]
@@ -308,6 +343,39 @@ def test_plot_metrics_writes_png(tmp_path):
     assert _png(path).shape == (600, 800, 3)
     with pytest.raises(DgfError, match="got 2 epochs, 1 PSNR, 2 SSIM values"):
         ev.plot_metrics([1, 2], [20.0], [0.6, 0.7], 21.0, 0.6, tmp_path / "n.png")
+
+
+@pytest.mark.parametrize("n", [0, 8])
+def test_plot_metrics_names_the_crop_border(tmp_path, monkeypatch, n):
+    figures = []
+    real = ev.Figure
+    monkeypatch.setattr(ev, "Figure", lambda *a, **kw: figures.append(real(*a, **kw)) or figures[-1])
+    ev.plot_metrics([1, 2], [20.0, 21.0], [0.6, 0.7], 19.0, 0.5, tmp_path / "m.png", crop_border=n)
+    top, bottom = figures[0].axes
+    texts = [top.get_title(), top.get_ylabel(), bottom.get_ylabel()]
+    if n:
+        assert all("crop border 8" in t for t in texts), texts
+    else:
+        assert texts == ["test metrics per epoch", "PSNR (dB)", "SSIM"]
+
+
+def test_run_evaluation_state_names_a_nonzero_crop_border_only(tmp_path):
+    h5 = tmp_path / "d.h5"
+    make_eval_h5(h5)
+    plain = ev._run_settings(h5, "test", [1, 3], None, "fp32", 0)
+    assert "crop_border" not in plain  # evaluations made before the option still match
+    assert ev._run_settings(h5, "test", [1, 3], None, "fp32", 8) == {**plain, "crop_border": 8}
+    out = tmp_path / "eval"
+    out.mkdir()
+    scores = {"psnr": 21.5, "ssim": 0.625, "blurred_psnr": 20.25, "blurred_ssim": 0.5}
+    ev._save_run_tables(out, {2: {**scores, "crop_border": 8}}, plain, {"2": 1})
+    with (out / "metrics.csv").open() as fh:
+        assert next(csv.reader(fh)) == list(ev.RUN_CSV_KEYS)
+    assert ev._read_run_csv(out / "metrics.csv") == {2: {**scores, "crop_border": 8}}
+    # A table written before metrics.csv named its crop is scored again.
+    (out / "metrics.csv").write_text("epoch,psnr,ssim,blurred_psnr,blurred_ssim\n"
+                                     "2,21.5,0.625,20.25,0.5\n")
+    assert ev._read_run_csv(out / "metrics.csv") == {}
 
 
 # --- whole model -----------------------------------------------------------------------------
@@ -442,3 +510,83 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error
         eval_main(["--run", str(tmp_path), "--model", str(tmp_path / "g.keras")])
     assert "argument --model: not allowed with argument --run" in capsys.readouterr().err
+
+
+def _border_only_h5(path: Path, border: int = 4) -> Path:
+    """A test split whose blurred images equal the sharp ones except in a
+    ``border``-pixel frame, where they are inverted."""
+    sharp, _ = make_eval_h5(path)
+    blurred = sharp.copy()
+    frame = np.ones(sharp.shape[1:3], bool)
+    frame[border:-border, border:-border] = False
+    blurred[:, frame] = 255 - sharp[:, frame]
+    write_pairs_h5(path, {"test": (sharp, blurred)}, chunked=False)
+    return path
+
+
+def test_cli_crop_border_scores_the_interior(tmp_path, model_file, capsys):
+    h5 = _border_only_h5(tmp_path / "d.h5")
+    base = ["--model", str(model_file), "--h5", str(h5), "--strips", "2", "--no-progress"]
+    assert eval_main(base + ["--out", str(tmp_path / "whole")]) == 0
+    assert "crop border" not in capsys.readouterr().out
+    assert eval_main(base + ["--out", str(tmp_path / "inner"), "--crop-border", "4"]) == 0
+    assert f"{COUNT} pairs (crop border 4):" in capsys.readouterr().out
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    inner = json.loads((tmp_path / "inner" / "summary.json").read_text())
+    assert (whole["crop_border"], inner["crop_border"]) == (0, 4)
+    # Only the frame differs: cropped away, blurred == sharp (capped at 100 dB).
+    assert whole["blurred_psnr"] < 20 and inner["blurred_psnr"] == ev.PSNR_CAP_DB
+    assert inner["psnr"] != whole["psnr"]
+    for name, n in (("whole", "0"), ("inner", "4")):
+        with (tmp_path / name / "per_image.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert tuple(rows[0]) == ev.ROW_KEYS and len(rows) == COUNT
+        assert {r["crop_border"] for r in rows} == {n}
+    assert {r["blurred_psnr"] for r in csv.DictReader(
+        (tmp_path / "inner" / "per_image.csv").open())} == {"inf"}
+
+
+@pytest.mark.parametrize("n, says", [("99", "crop border 99 leaves nothing of a 40x24 image"),
+                                     ("12", "crop border 12 leaves nothing"),
+                                     ("-1", "--crop-border must be >= 0 pixels; got -1")])
+def test_cli_bad_crop_border_exits_2_naming_it(tmp_path, model_file, capsys, n, says):
+    h5 = tmp_path / "d.h5"
+    make_eval_h5(h5)  # 24 x 40: a crop border of 12 leaves nothing
+    out = tmp_path / "out"
+    assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
+                      "--crop-border", n, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and says in err, err
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+
+
+@pytest.mark.slow  # scores a whole run twice
+def test_cli_run_crop_border_is_in_metrics_csv_state_and_rescored(tmp_path, snapshots, capsys,
+                                                                  monkeypatch):
+    run, h5 = make_run(tmp_path, snapshots, epochs=2)
+    _border_only_h5(h5)
+    args = ["--run", str(run), "--strips", "2", "--limit", "3", "--no-progress"]
+    loads = []
+    real_load = ev.load_generator
+    monkeypatch.setattr(ev, "load_generator", lambda p: loads.append(p) or real_load(p))
+    out = run / "eval"
+
+    def table() -> list[dict]:
+        with (out / "metrics.csv").open() as fh:
+            return list(csv.DictReader(fh))
+
+    assert eval_main(args + ["--crop-border", "4"]) == 0
+    assert "(crop border 4)" in capsys.readouterr().out
+    inner = table()
+    assert [r["crop_border"] for r in inner] == ["4", "4"] and len(loads) == 2
+    assert float(inner[0]["blurred_psnr"]) == ev.PSNR_CAP_DB
+    state = json.loads((out / "eval_state.json").read_text())
+    assert state["settings"]["crop_border"] == 4
+    assert eval_main(args + ["--crop-border", "4"]) == 0  # same crop: nothing re-scored
+    assert len(loads) == 2
+    assert eval_main(args) == 0  # another crop: every epoch again
+    assert len(loads) == 4
+    whole = table()
+    assert [r["crop_border"] for r in whole] == ["0", "0"]
+    assert float(whole[0]["blurred_psnr"]) < 20
+    assert "crop_border" not in json.loads((out / "eval_state.json").read_text())["settings"]

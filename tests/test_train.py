@@ -144,6 +144,69 @@ def test_resolve_config_precedence(tmp_path):
         TrainConfig(crop=100, patch=64)
 
 
+def _event_tags(folder: Path) -> dict[str, float | None]:
+    import tensorflow as tf
+
+    tags = {}
+    for events in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                tags[value.tag] = float(array) if array.ndim == 0 else None  # None: an image
+    return tags
+
+
+def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_path):
+    from dgf import cli, distributed
+    from dgf.actions import MetricsLog
+    from dgf.train import train
+
+    assert TrainConfig().crop_border == 0
+    with pytest.raises(DgfError, match="crop_border must be an integer >= 0, got -1"):
+        TrainConfig(crop_border=-1)
+    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    assert flags["crop_border"][0] == "--crop-border"
+    assert TrainConfig.from_dict({"crop_border": flags["crop_border"][1]("8")}).crop_border == 8
+    pairs = [(flag, key) for key, (flag, _) in flags.items()]
+    assert distributed.worker_argv({"crop_border": 8}, pairs) == ["--crop-border", "8"]
+    # Refused before training: nothing of the 48-pixel test images would be left.
+    with pytest.raises(DgfError, match="--crop-border: crop border 24 leaves nothing of a 48x48"):
+        train(_cfg(h5_file, tmp_path / "r", crop_border=24), progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+    score = {"psnr": 25.0, "ssim": 0.75, "blurred_psnr": 20.0}
+    for n, folder in ((0, tmp_path / "plain"), (8, tmp_path / "cropped")):
+        log = MetricsLog(folder)
+        log.log_scores(1, {**score, "crop_border": n}, None)
+        log.close()
+    assert _event_tags(tmp_path / "plain" / "tensorboard") == {
+        "test/psnr": 25.0, "test/ssim": 0.75, "test/blurred_psnr": 20.0}
+    assert _event_tags(tmp_path / "cropped" / "tensorboard") == {
+        "test/psnr_crop8": 25.0, "test/ssim_crop8": 0.75, "test/blurred_psnr_crop8": 20.0}
+
+
+@pytest.mark.slow
+def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_path, capsys):
+    from dgf.evaluate import evaluate_split
+    from dgf.runtime import load_generator
+    from dgf.train import train
+
+    run = tmp_path / "run"
+    train(_cfg(h5_file, run, epochs=2, crop_border=4), progress=False)
+    assert "on 2 pairs (crop border 4)" in capsys.readouterr().out
+    epochs = [r for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["crop_border"]) for r in epochs] == [(1, 4), (2, 4)]
+    # The recorded score is the cropped one, not the whole image's.
+    last = load_generator(run / "snapshots" / "generator_epoch_0002.keras")
+    cropped, _ = evaluate_split(last, h5_file, limit=2, progress=False, crop_border=4)
+    whole, _ = evaluate_split(last, h5_file, limit=2, progress=False)
+    assert epochs[-1]["psnr"] == pytest.approx(cropped["psnr"], abs=1e-6)
+    assert epochs[-1]["blurred_psnr"] == pytest.approx(cropped["blurred_psnr"], abs=1e-9)
+    assert epochs[-1]["blurred_psnr"] != pytest.approx(whole["blurred_psnr"], abs=1e-6)
+    tags = _event_tags(run / "tensorboard")
+    assert "test/psnr_crop4" in tags and "test/psnr" not in tags
+
+
 @pytest.mark.slow
 def test_resolve_config_resume_rules(h5_file, tmp_path):
     from dgf.config import resolve_config

@@ -1,0 +1,211 @@
+"""Features for deblurring full-size photos and saying what a model is: the
+space-to-depth generator, ``--scale`` and the training record inside ``.keras`` files.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_h5, smooth_photo
+from dgf.errors import DgfError
+
+
+# --- space-to-depth ------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [2, 4])
+def test_space_to_depth_round_trips_any_size_and_matches_tf(factor):
+    import tensorflow as tf
+
+    from dgf.models import DepthToSpace, SpaceToDepth
+
+    rng = np.random.default_rng(0)
+    even = rng.uniform(-1, 1, (2, 8 * factor, 4 * factor, 3)).astype("float32")
+    packed = SpaceToDepth(factor)(even).numpy()
+    np.testing.assert_array_equal(packed, tf.nn.space_to_depth(even, factor).numpy())
+    odd = rng.uniform(-1, 1, (1, 4 * factor + 1, 3 * factor + 3, 3)).astype("float32")
+    packed = SpaceToDepth(factor)(odd)
+    expected = (5, -(-(3 * factor + 3) // factor), 3 * factor * factor)
+    assert tuple(packed.shape[1:]) == expected
+    np.testing.assert_array_equal(DepthToSpace(factor)([packed, odd]).numpy(), odd)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_space_to_depth_generator_is_identity_at_start_and_saves(factor, tmp_path):
+    import keras
+
+    from dgf.models import build_generator, generator_layout
+    from dgf.runtime import load_generator
+
+    g = build_generator(channel_rate=8, residual=True, batchnorm=False, dropout=0.0,
+                        space_to_depth=factor)
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 37, 50, 3)).astype("float32")
+    np.testing.assert_array_equal(g(x).numpy(), x)
+    paper = build_generator(channel_rate=8, space_to_depth=factor)
+    assert paper(x).shape == x.shape
+    # The dense field runs at 1/s resolution: its heaviest convolution is s^2 cheaper.
+    from dgf.runtime import conv_flops
+    one = conv_flops(build_generator(channel_rate=8), 64, 64)
+    ratio = one / conv_flops(paper, 64, 64)
+    assert ratio > 0.6 * factor**2, ratio  # the head and last conv grow with s^2
+    path = tmp_path / "g.keras"
+    paper.save(path)
+    loaded = load_generator(path)
+    assert generator_layout(loaded)["space_to_depth"] == factor
+    np.testing.assert_allclose(loaded(x, training=False).numpy(),
+                               paper(x, training=False).numpy(), atol=1e-6)
+    assert isinstance(loaded, keras.Model)
+
+
+def test_space_to_depth_is_checked():
+    from dgf.config import TrainConfig
+    from dgf.models import build_generator
+
+    with pytest.raises(ValueError, match="space_to_depth must be one of"):
+        build_generator(channel_rate=8, space_to_depth=3)
+    with pytest.raises(DgfError, match="space_to_depth must be 1, 2 or 4, got 3"):
+        TrainConfig(space_to_depth=3)
+    with pytest.raises(DgfError, match="crop 34 is not a multiple of space_to_depth 4"):
+        TrainConfig(space_to_depth=4, crop=34, patch=2)
+
+
+# --- --scale -------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.25, 0.3, 0.125])
+def test_identity_generator_returns_input_at_every_scale(scale):
+    from dgf.models import build_generator
+    from dgf.runtime import deblur_image
+
+    identity = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
+    photo = smooth_photo(203, 157, seed=2)  # odd sizes
+    out = deblur_image(identity, photo, scale=scale, tile=96, overlap=24)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - photo).max() <= 1
+
+
+def test_scale_adds_the_enlarged_correction():
+    """A generator that brightens by a constant brightens the full photo by about
+    the same, at any scale: the correction is carried to full size."""
+    from dgf.models import build_generator
+    from dgf.runtime import deblur_image
+
+    g = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
+    g.get_layer("residual").bias.assign(np.full(3, 0.1, np.float32))  # +12.75 levels
+    photo = smooth_photo(120, 90, seed=4) // 2
+    for scale in (1.0, 0.5, 0.25):
+        out = deblur_image(g, photo, scale=scale)
+        assert out.shape == photo.shape
+        diff = out.astype(float) - photo
+        assert abs(diff.mean() - 12.75) < 0.6, (scale, diff.mean())
+
+
+def test_scale_errors_name_the_value():
+    from dgf.models import build_generator
+    from dgf.runtime import auto_scale, check_scale, deblur_image
+
+    g = build_generator(channel_rate=4, residual=True, batchnorm=False)
+    photo = smooth_photo(64, 48)
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(DgfError, match=f"scale {bad!r} is outside"):
+            check_scale(bad)
+    with pytest.raises(DgfError, match="scale 0.1 leaves a 48x64 image 5 px"):
+        deblur_image(g, photo, scale=0.1)
+    with pytest.raises(DgfError, match="'big'"):
+        check_scale("big")
+    assert auto_scale(3000, 4000, 256) == pytest.approx(256 / 3000)
+    assert auto_scale(200, 300, 256) == 1.0 and auto_scale(3000, 4000, None) == 1.0
+
+
+@pytest.mark.slow
+def test_deblur_cli_scale_auto_reads_the_model_record(tmp_path, capsys):
+    from PIL import Image
+
+    from dgf.cli import deblur_main
+    from dgf.metadata import write_metadata
+    from dgf.models import build_generator
+
+    g = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
+    plain, recorded = tmp_path / "plain.keras", tmp_path / "recorded.keras"
+    g.save(plain)
+    g.save(recorded)
+    write_metadata(recorded, {"data": {"image_height": 64, "image_width": 64}})
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray(smooth_photo(257, 191, seed=5)).save(photos / "p.png")
+    assert deblur_main([str(photos), "-o", str(tmp_path / "a"), "--model", str(recorded),
+                        "--scale", "auto", "--quiet"]) == 0
+    out = np.asarray(Image.open(tmp_path / "a" / "p.png"))
+    assert out.shape == (257, 191, 3)
+    assert np.abs(out.astype(int) - np.asarray(Image.open(photos / "p.png"))).max() <= 1
+    assert deblur_main([str(photos), "-o", str(tmp_path / "b"), "--model", str(plain),
+                        "--scale", "auto", "--quiet"]) == 0
+    assert "does not record its training images" in capsys.readouterr().out
+    assert deblur_main([str(photos), "-o", str(tmp_path / "c"), "--model", str(plain),
+                        "--scale", "2"]) == 2
+    assert "scale '2' is outside (0, 1]" in capsys.readouterr().err
+    assert deblur_main([str(photos), "-o", str(tmp_path / "d"), "--model", str(plain),
+                        "--scale", "0.01", "--quiet"]) == 1  # this photo: too small
+    assert "scale 0.01 leaves a 191x257 image" in capsys.readouterr().err
+
+
+# --- the training record -------------------------------------------------------------
+def test_metadata_round_trip_and_old_files(tmp_path):
+    import keras
+
+    from dgf.metadata import describe, read_metadata, training_side, write_metadata
+    from dgf.models import build_generator
+    from dgf.runtime import load_generator
+
+    g = build_generator(channel_rate=4)
+    old = tmp_path / "old.keras"
+    g.save(old)
+    assert read_metadata(old) is None
+    assert "no training metadata" in describe(None)
+    new = tmp_path / "new.keras"
+    g.save(new)
+    record = {"data": {"h5": "d.h5", "image_height": 256, "image_width": 320,
+                       "train_pairs": 5}, "crop": 96, "epoch": 3,
+              "best": {"psnr": 25.5, "ssim": 0.7, "crop_border": 8, "epoch": 2}}
+    write_metadata(new, record)
+    back = read_metadata(new)
+    assert back["best"] == record["best"] and back["dgf_version"]
+    assert training_side(back) == 256
+    assert "crop border 8" in describe(back) and "25.50 dB" in describe(back)
+    # Keras still loads it, in safe mode, with the same weights.
+    loaded = keras.models.load_model(new, safe_mode=True)
+    for a, b in zip(loaded.get_weights(), load_generator(old).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert read_metadata(tmp_path / "missing.keras") is None
+    (tmp_path / "text.keras").write_text("not a zip")
+    assert read_metadata(tmp_path / "text.keras") is None
+
+
+@pytest.mark.slow
+def test_training_writes_its_record_into_every_model_file(tmp_path):
+    from dgf.config import TrainConfig
+    from dgf.metadata import read_metadata
+    from dgf.train import train
+
+    h5 = make_h5(tmp_path / "data.h5")
+    cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), channel_rate=8, patch=16,
+                      crop=32, batch_size=2, perceptual_weight=0.0, val_samples=2,
+                      strip_pairs=2, epochs=2, space_to_depth=2, batchnorm=False)
+    train(cfg, progress=False)
+    run = tmp_path / "run"
+    latest = read_metadata(run / "generator.keras")
+    assert latest["layout"] == {"channel_rate": 8, "residual": True, "batchnorm": False,
+                                "space_to_depth": 2}
+    assert latest["data"] == {"h5": str(h5), "image_height": 48, "image_width": 48,
+                              "train_pairs": 4, "test_pairs": 2}
+    assert latest["crop"] == 32
+    assert latest["epoch"] == 2 and latest["score"]["epoch"] == 2
+    assert latest["score"]["psnr"] > 0 and "crop_border" in latest["score"]
+    best = read_metadata(run / "generator_best.keras")
+    assert best["best"]["psnr"] == max(
+        read_metadata(run / "snapshots" / f"generator_epoch_{e:04d}.keras")["score"]["psnr"]
+        for e in (1, 2))
+    assert read_metadata(run / "snapshots" / "generator_epoch_0001.keras")["epoch"] == 1
+    with zipfile.ZipFile(run / "generator.keras") as archive:
+        commit = json.loads(archive.read("dgf.json"))["commit"]
+    assert commit is None or len(commit.split("+")[0]) >= 7
