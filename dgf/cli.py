@@ -481,6 +481,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 crop_border=args.crop_border,
             )
             out = Path(summary["out_dir"])
+            from dgf.metadata import describe
+
+            print(f"{args.model}: {describe(summary['model_metadata'])}")
             print(f"{args.model} on {args.h5} [{args.split}], {summary['count']} pairs"
                   f"{crop}:")
             print(f"  {'':10} {'PSNR (dB)':>10} {'SSIM':>8}")

@@ -47,6 +47,7 @@ from tqdm import tqdm
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 from dgf.images import to_uint8, to_unit, write_image
+from dgf.metadata import read_metadata
 from dgf.options import (
     DEFAULT_CROP_BORDER,
     DEFAULT_EVAL_BATCH,
@@ -704,6 +705,8 @@ def evaluate_model(
         "h5": str(h5_path),
         "split": split,
         "precision": precision,
+        # What the model file records of its training (None: it records nothing).
+        "model_metadata": read_metadata(model_path),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     summary["out_dir"] = str(out)
