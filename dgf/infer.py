@@ -27,7 +27,6 @@ from dgf.images import (
 )
 from dgf.options import (
     DEFAULT_BATCH,
-    DEFAULT_OVERLAP,
     DEFAULT_PRECISION,
     DEFAULT_QUALITY,
     DEFAULT_SCALE,
@@ -36,6 +35,7 @@ from dgf.options import (
 from dgf.metadata import read_metadata, training_side
 from dgf.runtime import (
     auto_scale, check_precision, check_scale, check_tiling, deblur_image, load_generator,
+    seamless_tiling,
 )
 
 COMPARE_DIR = "compare"
@@ -177,8 +177,8 @@ def deblur_paths(
     inputs: Sequence[Path | str],
     out_dir: Path | str,
     *,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    tile: int | None = None,
+    overlap: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     compare: bool = False,
     overwrite: bool = False,
@@ -208,7 +208,10 @@ def deblur_paths(
     side (:func:`dgf.runtime.auto_scale`), from the model file's training record;
     a model without one runs at 1, and the run says so.
     """
-    check_tiling(tile, overlap, batch_size)
+    # None: from the model (dgf.runtime.seamless_tiling), checked once it is loaded.
+    check_tiling(tile or DEFAULT_TILE, overlap or 0, batch_size)
+    if tile is not None and overlap is not None:
+        check_tiling(tile, overlap, batch_size)
     scale = parse_scale(scale)
     check_precision(precision)
     if not 1 <= quality <= 100:
@@ -221,6 +224,8 @@ def deblur_paths(
     check_output(out_dir, folder=True)
     jobs = _plan(inputs, out_dir, compare)
     generator = load_generator(model_path)
+    tile, overlap = seamless_tiling(generator, tile, overlap)
+    check_tiling(tile, overlap, batch_size)
     train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
     if scale == "auto" and train_side is None:
         print(f"--scale auto: {model_path} does not record its training images (no "

@@ -478,6 +478,49 @@ def conv_flops(model, height: int, width: int) -> int:
     return int(total)
 
 
+def receptive_field(model) -> int:
+    """The side in pixels of the input square one output pixel of ``model`` sees.
+
+    Computed from the layers: each convolution widens it by ``(k - 1) * dilation``
+    times the input pixels one of its positions spans (the product of the strides
+    and :class:`~dgf.models.SpaceToDepth` factors before it); a SpaceToDepth adds
+    ``factor - 1`` and multiplies that span; a :class:`~dgf.models.DepthToSpace`
+    divides it; layers with several inputs see the widest. The DGF generator at
+    space-to-depth 1 gives 35.
+    """
+    field: dict[int, tuple[float, float]] = {id(t): (1.0, 1.0) for t in model.inputs}
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            seen = [field.get(id(t), (1.0, 1.0)) for t in node.input_tensors] or [(1.0, 1.0)]
+            size, span = max(seen)
+            if isinstance(op, layers.Conv2D):
+                size += (op.kernel_size[0] - 1) * op.dilation_rate[0] * span
+                span *= op.strides[0]
+            elif isinstance(op, dgf.models.SpaceToDepth):
+                size += (op.factor - 1) * span
+                span *= op.factor
+            elif isinstance(op, dgf.models.DepthToSpace):
+                span /= op.factor
+            for tensor in node.output_tensors:
+                field[id(tensor)] = (size, span)
+    return int(round(max(field[id(t)][0] for t in model.outputs)))
+
+
+def seamless_tiling(model, tile: int | None = None, overlap: int | None = None
+                    ) -> tuple[int, int]:
+    """``(tile, overlap)`` for tiled inference of ``model`` with no visible seams:
+    an overlap whose near-zero outer third exceeds the receptive-field radius (at
+    least ``DEFAULT_OVERLAP``, a multiple of 8), and a tile of at least
+    ``DEFAULT_TILE`` and four overlaps. Values given are kept."""
+    if overlap is None:
+        radius = receptive_field(model) // 2
+        overlap = max(DEFAULT_OVERLAP, -(-3 * (radius + 1) // 8) * 8)
+    if tile is None:
+        tile = max(DEFAULT_TILE, 4 * overlap)
+    return tile, overlap
+
+
 # --- loading a generator -------------------------------------------------------------------
 def load_generator(model_path: Path | str):
     """Load a generator saved with ``model.save("generator.keras")``.
@@ -671,22 +714,49 @@ def deblur_image(
         raise DgfError(f"image of size {width}x{height} is empty.")
     scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
     call = inference_call(generator, precision)
+    align = grid_factor(generator)
     if scale == 1.0:
-        return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress))
+        return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress, align))
     small_h, small_w = scaled_size(height, width, scale)
     small = to_uint8(_resize(to_unit(image), small_h, small_w))
-    correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress)
+    correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress, align)
                   - to_unit(small))
     return to_uint8(to_unit(image) + _resize(correction, height, width))
 
 
+def grid_factor(model) -> int:
+    """The pixel grid ``model`` works on: the product of its
+    :class:`~dgf.models.SpaceToDepth` factors (1 for the paper's layout). Its output
+    only shifts with its input by multiples of this, so tiles start on that grid."""
+    factor = 1
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, dgf.models.SpaceToDepth):
+            factor *= layer.factor
+    return factor
+
+
 def _deblur_unit(call: Callable[[np.ndarray], Any], image: np.ndarray, tile: int,
-                 overlap: int, batch_size: int, progress: bool) -> np.ndarray:
+                 overlap: int, batch_size: int, progress: bool, align: int = 1) -> np.ndarray:
     """The generator's float output in [-1, 1] for the uint8 ``image``, tiled as
-    :func:`deblur_image` describes."""
+    :func:`deblur_image` describes.
+
+    For a model on an ``align``-pixel grid (space-to-depth) the image is first
+    extended to a multiple of ``align`` as the model itself would extend it
+    (mirrored at the bottom and right), and tiles, their overlap and their starts
+    are multiples of ``align``: every tile then sees the grid the whole image
+    sees, and the tiled result matches the untiled one."""
     height, width = image.shape[:2]
     if tile == 0 or (height <= tile and width <= tile):
         return _run_generator(call, image[None])[0]
+    if align > 1:
+        pad_h, pad_w = -height % align, -width % align
+        padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        tile = max(align, tile // align * align)
+        overlap = -(-overlap // align) * align
+        if 2 * overlap >= tile:
+            overlap = (tile // 2 - 1) // align * align
+        out = _deblur_unit(call, padded, tile, overlap, batch_size, progress)
+        return out[:height, :width]
 
     th, tw = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)

@@ -209,3 +209,50 @@ def test_training_writes_its_record_into_every_model_file(tmp_path):
     with zipfile.ZipFile(run / "generator.keras") as archive:
         commit = json.loads(archive.read("dgf.json"))["commit"]
     assert commit is None or len(commit.split("+")[0]) >= 7
+
+
+# --- receptive field and seamless tiles ----------------------------------------------
+@pytest.mark.parametrize("factor, expected", [(1, 35), (2, 70), (4, 140)])
+def test_receptive_field_matches_the_gradient_footprint(factor, expected):
+    """The layer count equals the extent of input pixels one output pixel depends on,
+    measured with a gradient (paper's layout: random weights everywhere)."""
+    import tensorflow as tf
+
+    from dgf.models import build_generator
+    from dgf.runtime import receptive_field
+
+    g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=factor, batchnorm=False)
+    assert receptive_field(g) == expected
+    size = 2 * expected + 8 * factor
+    x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)), tf.float32)
+    centre = size // 2
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = g(x, training=False)[0, centre, centre, 0]
+    grad = np.abs(tape.gradient(y, x).numpy()[0]).sum(axis=-1)
+    rows = np.nonzero(grad.sum(axis=1))[0]
+    footprint = rows.max() - rows.min() + 1
+    # Space-to-depth blocks are aligned to the image grid, so a pixel's footprint
+    # can fall up to factor - 1 pixels short of the field on one side.
+    assert expected - (factor - 1) <= footprint <= expected, footprint
+
+
+def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
+    from dgf.models import build_generator
+    from dgf.runtime import _deblur_unit, deblur_image, inference_call, seamless_tiling
+
+    g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=4, batchnorm=False)
+    tile, overlap = seamless_tiling(g)
+    assert (tile, overlap) == (864, 216)
+    assert seamless_tiling(g, tile=1000, overlap=100) == (1000, 100)  # given: kept
+    photo = smooth_photo(500, 470, seed=6)
+    call = inference_call(g)
+    whole = _deblur_unit(call, photo, 0, 0, 1, False, 4)
+    # Two tiles per axis (starts off the 4-pixel grid unless aligned) with the
+    # model's overlap match the whole image; the paper layout's default overlap
+    # (64) leaves seams on this model, whose reach is 140 px.
+    tiled = _deblur_unit(call, photo, 440, overlap, 1, False, 4)
+    seams = _deblur_unit(call, photo, 440, 64, 1, False, 4)
+    assert np.abs(tiled - whole).max() < 1e-4
+    assert np.abs(seams - whole).max() > 1e-3
+    assert deblur_image(g, photo, tile=440, overlap=overlap).shape == photo.shape
