@@ -6,14 +6,17 @@ What :func:`build_hdf5` writes, per split (``train``, ``test`` and ``val`` if pr
   (N, H, W, 3) RGB, one image per chunk ``(1, H, W, 3)``, resizable along N,
   compressed with ``none`` (default), ``lzf`` or ``gzip``.
 * ``{split}_source``: variable-length UTF-8 strings, shape (N, 2). Row i holds the
-  sharp and the blurred file of pair i as POSIX paths relative to JPEG_DIR; for
-  side-by-side inputs both columns name the same file.
+  sharp and the blurred file of pair i as POSIX paths relative to JPEG_DIR (for a
+  pairs list: as written in the list, relative to its folder); for side-by-side
+  inputs both columns name the same file.
 
 File attributes (names in :mod:`dgf.schema`): ``schema_version``, ``size`` (int N,
 or the string ``"native"``), ``order``, ``layout``, ``compression``, ``splits``
 (JSON list), ``{split}_count`` (int), ``dgf_version`` and ``skipped`` (JSON list of
-``[relative path, reason]``). Pairs are stored sorted by relative path, whatever
-the number of workers.
+``[relative path, reason]``); ``blur_folder`` (``"blur"`` or ``"blur_gamma"``) when
+pairs came from GOPRO-style ``SCENE/sharp`` folders, and ``pairs_lists`` (JSON
+object, split to list file) for a build from pairs lists. Pairs are stored sorted by
+relative path (in list order for pairs lists), whatever the number of workers.
 
 Files written by the seed's own script (same dataset names, no attributes, no
 chunking) are read by :func:`describe` and accepted by :func:`dgf.schema.check_split`.
@@ -34,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -78,11 +81,15 @@ class BuildReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    blur_folder: str | None = None  # GOPRO folder read as blurred, when one was
 
     def summary(self, max_notes: int = 10) -> str:
         """A human-readable end-of-run summary: pairs per split, every skipped file."""
         shape = "native resolution" if self.size is None else f"{self.size}x{self.size}"
-        lines = [f"wrote {self.output} in {self.seconds:.1f} s ({self.layout}, {shape})"]
+        layout = self.layout
+        if self.blur_folder is not None:
+            layout += f", blurred from SCENE/{self.blur_folder}"
+        lines = [f"wrote {self.output} in {self.seconds:.1f} s ({layout}, {shape})"]
         width = max(len(s) for s in self.counts) if self.counts else 0
         for split, count in self.counts.items():
             lines.append(f"  {split + ':':<{width + 1}} {count} pairs")
@@ -394,6 +401,10 @@ def _write_attrs(
         attrs[schema.count_attr(split)] = int(count)
     attrs[schema.ATTR_DGF_VERSION] = dgf.__version__
     attrs[schema.ATTR_SKIPPED] = json.dumps([list(x) for x in skipped])
+    if plan.blur_folder is not None:
+        attrs[schema.ATTR_BLUR_FOLDER] = plan.blur_folder
+    if plan.lists:
+        attrs[schema.ATTR_PAIRS_LISTS] = json.dumps(plan.lists)
 
 
 @dataclass(frozen=True)
@@ -470,13 +481,15 @@ def _check_target(output: Path, overwrite: bool) -> None:
 
 
 def build_hdf5(
-    jpeg_dir: Path | str,
+    jpeg_dir: Path | str | None,
     output: Path | str = Path("data/data.h5"),
     *,
     size: int = 256,
     native: bool = False,
     layout: str = "auto",
     order: str = "sharp-blur",
+    blur_folder: str = "blur",
+    pairs_lists: Mapping[str, Path | str] | None = None,
     compression: str = "none",
     workers: int | None = None,
     on_error: str = "skip",
@@ -489,7 +502,11 @@ def build_hdf5(
     keeps native resolution (all pairs of a split must then share one size).
     ``layout``: ``"auto"``, ``"side-by-side"`` or ``"paired"`` (see
     :mod:`dgf.sources`); ``order`` says which half of a side-by-side image is
-    sharp. ``workers`` decoding processes (None: all cores; 1: in this process).
+    sharp, or which path of a pairs-list line. ``blur_folder``: GOPRO's ``"blur"``
+    or ``"blur_gamma"`` folder as the blurred side. ``pairs_lists``
+    (``{"train": FILE, "test": FILE}``, ``"val"`` optional) reads the pairs from
+    list files instead of ``jpeg_dir``, which is then None. ``workers`` decoding
+    processes (None: all cores; 1: in this process).
     ``on_error="skip"`` leaves bad files out and reports them; ``"fail"`` stops at
     the first. The file is built beside ``output`` under a hidden temporary name
     (:func:`dgf.fileio.write_atomic`) and moved into place only when complete; an
@@ -500,7 +517,7 @@ def build_hdf5(
     n_workers = _check_options(size, native, order, compression, workers, on_error)
     output = Path(output)
     _check_target(output, overwrite)
-    plan = sources.find_pairs(jpeg_dir, layout)
+    plan = _plan(jpeg_dir, layout, order, blur_folder, pairs_lists)
     if plan.layout == "paired" and order != "sharp-blur":
         raise DgfError(
             f"{plan.jpeg_dir}: order '{order}' applies to side-by-side images only; "
@@ -533,7 +550,41 @@ def build_hdf5(
         skipped=_all_skipped(plan, results),
         notes=[x for r in results.values() for x in r.notes],
         seconds=time.perf_counter() - start,
+        blur_folder=plan.blur_folder,
     )
+
+
+def _plan(
+    jpeg_dir: Path | str | None,
+    layout: str,
+    order: str,
+    blur_folder: str,
+    pairs_lists: Mapping[str, Path | str] | None,
+) -> sources.SourcePlan:
+    """The pairs to build from: JPEG_DIR's layout, or the pairs lists."""
+    if not pairs_lists:
+        if jpeg_dir is None:
+            raise DgfError(
+                "no input: give JPEG_DIR (the folder holding train/ and test/) or "
+                "--pairs-list train=FILE --pairs-list test=FILE."
+            )
+        return sources.find_pairs(jpeg_dir, layout, blur_folder)
+    if jpeg_dir is not None:
+        raise DgfError(
+            f"give JPEG_DIR ({jpeg_dir}) or --pairs-list, not both; a pairs list names "
+            f"its files relative to its own folder."
+        )
+    if layout != "auto":
+        raise DgfError(
+            f"--layout {layout} applies to JPEG_DIR; a pairs list names every file."
+        )
+    if blur_folder != "blur":
+        raise DgfError(
+            f"--blur-folder {blur_folder} applies to GOPRO-style JPEG_DIR scenes; a pairs "
+            f"list names every file."
+        )
+    return sources.pairs_from_lists(pairs_lists, order)
+
 
 @contextmanager
 def _pool(
@@ -721,7 +772,7 @@ def describe(path: Path | str) -> H5Description:
             if isinstance(value, np.generic):
                 value = value.item()
             attrs[key] = value
-    for key in (schema.ATTR_SPLITS, schema.ATTR_SKIPPED):
+    for key in (schema.ATTR_SPLITS, schema.ATTR_SKIPPED, schema.ATTR_PAIRS_LISTS):
         if isinstance(attrs.get(key), str):
             attrs[key] = json.loads(attrs[key])
     return H5Description(path, splits, attrs)

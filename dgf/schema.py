@@ -21,11 +21,13 @@ DTYPE = np.uint8
 ATTR_SCHEMA_VERSION = "schema_version"  # int, SCHEMA_VERSION
 ATTR_SIZE = "size"  # int N (each image resized to N x N) or the string "native"
 ATTR_ORDER = "order"  # "sharp-blur" or "blur-sharp" (side-by-side halves)
-ATTR_LAYOUT = "layout"  # "side-by-side" or "paired"
+ATTR_LAYOUT = "layout"  # "side-by-side", "paired" or "pairs-list"
 ATTR_SPLITS = "splits"  # JSON list of the splits written, e.g. ["train", "test"]
 ATTR_SKIPPED = "skipped"  # JSON list of [relative path, reason]
 ATTR_DGF_VERSION = "dgf_version"  # dgf.__version__ of the writer
 ATTR_COMPRESSION = "compression"  # "none", "lzf" or "gzip"
+ATTR_BLUR_FOLDER = "blur_folder"  # "blur" or "blur_gamma": GOPRO folder used (paired only)
+ATTR_PAIRS_LISTS = "pairs_lists"  # JSON {split: list file} (pairs-list builds only)
 
 
 def count_attr(split: str) -> str:

@@ -1,7 +1,7 @@
 """Finding sharp/blurred pairs on disk and decoding them into uint8 RGB arrays.
 
 Two layouts are understood, one per JPEG_DIR (``train``, ``test`` and, when present,
-``val`` are its split folders):
+``val`` are its split folders), and lists of pairs (:func:`pairs_from_lists`):
 
 ``side-by-side`` (the seed's format)
     ``SPLIT/**/*.{jpg,jpeg,png}`` (recursive, any case of extension, hidden files and
@@ -12,11 +12,20 @@ Two layouts are understood, one per JPEG_DIR (``train``, ``test`` and, when pres
 
 ``paired`` (two files per pair, matched by their path relative to the role folder)
     * GOPRO style: ``SPLIT/SCENE/sharp/x.png`` with ``SPLIT/SCENE/blur/x.png`` (any
-      folder named ``sharp`` with a sibling named ``blur``, at any depth; GOPRO's
-      ``blur_gamma`` folders are not used).
+      folder named ``sharp`` with a sibling named ``blur``, at any depth).
+      ``blur_folder="blur_gamma"`` takes GOPRO's ``blur_gamma`` sibling instead; a
+      scene whose ``sharp`` folder lacks the chosen sibling is skipped, with the reason.
     * pix2pix / DeblurGAN style: ``SPLIT/A/x.png`` (blurred) with ``SPLIT/B/x.png``
       (sharp).
     A file without its partner is skipped, and reported with the reason.
+
+``pairs-list`` (RealBlur's ``*_list.txt``; :func:`pairs_from_lists`)
+    One text file per split, one pair per line: two paths separated by whitespace,
+    relative to the list file's folder; the sharp one first (``order="sharp-blur"``,
+    RealBlur's gt then blur) or last (``"blur-sharp"``). Blank lines and lines
+    starting with ``#`` are ignored. Pairs keep the list's order. A line naming a
+    missing file is skipped, with its line number; a line without exactly two
+    paths is an error.
 
 Decoding (:func:`dgf.images.load_rgb_image`) converts every input mode to 8-bit RGB:
 grayscale, palette, CMYK and alpha modes through Pillow (alpha is dropped, not
@@ -30,18 +39,21 @@ import ctypes
 import ctypes.util
 import signal
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from dgf.errors import DgfError
+from dgf.fileio import os_reason
 from dgf.images import DECODE_ERRORS, BadImageError, find_images, load_rgb_image
 
 LAYOUTS = ("side-by-side", "paired")
+LIST_LAYOUT = "pairs-list"  # the layout of a build from pairs lists (not a --layout choice)
 ORDERS = ("sharp-blur", "blur-sharp")
+BLUR_FOLDERS = ("blur", "blur_gamma")  # GOPRO's blurred folders beside SCENE/sharp
 REQUIRED_SPLITS = ("train", "test")
 OPTIONAL_SPLITS = ("val",)
 
@@ -76,6 +88,7 @@ class SplitSources:
     split: str
     pairs: list[PairSource]
     skipped: list[tuple[str, str]]
+    uses_blur_folder: bool = False  # pairs came from SCENE/sharp + SCENE/<blur folder>
 
 
 @dataclass
@@ -85,6 +98,8 @@ class SourcePlan:
     jpeg_dir: Path
     layout: str
     splits: list[SplitSources]
+    blur_folder: str | None = None  # the SCENE/<folder> read as blurred, when one was
+    lists: dict[str, str] = field(default_factory=dict)  # split -> pairs list file
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -97,21 +112,48 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(find_images(folder), key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _role_folders(split_dir: Path) -> list[tuple[Path, Path]]:
-    """(sharp folder, blurred folder) couples of a paired-layout split."""
+def _sharp_folders(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.rglob("sharp") if p.is_dir())
+
+
+def _role_folders(
+    split_dir: Path, blur_folder: str = "blur"
+) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(sharp folder, blurred folder) couples of a paired-layout split (A/B first),
+    and the ``sharp`` folders that have no ``blur_folder`` sibling."""
     couples = []
     a, b = split_dir / "A", split_dir / "B"
     if a.is_dir() and b.is_dir():
         couples.append((b, a))
-    for sharp in sorted(p for p in split_dir.rglob("sharp") if p.is_dir()):
-        blurred = sharp.parent / "blur"
+    lacking = []
+    for sharp in _sharp_folders(split_dir):
+        blurred = sharp.parent / blur_folder
         if blurred.is_dir():
             couples.append((sharp, blurred))
-    return couples
+        else:
+            lacking.append(sharp)
+    return couples, lacking
 
 
 def _has_paired_layout(split_dir: Path) -> bool:
-    return bool(_role_folders(split_dir))
+    """A/B folders, or a ``sharp`` folder beside any of GOPRO's blurred folders."""
+    if (split_dir / "A").is_dir() and (split_dir / "B").is_dir():
+        return True
+    return any(
+        (sharp.parent / name).is_dir()
+        for sharp in _sharp_folders(split_dir)
+        for name in BLUR_FOLDERS
+    )
+
+
+def _lacking_reason(sharp_dir: Path, blur_folder: str) -> str:
+    """Why a scene is left out: no ``blur_folder`` beside its ``sharp`` folder."""
+    there = sorted(p.name for p in sharp_dir.parent.iterdir() if p.is_dir())
+    n = len(_image_files(sharp_dir))
+    return (
+        f"no '{blur_folder}' folder beside its 'sharp' folder (it has: {', '.join(there)}); "
+        f"its {n} sharp image(s) are left out"
+    )
 
 
 def _side_by_side_split(split_dir: Path, root: Path) -> SplitSources:
@@ -122,17 +164,27 @@ def _side_by_side_split(split_dir: Path, root: Path) -> SplitSources:
     return SplitSources(split_dir.name, pairs, [])
 
 
-def _paired_split(split_dir: Path, root: Path) -> SplitSources:
-    couples = _role_folders(split_dir)
+def _paired_split(split_dir: Path, root: Path, blur_folder: str = "blur") -> SplitSources:
+    couples, lacking = _role_folders(split_dir, blur_folder)
     if not couples:
+        if lacking:
+            first = lacking[0].parent
+            raise DgfError(
+                f"{split_dir}: no scene has a '{blur_folder}' folder beside its 'sharp' "
+                f"folder ({len(lacking)} scene(s) lack it; {_rel(first, root)}: "
+                f"{_lacking_reason(lacking[0], blur_folder)}). Choose another "
+                f"--blur-folder ({', '.join(BLUR_FOLDERS)})."
+            )
         raise DgfError(
             f"{split_dir}: no paired folders found. The paired layout needs "
-            f"'{split_dir.name}/SCENE/sharp' with '{split_dir.name}/SCENE/blur' "
+            f"'{split_dir.name}/SCENE/sharp' with '{split_dir.name}/SCENE/{blur_folder}' "
             f"(GOPRO style) or '{split_dir.name}/A' (blurred) with "
             f"'{split_dir.name}/B' (sharp)."
         )
     pairs: list[PairSource] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = [
+        (_rel(sharp.parent, root), _lacking_reason(sharp, blur_folder)) for sharp in lacking
+    ]
     for sharp_dir, blurred_dir in couples:
         sharp_files = {p.relative_to(sharp_dir).as_posix(): p for p in _image_files(sharp_dir)}
         blurred_files = {
@@ -153,20 +205,29 @@ def _paired_split(split_dir: Path, root: Path) -> SplitSources:
                 )
     pairs.sort(key=lambda p: p.sharp_rel)
     skipped.sort()
-    return SplitSources(split_dir.name, pairs, skipped)
+    uses = any(blurred.name == blur_folder and sharp.name == "sharp" for sharp, blurred in couples)
+    return SplitSources(split_dir.name, pairs, skipped, uses)
 
 
-def find_pairs(jpeg_dir: Path | str, layout: str = "auto") -> SourcePlan:
+def find_pairs(
+    jpeg_dir: Path | str, layout: str = "auto", blur_folder: str = "blur"
+) -> SourcePlan:
     """Find every pair under ``jpeg_dir`` for the splits train, test and (if present) val.
 
-    ``layout`` is ``"auto"`` (paired when the train split has A/B or sharp/blur
-    folders, side-by-side otherwise), ``"side-by-side"`` or ``"paired"``.
-    Raises DgfError when the folder, a required split or any split's pairs are
-    missing.
+    ``layout`` is ``"auto"`` (paired when the train split has A/B folders or a
+    ``sharp`` folder beside ``blur`` or ``blur_gamma``, side-by-side otherwise),
+    ``"side-by-side"`` or ``"paired"``. ``blur_folder`` (``"blur"`` or
+    ``"blur_gamma"``) is the GOPRO folder read as blurred; any other value than
+    ``"blur"`` needs such scenes. Raises DgfError when the folder, a required split
+    or any split's pairs are missing.
     """
     root = Path(jpeg_dir)
     if layout not in ("auto", *LAYOUTS):
         raise DgfError(f"unknown layout '{layout}'; choose auto, {', '.join(LAYOUTS)}.")
+    if blur_folder not in BLUR_FOLDERS:
+        raise DgfError(
+            f"unknown blur folder '{blur_folder}'; choose {' or '.join(BLUR_FOLDERS)}."
+        )
     if not root.exists():
         raise DgfError(f"{root}: no such folder. Pass the folder that holds train/ and test/.")
     if not root.is_dir():
@@ -185,8 +246,17 @@ def find_pairs(jpeg_dir: Path | str, layout: str = "auto") -> SourcePlan:
 
     if layout == "auto":
         layout = "paired" if _has_paired_layout(root / "train") else "side-by-side"
-    gather = _paired_split if layout == "paired" else _side_by_side_split
-    splits = [gather(d, root) for d in split_dirs]
+    if layout == "paired":
+        splits = [_paired_split(d, root, blur_folder) for d in split_dirs]
+    else:
+        splits = [_side_by_side_split(d, root) for d in split_dirs]
+    used_blur_folder = any(s.uses_blur_folder for s in splits)
+    if blur_folder != "blur" and not used_blur_folder:
+        raise DgfError(
+            f"{root}: --blur-folder {blur_folder} applies to GOPRO-style scenes "
+            f"(SPLIT/SCENE/sharp beside SPLIT/SCENE/{blur_folder}); this {layout} "
+            f"folder has none."
+        )
     for s in splits:
         if not s.pairs:
             what = (
@@ -194,9 +264,115 @@ def find_pairs(jpeg_dir: Path | str, layout: str = "auto") -> SourcePlan:
                 if layout == "side-by-side"
                 else "matching sharp/blurred files"
             )
-            extra = f" ({len(s.skipped)} unmatched files)" if s.skipped else ""
+            extra = ""
+            if s.skipped:
+                path, reason = s.skipped[0]
+                extra = f" ({len(s.skipped)} left out; first: {path}: {reason})"
             raise DgfError(f"{root / s.split}: empty split, no {what} found{extra}.")
-    return SourcePlan(root, layout, splits)
+    return SourcePlan(root, layout, splits, blur_folder if used_blur_folder else None)
+
+
+def _expected_line(order: str) -> str:
+    first, second = ("sharp", "blurred") if order == "sharp-blur" else ("blurred", "sharp")
+    return (
+        f"two paths separated by whitespace, the {first} image then the {second} one "
+        f"(--order {order}), relative to the list file's folder"
+    )
+
+
+def _read_list(split: str, list_file: Path | str, order: str) -> SplitSources:
+    """The pairs of one pairs-list file, in its order; missing files are skipped."""
+    path = Path(list_file)
+    expected = _expected_line(order)
+    if not path.exists():
+        raise DgfError(
+            f"{path}: no such pairs list for split '{split}'. It should be a text file "
+            f"with one pair per line: {expected}."
+        )
+    if path.is_dir():
+        raise DgfError(
+            f"{path}: is a folder, not a pairs list for split '{split}'. Give a text "
+            f"file with one pair per line: {expected}."
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DgfError(
+            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); a pairs "
+            f"list holds one pair per line: {expected}."
+        ) from None
+    except OSError as exc:
+        raise DgfError(f"{path}: cannot read the pairs list ({os_reason(exc)}).") from None
+    base = path.parent
+    pairs: list[PairSource] = []
+    skipped: list[tuple[str, str]] = []
+    lines = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        lines += 1
+        if len(fields) != 2:
+            got = (
+                f"one path ({fields[0]!r})" if len(fields) == 1 else f"{len(fields)} fields"
+            )
+            raise DgfError(f"{path}, line {number}: {got}; expected {expected}.")
+        first, second = (Path(f).as_posix() for f in fields)
+        sharp_rel, blurred_rel = (first, second) if order == "sharp-blur" else (second, first)
+        sharp, blurred = base / sharp_rel, base / blurred_rel
+        bad = [
+            (rel, "a folder" if p.is_dir() else "no such file")
+            for rel, p in ((sharp_rel, sharp), (blurred_rel, blurred))
+            if not p.is_file()
+        ]
+        if bad:
+            rel, why = bad[0]
+            also = f"; nor is its partner {bad[1][0]} ({bad[1][1]})" if len(bad) > 1 else ""
+            skipped.append((rel, f"{why}, named on line {number} of {path.name}{also}"))
+            continue
+        pairs.append(PairSource(sharp, blurred, sharp_rel, blurred_rel))
+    if not lines:
+        raise DgfError(f"{path}: no pairs in this list; expected lines of {expected}.")
+    if not pairs:
+        rel, reason = skipped[0]
+        raise DgfError(
+            f"{path}: none of its {lines} pairs can be used (first: {rel}: {reason}). "
+            f"Paths are read relative to the list's folder, {base.resolve()}."
+        )
+    return SplitSources(split, pairs, skipped)
+
+
+def pairs_from_lists(
+    lists: Mapping[str, Path | str], order: str = "sharp-blur"
+) -> SourcePlan:
+    """The pairs named by one list file per split (``{"train": FILE, "test": FILE}``,
+    ``"val"`` optional), RealBlur style; see the module's ``pairs-list`` layout.
+
+    Raises DgfError for an unknown or missing split, a missing or unreadable list,
+    and a line without exactly two paths (naming the file and line number).
+    """
+    if order not in ORDERS:
+        raise DgfError(f"unknown order '{order}'; choose {' or '.join(ORDERS)}.")
+    known = (*REQUIRED_SPLITS, *OPTIONAL_SPLITS)
+    unknown = [s for s in lists if s not in known]
+    if unknown:
+        raise DgfError(
+            f"pairs list for unknown split '{unknown[0]}'; name a split of "
+            f"{', '.join(known)} (--pairs-list SPLIT=FILE)."
+        )
+    missing = [s for s in REQUIRED_SPLITS if s not in lists]
+    if missing:
+        raise DgfError(
+            f"no pairs list for split '{missing[0]}'; give one per split: "
+            f"--pairs-list train=FILE --pairs-list test=FILE (val optional)."
+        )
+    splits = [_read_list(s, lists[s], order) for s in known if s in lists]
+    return SourcePlan(
+        Path(lists["train"]).parent,
+        LIST_LAYOUT,
+        splits,
+        lists={s: str(lists[s]) for s in known if s in lists},
+    )
 
 
 def _fit(im: Image.Image, size: int | None) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -561,3 +562,228 @@ def test_cli_reports_bad_input_with_status_2(tmp_path, capsys):
     rc = build_hdf5_main([str(tmp_path / "missing"), "-o", str(tmp_path / "d.h5")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "missing: no such folder" in err
+
+
+# --- GOPRO's blur / blur_gamma folders and pairs lists ---------------------------
+def _gopro_tree(root: Path, lacking_gamma: str = "train/S2") -> dict[str, dict[str, np.ndarray]]:
+    """GOPRO_Large-like: SPLIT/SCENE/{sharp,blur,blur_gamma}/NNNNNN.png, each folder
+    with its own pixels; the scene ``lacking_gamma`` has no blur_gamma folder.
+    Returns {"SPLIT/SCENE/NAME": {folder: pixels}}."""
+    pixels: dict[str, dict[str, np.ndarray]] = {}
+    for split, scenes in (("train", ["S1", "S2"]), ("test", ["T1"])):
+        for scene in scenes:
+            for name in ("000001.png", "000002.png"):
+                key = f"{split}/{scene}/{name}"
+                pixels[key] = {}
+                for k, folder in enumerate(("sharp", "blur", "blur_gamma")):
+                    if folder == "blur_gamma" and f"{split}/{scene}" == lacking_gamma:
+                        continue
+                    image = noise_image(zlib.crc32(f"{key}/{folder}".encode()), H, W)
+                    _save(root / split / scene / folder / name, image)
+                    pixels[key][folder] = image
+    return pixels
+
+
+def _assert_blurred_from(out: Path, split: str, pixels: dict, folder: str) -> None:
+    data = _read(out)
+    for i, (sharp_rel, blur_rel) in enumerate(_sources(data, split)):
+        parts = sharp_rel.split("/")
+        key = f"{parts[0]}/{parts[1]}/{parts[-1]}"
+        assert blur_rel == f"{parts[0]}/{parts[1]}/{folder}/{parts[-1]}"
+        np.testing.assert_array_equal(data[schema.sharp_name(split)][i], pixels[key]["sharp"])
+        np.testing.assert_array_equal(data[schema.blurred_name(split)][i], pixels[key][folder])
+
+
+def test_gopro_blur_folder_chooses_the_blurred_side(tmp_path, capsys):
+    root = tmp_path / "GOPRO_Large"
+    pixels = _gopro_tree(root)
+    plain = tmp_path / "blur.h5"
+    report = build_hdf5(root, plain, native=True, workers=1, progress=False)
+    assert report.counts == {"train": 4, "test": 2} and report.skipped == []
+    _assert_blurred_from(plain, "train", pixels, "blur")
+    _assert_blurred_from(plain, "test", pixels, "blur")
+    assert describe(plain).attrs["blur_folder"] == "blur"
+
+    gamma = tmp_path / "gamma.h5"
+    rc = build_hdf5_main([str(root), "-o", str(gamma), "--native", "--blur-folder",
+                          "blur_gamma", "--workers", "1", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    reason = (
+        "no 'blur_gamma' folder beside its 'sharp' folder (it has: blur, sharp); "
+        "its 2 sharp image(s) are left out"
+    )
+    assert f"train/S2: {reason}" in printed and "blurred from SCENE/blur_gamma" in printed
+    desc = describe(gamma)
+    assert desc.attrs["blur_folder"] == "blur_gamma" and desc.attrs["layout"] == "paired"
+    assert desc.attrs["train_count"] == 2 and desc.attrs["test_count"] == 2
+    assert desc.attrs["skipped"] == [["train/S2", reason]]
+    _assert_blurred_from(gamma, "train", pixels, "blur_gamma")
+    _assert_blurred_from(gamma, "test", pixels, "blur_gamma")
+
+
+def test_gopro_scene_without_blur_is_skipped_with_reason(tmp_path):
+    root = tmp_path / "gopro"
+    _gopro_tree(root, lacking_gamma="")
+    shutil.rmtree(root / "train" / "S1" / "blur")
+    report = build_hdf5(root, tmp_path / "d.h5", size=8, workers=1, progress=False)
+    assert report.counts == {"train": 2, "test": 2}
+    assert report.skipped == [(
+        "train/S1",
+        "no 'blur' folder beside its 'sharp' folder (it has: blur_gamma, sharp); "
+        "its 2 sharp image(s) are left out",
+    )]
+
+
+def test_blur_folder_bad_input(tmp_path):
+    only_blur = tmp_path / "only_blur"
+    _gopro_tree(only_blur, lacking_gamma="")
+    for scene in ("train/S1", "train/S2", "test/T1"):
+        shutil.rmtree(only_blur / scene / "blur_gamma")
+    with pytest.raises(DgfError, match=r"train: no scene has a 'blur_gamma' folder beside "
+                       r"its 'sharp' folder \(2 scene\(s\) lack it; train/S1: .*"
+                       r"Choose another --blur-folder \(blur, blur_gamma\)"):
+        build_hdf5(only_blur, tmp_path / "d.h5", blur_folder="blur_gamma", workers=1,
+                   progress=False)
+    sbs = tmp_path / "sbs"
+    _sbs_tree(sbs, {"train": ["a.png"], "test": ["b.png"]})
+    with pytest.raises(DgfError, match="--blur-folder blur_gamma applies to GOPRO-style"):
+        build_hdf5(sbs, tmp_path / "d.h5", blur_folder="blur_gamma", progress=False)
+    with pytest.raises(DgfError, match="unknown blur folder 'gamma'"):
+        build_hdf5(sbs, tmp_path / "d.h5", blur_folder="gamma", progress=False)
+    build_hdf5(sbs, tmp_path / "s.h5", size=8, workers=1, progress=False)
+    assert "blur_folder" not in describe(tmp_path / "s.h5").attrs  # no GOPRO folders used
+    assert not (tmp_path / "d.h5").exists()
+
+
+def _realblur_tree(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """RealBlur-like: sceneN/{gt,blur}/ images and list files at the root, "gt blur"
+    per line, test list not sorted. Returns {gt path: (gt pixels, blur pixels)}."""
+    pixels = {}
+    for n in (1, 2, 3):
+        for i in (1, 2):
+            gt, blur = f"scene{n}/gt/gt_{i}.png", f"scene{n}/blur/blur_{i}.png"
+            seed = 10 * n + i
+            pixels[gt] = (noise_image(seed, H, W), noise_image(seed + 100, H, W))
+            _save(root / gt, pixels[gt][0])
+            _save(root / blur, pixels[gt][1])
+    (root / "RealBlur_J_train_list.txt").write_text(
+        "scene1/gt/gt_1.png scene1/blur/blur_1.png\n"
+        "scene1/gt/gt_2.png scene1/blur/blur_2.png\n"
+        "\n"
+        "scene2/gt/gt_1.png scene2/blur/blur_9.png\n"  # line 4: no such blurred file
+        "scene2/gt/gt_2.png\tscene2/blur/blur_2.png\n"
+    )
+    (root / "RealBlur_J_test_list.txt").write_text(
+        "scene3/gt/gt_2.png scene3/blur/blur_2.png\r\n"
+        "scene3/gt/gt_1.png scene3/blur/blur_1.png\r\n"
+    )
+    return pixels
+
+
+def test_pairs_list_reads_realblur_lists_in_their_order(tmp_path, capsys):
+    root = tmp_path / "RealBlur"
+    pixels = _realblur_tree(root)
+    train, test = root / "RealBlur_J_train_list.txt", root / "RealBlur_J_test_list.txt"
+    out = tmp_path / "realblur.h5"
+    rc = build_hdf5_main(["--pairs-list", f"train={train}", "--pairs-list", f"test={test}",
+                          "-o", str(out), "--native", "--workers", "1", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0, capsys.readouterr().err
+    skipped = ("scene2/blur/blur_9.png",
+               "no such file, named on line 4 of RealBlur_J_train_list.txt")
+    assert f"{skipped[0]}: {skipped[1]}" in printed
+    desc = describe(out)
+    assert desc.attrs["layout"] == "pairs-list" and desc.attrs["order"] == "sharp-blur"
+    assert desc.attrs["pairs_lists"] == {"train": str(train), "test": str(test)}
+    assert desc.attrs["skipped"] == [list(skipped)] and "blur_folder" not in desc.attrs
+    assert desc.splits["train"].count == 3 and desc.splits["test"].count == 2
+    data = _read(out)
+    assert _sources(data, "test") == [  # the list's order, not sorted
+        ("scene3/gt/gt_2.png", "scene3/blur/blur_2.png"),
+        ("scene3/gt/gt_1.png", "scene3/blur/blur_1.png"),
+    ]
+    assert [r[0] for r in _sources(data, "train")] == [
+        "scene1/gt/gt_1.png", "scene1/gt/gt_2.png", "scene2/gt/gt_2.png"]
+    for split in ("train", "test"):
+        for i, (gt, _) in enumerate(_sources(data, split)):
+            np.testing.assert_array_equal(data[schema.sharp_name(split)][i], pixels[gt][0])
+            np.testing.assert_array_equal(data[schema.blurred_name(split)][i], pixels[gt][1])
+
+
+def test_pairs_list_blur_sharp_order_and_relative_to_list_folder(tmp_path):
+    root = tmp_path / "data"
+    pixels = _realblur_tree(root)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split, gts in (("train", ["scene1/gt/gt_1.png"]), ("test", ["scene3/gt/gt_2.png"])):
+        lines = [f"../data/{gt.replace('gt', 'blur')} ../data/{gt}" for gt in gts]
+        (lists / f"{split}.txt").write_text("# blurred then sharp\n" + "\n".join(lines))
+    out = tmp_path / "d.h5"
+    build_hdf5(None, out, pairs_lists={"train": lists / "train.txt", "test": lists / "test.txt"},
+               order="blur-sharp", native=True, workers=1, progress=False)
+    data = _read(out)
+    assert _sources(data, "test") == [("../data/scene3/gt/gt_2.png",
+                                       "../data/scene3/blur/blur_2.png")]
+    np.testing.assert_array_equal(data["test_data_full"][0], pixels["scene3/gt/gt_2.png"][0])
+    np.testing.assert_array_equal(data["test_data_blur"][0], pixels["scene3/gt/gt_2.png"][1])
+    assert describe(out).attrs["order"] == "blur-sharp"
+
+
+def test_pairs_list_bad_input(tmp_path, capsys):
+    root = tmp_path / "RealBlur"
+    _realblur_tree(root)
+    train, test = root / "RealBlur_J_train_list.txt", root / "RealBlur_J_test_list.txt"
+    out = str(tmp_path / "d.h5")
+
+    def error(*args: str) -> str:
+        rc = build_hdf5_main([*args, "-o", out, "--workers", "1", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: "), err
+        return err
+
+    missing = tmp_path / "nope.txt"
+    err = error("--pairs-list", f"train={train}", "--pairs-list", f"test={missing}")
+    assert f"{missing}: no such pairs list for split 'test'" in err
+    assert "one pair per line: two paths separated by whitespace, the sharp image then " \
+           "the blurred one (--order sharp-blur), relative to the list file's folder" in err
+    err = error("--pairs-list", f"train={train}", "--pairs-list", f"test={root}")
+    assert f"{root}: is a folder, not a pairs list" in err
+
+    one_path = root / "one.txt"
+    one_path.write_text("scene3/gt/gt_1.png scene3/blur/blur_1.png\n\nscene3/gt/gt_2.png\n")
+    err = error("--pairs-list", f"train={train}", "--pairs-list", f"test={one_path}",
+                "--order", "blur-sharp")
+    assert f"{one_path}, line 3: one path ('scene3/gt/gt_2.png'); expected two paths " \
+           "separated by whitespace, the blurred image then the sharp one (--order " \
+           "blur-sharp)" in err
+    three = root / "three.txt"
+    three.write_text("a.png b.png c.png\n")
+    assert f"{three}, line 1: 3 fields; expected two paths" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"test={three}")
+
+    assert "--pairs-list RealBlur_J_test_list.txt: expected SPLIT=FILE" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", "RealBlur_J_test_list.txt")
+    assert "no pairs list for split 'test'" in error("--pairs-list", f"train={train}")
+    assert "unknown split 'tset'" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"tset={test}")
+    assert "split 'test' given twice" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"test={test}",
+        "--pairs-list", f"test={test}")
+    assert "give JPEG_DIR" in error(str(root), "--pairs-list", f"train={train}",
+                                    "--pairs-list", f"test={test}")
+    assert "no input: give JPEG_DIR" in error()
+    assert "--blur-folder blur_gamma applies to GOPRO-style JPEG_DIR" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"test={test}",
+        "--blur-folder", "blur_gamma")
+
+    gone = root / "gone.txt"
+    gone.write_text("x/gt.png x/blur.png\n")
+    assert f"{gone}: none of its 1 pairs can be used (first: x/gt.png: no such file, " \
+           "named on line 1 of gone.txt; nor is its partner x/blur.png (no such file))" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"test={gone}")
+    empty = root / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    assert f"{empty}: no pairs in this list" in error(
+        "--pairs-list", f"train={train}", "--pairs-list", f"test={empty}")
+    assert not Path(out).exists()
