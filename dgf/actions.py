@@ -33,15 +33,15 @@ import tensorflow as tf
 from dgf.config import GENERATOR_KEYS, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
-from dgf.evaluate import evaluate_split, evaluate_with_strip
+from dgf.evaluate import check_window, describe_settings, evaluate_split, evaluate_with_strip
 from dgf.fileio import write_atomic, write_text_atomic
 from dgf.images import to_unit
 from dgf.metadata import read_metadata, source_commit, write_metadata
-from dgf.schema import SplitInfo
+from dgf.schema import SplitInfo, check_split, open_pairs_file
 
-# An epoch's scores, as metrics.jsonl's epoch records carry them: the crop border
-# (pixels removed at each side before PSNR/SSIM) says what they measured.
-SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count", "crop_border")
+# An epoch's scores, as metrics.jsonl's epoch records carry them: the crop border,
+# protocol and channel (dgf.evaluate.psnr/ssim) say what they measured.
+SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count", "crop_border", "protocol", "y_channel")
 
 
 # --------------------------------------------------------------------------- logs
@@ -111,12 +111,12 @@ class MetricsLog:
 
     def log_scores(self, step: int, score: Mapping[str, Any], strip: np.ndarray | None) -> None:
         """The epoch's test scores and sample strip in TensorBoard; scores taken with
-        a crop border N > 0 are named for it (``test/psnr_cropN``), so curves of
-        different crops never share a chart."""
+        a crop border N > 0 are named for it (``test/psnr_cropN``), then ``_basicsr``
+        and ``_y`` for those settings, so curves of different settings never share a chart."""
         if not self.enabled:
             return
-        crop = score.get("crop_border", 0)
-        suffix = f"_crop{crop}" if crop else ""
+        crop, protocol = score.get("crop_border", 0), score.get("protocol", "skimage")
+        suffix = (f"_crop{crop}" if crop else "") + ("" if protocol == "skimage" else f"_{protocol}") + ("_y" if score.get("y_channel") else "")
         with self._writer.as_default(step=step):
             for key in ("psnr", "ssim", "blurred_psnr"):
                 tf.summary.scalar(f"test/{key}{suffix}", score[key])
@@ -312,6 +312,10 @@ class Scoring:
     def __init__(self, cfg: TrainConfig, *, strips: bool = True) -> None:
         self.cfg = cfg
         self.folder = Path(cfg.run_dir) / "samples" if strips else None
+        # How the scores are taken (dgf.evaluate.psnr/ssim), named in every record.
+        self.settings = {"crop_border": cfg.crop_border, "protocol": cfg.metric_protocol,
+                         "y_channel": cfg.y_channel}
+        _check_window(cfg)  # the SSIM window must fit the crop: refused before training
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is scored: every ``eval_every``-th, and the last."""
@@ -323,13 +327,14 @@ class Scoring:
         cfg, strip = self.cfg, None
         if self.folder is None:
             summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
-                                        progress=False, crop_border=cfg.crop_border)
+                                        progress=False, **self.settings)
         else:
             summary, _, strip = evaluate_with_strip(
                 generator, cfg.h5, "test", self.folder / f"epoch_{epoch + 1:04d}.png",
                 strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
-                crop_border=cfg.crop_border)
-        crop = f" (crop border {cfg.crop_border})" if cfg.crop_border else ""
+                **self.settings)
+        named = describe_settings(**self.settings)
+        crop = f" ({named})" if named else ""
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "
               f"{summary['blurred_psnr']:.2f}), SSIM {summary['ssim']:.4f} (blurred "
               f"{summary['blurred_ssim']:.4f}) on {summary['count']} pairs{crop}", flush=True)
@@ -393,6 +398,18 @@ class ModelFiles:
             self.best_psnr.assign(scored["psnr"])
             copy_file(latest, self.run_dir / "generator_best.keras")
         return is_best
+
+
+def _check_window(cfg: TrainConfig) -> None:
+    """DgfError before training when ``cfg.crop_border`` leaves less than the SSIM
+    window of ``cfg.metric_protocol`` of the test images."""
+    with open_pairs_file(cfg.h5) as handle:
+        info = check_split(handle, "test", Path(cfg.h5))
+    try:
+        check_window(cfg.crop_border, info.height, info.width, cfg.metric_protocol)
+    except DgfError as exc:
+        raise DgfError(f"--crop-border: {exc} (the test images of {cfg.h5}, metric "
+                       f"protocol {cfg.metric_protocol})") from None
 
 
 def copy_file(source: Path, target: Path) -> None:

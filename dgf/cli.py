@@ -113,10 +113,30 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         "Pack pairs of sharp and blurred images into one HDF5 file with train, test "
         "(and val, if present) splits. JPEG_DIR holds train/ and test/ folders of "
         "side-by-side images (left sharp, right blurred) or paired folders "
-        "(SCENE/sharp + SCENE/blur, or A = blurred + B = sharp).",
+        "(GOPRO's SCENE/sharp + SCENE/blur or SCENE/blur_gamma, or A = blurred + "
+        "B = sharp). Instead of JPEG_DIR, --pairs-list reads one list of pairs per "
+        "split (RealBlur's *_list.txt).",
     )
     p.add_argument(
-        "jpeg_dir", type=Path, metavar="JPEG_DIR", help="folder holding train/ and test/"
+        "jpeg_dir", type=Path, metavar="JPEG_DIR", nargs="?", default=None,
+        help="folder holding train/ and test/ (omit with --pairs-list)",
+    )
+    p.add_argument(
+        "--pairs-list",
+        action="append",
+        metavar="SPLIT=FILE",
+        default=argparse.SUPPRESS,
+        help="read SPLIT's pairs from FILE instead of JPEG_DIR: one pair per line, two "
+        "paths relative to FILE's folder, in --order; repeat per split, train and test "
+        "needed, e.g. --pairs-list train=RealBlur_J_train_list.txt "
+        "--pairs-list test=RealBlur_J_test_list.txt",
+    )
+    p.add_argument(
+        "--blur-folder",
+        choices=sources.BLUR_FOLDERS,
+        default=defaults["blur_folder"],
+        help="GOPRO layout: the folder beside SCENE/sharp read as blurred (blur is what "
+        "most papers report); a scene without it is skipped",
     )
     p.add_argument(
         "-o", "--output", type=Path, default=Path(defaults["output"]), help="HDF5 file to write"
@@ -133,13 +153,16 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         "--layout",
         choices=("auto", *sources.LAYOUTS),
         default=defaults["layout"],
-        help="input layout; auto picks paired when train/ has sharp+blur or A+B folders",
+        help="input layout; auto picks paired when train/ has sharp+blur (or blur_gamma) "
+        "or A+B folders",
     )
     p.add_argument(
         "--order",
         choices=sources.ORDERS,
         default=defaults["order"],
-        help="which half of a side-by-side image is sharp (left-right)",
+        help="which half of a side-by-side image is sharp (left-right), or which path "
+        "of a --pairs-list line (first-second; the default reads sharp then blurred, "
+        "RealBlur's gt then blur)",
     )
     p.add_argument(
         "--compression",
@@ -171,6 +194,8 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
             native=args.native,
             layout=args.layout,
             order=args.order,
+            blur_folder=args.blur_folder,
+            pairs_lists=_pairs_lists(getattr(args, "pairs_list", None)),
             compression=args.compression,
             workers=getattr(args, "workers", None),
             on_error=args.on_error,
@@ -181,6 +206,28 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return _run(work, program=argv is None)
+
+
+def _pairs_lists(values: Sequence[str] | None) -> dict[str, Path] | None:
+    """``--pairs-list SPLIT=FILE`` values as ``{split: FILE}``; DgfError for a value
+    without ``SPLIT=`` or a split given twice."""
+    if not values:
+        return None
+    lists: dict[str, Path] = {}
+    for value in values:
+        split, sep, file = value.partition("=")
+        if not sep or not split or not file:
+            raise DgfError(
+                f"--pairs-list {value}: expected SPLIT=FILE, one per split, e.g. "
+                f"--pairs-list train=RealBlur_J_train_list.txt "
+                f"--pairs-list test=RealBlur_J_test_list.txt."
+            )
+        if split in lists:
+            raise DgfError(
+                f"--pairs-list: split '{split}' given twice ({lists[split]} and {file})."
+            )
+        lists[split] = Path(file)
+    return lists
 
 
 # --- dgf-make-pairs ---------------------------------------------------------
@@ -336,6 +383,10 @@ _TRAIN_FLAGS = (
     ("--strip-pairs", "strip_pairs", int, "rows in the per-epoch sample strip"),
     ("--crop-border", "crop_border", int, "pixels removed at each side before the "
      "per-epoch PSNR/SSIM, as BasicSR's crop_border; 8 judges the interior"),
+    ("--metric-protocol", "metric_protocol", str, "per-epoch metric definitions: skimage "
+     "(7x7 uniform SSIM window) | basicsr (11x11 Gaussian, sigma 1.5, valid region)"),
+    ("--y-channel", "y_channel", _on_off, "score the per-epoch PSNR/SSIM on the BT.601 "
+     "luma Y instead of RGB (on/off)"),
     ("--eval-every", "eval_every", int, "score the test pairs, draw the strip and update "
      "generator_best.keras every N epochs and at the last (model files: every epoch)"),
     ("--snapshots", "snapshots", _on_off, "keep one generator per epoch for dgf-eval (on/off)"),
@@ -454,6 +505,14 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                         metavar="N",
                         help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
                         "crop_border; 8 judges the interior")
+    parser.add_argument("--protocol", choices=options.METRIC_PROTOCOLS,
+                        default=options.DEFAULT_PROTOCOL,
+                        help="metric definitions: skimage (scikit-image's defaults, 7x7 "
+                        "uniform SSIM window) or basicsr (BasicSR's calculate_psnr/"
+                        "calculate_ssim: 11x11 Gaussian window, sigma 1.5, valid region)")
+    parser.add_argument("--y-channel", action="store_true",
+                        help="score the luma Y = 16 + (65.481 R + 128.553 G + 24.966 B)"
+                        "/255 (BT.601, MATLAB's rgb2ycbcr) instead of RGB")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
 
@@ -467,7 +526,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
         if args.crop_border < 0:
             raise DgfError(f"--crop-border must be >= 0 pixels; got {args.crop_border}")
-        crop = f" (crop border {args.crop_border})" if args.crop_border else ""
+        named = evaluate.describe_settings(args.crop_border, args.protocol, args.y_channel)
+        crop = f" ({named})" if named else ""
+        how = {"crop_border": args.crop_border, "protocol": args.protocol,
+               "y_channel": args.y_channel}
         if args.model is not None:
             if args.force:
                 raise DgfError("--force applies to --run; with --model use --overwrite")
@@ -477,8 +539,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             summary = evaluate.evaluate_model(
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
-                progress=not args.no_progress, precision=args.precision,
-                crop_border=args.crop_border,
+                progress=not args.no_progress, precision=args.precision, **how,
             )
             out = Path(summary["out_dir"])
             from dgf.metadata import describe
@@ -500,7 +561,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             args.run, h5_path=args.h5, split=args.split, strips=args.strips,
             batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
             force=args.force, progress=not args.no_progress, precision=args.precision,
-            crop_border=args.crop_border,
+            **how,
         )
         out = args.out if args.out is not None else args.run / "eval"
         print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}{crop}")
@@ -529,7 +590,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, default=None,
                    help="generator .keras file written by dgf-train (default: the "
-                   "bundled channel-rate-16 model trained on pairs-small; see "
+                   "bundled model (channel rate 32, space-to-depth 4) trained on pairs-small; see "
                    "dgf/weights/MODEL_CARD.md)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile edge in pixels for large images; 0 = whole image at once "
@@ -572,7 +633,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
             from dgf.weights import MODEL_CARD, bundled_model
 
             model = bundled_model()
-            print(f"using the bundled model {model} (channel rate 16, trained on "
+            print(f"using the bundled model {model} (channel rate 32, space-to-depth 4, trained on "
                   f"pairs-small on a CPU; see {MODEL_CARD}). Pass --model for your own.")
         else:
             print(f"using the model {model}")
@@ -616,6 +677,40 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         path = export_model(args.model, args.out, args.format,
                             input_size=args.input_size, overwrite=args.overwrite)
         print(f"wrote {args.format} export to {path}")
+        return 0
+
+    return _run(work, program=argv is None)
+
+
+# --- dgf-info ---------------------------------------------------------------
+def info_main(argv: Sequence[str] | None = None) -> int:
+    p = _parser(
+        "dgf-info",
+        "Describe a saved generator: its layout, trainable and non-trainable "
+        "parameters, the work of its convolutions on one H x W image (MACs; FLOPs = "
+        "2 x MACs), its receptive field and what the file records of its training.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL",
+                   help="generator .keras file written by dgf-train")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   default=list(options.DEFAULT_INFO_SIZE),
+                   help="image size at which the work is counted")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = p.parse_args(argv)
+
+    def work() -> int:
+        import json
+
+        from dgf.fileio import require_file
+        from dgf.info import format_info, model_info
+
+        height, width = args.size
+        if min(height, width) < 1:
+            raise DgfError(f"--size must be two positive numbers of pixels; got "
+                           f"{height} {width}")
+        require_file(args.model, "model file")  # dgf-eval --model's messages
+        info = model_info(args.model, height, width)
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
         return 0
 
     return _run(work, program=argv is None)

@@ -27,6 +27,7 @@ import yaml
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
+from dgf.options import DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, METRIC_PROTOCOLS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -117,6 +118,11 @@ class TrainConfig:
     # Pixels removed at each side of both images before the per-epoch PSNR/SSIM
     # (BasicSR's crop_border); 0 scores whole images, 8 judges the interior.
     crop_border: int = 0
+    # The metric definitions of that scoring (dgf.evaluate): "skimage" (scikit-image's
+    # defaults) or "basicsr" (BasicSR's calculate_psnr/calculate_ssim), and whether
+    # it scores the luma Y of BT.601 instead of RGB. Epoch records name both.
+    metric_protocol: str = DEFAULT_PROTOCOL
+    y_channel: bool = DEFAULT_Y_CHANNEL
     snapshots: bool = True  # keep one generator per epoch for dgf-eval
     # Training batches over which BatchNorm's moving statistics are re-estimated at
     # each epoch end, before scoring (0 keeps the running averages as trained).
@@ -298,6 +304,9 @@ def _check(cfg: TrainConfig) -> None:
         raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
     if cfg.crop_border < 0:
         raise DgfError(f"crop_border must be an integer >= 0, got {cfg.crop_border!r}")
+    if cfg.metric_protocol not in METRIC_PROTOCOLS:
+        raise DgfError(f"metric_protocol must be one of {METRIC_PROTOCOLS}, "
+                       f"got {cfg.metric_protocol!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:
         raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
     if cfg.precision not in PRECISIONS:

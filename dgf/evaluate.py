@@ -16,6 +16,23 @@ Metric definitions (the README quotes these):
   population statistics off (sample covariance), SSIM computed per channel and
   averaged over the three channels, then averaged over images.
 
+That is the ``skimage`` protocol, the default. ``protocol="basicsr"`` follows
+BasicSR's ``calculate_psnr`` / ``calculate_ssim`` (NAFNet, Restormer report with it):
+
+* the uint8 images, cropped by ``crop_border`` at each side, are turned into float64;
+* PSNR is the same ``10 * log10(255**2 / MSE)`` over all pixels and channels;
+* SSIM is computed per channel and averaged over the channels, with C1 =
+  (0.01 * 255)**2, C2 = (0.03 * 255)**2, and mu, sigma**2, sigma_12 window averages
+  under the outer product of a normalised 1-D Gaussian of length 11, sigma 1.5,
+  over the **valid** region only (the map is (H - 10) x (W - 10), no padding); the
+  score is the mean of ((2 mu1 mu2 + C1)(2 sigma12 + C2)) / ((mu1**2 + mu2**2 +
+  C1)(sigma1**2 + sigma2**2 + C2)).
+
+``y_channel`` (either protocol) scores the luma instead of RGB: Y = 16 + (65.481 R
++ 128.553 G + 24.966 B) / 255 with R, G, B in [0, 255], computed in float32 and then
+used as float64 (ITU-R BT.601 as MATLAB's ``rgb2ycbcr``; values in [16, 235]);
+the ``skimage`` SSIM then runs on that one channel.
+
 The "blurred" numbers score the blurred input against the sharp image: the
 baseline a deblurring model must beat.
 
@@ -38,6 +55,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
@@ -53,18 +71,27 @@ from dgf.options import (
     DEFAULT_EVAL_BATCH,
     DEFAULT_EVAL_SPLIT,
     DEFAULT_PRECISION,
+    DEFAULT_PROTOCOL,
     DEFAULT_STRIPS,
+    DEFAULT_Y_CHANNEL,
+    METRIC_PROTOCOLS,
 )
 from dgf.runtime import check_precision, inference_call, load_generator
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 PSNR_CAP_DB = 100.0
+# What every stored score names: the crop border, protocol and channel it was taken at.
+SETTING_KEYS = ("crop_border", "protocol", "y_channel")
 SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image",
-                "crop_border")
-ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "crop_border")
-# A run evaluation's metrics.csv: the scores, and the crop border they were taken at.
+                *SETTING_KEYS)
+ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim", *SETTING_KEYS)
+# A run evaluation's metrics.csv: the scores, and the settings they were taken at.
 RUN_METRIC_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim")
-RUN_CSV_KEYS = ("epoch", *RUN_METRIC_KEYS, "crop_border")
+RUN_CSV_KEYS = ("epoch", *RUN_METRIC_KEYS, *SETTING_KEYS)
+#: Side of BasicSR's Gaussian SSIM window, and its sigma.
+BASICSR_WINDOW, BASICSR_SIGMA = 11, 1.5
+#: Side of scikit-image's default (uniform) SSIM window.
+SKIMAGE_WINDOW = 7
 # progress.png puts this many pixels of label above each epoch's strip.
 BAND_HEIGHT = 18
 # progress.png shows at most this many epochs (evenly spaced, first and last kept),
@@ -111,40 +138,130 @@ def crop_borders(image: np.ndarray, crop_border: int) -> np.ndarray:
     return image[n:image.shape[0] - n, n:image.shape[1] - n] if n else image
 
 
-def psnr(reference: np.ndarray, test: np.ndarray, crop_border: int = 0) -> float:
+def check_protocol(protocol: Any) -> str:
+    """``protocol`` if it is one of ``METRIC_PROTOCOLS``, else DgfError naming them."""
+    if protocol not in METRIC_PROTOCOLS:
+        raise DgfError(f"metric protocol must be one of {', '.join(METRIC_PROTOCOLS)}; "
+                       f"got {protocol!r}")
+    return protocol
+
+
+def check_window(crop_border: int, height: int, width: int,
+                 protocol: str = DEFAULT_PROTOCOL) -> None:
+    """DgfError naming the crop and the image size when the interior left by
+    ``crop_border`` is smaller than the SSIM window of ``protocol`` (7x7 for
+    ``skimage``, 11x11 for ``basicsr``)."""
+    n = check_crop_border(crop_border, height, width)
+    window = BASICSR_WINDOW if check_protocol(protocol) == "basicsr" else SKIMAGE_WINDOW
+    h, w = height - 2 * n, width - 2 * n
+    if min(h, w) < window:
+        raise DgfError(
+            f"crop border {n} leaves {w}x{h} of a {width}x{height} image, less than the "
+            f"{window}x{window} window of {protocol} SSIM; use a crop border of at most "
+            f"{max(0, (min(height, width) - window) // 2)}"
+        )
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+    """The luma of an (H, W, 3) uint8 RGB image as (H, W) float64: Y = 16 + (65.481 R
+    + 128.553 G + 24.966 B) / 255, computed in float32 (ITU-R BT.601 as MATLAB's
+    ``rgb2ycbcr`` and BasicSR's ``to_y_channel``), values in [16, 235]."""
+    rgb = np.asarray(image).astype(np.float32)
+    weights = np.array([65.481, 128.553, 24.966], np.float32)
+    y = np.float32(16.0) + (rgb @ weights) / np.float32(255.0)
+    return y.astype(np.float64)
+
+
+def _prepare(reference: np.ndarray, test: np.ndarray, crop_border: int, protocol: str,
+             y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The checked, cropped pair as float64, (H, W, 3), or (H, W) with ``y_channel``."""
+    _check_pair(reference, test)
+    check_protocol(protocol)
+    reference, test = crop_borders(reference, crop_border), crop_borders(test, crop_border)
+    if y_channel:
+        return rgb_to_y(reference), rgb_to_y(test)
+    return reference.astype(np.float64), test.astype(np.float64)
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, crop_border: int = 0,
+         protocol: str = DEFAULT_PROTOCOL, y_channel: bool = DEFAULT_Y_CHANNEL) -> float:
     """PSNR in dB of ``test`` against ``reference``, both (H, W, 3) uint8.
 
     Data range 255, MSE over all pixels and channels (scikit-image's
-    ``peak_signal_noise_ratio``) of the interior left after removing
-    ``crop_border`` pixels at each side. Identical images give ``inf``.
+    ``peak_signal_noise_ratio``; BasicSR's ``calculate_psnr`` is the same formula)
+    of the interior left after removing ``crop_border`` pixels at each side; with
+    ``y_channel``, of its luma (:func:`rgb_to_y`). Identical images give ``inf``.
     """
-    _check_pair(reference, test)
-    reference, test = crop_borders(reference, crop_border), crop_borders(test, crop_border)
-    diff = reference.astype(np.float64) - test.astype(np.float64)
+    reference, test = _prepare(reference, test, crop_border, protocol, y_channel)
+    diff = reference - test
     mse = float(np.mean(diff * diff))
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(255.0**2 / mse)
 
 
-def ssim(reference: np.ndarray, test: np.ndarray, crop_border: int = 0) -> float:
+def _gaussian_window() -> np.ndarray:
+    x = np.arange(BASICSR_WINDOW, dtype=np.float64) - (BASICSR_WINDOW - 1) / 2
+    g = np.exp(-(x * x) / (2.0 * BASICSR_SIGMA**2))
+    return g / g.sum()
+
+
+def _valid_filter(image: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Window average of a 2-D float64 image under the separable window ``g`` x ``g``,
+    valid region only: (H - k + 1, W - k + 1)."""
+    rows = sliding_window_view(image, len(g), axis=0) @ g  # (H-k+1, W)
+    return sliding_window_view(rows, len(g), axis=1) @ g
+
+
+def _basicsr_ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    g = _gaussian_window()
+    mu1, mu2 = _valid_filter(a, g), _valid_filter(b, g)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    sigma1_sq = _valid_filter(a * a, g) - mu1_sq
+    sigma2_sq = _valid_filter(b * b, g) - mu2_sq
+    sigma12 = _valid_filter(a * b, g) - mu12
+    ssim_map = ((2 * mu12 + c1) * (2 * sigma12 + c2)) / (
+        (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
+    return float(ssim_map.mean())
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, crop_border: int = 0,
+         protocol: str = DEFAULT_PROTOCOL, y_channel: bool = DEFAULT_Y_CHANNEL) -> float:
     """SSIM of ``test`` against ``reference``, both (H, W, 3) uint8.
 
-    scikit-image's ``structural_similarity`` with data range 255 and its defaults
-    (7x7 uniform window, K1 0.01, K2 0.03), mean over the three channels, on the
-    interior left after removing ``crop_border`` pixels at each side. That interior
-    must be at least 7 pixels on each side.
+    ``skimage``: scikit-image's ``structural_similarity`` with data range 255 and its
+    defaults (7x7 uniform window, K1 0.01, K2 0.03), mean over the three channels.
+    ``basicsr``: BasicSR's ``calculate_ssim`` (11x11 Gaussian window, sigma 1.5,
+    valid region; module docstring). Either on the interior left after removing
+    ``crop_border`` pixels at each side (with ``y_channel``, on its luma), which must
+    hold the window (:func:`check_window`).
     """
+    check_protocol(protocol)
     _check_pair(reference, test)
-    reference, test = crop_borders(reference, crop_border), crop_borders(test, crop_border)
-    if min(reference.shape[:2]) < 7:
-        raise DgfError(
-            f"SSIM needs images of at least 7x7 pixels (its window); got "
-            f"{reference.shape[1]}x{reference.shape[0]}"
-        )
-    return float(
-        structural_similarity(reference, test, channel_axis=-1, data_range=255)
-    )
+    check_window(crop_border, reference.shape[0], reference.shape[1], protocol)
+    reference, test = _prepare(reference, test, crop_border, protocol, y_channel)
+    if protocol == "basicsr":
+        if y_channel:
+            return _basicsr_ssim_channel(reference, test)
+        return float(np.mean([_basicsr_ssim_channel(reference[..., c], test[..., c])
+                              for c in range(reference.shape[-1])]))
+    return float(structural_similarity(
+        reference, test, channel_axis=None if y_channel else -1, data_range=255))
+
+
+def describe_settings(crop_border: int = 0, protocol: str = DEFAULT_PROTOCOL,
+                      y_channel: bool = DEFAULT_Y_CHANNEL) -> str:
+    """The scoring settings that differ from the defaults, for labels and messages
+    (e.g. "crop border 8, basicsr protocol, Y channel"); "" when all are defaults."""
+    parts = []
+    if crop_border:
+        parts.append(f"crop border {crop_border}")
+    if protocol != DEFAULT_PROTOCOL:
+        parts.append(f"{protocol} protocol")
+    if y_channel:
+        parts.append("Y channel")
+    return ", ".join(parts)
 
 
 def mean_psnr(values: Sequence[float]) -> float:
@@ -369,6 +486,8 @@ def evaluate_split(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``generator`` on one split of an HDF5 file.
 
@@ -377,7 +496,8 @@ def evaluate_split(
     sharp image (definitions in the module docstring). ``limit`` scores
     ``strip_indices(count, limit)``: that many pairs evenly spread over the split,
     the same ones every call; ``None`` scores every pair. ``precision`` as in
-    :func:`deblur_array`.
+    :func:`deblur_array`. ``crop_border``, ``protocol`` and ``y_channel`` as in
+    :func:`psnr` and :func:`ssim`; the summary and every row name them.
 
     Returns ``(summary, rows)``. ``summary`` has ``count``, ``psnr``, ``ssim``,
     ``blurred_psnr``, ``blurred_ssim`` (means over images, PSNR capped at 100 dB
@@ -387,11 +507,13 @@ def evaluate_split(
     ``psnr`` (``inf`` when identical), ``ssim``, ``blurred_psnr``, ``blurred_ssim``.
 
     The blurred-input scores depend only on the data, so they are cached in-process
-    per (file, size, mtime, split, pairs): the trainer calls this every epoch.
+    per (file, size, mtime, split, pairs, crop border, protocol, channel): the
+    trainer calls this every epoch.
     """
     summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
                                  limit=limit, progress=progress, precision=precision,
-                                 crop_border=crop_border)
+                                 crop_border=crop_border, protocol=protocol,
+                                 y_channel=y_channel)
     return summary, rows
 
 
@@ -407,6 +529,8 @@ def evaluate_with_strip(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
     """:func:`evaluate_split` and the sample strip of the same pass.
 
@@ -417,7 +541,8 @@ def evaluate_with_strip(
     """
     summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
                                     limit=limit, progress=progress, precision=precision,
-                                    strips=strips, crop_border=crop_border)
+                                    strips=strips, crop_border=crop_border,
+                                    protocol=protocol, y_channel=y_channel)
     order = sorted(kept)
     strip = make_strip(*(np.stack([kept[i][part] for i in order]) for part in range(3)))
     save_png(strip_path, strip)
@@ -436,6 +561,8 @@ def _evaluate(
     precision: str,
     strips: int | None = None,
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, tuple[np.ndarray, ...]]]:
     """Both evaluations: the report, and the (sharp, blurred, deblurred) images of
     ``strip_rows(count, limit, strips)`` by index (none when ``strips`` is None)."""
@@ -444,21 +571,26 @@ def _evaluate(
     if limit is not None and limit < 1:
         raise DgfError(f"limit must be at least 1 pair; got {limit}")
     crop_border = check_crop_border(crop_border)
+    check_protocol(protocol)
+    y_channel = bool(y_channel)
     h5, info = _open_split(h5_path, split)
     with h5:
+        check_window(crop_border, info.height, info.width, protocol)
         indices = scored_indices(info.count, limit)
         keep = set() if strips is None else set(strip_rows(info.count, limit, strips))
-        key = (*_baseline_key(h5_path, split, indices), crop_border)
+        key = (*_baseline_key(h5_path, split, indices), crop_border, protocol, y_channel)
         cached = _BASELINE_CACHE.get(key)
         sources = _sources(h5, split, indices)
         scores = _score_pairs(
             generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
             progress=progress, precision=precision, keep=keep, crop_border=crop_border,
+            protocol=protocol, y_channel=y_channel,
         )
     if cached is None:
         cached = (np.asarray(scores.blurred_psnr), np.asarray(scores.blurred_ssim))
         _BASELINE_CACHE[key] = cached
-    summary, rows = _split_report(indices, sources, scores, cached, crop_border)
+    summary, rows = _split_report(indices, sources, scores, cached, crop_border, protocol,
+                                  y_channel)
     return summary, rows, scores.kept
 
 
@@ -487,6 +619,8 @@ def _score_pairs(
     precision: str,
     keep: set[int] = frozenset(),
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> _Scores:
     """Deblur and score the pairs ``indices`` of ``split`` in the open file ``h5``,
     ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too.
@@ -511,11 +645,12 @@ def _score_pairs(
             for i, s, b, d in zip(idx, sharp, blurred, deblurred):
                 if i in keep:
                     scores.kept[i] = (s.copy(), b.copy(), d.copy())
-                scores.psnr.append(psnr(s, d, crop_border))
-                scores.ssim.append(ssim(s, d, crop_border))
+                how = (crop_border, protocol, y_channel)
+                scores.psnr.append(psnr(s, d, *how))
+                scores.ssim.append(ssim(s, d, *how))
                 if baseline:
-                    scores.blurred_psnr.append(psnr(s, b, crop_border))
-                    scores.blurred_ssim.append(ssim(s, b, crop_border))
+                    scores.blurred_psnr.append(psnr(s, b, *how))
+                    scores.blurred_ssim.append(ssim(s, b, *how))
             bar.update(len(idx))
     return scores
 
@@ -526,10 +661,13 @@ def _split_report(
     scores: _Scores,
     baseline: tuple[np.ndarray, np.ndarray],
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``(summary, rows)`` of :func:`evaluate_split` from its scores and the
     blurred-input ``baseline`` (PSNR and SSIM arrays, one value per index)."""
     b_psnr_arr, b_ssim_arr = baseline
+    settings = {"crop_border": crop_border, "protocol": protocol, "y_channel": bool(y_channel)}
     rows = [
         {
             "index": int(i),
@@ -538,7 +676,7 @@ def _split_report(
             "ssim": float(gs),
             "blurred_psnr": float(bp),
             "blurred_ssim": float(bs),
-            "crop_border": crop_border,
+            **settings,
         }
         for i, src, gp, gs, bp, bs in zip(
             indices, sources, scores.psnr, scores.ssim, b_psnr_arr, b_ssim_arr
@@ -551,7 +689,7 @@ def _split_report(
         "blurred_psnr": mean_psnr(list(b_psnr_arr)),
         "blurred_ssim": float(np.mean(b_ssim_arr)),
         "seconds_per_image": scores.generator_seconds / len(indices),
-        "crop_border": crop_border,
+        **settings,
     }
     return summary, rows
 
@@ -566,6 +704,8 @@ def plot_metrics(
     path: Path | str,
     *,
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> None:
     """Plot test PSNR and SSIM against epoch, blurred-input baselines dashed.
 
@@ -574,7 +714,8 @@ def plot_metrics(
     depends only on the data), is drawn as a horizontal dashed line; differing
     per-epoch baselines are drawn as a dashed line over the epochs. A
     ``crop_border`` above 0 (the scores' :func:`psnr` ``crop_border``) is named in
-    the title and the axis labels.
+    the title and the axis labels, as are a ``protocol`` other than ``skimage`` and
+    ``y_channel`` (:func:`describe_settings`).
     """
     epochs = [int(e) for e in epochs]
     if not (len(epochs) == len(psnr) == len(ssim)) or not epochs:
@@ -587,7 +728,8 @@ def plot_metrics(
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
     crop_border = check_crop_border(crop_border)
-    crop = f", crop border {crop_border}" if crop_border else ""
+    named = describe_settings(crop_border, check_protocol(protocol), y_channel)
+    crop = f", {named}" if named else ""
     panels = (
         (axes[0], psnr, blurred_psnr, f"PSNR (dB){crop}"),
         (axes[1], ssim, blurred_ssim, f"SSIM{crop}"),
@@ -664,6 +806,8 @@ def evaluate_model(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     crop_border: int = DEFAULT_CROP_BORDER,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> dict[str, Any]:
     """Score one saved generator on a split and write its report.
 
@@ -676,10 +820,13 @@ def evaluate_model(
     :func:`deblur_array`. ``crop_border`` pixels are removed at each side before
     PSNR/SSIM (:func:`psnr`); the summary and every row of ``per_image.csv`` name
     it, and one that leaves nothing of the split's images is refused before the
-    model loads. Returns the summary.
+    model loads. So are ``protocol`` and ``y_channel`` (:func:`psnr`, :func:`ssim`),
+    and a crop that leaves less than the protocol's SSIM window
+    (:func:`check_window`). Returns the summary.
     """
     check_precision(precision)
     crop_border = check_crop_border(crop_border)
+    check_protocol(protocol)
     model_path, h5_path = Path(model_path), Path(h5_path)
     out = Path(out_dir) if out_dir is not None else model_path.parent / f"{model_path.stem}_eval"
     targets = [out / "summary.json", out / "per_image.csv", out / "strip.png"]
@@ -692,11 +839,12 @@ def evaluate_model(
     check_output(out, folder=True)
     h5, info = _open_split(h5_path, split)
     h5.close()
-    check_crop_border(crop_border, info.height, info.width)
+    check_window(crop_border, info.height, info.width, protocol)
     generator = load_generator(model_path)
     summary, rows, _ = evaluate_with_strip(
         generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
         limit=limit, progress=progress, precision=precision, crop_border=crop_border,
+        protocol=protocol, y_channel=y_channel,
     )
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
@@ -755,9 +903,12 @@ def resolve_run_h5(run_dir: Path | str, h5_path: Path | str | None = None) -> Pa
     )
 
 
+_BOOLS = {"True": True, "False": False}  # how csv writes a bool
+
+
 def _read_run_csv(path: Path) -> dict[int, dict[str, float]]:
     # A table with other columns (one written before metrics.csv named its crop
-    # border) is not trusted: {} scores every epoch again.
+    # border, protocol and channel) is not trusted: {} scores every epoch again.
     if not path.is_file():
         return {}
     try:
@@ -767,10 +918,12 @@ def _read_run_csv(path: Path) -> dict[int, dict[str, float]]:
                 return {}
             return {
                 int(row["epoch"]): {**{k: float(row[k]) for k in RUN_METRIC_KEYS},
-                                    "crop_border": int(row["crop_border"])}
+                                    "crop_border": int(row["crop_border"]),
+                                    "protocol": check_protocol(row["protocol"]),
+                                    "y_channel": _BOOLS[row["y_channel"]]}
                 for row in reader
             }
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, DgfError):
         # A damaged table is rebuilt rather than trusted.
         return {}
 
@@ -788,6 +941,8 @@ def evaluate_run(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     crop_border: int = DEFAULT_CROP_BORDER,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> list[dict[str, Any]]:
     """Score every per-epoch snapshot of a training run and draw its progress.
 
@@ -796,7 +951,7 @@ def evaluate_run(
     :func:`strip_rows`: the trainer's own samples show the same pairs when ``limit``
     is the run's ``val_samples``) and scores the split (``limit`` as in
     :func:`evaluate_split`). Then writes ``out/metrics.csv`` (epoch, psnr, ssim,
-    blurred_psnr, blurred_ssim, crop_border), ``out/metrics.png`` (:func:`plot_metrics`) and
+    blurred_psnr, blurred_ssim, crop_border, protocol, y_channel), ``out/metrics.png`` (:func:`plot_metrics`) and
     ``out/progress.png`` (each epoch's strip under a labelled band, see
     :func:`_progress_image`; at most ``MAX_PROGRESS_EPOCHS`` epochs, evenly spaced).
     ``out`` defaults to ``RUN/eval/``.
@@ -806,20 +961,24 @@ def evaluate_run(
     limit differ from the previous evaluation (kept in ``out/eval_state.json``).
     ``precision`` (``"fp32"`` or ``"bf16"``) as in :func:`deblur_array`; a change
     of it re-scores every epoch too, as does one of ``crop_border`` (pixels removed
-    at each side before PSNR/SSIM, :func:`psnr`; named in the plot when above 0).
-    Returns one dict per epoch with the ``metrics.csv`` columns.
+    at each side before PSNR/SSIM, :func:`psnr`; named in the plot when above 0),
+    ``protocol`` or ``y_channel`` (:func:`ssim`; named in the plot when not the
+    defaults). Returns one dict per epoch with the ``metrics.csv`` columns.
     """
     check_precision(precision)
     crop_border = check_crop_border(crop_border)
+    check_protocol(protocol)
+    y_channel = bool(y_channel)
     run_dir = Path(run_dir)
     snapshots = _run_snapshots(run_dir)
     h5 = resolve_run_h5(run_dir, h5_path)
     handle, info = _open_split(h5, split)
     handle.close()
-    check_crop_border(crop_border, info.height, info.width)
+    check_window(crop_border, info.height, info.width, protocol)
     out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
     indices = strip_rows(info.count, limit, strips)
-    settings = _run_settings(h5, split, indices, limit, precision, crop_border)
+    settings = _run_settings(h5, split, indices, limit, precision, crop_border, protocol,
+                             y_channel)
     results, seen, todo = _previous_results(out, settings, snapshots, force)
     prepare_output(out, folder=True)
     for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
@@ -828,12 +987,13 @@ def evaluate_run(
         results[epoch] = _score_snapshot(
             path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
             limit=limit, progress=progress, precision=precision, crop_border=crop_border,
+            protocol=protocol, y_channel=y_channel,
         )
         seen[str(epoch)] = stamp
         # Saved after every epoch: an interrupted evaluation keeps what it finished.
         _save_run_tables(out, results, settings, seen)
     _save_run_tables(out, results, settings, seen)
-    _draw_run(out, results, crop_border)
+    _draw_run(out, results, crop_border, protocol, y_channel)
     return [{"epoch": e, **results[e]} for e in sorted(results)]
 
 
@@ -853,7 +1013,8 @@ def _run_snapshots(run_dir: Path) -> dict[int, Path]:
 
 def _run_settings(
     h5: Path, split: str, indices: Sequence[int], limit: int | None, precision: str,
-    crop_border: int = 0,
+    crop_border: int = 0, protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> dict[str, Any]:
     """What a run's scores depend on besides the snapshots (``eval_state.json``)."""
     stat = h5.stat()
@@ -872,6 +1033,10 @@ def _run_settings(
     if crop_border:
         # Likewise only when not 0.
         settings["crop_border"] = crop_border
+    if protocol != DEFAULT_PROTOCOL:
+        settings["protocol"] = protocol
+    if y_channel:
+        settings["y_channel"] = True
     return settings
 
 
@@ -926,6 +1091,8 @@ def _score_snapshot(
     progress: bool,
     precision: str,
     crop_border: int = 0,
+    protocol: str = DEFAULT_PROTOCOL,
+    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> dict[str, float]:
     """Score one snapshot and draw its strip into ``strip`` (one generator pass);
     its ``metrics.csv`` row (without the epoch)."""
@@ -939,9 +1106,10 @@ def _score_snapshot(
     summary, _, _ = evaluate_with_strip(
         generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
         progress=progress, precision=precision, crop_border=crop_border,
+        protocol=protocol, y_channel=y_channel,
     )
     return {**{k: float(summary[k]) for k in RUN_METRIC_KEYS},
-            "crop_border": int(summary["crop_border"])}
+            **{k: summary[k] for k in SETTING_KEYS}}
 
 
 def _save_run_tables(
@@ -959,9 +1127,11 @@ def _save_run_tables(
     )
 
 
-def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int = 0) -> None:
+def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int = 0,
+              protocol: str = DEFAULT_PROTOCOL, y_channel: bool = DEFAULT_Y_CHANNEL) -> None:
     """Write ``metrics.png`` and ``progress.png`` from every epoch's scores and strip,
-    scored at ``crop_border`` (named in the plot and the labels when above 0)."""
+    scored at ``crop_border``, ``protocol`` and ``y_channel`` (named in the plot and
+    the labels when not the defaults, :func:`describe_settings`)."""
     epochs = sorted(results)
     plot_metrics(
         epochs,
@@ -970,7 +1140,7 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int 
         [results[e]["blurred_psnr"] for e in epochs],
         [results[e]["blurred_ssim"] for e in epochs],
         out / "metrics.png",
-        crop_border=crop_border,
+        crop_border=crop_border, protocol=protocol, y_channel=y_channel,
     )
     shown = _progress_epochs(epochs)
     strip_images = []
@@ -983,7 +1153,8 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int 
                 f"{_strip_path(out, e)} is damaged ({exc}); remove it and run dgf-eval "
                 f"again to draw it anew"
             ) from None
-    crop = f" (crop border {crop_border})" if crop_border else ""
+    named = describe_settings(crop_border, protocol, y_channel)
+    crop = f" ({named})" if named else ""
     labels = [
         f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}{crop}"
         f"   (sharp | blurred | deblurred)"

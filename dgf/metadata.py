@@ -11,7 +11,8 @@ archive (:func:`read_metadata`) without TensorFlow. It holds:
 * ``crop``: the training crop side (None: whole images);
 * ``epoch``: the epoch the weights are from (1-based);
 * ``score``: that epoch's test scores and ``best``: the best scored epoch's, each
-  with the ``crop_border`` they were measured at (None when not scored);
+  with the ``crop_border``, ``protocol`` and ``y_channel`` they were measured at
+  (None when not scored; a record without ``protocol`` predates it: skimage, RGB);
 * ``dgf_version`` and ``commit`` (the git commit of the source tree, when known).
 
 A model saved before this record existed (or by plain Keras) has no ``dgf.json``:
@@ -87,8 +88,11 @@ def describe(record: dict[str, Any] | None) -> str:
              f"{data.get('image_height', '?')}, {data.get('train_pairs', '?')} train pairs)",
              f"crop {record.get('crop')}", f"epoch {record.get('epoch')}"]
     if best.get("psnr") is not None:
+        channel = "Y" if best.get("y_channel") else "RGB"
         parts.append(f"best {best['psnr']:.2f} dB / {best.get('ssim', float('nan')):.4f} "
-                     f"at crop border {best.get('crop_border', 0)} (epoch {best.get('epoch')})")
+                     f"at crop border {best.get('crop_border', 0)}, "
+                     f"{best.get('protocol', 'skimage')} protocol, {channel} "
+                     f"(epoch {best.get('epoch')})")
     parts.append(f"dgf {record.get('dgf_version', '?')}"
                  + (f" ({record['commit']})" if record.get("commit") else ""))
     return ", ".join(parts)

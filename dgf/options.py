@@ -41,6 +41,16 @@ DEFAULT_EVAL_BATCH = 8
 #: Pixels removed at each side of both images before PSNR/SSIM (BasicSR's
 #: ``crop_border``); 0 scores the whole image.
 DEFAULT_CROP_BORDER = 0
+#: Metric definitions of ``dgf-eval --protocol`` and the trainer's
+#: ``metric_protocol``: "skimage" is scikit-image's defaults (7x7 uniform SSIM
+#: window), "basicsr" BasicSR's calculate_psnr/calculate_ssim (11x11 Gaussian
+#: window, sigma 1.5, valid region); see dgf.evaluate.
+METRIC_PROTOCOLS = ("skimage", "basicsr")
+DEFAULT_PROTOCOL = "skimage"
+#: Score the luma Y of ITU-R BT.601 (MATLAB's rgb2ycbcr) instead of RGB.
+DEFAULT_Y_CHANNEL = False
+#: Image size (H, W) at which dgf-info counts a generator's work.
+DEFAULT_INFO_SIZE = (256, 256)
 
 # dgf-export (dgf.export).
 #: Export formats.

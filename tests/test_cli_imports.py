@@ -59,6 +59,7 @@ def _choices(values) -> str:
 def test_every_console_command_is_probed():
     assert set(_scripts()) == {
         "build-hdf5", "dgf-make-pairs", "dgf-train", "dgf-eval", "dgf-deblur", "dgf-export",
+        "dgf-info",
     }
 
 
@@ -124,3 +125,22 @@ def test_working_modules_use_the_options_module():
     assert scoring["batch_size"].default == options.DEFAULT_EVAL_BATCH
     assert scoring["split"].default == options.DEFAULT_EVAL_SPLIT
     assert scoring["precision"].default == options.DEFAULT_PRECISION
+
+
+
+def test_eval_protocols_and_info_help_come_from_the_options_module():
+    from dgf import evaluate
+    from dgf.config import TrainConfig
+
+    text = _help(_scripts()["dgf-eval"])["help"]
+    assert _choices(options.METRIC_PROTOCOLS) in text
+    assert f"(default: {options.DEFAULT_PROTOCOL})" in text and "--y-channel" in text
+    info = _help(_scripts()["dgf-info"])["help"]
+    assert "usage: dgf-info [-h] [--size H W] [--json] MODEL" in info
+    assert f"(default: {list(options.DEFAULT_INFO_SIZE)})" in info
+    scoring = inspect.signature(evaluate.evaluate_model).parameters
+    assert scoring["protocol"].default == options.DEFAULT_PROTOCOL
+    assert scoring["y_channel"].default is options.DEFAULT_Y_CHANNEL
+    assert evaluate.METRIC_PROTOCOLS is options.METRIC_PROTOCOLS
+    assert TrainConfig().metric_protocol == options.DEFAULT_PROTOCOL
+    assert TrainConfig().y_channel is options.DEFAULT_Y_CHANNEL

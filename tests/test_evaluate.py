@@ -368,10 +368,11 @@ def test_run_evaluation_state_names_a_nonzero_crop_border_only(tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
     scores = {"psnr": 21.5, "ssim": 0.625, "blurred_psnr": 20.25, "blurred_ssim": 0.5}
-    ev._save_run_tables(out, {2: {**scores, "crop_border": 8}}, plain, {"2": 1})
+    named = {"crop_border": 8, "protocol": "basicsr", "y_channel": True}
+    ev._save_run_tables(out, {2: {**scores, **named}}, plain, {"2": 1})
     with (out / "metrics.csv").open() as fh:
         assert next(csv.reader(fh)) == list(ev.RUN_CSV_KEYS)
-    assert ev._read_run_csv(out / "metrics.csv") == {2: {**scores, "crop_border": 8}}
+    assert ev._read_run_csv(out / "metrics.csv") == {2: {**scores, **named}}
     # A table written before metrics.csv named its crop is scored again.
     (out / "metrics.csv").write_text("epoch,psnr,ssim,blurred_psnr,blurred_ssim\n"
                                      "2,21.5,0.625,20.25,0.5\n")
@@ -590,3 +591,183 @@ def test_cli_run_crop_border_is_in_metrics_csv_state_and_rescored(tmp_path, snap
     assert [r["crop_border"] for r in whole] == ["0", "0"]
     assert float(whole[0]["blurred_psnr"]) < 20
     assert "crop_border" not in json.loads((out / "eval_state.json").read_text())["settings"]
+
+
+# --- protocols: basicsr and the Y channel -------------------------------------------------
+def _gaussian_window_2d() -> np.ndarray:
+    """BasicSR's window, built independently: cv2.getGaussianKernel(11, 1.5) is
+    exp(-x^2 / (2 sigma^2)) over x = -5..5, normalised; the window is its outer product."""
+    x = np.linspace(-5.0, 5.0, 11)
+    g = np.exp(-x**2 / 4.5)
+    g = g / g.sum()
+    return np.outer(g, g)
+
+
+def _reference_basicsr_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM as BasicSR's _ssim does it: 2-D valid convolutions, per channel, mean."""
+    from scipy.signal import convolve2d
+
+    window = _gaussian_window_2d()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    scores = []
+    for c in range(a.shape[-1]):
+        x, y = a[..., c], b[..., c]
+
+        def f(img):
+            return convolve2d(img, window, mode="valid")
+
+        mu1, mu2 = f(x), f(y)
+        s1, s2, s12 = f(x * x) - mu1**2, f(y * y) - mu2**2, f(x * y) - mu1 * mu2
+        assert mu1.shape == (x.shape[0] - 10, x.shape[1] - 10)  # valid region only
+        smap = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))
+        scores.append(smap.mean())
+    return float(np.mean(scores))
+
+
+def _reference_y(rgb: np.ndarray) -> np.ndarray:
+    """MATLAB's rgb2ycbcr luma, float32 arithmetic as BasicSR's to_y_channel."""
+    x = rgb.astype(np.float32) / np.float32(255.0)  # bgr2ycbcr's input range [0, 1]
+    y = x[..., 0] * np.float32(65.481) + x[..., 1] * np.float32(128.553) \
+        + x[..., 2] * np.float32(24.966) + np.float32(16.0)  # [16, 235]
+    y = y / np.float32(255.0)  # its float output range, and to_y_channel's * 255
+    return (y * np.float32(255.0)).astype(np.float64)
+
+
+def _reference_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.mark.parametrize("shape, n", [((32, 40, 3), 0), ((37, 29, 3), 3), ((64, 64, 3), 8)])
+def test_basicsr_metrics_equal_independent_implementations_on_synthetic_pairs(shape, n):
+    rng = np.random.default_rng(sum(shape) + n)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+    ca, cb = a[n:shape[0] - n, n:shape[1] - n], b[n:shape[0] - n, n:shape[1] - n]
+    got = ev.ssim(a, b, n, "basicsr")
+    assert abs(got - _reference_basicsr_ssim(ca, cb)) < 1e-6
+    # The same as scikit-image with BasicSR's choices: its mean skips a 5-pixel border,
+    # i.e. it too averages the valid region only.
+    want = structural_similarity(ca, cb, channel_axis=-1, data_range=255, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False)
+    assert abs(got - want) < 1e-6
+    assert abs(got - ev.ssim(a, b, n)) > 1e-4  # and not the skimage protocol's number
+    assert abs(ev.psnr(a, b, n, "basicsr") - _reference_psnr(ca, cb)) < 1e-6
+    # Y channel: both metrics on the luma.
+    ya, yb = _reference_y(ca), _reference_y(cb)
+    assert abs(ev.psnr(a, b, n, "basicsr", True) - _reference_psnr(ya, yb)) < 1e-6
+    assert abs(ev.ssim(a, b, n, "basicsr", True) - _reference_basicsr_ssim(ya, yb)) < 1e-6
+    sk_y = structural_similarity(ya, yb, data_range=255)
+    assert abs(ev.ssim(a, b, n, "skimage", True) - sk_y) < 1e-6
+    assert ev.psnr(a, a, n, "basicsr", True) == math.inf
+
+
+def test_y_channel_is_bt601_luma_in_16_to_235():
+    every = np.stack(np.meshgrid(*[np.arange(0, 256, 15, dtype=np.uint8)] * 3, indexing="ij"),
+                     axis=-1).reshape(-1, 1, 3)
+    y = ev.rgb_to_y(every)
+    assert y.dtype == np.float64 and y.shape == every.shape[:2]
+    assert ev.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0, abs=1e-5)
+    assert ev.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0, abs=1e-4)
+    assert 16.0 - 1e-4 <= y.min() and y.max() <= 235.0 + 1e-4
+    rgb = every.astype(np.float64)
+    exact = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+    np.testing.assert_allclose(y, exact, atol=1e-4)  # float32 arithmetic, float64 result
+    np.testing.assert_allclose(y, _reference_y(every), atol=1e-4)
+    # Pure red, green and blue: their weights.
+    primaries = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
+    np.testing.assert_allclose(ev.rgb_to_y(primaries)[0], [81.481, 144.553, 40.966], atol=1e-4)
+
+
+def test_metrics_agree_with_independent_basicsr_on_real_pairs(pairs_small):
+    paths = sorted((pairs_small / "test").glob("*.jpg"))[:4]
+    assert len(paths) == 4
+    gaps = []
+    for sharp, blurred in map(read_halves, paths):
+        n = 8
+        cs, cb = sharp[n:-n, n:-n], blurred[n:-n, n:-n]
+        assert abs(ev.ssim(sharp, blurred, n, "basicsr") - _reference_basicsr_ssim(cs, cb)) < 0.001
+        assert abs(ev.psnr(sharp, blurred, n, "basicsr") - _reference_psnr(cs, cb)) < 0.01
+        ys, yb = _reference_y(cs), _reference_y(cb)
+        assert abs(ev.psnr(sharp, blurred, n, "basicsr", True) - _reference_psnr(ys, yb)) < 0.01
+        assert abs(ev.ssim(sharp, blurred, n, "basicsr", True)
+                   - _reference_basicsr_ssim(ys, yb)) < 0.001
+        gaps.append(ev.ssim(sharp, blurred, n, "basicsr") - ev.ssim(sharp, blurred, n))
+    # The protocols differ on real images by more than the tolerance: the choice matters.
+    assert max(abs(g) for g in gaps) > 0.001, gaps
+
+
+def test_basicsr_window_and_protocol_errors_name_the_crop_and_size():
+    a = np.zeros((32, 40, 3), np.uint8)
+    with pytest.raises(DgfError, match=r"crop border 11 leaves 18x10 of a 40x32 image, less "
+                                       r"than the 11x11 window of basicsr SSIM"):
+        ev.ssim(a, a, 11, "basicsr")
+    assert ev.ssim(a, a, 10, "basicsr") == pytest.approx(1.0)  # 12x20 is enough
+    with pytest.raises(DgfError, match=r"less than the 7x7 window of skimage SSIM"):
+        ev.ssim(a, a, 13)
+    with pytest.raises(DgfError, match=r"metric protocol must be one of skimage, basicsr; "
+                                       r"got 'matlab'"):
+        ev.psnr(a, a, 0, "matlab")
+    assert ev.describe_settings() == ""
+    assert ev.describe_settings(8, "basicsr", True) == "crop border 8, basicsr protocol, Y channel"
+
+
+def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
+    h5 = tmp_path / "d.h5"
+    sharp, blurred = make_eval_h5(h5)
+    generator = _identity_generator()
+    for protocol, y in (("skimage", False), ("basicsr", False), ("basicsr", True),
+                        ("skimage", True)):
+        summary, rows = ev.evaluate_split(generator, h5, limit=3, progress=False, crop_border=1,
+                                          protocol=protocol, y_channel=y)
+        idx = [r["index"] for r in rows]
+        want = np.mean([ev.ssim(sharp[i], blurred[i], 1, protocol, y) for i in idx])
+        assert summary["blurred_ssim"] == pytest.approx(want, abs=1e-12)
+        assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == (protocol, y, 1)
+        assert all((r["protocol"], r["y_channel"]) == (protocol, y) for r in rows)
+    h5_state = ev._run_settings(h5, "test", [1], None, "fp32")
+    assert "protocol" not in h5_state and "y_channel" not in h5_state
+    assert ev._run_settings(h5, "test", [1], None, "fp32", 0, "basicsr", True) == {
+        **h5_state, "protocol": "basicsr", "y_channel": True}
+
+
+def test_cli_protocol_and_y_channel_are_written_with_the_scores(tmp_path, model_file, capsys):
+    h5 = tmp_path / "d.h5"
+    sharp, blurred = make_eval_h5(h5, height=32)
+    out = tmp_path / "out"
+    assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
+                      "--strips", "2", "--crop-border", "2", "--protocol", "basicsr",
+                      "--y-channel", "--no-progress"]) == 0
+    assert f"{COUNT} pairs (crop border 2, basicsr protocol, Y channel):" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == ("basicsr", True, 2)
+    want = np.mean([ev.psnr(s, b, 2, "basicsr", True) for s, b in zip(sharp, blurred)])
+    assert summary["blurred_psnr"] == pytest.approx(want, abs=1e-9)
+    with (out / "per_image.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == ev.ROW_KEYS and len(rows) == COUNT
+    assert {(r["protocol"], r["y_channel"], r["crop_border"]) for r in rows} == {
+        ("basicsr", "True", "2")}
+    # The default protocol is named too.
+    assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(tmp_path / "d"),
+                      "--strips", "2", "--no-progress"]) == 0
+    plain = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert (plain["protocol"], plain["y_channel"]) == ("skimage", False)
+
+
+def test_cli_bad_protocol_or_window_crop_exits_2(tmp_path, model_file, capsys):
+    h5 = tmp_path / "d.h5"
+    make_eval_h5(h5)  # 24 x 40
+    out = tmp_path / "out"
+    base = ["--model", str(model_file), "--h5", str(h5), "--out", str(out), "--no-progress"]
+    assert eval_main(base + ["--protocol", "basicsr", "--crop-border", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: crop border 7 leaves 26x10 of a 40x24 image, less than the "
+                          "11x11 window of basicsr SSIM"), err
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    with pytest.raises(SystemExit, match="^2$"):
+        eval_main(base + ["--protocol", "matlab"])
+    assert "invalid choice: 'matlab'" in capsys.readouterr().err

@@ -185,6 +185,45 @@ def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_pat
         "test/psnr_crop8": 25.0, "test/ssim_crop8": 0.75, "test/blurred_psnr_crop8": 20.0}
 
 
+def test_metric_protocol_and_y_channel_settings_flags_and_tensorboard_names(h5_file, tmp_path):
+    from dgf import cli, distributed
+    from dgf.actions import SCORE_KEYS, MetricsLog, Scoring
+
+    assert (TrainConfig().metric_protocol, TrainConfig().y_channel) == ("skimage", False)
+    with pytest.raises(DgfError, match="metric_protocol must be one of .*got 'matlab'"):
+        TrainConfig(metric_protocol="matlab")
+    assert {"crop_border", "protocol", "y_channel"} <= set(SCORE_KEYS)
+    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    assert flags["metric_protocol"][0] == "--metric-protocol"
+    assert flags["y_channel"][0] == "--y-channel"
+    cfg = TrainConfig.from_dict({"metric_protocol": flags["metric_protocol"][1]("basicsr"),
+                                 "y_channel": flags["y_channel"][1]("on")})
+    assert (cfg.metric_protocol, cfg.y_channel) == ("basicsr", True)
+    pairs = [(flag, key) for key, (flag, _) in flags.items()]
+    assert distributed.worker_argv({"metric_protocol": "basicsr", "y_channel": True}, pairs) == [
+        "--metric-protocol", "basicsr", "--y-channel", "on"]
+    # Refused before training: 48 - 2 x 19 = 10 pixels, less than the 11x11 window.
+    with pytest.raises(DgfError, match=r"--crop-border: crop border 19 leaves 10x10 of a 48x48 "
+                                       r"image, less than the 11x11 window of basicsr SSIM"):
+        Scoring(_cfg(h5_file, tmp_path / "r", crop_border=19, metric_protocol="basicsr"))
+    Scoring(_cfg(h5_file, tmp_path / "r", crop_border=19))  # 10x10 holds the 7x7 window
+
+    score = {"psnr": 25.0, "ssim": 0.75, "blurred_psnr": 20.0}
+    for named, folder in (({"crop_border": 8, "protocol": "basicsr", "y_channel": True}, "a"),
+                          ({"crop_border": 0, "protocol": "skimage", "y_channel": True}, "b"),
+                          ({"crop_border": 0, "protocol": "skimage", "y_channel": False}, "c")):
+        log = MetricsLog(tmp_path / folder)
+        log.log_scores(1, {**score, **named}, None)
+        log.close()
+    assert _event_tags(tmp_path / "a" / "tensorboard") == {
+        "test/psnr_crop8_basicsr_y": 25.0, "test/ssim_crop8_basicsr_y": 0.75,
+        "test/blurred_psnr_crop8_basicsr_y": 20.0}
+    assert set(_event_tags(tmp_path / "b" / "tensorboard")) == {
+        "test/psnr_y", "test/ssim_y", "test/blurred_psnr_y"}
+    assert set(_event_tags(tmp_path / "c" / "tensorboard")) == {
+        "test/psnr", "test/ssim", "test/blurred_psnr"}
+
+
 @pytest.mark.slow
 def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_path, capsys):
     from dgf.evaluate import evaluate_split
@@ -518,8 +557,8 @@ def test_init_generator_names_the_missing_file_and_finds_the_bundled_model(tmp_p
     with pytest.raises(DgfError, match=r"--init-generator: .*nope\.keras.*does not exist"):
         _initial_generator(TrainConfig(init_generator=str(missing)))
     bundled = _initial_generator(TrainConfig(init_generator="bundled"))
-    assert generator_layout(bundled) == {"channel_rate": 16, "residual": True,
-                                         "batchnorm": False}
+    assert generator_layout(bundled) == {"channel_rate": 32, "residual": True,
+                                         "batchnorm": False, "space_to_depth": 4}
     assert _initial_generator(TrainConfig()) is None
 
 
