@@ -594,11 +594,12 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
                    "dgf/weights/MODEL_CARD.md)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile edge in pixels for large images; 0 = whole image at once "
-                   f"(default: {options.DEFAULT_TILE}, or 4 overlaps if that is more)")
+                   f"(default: {options.DEFAULT_TILE}, or 4 overlaps if that is more)"
+                   "%(default).0s")  # the default is None: written out above instead
     p.add_argument("--overlap", type=int, default=None,
                    help="overlap of neighbouring tiles in pixels (< tile/2) (default: "
                    "from the model's receptive field, so tiles leave no seams: "
-                   f"{options.DEFAULT_OVERLAP} for the paper's layout)")
+                   f"{options.DEFAULT_OVERLAP} for the paper's layout)%(default).0s")
     p.add_argument("--batch", type=int, default=options.DEFAULT_BATCH,
                    help="tiles per generator call")
     p.add_argument("--quality", type=int, default=options.DEFAULT_QUALITY,

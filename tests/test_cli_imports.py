@@ -96,11 +96,15 @@ def test_make_pairs_help_lists_the_owners_choices_and_defaults():
 def test_inference_commands_help_lists_the_options_module():
     deblur = _help(_scripts()["dgf-deblur"])["help"]
     assert _choices(options.PRECISIONS) in deblur
-    for flag, value in (("--tile", options.DEFAULT_TILE), ("--overlap", options.DEFAULT_OVERLAP),
-                        ("--batch", options.DEFAULT_BATCH),
+    for flag, value in (("--batch", options.DEFAULT_BATCH),
                         ("--quality", options.DEFAULT_QUALITY)):
         described = deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in described
+    # Tiles follow the model's receptive field; the help names the paper layout's.
+    for flag, text in (("--tile", f"(default: {options.DEFAULT_TILE}, or 4 overlaps"),
+                       ("--overlap", f"{options.DEFAULT_OVERLAP} for the paper's layout)")):
+        described = " ".join(deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0].split())
+        assert text in described and "None" not in described, described
     evaluate = _help(_scripts()["dgf-eval"])["help"]
     assert _choices(options.PRECISIONS) in evaluate
     assert "-o OUT, --out OUT" in evaluate
@@ -116,8 +120,10 @@ def test_working_modules_use_the_options_module():
     assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
     tiling = inspect.signature(runtime.deblur_image).parameters
     files = inspect.signature(infer.deblur_paths).parameters
-    assert tiling["tile"].default == files["tile"].default == options.DEFAULT_TILE
-    assert tiling["overlap"].default == files["overlap"].default == options.DEFAULT_OVERLAP
+    assert tiling["tile"].default == options.DEFAULT_TILE
+    assert tiling["overlap"].default == options.DEFAULT_OVERLAP
+    # dgf-deblur takes both from the model (dgf.runtime.seamless_tiling) unless given.
+    assert files["tile"].default is None and files["overlap"].default is None
     assert tiling["batch_size"].default == files["batch_size"].default == options.DEFAULT_BATCH
     assert files["quality"].default == options.DEFAULT_QUALITY
     scoring = inspect.signature(evaluate.evaluate_model).parameters
