@@ -229,7 +229,8 @@ def deblur_paths(
     train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
     if scale == "auto" and train_side is None:
         print(f"--scale auto: {model_path} does not record its training images (no "
-              f"training metadata); running at scale 1", flush=True)
+              f"training metadata); running at scale 1 (pass --scale F to choose)",
+              flush=True)
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
