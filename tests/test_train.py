@@ -541,8 +541,9 @@ def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_pa
 
     wider = build_generator(channel_rate=16, residual=False, batchnorm=False)
     with pytest.raises(DgfError, match=r"wide\.keras is a generator with channel rate 16, "
-                       r"residual off, batchnorm off; this run builds channel rate 8, "
-                       r"residual on, batchnorm off\. Pass --channel-rate 16 --residual off"):
+                       r"residual off, batchnorm off, space-to-depth 1; this run builds "
+                       r"channel rate 8, residual on, batchnorm off, space-to-depth 1\. "
+                       r"Pass --channel-rate 16 --residual off to fine-tune it"):
         trainer.start_from(wider, "wide.keras")
     inp = keras.Input((None, None, 3))
     with pytest.raises(DgfError, match=r"other\.keras is not a DGF generator"):
