@@ -8,9 +8,8 @@ no generator get the same messages) and reports, from its layers:
   block's 3x3 convolution);
 * trainable and non-trainable parameters (:func:`dgf.models.count_params`);
 * the multiply-accumulates of every convolution on one H x W image
-  (:func:`dgf.runtime.conv_flops` / 2; FLOPs = 2 x MACs), at the size the
-  generator actually runs at: a space-to-depth head pads H and W up to a multiple
-  of its factor;
+  (:func:`dgf.runtime.conv_flops` / 2, which counts each convolution at the size it
+  runs at; FLOPs = 2 x MACs);
 * the receptive field in pixels (:func:`dgf.runtime.receptive_field`);
 * what the file records of its training (:mod:`dgf.metadata`).
 """
@@ -21,6 +20,7 @@ from typing import Any
 
 from keras import layers
 
+from dgf.config import on_off
 from dgf.errors import DgfError
 from dgf.metadata import describe, read_metadata
 from dgf.models import count_params, generator_layout
@@ -49,10 +49,7 @@ def model_info(model_path: Path | str, height: int = DEFAULT_INFO_SIZE[0],
     if layout is None:
         raise DgfError(f"model {model_path} is not a DGF generator (it has no head_conv "
                        f"layer); dgf-info describes generators written by dgf-train")
-    factor = int(layout.get("space_to_depth", 1))
-    # The space-to-depth head pads the image up to a multiple of its factor.
-    run_h, run_w = -(-height // factor) * factor, -(-width // factor) * factor
-    macs = conv_flops(model, run_h, run_w) // 2
+    macs = conv_flops(model, height, width) // 2
     trainable, non_trainable = count_params(model)
     record = read_metadata(model_path)
     return {
@@ -71,8 +68,8 @@ def model_info(model_path: Path | str, height: int = DEFAULT_INFO_SIZE[0],
 
 
 def _word(value: Any) -> str:
-    if value is True or value is False:
-        return "on" if value else "off"
+    if isinstance(value, bool):
+        return on_off(value)
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
     return str(value)

@@ -443,38 +443,48 @@ def inference_call(
 
 
 # --- counting work ---------------------------------------------------------------------
+def _propagate(model, start: Any, rule: Callable[[Any, list[Any]], Any]) -> dict[int, Any]:
+    """Carry a value through ``model``'s functional graph, inputs first: each input
+    tensor holds ``start``, and each layer call's outputs hold ``rule(layer, the
+    values of its inputs)``. Returns tensor id -> value."""
+    values: dict[int, Any] = {id(t): start for t in model.inputs}
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
+        for node in model._nodes_by_depth[depth]:
+            seen = [values[id(t)] for t in node.input_tensors if id(t) in values]
+            out = rule(node.operation, seen or [start])
+            for tensor in node.output_tensors:
+                values[id(tensor)] = out
+    return values
+
+
 def conv_flops(model, height: int, width: int) -> int:
     """Floating-point operations of ``model``'s convolutions on one height x width image.
 
     Counted analytically per convolution call: ``2 * H' * W' * kh * kw * (C_in /
-    groups) * C_out``, where H' x W' is the resolution the convolution runs at:
-    the image's, divided by the strides before it and by the factor of a
-    :class:`~dgf.models.SpaceToDepth` before it (multiplied back by a
-    :class:`~dgf.models.DepthToSpace`). Bias adds, BatchNorm, activations and
-    concatenation are not counted: they are memory-bound and well under 1% of the
-    arithmetic.
+    groups) * C_out``, where H' x W' is the size the convolution runs at: the
+    image's, divided (rounding up, as 'same' padding does) by the strides before it,
+    and by the factor of a :class:`~dgf.models.SpaceToDepth` before it, which first
+    extends the image to a multiple of that factor (a
+    :class:`~dgf.models.DepthToSpace` cuts back to the image's size). Bias adds,
+    BatchNorm, activations and concatenation are not counted: they are memory-bound
+    and well under 1% of the arithmetic.
     """
-    scale: dict[int, float] = {id(t): 1.0 for t in model.inputs}  # resolution divisor
     total = 0
-    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
-        for node in model._nodes_by_depth[depth]:
-            op = node.operation
-            inputs = list(node.input_tensors)
-            here = scale.get(id(inputs[0]), 1.0) if inputs else 1.0
-            out = here
-            if isinstance(op, layers.Conv2D):
-                kh, kw = op.kernel_size
-                sh, sw = op.strides
-                c_in = inputs[0].shape[-1]
-                rows, cols = int(height / here) // sh, int(width / here) // sw
-                total += 2 * rows * cols * kh * kw * (c_in // op.groups) * op.filters
-                out = here * sh
-            elif isinstance(op, dgf.models.SpaceToDepth):
-                out = here * op.factor
-            elif isinstance(op, dgf.models.DepthToSpace):
-                out = here / op.factor
-            for tensor in node.output_tensors:
-                scale[id(tensor)] = out
+
+    def rule(op, seen: list[tuple[int, int]]) -> tuple[int, int]:
+        nonlocal total
+        rows, cols = seen[0]
+        if isinstance(op, layers.Conv2D):
+            kh, kw, c_in_per_group, c_out = op.kernel.shape
+            total += 2 * rows * cols * kh * kw * c_in_per_group * c_out
+            return -(-rows // op.strides[0]), -(-cols // op.strides[1])
+        if isinstance(op, dgf.models.SpaceToDepth):
+            return -(-rows // op.factor), -(-cols // op.factor)
+        if isinstance(op, dgf.models.DepthToSpace):
+            return seen[-1]  # cut to its reference image's size
+        return rows, cols
+
+    _propagate(model, (int(height), int(width)), rule)
     return int(total)
 
 
@@ -488,22 +498,18 @@ def receptive_field(model) -> int:
     divides it; layers with several inputs see the widest. The DGF generator at
     space-to-depth 1 gives 35.
     """
-    field: dict[int, tuple[float, float]] = {id(t): (1.0, 1.0) for t in model.inputs}
-    for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
-        for node in model._nodes_by_depth[depth]:
-            op = node.operation
-            seen = [field.get(id(t), (1.0, 1.0)) for t in node.input_tensors] or [(1.0, 1.0)]
-            size, span = max(seen)
-            if isinstance(op, layers.Conv2D):
-                size += (op.kernel_size[0] - 1) * op.dilation_rate[0] * span
-                span *= op.strides[0]
-            elif isinstance(op, dgf.models.SpaceToDepth):
-                size += (op.factor - 1) * span
-                span *= op.factor
-            elif isinstance(op, dgf.models.DepthToSpace):
-                span /= op.factor
-            for tensor in node.output_tensors:
-                field[id(tensor)] = (size, span)
+    def rule(op, seen: list[tuple[float, float]]) -> tuple[float, float]:
+        size, span = max(seen)
+        if isinstance(op, layers.Conv2D):
+            return size + (op.kernel_size[0] - 1) * op.dilation_rate[0] * span, \
+                span * op.strides[0]
+        if isinstance(op, dgf.models.SpaceToDepth):
+            return size + (op.factor - 1) * span, span * op.factor
+        if isinstance(op, dgf.models.DepthToSpace):
+            return size, span / op.factor
+        return size, span
+
+    field = _propagate(model, (1.0, 1.0), rule)
     return int(round(max(field[id(t)][0] for t in model.outputs)))
 
 

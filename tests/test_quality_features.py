@@ -50,6 +50,9 @@ def test_space_to_depth_generator_is_identity_at_start_and_saves(factor, tmp_pat
     one = conv_flops(build_generator(channel_rate=8), 64, 64)
     ratio = one / conv_flops(paper, 64, 64)
     assert ratio > 0.6 * factor**2, ratio  # the head and last conv grow with s^2
+    # Counted at the size it runs at: the head extends 61x50 to a multiple of s.
+    padded = (-(-61 // factor) * factor, -(-50 // factor) * factor)
+    assert conv_flops(paper, 61, 50) == conv_flops(paper, *padded)
     path = tmp_path / "g.keras"
     paper.save(path)
     loaded = load_generator(path)
