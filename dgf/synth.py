@@ -1,17 +1,11 @@
-"""Synthetic training pairs: sharp photos blurred with random camera-shake kernels.
-
-Kernels follow the idea of Boracchi and Foi (2012), as used by DeblurGAN: the path
-of the camera during the exposure is a particle with inertia, nudged by small random
-accelerations, jerked now and then by impulsive shakes and pulled back towards where
-it started. The path is sampled far finer than a pixel, splatted bilinearly onto a
-small canvas and normalised to sum 1; a random exposure fraction decides how much of
-the path the shutter sees, so one strength setting yields short and long kernels.
+"""Synthetic training pairs: sharp photos blurred with random camera-shake kernels
+(:mod:`dgf.kernels`), optionally with what a camera adds (:mod:`dgf.realism`).
 
 Border handling: a crop is blurred together with the photo around it (the kernel
 radius on every side), so the blurred half carries the light that real shake would
 bring in from outside the frame. Where the photo ends, it is extended by mirror
 reflection that repeats the edge pixel (NumPy ``symmetric``, SciPy ``reflect``).
-:func:`blur` on a whole image therefore uses that reflection at all four borders.
+:func:`dgf.kernels.blur` on a whole image uses that reflection at all four borders.
 
 Photos whose short side is below the crop size are upscaled (Lanczos) so that the
 short side equals the crop size; larger photos are cropped at their own resolution.
@@ -20,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,11 +29,14 @@ from dgf.checks import is_int
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, write_atomic, write_text_atomic
 from dgf.images import SUFFIX_WORDS, find_images, is_image_name, read_rgb, write_image
+from dgf.kernels import (
+    DEFAULT_STRENGTH, blur_valid, check_kernel_args, random_kernel, round_levels,
+)
+from dgf.realism import Realism
 
 OUTPUT_FORMATS = ("jpg", "png")
 KERNEL_SUFFIX = ".kernel.npy"
 MANIFEST_NAME = "make_pairs.json"
-DEFAULT_STRENGTH = 0.75  # sample photos: blurred-vs-sharp PSNR about 25.7 dB, near GOPRO
 
 # The skimage.data photos that ship inside the scikit-image wheel (no download) and
 # are real scenes at least 256 px on the short side. Left out on purpose: `clock`
@@ -57,161 +55,6 @@ _SAMPLE_PHOTOS = (
     "brick",
     "gravel",
 )
-
-# Trajectory model constants. The path is simulated with unit speed per step; the
-# constants below are per step, so they do not depend on the kernel size.
-_STEPS = 2000
-_JITTER = 0.03  # std of the per-step random acceleration, times strength
-_SHAKE_RATE = 0.002  # chance per step of an impulsive shake, times strength
-_SHAKE_SIZE = 1.2  # size of an impulsive shake relative to the (unit) velocity
-_PULL = 12.0  # most centripetal pull; orbits shrink to steps / sqrt(pull)
-_EXPOSURE = (0.3, 1.0)  # fraction of the trajectory the shutter sees
-
-
-def _check_kernel_args(size: int, strength: float) -> None:
-    if not is_int(size):
-        raise DgfError(f"kernel size must be an integer, got {size!r}.")
-    if size < 3 or size % 2 == 0:
-        raise DgfError(
-            f"kernel size {size} is not allowed: use an odd size of at least 3 "
-            f"(e.g. 31) so the kernel has a centre pixel and does not shift the image."
-        )
-    if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
-        raise DgfError(
-            f"strength {strength!r} is outside (0, 1]: 0.1 gives short, smooth "
-            f"strokes, 1 gives long, shaky ones that fill the kernel canvas."
-        )
-
-
-def _trajectory(rng: np.random.Generator, strength: float) -> np.ndarray:
-    """A camera path as complex positions, unit speed, ``_STEPS`` samples."""
-    velocity = np.exp(1j * rng.uniform(0.0, 2.0 * np.pi))
-    pull = rng.uniform(0.0, _PULL) / _STEPS**2
-    jitter = _JITTER * strength
-    shake_rate = _SHAKE_RATE * strength
-    kicks = jitter * (rng.standard_normal(_STEPS) + 1j * rng.standard_normal(_STEPS))
-    shakes = rng.random(_STEPS) < shake_rate
-    shake_dirs = np.exp(1j * rng.uniform(0.0, 2.0 * np.pi, _STEPS))
-    positions = np.empty(_STEPS, dtype=np.complex128)
-    position = 0j
-    # Sequential by nature: each step's velocity depends on the last one (inertia)
-    # and on the position (the pull back towards the start).
-    for t in range(_STEPS):
-        positions[t] = position
-        change = kicks[t] - pull * position
-        if shakes[t]:
-            change += _SHAKE_SIZE * shake_dirs[t]
-        velocity = velocity + change
-        speed = abs(velocity)
-        velocity = velocity / speed if speed > 1e-12 else np.exp(1j * rng.uniform(0, 2 * np.pi))
-        position = position + velocity
-    return positions
-
-
-def random_kernel(
-    rng: np.random.Generator, size: int = 31, strength: float = DEFAULT_STRENGTH
-) -> np.ndarray:
-    """Draw one random camera-shake point-spread function.
-
-    Args:
-        rng: source of randomness; the same generator state gives the same kernel.
-        size: side of the square canvas in pixels; odd, at least 3.
-        strength: in (0, 1]. Scales the length of the camera path (at full exposure
-            ``strength * 1.5 * (size - 1)`` pixels of travel) and how irregular it
-            is (random jitter and the rate of impulsive shakes). Paths that would
-            leave the canvas are shrunk to fit.
-
-    Returns:
-        (size, size) float32, non-negative, summing to 1, with its centre of mass on
-        the centre pixel so blurring does not shift the image.
-    """
-    _check_kernel_args(size, strength)
-    path = _trajectory(rng, float(strength))
-    exposure = rng.uniform(*_EXPOSURE)
-    path = path[: max(2, int(round(exposure * _STEPS)))]
-    length = float(strength) * 1.5 * (size - 1) * exposure
-    # Unit speed per step: scaling by length / steps gives the wanted path length.
-    path = path * (length / _STEPS)
-    # Centring the mean sample centres the PSF's mass: bilinear splatting keeps the
-    # first moment exactly, so the blurred image is not displaced from the sharp one.
-    path = path - path.mean()
-    half = (size - 1) / 2.0
-    reach = max(np.abs(path.real).max(), np.abs(path.imag).max())
-    limit = half - 0.5  # keeps the right/bottom splat neighbour on the canvas
-    if reach > limit:
-        path = path * (limit / reach)
-    x = path.real + half
-    y = path.imag + half
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
-    fx = x - x0
-    fy = y - y0
-    kernel = np.zeros(size * size, dtype=np.float64)
-    for dy, dx, w in (
-        (0, 0, (1 - fy) * (1 - fx)),
-        (0, 1, (1 - fy) * fx),
-        (1, 0, fy * (1 - fx)),
-        (1, 1, fy * fx),
-    ):
-        np.add.at(kernel, (y0 + dy) * size + (x0 + dx), w)
-    kernel = kernel.reshape(size, size)
-    kernel /= kernel.sum()
-    return kernel.astype(np.float32)
-
-
-def _blur_valid(padded: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve a padded (H + k - 1, W + k - 1, 3) image; return the valid (H, W, 3)
-    part as float64 (not rounded)."""
-    k = kernel.shape[0]
-    ph, pw = padded.shape[:2]
-    # Circular convolution on the padded canvas: rows/cols from k - 1 on never wrap,
-    # so they equal the linear convolution's valid part.
-    spectrum = np.fft.rfft2(padded.astype(np.float64), axes=(0, 1))
-    kernel_spectrum = np.fft.rfft2(kernel.astype(np.float64), s=(ph, pw))
-    full = np.fft.irfft2(spectrum * kernel_spectrum[:, :, None], s=(ph, pw), axes=(0, 1))
-    return full[k - 1 :, k - 1 :]
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def _check_kernel(kernel: np.ndarray) -> np.ndarray:
-    kernel = np.asarray(kernel)
-    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
-        raise DgfError(
-            f"kernel has shape {kernel.shape}; expected a square 2-D array with an odd "
-            f"side (e.g. (31, 31)) so it has a centre pixel."
-        )
-    if not np.all(np.isfinite(kernel)):
-        raise DgfError("kernel contains NaN or infinite values.")
-    return kernel
-
-
-def blur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Blur an RGB image with a point-spread function, channel by channel.
-
-    Args:
-        image: (H, W, 3) uint8.
-        kernel: (k, k) float, k odd; normally non-negative and summing to 1
-            (as from :func:`random_kernel`). Applied as a true convolution with its
-            centre pixel as origin.
-
-    Returns:
-        (H, W, 3) uint8, rounded to the nearest level. Pixels beyond the border are
-        mirror reflections that repeat the edge pixel (NumPy ``symmetric``).
-    """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DgfError(
-            f"image has shape {image.shape} and dtype {image.dtype}; expected "
-            f"(H, W, 3) uint8 RGB."
-        )
-    kernel = _check_kernel(kernel)
-    r = kernel.shape[0] // 2
-    padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="symmetric")
-    return _to_uint8(_blur_valid(padded, kernel))
-
 
 def sample_photos() -> list[tuple[str, np.ndarray]]:
     """The sample photos bundled with scikit-image, loaded without any download.
@@ -331,7 +174,7 @@ def _check_options(
         )
     if not is_int(seed) or seed < 0:
         raise DgfError(f"seed {seed!r} must be a whole number >= 0.")
-    _check_kernel_args(kernel_size, strength)
+    check_kernel_args(kernel_size, strength)
     if kernel_size > size:
         raise DgfError(f"kernel size {kernel_size} is larger than the crop size {size}.")
     if not (math.isfinite(noise) and noise >= 0):
@@ -356,6 +199,7 @@ class _Recipe:
     fmt: str
     seed: int
     photo_digits: int
+    realism: Realism = Realism()
 
     @property
     def crop_digits(self) -> int:
@@ -425,6 +269,9 @@ def _cut_pairs(
     # One generator per photo, keyed by its place in the sorted list, so a photo's
     # crops and kernels do not depend on how many came before it or failed.
     rng = np.random.default_rng([recipe.seed, 1, index])
+    # The camera steps draw from their own stream: switching them on leaves the
+    # crops and kernels of a seed as they were.
+    camera = np.random.default_rng([recipe.seed, 2, index])
     padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
     h, w = image.shape[:2]
     records = []
@@ -434,10 +281,12 @@ def _cut_pairs(
         kernel = random_kernel(rng, recipe.kernel_size, recipe.strength)
         sharp = image[top : top + size, left : left + size]
         region = padded[top : top + size + 2 * radius, left : left + size + 2 * radius]
-        blurred = _blur_valid(region, kernel)
+        blurred, drawn = recipe.realism.blur(
+            region, lambda canvas: blur_valid(canvas, kernel), camera)
         if recipe.noise > 0:
             blurred = blurred + rng.normal(0.0, recipe.noise, blurred.shape)
-        pair = np.concatenate([sharp, _to_uint8(blurred)], axis=1)
+        blurred, compressed = recipe.realism.compress(round_levels(blurred), camera)
+        pair = np.concatenate([sharp, blurred], axis=1)
         stem = f"{index:0{recipe.photo_digits}d}_{k:0{recipe.crop_digits}d}"
         _write_pair(out_dir / split, stem, pair, kernel, recipe)
         records.append({
@@ -445,6 +294,7 @@ def _cut_pairs(
             "kernel": f"{split}/{stem}{KERNEL_SUFFIX}",
             "source": name,
             "crop": {"top": top, "left": left, "size": size, "scale": scale},
+            **drawn, **compressed,
         })
     return records
 
@@ -465,8 +315,59 @@ def _photo_pairs(
     return _PhotoPairs(name, split, records, upscaled=scale != 1.0)
 
 
+def _move_photo(result: _PhotoPairs, split: str, out_dir: Path) -> None:
+    """Move one photo's pairs and kernels to the other split folder."""
+    for record in result.records:
+        for key in ("file", "kernel"):
+            name = Path(record[key]).name
+            os.replace(out_dir / record[key], out_dir / split / name)
+            record[key] = f"{split}/{name}"
+    result.split = split
+
+
+def _remove_written(results: list[_PhotoPairs], out_dir: Path) -> None:
+    for result in results:
+        for record in result.records:
+            for key in ("file", "kernel"):
+                (out_dir / record[key]).unlink(missing_ok=True)
+
+
+def _settle_splits(
+    out_dir: Path, results: list[_PhotoPairs], test_fraction: float, seed: int
+) -> list[str]:
+    """Make both splits non-empty from the photos that could be read.
+
+    The test photos are drawn before reading; when the unreadable ones were all of
+    one split, photos of the other are moved over (drawn with the seed). Fewer than
+    two readable photos cannot make two splits: their pairs are removed again and a
+    DgfError says what to do. Returns the notes for the report.
+    """
+    done = [r for r in results if r.skipped is None]
+    if test_fraction == 0 or not done:
+        return []
+    if len(done) < 2:
+        _remove_written(results, out_dir)
+        raise DgfError(
+            f"only {len(done)} of {len(results)} photos could be read, and a train and "
+            f"a test split need at least two; add readable photos, or pass "
+            f"--test-fraction 0 to write a train split only."
+        )
+    test = [r for r in done if r.split == "test"]
+    train = [r for r in done if r.split == "train"]
+    if test and train:
+        return []
+    want = min(len(done) - 1, max(1, int(round(len(done) * test_fraction))))
+    source, target = (train, "test") if not test else (test, "train")
+    count = want if target == "test" else len(done) - want
+    order = np.random.default_rng([seed, 3]).permutation(len(source))[:count]
+    for i in sorted(int(i) for i in order):
+        _move_photo(source[i], target, out_dir)
+    return [f"moved {count} readable photo(s) to {target}: the photos drawn for it "
+            f"could not be read"]
+
+
 def _summarise(
-    out_dir: Path, per_image: int, results: list[_PhotoPairs], test_fraction: float
+    out_dir: Path, per_image: int, results: list[_PhotoPairs], notes: list[str]
 ) -> MakePairsReport:
     """The report of a run from what each photo gave; DgfError when none was read."""
     done = [r for r in results if r.skipped is None]
@@ -482,10 +383,7 @@ def _summarise(
             f"none of the {len(results)} photos could be read; first problem: "
             f"{report.skipped[0][0]}: {report.skipped[0][1]}"
         )
-    if test_fraction > 0 and n_test == 0:
-        report.notes.append("the test split is empty: it needs at least two readable photos")
-    if n_test > 0 and n_train == 0:
-        report.notes.append("the train split is empty: its photos could not be read")
+    report.notes += notes
     return report
 
 
@@ -514,6 +412,9 @@ def make_pairs(
     noise: float = 0.0,
     quality: int = 95,
     fmt: str = "jpg",
+    linear_light: bool = False,
+    highlight_gain: float = 1.0,
+    jpeg_quality_range: tuple[int, int] | None = None,
     sample_photos: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -541,6 +442,12 @@ def make_pairs(
         noise: std of Gaussian noise added to the blurred half, in 8-bit levels.
         quality: JPEG quality (``fmt="jpg"``); chroma is not subsampled.
         fmt: "jpg" or "png" (lossless).
+        linear_light: blur in linear light (sRGB decoded, convolved, encoded back).
+        highlight_gain: with ``linear_light``, near-white pixels of the sharp crop
+            are made up to this many times brighter than white before blurring, and
+            the result is clipped, as saturated lights smear in real photos (1: off).
+        jpeg_quality_range: (LO, HI): re-compress the blurred half once as JPEG at
+            a quality drawn from LO..HI per pair (None: off). See :mod:`dgf.realism`.
         sample_photos: use scikit-image's bundled photos instead of ``sharp_dir``.
         overwrite: replace existing pairs in ``out_dir``; without it they are an error.
         progress: show a progress bar over photos.
@@ -552,18 +459,26 @@ def make_pairs(
         raise DgfError("give a SHARP_DIR of sharp photos, or use --sample-photos.")
     _check_options(per_image, size, test_fraction, seed, kernel_size, strength, noise,
                    quality, fmt)
+    realism = Realism(linear_light, highlight_gain,
+                      None if jpeg_quality_range is None else tuple(jpeg_quality_range))
+    realism.check()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"{out_dir} exists and is not a folder; choose another OUT_DIR.")
     check_output(out_dir, folder=True)
     sources = _gather_sources(sharp_dir, sample_photos, out_dir)
+    if len(sources) < 2 and test_fraction > 0:
+        raise DgfError(
+            f"found 1 photo ({sources[0][0]}); a train and a test split need at least "
+            f"two: add photos, or pass --test-fraction 0 to write a train split only."
+        )
     _clear_outputs(out_dir, overwrite)
 
     test_set = _split_photos(len(sources), float(test_fraction), np.random.default_rng([seed, 0]))
     for split in ("train", "test"):
         prepare_output(out_dir / split, folder=True)
     recipe = _Recipe(per_image, size, kernel_size, strength, noise, quality, fmt, seed,
-                     photo_digits=max(4, len(str(len(sources) - 1))))
+                     photo_digits=max(4, len(str(len(sources) - 1))), realism=realism)
     bar = tqdm(sources, desc="photos", unit="photo", disable=not progress)
     results = [
         _photo_pairs(index, name, source, "test" if index in test_set else "train",
@@ -572,12 +487,14 @@ def make_pairs(
     ]
     bar.close()
 
-    report = _summarise(out_dir, per_image, results, float(test_fraction))
+    notes = _settle_splits(out_dir, results, float(test_fraction), seed)
+    report = _summarise(out_dir, per_image, results, notes)
     settings = {
         "sharp_dir": None if sample_photos else str(Path(sharp_dir)),
         "sample_photos": sample_photos, "per_image": per_image, "size": size,
         "test_fraction": test_fraction, "seed": seed, "kernel_size": kernel_size,
         "strength": strength, "noise": noise, "quality": quality, "format": fmt,
+        **realism.settings(),
     }
     write_text_atomic(out_dir / MANIFEST_NAME,
                       json.dumps(_manifest(settings, results), indent=1) + "\n")

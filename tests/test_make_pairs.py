@@ -1,6 +1,7 @@
 """dgf-make-pairs: camera-shake kernels, blurring, pair layout, splits and errors."""
 from __future__ import annotations
 
+import io
 import json
 import socket
 from pathlib import Path
@@ -15,7 +16,8 @@ from dgf import synth
 from dgf.cli import make_pairs_main
 from dgf.errors import DgfError
 from dgf.images import read_rgb as load_photo
-from dgf.synth import blur, make_pairs, random_kernel, sample_photos
+from dgf.kernels import blur, random_kernel
+from dgf.synth import make_pairs, sample_photos
 
 
 def _spread(kernel: np.ndarray) -> float:
@@ -199,7 +201,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_noise_option_adds_gaussian_noise_to_the_blurred_half_only(tmp_path):
     write_photos(tmp_path / "src", [(64, 64)])
-    common = dict(per_image=1, size=64, kernel_size=9, fmt="png", seed=3, progress=False)
+    common = dict(per_image=1, size=64, kernel_size=9, fmt="png", seed=3, progress=False,
+                  test_fraction=0)
     make_pairs(tmp_path / "src", tmp_path / "clean", **common)
     make_pairs(tmp_path / "src", tmp_path / "noisy", noise=4.0, **common)
     sharp0, blurred0 = read_halves(tmp_path / "clean" / "train" / "0000_00.png")
@@ -220,12 +223,147 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
     assert "broken.jpg" in report.summary()
 
 
-def test_single_photo_goes_to_train_with_a_note(tmp_path):
+def test_a_single_photo_with_a_test_split_is_an_error_before_any_write(tmp_path):
     write_photos(tmp_path / "src", [(40, 40)])
+    with pytest.raises(DgfError, match="found 1 photo .*--test-fraction 0"):
+        make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
+                   kernel_size=5, test_fraction=0.5, progress=False)
+    assert not (tmp_path / "out").exists()
     report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
-                        kernel_size=5, test_fraction=0.5, progress=False)
+                        kernel_size=5, test_fraction=0, progress=False)
     assert (report.train_pairs, report.test_pairs) == (2, 0)
-    assert any("test split is empty" in note for note in report.notes)
+
+
+def _unreadable_split(tmp_path, split):
+    """A photo folder whose photos drawn for ``split`` are all unreadable."""
+    write_photos(tmp_path / "probe", [(40, 40)] * 6)
+    probe = make_pairs(tmp_path / "probe", tmp_path / "probe_out", per_image=1, size=32,
+                       kernel_size=5, test_fraction=0.34, progress=False)
+    drawn = {Path(r["source"]).name for r in json.loads(
+        (tmp_path / "probe_out" / synth.MANIFEST_NAME).read_text())["pairs"]
+        if r["file"].startswith(split)}
+    assert probe.test_pairs == 2 and len(drawn) == (2 if split == "test" else 4)
+    for name in drawn:
+        (tmp_path / "probe" / name).write_bytes(b"not a photo")
+    return tmp_path / "probe"
+
+
+@pytest.mark.parametrize("split,other", [("test", "train"), ("train", "test")])
+def test_splits_are_decided_from_the_photos_that_could_be_read(tmp_path, split, other):
+    src = _unreadable_split(tmp_path, split)
+    out = tmp_path / "out"
+    report = make_pairs(src, out, per_image=1, size=32, kernel_size=5,
+                        test_fraction=0.34, progress=False)
+    assert report.train_pairs >= 1 and report.test_pairs >= 1
+    assert len(list((out / "train").glob("*.jpg"))) == report.train_pairs
+    assert len(list((out / "test").glob("*.jpg"))) == report.test_pairs
+    assert len(list((out / "test").glob("*.kernel.npy"))) == report.test_pairs
+    assert any(f"to {split}" in note for note in report.notes)
+    records = json.loads((out / synth.MANIFEST_NAME).read_text())["pairs"]
+    assert all((out / r["file"]).is_file() and (out / r["kernel"]).is_file()
+               for r in records)
+
+
+def test_one_readable_photo_of_many_is_an_error_and_leaves_no_pairs(tmp_path):
+    write_photos(tmp_path / "src", [(40, 40)] * 3)
+    photos = sorted((tmp_path / "src").iterdir())
+    for path in photos[1:]:
+        path.write_bytes(b"broken")
+    with pytest.raises(DgfError, match="only 1 of 3 photos could be read"):
+        make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
+                   kernel_size=5, test_fraction=0.5, progress=False)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+# --- camera realism -----------------------------------------------------------------
+def _realism_pairs(tmp_path, name, **kwargs):
+    write_photos(tmp_path / "src", [(48, 48), (48, 48)])
+    out = tmp_path / name
+    make_pairs(tmp_path / "src", out, per_image=2, size=40, kernel_size=9, fmt="png",
+               test_fraction=0, seed=3, progress=False, overwrite=True, **kwargs)
+    pairs = {p.name: read_halves(p) for p in sorted((out / "train").glob("*.png"))}
+    return pairs, json.loads((out / synth.MANIFEST_NAME).read_text())
+
+
+def _srgb_decode(codes):
+    c = codes / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(light):
+    light = np.clip(light, 0, 1)
+    return 255 * np.where(light <= 0.0031308, 12.92 * light,
+                          1.055 * light ** (1 / 2.4) - 0.055)
+
+
+def test_linear_light_blurs_the_decoded_light_and_keeps_crops_and_kernels(tmp_path):
+    plain, _ = _realism_pairs(tmp_path, "plain")
+    linear, manifest = _realism_pairs(tmp_path, "linear", linear_light=True)
+    assert manifest["settings"]["linear_light"] is True
+    for name, (sharp, blurred) in linear.items():
+        np.testing.assert_array_equal(sharp, plain[name][0])
+        kernel = np.load(tmp_path / "linear" / "train" / name.replace(".png", synth.KERNEL_SUFFIX))
+        np.testing.assert_array_equal(
+            kernel, np.load(tmp_path / "plain" / "train" / name.replace(".png", synth.KERNEL_SUFFIX)))
+        # Independent reference on the crop's interior (no border light needed there).
+        r = kernel.shape[0] // 2
+        light = np.stack([ndimage.convolve(_srgb_decode(sharp[..., c].astype(float)),
+                                           kernel.astype(float), mode="reflect")
+                          for c in range(3)], axis=-1)
+        expected = np.clip(np.rint(_srgb_encode(light)), 0, 255)
+        inner = (slice(r, -r), slice(r, -r))
+        assert np.abs(blurred[inner].astype(float) - expected[inner]).max() <= 1
+        # Blurring light is not blurring codes: an edge comes out brighter.
+        assert blurred[inner].astype(float).mean() > plain[name][1][inner].astype(float).mean()
+
+
+def test_highlight_gain_saturates_the_streaks_of_bright_lights(tmp_path):
+    photo = np.full((48, 48, 3), 40, np.uint8)
+    photo[20:24, 20:24] = 255
+    (tmp_path / "src").mkdir()
+    for i in range(2):
+        Image.fromarray(photo).save(tmp_path / "src" / f"{i}.png")
+    runs = {}
+    for name, gain in (("flat", 1.0), ("bright", 8.0)):
+        make_pairs(tmp_path / "src", tmp_path / name, per_image=1, size=48, kernel_size=9,
+                   fmt="png", test_fraction=0, seed=1, linear_light=True,
+                   highlight_gain=gain, progress=False)
+        runs[name] = read_halves(tmp_path / name / "train" / "0000_00.png")[1]
+        records = json.loads((tmp_path / name / synth.MANIFEST_NAME).read_text())["pairs"]
+    assert 1.0 <= records[0]["highlight_gain"] <= 8.0
+    flat, bright = runs["flat"].astype(int), runs["bright"].astype(int)
+    assert (bright == 255).sum() > (flat == 255).sum()
+    assert (bright >= flat).all()
+    # The dark background far from the light is untouched by the gain.
+    np.testing.assert_array_equal(bright[:8, :8], flat[:8, :8])
+
+
+def test_jpeg_quality_range_recompresses_the_blurred_half_only(tmp_path):
+    plain, _ = _realism_pairs(tmp_path, "plain")
+    jpeg, manifest = _realism_pairs(tmp_path, "jpeg", jpeg_quality_range=(20, 30))
+    assert manifest["settings"]["jpeg_quality_range"] == [20, 30]
+    qualities = {Path(r["file"]).name: r["jpeg_quality"] for r in manifest["pairs"]}
+    assert all(20 <= q <= 30 for q in qualities.values())
+    for name, (sharp, blurred) in jpeg.items():
+        np.testing.assert_array_equal(sharp, plain[name][0])
+        buffer = io.BytesIO()
+        Image.fromarray(plain[name][1]).save(buffer, format="JPEG", quality=qualities[name])
+        expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+        np.testing.assert_array_equal(blurred, expected)
+        assert not np.array_equal(blurred, plain[name][1])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"highlight_gain": 0.5, "linear_light": True}, "highlight gain 0.5 must be a number >= 1"),
+    ({"highlight_gain": 4.0}, "needs --linear-light"),
+    ({"jpeg_quality_range": (90, 70)}, r"JPEG quality range \(90, 70\)"),
+    ({"jpeg_quality_range": (0, 70)}, "1 <= LO <= HI <= 100"),
+])
+def test_bad_realism_values_are_rejected_before_any_work(tmp_path, kwargs, message):
+    write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+    with pytest.raises(DgfError, match=message):
+        make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
 
 
 # --- errors -----------------------------------------------------------------------
@@ -239,7 +377,7 @@ def test_missing_empty_and_unreadable_inputs_are_clear_errors(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
     with pytest.raises(DgfError, match="could be read"):
-        make_pairs(tmp_path / "bad", tmp_path / "out", progress=False)
+        make_pairs(tmp_path / "bad", tmp_path / "out", progress=False, test_fraction=0)
 
 
 def test_sharp_dir_and_sample_photos_are_exclusive(tmp_path):

@@ -171,7 +171,8 @@ def _large_shaken_photo(path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from dgf.synth import blur, random_kernel, sample_photos
+    from dgf.kernels import blur, random_kernel
+    from dgf.synth import sample_photos
 
     photos = dict(sample_photos())
     photo = photos.get("coffee", next(iter(photos.values())))
