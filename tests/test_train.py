@@ -157,14 +157,15 @@ def _event_tags(folder: Path) -> dict[str, float | None]:
 
 
 def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_path):
-    from dgf import cli, distributed
+    from dgf import distributed
+    from dgf.commands.training import flag_type, train_flags
     from dgf.actions import MetricsLog
     from dgf.train import train
 
     assert TrainConfig().crop_border == 0
     with pytest.raises(DgfError, match="crop_border must be an integer >= 0, got -1"):
         TrainConfig(crop_border=-1)
-    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    flags = {key: (flag, flag_type(key)) for flag, key in train_flags()}
     assert flags["crop_border"][0] == "--crop-border"
     assert TrainConfig.from_dict({"crop_border": flags["crop_border"][1]("8")}).crop_border == 8
     pairs = [(flag, key) for key, (flag, _) in flags.items()]
@@ -186,14 +187,15 @@ def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_pat
 
 
 def test_metric_protocol_and_y_channel_settings_flags_and_tensorboard_names(h5_file, tmp_path):
-    from dgf import cli, distributed
+    from dgf import distributed
+    from dgf.commands.training import flag_type, train_flags
     from dgf.actions import SCORE_KEYS, MetricsLog, Scoring
 
     assert (TrainConfig().metric_protocol, TrainConfig().y_channel) == ("skimage", False)
     with pytest.raises(DgfError, match="metric_protocol must be one of .*got 'matlab'"):
         TrainConfig(metric_protocol="matlab")
     assert {"crop_border", "protocol", "y_channel"} <= set(SCORE_KEYS)
-    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    flags = {key: (flag, flag_type(key)) for flag, key in train_flags()}
     assert flags["metric_protocol"][0] == "--metric-protocol"
     assert flags["y_channel"][0] == "--y-channel"
     cfg = TrainConfig.from_dict({"metric_protocol": flags["metric_protocol"][1]("basicsr"),
