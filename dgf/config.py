@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ class TrainConfig:
     and choices that dgf-train's flags are built from (:func:`settings`).
 
     Defaults follow the seed and the DGF authors: batch 1, 256x256 crops, Adam with
-    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 + 1 x adversarial.
+    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 (the pixel loss) + 1 x
+    adversarial.
     """
 
     h5: str = _setting("data/data.h5", DATA, "HDF5 file made by build-hdf5")
@@ -100,7 +102,8 @@ class TrainConfig:
 
     perceptual_weight: float = _setting(
         145.0, LOSS, "weight of the VGG16 perceptual loss; 0 trains without VGG")
-    l1_weight: float = _setting(170.0, LOSS, "weight of the pixel loss (--pixel-loss)")
+    pixel_weight: float = _setting(
+        170.0, LOSS, "weight of the pixel loss, whichever --pixel-loss names")
     pixel_loss: str = _setting(
         "l1", LOSS, "l1 | l2 (what PSNR measures) | charbonnier (smooth L1)",
         choices=PIXEL_LOSSES)
@@ -292,11 +295,34 @@ def _coerce_value(name: str, value: Any) -> Any:
     return value
 
 
+# Keys renamed since runs were first written: old config files and the config.json of
+# old run folders are still read, with a one-line note, so those runs resume.
+RENAMED_KEYS = {"l1_weight": "pixel_weight"}
+
+
+def renamed_keys(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``data`` with old key names (:data:`RENAMED_KEYS`) read as today's, each noted
+    on stderr; DgfError when a setting is given under both names."""
+    where = f"{source}: " if source else ""
+    data = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise DgfError(f"{where}{old} and {new} are the same setting ({old} is its "
+                           f"old name); keep {new} only")
+        print(f"note: {where}{old} is now called {new}; read {old}: {data[old]} as "
+              f"{new}", file=sys.stderr)
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
+
+
 def coerce(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """Check the keys of ``data`` and read text values by their field's type.
 
     DgfError names ``source`` (a file) when given, the key and the value.
     """
+    data = renamed_keys(data, source)
     known = field_types()
     unknown = sorted(set(data) - set(known))
     where = f"{source}: " if source else ""
@@ -347,7 +373,7 @@ def _check(cfg: TrainConfig) -> None:
         positive(name)
     for name in ("g_lr", "d_lr"):
         positive(name)
-    for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight",
+    for name in ("perceptual_weight", "pixel_weight", "adversarial_weight", "ssim_weight",
                  "collective_timeout"):
         positive(name, allow_zero=True)
     if cfg.crop is not None and cfg.crop % cfg.space_to_depth:
@@ -431,7 +457,7 @@ def read_config(path: Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise DgfError(damaged.format("not a JSON object"))
     try:
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(renamed_keys(data, str(path)))
     except DgfError as exc:
         raise DgfError(damaged.format(exc)) from None
 
