@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -43,90 +44,137 @@ GENERATOR_KEYS = ("channel_rate", "residual", "batchnorm", "space_to_depth")
 RUNS_ROOT = Path("runs")  # where new run folders go when --run-dir is not given
 
 
+# The groups dgf-train's --help lists its flags under, in this order.
+DATA, MODEL, LOSS, OPTIMISER, HARDWARE, RECORDS, SCORING = GROUPS = (
+    "data", "model", "loss", "optimiser", "hardware and reproducibility",
+    "checkpoints and logs", "per-epoch scoring")
+
+
+def _setting(default: Any, group: str, help: str, *, flag: str | None = None,
+             choices: tuple[Any, ...] | None = None) -> Any:
+    """A TrainConfig field with what dgf-train's flag and its docs say of it: the help
+    text, the group it is listed under, its choices (checked by :func:`_check`) and,
+    when it is not ``--`` + the name with dashes, its flag."""
+    return dataclasses.field(default=default, metadata={
+        "group": group, "help": help, "flag": flag, "choices": choices})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on.
+    """Everything a training run depends on, one field per setting: its default,
+    type, and (in the field's metadata, see :func:`_setting`) the help text, group
+    and choices that dgf-train's flags are built from (:func:`settings`).
 
     Defaults follow the seed and the DGF authors: batch 1, 256x256 crops, Adam with
-    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 + 1 x adversarial.
+    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 (the pixel loss) + 1 x
+    adversarial.
     """
 
-    h5: str = "data/data.h5"
-    run_dir: str | None = None  # None: runs/<timestamp>
-    epochs: int = 10
-    batch_size: int = 1
-    crop: int | None = 256  # square random crop side; None trains on whole images
-    augment: bool = True  # flips and 90-degree rotations, same for both images of a pair
-    # Share of crops whose edge is snapped to the image's edge, per axis, so that
-    # training sees image borders as whole-image inference does (0: uniform crops).
-    edge_crops: float = 0.0
-    cache: bool = False  # hold the decoded training split in memory
+    h5: str = _setting("data/data.h5", DATA, "HDF5 file made by build-hdf5")
+    run_dir: str | None = _setting(
+        None, DATA, "run folder (default: runs/<timestamp>); a folder with a checkpoint "
+        "is resumed")
+    epochs: int = _setting(10, DATA, "epochs to train in total")
+    batch_size: int = _setting(1, DATA, "global batch size (split over replicas)")
+    crop: int | None = _setting(
+        256, DATA, "square random crop side; 'full' trains on whole images")
+    augment: bool = _setting(
+        True, DATA, "random flips and 90-degree rotations, the same for both images of a "
+        "pair (on/off)")
+    edge_crops: float = _setting(
+        0.0, DATA, "share of crops snapped to the image edge, per axis, so training sees "
+        "image borders as whole-image inference does (0-1; 0: uniform crops)")
+    cache: bool = _setting(False, DATA, "hold the decoded training split in memory (on/off)")
 
-    channel_rate: int = 64
-    dropout: float = 0.5
-    patch: int = 64  # discriminator patch side
-    # The generator outputs clip(blurred + r, -1, 1) with r's last conv starting at
-    # zero (a fresh generator is the identity); False is the paper's exact layout.
-    residual: bool = True
-    # BatchNorm in the generator (the paper's layout); False drops it, as restoration
-    # networks since EDSR do.
-    batchnorm: bool = True
-    # Pixel-unshuffle the image by this factor before the generator's head and
-    # shuffle its output back: the dense field runs at 1/s resolution (s x the
-    # reach, about 1/s^2 the work per pixel). 1 is the paper's layout.
-    space_to_depth: int = 1
+    channel_rate: int = _setting(64, MODEL, "network width (64 is the paper's model)")
+    dropout: float = _setting(0.5, MODEL, "dropout rate in the dense blocks")
+    patch: int = _setting(64, MODEL, "discriminator patch side")
+    residual: bool = _setting(
+        True, MODEL, "on: the generator outputs clip(blurred + r) with r's last conv "
+        "starting at zero (a fresh generator is the identity); off: the paper's layout")
+    batchnorm: bool = _setting(
+        True, MODEL, "BatchNorm in the generator (on: the paper's layout; off: none, as "
+        "EDSR-style restoration networks)")
+    space_to_depth: int = _setting(
+        1, MODEL, "1 | 2 | 4: run the generator's dense field at 1/s resolution "
+        "(pixel-unshuffle in, pixel-shuffle out): s x the reach, about 1/s^2 the work per "
+        "pixel; 1 is the paper's layout", choices=(1, 2, 4))
 
-    perceptual_weight: float = 145.0
-    l1_weight: float = 170.0  # weight of the pixel loss below
-    pixel_loss: str = "l1"  # l1 | l2 (what PSNR measures) | charbonnier (smooth L1)
-    ssim_weight: float = 0.0  # weight of 1 - SSIM (the reported metric's definition)
-    adversarial_weight: float = 1.0
-    vgg_weights: str = "imagenet"  # "imagenet" (Keras cache) or a path to a notop .h5
-    # A saved generator (.keras) whose weights start a new run (fine-tuning), or
-    # "bundled" for the model dgf ships; a resumed run takes its checkpoint's weights.
-    init_generator: str | None = None
+    perceptual_weight: float = _setting(
+        145.0, LOSS, "weight of the VGG16 perceptual loss; 0 trains without VGG")
+    pixel_weight: float = _setting(
+        170.0, LOSS, "weight of the pixel loss, whichever --pixel-loss names")
+    pixel_loss: str = _setting(
+        "l1", LOSS, "l1 | l2 (what PSNR measures) | charbonnier (smooth L1)",
+        choices=PIXEL_LOSSES)
+    ssim_weight: float = _setting(
+        0.0, LOSS, "weight of a 1 - SSIM loss term, the reported metric's definition "
+        "(0: off)")
+    adversarial_weight: float = _setting(1.0, LOSS, "weight of the adversarial loss")
+    vgg_weights: str = _setting(
+        "imagenet", LOSS, "'imagenet' (Keras download/cache in ~/.keras/models) or a path "
+        "to vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    init_generator: str | None = _setting(
+        None, LOSS, "start a new run from this saved generator's weights (a .keras file, "
+        "or 'bundled' for the model dgf ships); same --channel-rate/--residual/"
+        "--batchnorm/--space-to-depth as it was trained with. Not used when resuming")
 
-    g_lr: float = 3e-4
-    d_lr: float = 3e-4
-    beta_1: float = 0.5
-    beta_2: float = 0.999
-    critic_steps: int = 1  # discriminator updates per generator update
-    lr_schedule: str = "constant"  # constant | linear (hold half, then decay to 0) | cosine
-    # Epochs at the start trained on the content loss alone (no discriminator, no
-    # adversarial term), as SRGAN/ESRGAN pretrain before the GAN starts.
-    warmup_epochs: int = 0
-    # Decay of an exponential moving average of the generator's weights, which is
-    # what gets scored, snapshotted and saved; 0 uses the raw weights.
-    ema_decay: float = 0.0
+    g_lr: float = _setting(3e-4, OPTIMISER, "generator learning rate")
+    d_lr: float = _setting(3e-4, OPTIMISER, "discriminator learning rate")
+    beta_1: float = _setting(0.5, OPTIMISER, "Adam beta1", flag="--beta1")
+    beta_2: float = _setting(0.999, OPTIMISER, "Adam beta2", flag="--beta2")
+    critic_steps: int = _setting(1, OPTIMISER, "discriminator updates per generator update")
+    lr_schedule: str = _setting(
+        "constant", OPTIMISER, "constant | linear (hold half, then decay to 0) | cosine",
+        choices=LR_SCHEDULES)
+    warmup_epochs: int = _setting(
+        0, OPTIMISER, "first epochs trained on the content loss alone (no discriminator, "
+        "no adversarial term), before the GAN starts, as SRGAN/ESRGAN pretrain")
+    ema_decay: float = _setting(
+        0.0, OPTIMISER, "decay of an exponential moving average of the generator's "
+        "weights, which is what gets scored, snapshotted and saved (0: off, the raw "
+        "weights; 0.999 is usual)")
 
-    precision: str = "fp32"
-    jit: bool = False
-    strategy: str = "auto"
-    # Multi-worker runs: seconds a worker waits for the others, at startup and in a
-    # collective (all-reduce), before it stops with an error (0: wait forever).
-    collective_timeout: float = 600.0
-    seed: int = 0
+    precision: str = _setting(
+        "fp32", HARDWARE, "fp32 | bf16 | fp16 (mixed precision; fp16 uses loss scaling)",
+        choices=PRECISIONS)
+    jit: bool = _setting(False, HARDWARE, "compile the step with XLA (on/off)")
+    strategy: str = _setting(
+        "auto", HARDWARE, "auto | one | mirrored | multiworker (reads TF_CONFIG)",
+        choices=STRATEGIES)
+    collective_timeout: float = _setting(
+        600.0, HARDWARE, "multiworker: seconds a worker waits for the others, at startup "
+        "and in a collective (all-reduce), before it stops with an error (0: no limit)")
+    seed: int = _setting(0, HARDWARE, "seed for weights, shuffling, crops and augmentation")
 
-    save_every: int = 500  # steps between checkpoints (also saved at each epoch end)
-    keep: int = 3  # checkpoints kept
-    log_every: int = 10  # steps between TensorBoard / metrics.jsonl step records
-    val_samples: int | None = None  # test pairs scored per epoch; None: whole test split
-    # Score (and draw the strip, and update generator_best.keras) every this many
-    # epochs and at the last; BasicSR's val_freq. The model files are saved every epoch.
-    eval_every: int = 1
-    strip_pairs: int = 4  # rows of the per-epoch sample strip
-    # Pixels removed at each side of both images before the per-epoch PSNR/SSIM
-    # (BasicSR's crop_border); 0 scores whole images, 8 judges the interior.
-    crop_border: int = 0
-    # The metric definitions of that scoring (dgf.evaluate): "skimage" (scikit-image's
-    # defaults) or "basicsr" (BasicSR's calculate_psnr/calculate_ssim), and whether
-    # it scores the luma Y of BT.601 instead of RGB. Epoch records name both.
-    metric_protocol: str = DEFAULT_PROTOCOL
-    y_channel: bool = DEFAULT_Y_CHANNEL
-    snapshots: bool = True  # keep one generator per epoch for dgf-eval
-    # Training batches over which BatchNorm's moving statistics are re-estimated at
-    # each epoch end, before scoring (0 keeps the running averages as trained).
-    bn_recalibrate: int = 20
+    save_every: int = _setting(
+        500, RECORDS, "steps between checkpoints (also at each epoch end)")
+    keep: int = _setting(3, RECORDS, "checkpoints to keep")
+    log_every: int = _setting(
+        10, RECORDS, "steps between metrics.jsonl / TensorBoard step records")
+
+    val_samples: int | None = _setting(
+        None, SCORING, "test pairs scored each epoch ('full' for the whole test split)")
+    eval_every: int = _setting(
+        1, SCORING, "score the test pairs, draw the strip and update generator_best.keras "
+        "every N epochs and at the last, as BasicSR's val_freq (model files: every epoch)")
+    strip_pairs: int = _setting(4, SCORING, "rows in the per-epoch sample strip")
+    crop_border: int = _setting(
+        0, SCORING, "pixels removed at each side before the per-epoch PSNR/SSIM, as "
+        "BasicSR's crop_border; 0 scores whole images, 8 judges the interior")
+    metric_protocol: str = _setting(
+        DEFAULT_PROTOCOL, SCORING, "per-epoch metric definitions (dgf.evaluate): skimage "
+        "(scikit-image's defaults, 7x7 uniform SSIM window) | basicsr (BasicSR's "
+        "calculate_psnr/calculate_ssim: 11x11 Gaussian, sigma 1.5, valid region); epoch "
+        "records name it", choices=METRIC_PROTOCOLS)
+    y_channel: bool = _setting(
+        DEFAULT_Y_CHANNEL, SCORING, "score the per-epoch PSNR/SSIM on the BT.601 luma Y "
+        "instead of RGB (on/off)")
+    snapshots: bool = _setting(
+        True, RECORDS, "keep one generator per epoch for dgf-eval (on/off)")
+    bn_recalibrate: int = _setting(
+        20, SCORING, "training batches over which BatchNorm statistics are re-estimated at "
+        "each epoch end, before scoring (0: keep the running averages as trained)")
 
     def __post_init__(self) -> None:
         _check(self)
@@ -191,6 +239,30 @@ _TEXT_PARSERS: dict[type, Callable[[str], Any]] = {
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
+class Setting(typing.NamedTuple):
+    """What the docs and dgf-train's flag say of one TrainConfig field."""
+
+    name: str
+    flag: str
+    group: str
+    help: str
+    choices: tuple[Any, ...] | None
+    default: Any
+
+
+@functools.cache
+def settings() -> dict[str, Setting]:
+    """name -> :class:`Setting` for every TrainConfig field, in declaration order:
+    the one source of dgf-train's flags and of the docs' table of them."""
+    found = {}
+    for f in dataclasses.fields(TrainConfig):
+        about = f.metadata
+        flag = about["flag"] or "--" + f.name.replace("_", "-")
+        found[f.name] = Setting(f.name, flag, about["group"], about["help"],
+                                about["choices"], f.default)
+    return found
+
+
 @functools.cache
 def field_types() -> dict[str, tuple[type, bool]]:
     """name -> (base type, None allowed), read from TrainConfig's annotations, so a
@@ -223,11 +295,34 @@ def _coerce_value(name: str, value: Any) -> Any:
     return value
 
 
+# Keys renamed since runs were first written: old config files and the config.json of
+# old run folders are still read, with a one-line note, so those runs resume.
+RENAMED_KEYS = {"l1_weight": "pixel_weight"}
+
+
+def renamed_keys(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``data`` with old key names (:data:`RENAMED_KEYS`) read as today's, each noted
+    on stderr; DgfError when a setting is given under both names."""
+    where = f"{source}: " if source else ""
+    data = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise DgfError(f"{where}{old} and {new} are the same setting ({old} is its "
+                           f"old name); keep {new} only")
+        print(f"note: {where}{old} is now called {new}; read {old}: {data[old]} as "
+              f"{new}", file=sys.stderr)
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
+
+
 def coerce(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """Check the keys of ``data`` and read text values by their field's type.
 
     DgfError names ``source`` (a file) when given, the key and the value.
     """
+    data = renamed_keys(data, source)
     known = field_types()
     unknown = sorted(set(data) - set(known))
     where = f"{source}: " if source else ""
@@ -254,9 +349,19 @@ def _check_value(name: str, value: Any) -> None:
         raise DgfError(f"{name} must be {_TYPE_WORDS[base]}{null}, got {value!r}")
 
 
+def _choices_text(choices: tuple[Any, ...]) -> str:
+    """``(1, 2, 4)`` as "1, 2 or 4"; text choices as their tuple, ``('l1', 'l2')``."""
+    if all(is_int(c) for c in choices):
+        return f"{', '.join(map(str, choices[:-1]))} or {choices[-1]}"
+    return f"one of {choices}"
+
+
 def _check(cfg: TrainConfig) -> None:
-    for name in field_types():
-        _check_value(name, getattr(cfg, name))
+    for name, about in settings().items():
+        value = getattr(cfg, name)
+        _check_value(name, value)
+        if about.choices is not None and value not in about.choices:
+            raise DgfError(f"{name} must be {_choices_text(about.choices)}, got {value!r}")
 
     def positive(name: str, allow_zero: bool = False) -> None:
         value = getattr(cfg, name)
@@ -268,11 +373,9 @@ def _check(cfg: TrainConfig) -> None:
         positive(name)
     for name in ("g_lr", "d_lr"):
         positive(name)
-    for name in ("perceptual_weight", "l1_weight", "adversarial_weight", "ssim_weight",
+    for name in ("perceptual_weight", "pixel_weight", "adversarial_weight", "ssim_weight",
                  "collective_timeout"):
         positive(name, allow_zero=True)
-    if cfg.space_to_depth not in (1, 2, 4):
-        raise DgfError(f"space_to_depth must be 1, 2 or 4, got {cfg.space_to_depth!r}")
     if cfg.crop is not None and cfg.crop % cfg.space_to_depth:
         raise DgfError(f"crop {cfg.crop} is not a multiple of space_to_depth "
                        f"{cfg.space_to_depth}; pick a crop that is")
@@ -298,23 +401,12 @@ def _check(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise DgfError(f"ema_decay must be in [0, 1) (0 turns the average off), "
                        f"got {cfg.ema_decay!r}")
-    if cfg.pixel_loss not in PIXEL_LOSSES:
-        raise DgfError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {cfg.pixel_loss!r}")
     if cfg.bn_recalibrate < 0:
         raise DgfError(f"bn_recalibrate must be an integer >= 0, got {cfg.bn_recalibrate!r}")
     if cfg.crop_border < 0:
         raise DgfError(f"crop_border must be an integer >= 0, got {cfg.crop_border!r}")
-    if cfg.metric_protocol not in METRIC_PROTOCOLS:
-        raise DgfError(f"metric_protocol must be one of {METRIC_PROTOCOLS}, "
-                       f"got {cfg.metric_protocol!r}")
     if cfg.val_samples is not None and cfg.val_samples <= 0:
         raise DgfError(f"val_samples must be > 0 or null, got {cfg.val_samples}")
-    if cfg.precision not in PRECISIONS:
-        raise DgfError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.strategy not in STRATEGIES:
-        raise DgfError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise DgfError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
 
 
 def load_config_file(path: Path | str) -> dict[str, Any]:
@@ -365,7 +457,7 @@ def read_config(path: Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise DgfError(damaged.format("not a JSON object"))
     try:
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(renamed_keys(data, str(path)))
     except DgfError as exc:
         raise DgfError(damaged.format(exc)) from None
 

@@ -51,14 +51,14 @@ class LossWeights:
     (the DGF paper's 145, 170 and 1)."""
 
     perceptual: float = _DEFAULTS.perceptual_weight
-    l1: float = _DEFAULTS.l1_weight  # weight of the pixel loss, whichever `pixel_loss` names
+    pixel: float = _DEFAULTS.pixel_weight  # weight of the pixel loss, whichever `pixel_loss` names
     adversarial: float = _DEFAULTS.adversarial_weight
     pixel_loss: str = _DEFAULTS.pixel_loss
     ssim: float = _DEFAULTS.ssim_weight  # weight of 1 - SSIM
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "LossWeights":
-        return cls(perceptual=cfg.perceptual_weight, l1=cfg.l1_weight,
+        return cls(perceptual=cfg.perceptual_weight, pixel=cfg.pixel_weight,
                    adversarial=cfg.adversarial_weight, pixel_loss=cfg.pixel_loss,
                    ssim=cfg.ssim_weight)
 
@@ -66,7 +66,7 @@ class LossWeights:
         if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:
             raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
                            f"got {self.pixel_loss!r}")
-        for field in ("perceptual", "l1", "adversarial", "ssim"):
+        for field in ("perceptual", "pixel", "adversarial", "ssim"):
             value = getattr(self, field)
             if not math.isfinite(value) or value < 0:
                 raise DgfError(f"loss weight {field} must be a finite number >= 0, got {value}")
@@ -377,7 +377,7 @@ def generator_loss_terms(
         g_adv = ops.zeros((), dtype="float32")
     else:
         g_adv = generator_adversarial_loss(fake_logits)
-    g_loss = (weights.perceptual * g_perceptual + weights.l1 * g_pixel
+    g_loss = (weights.perceptual * g_perceptual + weights.pixel * g_pixel
               + weights.ssim * g_ssim + weights.adversarial * g_adv)
     return {"g_perceptual": g_perceptual, "g_pixel": g_pixel, "g_l1": g_l1,
             "g_ssim": g_ssim, "g_adv": g_adv, "g_loss": g_loss}

@@ -395,7 +395,7 @@ class _Progress:
         return (len(self.launched) - 1) * self.batch_size / span if span > 0 else 0.0
 
     def finished_step(self, values: Mapping[str, float], rate: float) -> None:
-        self.bar.set_postfix(g=f"{values['g_loss']:.3g}", l1=f"{values['g_l1']:.3f}",
+        self.bar.set_postfix(g=f"{values['g_loss']:.3g}", pixel=f"{values['g_pixel']:.3f}",
                              adv=f"{values['g_adv']:.3g}", d=f"{values['d_loss']:.3g}",
                              img_s=f"{rate:.1f}", refresh=False)
         self.bar.update(1)

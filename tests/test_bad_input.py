@@ -430,7 +430,9 @@ def test_config_files_and_flags_read_values_the_same_way(tmp_path):
 
     cfg_file = _file(tmp_path / "c.yaml", "g_lr: 3e-4\naugment: no\ncrop: full\njit: on\n")
     from_file = TrainConfig.from_dict(load_config_file(cfg_file))
-    parser_types = {key: kind for _, key, kind, _ in cli._TRAIN_FLAGS}
+    from dgf.commands.training import flag_type
+
+    parser_types = {key: flag_type(key) for key in TrainConfig.__dataclass_fields__}
     from_flags = TrainConfig.from_dict({
         "g_lr": parser_types["g_lr"]("3e-4"), "augment": parser_types["augment"]("no"),
         "crop": parser_types["crop"]("full"), "jit": parser_types["jit"]("on")})

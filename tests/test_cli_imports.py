@@ -1,5 +1,6 @@
 """Every command's --help imports no TensorFlow and lists the choices of the module
 that owns them; the modules that do the work use the same values."""
+import dataclasses
 import inspect
 import json
 import os
@@ -7,6 +8,7 @@ import subprocess
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -150,3 +152,95 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     assert evaluate.METRIC_PROTOCOLS is options.METRIC_PROTOCOLS
     assert TrainConfig().metric_protocol == options.DEFAULT_PROTOCOL
     assert TrainConfig().y_channel is options.DEFAULT_Y_CHANNEL
+
+
+# --- every command's parser, as dgf.cli.parsers() gives them -----------------------
+def _expanded_help(parser, action) -> str:
+    """The help line argparse prints for ``action``, defaults filled in."""
+    return parser._get_formatter()._expand_help(action) if action.help else ""
+
+
+def test_parsers_cover_every_console_command_and_build_without_tensorflow():
+    code = ("import json, sys; from dgf.cli import parsers; "
+            "found = {name: p.prog for name, p in parsers().items()}; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}); "
+            "print(json.dumps([found, heavy]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found, heavy = json.loads(done.stdout)
+    assert found == {name: name for name in _scripts()}
+    assert heavy == []
+
+
+def test_each_default_is_stated_once_and_never_on_a_required_argument():
+    from dgf.cli import parsers
+
+    checked = 0
+    for name, parser in parsers().items():
+        for action in parser._actions:
+            text = _expanded_help(parser, action)
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}: {text}"
+            assert text.count("(default:") <= 1, label
+            assert "(default: None)" not in text, label
+            if action.required or not action.option_strings and action.nargs is None:
+                assert "default:" not in text, label
+            checked += 1
+    assert checked > 80  # all seven commands' arguments were looked at
+
+
+def test_every_command_that_draws_a_bar_takes_no_progress():
+    from dgf.cli import parsers
+
+    found = parsers()
+    for name in ("build-hdf5", "dgf-make-pairs", "dgf-train", "dgf-eval", "dgf-deblur"):
+        flags = {flag: action.dest for action in found[name]._actions
+                 for flag in action.option_strings}
+        assert flags.get("--no-progress") == "no_progress", name
+    deblur = found["dgf-deblur"]
+    assert deblur.parse_args(["a.jpg", "-o", "out", "--quiet"]).no_progress is True
+    assert deblur.parse_args(["a.jpg", "-o", "out"]).no_progress is False
+    for name in ("dgf-export", "dgf-info"):  # no bar to hide
+        assert "--no-progress" not in found[name].format_help()
+
+
+def test_train_no_progress_reaches_the_training_loop(tmp_path, monkeypatch):
+    import dgf.train
+    from dgf.cli import train_main
+
+    seen = []
+
+    def fake_train(cfg, *, resume=None, progress=True):
+        seen.append((cfg.run_dir, progress))
+        return SimpleNamespace(run_dir=cfg.run_dir)
+
+    monkeypatch.setattr(dgf.train, "train", fake_train)
+    run = str(tmp_path / "run")
+    assert train_main(["--run-dir", run, "--no-progress"]) == 0
+    assert train_main(["--run-dir", run]) == 0
+    assert seen == [(run, False), (run, True)]
+
+
+def test_train_flags_are_the_config_fields():
+    from dgf.cli import parsers
+    from dgf.config import GROUPS, TrainConfig, on_off, settings
+
+    parser = parsers()["dgf-train"]
+    by_dest = {action.dest: action for action in parser._actions}
+    about = settings()
+    assert list(about) == [f.name for f in dataclasses.fields(TrainConfig)]
+    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    for key, setting in about.items():
+        action = by_dest[key]
+        assert action.option_strings == [setting.flag]
+        assert key in groups[f"{setting.group} settings"]
+        assert setting.group in GROUPS
+        text = _expanded_help(parser, action)
+        assert text.startswith(setting.help), key
+        default = getattr(TrainConfig(), key)
+        if isinstance(default, bool):
+            assert text.endswith(f"(default: {on_off(default)})"), key
+        elif default is not None and "(default:" not in setting.help:
+            assert text.endswith(f"(default: {default})"), key
+    assert about["beta_1"].flag == "--beta1" and about["crop_border"].flag == "--crop-border"
+    assert about["pixel_loss"].choices and about["precision"].choices

@@ -307,7 +307,7 @@ def test_generator_loss_terms_weighted_sum():
     sharp, deblurred = uniform_images((2, 8, 8, 3), seed=11), uniform_images((2, 8, 8, 3), seed=12)
     logits = np.random.default_rng(13).normal(0, 2, (2, 4)).astype("float32")
     spy = _SpyPerceptual()
-    weights = LossWeights(perceptual=2.0, l1=3.0, adversarial=5.0)
+    weights = LossWeights(perceptual=2.0, pixel=3.0, adversarial=5.0)
     terms = generator_loss_terms(sharp, deblurred, logits, spy, weights)
     assert spy.calls == 1
     assert set(terms) == {"g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "g_loss"}
@@ -332,10 +332,10 @@ def test_perceptual_off_skips_vgg(use_spy, weight):
 
 
 def test_default_weights_are_the_papers():
-    assert LossWeights() == LossWeights(perceptual=145.0, l1=170.0, adversarial=1.0)
+    assert LossWeights() == LossWeights(perceptual=145.0, pixel=170.0, adversarial=1.0)
 
 
-@pytest.mark.parametrize("bad", [{"l1": -1.0}, {"perceptual": float("nan")}])
+@pytest.mark.parametrize("bad", [{"pixel": -1.0}, {"perceptual": float("nan")}])
 def test_loss_weights_reject_bad_values(bad):
     name = next(iter(bad))
     with pytest.raises(DgfError, match=f"loss weight {name} must be a finite number >= 0"):
@@ -348,7 +348,7 @@ def test_pixel_losses_match_their_definitions(name):
     d = sharp.astype(np.float64) - deblurred.astype(np.float64)
     expected = {"l1": np.abs(d).mean(), "l2": (d**2).mean(),
                 "charbonnier": np.sqrt(d**2 + CHARBONNIER_EPS**2).mean()}[name]
-    weights = LossWeights(perceptual=0.0, l1=2.0, adversarial=0.0, pixel_loss=name)
+    weights = LossWeights(perceptual=0.0, pixel=2.0, adversarial=0.0, pixel_loss=name)
     terms = generator_loss_terms(sharp, deblurred, np.zeros((2, 4), "float32"), None, weights)
     np.testing.assert_allclose(float(terms["g_pixel"]), expected, rtol=1e-5)
     np.testing.assert_allclose(float(terms["g_l1"]), np.abs(d).mean(), rtol=1e-5)
@@ -357,7 +357,7 @@ def test_pixel_losses_match_their_definitions(name):
 
 def test_content_only_terms_have_no_adversarial_part():
     sharp, deblurred = uniform_images((2, 8, 8, 3), seed=23), uniform_images((2, 8, 8, 3), seed=24)
-    weights = LossWeights(perceptual=0.0, l1=3.0, adversarial=5.0, pixel_loss="l2")
+    weights = LossWeights(perceptual=0.0, pixel=3.0, adversarial=5.0, pixel_loss="l2")
     terms = generator_loss_terms(sharp, deblurred, None, None, weights)
     assert float(terms["g_adv"]) == 0.0
     np.testing.assert_allclose(float(terms["g_loss"]), 3.0 * float(terms["g_pixel"]), rtol=1e-6)
@@ -382,7 +382,7 @@ def test_ssim_loss_is_one_minus_the_reported_ssim():
 def test_ssim_weight_adds_its_term():
     sharp = uniform_images((2, 16, 16, 3), seed=32)
     deblurred = uniform_images((2, 16, 16, 3), seed=33)
-    weights = LossWeights(perceptual=0.0, l1=1.0, adversarial=0.0, ssim=2.0)
+    weights = LossWeights(perceptual=0.0, pixel=1.0, adversarial=0.0, ssim=2.0)
     terms = generator_loss_terms(sharp, deblurred, None, None, weights)
     np.testing.assert_allclose(float(terms["g_ssim"]), float(ssim_loss(sharp, deblurred)))
     np.testing.assert_allclose(float(terms["g_loss"]),

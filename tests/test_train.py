@@ -144,6 +144,34 @@ def test_resolve_config_precedence(tmp_path):
         TrainConfig(crop=100, patch=64)
 
 
+def test_old_name_l1_weight_is_read_as_pixel_weight_with_a_note(tmp_path, capsys):
+    from dgf.config import load_config_file, resolve_config
+
+    cfg_file = tmp_path / "old.yaml"
+    cfg_file.write_text("l1_weight: 42\npixel_loss: l2\n")
+    assert load_config_file(cfg_file) == {"pixel_weight": 42.0, "pixel_loss": "l2"}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"note: {cfg_file}: l1_weight is now called pixel_weight; read "
+                   f"l1_weight: 42 as pixel_weight"]
+    # An old run folder (its config.json says l1_weight) resumes with its weight.
+    run = tmp_path / "runs" / "old"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    saved = TrainConfig(run_dir=str(run), pixel_weight=7.5).to_dict()
+    saved["l1_weight"] = saved.pop("pixel_weight")
+    (run / "config.json").write_text(json.dumps(saved))
+    cfg, resuming = resolve_config({"run_dir": str(run), "epochs": 12})
+    assert resuming and (cfg.pixel_weight, cfg.epochs) == (7.5, 12)
+    assert "l1_weight is now called pixel_weight" in capsys.readouterr().err
+    both = tmp_path / "both.json"
+    both.write_text('{"l1_weight": 1, "pixel_weight": 2}')
+    with pytest.raises(DgfError, match=f"{both}: l1_weight and pixel_weight are the same "
+                                       "setting .* keep pixel_weight only"):
+        load_config_file(both)
+    with pytest.raises(DgfError, match="unknown key"):
+        TrainConfig.from_dict({"l2_weight": 1})
+
+
 def _event_tags(folder: Path) -> dict[str, float | None]:
     import tensorflow as tf
 
@@ -157,14 +185,15 @@ def _event_tags(folder: Path) -> dict[str, float | None]:
 
 
 def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_path):
-    from dgf import cli, distributed
+    from dgf import distributed
+    from dgf.commands.training import flag_type, train_flags
     from dgf.actions import MetricsLog
     from dgf.train import train
 
     assert TrainConfig().crop_border == 0
     with pytest.raises(DgfError, match="crop_border must be an integer >= 0, got -1"):
         TrainConfig(crop_border=-1)
-    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    flags = {key: (flag, flag_type(key)) for flag, key in train_flags()}
     assert flags["crop_border"][0] == "--crop-border"
     assert TrainConfig.from_dict({"crop_border": flags["crop_border"][1]("8")}).crop_border == 8
     pairs = [(flag, key) for key, (flag, _) in flags.items()]
@@ -186,14 +215,15 @@ def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_pat
 
 
 def test_metric_protocol_and_y_channel_settings_flags_and_tensorboard_names(h5_file, tmp_path):
-    from dgf import cli, distributed
+    from dgf import distributed
+    from dgf.commands.training import flag_type, train_flags
     from dgf.actions import SCORE_KEYS, MetricsLog, Scoring
 
     assert (TrainConfig().metric_protocol, TrainConfig().y_channel) == ("skimage", False)
     with pytest.raises(DgfError, match="metric_protocol must be one of .*got 'matlab'"):
         TrainConfig(metric_protocol="matlab")
     assert {"crop_border", "protocol", "y_channel"} <= set(SCORE_KEYS)
-    flags = {key: (flag, kind) for flag, key, kind, _ in cli._TRAIN_FLAGS}
+    flags = {key: (flag, flag_type(key)) for flag, key in train_flags()}
     assert flags["metric_protocol"][0] == "--metric-protocol"
     assert flags["y_channel"][0] == "--y-channel"
     cfg = TrainConfig.from_dict({"metric_protocol": flags["metric_protocol"][1]("basicsr"),

@@ -1,0 +1,105 @@
+"""What every command shares: its parser's help formatting, the keyword defaults it
+shows, and the one error boundary (:func:`run`) with its interrupt handling.
+
+Every entry point turns a DgfError into ``error: <message>`` on stderr and exit
+status 2, so users see what to fix instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Callable, Iterator
+
+from dgf.errors import DgfError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default stated once: not when the help text states it already, nor for a
+    required argument, a switch (``--overwrite``: off unless given), or a None
+    default (the help says what its absence means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default:" in text or action.required or action.nargs == 0
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser, with :class:`HelpFormatter`."""
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=HelpFormatter)
+
+
+def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``fn``, the function a command calls: the one home of
+    the defaults of the command's options."""
+    return {
+        name: param.default
+        for name, param in inspect.signature(fn).parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
+
+
+def run(fn: Callable[[], int | None], program: bool = False) -> int:
+    """Run a command's work at the one error boundary. ``program``: this process
+    exists to run the command (a console script, argv from sys.argv), so after an
+    interrupt nothing is left to protect and later signals stay ignored until exit."""
+    # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
+    # notes) drown the progress bars; errors still show. Users can set it themselves.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The handlers stay in place while the outcome is printed, so a second Ctrl-C
+    # cannot turn the "interrupted" line into a traceback.
+    with interrupts_stop_once(program):
+        try:
+            status = fn()
+        except DgfError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
+            # else the file system refuses still gets one line, not a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return int(status or 0)
+
+
+@contextmanager
+def interrupts_stop_once(program: bool = False) -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a job scheduler, ``kill``) both stop a command the same
+    way: the first raises KeyboardInterrupt, so temporary files are removed and
+    worker processes stopped on the way out; later ones are ignored, so the
+    cleanup is not cut short (it takes well under a second). dgf-train installs
+    its own handler around the training loop (stop after this step, save).
+    With ``program``, signals stay ignored after an interrupt until the process
+    exits, so a second Ctrl-C cannot kill it on its way out (status -2, not 130);
+    called from Python with an argv list, the caller's handlers come back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    stopping = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, signal.SIG_IGN if stopping and program else previous)

@@ -1,0 +1,122 @@
+"""``dgf-eval``: its choices and defaults come from :mod:`dgf.options`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from dgf import options
+from dgf.commands.common import new_parser, run
+from dgf.errors import DgfError
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = new_parser(
+        "dgf-eval",
+        "Score generators with PSNR/SSIM and draw sample strips "
+        "(sharp | blurred | deblurred). --run scores every per-epoch snapshot of a "
+        "training run into RUN/eval/; --model scores one saved generator.",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--run", type=Path, help="training run folder (RUN/snapshots/*.keras)")
+    mode.add_argument("--model", type=Path, help="one saved generator (.keras)")
+    parser.add_argument("--h5", type=Path, default=None,
+                        help="HDF5 pairs file; required with --model, default for --run: "
+                        "the run's config.json")
+    parser.add_argument("--split", default=options.DEFAULT_EVAL_SPLIT,
+                        help="split of the HDF5 file to score")
+    parser.add_argument("--strips", type=int, default=options.DEFAULT_STRIPS,
+                        help="pairs (rows) in each sample strip, evenly spaced over the split")
+    parser.add_argument("--batch-size", type=int, default=options.DEFAULT_EVAL_BATCH,
+                        help="images per generator call")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only this many pairs, evenly spaced over the split "
+                        "(default: all)")
+    parser.add_argument("-o", "--out", type=Path, default=None,
+                        help="output folder (default: RUN/eval, or <model>_eval next to "
+                        "the model)")
+    parser.add_argument("--force", action="store_true",
+                        help="--run: re-score epochs already in metrics.csv")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--model: replace existing summary.json/per_image.csv/strip.png")
+    parser.add_argument("--precision", choices=options.PRECISIONS,
+                        default=options.DEFAULT_PRECISION,
+                        help="inference precision: bf16 computes the body in bfloat16 "
+                        "(faster on CPUs with bf16 or AMX; changes PSNR slightly)")
+    parser.add_argument("--crop-border", type=int, default=options.DEFAULT_CROP_BORDER,
+                        metavar="N",
+                        help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
+                        "crop_border; 8 judges the interior")
+    parser.add_argument("--protocol", choices=options.METRIC_PROTOCOLS,
+                        default=options.DEFAULT_PROTOCOL,
+                        help="metric definitions: skimage (scikit-image's defaults, 7x7 "
+                        "uniform SSIM window) or basicsr (BasicSR's calculate_psnr/"
+                        "calculate_ssim: 11x11 Gaussian window, sigma 1.5, valid region)")
+    parser.add_argument("--y-channel", action="store_true",
+                        help="score the luma Y = 16 + (65.481 R + 128.553 G + 24.966 B)"
+                        "/255 (BT.601, MATLAB's rgb2ycbcr) instead of RGB")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    args = eval_parser().parse_args(argv)
+
+    def main() -> int:
+        from dgf import evaluate
+        from dgf.fileio import require_file
+
+        for name in ("strips", "batch_size", "limit"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if args.crop_border < 0:
+            raise DgfError(f"--crop-border must be >= 0 pixels; got {args.crop_border}")
+        named = evaluate.describe_settings(args.crop_border, args.protocol, args.y_channel)
+        crop = f" ({named})" if named else ""
+        how = {"crop_border": args.crop_border, "protocol": args.protocol,
+               "y_channel": args.y_channel}
+        if args.model is not None:
+            if args.force:
+                raise DgfError("--force applies to --run; with --model use --overwrite")
+            if args.h5 is None:
+                raise DgfError("--model needs --h5 PATH (the pairs file to score on)")
+            require_file(args.model, "model file")
+            summary = evaluate.evaluate_model(
+                args.model, args.h5, args.out, split=args.split, strips=args.strips,
+                batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
+                progress=not args.no_progress, precision=args.precision, **how,
+            )
+            out = Path(summary["out_dir"])
+            from dgf.metadata import describe
+
+            print(f"{args.model}: {describe(summary['model_metadata'])}")
+            print(f"{args.model} on {args.h5} [{args.split}], {summary['count']} pairs"
+                  f"{crop}:")
+            print(f"  {'':10} {'PSNR (dB)':>10} {'SSIM':>8}")
+            print(f"  {'deblurred':10} {summary['psnr']:>10.2f} {summary['ssim']:>8.4f}")
+            print(f"  {'blurred':10} {summary['blurred_psnr']:>10.2f} "
+                  f"{summary['blurred_ssim']:>8.4f}")
+            print(f"  {summary['seconds_per_image']:.4f} s per image")
+            for name in ("summary.json", "per_image.csv", "strip.png"):
+                print(f"wrote {out / name}")
+            return 0
+        if args.overwrite:
+            raise DgfError("--overwrite applies to --model; with --run use --force")
+        rows = evaluate.evaluate_run(
+            args.run, h5_path=args.h5, split=args.split, strips=args.strips,
+            batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
+            force=args.force, progress=not args.no_progress, precision=args.precision,
+            **how,
+        )
+        out = args.out if args.out is not None else args.run / "eval"
+        print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}{crop}")
+        for row in rows:
+            print(f"{row['epoch']:>5} {row['psnr']:>10.2f} {row['ssim']:>8.4f}")
+        print(f"{'input':>5} {rows[-1]['blurred_psnr']:>10.2f} {rows[-1]['blurred_ssim']:>8.4f}"
+              f"   (blurred vs sharp)")
+        print(f"wrote {out / 'metrics.csv'}, {out / 'metrics.png'}, "
+              f"{out / 'progress.png'} and {out / 'strips'}/")
+        return 0
+
+    return run(main, program=argv is None)

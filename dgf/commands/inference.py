@@ -1,0 +1,164 @@
+"""The inference commands: ``dgf-deblur``, ``dgf-export`` and ``dgf-info``. Their
+choices and defaults come from :mod:`dgf.options`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dgf import options
+from dgf.commands.common import new_parser, run
+from dgf.errors import DgfError
+
+
+def deblur_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "dgf-deblur",
+        "Deblur JPEG/PNG photos of any size with a trained generator. Outputs keep "
+        "the input's name, size and format; folders are searched recursively and "
+        "their tree is mirrored under OUT. Output is upright RGB (EXIF orientation "
+        "applied); a PNG's alpha channel is kept. Exit status 1 if any file failed.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="image files and/or folders")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, default=None,
+                   help="generator .keras file written by dgf-train (default: the "
+                   "bundled model (channel rate 32, space-to-depth 4) trained on pairs-small; see "
+                   "dgf/weights/MODEL_CARD.md)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile edge in pixels for large images; 0 = whole image at once "
+                   f"(default: {options.DEFAULT_TILE}, or 4 overlaps if that is more)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="overlap of neighbouring tiles in pixels (< tile/2) (default: "
+                   "from the model's receptive field, so tiles leave no seams: "
+                   f"{options.DEFAULT_OVERLAP} for the paper's layout)")
+    p.add_argument("--batch", type=int, default=options.DEFAULT_BATCH,
+                   help="tiles per generator call")
+    p.add_argument("--quality", type=int, default=options.DEFAULT_QUALITY,
+                   help="JPEG quality of the outputs (1-100)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write blurred | deblurred side by side as "
+                        "OUT/compare/REL/NAME_compare.EXT")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--precision", choices=options.PRECISIONS, default=options.DEFAULT_PRECISION,
+                   help="inference precision: bf16 computes the body in bfloat16 "
+                   "(faster on CPUs with bf16 or AMX; changes outputs slightly)")
+    p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
+                   help="run the generator on the photo shrunk by F in (0, 1], where "
+                   "a long blur is within its reach, and add the enlarged correction "
+                   "to the full-size photo (the output keeps the input's size and "
+                   "detail). auto: F = the model's training image side / the photo's "
+                   "shorter side, at most 1 (from the model file's training record; "
+                   "1 when it has none)")
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="hide the progress bar (--quiet is the same flag)")
+    return p
+
+
+def deblur_main(argv: Sequence[str] | None = None) -> int:
+    args = deblur_parser().parse_args(argv)
+
+    def work() -> int:
+        from tqdm import tqdm
+
+        from dgf import infer
+
+        def tell(path: Path, reason: str) -> None:
+            tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
+
+        model = args.model
+        if model is None:
+            from dgf.weights import MODEL_CARD, bundled_model
+
+            model = bundled_model()
+            print(f"using the bundled model {model} (channel rate 32, space-to-depth 4, trained on "
+                  f"pairs-small on a CPU; see {MODEL_CARD}). Pass --model for your own.")
+        else:
+            print(f"using the model {model}")
+        report = infer.deblur_paths(
+            model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
+            batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
+            quality=args.quality, progress=not args.no_progress, on_failure=tell,
+            precision=args.precision, scale=args.scale,
+        )
+        print(f"deblurred {len(report.processed)} image(s) into {args.out}"
+              + (f"; {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
+
+    return run(work, program=argv is None)
+
+
+# --- dgf-export -------------------------------------------------------------
+def export_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "dgf-export",
+        "Export a trained generator for serving. Both formats take uint8 images "
+        "and return uint8 images. savedmodel: signature 'serving_default', input "
+        "'images' (B, H, W, 3) uint8 of any size, output 'deblurred'. tflite: input "
+        "(1, H, W, 3) uint8; H and W are dynamic (resize_tensor_input) unless "
+        "--input-size is given.",
+    )
+    p.add_argument("--model", type=Path, required=True,
+                   help="generator .keras file written by dgf-train")
+    p.add_argument("--format", choices=options.EXPORT_FORMATS, required=True,
+                   help="export format")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="SavedModel folder or .tflite file to create")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="fix the TFLite input to H x W (default: dynamic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    return p
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    args = export_parser().parse_args(argv)
+
+    def work() -> int:
+        from dgf.export import export_model
+
+        path = export_model(args.model, args.out, args.format,
+                            input_size=args.input_size, overwrite=args.overwrite)
+        print(f"wrote {args.format} export to {path}")
+        return 0
+
+    return run(work, program=argv is None)
+
+
+# --- dgf-info ---------------------------------------------------------------
+def info_parser() -> argparse.ArgumentParser:
+    p = new_parser(
+        "dgf-info",
+        "Describe a saved generator: its layout, trainable and non-trainable "
+        "parameters, the work of its convolutions on one H x W image (MACs; FLOPs = "
+        "2 x MACs), its receptive field and what the file records of its training.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL",
+                   help="generator .keras file written by dgf-train")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   default=list(options.DEFAULT_INFO_SIZE),
+                   help="image size at which the work is counted")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return p
+
+
+def info_main(argv: Sequence[str] | None = None) -> int:
+    args = info_parser().parse_args(argv)
+
+    def work() -> int:
+        import json
+
+        from dgf.fileio import require_file
+        from dgf.info import format_info, model_info
+
+        height, width = args.size
+        if min(height, width) < 1:
+            raise DgfError(f"--size must be two positive numbers of pixels; got "
+                           f"{height} {width}")
+        require_file(args.model, "model file")  # dgf-eval --model's messages
+        info = model_info(args.model, height, width)
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
+        return 0
+
+    return run(work, program=argv is None)
