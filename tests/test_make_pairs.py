@@ -467,6 +467,26 @@ def test_cli_writes_pairs_and_prints_a_summary(tmp_path, capsys):
     assert "wrote 6 train pairs" in printed and "wrote 2 test pairs" in printed
     settings = json.loads((out / synth.MANIFEST_NAME).read_text())["settings"]
     assert settings["strength"] == 0.9 and settings["seed"] == 4
+    assert settings["linear_light"] is False and settings["jpeg_quality_range"] is None
+
+
+def test_cli_camera_realism_flags_reach_the_pairs(tmp_path, capsys):
+    write_photos(tmp_path / "src", [(50, 50), (60, 40)])
+    out = tmp_path / "out"
+    status = make_pairs_main([str(tmp_path / "src"), str(out), "--per-image", "1",
+                              "--size", "32", "--kernel-size", "7", "--format", "png",
+                              "--linear-light", "--highlight-gain", "3",
+                              "--jpeg-quality-range", "60", "80", "--no-progress"])
+    assert status == 0
+    manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
+    assert manifest["settings"]["linear_light"] is True
+    assert manifest["settings"]["highlight_gain"] == 3.0
+    assert manifest["settings"]["jpeg_quality_range"] == [60, 80]
+    assert all(60 <= r["jpeg_quality"] <= 80 and 1 <= r["highlight_gain"] <= 3
+               for r in manifest["pairs"])
+    assert make_pairs_main([str(tmp_path / "src"), str(tmp_path / "o2"), "--highlight-gain",
+                            "2", "--no-progress"]) == 2
+    assert "needs --linear-light" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -183,6 +183,19 @@ def make_pairs_parser() -> argparse.ArgumentParser:
                         help="pair image format; png is lossless")
     parser.add_argument("--quality", type=int, default=defaults["quality"],
                         help="JPEG quality (1-100)")
+    camera = parser.add_argument_group(
+        "camera realism", "what a camera adds to the blurred exposure (all off by default)")
+    camera.add_argument("--linear-light", action="store_true",
+                        help="blur in linear light: sRGB decoded, convolved, encoded back")
+    camera.add_argument("--highlight-gain", type=float, metavar="G",
+                        default=defaults["highlight_gain"],
+                        help="with --linear-light: near-white pixels of the sharp crop become "
+                        "up to G times brighter than white (drawn per pair) before blurring, "
+                        "and the result is clipped, so lights smear into saturated streaks "
+                        "(1: off)")
+    camera.add_argument("--jpeg-quality-range", type=int, nargs=2, metavar=("LO", "HI"),
+                        help="re-compress the blurred half once as JPEG at a quality drawn "
+                        "per pair from LO..HI, as a camera writes it (e.g. 70 95)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace pairs and kernels already in OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -214,8 +227,10 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
             sharp_dir, out_dir, per_image=args.per_image, size=args.size,
             test_fraction=args.test_fraction, seed=args.seed,
             kernel_size=args.kernel_size, strength=args.strength, noise=args.noise,
-            quality=args.quality, fmt=args.format, sample_photos=args.sample_photos,
-            overwrite=args.overwrite, progress=not args.no_progress,
+            quality=args.quality, fmt=args.format, linear_light=args.linear_light,
+            highlight_gain=args.highlight_gain, jpeg_quality_range=args.jpeg_quality_range,
+            sample_photos=args.sample_photos, overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
         print(report.summary())
         return 0
