@@ -472,3 +472,72 @@ def test_each_command_has_one_flag_table_in_the_manual():
         for program in flag_tables(page.read_text(encoding="utf-8")):
             owners.setdefault(program, []).append(str(page.relative_to(ROOT)))
     assert owners == {p: [page] for p, (_, page) in COMMANDS.items()}
+
+
+# --- the tests: links between the pages -------------------------------------
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a page: lower case, punctuation other
+    than ``-`` and ``_`` dropped, spaces turned into ``-``."""
+    anchors = set()
+    for line in _outside_code(text):
+        match = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def _outside_code(text: str) -> list[str]:
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
+
+
+def broken_links(page: Path) -> list[str]:
+    """Relative links and images of ``page`` whose file, or heading, does not exist."""
+    problems = []
+    for line in _outside_code(page.read_text(encoding="utf-8")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):
+            if re.match(r"^[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                problems.append(f"{page.name}: {target}: no such file")
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(
+                    file.read_text(encoding="utf-8")):
+                problems.append(f"{page.name}: {target}: no heading #{anchor}")
+    return problems
+
+
+def test_the_link_check_finds_missing_files_and_headings(tmp_path):
+    (tmp_path / "other.md").write_text("# Other\n## Full-size photos: `--scale`\n",
+                                       encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "See [it](other.md#full-size-photos---scale), [top](#a-page) and "
+        "[gone](missing.md), [bad](other.md#nowhere), ![pic](pic.png).\n"
+        "# A page\n```bash\n# [not a link](nothing.md)\n```\n", encoding="utf-8")
+    assert broken_links(page) == [
+        "page.md: missing.md: no such file",
+        "page.md: other.md#nowhere: no heading #nowhere",
+        "page.md: pic.png: no such file",
+    ]
+
+
+def test_every_link_of_the_manual_resolves():
+    pages = [*PAGES, ROOT / "CHANGELOG.md"]
+    problems = [p for page in pages for p in broken_links(page)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_readme_stays_a_landing_page():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move details to docs/"
+    linked = set(re.findall(r"\]\((docs/[\w.]+\.md)\)", "\n".join(lines)))
+    pages = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
+    assert pages <= linked, f"README.md does not link {sorted(pages - linked)}"
