@@ -25,17 +25,18 @@ from dgf.config import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-#: Each command's entry point (pyproject.toml's [project.scripts]) and the page whose
-#: flag table documents it.
-COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
-    "build-hdf5": (cli.build_hdf5_main, "docs/data.md"),
-    "dgf-make-pairs": (cli.make_pairs_main, "docs/data.md"),
-    "dgf-train": (cli.train_main, "docs/training.md"),
-    "dgf-eval": (cli.eval_main, "docs/evaluation.md"),
-    "dgf-deblur": (cli.deblur_main, "docs/inference.md"),
-    "dgf-export": (cli.export_main, "docs/inference.md"),
-    "dgf-info": (cli.info_main, "docs/inference.md"),
+#: The page whose flag table documents each command (every console script of
+#: pyproject.toml, as dgf.cli.parsers() names them).
+PAGE_OF = {
+    "build-hdf5": "docs/data.md",
+    "dgf-make-pairs": "docs/data.md",
+    "dgf-train": "docs/training.md",
+    "dgf-eval": "docs/evaluation.md",
+    "dgf-deblur": "docs/inference.md",
+    "dgf-export": "docs/inference.md",
+    "dgf-info": "docs/inference.md",
 }
+COMMANDS = cli.parsers()
 #: Scripts run as ``python SCRIPT ...``; their parsers are checked like the commands'.
 SCRIPT_DIRS = ("tools", "benchmarks")
 #: Programs the examples may use that are not dgf's: only their presence is allowed.
@@ -66,12 +67,6 @@ def _capturing_parsers() -> Iterator[None]:
         argparse.ArgumentParser.parse_args = original
 
 
-def _parser_of(main: Callable[..., int]) -> argparse.ArgumentParser:
-    with _capturing_parsers(), pytest.raises(_Captured, match=".") as caught:
-        main(["--help"])
-    return caught.value.parser
-
-
 def _script_parser(path: Path) -> argparse.ArgumentParser:
     """The parser of a tools/ or benchmarks/ script, run as ``__main__`` until it
     parses its arguments (imports only; no work is done)."""
@@ -91,10 +86,7 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 def parser_for(program: str) -> argparse.ArgumentParser:
     if program not in _PARSERS:
-        if program in COMMANDS:
-            _PARSERS[program] = _parser_of(COMMANDS[program][0])
-        else:
-            _PARSERS[program] = _script_parser(ROOT / program)
+        _PARSERS[program] = COMMANDS.get(program) or _script_parser(ROOT / program)
     return _PARSERS[program]
 
 
@@ -459,11 +451,15 @@ def test_train_defaults_come_from_train_config():
 
 @pytest.mark.parametrize("program", sorted(COMMANDS))
 def test_every_flag_is_in_its_page_table_with_the_parsers_default(program):
-    page = COMMANDS[program][1]
+    page = PAGE_OF[program]
     tables = flag_tables((ROOT / page).read_text(encoding="utf-8"))
     assert program in tables, f"{page} has no `{program}` flag table"
     problems = table_problems(program, parser_for(program), tables[program])
     assert not problems, "\n".join(problems)
+
+
+def test_every_command_has_a_page():
+    assert set(PAGE_OF) == set(COMMANDS)
 
 
 def test_each_command_has_one_flag_table_in_the_manual():
@@ -471,7 +467,7 @@ def test_each_command_has_one_flag_table_in_the_manual():
     for page in PAGES:
         for program in flag_tables(page.read_text(encoding="utf-8")):
             owners.setdefault(program, []).append(str(page.relative_to(ROOT)))
-    assert owners == {p: [page] for p, (_, page) in COMMANDS.items()}
+    assert owners == {p: [page] for p, page in PAGE_OF.items()}
 
 
 # --- the tests: links between the pages -------------------------------------
