@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import pytest
 
 from dgf import cli
-from dgf.config import TrainConfig
+from dgf.config import TrainConfig, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -350,10 +350,19 @@ def true_default(program: str, action: argparse.Action) -> object:
     """What a flag is when not given. dgf-train's flags leave their key unset
     (argparse.SUPPRESS) so that a --config file can set it: TrainConfig holds it."""
     if action.default is argparse.SUPPRESS and program == "dgf-train":
-        fields = TrainConfig()
-        if hasattr(fields, action.dest):
-            return getattr(fields, action.dest)
+        if action.dest in settings():
+            return settings()[action.dest].default
     return action.default
+
+
+def choices_of(program: str, action: argparse.Action) -> tuple | None:
+    """The values a flag accepts: argparse's choices, or for dgf-train the field's
+    (TrainConfig checks them, so its flags carry none)."""
+    if action.choices:
+        return tuple(action.choices)
+    if program == "dgf-train" and action.dest in settings():
+        return settings()[action.dest].choices
+    return None
 
 
 def default_matches(documented: str, action: argparse.Action, default: object) -> bool:
@@ -403,6 +412,12 @@ def table_problems(program: str, parser: argparse.ArgumentParser,
             shown = "(required)" if action.required else repr(default)
             problems.append(f"{program} {options[0]}: documented default {cells[1]!r}, "
                             f"the parser's is {shown}")
+        named = set(re.findall(r"`([^`]+)`", " ".join(cells[2:]))) | {cells[1]}
+        undocumented = [str(c) for c in choices_of(program, action) or ()
+                        if str(c) not in named]
+        if undocumented:
+            problems.append(f"{program} {options[0]}: choices {', '.join(undocumented)} "
+                            f"are not in its row")
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or not action.option_strings:
             continue
@@ -420,23 +435,26 @@ def test_the_table_check_finds_missing_flags_wrong_defaults_and_unknown_rows():
     parser.add_argument("-o", "--out", required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--size", nargs=2, type=int, default=[256, 256])
+    parser.add_argument("--loss", choices=("l1", "l2"), default="l1")
     text = (
         "| `tool` flag | default | meaning |\n|---|---|---|\n"
         "| `--epochs N` | 10 | epochs |\n| `--lr` | 3e-4 | rate |\n"
         "| `--jit` | off | XLA |\n| `-o`, `--out` | (required) | folder |\n"
         "| `--model` | (the bundled one) | file |\n| `--size H W` | 256 256 | size |\n"
+        "| `--loss` | l1 | or `l2` |\n"
     )
     rows = flag_tables(text)["tool"]
     assert table_problems("tool", parser, rows) == []
     broken = (text.replace("| 10 |", "| 12 |").replace("| `--jit` | off", "| `--jit` | on")
               .replace("| `--model` | (the bundled one)", "| `--model` | bundled")
-              .replace("| `--lr` |", "| `--learning-rate` |"))
+              .replace("| `--lr` |", "| `--learning-rate` |").replace("or `l2`", "or L2"))
     problems = table_problems("tool", parser, flag_tables(broken)["tool"])
     assert problems == [
         "tool --epochs: documented default '12', the parser's is 10",
         "tool: row '`--learning-rate`' names no flag of the parser (--learning-rate)",
         "tool --jit: documented default 'on', the parser's is False",
         "tool --model: documented default 'bundled', the parser's is None",
+        "tool --loss: choices l2 are not in its row",
         "tool: --lr is missing from its flag table",
     ]
 
