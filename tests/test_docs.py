@@ -1,9 +1,11 @@
 """The manual runs: every command line in the bash blocks of README.md and docs/*.md
 parses with that command's own argparse parser (nothing is executed), and every
-flag of every command is in its page's flag table with the parser's default.
+flag of every command is in its page's flag table with the parser's default and
+the values it accepts; every relative link between the pages resolves.
 
 A renamed, removed or misspelled flag in an example, a flag missing from its
-table, or a documented default that differs from the parser's fails here.
+table, a documented default that differs from the parser's, or a link to a moved
+page or heading fails here.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -40,7 +42,7 @@ COMMANDS = cli.parsers()
 #: Scripts run as ``python SCRIPT ...``; their parsers are checked like the commands'.
 SCRIPT_DIRS = ("tools", "benchmarks")
 #: Programs the examples may use that are not dgf's: only their presence is allowed.
-OTHER_PROGRAMS = {"cd", "export", "pip", "tensorboard", "ls", "cat", "python3", "git"}
+OTHER_PROGRAMS = {"cd", "export", "pip", "tensorboard", "ls", "cat", "git"}
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -54,7 +56,7 @@ class _Captured(Exception):
 @contextmanager
 def _capturing_parsers() -> Iterator[None]:
     """Inside this, the first ``parse_args`` call hands its parser back instead of
-    parsing (each command builds its parser and parses at once, then works)."""
+    parsing (a script builds its parser and parses at once, then works)."""
     original = argparse.ArgumentParser.parse_args
 
     def capture(self, *args, **kwargs):
