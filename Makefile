@@ -23,8 +23,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The quick benchmark set: minutes, each script printing its numbers (README,
-# Benchmarks). The loader and evaluation read ../shared/data/pairs-small by default.
+# The quick benchmark set: minutes, each script printing its numbers
+# (docs/benchmarks.md). The loader and evaluation read ../shared/data/pairs-small by default.
 # The long ones run by hand: bench_deblur.py (a 12-megapixel photo),
 # bench_build_hdf5.py, bench_levers.py and bench_bf16_psnr.py (these two take an
 # HDF5 file).
