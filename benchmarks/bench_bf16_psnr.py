@@ -1,8 +1,8 @@
 """What bf16 inference does to PSNR/SSIM on real pairs, against fp32, in one run.
 
 Deblurs every pair of a split (``--limit`` evenly spaced ones) with the generator's
-folded copy at fp32 and at bf16 (``dgf.evaluate.deblur_array``) and scores both with
-the documented metrics (``dgf.evaluate.psnr`` / ``ssim``, mean of per-image values).
+folded copy at fp32 and at bf16 (``dgf.scoring.deblur_array``) and scores both with
+the documented metrics (``dgf.metrics.psnr`` / ``ssim``, mean of per-image values).
 Prints each precision's mean PSNR and SSIM against the sharp images, their
 difference, and how far the bf16 image is from the fp32 one (PSNR of bf16 against
 fp32, largest pixel difference). Also the seconds per image of each.
@@ -42,8 +42,8 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from dgf.evaluate import (_open_split, deblur_array, mean_psnr, psnr, read_pairs, ssim,
-                              strip_indices)
+    from dgf.metrics import mean_psnr, psnr, ssim
+    from dgf.scoring import deblur_array, open_split, read_pairs, strip_indices
     from dgf.models import build_generator
     from dgf.runtime import bf16_native, load_generator
 
@@ -59,7 +59,7 @@ def main() -> None:
                 layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c),
                                    rng.normal(0, 0.1, c), rng.uniform(0.5, 2.0, c)])
         what = f"random generator, channel rate {args.channel_rate}"
-    h5, info = _open_split(args.h5, args.split)
+    h5, info = open_split(args.h5, args.split)
     h5.close()
     indices = (list(range(info.count)) if args.limit is None
                else strip_indices(info.count, args.limit))

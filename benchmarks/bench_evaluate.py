@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from dgf import evaluate as ev
+from dgf import metrics, scoring
+from dgf.images import to_unit
 from dgf.schema import blurred_name, sharp_name
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pairs-small"
@@ -66,8 +67,8 @@ def main() -> None:
     t_sk = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for s, b in zip(sharp, blurred):
-        ev.psnr(s, b)
-        ev.ssim(s, b)
+        metrics.psnr(s, b)
+        metrics.ssim(s, b)
     t_ours = (time.perf_counter() - t0) / n
     print(f"metrics per pair: scikit-image {t_sk * 1e3:.2f} ms, dgf {t_ours * 1e3:.2f} ms "
           f"(ratio dgf/scikit-image {t_ours / t_sk:.2f})")
@@ -79,27 +80,27 @@ def main() -> None:
         with h5py.File(h5, "w") as f:
             f[sharp_name("test")] = sharp
             f[blurred_name("test")] = blurred
-        ev.deblur_array(generator, blurred[:8])  # first-call setup out of the timings
+        scoring.deblur_array(generator, blurred[:8])  # first-call setup out of the timings
         t0 = time.perf_counter()
-        first, _ = ev.evaluate_split(generator, h5, batch_size=8, progress=False)
+        first, _ = scoring.evaluate_split(generator, h5, batch_size=8, progress=False)
         t_first = time.perf_counter() - t0
         cached = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            summary, _ = ev.evaluate_split(generator, h5, batch_size=8, progress=False)
+            summary, _ = scoring.evaluate_split(generator, h5, batch_size=8, progress=False)
             cached.append(time.perf_counter() - t0)
         t_cached = min(cached)
         # Inference: the compiled call deblur_array uses vs the plain eager call,
         # interleaved and reduced to medians so a busy machine hurts both alike.
         batch = blurred[:8]
-        generator(ev.to_unit(batch), training=False)
+        generator(to_unit(batch), training=False)
         eager, compiled = [], []
         for _ in range(max(3, 2 * args.repeats)):
             t0 = time.perf_counter()
-            generator(ev.to_unit(batch), training=False)
+            generator(to_unit(batch), training=False)
             eager.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            ev.deblur_array(generator, batch, batch_size=8)
+            scoring.deblur_array(generator, batch, batch_size=8)
             compiled.append(time.perf_counter() - t0)
         t_eager = float(np.median(eager)) / len(batch)
         t_compiled = float(np.median(compiled)) / len(batch)

@@ -3,7 +3,7 @@
 Every variant starts from the same seed, sees the same batches (the loader's plan
 for ``seed``/``epoch``), trains the same number of steps through
 ``dgf.train.GANTrainer`` on a real HDF5 file, and is scored with
-``dgf.evaluate.evaluate_split`` on the same evenly spaced test pairs (BatchNorm
+``dgf.scoring.evaluate_split`` on the same evenly spaced test pairs (BatchNorm
 statistics re-estimated first, as the trainer does, when the variant has them).
 The baseline is the recipe (``configs/cpu-pairs-small.yaml``) with one setting
 changed per row.
@@ -46,7 +46,7 @@ sys.path.insert(0, args["repo"])
 import keras, tensorflow as tf
 from dgf.config import TrainConfig, load_config_file
 from dgf.data import make_dataset
-from dgf.evaluate import evaluate_split
+from dgf.scoring import evaluate_split
 from dgf.actions import BatchNormReestimation
 from dgf.train import GANTrainer, select_strategy
 from dgf.data import split_info

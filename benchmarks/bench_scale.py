@@ -23,7 +23,7 @@ import time
 import h5py
 import numpy as np
 
-from dgf.evaluate import psnr, ssim
+from dgf.metrics import psnr, ssim
 from dgf.images import to_uint8, to_unit
 from dgf.metadata import read_metadata, training_side
 from dgf.runtime import _resize, auto_scale, deblur_image, load_generator, scaled_size

@@ -33,14 +33,15 @@ import tensorflow as tf
 from dgf.config import GENERATOR_KEYS, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
-from dgf.evaluate import check_window, describe_settings, evaluate_split, evaluate_with_strip
+from dgf.metrics import check_window, describe_settings
+from dgf.scoring import evaluate_split, evaluate_with_strip
 from dgf.fileio import write_atomic, write_text_atomic
 from dgf.images import to_unit
 from dgf.metadata import read_metadata, source_commit, write_metadata
 from dgf.schema import SplitInfo, check_split, open_pairs_file
 
 # An epoch's scores, as metrics.jsonl's epoch records carry them: the crop border,
-# protocol and channel (dgf.evaluate.psnr/ssim) say what they measured.
+# protocol and channel (dgf.metrics.psnr/ssim) say what they measured.
 SCORE_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim", "count", "crop_border", "protocol", "y_channel")
 
 
@@ -307,12 +308,12 @@ class Scoring:
     """PSNR/SSIM of the generator on ``cfg.val_samples`` test pairs (all if None)
     and, where ``strips`` (the chief), ``RUN/samples/epoch_NNNN.png``: the same
     ``cfg.strip_pairs`` test pairs each epoch, drawn from the scoring pass (see
-    :func:`dgf.evaluate.strip_rows`), so the strip costs no generator pass."""
+    :func:`dgf.scoring.strip_rows`), so the strip costs no generator pass."""
 
     def __init__(self, cfg: TrainConfig, *, strips: bool = True) -> None:
         self.cfg = cfg
         self.folder = Path(cfg.run_dir) / "samples" if strips else None
-        # How the scores are taken (dgf.evaluate.psnr/ssim), named in every record.
+        # How the scores are taken (dgf.metrics.psnr/ssim), named in every record.
         self.settings = {"crop_border": cfg.crop_border, "protocol": cfg.metric_protocol,
                          "y_channel": cfg.y_channel}
         _check_window(cfg)  # the SSIM window must fit the crop: refused before training

@@ -2,7 +2,7 @@
 
 ``dgf-deblur``, ``dgf-eval`` and ``dgf-export`` build their argument parsers from
 these values, and the modules that do the work (:mod:`dgf.runtime`,
-:mod:`dgf.infer`, :mod:`dgf.evaluate`, :mod:`dgf.export`) take their defaults and
+:mod:`dgf.infer`, :mod:`dgf.scoring`, :mod:`dgf.evaluate`, :mod:`dgf.export`) take their defaults and
 validate against the same names. Those modules import TensorFlow when they load
 (about two seconds), which a parser must not do so that every command's ``--help``
 stays instant; hence this module, which imports nothing, is the one home of these
@@ -46,7 +46,7 @@ DEFAULT_CROP_BORDER = 0
 #: Metric definitions of ``dgf-eval --protocol`` and the trainer's
 #: ``metric_protocol``: "skimage" is scikit-image's defaults (7x7 uniform SSIM
 #: window), "basicsr" BasicSR's calculate_psnr/calculate_ssim (11x11 Gaussian
-#: window, sigma 1.5, valid region); see dgf.evaluate.
+#: window, sigma 1.5, valid region); see dgf.metrics.
 METRIC_PROTOCOLS = ("skimage", "basicsr")
 DEFAULT_PROTOCOL = "skimage"
 #: Score the luma Y of ITU-R BT.601 (MATLAB's rgb2ycbcr) instead of RGB.

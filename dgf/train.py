@@ -55,7 +55,7 @@ from dgf.config import (
 from dgf.data import make_dataset, split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
-from dgf.evaluate import check_crop_border
+from dgf.metrics import check_crop_border
 from dgf.fileio import check_output, prepare_output, require_file
 from dgf.losses import (
     LossWeights,

@@ -10,7 +10,8 @@ from PIL import Image
 
 from conftest import noise_image, read_halves
 from dgf.cli import deblur_main
-from dgf.evaluate import deblur_array, psnr, ssim
+from dgf.metrics import psnr, ssim
+from dgf.scoring import deblur_array
 from dgf.metadata import read_metadata, training_side
 from dgf.models import generator_layout, is_residual
 from dgf.weights import MODEL_CARD, bundled_model

@@ -137,7 +137,7 @@ def test_working_modules_use_the_options_module():
 
 
 def test_eval_protocols_and_info_help_come_from_the_options_module():
-    from dgf import evaluate
+    from dgf import evaluate, metrics
     from dgf.config import TrainConfig
 
     text = _help(_scripts()["dgf-eval"])["help"]
@@ -149,7 +149,7 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     scoring = inspect.signature(evaluate.evaluate_model).parameters
     assert scoring["protocol"].default == options.DEFAULT_PROTOCOL
     assert scoring["y_channel"].default is options.DEFAULT_Y_CHANNEL
-    assert evaluate.METRIC_PROTOCOLS is options.METRIC_PROTOCOLS
+    assert metrics.METRIC_PROTOCOLS is options.METRIC_PROTOCOLS
     assert TrainConfig().metric_protocol == options.DEFAULT_PROTOCOL
     assert TrainConfig().y_channel is options.DEFAULT_Y_CHANNEL
 
@@ -244,3 +244,38 @@ def test_train_flags_are_the_config_fields():
             assert text.endswith(f"(default: {default})"), key
     assert about["beta_1"].flag == "--beta1" and about["crop_border"].flag == "--crop-border"
     assert about["pixel_loss"].choices and about["precision"].choices
+
+
+# Keras itself imports matplotlib when it is installed (keras.visualization, inside a
+# try), so "not in sys.modules" cannot tell; the probe hides matplotlib instead, as on
+# a machine without it, and imports the trainer.
+_NO_MATPLOTLIB = r"""
+import importlib.abc, json, sys
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r} (hidden)")
+        return None
+
+sys.meta_path.insert(0, Hide())
+import dgf.train, dgf.actions, dgf.scoring, dgf.metrics
+try:
+    import dgf.evaluate
+    plots = "imported"
+except ImportError as exc:
+    plots = str(exc)
+print(json.dumps({"plots": plots, "trainer": "dgf.train" in sys.modules}))
+"""
+
+
+def test_the_trainer_imports_no_matplotlib():
+    """matplotlib is dgf-eval's (its plots); training and scoring never need it."""
+    done = subprocess.run([sys.executable, "-c", _NO_MATPLOTLIB], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["trainer"] is True
+    # The probe does hide matplotlib: dgf-eval's module, which draws, cannot load.
+    assert "matplotlib" in result["plots"] and "hidden" in result["plots"]

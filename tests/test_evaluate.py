@@ -1,4 +1,5 @@
-"""Metrics, strips and the dgf-eval reports (dgf/evaluate.py, dgf-eval)."""
+"""Metrics, strips and the dgf-eval reports (dgf/metrics.py, dgf/scoring.py,
+dgf/evaluate.py, dgf-eval)."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import make_eval_h5, make_run, read_halves, write_pairs_h5
 from dgf import evaluate as ev
+from dgf import images, metrics, scoring
 from dgf.cli import eval_main
 from dgf.errors import DgfError
 from dgf.schema import blurred_name, sharp_name
@@ -33,6 +35,31 @@ def _generator(seed: int):
 
     keras.utils.set_random_seed(seed)
     return build_generator(channel_rate=8)
+
+
+def _center_crop(batch: np.ndarray, crop: int | tuple[int, int] | None) -> np.ndarray:
+    if crop is None:
+        return batch
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    h, w = batch.shape[1:3]
+    ch, cw = min(ch, h), min(cw, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return batch[:, top : top + ch, left : left + cw]
+
+
+def write_strip(path, generator, h5_path, split="test", indices=None, crop=None, *, n=4):
+    """Deblur chosen pairs of ``split`` and write their sharp | blurred | deblurred
+    strip with the package's parts (read_pairs, deblur_array, make_strip, save_png);
+    ``crop`` takes a centred crop of each image after deblurring. Returns the strip."""
+    if indices is None:
+        h5, info = scoring.open_split(h5_path, split)
+        h5.close()
+        indices = scoring.strip_indices(info.count, n)
+    sharp, blurred = scoring.read_pairs(h5_path, split, indices)
+    deblurred = scoring.deblur_array(generator, blurred, batch_size=max(1, len(indices)))
+    strip = scoring.make_strip(*(_center_crop(a, crop) for a in (sharp, blurred, deblurred)))
+    scoring.save_png(path, strip)
+    return strip
 
 
 def _identity_generator():
@@ -62,11 +89,11 @@ def _png(path: Path) -> np.ndarray:
 def test_to_uint8_rounds_clips_and_inverts_to_unit():
     x = np.array([-1.5, -1.0, 0.0, 1.0, 2.0, 1 / 127.5 - 1, 0.5 / 127.5 - 1], np.float32)
     # 0 -> 127.5 rounds half to even (128); 0.5 -> rounds half to even (0).
-    np.testing.assert_array_equal(ev.to_uint8(x), [0, 0, 128, 255, 255, 1, 0])
+    np.testing.assert_array_equal(images.to_uint8(x), [0, 0, 128, 255, 255, 1, 0])
     every = np.arange(256, dtype=np.uint8)
-    unit = ev.to_unit(every)
+    unit = images.to_unit(every)
     assert unit.dtype == np.float32 and unit.min() == -1.0 and unit.max() == 1.0
-    np.testing.assert_array_equal(ev.to_uint8(unit), every)
+    np.testing.assert_array_equal(images.to_uint8(unit), every)
 
 
 def test_metrics_agree_with_scikit_image_on_real_pairs(pairs_small):
@@ -75,10 +102,10 @@ def test_metrics_agree_with_scikit_image_on_real_pairs(pairs_small):
     for sharp, blurred in map(read_halves, paths):
         want_p = peak_signal_noise_ratio(sharp, blurred, data_range=255)
         want_s = structural_similarity(sharp, blurred, channel_axis=-1, data_range=255)
-        assert abs(ev.psnr(sharp, blurred) - want_p) < 0.01
-        assert abs(ev.ssim(sharp, blurred) - want_s) < 0.001
+        assert abs(metrics.psnr(sharp, blurred) - want_p) < 0.01
+        assert abs(metrics.ssim(sharp, blurred) - want_s) < 0.001
         # Real blur is a real degradation: far from identical, far from noise.
-        assert 15 < ev.psnr(sharp, blurred) < 40
+        assert 15 < metrics.psnr(sharp, blurred) < 40
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (17, 45, 3), (64, 7, 3)])
@@ -86,28 +113,28 @@ def test_metrics_agree_with_scikit_image_on_synthetic_pairs(shape):
     rng = np.random.default_rng(sum(shape))
     a = rng.integers(0, 256, shape, dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
-    assert abs(ev.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 0.01
+    assert abs(metrics.psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 0.01
     assert abs(
-        ev.ssim(a, b) - structural_similarity(a, b, channel_axis=-1, data_range=255)
+        metrics.ssim(a, b) - structural_similarity(a, b, channel_axis=-1, data_range=255)
     ) < 0.001
 
 
 def test_identical_images_psnr_inf_and_capped_in_means():
     a = np.full((16, 16, 3), 77, np.uint8)
-    assert ev.psnr(a, a) == math.inf
-    assert ev.ssim(a, a) == pytest.approx(1.0)
-    assert ev.mean_psnr([math.inf, 20.0]) == pytest.approx((ev.PSNR_CAP_DB + 20.0) / 2)
-    assert math.isnan(ev.mean_psnr([]))
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.mean_psnr([math.inf, 20.0]) == pytest.approx((metrics.PSNR_CAP_DB + 20.0) / 2)
+    assert math.isnan(metrics.mean_psnr([]))
 
 
 def test_metric_inputs_are_checked():
     a = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(DgfError, match="shape"):
-        ev.psnr(a, np.zeros((16, 15, 3), np.uint8))
+        metrics.psnr(a, np.zeros((16, 15, 3), np.uint8))
     with pytest.raises(DgfError, match="uint8"):
-        ev.ssim(a, a.astype(np.float32))
+        metrics.ssim(a, a.astype(np.float32))
     with pytest.raises(DgfError, match="7x7"):
-        ev.ssim(np.zeros((5, 16, 3), np.uint8), np.zeros((5, 16, 3), np.uint8))
+        metrics.ssim(np.zeros((5, 16, 3), np.uint8), np.zeros((5, 16, 3), np.uint8))
 
 
 @pytest.mark.parametrize("n", [1, 4, 8])
@@ -119,51 +146,51 @@ def test_crop_border_scores_equal_scikit_image_on_the_cropped_arrays(n):
     assert ca.shape == (32 - 2 * n, 40 - 2 * n, 3)
     want_p = peak_signal_noise_ratio(ca, cb, data_range=255)
     want_s = structural_similarity(ca, cb, channel_axis=-1, data_range=255)
-    assert abs(ev.psnr(a, b, crop_border=n) - want_p) < 1e-9
-    assert abs(ev.ssim(a, b, crop_border=n) - want_s) < 1e-9
+    assert abs(metrics.psnr(a, b, crop_border=n) - want_p) < 1e-9
+    assert abs(metrics.ssim(a, b, crop_border=n) - want_s) < 1e-9
     # The crop matters: the whole images score otherwise.
-    assert ev.psnr(a, b) != ev.psnr(a, b, crop_border=n)
+    assert metrics.psnr(a, b) != metrics.psnr(a, b, crop_border=n)
     # Only the border differs: cropped, the images are identical.
     c = a.copy()
     c[:n] = 255 - c[:n]
-    assert ev.psnr(a, c, crop_border=n) == math.inf and ev.psnr(a, c) < 100
+    assert metrics.psnr(a, c, crop_border=n) == math.inf and metrics.psnr(a, c) < 100
 
 
 def test_crop_border_errors_name_the_value():
     a = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(DgfError, match=r"crop border must be >= 0 pixels, got -1"):
-        ev.psnr(a, a, crop_border=-1)
+        metrics.psnr(a, a, crop_border=-1)
     with pytest.raises(DgfError, match=r"crop border 16 leaves nothing of a 32x32 image"):
-        ev.psnr(a, a, crop_border=16)
+        metrics.psnr(a, a, crop_border=16)
     with pytest.raises(DgfError, match=r"crop border 16 leaves nothing"):
-        ev.ssim(a, a, crop_border=16)
+        metrics.ssim(a, a, crop_border=16)
     with pytest.raises(DgfError, match=r"got 2\.5"):
-        ev.check_crop_border(2.5)
-    assert ev.check_crop_border(15, 32, 32) == 15  # one pixel row and column left
+        metrics.check_crop_border(2.5)
+    assert metrics.check_crop_border(15, 32, 32) == 15  # one pixel row and column left
 
 
 # --- strips -----------------------------------------------------------------------------
 def test_strip_indices_even_fixed_and_bounded():
-    idx = ev.strip_indices(100, 4)
+    idx = scoring.strip_indices(100, 4)
     # The middles of four equal parts of 100, the same whatever the random state.
     assert idx == [12, 37, 62, 87]
     np.random.seed(5)
-    assert ev.strip_indices(100, 4) == [12, 37, 62, 87]
+    assert scoring.strip_indices(100, 4) == [12, 37, 62, 87]
     assert idx == sorted(set(idx)) and len(idx) == 4
     assert all(0 <= i < 100 for i in idx)
     gaps = np.diff(idx)
     assert gaps.min() >= 24 and gaps.max() <= 26
-    assert ev.strip_indices(3, 5) == [0, 1, 2]
-    assert ev.strip_indices(7, 7) == list(range(7))
-    assert len(set(ev.strip_indices(9, 8))) == 8
+    assert scoring.strip_indices(3, 5) == [0, 1, 2]
+    assert scoring.strip_indices(7, 7) == list(range(7))
+    assert len(set(scoring.strip_indices(9, 8))) == 8
     with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
-        ev.strip_indices(10, 0)
+        scoring.strip_indices(10, 0)
 
 
 def test_make_strip_panels_are_exact():
     rng = np.random.default_rng(0)
     sharp, blurred, deblurred = (rng.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8) for _ in range(3))
-    strip = ev.make_strip(sharp, blurred, deblurred)
+    strip = scoring.make_strip(sharp, blurred, deblurred)
     assert strip.shape == (15, 18, 3) and strip.dtype == np.uint8
     for i in range(3):
         rows = slice(i * 5, (i + 1) * 5)
@@ -171,7 +198,7 @@ def test_make_strip_panels_are_exact():
         np.testing.assert_array_equal(strip[rows, 6:12], blurred[i])
         np.testing.assert_array_equal(strip[rows, 12:18], deblurred[i])
     with pytest.raises(DgfError, match="same shape"):
-        ev.make_strip(sharp, blurred, deblurred[:2])
+        scoring.make_strip(sharp, blurred, deblurred[:2])
 
 
 def test_write_strip_png_matches_sources(tmp_path):
@@ -179,35 +206,35 @@ def test_write_strip_png_matches_sources(tmp_path):
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
     out = tmp_path / "samples" / "epoch_0001.png"
-    strip = ev.write_strip(out, generator, h5, "test", indices=[1, 4, 6])
+    strip = write_strip(out, generator, h5, "test", indices=[1, 4, 6])
     assert strip.shape == (3 * H, 3 * W, 3)
     back = _png(out)
     np.testing.assert_array_equal(back, strip)
-    deblurred = ev.deblur_array(generator, blurred[[1, 4, 6]])
+    deblurred = scoring.deblur_array(generator, blurred[[1, 4, 6]])
     for row, i in enumerate([1, 4, 6]):
         rows = slice(row * H, (row + 1) * H)
         np.testing.assert_array_equal(back[rows, :W], sharp[i])
         np.testing.assert_array_equal(back[rows, W : 2 * W], blurred[i])
         np.testing.assert_array_equal(back[rows, 2 * W :], deblurred[row])
     assert not list(out.parent.glob(".*tmp*")), "temporary file left behind"
-    cropped = ev.write_strip(tmp_path / "c.png", generator, h5, n=2, crop=16)
+    cropped = write_strip(tmp_path / "c.png", generator, h5, n=2, crop=16)
     assert cropped.shape == (2 * 16, 3 * 16, 3)
     with pytest.raises(DgfError, match="out of range"):
-        ev.write_strip(tmp_path / "x.png", generator, h5, indices=[COUNT])
+        write_strip(tmp_path / "x.png", generator, h5, indices=[COUNT])
 
 
 def test_strip_rows_are_spread_over_the_scored_pairs():
-    assert ev.scored_indices(64, None) == list(range(64))
-    assert ev.scored_indices(64, 32) == ev.strip_indices(64, 32)
+    assert scoring.scored_indices(64, None) == list(range(64))
+    assert scoring.scored_indices(64, 32) == scoring.strip_indices(64, 32)
     # Whole split scored: the strip shows the pairs it always showed.
-    assert ev.strip_rows(64, None, 4) == ev.strip_indices(64, 4) == [8, 24, 40, 56]
+    assert scoring.strip_rows(64, None, 4) == scoring.strip_indices(64, 4) == [8, 24, 40, 56]
     # 32 of 64 scored (odd indices): the strip picks 4 of those, evenly spread.
-    rows = ev.strip_rows(64, 32, 4)
+    rows = scoring.strip_rows(64, 32, 4)
     assert rows == [9, 25, 41, 57]
-    assert set(rows) <= set(ev.scored_indices(64, 32))
-    assert ev.strip_rows(7, 3, 5) == ev.strip_indices(7, 3)  # more rows than scored pairs
+    assert set(rows) <= set(scoring.scored_indices(64, 32))
+    assert scoring.strip_rows(7, 3, 5) == scoring.strip_indices(7, 3)  # more rows than scored pairs
     with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
-        ev.strip_rows(64, None, 0)
+        scoring.strip_rows(64, None, 0)
 
 
 @pytest.mark.parametrize("limit", [None, 4])
@@ -215,27 +242,27 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    expected, expected_rows = ev.evaluate_split(generator, h5, limit=limit, progress=False)
+    expected, expected_rows = scoring.evaluate_split(generator, h5, limit=limit, progress=False)
     passed = []
-    real = ev.deblur_array
-    monkeypatch.setattr(ev, "deblur_array",
+    real = scoring.deblur_array
+    monkeypatch.setattr(scoring, "deblur_array",
                         lambda g, images, **kw: passed.append(len(images)) or real(g, images, **kw))
     out = tmp_path / "samples" / "epoch_0003.png"
-    summary, rows, strip = ev.evaluate_with_strip(generator, h5, "test", out, strips=2,
+    summary, rows, strip = scoring.evaluate_with_strip(generator, h5, "test", out, strips=2,
                                                   batch_size=3, limit=limit, progress=False)
     # One generator pass over the scored pairs, none for the strip.
     assert sum(passed) == expected["count"] == (COUNT if limit is None else limit)
     assert rows == expected_rows
     assert {k: summary[k] for k in ("psnr", "ssim", "blurred_psnr", "count")} == {
         k: expected[k] for k in ("psnr", "ssim", "blurred_psnr", "count")}
-    picked = ev.strip_rows(COUNT, limit, 2)
+    picked = scoring.strip_rows(COUNT, limit, 2)
     assert summary["strip_indices"] == picked
     assert set(picked) <= {r["index"] for r in rows}
     np.testing.assert_array_equal(_png(out), strip)
     deblurred = real(generator, blurred[picked])
-    np.testing.assert_array_equal(strip, ev.make_strip(sharp[picked], blurred[picked], deblurred))
+    np.testing.assert_array_equal(strip, scoring.make_strip(sharp[picked], blurred[picked], deblurred))
     with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
-        ev.evaluate_with_strip(generator, h5, "test", tmp_path / "x.png", strips=0,
+        scoring.evaluate_with_strip(generator, h5, "test", tmp_path / "x.png", strips=0,
                                progress=False)
     assert not (tmp_path / "x.png").exists()
 
@@ -245,25 +272,25 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    summary, rows = ev.evaluate_split(generator, h5, batch_size=3, progress=False)
-    assert set(summary) == set(ev.SUMMARY_KEYS)
+    summary, rows = scoring.evaluate_split(generator, h5, batch_size=3, progress=False)
+    assert set(summary) == set(scoring.SUMMARY_KEYS)
     assert summary["count"] == COUNT and len(rows) == COUNT
     assert [r["index"] for r in rows] == list(range(COUNT))
     assert [r["source"] for r in rows] == [f"pair_{i}.jpg" for i in range(COUNT)]
-    deblurred = ev.deblur_array(generator, blurred)
+    deblurred = scoring.deblur_array(generator, blurred)
     for r in rows:
         i = r["index"]
-        assert r["psnr"] == pytest.approx(ev.psnr(sharp[i], deblurred[i]))
-        assert r["ssim"] == pytest.approx(ev.ssim(sharp[i], deblurred[i]))
-        assert r["blurred_psnr"] == pytest.approx(ev.psnr(sharp[i], blurred[i]))
-        assert r["blurred_ssim"] == pytest.approx(ev.ssim(sharp[i], blurred[i]))
+        assert r["psnr"] == pytest.approx(metrics.psnr(sharp[i], deblurred[i]))
+        assert r["ssim"] == pytest.approx(metrics.ssim(sharp[i], deblurred[i]))
+        assert r["blurred_psnr"] == pytest.approx(metrics.psnr(sharp[i], blurred[i]))
+        assert r["blurred_ssim"] == pytest.approx(metrics.ssim(sharp[i], blurred[i]))
     assert summary["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
     assert summary["blurred_ssim"] == pytest.approx(np.mean([r["blurred_ssim"] for r in rows]))
     assert summary["seconds_per_image"] > 0
 
-    limited, lrows = ev.evaluate_split(generator, h5, limit=3, progress=False)
+    limited, lrows = scoring.evaluate_split(generator, h5, limit=3, progress=False)
     assert limited["count"] == 3
-    assert [r["index"] for r in lrows] == ev.strip_indices(COUNT, 3)
+    assert [r["index"] for r in lrows] == scoring.strip_indices(COUNT, 3)
 
 
 def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
@@ -271,7 +298,7 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     generator = _generator(0)
-    monkeypatch.setattr(ev, "_BASELINE_CACHE", {})
+    monkeypatch.setattr(scoring, "_BASELINE_CACHE", {})
     calls = {"psnr": 0, "ssim": 0}
 
     def counting(name, real):
@@ -280,12 +307,12 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
             return real(a, b, *crop_border)
         return metric
 
-    monkeypatch.setattr(ev, "psnr", counting("psnr", ev.psnr))
-    monkeypatch.setattr(ev, "ssim", counting("ssim", ev.ssim))
+    monkeypatch.setattr(scoring, "psnr", counting("psnr", metrics.psnr))
+    monkeypatch.setattr(scoring, "ssim", counting("ssim", metrics.ssim))
 
     def scored(**kw):
         calls.update(psnr=0, ssim=0)
-        summary, rows = ev.evaluate_split(generator, h5, progress=False, **kw)
+        summary, rows = scoring.evaluate_split(generator, h5, progress=False, **kw)
         return summary, rows, dict(calls)
 
     first, rows, n = scored(limit=3)
@@ -308,7 +335,7 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     rebuilt, rebuilt_rows, n = scored(limit=3)
     assert n == {"psnr": 6, "ssim": 6}
     assert all(r["blurred_psnr"] == math.inf for r in rebuilt_rows)
-    assert rebuilt["blurred_psnr"] == ev.PSNR_CAP_DB
+    assert rebuilt["blurred_psnr"] == metrics.PSNR_CAP_DB
 
 
 def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
@@ -316,24 +343,24 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
     make_eval_h5(h5, count=3, with_source=False)
     with h5py.File(h5, "a") as f:  # blurred == sharp: a perfect "deblurrer" too
         f[blurred_name("test")][...] = f[sharp_name("test")][...]
-    summary, rows = ev.evaluate_split(_identity_generator(), h5, progress=False)
+    summary, rows = scoring.evaluate_split(_identity_generator(), h5, progress=False)
     assert all(r["psnr"] == math.inf and r["source"] == "" for r in rows)
-    assert summary["psnr"] == ev.PSNR_CAP_DB
-    assert summary["blurred_psnr"] == ev.PSNR_CAP_DB
+    assert summary["psnr"] == metrics.PSNR_CAP_DB
+    assert summary["blurred_psnr"] == metrics.PSNR_CAP_DB
     assert summary["ssim"] == pytest.approx(1.0)
 
 
 def test_evaluate_split_bad_inputs(tmp_path):
     with pytest.raises(DgfError, match=r"missing\.h5: no such file"):
-        ev.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False)
+        scoring.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(DgfError, match="HDF5"):
-        ev.evaluate_split(_generator(0), bad, progress=False)
+        scoring.evaluate_split(_generator(0), bad, progress=False)
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     with pytest.raises(DgfError, match="val_data_full"):
-        ev.evaluate_split(_generator(0), h5, "val", progress=False)
+        scoring.evaluate_split(_generator(0), h5, "val", progress=False)
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -387,15 +414,15 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
     out = tmp_path / "report"
     summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False)
     saved = json.loads((out / "summary.json").read_text())
-    assert set(ev.SUMMARY_KEYS) <= set(saved)
+    assert set(scoring.SUMMARY_KEYS) <= set(saved)
     assert saved["count"] == COUNT and saved["psnr"] == pytest.approx(summary["psnr"])
-    assert saved["strip_indices"] == ev.strip_indices(COUNT, 2)
+    assert saved["strip_indices"] == scoring.strip_indices(COUNT, 2)
     limited = ev.evaluate_model(snapshots[0], h5, tmp_path / "limited", strips=2, limit=4,
                                 progress=False)
-    assert limited["strip_indices"] == ev.strip_rows(COUNT, 4, 2)
+    assert limited["strip_indices"] == scoring.strip_rows(COUNT, 4, 2)
     with (out / "per_image.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == COUNT and tuple(rows[0]) == ev.ROW_KEYS
+    assert len(rows) == COUNT and tuple(rows[0]) == scoring.ROW_KEYS
     assert _png(out / "strip.png").shape == (2 * H, 3 * W, 3)
     with pytest.raises(DgfError, match="--overwrite"):
         ev.evaluate_model(snapshots[0], h5, out, progress=False)
@@ -536,12 +563,12 @@ def test_cli_crop_border_scores_the_interior(tmp_path, model_file, capsys):
     inner = json.loads((tmp_path / "inner" / "summary.json").read_text())
     assert (whole["crop_border"], inner["crop_border"]) == (0, 4)
     # Only the frame differs: cropped away, blurred == sharp (capped at 100 dB).
-    assert whole["blurred_psnr"] < 20 and inner["blurred_psnr"] == ev.PSNR_CAP_DB
+    assert whole["blurred_psnr"] < 20 and inner["blurred_psnr"] == metrics.PSNR_CAP_DB
     assert inner["psnr"] != whole["psnr"]
     for name, n in (("whole", "0"), ("inner", "4")):
         with (tmp_path / name / "per_image.csv").open() as fh:
             rows = list(csv.DictReader(fh))
-        assert tuple(rows[0]) == ev.ROW_KEYS and len(rows) == COUNT
+        assert tuple(rows[0]) == scoring.ROW_KEYS and len(rows) == COUNT
         assert {r["crop_border"] for r in rows} == {n}
     assert {r["blurred_psnr"] for r in csv.DictReader(
         (tmp_path / "inner" / "per_image.csv").open())} == {"inf"}
@@ -580,7 +607,7 @@ def test_cli_run_crop_border_is_in_metrics_csv_state_and_rescored(tmp_path, snap
     assert "(crop border 4)" in capsys.readouterr().out
     inner = table()
     assert [r["crop_border"] for r in inner] == ["4", "4"] and len(loads) == 2
-    assert float(inner[0]["blurred_psnr"]) == ev.PSNR_CAP_DB
+    assert float(inner[0]["blurred_psnr"]) == metrics.PSNR_CAP_DB
     state = json.loads((out / "eval_state.json").read_text())
     assert state["settings"]["crop_border"] == 4
     assert eval_main(args + ["--crop-border", "4"]) == 0  # same crop: nothing re-scored
@@ -647,31 +674,31 @@ def test_basicsr_metrics_equal_independent_implementations_on_synthetic_pairs(sh
     a = rng.integers(0, 256, shape, dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
     ca, cb = a[n:shape[0] - n, n:shape[1] - n], b[n:shape[0] - n, n:shape[1] - n]
-    got = ev.ssim(a, b, n, "basicsr")
+    got = metrics.ssim(a, b, n, "basicsr")
     assert abs(got - _reference_basicsr_ssim(ca, cb)) < 1e-6
     # The same as scikit-image with BasicSR's choices: its mean skips a 5-pixel border,
     # i.e. it too averages the valid region only.
     want = structural_similarity(ca, cb, channel_axis=-1, data_range=255, gaussian_weights=True,
                                  sigma=1.5, use_sample_covariance=False)
     assert abs(got - want) < 1e-6
-    assert abs(got - ev.ssim(a, b, n)) > 1e-4  # and not the skimage protocol's number
-    assert abs(ev.psnr(a, b, n, "basicsr") - _reference_psnr(ca, cb)) < 1e-6
+    assert abs(got - metrics.ssim(a, b, n)) > 1e-4  # and not the skimage protocol's number
+    assert abs(metrics.psnr(a, b, n, "basicsr") - _reference_psnr(ca, cb)) < 1e-6
     # Y channel: both metrics on the luma.
     ya, yb = _reference_y(ca), _reference_y(cb)
-    assert abs(ev.psnr(a, b, n, "basicsr", True) - _reference_psnr(ya, yb)) < 1e-6
-    assert abs(ev.ssim(a, b, n, "basicsr", True) - _reference_basicsr_ssim(ya, yb)) < 1e-6
+    assert abs(metrics.psnr(a, b, n, "basicsr", True) - _reference_psnr(ya, yb)) < 1e-6
+    assert abs(metrics.ssim(a, b, n, "basicsr", True) - _reference_basicsr_ssim(ya, yb)) < 1e-6
     sk_y = structural_similarity(ya, yb, data_range=255)
-    assert abs(ev.ssim(a, b, n, "skimage", True) - sk_y) < 1e-6
-    assert ev.psnr(a, a, n, "basicsr", True) == math.inf
+    assert abs(metrics.ssim(a, b, n, "skimage", True) - sk_y) < 1e-6
+    assert metrics.psnr(a, a, n, "basicsr", True) == math.inf
 
 
 def test_y_channel_is_bt601_luma_in_16_to_235():
     every = np.stack(np.meshgrid(*[np.arange(0, 256, 15, dtype=np.uint8)] * 3, indexing="ij"),
                      axis=-1).reshape(-1, 1, 3)
-    y = ev.rgb_to_y(every)
+    y = metrics.rgb_to_y(every)
     assert y.dtype == np.float64 and y.shape == every.shape[:2]
-    assert ev.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0, abs=1e-5)
-    assert ev.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0, abs=1e-4)
+    assert metrics.rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0, abs=1e-5)
+    assert metrics.rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0, abs=1e-4)
     assert 16.0 - 1e-4 <= y.min() and y.max() <= 235.0 + 1e-4
     rgb = every.astype(np.float64)
     exact = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
@@ -679,7 +706,7 @@ def test_y_channel_is_bt601_luma_in_16_to_235():
     np.testing.assert_allclose(y, _reference_y(every), atol=1e-4)
     # Pure red, green and blue: their weights.
     primaries = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
-    np.testing.assert_allclose(ev.rgb_to_y(primaries)[0], [81.481, 144.553, 40.966], atol=1e-4)
+    np.testing.assert_allclose(metrics.rgb_to_y(primaries)[0], [81.481, 144.553, 40.966], atol=1e-4)
 
 
 def test_metrics_agree_with_independent_basicsr_on_real_pairs(pairs_small):
@@ -689,13 +716,13 @@ def test_metrics_agree_with_independent_basicsr_on_real_pairs(pairs_small):
     for sharp, blurred in map(read_halves, paths):
         n = 8
         cs, cb = sharp[n:-n, n:-n], blurred[n:-n, n:-n]
-        assert abs(ev.ssim(sharp, blurred, n, "basicsr") - _reference_basicsr_ssim(cs, cb)) < 0.001
-        assert abs(ev.psnr(sharp, blurred, n, "basicsr") - _reference_psnr(cs, cb)) < 0.01
+        assert abs(metrics.ssim(sharp, blurred, n, "basicsr") - _reference_basicsr_ssim(cs, cb)) < 0.001
+        assert abs(metrics.psnr(sharp, blurred, n, "basicsr") - _reference_psnr(cs, cb)) < 0.01
         ys, yb = _reference_y(cs), _reference_y(cb)
-        assert abs(ev.psnr(sharp, blurred, n, "basicsr", True) - _reference_psnr(ys, yb)) < 0.01
-        assert abs(ev.ssim(sharp, blurred, n, "basicsr", True)
+        assert abs(metrics.psnr(sharp, blurred, n, "basicsr", True) - _reference_psnr(ys, yb)) < 0.01
+        assert abs(metrics.ssim(sharp, blurred, n, "basicsr", True)
                    - _reference_basicsr_ssim(ys, yb)) < 0.001
-        gaps.append(ev.ssim(sharp, blurred, n, "basicsr") - ev.ssim(sharp, blurred, n))
+        gaps.append(metrics.ssim(sharp, blurred, n, "basicsr") - metrics.ssim(sharp, blurred, n))
     # The protocols differ on real images by more than the tolerance: the choice matters.
     assert max(abs(g) for g in gaps) > 0.001, gaps
 
@@ -704,15 +731,15 @@ def test_basicsr_window_and_protocol_errors_name_the_crop_and_size():
     a = np.zeros((32, 40, 3), np.uint8)
     with pytest.raises(DgfError, match=r"crop border 11 leaves 18x10 of a 40x32 image, less "
                                        r"than the 11x11 window of basicsr SSIM"):
-        ev.ssim(a, a, 11, "basicsr")
-    assert ev.ssim(a, a, 10, "basicsr") == pytest.approx(1.0)  # 12x20 is enough
+        metrics.ssim(a, a, 11, "basicsr")
+    assert metrics.ssim(a, a, 10, "basicsr") == pytest.approx(1.0)  # 12x20 is enough
     with pytest.raises(DgfError, match=r"less than the 7x7 window of skimage SSIM"):
-        ev.ssim(a, a, 13)
+        metrics.ssim(a, a, 13)
     with pytest.raises(DgfError, match=r"metric protocol must be one of skimage, basicsr; "
                                        r"got 'matlab'"):
-        ev.psnr(a, a, 0, "matlab")
-    assert ev.describe_settings() == ""
-    assert ev.describe_settings(8, "basicsr", True) == "crop border 8, basicsr protocol, Y channel"
+        metrics.psnr(a, a, 0, "matlab")
+    assert metrics.describe_settings() == ""
+    assert metrics.describe_settings(8, "basicsr", True) == "crop border 8, basicsr protocol, Y channel"
 
 
 def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
@@ -721,10 +748,10 @@ def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
     generator = _identity_generator()
     for protocol, y in (("skimage", False), ("basicsr", False), ("basicsr", True),
                         ("skimage", True)):
-        summary, rows = ev.evaluate_split(generator, h5, limit=3, progress=False, crop_border=1,
+        summary, rows = scoring.evaluate_split(generator, h5, limit=3, progress=False, crop_border=1,
                                           protocol=protocol, y_channel=y)
         idx = [r["index"] for r in rows]
-        want = np.mean([ev.ssim(sharp[i], blurred[i], 1, protocol, y) for i in idx])
+        want = np.mean([metrics.ssim(sharp[i], blurred[i], 1, protocol, y) for i in idx])
         assert summary["blurred_ssim"] == pytest.approx(want, abs=1e-12)
         assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == (protocol, y, 1)
         assert all((r["protocol"], r["y_channel"]) == (protocol, y) for r in rows)
@@ -744,11 +771,11 @@ def test_cli_protocol_and_y_channel_are_written_with_the_scores(tmp_path, model_
     assert f"{COUNT} pairs (crop border 2, basicsr protocol, Y channel):" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == ("basicsr", True, 2)
-    want = np.mean([ev.psnr(s, b, 2, "basicsr", True) for s, b in zip(sharp, blurred)])
+    want = np.mean([metrics.psnr(s, b, 2, "basicsr", True) for s, b in zip(sharp, blurred)])
     assert summary["blurred_psnr"] == pytest.approx(want, abs=1e-9)
     with (out / "per_image.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert tuple(rows[0]) == ev.ROW_KEYS and len(rows) == COUNT
+    assert tuple(rows[0]) == scoring.ROW_KEYS and len(rows) == COUNT
     assert {(r["protocol"], r["y_channel"], r["crop_border"]) for r in rows} == {
         ("basicsr", "True", "2")}
     # The default protocol is named too.

@@ -256,7 +256,7 @@ def test_metric_protocol_and_y_channel_settings_flags_and_tensorboard_names(h5_f
 
 @pytest.mark.slow
 def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_path, capsys):
-    from dgf.evaluate import evaluate_split
+    from dgf.scoring import evaluate_split
     from dgf.runtime import load_generator
     from dgf.train import train
 

@@ -140,7 +140,7 @@ def _epoch_end_share(epochs: list[dict]) -> float:
 
 def _interior_scores(model: Path, h5: Path) -> dict:
     """The model's scores on the test split with 8 px cut at each side."""
-    from dgf.evaluate import evaluate_split
+    from dgf.scoring import evaluate_split
     from dgf.runtime import load_generator
 
     summary, _ = evaluate_split(load_generator(model), h5, "test", progress=False,

@@ -64,6 +64,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         from dgf import evaluate
+        from dgf.metrics import describe_settings
         from dgf.fileio import require_file
 
         for name in ("strips", "batch_size", "limit"):
@@ -72,7 +73,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
         if args.crop_border < 0:
             raise DgfError(f"--crop-border must be >= 0 pixels; got {args.crop_border}")
-        named = evaluate.describe_settings(args.crop_border, args.protocol, args.y_channel)
+        named = describe_settings(args.crop_border, args.protocol, args.y_channel)
         crop = f" ({named})" if named else ""
         how = {"crop_border": args.crop_border, "protocol": args.protocol,
                "y_channel": args.y_channel}
