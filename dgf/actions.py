@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import GENERATOR_KEYS, TrainConfig
+from dgf.config import GENERATOR_KEYS, RunDir, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
 from dgf.metrics import check_window, describe_settings
@@ -50,9 +50,9 @@ class MetricsLog:
     """``RUN/metrics.jsonl`` (one JSON record per line) and ``RUN/tensorboard``."""
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics_log
         self.enabled = enabled
-        self._writer = (tf.summary.create_file_writer(str(Path(run_dir) / "tensorboard"))
+        self._writer = (tf.summary.create_file_writer(str(RunDir(run_dir).tensorboard))
                         if enabled else None)
 
     def resume_at(self, step: int, epoch: int) -> None:
@@ -312,7 +312,7 @@ class Scoring:
 
     def __init__(self, cfg: TrainConfig, *, strips: bool = True) -> None:
         self.cfg = cfg
-        self.folder = Path(cfg.run_dir) / "samples" if strips else None
+        self.run = RunDir(cfg.run_dir) if strips else None
         # How the scores are taken (dgf.metrics.psnr/ssim), named in every record.
         self.settings = {"crop_border": cfg.crop_border, "protocol": cfg.metric_protocol,
                          "y_channel": cfg.y_channel}
@@ -326,12 +326,12 @@ class Scoring:
                  ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The epoch's scores (``SCORE_KEYS``) and its strip (None without strips)."""
         cfg, strip = self.cfg, None
-        if self.folder is None:
+        if self.run is None:
             summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
                                         progress=False, **self.settings)
         else:
             summary, _, strip = evaluate_with_strip(
-                generator, cfg.h5, "test", self.folder / f"epoch_{epoch + 1:04d}.png",
+                generator, cfg.h5, "test", self.run.sample(epoch + 1),
                 strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
                 **self.settings)
         named = describe_settings(**self.settings)
@@ -353,7 +353,7 @@ class ModelFiles:
     def __init__(self, cfg: TrainConfig, best_psnr: tf.Variable, train_info: SplitInfo,
                  test_info: SplitInfo) -> None:
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.run = RunDir(cfg.run_dir)
         self.snapshots = cfg.snapshots
         self.best_psnr = best_psnr
         self.train_info, self.test_info = train_info, test_info
@@ -361,7 +361,7 @@ class ModelFiles:
 
     def _best_so_far(self) -> dict[str, Any] | None:
         # The best file's own record: it survives a resume with the file.
-        return (read_metadata(self.run_dir / "generator_best.keras") or {}).get("best")
+        return (read_metadata(self.run.best) or {}).get("best")
 
     def _record(self, epoch: int, score: dict[str, Any] | None,
                 best: dict[str, Any] | None) -> dict[str, Any]:
@@ -391,13 +391,13 @@ class ModelFiles:
         is_best = scored is not None and scored["psnr"] > float(self.best_psnr.numpy())
         best = scored if is_best else self._best_so_far()
         record = self._record(epoch, scored, best)
-        latest = self.run_dir / "generator.keras"
+        latest = self.run.generator
         save_model(generator, latest, record)
         if self.snapshots:
-            copy_file(latest, self.run_dir / "snapshots" / f"generator_epoch_{epoch + 1:04d}.keras")
+            copy_file(latest, self.run.snapshot(epoch + 1))
         if is_best:
             self.best_psnr.assign(scored["psnr"])
-            copy_file(latest, self.run_dir / "generator_best.keras")
+            copy_file(latest, self.run.best)
         return is_best
 
 

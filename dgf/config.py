@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -28,9 +29,8 @@ import yaml
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
-from dgf.options import DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, METRIC_PROTOCOLS
+from dgf.options import DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, METRIC_PROTOCOLS, PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PIXEL_LOSSES = ("l1", "l2", "charbonnier")
@@ -137,7 +137,7 @@ class TrainConfig:
 
     precision: str = _setting(
         "fp32", HARDWARE, "fp32 | bf16 | fp16 (mixed precision; fp16 uses loss scaling)",
-        choices=PRECISIONS)
+        choices=(*PRECISIONS, "fp16"))  # fp16 trains only: its loss scaling is the optimiser's
     jit: bool = _setting(False, HARDWARE, "compile the step with XLA (on/off)")
     strategy: str = _setting(
         "auto", HARDWARE, "auto | one | mirrored | multiworker (reads TF_CONFIG)",
@@ -462,9 +462,62 @@ def read_config(path: Path) -> TrainConfig:
         raise DgfError(damaged.format(exc)) from None
 
 
-# --- run folders: new or resumed ---------------------------------------------
+# --- run folders -------------------------------------------------------------
+_SNAPSHOT_NAME = re.compile(r"^generator_epoch_(\d+)\.keras$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder's layout: every file dgf-train writes there and dgf-eval reads is
+    named here, once. Epochs are counted from 1, as the file names are."""
+
+    path: Path
+
+    def __init__(self, path: Path | str) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    config = property(lambda self: self.path / "config.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    #: TensorFlow's index of the checkpoints; a run folder with one is resumed.
+    checkpoint_index = property(lambda self: self.checkpoints / "checkpoint")
+    metrics_log = property(lambda self: self.path / "metrics.jsonl")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    samples = property(lambda self: self.path / "samples")
+    snapshots = property(lambda self: self.path / "snapshots")
+    generator = property(lambda self: self.path / "generator.keras")  # the latest
+    best = property(lambda self: self.path / "generator_best.keras")
+    #: Where dgf-eval --run writes when given no --out.
+    eval = property(lambda self: self.path / "eval")
+
+    def sample(self, epoch: int) -> Path:
+        return self.samples / f"epoch_{epoch:04d}.png"
+
+    def snapshot(self, epoch: int) -> Path:
+        return self.snapshots / f"generator_epoch_{epoch:04d}.keras"
+
+    def find_snapshots(self) -> dict[int, Path]:
+        """Map epoch -> its snapshot file, in epoch order."""
+        found = {}
+        if self.snapshots.is_dir():
+            for path in self.snapshots.iterdir():
+                match = _SNAPSHOT_NAME.match(path.name)
+                if match and path.is_file():
+                    found[int(match.group(1))] = path
+        return dict(sorted(found.items()))
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_index.is_file()
+
+    def read_config(self) -> TrainConfig:
+        """The config the run was trained with (:func:`read_config`); DgfError naming
+        the file when it is missing or damaged."""
+        if not self.config.is_file():
+            raise DgfError(f"{self.config} not found")
+        return read_config(self.config)
+
+
 def has_checkpoint(run_dir: Path | str) -> bool:
-    return (Path(run_dir) / "checkpoints" / "checkpoint").is_file()
+    return RunDir(run_dir).has_checkpoint()
 
 
 def latest_run(root: Path = RUNS_ROOT) -> Path:
@@ -474,15 +527,15 @@ def latest_run(root: Path = RUNS_ROOT) -> Path:
         raise DgfError(
             f"--resume: no run with a checkpoint under {root}/; pass --run-dir RUN"
         )
-    return max(runs, key=lambda p: (p / "checkpoints" / "checkpoint").stat().st_mtime)
+    return max(runs, key=lambda p: RunDir(p).checkpoint_index.stat().st_mtime)
 
 
 def saved_config(run_dir: Path | str) -> TrainConfig:
     """The config a run folder was trained with; DgfError when it has none."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         raise DgfError(f"{run_dir} has checkpoints but no config.json; cannot resume")
-    return read_config(path)
+    return run.read_config()
 
 
 def check_architecture(saved: TrainConfig, requested: Mapping[str, Any], run_dir: Path | str) -> None:

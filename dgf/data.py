@@ -18,7 +18,6 @@ the pipeline.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import weakref
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
+from dgf.host import available_memory, cores
 from dgf.schema import SplitInfo, blurred_name, check_split, open_pairs_file, sharp_name
 
 __all__ = [
@@ -239,21 +239,6 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation, or None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _cached_split(path: Path, split: str, info: SplitInfo) -> _ArrayReader:
     stat = path.stat()
     key = (str(path.resolve()), split, stat.st_mtime_ns, stat.st_size)
@@ -264,7 +249,7 @@ def _cached_split(path: Path, split: str, info: SplitInfo) -> _ArrayReader:
             del _CACHE[stale]
         pair_bytes = 2 * info.height * info.width * 3
         needed = info.count * pair_bytes
-        available = _available_memory()
+        available = available_memory()
         if available is not None and needed > _CACHE_MEMORY_SHARE * available:
             raise DgfError(
                 f"{path}: caching split '{split}' ({info.count} pairs of "
@@ -366,14 +351,6 @@ def _batch_reader(
 #: thread pool (measured on 2 cores: the loop ran at about half the bare step's
 #: speed); reading one batch costs milliseconds, so one reader keeps up.
 SMALL_HOST_CORES = 4
-
-
-def host_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -604,7 +581,7 @@ def _pipeline(
         sharp.set_shape(shape)
         return blurred, sharp
 
-    small_host = host_cores() <= SMALL_HOST_CORES
+    small_host = cores() <= SMALL_HOST_CORES
     if read_workers is None:
         read_workers = 0 if small_host else tf.data.AUTOTUNE
     if prefetch is None:

@@ -34,7 +34,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import TrainConfig, on_off
+from dgf.config import RunDir, TrainConfig, on_off
 from dgf.errors import DgfError, first_line
 
 # TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
@@ -297,7 +297,7 @@ def checkpoint_dir(run_dir: Path, strategy) -> tuple[Path, Path | None]:
     run folder. Its name depends on the run and the task only, so a worker restarted
     after a crash clears what its killed predecessor left there."""
     if is_chief(strategy):
-        return Path(run_dir) / "checkpoints", None
+        return RunDir(run_dir).checkpoints, None
     run = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
     task = worker_name(strategy).replace(" ", "-")
     scratch = Path(tempfile.gettempdir()) / f"dgf-{task}-{run}-checkpoints"

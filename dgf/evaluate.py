@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from dgf.config import RunDir
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 from dgf.metadata import read_metadata
@@ -42,7 +42,6 @@ BAND_HEIGHT = 18
 # progress.png shows at most this many epochs (evenly spaced, first and last kept),
 # so a long run still gives a picture an image viewer can open.
 MAX_PROGRESS_EPOCHS = 24
-SNAPSHOT_RE = re.compile(r"^generator_epoch_(\d+)\.keras$")
 
 
 # --- plots and pictures --------------------------------------------------------------
@@ -212,44 +211,31 @@ def evaluate_model(
     return summary
 
 
-def find_snapshots(run_dir: Path | str) -> dict[int, Path]:
-    """Map epoch -> ``RUN/snapshots/generator_epoch_NNNN.keras``, in epoch order."""
-    found = {}
-    folder = Path(run_dir) / "snapshots"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = SNAPSHOT_RE.match(path.name)
-            if match and path.is_file():
-                found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
-
-
 def resolve_run_h5(run_dir: Path | str, h5_path: Path | str | None = None) -> Path:
-    """The HDF5 file of a run: ``h5_path`` if given, else ``RUN/config.json["h5"]``.
+    """The HDF5 file of a run: ``h5_path`` if given, else the ``h5`` of the run's
+    config (:meth:`RunDir.read_config`).
 
     A relative path from the config is tried from the working directory, then from
     the run folder. DgfError, naming what was tried, when nothing exists.
     """
-    run_dir = Path(run_dir)
     if h5_path is not None:
         return require_file(h5_path, "HDF5 file")
-    config = run_dir / "config.json"
-    if not config.is_file():
-        raise DgfError(f"{config} not found, so the run's HDF5 file is unknown; pass --h5 PATH")
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise DgfError(f"{run.config} not found, so the run's HDF5 file is unknown; "
+                       f"pass --h5 PATH")
     try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("h5")
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
-        raise DgfError(f"{config}: not a JSON object ({exc}); pass --h5 PATH") from exc
-    if not value:
-        raise DgfError(f"{config} has no \"h5\" entry; pass --h5 PATH")
+        value = run.read_config().h5
+    except DgfError as exc:
+        raise DgfError(f"{exc}; or pass --h5 PATH") from None
     tried = [Path(value)]
     if not tried[0].is_absolute():
-        tried.append(run_dir / value)
+        tried.append(run.path / value)
     for path in tried:
         if path.is_file():
             return path
     raise DgfError(
-        f"the run's HDF5 file ({config}: h5 = {value!r}) was not found at "
+        f"the run's HDF5 file ({run.config}: h5 = {value!r}) was not found at "
         f"{' or '.join(str(p) for p in tried)}; pass --h5 PATH"
     )
 
@@ -326,7 +312,8 @@ def evaluate_run(
     handle, info = open_split(h5, split)
     handle.close()
     check_window(crop_border, info.height, info.width, protocol)
-    out = check_output(Path(out_dir) if out_dir is not None else run_dir / "eval", folder=True)
+    out = check_output(Path(out_dir) if out_dir is not None else RunDir(run_dir).eval,
+                       folder=True)
     indices = strip_rows(info.count, limit, strips)
     settings = _run_settings(h5, split, indices, limit, precision, crop_border, protocol,
                              y_channel)
@@ -349,13 +336,15 @@ def evaluate_run(
 
 
 def _run_snapshots(run_dir: Path) -> dict[int, Path]:
-    """The run's snapshots (:func:`find_snapshots`); DgfError when there are none."""
+    """The run's snapshots (:meth:`RunDir.find_snapshots`); DgfError when there are
+    none."""
     if not run_dir.is_dir():
         raise DgfError(f"run folder not found: {run_dir}")
-    snapshots = find_snapshots(run_dir)
+    run = RunDir(run_dir)
+    snapshots = run.find_snapshots()
     if not snapshots:
         raise DgfError(
-            f"no snapshots in {run_dir / 'snapshots'} (expected "
+            f"no snapshots in {run.snapshots} (expected "
             f"generator_epoch_0001.keras, ...); train with snapshots on, or score a "
             f"single model with --model"
         )

@@ -27,7 +27,6 @@ import json
 import math
 import mmap
 import multiprocessing
-import os
 import shutil
 import time
 import warnings
@@ -44,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 import dgf
-from dgf import schema, sources
+from dgf import host, schema, sources
 from dgf.checks import is_int
 from dgf.errors import DgfError
 from dgf.fileio import check_output, nearest_existing, os_reason, write_atomic
@@ -106,13 +105,6 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _check_options(
     size: int, native: bool, order: str, compression: str, workers: int | None, on_error: str
 ) -> int:
@@ -125,7 +117,7 @@ def _check_options(
     if on_error not in ON_ERROR:
         raise DgfError(f"unknown on_error '{on_error}'; choose {' or '.join(ON_ERROR)}.")
     if workers is None:
-        return _available_cores()
+        return host.cores()
     if not is_int(workers) or workers < 1:
         raise DgfError(f"workers must be 1 or more; got {workers!r}.")
     return workers
@@ -662,26 +654,6 @@ def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB"
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: MemAvailable, capped by a cgroup v2
-    memory limit (containers); None where neither can be read."""
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    cgroup = Path("/sys/fs/cgroup")
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
 # Decoded pairs a decoding process holds besides the shared slots: the source image,
 # its two halves and their resized copies.
 _PAIRS_PER_DECODER = 3
@@ -705,7 +677,7 @@ def _check_resources(
     if workers > 1:
         in_flight += (window + 1) * max(tasks.values())  # the shared slots
     need = in_flight * pair_bytes
-    have = available_memory()
+    have = host.available_memory()
     if have is not None and need > have:
         alone = (_PAIRS_PER_DECODER + 1) * pair_bytes
         way_out = (

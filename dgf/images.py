@@ -307,9 +307,15 @@ def write_image(
 
 
 # --- the generator's value range ---------------------------------------------
+def scale_to_unit(x: Any) -> Any:
+    """float32 pixel values in [0, 255] -> [-1, 1] (``x / 127.5 - 1``): the one
+    formula, for NumPy arrays and, inside a compiled step, tensors alike."""
+    return x / np.float32(127.5) - np.float32(1.0)
+
+
 def to_unit(x_uint8: Any) -> np.ndarray:
-    """uint8 image(s), any shape -> float32 in [-1, 1] (``x / 127.5 - 1``)."""
-    return np.asarray(x_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+    """uint8 image(s), any shape -> float32 in [-1, 1] (:func:`scale_to_unit`)."""
+    return scale_to_unit(np.asarray(x_uint8, dtype=np.float32))
 
 
 def to_uint8(x: Any) -> np.ndarray:

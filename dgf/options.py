@@ -12,8 +12,9 @@ and the trainer's in :mod:`dgf.config`.
 """
 from __future__ import annotations
 
-#: Inference precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision``
-#: (see :mod:`dgf.runtime`).
+#: Precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision`` (see
+#: :mod:`dgf.runtime`); the trainer takes these and fp16 (mixed float16 with loss
+#: scaling, which only an optimiser has), :class:`dgf.config.TrainConfig`.
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
 

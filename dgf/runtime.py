@@ -72,13 +72,13 @@ from tqdm import tqdm
 import dgf.models  # noqa: F401  (registers the generator's custom layers for loading)
 from dgf.errors import DgfError
 from dgf.fileio import require_file
+from dgf.host import cpu_flags
 from dgf.images import to_uint8, to_unit
 from dgf.options import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE, PRECISIONS
 
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 # /proc/cpuinfo flags that give a CPU native bfloat16 arithmetic (x86, then Arm).
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-_CPUINFO = Path("/proc/cpuinfo")
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.
 _EDGE_WEIGHT = 1e-6
@@ -88,26 +88,13 @@ _ELEMENTWISE = (layers.LeakyReLU, layers.ReLU)
 
 
 # --- precision ---------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm)."""
-    try:
-        text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
 def bf16_native() -> bool:
     """Whether this machine has bfloat16 arithmetic: the CPU flags, or a GPU >= 8.0."""
     for gpu in tf.config.list_physical_devices("GPU"):
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
         if capability and tuple(capability) >= (8, 0):
             return True
-    return bool(_cpu_flags() & set(_BF16_CPU_FLAGS))
+    return bool(cpu_flags() & set(_BF16_CPU_FLAGS))
 
 
 _BF16_PROBE: list[str | None] = []

@@ -45,18 +45,18 @@ from dgf.actions import (
 )
 from dgf import distributed
 from dgf.config import (
+    RunDir,
     TrainConfig,
     check_architecture,
     has_checkpoint,
     on_off,
-    read_config,
     save_config,
 )
 from dgf.data import make_dataset, split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
-from dgf.metrics import check_crop_border
 from dgf.fileio import check_output, prepare_output, require_file
+from dgf.images import scale_to_unit
 from dgf.losses import (
     LossWeights,
     PerceptualLoss,
@@ -64,6 +64,7 @@ from dgf.losses import (
     generator_loss_terms,
     patch_probability,
 )
+from dgf.metrics import check_crop_border
 from dgf.models import (
     build_discriminator,
     build_generator,
@@ -151,7 +152,7 @@ def _make_optimizer(lr: float, cfg: TrainConfig, total_steps: int, name: str):
 
 def _unit(images_u8):
     """uint8 tensor -> float32 in [-1, 1], inside the compiled step."""
-    return tf.cast(images_u8, tf.float32) / 127.5 - 1.0
+    return scale_to_unit(tf.cast(images_u8, tf.float32))
 
 
 # --------------------------------------------------------------------------- the GAN
@@ -674,9 +675,10 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         raise DgfError(f"{run_dir} has no checkpoint to resume from")
     # Before any slow setup: a damaged index, missing files or other network shapes
     # are found here.
-    checkpoint = checkpoint_to_resume(run_dir / "checkpoints") if resuming else None
-    if resuming and (run_dir / "config.json").is_file():
-        saved = read_config(run_dir / "config.json")
+    run = RunDir(run_dir)
+    checkpoint = checkpoint_to_resume(run.checkpoints) if resuming else None
+    if resuming and run.config.is_file():
+        saved = run.read_config()
         check_architecture(saved, cfg.to_dict(), run_dir)
         distributed.check_resume_settings(cfg, saved, run_dir)
     # The strategy first: a multi-worker strategy must set up TensorFlow's
@@ -709,9 +711,9 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         distributed.check_same_start(strategy, int(trainer.step_var.numpy()),
                                      int(trainer.epoch_var.numpy()), run_dir)
         if chief:
-            save_config(cfg, run_dir / "config.json")
-            for sub in ("samples", "snapshots"):
-                (run_dir / sub).mkdir(exist_ok=True)
+            save_config(cfg, run.config)
+            for folder in (run.samples, run.snapshots):
+                folder.mkdir(exist_ok=True)
         controller = Controller(cfg, trainer, strategy, data, checkpoints,
                                 chief=chief, progress=progress)
         return controller.run(max_steps)

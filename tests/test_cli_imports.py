@@ -119,6 +119,10 @@ def test_working_modules_use_the_options_module():
     from dgf import evaluate, export, infer, runtime
 
     assert runtime.PRECISIONS is options.PRECISIONS
+    from dgf.config import settings
+
+    # One PRECISIONS: the trainer's choices are the inference ones and fp16.
+    assert settings()["precision"].choices == (*options.PRECISIONS, "fp16")
     assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
     tiling = inspect.signature(runtime.deblur_image).parameters
     files = inspect.signature(infer.deblur_paths).parameters

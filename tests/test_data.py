@@ -271,9 +271,14 @@ def test_cache_gives_the_same_batches_with_fresh_crops_each_epoch(tmp_path: Path
         data.clear_cache()
 
 
-def test_cache_that_does_not_fit_is_an_error(h5: Path, monkeypatch) -> None:
+def test_cache_that_does_not_fit_is_an_error(h5: Path, tmp_path: Path, monkeypatch) -> None:
+    from dgf import host
+
     data.clear_cache()
-    monkeypatch.setattr(data, "_available_memory", lambda: 10_000)
+    # A container's cgroup limit, not the machine's free memory, is what counts.
+    (tmp_path / "memory.max").write_text("30000\n")
+    (tmp_path / "memory.current").write_text("20000\n")
+    monkeypatch.setattr(host, "_CGROUP", tmp_path)
     with pytest.raises(DgfError, match=r"caching split 'train' \(20 pairs of 12x16\)"):
         data.make_dataset(h5, "train", 4, cache=True)
 

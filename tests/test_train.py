@@ -172,6 +172,36 @@ def test_old_name_l1_weight_is_read_as_pixel_weight_with_a_note(tmp_path, capsys
         TrainConfig.from_dict({"l2_weight": 1})
 
 
+def test_run_dir_names_the_files_of_a_run_once(tmp_path):
+    from dgf.config import RunDir, save_config
+
+    run = RunDir(tmp_path / "r")
+    assert RunDir(str(tmp_path / "r")) == run and run.path == tmp_path / "r"
+    names = {run.config: "config.json", run.checkpoints: "checkpoints",
+             run.metrics_log: "metrics.jsonl", run.tensorboard: "tensorboard",
+             run.samples: "samples", run.snapshots: "snapshots", run.generator:
+             "generator.keras", run.best: "generator_best.keras", run.eval: "eval"}
+    assert {path.relative_to(run.path).as_posix(): name for path, name in names.items()} == {
+        name: name for name in names.values()}
+    assert run.checkpoint_index == run.checkpoints / "checkpoint"
+    assert run.sample(12) == run.samples / "epoch_0012.png"
+    assert run.snapshot(7) == run.snapshots / "generator_epoch_0007.keras"
+    assert run.find_snapshots() == {} and not run.has_checkpoint()
+    run.snapshots.mkdir(parents=True)
+    for name in ("generator_epoch_0010.keras", "generator_epoch_0002.keras", "notes.txt"):
+        (run.snapshots / name).write_text("x")
+    (run.snapshots / "generator_epoch_0003.keras").mkdir()  # a folder is no snapshot
+    assert run.find_snapshots() == {2: run.snapshot(2), 10: run.snapshot(10)}
+    assert list(run.find_snapshots()) == [2, 10]
+    with pytest.raises(DgfError, match=r"r/config\.json not found"):
+        run.read_config()
+    save_config(TrainConfig(epochs=4, run_dir=str(run.path)), run.config)
+    assert run.read_config() == TrainConfig(epochs=4, run_dir=str(run.path))
+    run.checkpoints.mkdir()
+    run.checkpoint_index.write_text("")
+    assert run.has_checkpoint()
+
+
 def _event_tags(folder: Path) -> dict[str, float | None]:
     import tensorflow as tf
 

@@ -64,6 +64,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     def main() -> int:
         from dgf import evaluate
+        from dgf.config import RunDir
         from dgf.metrics import describe_settings
         from dgf.fileio import require_file
 
@@ -110,7 +111,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             force=args.force, progress=not args.no_progress, precision=args.precision,
             **how,
         )
-        out = args.out if args.out is not None else args.run / "eval"
+        out = args.out if args.out is not None else RunDir(args.run).eval
         print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}{crop}")
         for row in rows:
             print(f"{row['epoch']:>5} {row['psnr']:>10.2f} {row['ssim']:>8.4f}")

@@ -1,0 +1,66 @@
+"""What this machine gives a process, probed in one place: the CPU cores it may run
+on, the memory it can still allocate (a container's cgroup limit included), and
+the CPU's feature flags. No TensorFlow; every reader of these facts asks here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo, else the free physical pages; None if neither."""
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """What a cgroup v2 memory limit leaves (limit - current); None without a limit."""
+    try:
+        limit = (_CGROUP / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((_CGROUP / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory, capped
+    by a cgroup v2 memory limit (containers); None where neither can be read."""
+    found = [n for n in (_mem_available(), _cgroup_room()) if n is not None]
+    return min(found) if found else None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm);
+    empty where it cannot be read."""
+    try:
+        text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
