@@ -1,6 +1,6 @@
 """The work the training loop does around its steps, one owner per job.
 
-:class:`dgf.train.Controller` runs the steps and calls these where they belong:
+:class:`dgf.loop.Controller` runs the steps and calls these where they belong:
 
 - :class:`MetricsLog` owns ``metrics.jsonl`` and the TensorBoard event files: one
   record per logged step and per epoch, cut back to the checkpoint on resume.

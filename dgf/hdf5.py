@@ -1,4 +1,4 @@
-"""Pack sharp/blurred pairs into one HDF5 file (``build-hdf5``) and describe such files.
+"""Pack sharp/blurred pairs into one HDF5 file (``build-hdf5``).
 
 What :func:`build_hdf5` writes, per split (``train``, ``test`` and ``val`` if present):
 
@@ -19,21 +19,16 @@ object, split to list file) for a build from pairs lists. Pairs are stored sorte
 relative path (in list order for pairs lists), whatever the number of workers.
 
 Files written by the seed's own script (same dataset names, no attributes, no
-chunking) are read by :func:`describe` and accepted by :func:`dgf.schema.check_split`.
+chunking) are accepted by :func:`dgf.schema.check_split`.
 """
 from __future__ import annotations
 
 import json
 import math
-import mmap
-import multiprocessing
 import shutil
 import time
 import warnings
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -43,10 +38,11 @@ import numpy as np
 from tqdm import tqdm
 
 import dgf
-from dgf import host, schema, sources
+from dgf import decoders, host, schema, sources
 from dgf.checks import is_int
 from dgf.errors import DgfError
-from dgf.fileio import check_output, nearest_existing, os_reason, write_atomic
+from dgf.fileio import check_output, nearest_existing, write_atomic
+from dgf.host import gib
 from dgf.images import BadImageError, image_size
 
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -58,10 +54,6 @@ _COMPRESSION_OPTIONS = {
     "gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL},
 }
 
-# Each pool task carries at most this many decoded bytes back, so memory in flight
-# stays bounded for native-resolution inputs too.
-_TASK_BYTES = 4 << 20
-_TASK_PAIRS = 16
 
 
 @dataclass
@@ -150,104 +142,6 @@ def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int
                 f"split. Resize or remove the odd files, or use --size N."
             )
     return common
-
-
-def _task_pairs(height: int, width: int, n: int, workers: int) -> int:
-    per_bytes = max(1, _TASK_BYTES // (height * width * 3 * 2))
-    balanced = max(1, math.ceil(n / (workers * 4)))
-    return max(1, min(_TASK_PAIRS, per_bytes, balanced))
-
-
-# Decoded pairs travel from the workers to the writer through this anonymous shared
-# mapping, created before the workers fork, instead of being pickled: pushing
-# ~400 KB per pair through a pipe costs about as much as decoding it. Each task in
-# flight owns its own group of slots, so nothing is overwritten before it is written.
-_SLOTS: mmap.mmap | None = None
-
-
-def _slot_view(buffer, shape: tuple[int, int]) -> np.ndarray:
-    """The buffer as (slots, 2, H, W, 3) uint8: [i, 0] sharp, [i, 1] blurred."""
-    h, w = shape
-    per = 2 * h * w * 3
-    return np.frombuffer(buffer, np.uint8, count=(len(buffer) // per) * per).reshape(
-        -1, 2, h, w, 3
-    )
-
-
-def _decode_to_slots(
-    batch: Sequence[sources.PairSource],
-    size: int | None,
-    order: str,
-    deflate_level: int | None,
-    first_slot: int,
-    shape: tuple[int, int],
-) -> list[sources.Decoded]:
-    """Pool task: decode a batch; park same-shape arrays in the shared slots.
-
-    A parked pair comes back with ``sharp is None`` and ``reason is None``; anything
-    else (failures, deflated bytes, an odd shape, no shared buffer under spawn)
-    travels in the result itself.
-    """
-    results = sources.decode_batch(batch, size, order, True, deflate_level)
-    if _SLOTS is None or deflate_level is not None:
-        return results
-    view = _slot_view(_SLOTS, shape)
-    parked = []
-    for k, out in enumerate(results):
-        if out.reason is None and out.shape == tuple(shape):
-            view[first_slot + k, 0] = out.sharp
-            view[first_slot + k, 1] = out.blurred
-            out = sources.Decoded(out.shape, None, None, notes=out.notes)
-        parked.append(out)
-    return parked
-
-
-def _decode_in_order(
-    pool,
-    pairs: Sequence[sources.PairSource],
-    size: int | None,
-    order: str,
-    deflate_level: int | None,
-    shape: tuple[int, int],
-    task: int,
-    window: int,
-) -> Iterator[sources.Decoded]:
-    """Decoded pairs in input order, with at most ``window`` tasks in flight.
-
-    The bounded window is what keeps memory flat: a plain ``imap`` would queue every
-    task at once and buffer results whenever writing is slower than decoding.
-    Arrays yielded from the shared slots are valid until the next item is asked for.
-    """
-    if pool is None:
-        for pair in pairs:
-            # Looked up at call time so a replaced decode function takes effect.
-            yield from sources.decode_batch([pair], size, order, True, deflate_level)
-        return
-    view = _slot_view(_SLOTS, shape) if _SLOTS is not None else None
-    groups = window + 1  # the tasks in flight plus the one being written
-    batches = enumerate(pairs[i : i + task] for i in range(0, len(pairs), task))
-    pending: deque = deque()
-
-    def submit(number: int, batch) -> None:
-        first = (number % groups) * task
-        args = (batch, size, order, deflate_level, first, shape)
-        pending.append((first, pool.submit(_decode_to_slots, *args)))
-
-    for number, batch in batches:
-        submit(number, batch)
-        if len(pending) >= window:
-            break
-    while pending:
-        first, future = pending.popleft()
-        results = future.result()
-        following = next(batches, None)
-        if following is not None:
-            submit(*following)
-        for k, out in enumerate(results):
-            if out.reason is None and out.sharp is None:
-                sharp, blurred = view[first + k, 0], view[first + k, 1]
-                out = sources.Decoded(out.shape, sharp, blurred, notes=out.notes)
-            yield out
 
 
 def _contiguous(chunk: np.ndarray | bytes) -> np.ndarray | bytes:
@@ -429,10 +323,10 @@ def _write_h5(
 ) -> dict[str, _SplitWritten]:
     """Decode every split of ``plan`` and write the whole file at ``tmp``."""
     results: dict[str, _SplitWritten] = {}
-    pool_context = _pool(settings.workers, plan.splits, shapes, tasks, settings.window)
+    pool_context = decoders.pool(settings.workers, plan.splits, shapes, tasks, settings.window)
     with pool_context as pool, h5py.File(tmp, "w") as h5:
         for s in plan.splits:
-            decoded = _decode_in_order(
+            decoded = decoders.decode_in_order(
                 pool,
                 s.pairs,
                 settings.size,
@@ -526,7 +420,7 @@ def build_hdf5(
     tasks = {}
     for s in plan.splits:
         h, w = shapes[s.split] or (1, 1)
-        tasks[s.split] = _task_pairs(h, w, len(s.pairs), settings.workers)
+        tasks[s.split] = decoders.task_pairs(h, w, len(s.pairs), settings.workers)
     _check_resources(plan.splits, shapes, tasks, settings.workers, settings.window,
                      compression, output)
     results = write_atomic(output, lambda tmp: _write_h5(tmp, plan, shapes, tasks, settings))
@@ -578,82 +472,6 @@ def _plan(
     return sources.pairs_from_lists(pairs_lists, order)
 
 
-@contextmanager
-def _pool(
-    workers: int,
-    splits: Sequence[sources.SplitSources],
-    shapes: dict[str, tuple[int, int] | None],
-    tasks: dict[str, int],
-    window: int,
-):
-    """A process pool for decoding, with its shared slots; or None to decode here.
-
-    Fork where the platform has it: the workers inherit the shared slots, no
-    importable ``__main__`` is needed (scripts without a main guard, notebooks),
-    and the children only run Pillow and NumPy. Under spawn the slots are not
-    shared and results are pickled instead. An executor rather than
-    ``multiprocessing.Pool``: a worker killed mid-task (e.g. out of memory) then
-    fails the build instead of hanging it.
-    """
-    global _SLOTS
-    if workers <= 1:
-        yield None
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork":
-        need = max(
-            (window + 1) * tasks[s.split] * 2 * math.prod(shapes[s.split] or (1, 1)) * 3
-            for s in splits
-        )
-        try:
-            _SLOTS = mmap.mmap(-1, need)
-        except OSError as exc:  # _check_resources estimates this; the kernel decides
-            raise DgfError(
-                f"cannot reserve {_gib(need)} for decoded pairs in flight ({os_reason(exc)}); "
-                f"use a smaller --size or fewer --workers."
-            ) from None
-    executor = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=sources.init_worker,
-    )
-    try:
-        yield executor
-    except BrokenProcessPool:
-        raise DgfError(
-            "a decoding worker process died (out of memory on a huge image?); run with "
-            "--workers 1 to find the file."
-        ) from None
-    except BaseException:
-        # Interrupted or failed: the tasks in flight are of no use. Waiting for them
-        # took many seconds with large images (and a second Ctrl-C in that wait
-        # left the workers behind), so the workers are stopped now.
-        _kill_workers(executor)
-        raise
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        # Not closed here: views handed to the writer may outlive the pool; the
-        # mapping goes away with the last of them.
-        _SLOTS = None
-
-
-def _kill_workers(executor: ProcessPoolExecutor) -> None:
-    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before that the
-    # processes are only reachable through the private ``_processes``.
-    kill = getattr(executor, "kill_workers", None)
-    if kill is not None:
-        kill()
-        return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.kill()  # SIGKILL: the workers ignore SIGINT and SIGTERM
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.join(timeout=5)
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.1f} GiB"
-
-
 # Decoded pairs a decoding process holds besides the shared slots: the source image,
 # its two halves and their resized copies.
 _PAIRS_PER_DECODER = 3
@@ -681,14 +499,14 @@ def _check_resources(
     if have is not None and need > have:
         alone = (_PAIRS_PER_DECODER + 1) * pair_bytes
         way_out = (
-            f"use fewer --workers (--workers 1 needs about {_gib(alone)}) or a smaller --size"
+            f"use fewer --workers (--workers 1 needs about {gib(alone)}) or a smaller --size"
             if workers > 1 and alone <= have
             else "use a smaller --size"
         )
         raise DgfError(
-            f"pairs of {w}x{h} need about {_gib(need)} of memory ({in_flight} decoded "
-            f"pairs of {_gib(pair_bytes)} in flight with {decoders} decoding "
-            f"process(es)) but {_gib(have)} is available; {way_out}."
+            f"pairs of {w}x{h} need about {gib(need)} of memory ({in_flight} decoded "
+            f"pairs of {gib(pair_bytes)} in flight with {decoders} decoding "
+            f"process(es)) but {gib(have)} is available; {way_out}."
         )
     if compression == "none":
         total = sum(
@@ -700,51 +518,7 @@ def _check_resources(
             return
         if total > free:
             raise DgfError(
-                f"{output} would take about {_gib(total)} uncompressed but "
-                f"{_gib(free)} is free there; use --compression lzf or gzip, a smaller "
+                f"{output} would take about {gib(total)} uncompressed but "
+                f"{gib(free)} is free there; use --compression lzf or gzip, a smaller "
                 f"--size, or another -o."
             )
-
-
-@dataclass(frozen=True)
-class H5Description:
-    """What a pairs file holds: its splits and, for files from ``build-hdf5``, attributes.
-
-    ``attrs`` is empty for files written by the seed's script.
-    """
-
-    path: Path
-    splits: dict[str, schema.SplitInfo]
-    attrs: dict[str, object]
-
-    @property
-    def size(self) -> int | None:
-        """N for resized files, None for native-resolution or seed files."""
-        value = self.attrs.get(schema.ATTR_SIZE)
-        return int(value) if isinstance(value, (int, np.integer)) else None
-
-
-def describe(path: Path | str) -> H5Description:
-    """Validate a pairs file and describe it; works for seed-written files too.
-
-    Every split present (a ``{split}_data_full`` dataset) is checked with
-    :func:`dgf.schema.check_split`; a file without train and test raises DgfError.
-    """
-    path = Path(path)
-    with schema.open_pairs_file(path) as h5:
-        present = [s for s in schema.SPLITS if schema.sharp_name(s) in h5]
-        for required in sources.REQUIRED_SPLITS:
-            if required not in present:
-                schema.check_split(h5, required, path)  # raises, naming what is missing
-        splits = {s: schema.check_split(h5, s, path) for s in present}
-        attrs = {}
-        for key, value in h5.attrs.items():
-            if isinstance(value, bytes):
-                value = value.decode("utf-8")
-            if isinstance(value, np.generic):
-                value = value.item()
-            attrs[key] = value
-    for key in (schema.ATTR_SPLITS, schema.ATTR_SKIPPED, schema.ATTR_PAIRS_LISTS):
-        if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
-    return H5Description(path, splits, attrs)

@@ -12,6 +12,11 @@ _CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
 _CPUINFO = Path("/proc/cpuinfo")
 
 
+def gib(n_bytes: float) -> str:
+    """A number of bytes as the messages write it: ``"1.5 GiB"``."""
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
 def cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -22,7 +23,53 @@ from dgf import schema, sources
 from dgf.cli import build_hdf5_main
 from dgf.errors import DgfError
 from dgf.fileio import temp_path
-from dgf.hdf5 import build_hdf5, describe
+from dgf.hdf5 import build_hdf5
+
+
+@dataclass(frozen=True)
+class H5Description:
+    """What a pairs file holds: its splits and, for files from ``build-hdf5``, attributes.
+
+    ``attrs`` is empty for files written by the seed's script.
+    """
+
+    path: Path
+    splits: dict[str, schema.SplitInfo]
+    attrs: dict[str, object]
+
+    @property
+    def size(self) -> int | None:
+        """N for resized files, None for native-resolution or seed files."""
+        value = self.attrs.get(schema.ATTR_SIZE)
+        return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def describe(path: Path | str) -> H5Description:
+    """Validate a pairs file and describe it with the package's schema checks; works
+    for seed-written files too.
+
+    Every split present (a ``{split}_data_full`` dataset) is checked with
+    :func:`dgf.schema.check_split`; a file without train and test raises DgfError.
+    """
+    path = Path(path)
+    with schema.open_pairs_file(path) as h5:
+        present = [s for s in schema.SPLITS if schema.sharp_name(s) in h5]
+        for required in sources.REQUIRED_SPLITS:
+            if required not in present:
+                schema.check_split(h5, required, path)  # raises, naming what is missing
+        splits = {s: schema.check_split(h5, s, path) for s in present}
+        attrs = {}
+        for key, value in h5.attrs.items():
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            if isinstance(value, np.generic):
+                value = value.item()
+            attrs[key] = value
+    for key in (schema.ATTR_SPLITS, schema.ATTR_SKIPPED, schema.ATTR_PAIRS_LISTS):
+        if isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    return H5Description(path, splits, attrs)
+
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 12, 16  # one half of a side-by-side test image

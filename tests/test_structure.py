@@ -9,6 +9,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dgf"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_BODY_LINES = 80
+MAX_MODULE_LINES = 650
+# Over the limit while issue 20 reworks it; its split belongs to that issue. The test
+# below fails as soon as it fits, so this entry cannot outlive the need for it.
+OVER_LIMIT_PENDING = {"runtime.py"}
 # The command-line layer: the only modules that defer imports (so that --help stays fast).
 CLI_LAYER = {"cli.py", *(f"commands/{p.name}" for p in (PACKAGE / "commands").glob("*.py"))}
 
@@ -56,3 +60,12 @@ def test_modules_below_the_cli_import_at_the_top(path):
     inside = [f"{_name(path)}:{node.lineno}" for fn in _functions(tree)
               for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert not inside, inside
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_name)
+def test_no_module_over_650_lines(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    if _name(path) in OVER_LIMIT_PENDING:
+        assert lines > MAX_MODULE_LINES, f"{_name(path)} fits now: drop it from OVER_LIMIT_PENDING"
+    else:
+        assert lines <= MAX_MODULE_LINES, f"{_name(path)} has {lines} lines"

@@ -326,7 +326,8 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, tmp_path, m
     import tensorflow as tf
 
     import dgf.losses
-    from dgf.train import NonFiniteLoss, train
+    from dgf.loop import NonFiniteLoss
+    from dgf.train import train
 
     run = tmp_path / "run"
     train(_cfg(h5_file, run, epochs=1, save_every=1), progress=False, max_steps=1)

@@ -107,7 +107,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         from dgf import distributed
         from dgf.config import resolve_config
-        from dgf.train import TrainingInterrupted, train
+        from dgf.loop import TrainingInterrupted
+        from dgf.train import train
 
         if local_workers is not None:
             return _launch_workers(local_workers, args, config_file, resume, cpu_devices,
