@@ -373,9 +373,8 @@ def _check(cfg: TrainConfig) -> None:
         positive(name)
     for name in ("g_lr", "d_lr"):
         positive(name)
-    for name in ("perceptual_weight", "pixel_weight", "adversarial_weight", "ssim_weight",
-                 "collective_timeout"):
-        positive(name, allow_zero=True)
+    for name in (*(n for n in settings() if n.endswith("_weight")), "collective_timeout"):
+        positive(name, allow_zero=True)  # every loss weight: 0 turns its term off
     if cfg.crop is not None and cfg.crop % cfg.space_to_depth:
         raise DgfError(f"crop {cfg.crop} is not a multiple of space_to_depth "
                        f"{cfg.space_to_depth}; pick a crop that is")

@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ _DEFAULTS = TrainConfig()
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the generator's loss terms; defaults are :class:`TrainConfig`'s
-    (the DGF paper's 145, 170 and 1)."""
+    """Weights of the generator's loss terms: each float field NAME is TrainConfig's
+    ``NAME_weight`` (:meth:`from_config`), whose default it takes (the DGF paper's
+    145, 170 and 1)."""
 
     perceptual: float = _DEFAULTS.perceptual_weight
     pixel: float = _DEFAULTS.pixel_weight  # weight of the pixel loss, whichever `pixel_loss` names
@@ -57,19 +58,22 @@ class LossWeights:
     ssim: float = _DEFAULTS.ssim_weight  # weight of 1 - SSIM
 
     @classmethod
+    def weight_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "pixel_loss")
+
+    @classmethod
     def from_config(cls, cfg: TrainConfig) -> "LossWeights":
-        return cls(perceptual=cfg.perceptual_weight, pixel=cfg.pixel_weight,
-                   adversarial=cfg.adversarial_weight, pixel_loss=cfg.pixel_loss,
-                   ssim=cfg.ssim_weight)
+        weights = {name: getattr(cfg, f"{name}_weight") for name in cls.weight_names()}
+        return cls(pixel_loss=cfg.pixel_loss, **weights)
 
     def __post_init__(self) -> None:
         if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:
             raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
                            f"got {self.pixel_loss!r}")
-        for field in ("perceptual", "pixel", "adversarial", "ssim"):
-            value = getattr(self, field)
+        for name in self.weight_names():
+            value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise DgfError(f"loss weight {field} must be a finite number >= 0, got {value}")
+                raise DgfError(f"loss weight {name} must be a finite number >= 0, got {value}")
 
 
 # The seed fed VGG16 images in [-1, 1] and tuned its weight of 145 for features of

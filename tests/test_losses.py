@@ -387,3 +387,19 @@ def test_ssim_weight_adds_its_term():
     np.testing.assert_allclose(float(terms["g_ssim"]), float(ssim_loss(sharp, deblurred)))
     np.testing.assert_allclose(float(terms["g_loss"]),
                                float(terms["g_l1"]) + 2.0 * float(terms["g_ssim"]), rtol=1e-6)
+
+
+def test_loss_weights_are_the_config_weights_and_the_pixel_losses_its_choices():
+    from dgf.config import PIXEL_LOSSES, TrainConfig, settings
+    from dgf.losses import PIXEL_LOSS_FUNCTIONS
+
+    cfg = TrainConfig(perceptual_weight=1.5, pixel_weight=2.5, adversarial_weight=3.5,
+                      ssim_weight=4.5, pixel_loss="charbonnier")
+    assert LossWeights.from_config(cfg) == LossWeights(
+        perceptual=1.5, pixel=2.5, adversarial=3.5, ssim=4.5, pixel_loss="charbonnier")
+    # Every *_weight setting is a LossWeights field, and the other way round.
+    assert {f"{name}_weight" for name in LossWeights.weight_names()} == {
+        name for name in settings() if name.endswith("_weight")}
+    assert tuple(PIXEL_LOSS_FUNCTIONS) == PIXEL_LOSSES == settings()["pixel_loss"].choices
+    with pytest.raises(DgfError, match="ssim_weight must be >= 0, got -1"):
+        TrainConfig(ssim_weight=-1.0)
