@@ -283,3 +283,22 @@ def test_the_trainer_imports_no_matplotlib():
     assert result["trainer"] is True
     # The probe does hide matplotlib: dgf-eval's module, which draws, cannot load.
     assert "matplotlib" in result["plots"] and "hidden" in result["plots"]
+
+
+def test_local_workers_get_no_progress_and_every_setting_flag(tmp_path, monkeypatch):
+    from dgf import distributed
+    from dgf.cli import train_main
+
+    launched = []
+    monkeypatch.setattr(distributed, "launch_local_workers",
+                        lambda count, argv: launched.append((count, argv)) or 0)
+    run = str(tmp_path / "run")
+    assert train_main(["--local-workers", "2", "--run-dir", run, "--pixel-weight", "3",
+                       "--augment", "off", "--no-progress"]) == 0
+    assert train_main(["--local-workers", "2", "--run-dir", run]) == 0
+    (count, quiet), (_, shown) = launched
+    assert count == 2
+    flags = dict(zip(quiet[::2], quiet[1::2]))
+    assert flags["--pixel-weight"] == "3.0" and flags["--augment"] == "off"
+    assert flags["--strategy"] == "multiworker" and flags["--run-dir"] == run
+    assert quiet[-1] == "--no-progress" and "--no-progress" not in shown
