@@ -69,3 +69,17 @@ def test_no_module_over_650_lines(path):
         assert lines > MAX_MODULE_LINES, f"{_name(path)} fits now: drop it from OVER_LIMIT_PENDING"
     else:
         assert lines <= MAX_MODULE_LINES, f"{_name(path)} has {lines} lines"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if _name(p) not in CLI_LAYER], ids=_name)
+def test_nothing_below_the_cli_imports_it(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    names += [f"{node.module}.{alias.name}" for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module == "dgf"
+              for alias in node.names]
+    upward = [n for n in names if n in ("dgf.cli", "dgf.commands")
+              or n.startswith("dgf.commands.")]
+    assert not upward, upward
