@@ -1,11 +1,14 @@
-"""Training configuration and run folders: the only home of training defaults.
+"""Training configuration and run folders: the only home of training settings.
 
-A ``TrainConfig`` is resolved from three layers, later ones winning: the defaults
-below, an optional YAML/JSON file (``--config``), then command-line flags. The
-resolved config is written to ``RUN/config.json`` and read back on resume:
-:func:`resolve_config` decides whether a run folder is new or resumed, and
-:func:`check_architecture` is the one place that refuses a resume with other
-network shapes.
+Each setting is one ``TrainConfig`` field: its default, its type, and the help text,
+group and choices that dgf-train's flags and the docs' flag table are built from
+(:func:`settings`). A config is resolved from three layers, later ones winning: the
+defaults below, an optional YAML/JSON file (``--config``), then command-line flags.
+The resolved config is written to the run folder's ``config.json`` and read back on
+resume (old key names, :data:`RENAMED_KEYS`, are still read). :class:`RunDir` names
+every file of a run folder; :func:`resolve_config` decides whether a run folder is
+new or resumed, and :func:`check_architecture` is the one place that refuses a
+resume with other network shapes.
 
 No TensorFlow import here, so ``--help`` and config checks stay fast.
 """
