@@ -520,3 +520,32 @@ def test_local_workers_listen_on_no_address_reachable_from_outside(tmp_path):
             raise
     time.sleep(1)
     assert [pid for pid in _processes_with(str(run))] == []
+
+
+@pytest.mark.slow
+def test_a_sigkilled_build_leaves_a_temp_file_that_the_next_build_removes(tmp_path):
+    """The case as it happens: build-hdf5 killed outright mid-write leaves
+    .data.tmpPID.h5; the next build into that folder removes it and says so."""
+    src = _pair_folder(tmp_path / "pairs", 150, size=128)
+    out = tmp_path / "out" / "data.h5"
+    args = [str(src), "-o", str(out), "--native", "--workers", "1", "--no-progress",
+            "--compression", "gzip"]
+    code = "import sys; from dgf.cli import build_hdf5_main; sys.exit(build_hdf5_main())"
+    first = subprocess.Popen([sys.executable, "-c", code, *args], env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temp = out.parent / f".data.tmp{first.pid}.h5"
+    try:
+        deadline = time.monotonic() + 120
+        while not temp.is_file():
+            assert first.poll() is None and time.monotonic() < deadline, "no temp file seen"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert temp.is_file() and not out.exists()
+    again = _dgf("build_hdf5_main", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"note: removed 1 temporary file(s) in {out.parent} left by stopped processes: "
+            f"{temp.name}") in again.stderr
+    assert not temp.exists() and out.is_file()
+    assert _temps(out.parent) == []
