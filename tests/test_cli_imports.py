@@ -286,11 +286,11 @@ def test_the_trainer_imports_no_matplotlib():
 
 
 def test_local_workers_get_no_progress_and_every_setting_flag(tmp_path, monkeypatch):
-    from dgf import distributed
+    from dgf import launcher
     from dgf.cli import train_main
 
     launched = []
-    monkeypatch.setattr(distributed, "launch_local_workers",
+    monkeypatch.setattr(launcher, "launch_private",
                         lambda count, argv: launched.append((count, argv)) or 0)
     run = str(tmp_path / "run")
     assert train_main(["--local-workers", "2", "--run-dir", run, "--pixel-weight", "3",
