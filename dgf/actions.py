@@ -35,7 +35,7 @@ from dgf.data import make_dataset
 from dgf.errors import DgfError, first_line
 from dgf.metrics import check_window, describe_settings
 from dgf.scoring import evaluate_split, evaluate_with_strip
-from dgf.fileio import write_atomic, write_text_atomic
+from dgf.fileio import DiskFull, is_disk_full, output_error, write_atomic, write_text_atomic
 from dgf.images import to_unit
 from dgf.metadata import read_metadata, source_commit, write_metadata
 from dgf.schema import SplitInfo, check_split, open_pairs_file
@@ -91,9 +91,12 @@ class MetricsLog:
     def append(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-            fh.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+                fh.flush()
+        except OSError as exc:  # a line cut short is dropped on resume (_records)
+            raise output_error(self.path, exc) from None
 
     def log_step(self, step: int, epoch: int, losses: Mapping[str, float],
                  learning_rates: tuple[float, float], images_per_sec: float) -> None:
@@ -159,7 +162,15 @@ class Checkpoints:
         return step % self.save_every == 0
 
     def save(self, step: int) -> None:
-        self._manager.save(checkpoint_number=step)
+        """Save ``ckpt-STEP``; on a full disk, remove what this save left (its
+        ``_temp`` folder and partial files) and raise DiskFull."""
+        try:
+            self._manager.save(checkpoint_number=step)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            remove_partial_checkpoints(self.directory, step)
+            raise DiskFull(self.directory / f"ckpt-{step}") from None
 
     def restore(self, path: str) -> None:
         """Restore ``path`` into the trainer; DgfError when damaged or mismatched."""
@@ -179,6 +190,23 @@ class Checkpoints:
                 f"checkpoint {path} does not match this model ({first_line(exc)}). It was "
                 f"made by a different architecture or version; start a new run folder instead"
             ) from None
+
+
+def remove_partial_checkpoints(ckpt_dir: Path, step: int | None = None) -> list[Path]:
+    """Remove the temporary folders TensorFlow saves checkpoints through
+    (``ckpt-N_temp``) and, for a save of ``step`` that failed, its ``ckpt-STEP.*``
+    files (they are incomplete, or not yet listed in the index). Only the run's
+    owner calls this (it holds the run lock, :mod:`dgf.runlock`)."""
+    ckpt_dir = Path(ckpt_dir)
+    doomed = sorted(ckpt_dir.glob("ckpt-*_temp")) + sorted(ckpt_dir.glob("checkpoint.tmp*"))
+    if step is not None:
+        doomed += sorted(ckpt_dir.glob(f"ckpt-{step}.*"))
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return doomed
 
 
 def checkpoint_to_resume(ckpt_dir: Path) -> str:

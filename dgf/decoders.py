@@ -19,7 +19,7 @@ import numpy as np
 from dgf import sources
 from dgf.errors import DgfError
 from dgf.fileio import os_reason
-from dgf.host import gib
+from dgf.host import size_text
 
 # Each pool task carries at most this many decoded bytes back, so memory in flight
 # stays bounded for native-resolution inputs too.
@@ -156,7 +156,7 @@ def pool(
             _SLOTS = mmap.mmap(-1, need)
         except OSError as exc:  # hdf5._check_resources estimates this; the kernel decides
             raise DgfError(
-                f"cannot reserve {gib(need)} for decoded pairs in flight ({os_reason(exc)}); "
+                f"cannot reserve {size_text(need)} for decoded pairs in flight ({os_reason(exc)}); "
                 f"use a smaller --size or fewer --workers."
             ) from None
     executor = ProcessPoolExecutor(

@@ -20,22 +20,21 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import RunDir, TrainConfig, on_off
+from dgf.config import RunDir, TrainConfig
 from dgf.errors import DgfError, first_line
+# The --local-workers launcher is TensorFlow-free, in its own module; its names are
+# reachable from here too.
+from dgf.launcher import free_ports, launch_local_workers, tf_config, worker_argv  # noqa: F401
 
 # TrainConfig.collective_timeout (--collective-timeout, 600 s by default): seconds
 # a collective operation (a gradient all-reduce, a checkpoint's variable reads) may
@@ -152,13 +151,6 @@ def parse_tf_config(text: str | None = None) -> Cluster:
         raise DgfError(f"TF_CONFIG: task index {index!r} is out of range; the cluster has "
                        f"{len(jobs[task_type])} {task_type} task(s), numbered from 0")
     return Cluster(jobs, task_type, index)
-
-
-def tf_config(addresses: Sequence[str], index: int) -> str:
-    """The TF_CONFIG of worker ``index`` in a cluster of ``addresses`` (worker 0 is
-    the chief)."""
-    return json.dumps({"cluster": {"worker": list(addresses)},
-                       "task": {"type": "worker", "index": int(index)}})
 
 
 # --------------------------------------------------------------------------- devices
@@ -415,128 +407,3 @@ def _collective_reason(exc: BaseException) -> str:
             if key in line.lower():
                 return f"{type(exc).__name__}: {line[:200]}"
     return type(exc).__name__
-
-
-# --------------------------------------------------------------------------- launcher
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` TCP ports that are free on ``host`` now (held open together, so they
-    differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _pump(stream: IO[bytes], prefix: bytes, out: IO[bytes], lock: threading.Lock) -> None:
-    """Copy a worker's output to ``out``, each line (or progress-bar redraw, ended by
-    a carriage return) prefixed with the worker's name."""
-    pending = b""
-    while True:
-        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
-        if not chunk:
-            break
-        pending += chunk
-        parts = re.split(rb"(\r|\n)", pending)
-        pending = parts.pop() if len(parts) % 2 else b""
-        with lock:
-            for text, end in zip(parts[::2], parts[1::2]):
-                if text or end == b"\n":  # a progress bar's leading \r alone: skipped
-                    out.write(prefix + text + end)
-            out.flush()
-    if pending:
-        with lock:
-            out.write(prefix + pending + b"\n")
-            out.flush()
-
-
-def launch_local_workers(count: int, argv: Sequence[str], *, host: str = "127.0.0.1",
-                         out: IO[bytes] | None = None, grace: float = 30.0,
-                         python: str | None = None) -> int:
-    """Start ``count`` ``dgf-train`` workers on this machine, each with its own
-    TF_CONFIG on a free port of ``host``, passing them ``argv``; stream their output
-    prefixed ``[worker N]``. When one fails the others are stopped (SIGTERM, then
-    SIGKILL after ``grace`` seconds). Returns 0 if every worker succeeded, else the
-    first failure's exit status (128 + signal for a killed worker)."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise DgfError(f"--local-workers must be a positive integer, got {count!r}")
-    out = out if out is not None else sys.stdout.buffer
-    addresses = [f"{host}:{port}" for port in free_ports(count, host)]
-    lock = threading.Lock()
-    code = "import sys; from dgf.cli import train_main; sys.exit(train_main())"
-    procs: list[subprocess.Popen] = []
-    pumps: list[threading.Thread] = []
-    print(f"starting {count} workers: {', '.join(addresses)}", flush=True)
-    try:
-        for index in range(count):
-            env = {**os.environ, "TF_CONFIG": tf_config(addresses, index)}
-            proc = subprocess.Popen([python or sys.executable, "-c", code, *argv], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            procs.append(proc)
-            pump = threading.Thread(target=_pump, args=(proc.stdout, f"[worker {index}] ".encode(),
-                                                        out, lock), daemon=True)
-            pump.start()
-            pumps.append(pump)
-        failed: tuple[int, int] | None = None
-        while failed is None and any(p.poll() is None for p in procs):
-            for index, proc in enumerate(procs):
-                if proc.poll() not in (None, 0):
-                    failed = (index, proc.returncode)
-                    break
-            time.sleep(0.2)
-        if failed is None:
-            failed = next(((i, p.returncode) for i, p in enumerate(procs) if p.returncode), None)
-    except KeyboardInterrupt:
-        _stop(procs, grace)
-        for pump in pumps:
-            pump.join(timeout=5)
-        print("interrupted: stopped the workers", file=sys.stderr, flush=True)
-        return 130
-    if failed is not None:
-        _stop(procs, grace)
-    for pump in pumps:
-        pump.join(timeout=10)
-    if failed is None:
-        print(f"all {count} workers finished", flush=True)
-        return 0
-    index, status = failed
-    status = 128 - status if status < 0 else status
-    print(f"error: worker {index} failed (exit status {status}); stopped the others",
-          file=sys.stderr, flush=True)
-    return status
-
-
-def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def worker_argv(values: Mapping[str, Any], flags: Sequence[tuple[str, str]],
-                extra: Sequence[str] = ()) -> list[str]:
-    """Command-line flags that give a worker exactly the parsed ``values``:
-    ``flags`` pairs each config key with its flag."""
-    argv: list[str] = []
-    by_key = dict((key, flag) for flag, key in flags)
-    for key, value in values.items():
-        if value is True or value is False:
-            text = on_off(value)
-        elif value is None:
-            text = "full"
-        else:
-            text = str(value)
-        argv += [by_key[key], text]
-    return argv + list(extra)

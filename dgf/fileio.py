@@ -8,8 +8,11 @@ writes them with :func:`write_atomic` (files) or :func:`write_folder_atomic`
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -25,6 +28,42 @@ class OutputError(DgfError):
         super().__init__(f"cannot write {path}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+class DiskFull(OutputError):
+    """The file system ran out of space (or quota) while ``path`` was written.
+
+    A full disk is not a problem of one file: commands stop at the first one.
+    ``kept`` says what the command kept (``keeping`` adds it where the command
+    knows, e.g. dgf-train's last complete checkpoint)."""
+
+    def __init__(self, path: Path | str, kept: str = "") -> None:
+        super().__init__(path, "no space left on device")
+        self.kept = kept
+        self.args = (f"no space left on device writing {path}" + (f"; {kept}" if kept else ""),)
+
+    def keeping(self, kept: str) -> "DiskFull":
+        return DiskFull(self.path, kept)
+
+
+# ENOSPC and EDQUOT, and how libraries that do not raise an OSError (TensorFlow's
+# file system layer, HDF5) word them.
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_NO_SPACE_WORDS = ("No space left on device", "Disk quota exceeded", "errno = 28", "errno = 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError or any library's error) means the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        return True
+    text = str(exc)
+    return any(words in text for words in _NO_SPACE_WORDS)
+
+
+def output_error(path: Path | str, exc: OSError) -> OutputError:
+    """The OutputError for ``exc`` raised while writing ``path``: DiskFull for a
+    full disk, else ``cannot write PATH: reason``."""
+    return DiskFull(path) if is_disk_full(exc) else OutputError(path, os_reason(exc))
 
 
 def os_reason(exc: OSError) -> str:
@@ -86,10 +125,11 @@ def prepare_output(path: Path | str, *, folder: bool = False) -> Path:
     """:func:`check_output`, then create the folders the output needs
     (``path`` itself with ``folder=True``, its parent otherwise)."""
     path = check_output(path, folder=folder)
+    remove_stale_temps(path if folder else path.parent)
     try:
         (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(path, os_reason(exc)) from None
+        raise output_error(path, exc) from None
     return path
 
 
@@ -128,6 +168,70 @@ def temp_path(path: Path | str, pid: int | None = None) -> Path:
     return path.with_name(f".{path.stem}.tmp{pid}{path.suffix}")
 
 
+# The names of :func:`temp_path` files and of :func:`write_folder_atomic`'s temp and
+# set-aside folders: ``.NAME.tmpPID[.SUFFIX]`` and ``.NAME.oldPID``.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)(?P<pid>[0-9]+)(?P<suffix>\.[^.]+)?$")
+_SWEPT: set[Path] = set()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if pid <= 0:
+        return True  # not a real process id: never treated as gone
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def stale_temps(folder: Path | str) -> list[Path]:
+    """The temporary files and folders in ``folder`` (this package's temp names,
+    see :func:`temp_path`) whose writing process is gone: left by a process
+    killed outright (SIGKILL, a power cut)."""
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match and not process_alive(int(match.group("pid"))):
+            found.append(folder / entry.name)
+    return sorted(found)
+
+
+def remove_stale_temps(folder: Path | str) -> list[Path]:
+    """Remove :func:`stale_temps` from ``folder`` (once per folder and process) and
+    say so in one line on stderr; a live process's temp files are never touched.
+    Returns what was removed."""
+    folder = Path(folder)
+    key = folder.resolve() if folder.exists() else folder.absolute()
+    if key in _SWEPT:
+        return []
+    _SWEPT.add(key)
+    removed = []
+    for path in stale_temps(folder):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another process removed it first
+        except OSError:
+            continue  # not ours to remove (permissions): left alone
+        removed.append(path)
+    if removed:
+        names = ", ".join(p.name for p in removed)
+        print(f"note: removed {len(removed)} temporary file(s) in {folder} left by stopped "
+              f"processes: {names}", file=sys.stderr, flush=True)
+    return removed
+
+
 def write_atomic(path: Path | str, write: Callable[[Path], T]) -> T:
     """Call ``write(tmp)`` on a temp file beside ``path`` (:func:`temp_path`), then
     ``os.replace`` it; return what ``write`` returned.
@@ -150,7 +254,11 @@ def write_atomic(path: Path | str, write: Callable[[Path], T]) -> T:
             _fsync(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise OutputError(path, os_reason(exc)) from exc
+        raise output_error(path, exc) from exc
+    except Exception as exc:  # a library's own error type for ENOSPC (h5py, TensorFlow)
+        if is_disk_full(exc):
+            raise DiskFull(path) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -185,7 +293,11 @@ def write_folder_atomic(path: Path | str, write: Callable[[Path], T]) -> T:
         _give_normal_mode(tmp)
         _replace_with_folder(tmp, path)
     except OSError as exc:
-        raise OutputError(path, os_reason(exc)) from exc
+        raise output_error(path, exc) from exc
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(path) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

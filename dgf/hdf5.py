@@ -42,7 +42,7 @@ from dgf import decoders, host, schema, sources
 from dgf.checks import is_int
 from dgf.errors import DgfError
 from dgf.fileio import check_output, nearest_existing, write_atomic
-from dgf.host import gib
+from dgf.host import size_text
 from dgf.images import BadImageError, image_size
 
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -499,14 +499,14 @@ def _check_resources(
     if have is not None and need > have:
         alone = (_PAIRS_PER_DECODER + 1) * pair_bytes
         way_out = (
-            f"use fewer --workers (--workers 1 needs about {gib(alone)}) or a smaller --size"
+            f"use fewer --workers (--workers 1 needs about {size_text(alone)}) or a smaller --size"
             if workers > 1 and alone <= have
             else "use a smaller --size"
         )
         raise DgfError(
-            f"pairs of {w}x{h} need about {gib(need)} of memory ({in_flight} decoded "
-            f"pairs of {gib(pair_bytes)} in flight with {decoders} decoding "
-            f"process(es)) but {gib(have)} is available; {way_out}."
+            f"pairs of {w}x{h} need about {size_text(need)} of memory ({in_flight} decoded "
+            f"pairs of {size_text(pair_bytes)} in flight with {decoders} decoding "
+            f"process(es)) but {size_text(have)} is available; {way_out}."
         )
     if compression == "none":
         total = sum(
@@ -518,7 +518,7 @@ def _check_resources(
             return
         if total > free:
             raise DgfError(
-                f"{output} would take about {gib(total)} uncompressed but "
-                f"{gib(free)} is free there; use --compression lzf or gzip, a smaller "
+                f"{output} would take about {size_text(total)} uncompressed but "
+                f"{size_text(free)} is free there; use --compression lzf or gzip, a smaller "
                 f"--size, or another -o."
             )

@@ -12,9 +12,14 @@ _CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
 _CPUINFO = Path("/proc/cpuinfo")
 
 
-def gib(n_bytes: float) -> str:
-    """A number of bytes as the messages write it: ``"1.5 GiB"``."""
-    return f"{n_bytes / 2**30:.1f} GiB"
+def size_text(n_bytes: float) -> str:
+    """A number of bytes as the messages write it, in the largest binary unit that
+    shows it with a digit before the point: ``"1.5 GiB"``, ``"812.0 MiB"``,
+    ``"40.0 KiB"``, ``"512 bytes"`` (a small disk is not "0.0 GiB")."""
+    for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if n_bytes >= 1024 ** power:
+            return f"{n_bytes / 1024 ** power:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
 
 
 def cores() -> int:

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf.errors import DgfError
-from dgf.fileio import check_output
+from dgf.fileio import DiskFull, check_output
 from dgf.images import (
     SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, write_image,
 )
@@ -157,6 +157,8 @@ def _process(
             side = np.concatenate([rgb, deblurred], axis=1)
             icc = {k: v for k, v in source.metadata.items() if k == "icc_profile"}
             write_image(job.compare, side, quality=quality, metadata=icc)
+    except DiskFull:
+        raise  # not a problem of this photo: the run stops (deblur_paths)
     except DgfError as exc:  # OutputError: cannot write OUTPUT: reason
         raise _JobFailed(str(exc)) from exc
 
@@ -239,6 +241,10 @@ def deblur_paths(
                 overwrite=overwrite, quality=quality, progress=progress,
                 precision=precision, scale=scale, train_side=train_side,
             )
+        except DiskFull as exc:
+            raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
+                              f"are kept in {out_dir}; free space and run again (existing "
+                              f"outputs are skipped without --overwrite)") from None
         except _JobFailed as exc:
             report.failed.append((job.source, str(exc)))
             if on_failure is not None:

@@ -194,24 +194,26 @@ class Controller:
         batches = iter(_epoch_batches(cfg, self.strategy, epoch, done))
         progress = _Progress(epoch, cfg, self.data.steps, done, self.show_progress)
         pending = None
-        for _ in range(done, self.data.steps):
-            if stop.signum is not None or (max_steps is not None
-                                           and self.steps_this_call >= max_steps):
-                break
-            logs = trainer.step(next(batches), warmup=epoch < cfg.warmup_epochs)
-            progress.launched_step()
-            step_no = self.global_step
-            self.steps_this_call += 1
+        try:
+            for _ in range(done, self.data.steps):
+                if stop.signum is not None or (max_steps is not None
+                                               and self.steps_this_call >= max_steps):
+                    break
+                logs = trainer.step(next(batches), warmup=epoch < cfg.warmup_epochs)
+                progress.launched_step()
+                step_no = self.global_step
+                self.steps_this_call += 1
+                if pending is not None:
+                    self._settle(epoch, progress, *pending)
+                pending = (step_no, logs)
+                if self.checkpoints.due(step_no):
+                    self._settle(epoch, progress, *pending)
+                    pending = None
+                    self.checkpoints.save(step_no)
             if pending is not None:
                 self._settle(epoch, progress, *pending)
-            pending = (step_no, logs)
-            if self.checkpoints.due(step_no):
-                self._settle(epoch, progress, *pending)
-                pending = None
-                self.checkpoints.save(step_no)
-        if pending is not None:
-            self._settle(epoch, progress, *pending)
-        progress.close()
+        finally:  # the bar ends before any error line is printed
+            progress.close()
 
     def _settle(self, epoch: int, progress: _Progress, step_no: int, logs) -> None:
         """A finished step's losses: the NaN guard, the bar, the metrics record."""

@@ -538,8 +538,16 @@ def load_generator(model_path: Path | str):
             f"archive; this one is damaged or something else renamed)."
         )
     try:
-        model = keras.models.load_model(path, compile=False)
+        # Safe mode (Keras's default, stated here so it stays): a model file holding
+        # Python code (a Lambda layer) is refused, so a shared file cannot run code.
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad archive
+        if "arbitrary code execution" in str(exc):
+            raise DgfError(
+                f"model file {path} holds Python code (a Lambda layer), which could run "
+                f"anything; dgf loads model files in Keras safe mode and refuses it. Use a "
+                f"generator saved by dgf-train"
+            ) from None
         raise DgfError(
             f"could not load model {path}: {type(exc).__name__}: {exc}. Is it the "
             f"generator .keras file written by dgf-train?"

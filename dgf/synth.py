@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dgf.checks import is_int
 from dgf.errors import DgfError
-from dgf.fileio import check_output, prepare_output, write_atomic, write_text_atomic
+from dgf.fileio import DiskFull, check_output, prepare_output, write_atomic, write_text_atomic
 from dgf.images import SUFFIX_WORDS, find_images, is_image_name, read_rgb, write_image
 from dgf.kernels import (
     DEFAULT_STRENGTH, blur_valid, check_kernel_args, random_kernel, round_levels,
@@ -480,12 +480,17 @@ def make_pairs(
     recipe = _Recipe(per_image, size, kernel_size, strength, noise, quality, fmt, seed,
                      photo_digits=max(4, len(str(len(sources) - 1))), realism=realism)
     bar = tqdm(sources, desc="photos", unit="photo", disable=not progress)
-    results = [
-        _photo_pairs(index, name, source, "test" if index in test_set else "train",
-                     out_dir, recipe)
-        for index, (name, source) in enumerate(bar)
-    ]
-    bar.close()
+    try:
+        results = [
+            _photo_pairs(index, name, source, "test" if index in test_set else "train",
+                         out_dir, recipe)
+            for index, (name, source) in enumerate(bar)
+        ]
+    except DiskFull as exc:  # stops at the first: a full disk is not one photo's problem
+        raise exc.keeping(f"the pairs written before it are kept in {out_dir}, without "
+                          f"{MANIFEST_NAME}; free space and run again with --overwrite") from None
+    finally:
+        bar.close()
 
     notes = _settle_splits(out_dir, results, float(test_fraction), seed)
     report = _summarise(out_dir, per_image, results, notes)

@@ -18,8 +18,10 @@ model files). :func:`train` wires them up for a run folder.
 """
 from __future__ import annotations
 
+import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import keras
 import numpy as np
@@ -27,7 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from dgf import distributed
-from dgf.actions import Checkpoints, checkpoint_to_resume
+from dgf.actions import Checkpoints, checkpoint_to_resume, remove_partial_checkpoints
 from dgf.config import (
     RunDir,
     TrainConfig,
@@ -39,7 +41,7 @@ from dgf.config import (
 from dgf.data import split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
-from dgf.fileio import check_output, prepare_output, require_file
+from dgf.fileio import DiskFull, check_output, is_disk_full, prepare_output, require_file
 from dgf.images import scale_to_unit
 from dgf.loop import Controller, RunData, TrainResult
 from dgf.losses import (
@@ -56,6 +58,7 @@ from dgf.models import (
     check_discriminator_size,
     generator_layout,
 )
+from dgf.runlock import RunLock
 from dgf.runtime import load_generator
 from dgf.weights import bundled_model
 
@@ -279,14 +282,20 @@ class GANTrainer:
         replica_step = tf.function(replica_fn, jit_compile=jit) if jit else replica_fn
         strategy = self.strategy
 
+        keys: list[str] = []  # the logged values' order, set when the step is traced
+
+        def packed_step(blurred, sharp):
+            logs = replica_step(blurred, sharp)
+            keys[:] = sorted(logs)
+            return pack_logs(logs, keys)
+
         @tf.function
         def step(batch):
             blurred, sharp = batch
-            per_replica = strategy.run(replica_step, args=(blurred, sharp))
-            logs = {
-                k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-                for k, v in per_replica.items()
-            }
+            per_replica = strategy.run(packed_step, args=(blurred, sharp))
+            # The logged losses, averaged over replicas in one all-reduce.
+            logs = unpack_logs(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica,
+                                               axis=None), keys)
             # The position counters move with the weights, inside the same step,
             # so a checkpoint always pairs weights with the batches they have seen.
             self.step_var.assign_add(1)
@@ -302,6 +311,17 @@ class GANTrainer:
     def learning_rates(self) -> tuple[float, float]:
         return (float(ops.convert_to_numpy(self.g_optimizer.learning_rate)),
                 float(ops.convert_to_numpy(self.d_optimizer.learning_rate)))
+
+
+def pack_logs(logs: Mapping[str, Any], keys: list[str]):
+    """A replica's logged values as one float32 vector in ``keys`` order, so that
+    averaging them over replicas is one all-reduce, not one per value."""
+    return tf.stack([tf.cast(logs[key], tf.float32) for key in keys])
+
+
+def unpack_logs(vector, keys: list[str]) -> dict:
+    """:func:`pack_logs` undone: ``{key: scalar}``."""
+    return dict(zip(keys, tf.unstack(vector, num=len(keys))))
 
 
 def _float_weights(model: keras.Model) -> list:
@@ -367,6 +387,21 @@ def _check_data(cfg: TrainConfig, strategy) -> RunData:
     return RunData(train_info, test_info, steps)
 
 
+def _disk_full(exc: DiskFull, run_dir: Path) -> DiskFull:
+    """``exc`` saying what the run keeps: its last complete checkpoint, and how to
+    resume once space is free (the steps after that checkpoint run again)."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not has_checkpoint(run_dir):
+        return exc.keeping("no checkpoint was saved yet; free space and start again")
+    try:  # the failed save removed its own partial files (Checkpoints.save)
+        path = checkpoint_to_resume(ckpt_dir)
+    except DgfError:
+        return exc.keeping("no complete checkpoint was kept; free space and start a new --run-dir")
+    step = Path(path).name.rpartition("-")[2]
+    return exc.keeping(f"kept the last complete checkpoint {path} (step {step}); free "
+                       f"space and resume with: dgf-train --run-dir {run_dir}")
+
+
 def build_perceptual(cfg: TrainConfig):
     """The VGG16 perceptual loss, or None when its weight is 0 (no VGG is built)."""
     if cfg.perceptual_weight <= 0:
@@ -386,6 +421,30 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     if cfg.run_dir is None:
         raise DgfError("train(): cfg.run_dir is not set; use resolve_config()")
     run_dir = check_output(cfg.run_dir, folder=True)
+    with ExitStack() as owner:
+        if cfg.strategy != "multiworker":  # the chief locks once the cluster has formed
+            owner.enter_context(_owning(run_dir))
+        return _train(cfg, run_dir, resume, progress, perceptual_override, max_steps, owner)
+
+
+@contextmanager
+def _owning(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (:mod:`dgf.runlock`) while training: a run of one
+    process before anything else, the chief of a multi-worker run as soon as its
+    strategy exists (a worker whose peers never start is stopped while it waits,
+    and leaves nothing). The owner then clears what a killed predecessor left in
+    the checkpoints folder (TensorFlow's ``ckpt-N_temp`` folders)."""
+    with RunLock(run_dir):
+        left = remove_partial_checkpoints(run_dir / "checkpoints")
+        if left:
+            print(f"note: removed {len(left)} unfinished checkpoint file(s) left in "
+                  f"{run_dir / 'checkpoints'}: {', '.join(p.name for p in left)}",
+                  file=sys.stderr, flush=True)
+        yield
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
+           perceptual_override, max_steps: int | None, owner: ExitStack) -> TrainResult:
     resuming = has_checkpoint(run_dir) if resume is None else resume
     if resuming and not has_checkpoint(run_dir):
         raise DgfError(f"{run_dir} has no checkpoint to resume from")
@@ -400,6 +459,8 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     # The strategy first: a multi-worker strategy must set up TensorFlow's
     # collectives before anything else starts TensorFlow.
     strategy = select_strategy(cfg.strategy, cfg.collective_timeout)
+    if distributed.is_multiworker(strategy) and is_chief(strategy):
+        owner.enter_context(_owning(run_dir))
 
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
@@ -433,7 +494,11 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
         controller = Controller(cfg, trainer, strategy, data, checkpoints,
                                 chief=chief, progress=progress)
         return controller.run(max_steps)
+    except DiskFull as exc:
+        raise _disk_full(exc, run_dir) from None
     except tf.errors.OpError as exc:
+        if is_disk_full(exc):  # TensorFlow's own writers: the event files
+            raise _disk_full(DiskFull(run_dir / "tensorboard"), run_dir) from None
         if distributed.is_multiworker(strategy):  # a peer died or hung mid-collective
             raise distributed.collective_failure(exc, strategy) from None
         raise

@@ -148,7 +148,7 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     assert _choices(options.METRIC_PROTOCOLS) in text
     assert f"(default: {options.DEFAULT_PROTOCOL})" in text and "--y-channel" in text
     info = _help(_scripts()["dgf-info"])["help"]
-    assert "usage: dgf-info [-h] [--size H W] [--json] MODEL" in info
+    assert "usage: dgf-info [-h] [--verbose] [--size H W] [--json] MODEL" in info
     assert f"(default: {list(options.DEFAULT_INFO_SIZE)})" in info
     scoring = inspect.signature(evaluate.evaluate_model).parameters
     assert scoring["protocol"].default == options.DEFAULT_PROTOCOL
@@ -286,11 +286,11 @@ def test_the_trainer_imports_no_matplotlib():
 
 
 def test_local_workers_get_no_progress_and_every_setting_flag(tmp_path, monkeypatch):
-    from dgf import distributed
+    from dgf import launcher
     from dgf.cli import train_main
 
     launched = []
-    monkeypatch.setattr(distributed, "launch_local_workers",
+    monkeypatch.setattr(launcher, "launch_private",
                         lambda count, argv: launched.append((count, argv)) or 0)
     run = str(tmp_path / "run")
     assert train_main(["--local-workers", "2", "--run-dir", run, "--pixel-weight", "3",

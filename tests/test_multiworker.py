@@ -450,3 +450,103 @@ def test_local_workers_run_multiworker_only(capsys):
     assert train_main(["--local-workers", "2", "--strategy", "one"]) == 2
     assert "--local-workers runs --strategy multiworker; drop --strategy one" \
         in capsys.readouterr().err
+
+
+PACKED_LOGS = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    from dgf import distributed
+    from dgf.train import pack_logs, unpack_logs
+
+    LOSS_KEYS = ("g_loss", "g_perceptual", "g_pixel", "g_l1", "g_ssim", "g_adv", "d_loss",
+                 "d_real", "d_fake")  # the nine values the step logs
+
+    distributed.split_cpu(2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keys = sorted(LOSS_KEYS)
+
+    def replica_logs():
+        rid = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float32)
+        # Values no two replicas share, with bits below float32's rounding of a mean.
+        return {k: (i + 1) * 0.1 + rid * (1.0 / 3.0) + 1e-7 * i for i, k in enumerate(LOSS_KEYS)}
+
+    @tf.function
+    def both():
+        per_key = strategy.run(replica_logs)
+        one_each = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                    for k, v in per_key.items()}
+        packed = strategy.run(lambda: pack_logs(replica_logs(), keys))
+        one = unpack_logs(strategy.reduce(tf.distribute.ReduceOp.MEAN, packed, axis=None), keys)
+        return one_each, one
+
+    one_each, one = both()
+    print(json.dumps({"one_each": {k: float(v) for k, v in one_each.items()},
+                      "packed": {k: float(v) for k, v in one.items()}}))
+    """
+)
+
+
+def test_the_logged_losses_are_averaged_in_one_all_reduce_with_the_same_values(tmp_path):
+    """Packing the nine logged values into one vector (one all-reduce per step)
+    gives exactly the values of nine separate all-reduces, over two replicas."""
+    done = subprocess.run([sys.executable, "-c", PACKED_LOGS], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(result["packed"]) == 9
+    assert result["packed"] == result["one_each"]
+    # The mean of the two replicas' values, not one replica's.
+    assert result["packed"]["g_loss"] == pytest.approx(0.1 + 1 / 6, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_chief_stops_the_other_and_a_restart_resumes(tmp_path):
+    """SIGKILL the chief mid-epoch: worker 1 notices within the heartbeat time (its
+    connections to the chief drop) and stops with the lost-contact error; the
+    chief's lock died with it, so the same two commands resume from its last
+    checkpoint and end at the uninterrupted run's step."""
+    h5 = make_h5(tmp_path / "data.h5", n_train=24, n_test=2, size=48)
+    run = tmp_path / "run"
+    timeout = 30
+    args = ["--h5", str(h5), "--run-dir", str(run), "--epochs", "1", "--batch-size", "2",
+            "--strategy", "multiworker", "--save-every", "2", "--keep", "2",
+            "--collective-timeout", str(timeout), "--dropout", "0", *TINY]
+    env = _env(tmp_path)
+    addresses = [f"127.0.0.1:{p}" for p in distributed.free_ports(2)]
+    logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
+    workers = [_start_worker(i, addresses, args, env, logs[i]) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 400
+        while not _checkpoint_steps(run / "checkpoints") and time.monotonic() < deadline:
+            assert all(w.poll() is None for w in workers), logs[1].read_text()[-3000:]
+            time.sleep(0.1)
+        assert _checkpoint_steps(run / "checkpoints"), "no checkpoint before the deadline"
+        workers[0].send_signal(signal.SIGKILL)  # mid-epoch: 12 steps per epoch
+        killed = time.monotonic()
+        status = workers[1].wait(timeout=timeout + 120)
+        waited = time.monotonic() - killed
+    finally:
+        _kill_leftovers(workers)
+    log = logs[1].read_text()
+    assert status == 2, log[-3000:]
+    assert "error: worker 1 lost contact with the other workers (" in log, log[-3000:]
+    assert "Restart every worker with the same command" in log
+    assert "Traceback" not in log
+    print(f"worker 1 stopped {waited:.1f} s after the chief was killed")
+    assert waited < timeout, waited  # the dead chief's connections dropped: no timeout wait
+
+    saved = _checkpoint_steps(run / "checkpoints")
+    assert saved and max(saved) < 12
+    addresses = [f"127.0.0.1:{p}" for p in distributed.free_ports(2)]
+    logs = [tmp_path / "r0.txt", tmp_path / "r1.txt"]
+    workers = [_start_worker(i, addresses, args, env, logs[i]) for i in range(2)]
+    codes = _wait_all(workers, timeout=600)
+    assert codes == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    for path in logs:
+        text = path.read_text()
+        assert f"resuming {run} at epoch 1, step {max(saved)}" in text
+        assert "done: 12 steps" in text
+    steps = [r["step"] for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps == list(range(1, 13))
+    assert _scratch_folders(tmp_path) == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import signal
 import sys
 import threading
@@ -16,7 +15,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Iterator
 
+from dgf import quiet
 from dgf.errors import DgfError
+from dgf.fileio import is_disk_full
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -33,9 +34,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A command's parser, with :class:`HelpFormatter`."""
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=HelpFormatter)
+    """A command's parser, with :class:`HelpFormatter` and ``--verbose``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's start-up, info and warning lines, "
+                        "hidden by default (as DGF_VERBOSE=1 does)")
+    return parser
 
 
 def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -48,13 +53,14 @@ def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
     }
 
 
-def run(fn: Callable[[], int | None], program: bool = False) -> int:
+def run(fn: Callable[[], int | None], program: bool = False, verbose: bool = False) -> int:
     """Run a command's work at the one error boundary. ``program``: this process
     exists to run the command (a console script, argv from sys.argv), so after an
-    interrupt nothing is left to protect and later signals stay ignored until exit."""
-    # TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data optimisation
-    # notes) drown the progress bars; errors still show. Users can set it themselves.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    interrupt nothing is left to protect and later signals stay ignored until exit.
+    ``verbose`` (``--verbose``): TensorFlow's start-up lines are shown, not hidden."""
+    # TensorFlow's start-up noise and C++ INFO/WARNING lines drown dgf's own output;
+    # errors still show (dgf.quiet).
+    quiet.install(verbose)
     # The handlers stay in place while the outcome is printed, so a second Ctrl-C
     # cannot turn the "interrupted" line into a traceback.
     with interrupts_stop_once(program):
@@ -67,7 +73,11 @@ def run(fn: Callable[[], int | None], program: bool = False) -> int:
             # Outputs already say "cannot write PATH" (dgf.fileio.OutputError); anything
             # else the file system refuses still gets one line, not a traceback.
             where = f"{exc.filename}: " if exc.filename else ""
-            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            if is_disk_full(exc):  # one mechanism: dgf.fileio.DiskFull's words
+                print(f"error: no space left on device writing {exc.filename or 'a file'}",
+                      file=sys.stderr)
+            else:
+                print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

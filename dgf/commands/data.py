@@ -120,7 +120,7 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
         print(report.summary())
         return 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=args.verbose)
 
 
 def _pairs_lists(values: Sequence[str] | None) -> dict[str, Path] | None:
@@ -235,4 +235,4 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
         print(report.summary())
         return 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=args.verbose)

@@ -121,4 +121,4 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
               f"{out / 'progress.png'} and {out / 'strips'}/")
         return 0
 
-    return run(main, program=argv is None)
+    return run(main, program=argv is None, verbose=args.verbose)

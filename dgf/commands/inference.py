@@ -87,7 +87,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
               + (f"; {len(report.failed)} failed" if report.failed else ""))
         return 1 if report.failed else 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=args.verbose)
 
 
 # --- dgf-export -------------------------------------------------------------
@@ -123,7 +123,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.format} export to {path}")
         return 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=args.verbose)
 
 
 # --- dgf-info ---------------------------------------------------------------
@@ -161,4 +161,4 @@ def info_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(info, indent=2) if args.json else format_info(info))
         return 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=args.verbose)

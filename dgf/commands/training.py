@@ -103,6 +103,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     cpu_devices = args.pop("cpu_devices")
     local_workers = args.pop("local_workers")
     progress = not args.pop("no_progress")
+    verbose = args.pop("verbose")  # workers see it as DGF_VERBOSE (dgf.quiet)
 
     def work() -> int:
         from dgf import distributed
@@ -124,13 +125,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"run folder: {result.run_dir}")
         return 0
 
-    return run(work, program=argv is None)
+    return run(work, program=argv is None, verbose=verbose)
 
 
 def _launch_workers(count, args, config_file, resume, cpu_devices, progress) -> int:
     """``dgf-train --local-workers N``: the run folder is chosen once, here, and every
     worker gets the same flags with ``--strategy multiworker``."""
-    from dgf import distributed
+    from dgf import launcher
     from dgf.config import resolve_config
 
     if args.get("strategy", "multiworker") != "multiworker":
@@ -143,5 +144,4 @@ def _launch_workers(count, args, config_file, resume, cpu_devices, progress) -> 
              *(["--resume"] if resume else []),
              *(["--cpu-devices", str(cpu_devices)] if cpu_devices is not None else []),
              *([] if progress else ["--no-progress"])]
-    return distributed.launch_local_workers(
-        count, distributed.worker_argv(values, train_flags(), extra))
+    return launcher.launch_private(count, launcher.worker_argv(values, train_flags(), extra))
