@@ -1,47 +1,62 @@
-"""Inference speed of the generator against what this CPU's convolutions can do.
+"""Inference speed of every compiled path of the generator on this host, side by side.
 
 In one run:
 
-(a) **peak**: a large 3x3 convolution (256 -> 256 channels, 'same' padding, float32,
-    compiled) at ``--peak-size``, in GFLOP/s: the most a convolution reaches here.
-(b) **generator**: at each channel rate (8, 16, 64 by default) on ``--size`` images,
-    the seconds per image and GFLOP/s of
-      * ``today``: ``dgf.runtime.compiled_generator`` on the model as built (the path
-        every inference entry point used before BatchNorm folding);
-      * ``fp32``: ``dgf.runtime.inference_call(g, "fp32")``, what every entry point
-        runs now: the BatchNorm-folded copy, compiled with XLA;
-      * ``bf16``: ``inference_call(g, "bf16")``, unless ``--no-bf16``. Where the CPU
-        has no bfloat16 instructions TensorFlow converts in software; the output
-        says so.
-      * with ``--ablate`` also ``fold only`` (the folded copy without XLA) and
-        ``xla only`` (today's model under XLA), to show what each part gives.
-    GFLOP/s counts the convolutions only, analytically (``dgf.runtime.conv_flops``:
-    ``2 * H * W * kh * kw * C_in * C_out`` per convolution), so the same FLOP count
-    divides both paths' times; the fraction is of the peak in (a).
-(c) the ratios today/fp32 (>1: the new path is faster) and fp32/bf16 per image.
-(d) **convs alone**: every convolution of the folded generator timed on its own
-    (compiled, its own shape), summed: the floor the generator would reach if the
-    concatenations, activations and memory traffic between layers were free. Its
-    share of the fp32 path's time says how much any fusion could still gain.
-
-The paths are measured interleaved (today, fp32, bf16, today, ...) ``--repeats``
-times after a warm-up call each, and medians are reported, so a machine shared with
-other work slows all of them alike. Weights are random (speed does not depend on
-them); BatchNorm statistics are randomised so the folded kernels are not trivial.
+(a) **host**: the CPU model, the flags that decide the fastest path (AVX2, AVX-512,
+    AVX512_BF16, AMX), cores, TensorFlow, and the load average before and after (a
+    machine shared with other work slows every path; the paths are interleaved so
+    it slows them alike, and the ratios are what to read).
+(b) **generator paths** at each channel rate (random weights, BatchNorm statistics
+    randomised so the folded kernels are not trivial) and for the bundled model,
+    median seconds per image of ``--repeats`` interleaved calls after a warm-up:
+      * ``today fp32``: the folded copy compiled with XLA, what every entry point
+        ran before ``--jit auto`` (``inference_call(g, "fp32", "on")``);
+      * ``unfolded``: the model as built, no XLA (``compiled_generator(g)``);
+      * ``fp32 no XLA``: ``inference_call(g, "fp32", "off")``;
+      * ``fp32 auto``: ``inference_call(g, "fp32", "auto")``, the calibrated choice
+        (the warm-up calibrates, in a fresh cache folder; the choice is printed);
+      * ``today bf16``: ``--precision bf16`` before this change (folded, bf16, XLA);
+      * ``bf16 no XLA`` and ``bf16 auto``, unless ``--no-bf16``.
+    Each path's largest difference from ``fp32 no XLA`` (in [-1, 1]) is printed, and
+    each one's speed-up over ``today fp32`` (bf16 paths also over ``today bf16``).
+(c) with ``--e2e``, **dgf-deblur end to end** on a 12-megapixel photo (a real pair of
+    ``--h5`` enlarged to ``--e2e-size``; speed does not depend on the content) with
+    the bundled model at ``--scale 1``, each setting in its own process with an
+    empty calibration cache (but the last), so start-up, loading, calibration and writing all
+    count: today's code (``--jit on --precision fp32``), the default (``--jit auto
+    --precision auto``), ``--jit auto --precision fp32`` and today's ``--precision
+    bf16`` (``--jit on``), and the default again with the cache the default's run
+    left (a later run on the same host: no calibration). Outputs are compared with
+    today's, in uint8 levels.
+(d) with ``--onnx FILE`` (``dgf-export --format onnx`` of ``--model``), the peers: that
+    file under onnxruntime and OpenVINO (forced f32, and OpenVINO's default, bf16 on a
+    CPU with native bf16), interleaved with dgf's today / auto paths.
 
     .venv/bin/python benchmarks/bench_inference.py
-    .venv/bin/python benchmarks/bench_inference.py --channel-rates 16 --repeats 7 --ablate
+    .venv/bin/python benchmarks/bench_inference.py --channel-rates 16 --repeats 7
+    .venv/bin/python benchmarks/bench_inference.py --e2e-only --e2e-repeats 2
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+          "amx_tile", "amx_bf16", "amx_int8")
+_E2E = {  # name: dgf-deblur flags
+    "today (jit on, fp32)": ["--jit", "on", "--precision", "fp32"],
+    "default (auto, auto)": [],
+    "jit auto, fp32": ["--jit", "auto", "--precision", "fp32"],
+    "today bf16 (jit on)": ["--jit", "on", "--precision", "bf16"],
+    "default, calibrated": [],  # reuses the default run's cache: no calibration
+}
 
 
 def _randomise_batchnorm(model, seed: int) -> None:
@@ -64,149 +79,205 @@ def _time(fn, x) -> float:
     return time.perf_counter() - start
 
 
-def _peak_conv(args):
-    """A compiled large 3x3 convolution, its input, and its FLOPs per call."""
+def _host() -> str:
+    from dgf.calibration import cpu_description
+
+    cpu = cpu_description()
+    flags = [f for f in _FLAGS if f in cpu["flags"]]
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{cpu['model'] or cpu['machine']}, {os.cpu_count()} cores; flags: "
+            f"{' '.join(flags) or 'none of ' + ' '.join(_FLAGS)}; load average {load}")
+
+
+def _paths(generator, bf16: bool) -> dict:
+    from dgf.runtime import compiled_generator, inference_call
+
+    paths = {"today fp32": inference_call(generator, "fp32", "on"),
+             "unfolded": compiled_generator(generator),
+             "fp32 no XLA": inference_call(generator, "fp32", "off"),
+             "fp32 auto": inference_call(generator, "fp32", "auto")}
+    if bf16:
+        paths.update({"today bf16": inference_call(generator, "bf16", "on"),
+                      "bf16 no XLA": inference_call(generator, "bf16", "off"),
+                      "bf16 auto": inference_call(generator, "bf16", "auto")})
+    return paths
+
+
+def _measure(name: str, generator, x, args) -> None:
     import numpy as np
-    import tensorflow as tf
 
-    b, s, c = args.peak_batch, args.peak_size, 256
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal((b, s, s, c)), tf.float32)
-    w = tf.constant(rng.standard_normal((3, 3, c, c)) * 0.02, tf.float32)
-    conv = tf.function(lambda t: tf.nn.conv2d(t, w, 1, "SAME"))
-    conv(x)
-    return conv, x, 2 * b * s * s * 9 * c * c
+    paths = _paths(generator, not args.no_bf16)
+    outputs = {}
+    for path, fn in paths.items():  # warm-up: tracing, XLA compiles, calibration
+        start = time.perf_counter()
+        outputs[path] = np.asarray(fn(x))
+        if path.endswith("auto"):
+            shape = tuple(x.shape)
+            print(f"  {name}: {path} chose {'XLA' if fn.choices[shape] == 'xla' else 'no XLA'}"
+                  f" (first call with calibration {time.perf_counter() - start:.1f} s)")
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for _ in range(args.repeats):
+        for path, fn in paths.items():
+            times[path].append(_time(fn, x) / len(x))
+    med = {path: statistics.median(t) for path, t in times.items()}
+    reference = outputs["fp32 no XLA"]
+    print(f"{name}, batch {len(x)}, {x.shape[1]}^2")
+    print(f"  {'path':<12} {'s/img':>7} {'vs today fp32':>13} {'vs today bf16':>13} "
+          f"{'max |diff|':>10}")
+    for path, sec in med.items():
+        vs_bf16 = (f"{med['today bf16'] / sec:>12.2f}x" if "bf16" in path
+                   and "today bf16" in med else f"{'':>13}")
+        stray = float(np.abs(outputs[path] - reference).max())
+        print(f"  {path:<12} {sec:>7.3f} {med['today fp32'] / sec:>12.2f}x {vs_bf16} "
+              f"{stray:>10.1e}")
 
 
-def _conv_floor(generator, batch: int, size: int, repeats: int) -> float:
-    """Seconds per image that the generator's convolutions need on their own.
-
-    Every Conv2D of ``generator`` (run it on the folded copy: no BatchNorm) is timed
-    alone as one compiled (XLA) convolution with its own kernel size, channels,
-    dilation and padding on a ``batch`` x ``size``² input; layers of the same shape are
-    timed once. The sum is the time with no concatenation, activation or memory
-    traffic between the layers: how fast the network could run if all of that were
-    free.
-    """
+def _generators(args):
     import keras
+
+    from dgf.models import build_generator
+    from dgf.runtime import load_generator
+
+    for cr in args.channel_rates:
+        keras.utils.set_random_seed(cr)
+        generator = build_generator(channel_rate=cr)
+        _randomise_batchnorm(generator, cr)
+        yield f"cr {cr} (random)", generator, args.batch if cr < 64 else args.batch_cr64
+    if args.model is not None:
+        yield f"{args.model.name}", load_generator(args.model), args.batch
+
+
+def _peers(args) -> None:
+    """The ONNX export of --model under onnxruntime and OpenVINO, against dgf's paths."""
     import numpy as np
-    import tensorflow as tf
+    import onnxruntime
+    import openvino
 
-    from dgf.runtime import _nodes
+    from dgf.images import to_unit
+    from dgf.runtime import inference_call, load_generator
 
-    rng = np.random.default_rng(0)
-    timed: dict[tuple, float] = {}
-    total = 0.0
-    for node in _nodes(generator):
-        conv = node.operation
-        if not isinstance(conv, keras.layers.Conv2D):
-            continue
-        c_in = node.input_tensors[0].shape[-1]
-        key = (conv.kernel_size, conv.strides, conv.dilation_rate, conv.padding, c_in,
-               conv.filters)
-        if key not in timed:
-            x = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
-            w = tf.constant(rng.standard_normal((*conv.kernel_size, c_in, conv.filters))
-                            * 0.05, tf.float32)
-            fn = tf.function(lambda t, w=w, conv=conv: tf.nn.conv2d(
-                t, w, conv.strides, conv.padding.upper(), dilations=conv.dilation_rate),
-                jit_compile=True)
-            fn(x)
-            timed[key] = statistics.median(_time(fn, x) for _ in range(repeats)) / batch
-        total += timed[key]
-    return total
+    generator = load_generator(args.model)
+    images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3),
+                                               dtype=np.uint8)
+    unit = to_unit(images)
+    ort = onnxruntime.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
+    core = openvino.Core()
+    ov_model = core.read_model(str(args.onnx))
+    ov_f32 = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ov_default = core.compile_model(ov_model, "CPU")
+    hint = ov_default.get_property("INFERENCE_PRECISION_HINT")
+    hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    paths = {
+        "today fp32": (inference_call(generator, "fp32", "on"), unit),
+        "fp32 auto": (inference_call(generator, "fp32", "auto"), unit),
+        "bf16 auto": (inference_call(generator, "bf16", "auto"), unit),
+        "onnxruntime fp32": (lambda x: ort.run(["deblurred"], {"images": x})[0], images),
+        "openvino f32": (lambda x: ov_f32(x)[0], images),
+        f"openvino default ({hint})": (lambda x: ov_default(x)[0], images),
+    }
+    for fn, x in paths.values():
+        np.asarray(fn(x))
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.repeats):
+        for name, (fn, x) in paths.items():
+            times[name].append(_time(fn, x) / len(x))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"(d) peers: {args.onnx.name} (the ONNX export of {args.model.name}) against dgf, "
+          f"batch {args.batch}, {args.size}^2, median of {args.repeats} interleaved")
+    for name, sec in med.items():
+        print(f"  {name:<26} {sec:>7.3f} s/img {med['today fp32'] / sec:>6.2f}x today fp32")
+
+
+def _e2e_photo(args, folder: Path) -> Path:
+    from PIL import Image
+
+    from dgf.evaluate import read_pairs
+
+    _, blurred = read_pairs(args.h5, "test", [0])
+    # PNG, so outputs compare without JPEG's rounding (a level can become several).
+    path = folder / "photo_12mp.png"
+    Image.fromarray(blurred[0]).resize(tuple(args.e2e_size), Image.Resampling.LANCZOS).save(
+        path, compress_level=1)
+    return path
+
+
+def _e2e(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    code = "import sys; from dgf.cli import deblur_main; sys.exit(deblur_main(sys.argv[1:]))"
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = _e2e_photo(args, Path(tmp))
+        seconds: dict[str, list[float]] = {name: [] for name in _E2E}
+        images = {}
+        for round_ in range(args.e2e_repeats):
+            for i, (name, flags) in enumerate(_E2E.items()):
+                out = Path(tmp) / f"out{i}_{round_}"
+                cache = i if name != "default, calibrated" else 1  # the default's cache
+                env = {**os.environ, "DGF_CACHE_DIR": str(Path(tmp) / f"cache{cache}_{round_}"),
+                       "PYTHONPATH": str(REPO)}
+                cmd = [sys.executable, "-c", code, str(photo), "-o", str(out), "--model",
+                       str(args.model), "--scale", "1", "--no-progress", *flags]
+                start = time.perf_counter()
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                seconds[name].append(time.perf_counter() - start)
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+                images[name] = np.asarray(Image.open(out / photo.name)).astype(int)
+        print(f"(c) dgf-deblur end to end, {args.e2e_size[0]}x{args.e2e_size[1]} PNG, "
+              f"{args.model.name}, --scale 1, fresh process and cache each; median of "
+              f"{args.e2e_repeats}; output against today's in uint8 levels")
+        today = statistics.median(seconds["today (jit on, fp32)"])
+        for name, sec in seconds.items():
+            diff = np.abs(images[name] - images["today (jit on, fp32)"])
+            print(f"  {name:<22} {statistics.median(sec):>7.1f} s "
+                  f"{today / statistics.median(sec):>6.2f}x   max {diff.max()} levels, "
+                  f"mean {diff.mean():.3f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--channel-rates", type=int, nargs="+", default=[8, 16, 64])
+    p.add_argument("--channel-rates", type=int, nargs="*", default=[8, 16, 64])
+    p.add_argument("--model", type=Path,
+                   default=REPO / "dgf" / "weights" / "dgf-s2d4-cr32-pairs-small.keras",
+                   help="a trained generator timed after the random ones (and used by --e2e)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--batch", type=int, default=8, help="images per call")
     p.add_argument("--batch-cr64", type=int, default=2,
-                   help="images per call at channel rates >= 64 (seconds per call)")
+                   help="images per call at channel rates >= 64")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per path")
-    p.add_argument("--peak-size", type=int, default=256)
-    p.add_argument("--peak-batch", type=int, default=2)
-    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 path")
-    p.add_argument("--ablate", action="store_true",
-                   help="also time the folded copy without XLA, and today's model with XLA")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 paths")
+    p.add_argument("--e2e", action="store_true", help="also time dgf-deblur end to end")
+    p.add_argument("--e2e-only", action="store_true", help="only the dgf-deblur rows")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="the ONNX export of --model (dgf-export --format onnx): also time it "
+                   "under onnxruntime and OpenVINO (f32, and its default precision)")
+    p.add_argument("--e2e-size", type=int, nargs=2, default=(4032, 3024), metavar=("W", "H"))
+    p.add_argument("--e2e-repeats", type=int, default=1)
+    p.add_argument("--h5", type=Path, default=REPO / "data" / "pairs-small.h5",
+                   help="pairs file whose first test pair becomes the --e2e photo")
     args = p.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    import keras
+    cache = tempfile.TemporaryDirectory()
+    os.environ["DGF_CACHE_DIR"] = cache.name  # every auto path calibrates in this run
     import numpy as np
     import tensorflow as tf
 
-    from dgf.models import build_generator
-    from dgf.runtime import (bf16_native, compiled_generator, conv_flops, inference_call,
-                             inference_model)
-
-    print(f"{os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras "
-          f"{keras.__version__}; intra-op threads "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
-          f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'default'}")
-    if not args.no_bf16:
-        print("bf16: " + ("native bfloat16 instructions" if bf16_native() else
-                          "no bfloat16 instructions: TensorFlow converts in software"))
-    peak_conv, peak_x, peak_flops = _peak_conv(args)
-    peak_times: list[float] = []
-
-    rows = []
-    for cr in args.channel_rates:
-        keras.utils.set_random_seed(cr)
-        generator = build_generator(channel_rate=cr)
-        _randomise_batchnorm(generator, cr)
-        batch = args.batch if cr < 64 else args.batch_cr64
-        x = np.random.default_rng(cr).uniform(-1, 1, (batch, args.size, args.size, 3))
-        x = x.astype(np.float32)
-        paths = {"today": compiled_generator(generator), "fp32": inference_call(generator)}
-        if not args.no_bf16:
-            paths["bf16"] = inference_call(generator, "bf16")
-        if args.ablate:
-            # Which part gives what: folding without XLA, XLA without folding.
-            paths["fold only"] = compiled_generator(inference_model(generator))
-            paths["xla only"] = compiled_generator(generator, jit_compile=True)
-        for fn in paths.values():  # warm-up: tracing and first-call setup
-            fn(x)
-        times: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.repeats):
-            # The peak is timed in every round too, so it sees the same machine load.
-            peak_times.append(_time(peak_conv, peak_x))
-            for name, fn in paths.items():
-                times[name].append(_time(fn, x) / batch)
-        flops = conv_flops(generator, args.size, args.size)
-        med = {name: statistics.median(t) for name, t in times.items()}
-        med["convs alone"] = _conv_floor(inference_model(generator), batch, args.size,
-                                         args.repeats)
-        rows.append((cr, batch, flops, med))
-
-    peak = peak_flops / statistics.median(peak_times) / 1e9
-    print(f"(a) peak: 3x3 conv 256->256 at {args.peak_batch}x{args.peak_size}^2, "
-          f"float32, compiled: {peak:.1f} GFLOP/s (median of {len(peak_times)}, "
-          f"timed between the generator calls)")
-    print(f"(b) generator at {args.size}^2, random weights, median seconds per image "
-          f"of {args.repeats} interleaved calls; GFLOP counts convolutions only")
-    print(f"{'cr':>3} {'batch':>5} {'GFLOP/img':>9} {'path':>11} {'s/img':>8} "
-          f"{'GFLOP/s':>8} {'of peak':>8}")
-    for cr, batch, flops, med in rows:
-        for name, sec in med.items():
-            gflops = flops / sec / 1e9
-            print(f"{cr:>3} {batch:>5} {flops / 1e9:>9.2f} {name:>11} {sec:>8.3f} "
-                  f"{gflops:>8.1f} {gflops / peak:>8.0%}")
-    print("(c) ratios per image (>1: the second path is faster)")
-    for cr, _, _, med in rows:
-        line = (f"cr {cr:>3}: today/fp32 {med['today'] / med['fp32']:.2f}x, the "
-                f"convolutions alone are {med['convs alone'] / med['fp32']:.0%} of fp32's time")
-        if "bf16" in med:
-            line += f", fp32/bf16 {med['fp32'] / med['bf16']:.2f}x"
-            if not bf16_native():
-                line += " (bf16 in software)"
-        for name in ("fold only", "xla only"):
-            if name in med:
-                line += f", today/{name} {med['today'] / med[name]:.2f}x"
-        print(line)
+    print(f"(a) {_host()}; TensorFlow {tf.__version__}")
+    if not args.e2e_only:
+        print("(b) median seconds per image, interleaved; max |diff| from fp32 no XLA "
+              "in [-1, 1]")
+        for name, generator, batch in _generators(args):
+            x = np.random.default_rng(0).uniform(-1, 1, (batch, args.size, args.size, 3))
+            _measure(name, generator, x.astype(np.float32), args)
+    if args.onnx is not None:
+        _peers(args)
+    if args.e2e or args.e2e_only:
+        _e2e(args)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

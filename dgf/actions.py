@@ -356,12 +356,12 @@ class Scoring:
         cfg, strip = self.cfg, None
         if self.run is None:
             summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
-                                        progress=False, **self.settings)
+                                        progress=False, jit=cfg.eval_jit, **self.settings)
         else:
             summary, _, strip = evaluate_with_strip(
                 generator, cfg.h5, "test", self.run.sample(epoch + 1),
                 strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
-                **self.settings)
+                jit=cfg.eval_jit, **self.settings)
         named = describe_settings(**self.settings)
         crop = f" ({named})" if named else ""
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "

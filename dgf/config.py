@@ -32,7 +32,9 @@ import yaml
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
-from dgf.options import DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, METRIC_PROTOCOLS, PRECISIONS
+from dgf.options import (
+    DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, JIT_CHOICES, METRIC_PROTOCOLS, PRECISIONS,
+)
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -162,6 +164,10 @@ class TrainConfig:
         1, SCORING, "score the test pairs, draw the strip and update generator_best.keras "
         "every N epochs and at the last, as BasicSR's val_freq (model files: every epoch)")
     strip_pairs: int = _setting(4, SCORING, "rows in the per-epoch sample strip")
+    eval_jit: str = _setting(
+        DEFAULT_JIT, SCORING, "XLA for the per-epoch scoring's generator call: auto "
+        "(the faster of both, measured on the first epoch's shapes and cached per host) "
+        "| on | off", choices=JIT_CHOICES)
     crop_border: int = _setting(
         0, SCORING, "pixels removed at each side before the per-epoch PSNR/SSIM, as "
         "BasicSR's crop_border; 0 scores whole images, 8 judges the interior")

@@ -26,12 +26,13 @@ from dgf.options import (
     DEFAULT_CROP_BORDER,
     DEFAULT_EVAL_BATCH,
     DEFAULT_EVAL_SPLIT,
+    DEFAULT_JIT,
     DEFAULT_PRECISION,
     DEFAULT_PROTOCOL,
     DEFAULT_STRIPS,
     DEFAULT_Y_CHANNEL,
 )
-from dgf.runtime import check_precision, load_generator
+from dgf.runtime import check_jit, load_generator, resolve_precision
 from dgf.scoring import ROW_KEYS, SETTING_KEYS, evaluate_with_strip, open_split, save_png, strip_rows
 
 # A run evaluation's metrics.csv: the scores, and the settings they were taken at.
@@ -155,6 +156,7 @@ def evaluate_model(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    jit: str = DEFAULT_JIT,
     crop_border: int = DEFAULT_CROP_BORDER,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -174,7 +176,8 @@ def evaluate_model(
     and a crop that leaves less than the protocol's SSIM window
     (:func:`check_window`). Returns the summary.
     """
-    check_precision(precision)
+    precision = resolve_precision(precision)
+    check_jit(jit)
     crop_border = check_crop_border(crop_border)
     check_protocol(protocol)
     model_path, h5_path = Path(model_path), Path(h5_path)
@@ -193,7 +196,7 @@ def evaluate_model(
     generator = load_generator(model_path)
     summary, rows, _ = evaluate_with_strip(
         generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
-        limit=limit, progress=progress, precision=precision, crop_border=crop_border,
+        limit=limit, progress=progress, precision=precision, jit=jit, crop_border=crop_border,
         protocol=protocol, y_channel=y_channel,
     )
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
@@ -277,6 +280,7 @@ def evaluate_run(
     force: bool = False,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    jit: str = DEFAULT_JIT,
     crop_border: int = DEFAULT_CROP_BORDER,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -302,7 +306,8 @@ def evaluate_run(
     ``protocol`` or ``y_channel`` (:func:`ssim`; named in the plot when not the
     defaults). Returns one dict per epoch with the ``metrics.csv`` columns.
     """
-    check_precision(precision)
+    precision = resolve_precision(precision)
+    check_jit(jit)
     crop_border = check_crop_border(crop_border)
     check_protocol(protocol)
     y_channel = bool(y_channel)
@@ -324,7 +329,7 @@ def evaluate_run(
         stamp = path.stat().st_mtime_ns
         results[epoch] = _score_snapshot(
             path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
-            limit=limit, progress=progress, precision=precision, crop_border=crop_border,
+            limit=limit, progress=progress, precision=precision, jit=jit, crop_border=crop_border,
             protocol=protocol, y_channel=y_channel,
         )
         seen[str(epoch)] = stamp
@@ -430,6 +435,7 @@ def _score_snapshot(
     limit: int | None,
     progress: bool,
     precision: str,
+    jit: str = DEFAULT_JIT,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -445,7 +451,7 @@ def _score_snapshot(
         ) from None
     summary, _, _ = evaluate_with_strip(
         generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
-        progress=progress, precision=precision, crop_border=crop_border,
+        progress=progress, precision=precision, jit=jit, crop_border=crop_border,
         protocol=protocol, y_channel=y_channel,
     )
     return {**{k: float(summary[k]) for k in RUN_METRIC_KEYS},

@@ -1,4 +1,4 @@
-"""Export a trained generator for serving: TensorFlow SavedModel or TFLite.
+"""Export a trained generator for serving: TensorFlow SavedModel, TFLite or ONNX.
 
 Both exports take uint8 images and return uint8 images; the conversions of
 ``dgf.images`` (``x / 127.5 - 1`` in, ``clip(rint((y + 1) * 127.5))`` out) run inside
@@ -13,7 +13,12 @@ unless ``input_size`` is given: call ``interpreter.resize_tensor_input(idx,
 [1, H, W, 3])`` then ``allocate_tensors()`` before each new size. Only builtin
 TFLite ops are used (CAST, CONV_2D with dilation, ROUND, ...).
 
-Both export the generator's inference copy (:func:`dgf.runtime.fold_batchnorm`):
+ONNX (``dgf[onnx]``: tf2onnx): the SavedModel's function at opset ``ONNX_OPSET``,
+input ``images`` (B, H, W, 3) uint8 with B, H and W dynamic, output ``deblurred``
+of the same shape, uint8; the conversions are nodes of the graph (Cast, Div, Sub,
+Round, Clip). Any ONNX runtime runs it (onnxruntime, OpenVINO).
+
+All three export the generator's inference copy (:func:`dgf.runtime.fold_batchnorm`):
 BatchNorm folded into the convolutions, Dropout removed, the dense field's
 activations taken once per part, the graph ``dgf-deblur`` runs. The TFLite converter
 folds BatchNorm on its own too, but a SavedModel keeps the model's variables, so
@@ -34,8 +39,18 @@ from dgf.errors import DgfError
 from dgf.fileio import check_output, write_bytes_atomic, write_folder_atomic
 from dgf.options import EXPORT_FORMATS
 from dgf.runtime import fold_batchnorm, load_generator
+
+try:  # optional (dgf[onnx]): only --format onnx needs it
+    import tf2onnx
+except ImportError as _exc:
+    tf2onnx = None
+    _TF2ONNX_MISSING = str(_exc)
 INPUT_NAME = "images"
 OUTPUT_NAME = "deblurred"
+#: The ONNX opset of ``--format onnx``: 17 is read by onnxruntime >= 1.11 and OpenVINO.
+ONNX_OPSET = 17
+#: What to install for each optional export or engine.
+ONNX_EXTRA = "pip install 'dgf[onnx]'"
 
 
 def _serving_fn(generator):
@@ -74,17 +89,27 @@ def _check_target(path: Path, fmt: str, overwrite: bool) -> None:
                     f"--overwrite replaces only an earlier export or an empty folder. "
                     f"Choose another -o."
                 )
-        else:
-            if path.is_dir():
-                raise DgfError(f"{path} is a folder; give the .tflite file to write.")
-            with open(path, "rb") as fh:
-                magic = fh.read(8)[4:8]
-            if magic != _TFLITE_MAGIC:
-                raise DgfError(
-                    f"{path} is not a TFLite file; --overwrite replaces only an earlier "
-                    f"TFLite export. Choose another -o."
-                )
+        elif path.is_dir():
+            raise DgfError(f"{path} is a folder; give the .{fmt} file to write.")
+        elif not _is_export(path, fmt):
+            word = {"tflite": "a TFLite", "onnx": "an ONNX"}[fmt]
+            raise DgfError(
+                f"{path} is not {word} file; --overwrite replaces only an earlier "
+                f"{word.split()[1]} export. Choose another -o."
+            )
     check_output(path)
+
+
+def _is_export(path: Path, fmt: str) -> bool:
+    """Whether the file ``path`` is an earlier ``fmt`` export (TFLite's identifier, or
+    an ONNX model that names its producer)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if fmt == "tflite":
+        return head[4:8] == _TFLITE_MAGIC
+    # An ONNX ModelProto starts with ir_version (field 1, varint: 0x08) and names
+    # its producer (field 2) early; tf2onnx writes "tf2onnx".
+    return head[:1] == b"\x08" and b"tf2onnx" in head[:64]
 
 
 def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -> Path:
@@ -163,6 +188,49 @@ def export_tflite(
     return path
 
 
+def _tf2onnx():
+    """The tf2onnx module, or DgfError saying what to install."""
+    if tf2onnx is None:
+        raise DgfError(f"--format onnx needs tf2onnx, which is not installed "
+                       f"({_TF2ONNX_MISSING}); {ONNX_EXTRA}")
+    return tf2onnx
+
+
+def export_onnx(generator, path: Path | str, *, overwrite: bool = False,
+                opset: int = ONNX_OPSET, source: Path | str | None = None) -> Path:
+    """Write ``generator`` as an ONNX model taking (B, H, W, 3) uint8 ``images``.
+
+    Args:
+        generator: functional Keras model, (B, H, W, 3) float32 in [-1, 1] → same;
+            its BatchNorm-folded copy is exported, ``generator`` is not modified.
+        path: file to create; replaced only with ``overwrite`` (and only an earlier
+            ONNX export).
+        opset: the ONNX opset (default ``ONNX_OPSET``).
+        source: the model file, named in a conversion error.
+
+    Returns:
+        The .onnx path. Raises DgfError when tf2onnx is missing or cannot convert.
+    """
+    path = Path(path)
+    _check_target(path, "onnx", overwrite)
+    converter = _tf2onnx()
+    folded = fold_batchnorm(generator)
+    spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)]
+    function = tf.function(_serving_fn(folded), input_signature=spec, autograph=False)
+    try:
+        proto, _ = converter.convert.from_function(function, input_signature=spec, opset=opset)
+    except Exception as exc:  # tf2onnx raises many types for an op it cannot map
+        raise DgfError(f"ONNX conversion of {source or 'the generator'} failed: "
+                       f"{type(exc).__name__}: {exc}; --format savedmodel exports any "
+                       f"model TensorFlow runs") from exc
+    outputs = [o.name for o in proto.graph.output]
+    if outputs != [OUTPUT_NAME] or [i.name for i in proto.graph.input] != [INPUT_NAME]:
+        raise DgfError(f"ONNX conversion gave inputs/outputs {outputs}; expected "
+                       f"{INPUT_NAME} -> {OUTPUT_NAME}")
+    write_bytes_atomic(path, proto.SerializeToString())
+    return path
+
+
 def export_model(
     model_path: Path | str,
     out_path: Path | str,
@@ -173,7 +241,7 @@ def export_model(
 ) -> Path:
     """Load the generator at ``model_path`` and export it as ``fmt``.
 
-    ``fmt`` is ``"savedmodel"`` or ``"tflite"``; ``input_size`` (H, W) applies to
+    ``fmt`` is ``"savedmodel"``, ``"tflite"`` or ``"onnx"``; ``input_size`` (H, W) applies to
     TFLite only. Raises DgfError for a missing model, an existing ``out_path``
     without ``overwrite`` or a bad option.
     """
@@ -183,11 +251,15 @@ def export_model(
         )
     if input_size is not None and fmt != "tflite":
         raise DgfError("--input-size applies to --format tflite only; SavedModel "
-                       "exports always take any size.")
+                       "and ONNX exports always take any size.")
     out_path = Path(out_path)
     _check_target(out_path, fmt, overwrite)
+    if fmt == "onnx":
+        _tf2onnx()  # before the model loads
     generator = load_generator(model_path)
     if fmt == "savedmodel":
         return export_savedmodel(generator, out_path, overwrite=overwrite)
+    if fmt == "onnx":
+        return export_onnx(generator, out_path, overwrite=overwrite, source=model_path)
     size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
     return export_tflite(generator, out_path, input_size=size, overwrite=overwrite)

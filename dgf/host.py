@@ -62,15 +62,26 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm);
-    empty where it cannot be read."""
+def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: Path | None = None) -> str | None:
+    """The first value of one of ``keys`` in /proc/cpuinfo; None where it cannot be read."""
     try:
-        text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
+        text = (cpuinfo or _CPUINFO).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm);
+    empty where it cannot be read."""
+    return set((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: Path | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (``model name`` on x86, ``CPU part`` on
+    Arm); "" where it cannot be read."""
+    return _cpuinfo_field(("model name", "Model", "CPU part"), cpuinfo) or ""

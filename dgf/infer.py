@@ -27,6 +27,7 @@ from dgf.images import (
 )
 from dgf.options import (
     DEFAULT_BATCH,
+    DEFAULT_JIT,
     DEFAULT_PRECISION,
     DEFAULT_QUALITY,
     DEFAULT_SCALE,
@@ -34,8 +35,8 @@ from dgf.options import (
 )
 from dgf.metadata import read_metadata, training_side
 from dgf.runtime import (
-    auto_scale, check_precision, check_scale, check_tiling, deblur_image, load_generator,
-    seamless_tiling,
+    auto_scale, check_jit, check_scale, check_tiling, deblur_image, load_generator,
+    resolve_precision, seamless_tiling,
 )
 
 COMPARE_DIR = "compare"
@@ -112,7 +113,7 @@ def _exists_error(path: Path) -> str:
 def _process(
     generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
     overwrite: bool, quality: int, progress: bool, precision: str,
-    scale: str | float = 1.0, train_side: int | None = None,
+    scale: str | float = 1.0, train_side: int | None = None, jit: str = DEFAULT_JIT,
 ) -> None:
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not overwrite:
@@ -141,7 +142,7 @@ def _process(
     try:
         deblurred = deblur_image(
             generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
-            progress=progress, precision=precision, scale=factor,
+            progress=progress, precision=precision, scale=factor, jit=jit,
         )
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
@@ -189,6 +190,7 @@ def deblur_paths(
     on_failure: Callable[[Path, str], None] | None = None,
     precision: str = DEFAULT_PRECISION,
     scale: str | float = DEFAULT_SCALE,
+    jit: str = DEFAULT_JIT,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
@@ -202,20 +204,23 @@ def deblur_paths(
     any image is processed. Problems with one file (unreadable, unsupported suffix,
     existing output without ``overwrite``) are recorded in the report, passed to
     ``on_failure`` and the other files still run. ``precision`` is ``"fp32"`` or
-    ``"bf16"`` (DgfError up front where TensorFlow cannot run bf16).
+    ``"bf16"`` (DgfError up front where TensorFlow cannot run bf16), or ``"auto"``
+    (:func:`dgf.runtime.resolve_precision`; the run says which it chose).
 
     ``scale`` is a factor in (0, 1] or ``"auto"``: each photo is deblurred at that
     scale (:func:`dgf.runtime.deblur_image`) and returned at its own size. ``auto``
     picks, per photo, the model's training image side over the photo's shorter
     side (:func:`dgf.runtime.auto_scale`), from the model file's training record;
-    a model without one runs at 1, and the run says so.
+    a model without one runs at 1, and the run says so. ``jit`` (``"auto"``,
+    ``"on"``, ``"off"``): XLA or not, :func:`dgf.runtime.inference_call`.
     """
     # None: from the model (dgf.runtime.seamless_tiling), checked once it is loaded.
     check_tiling(tile or DEFAULT_TILE, overlap or 0, batch_size)
     if tile is not None and overlap is not None:
         check_tiling(tile, overlap, batch_size)
     scale = parse_scale(scale)
-    check_precision(precision)
+    asked, precision = precision, resolve_precision(precision)
+    check_jit(jit)
     if not 1 <= quality <= 100:
         raise DgfError(f"JPEG quality {quality} must be between 1 and 100.")
     if not inputs:
@@ -233,13 +238,17 @@ def deblur_paths(
         print(f"--scale auto: {model_path} does not record its training images (no "
               f"training metadata); running at scale 1 (pass --scale F to choose)",
               flush=True)
+    if asked == "auto":
+        print(f"--precision auto: {precision}" + (
+            " (this CPU computes bfloat16 natively)" if precision == "bf16" else ""),
+            flush=True)
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
             _process(
                 generator, job, tile=tile, overlap=overlap, batch_size=batch_size,
                 overwrite=overwrite, quality=quality, progress=progress,
-                precision=precision, scale=scale, train_side=train_side,
+                precision=precision, scale=scale, train_side=train_side, jit=jit,
             )
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "

@@ -17,6 +17,18 @@ from __future__ import annotations
 #: scaling, which only an optimiser has), :class:`dgf.config.TrainConfig`.
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
+#: What ``--precision`` accepts: a precision, or "auto" (dgf.runtime.resolve_precision):
+#: bf16 on a CPU with native bfloat16 (AVX512_BF16 or AMX) and no GPU, fp32 elsewhere.
+#: There bf16 without XLA was 2.0x faster than fp32 and changed the bundled model's mean
+#: PSNR on the 64 real test pairs of pairs-small by -0.001 dB (docs/engines.md).
+PRECISION_CHOICES = ("auto",) + PRECISIONS
+#: dgf-deblur's default; dgf-eval keeps fp32, so scores do not depend on the host.
+DEFAULT_DEBLUR_PRECISION = "auto"
+#: XLA for the inference call (``--jit``): "auto" measures both compiled paths on the
+#: first input of each shape and keeps the faster, per host (dgf.calibration); "on"
+#: always compiles with XLA, "off" never does.
+JIT_CHOICES = ("auto", "on", "off")
+DEFAULT_JIT = "auto"
 
 # dgf-deblur (dgf.runtime.deblur_image, dgf.infer.deblur_paths).
 #: Tile edge in pixels; 0 runs the whole image at once.
@@ -57,4 +69,4 @@ DEFAULT_INFO_SIZE = (256, 256)
 
 # dgf-export (dgf.export).
 #: Export formats.
-EXPORT_FORMATS = ("savedmodel", "tflite")
+EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")

@@ -23,16 +23,24 @@ model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`), without XL
   model's *current* weights at every :func:`inference_call`, so the trainer's
   per-epoch scoring always sees the weights of that epoch. The source model is never
   modified.
-* **XLA.** :func:`inference_call` compiles the copy with ``jit_compile``, which fuses
-  the remaining concatenations and elementwise work into the loops around the
-  convolutions (measured in ``benchmarks/bench_inference.py``).
+* **XLA or not, per host.** :func:`inference_call` compiles the copy with or
+  without ``jit_compile`` (``jit="on"``/``"off"``). XLA fuses the remaining
+  concatenations and elementwise work into loops around the convolutions, which
+  was 1.2-1.5x faster on an AVX2 host; on an AVX-512 host TensorFlow's own oneDNN
+  kernels win (XLA 1.4-1.7x slower at fp32, about 3x at bf16). So the default,
+  ``jit="auto"``, measures both on the first input of each shape and keeps the
+  faster, remembered per host in the user cache folder (:class:`AutoJitCall`,
+  :mod:`dgf.calibration`).
 * **Precision.** ``fp32`` keeps every layer in float32. ``bf16`` computes the body
   under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16 activations);
   the last convolution and every layer after it stay float32, so the image leaves
   the network at full precision. It is fast where the hardware has bfloat16
   arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm, a GPU of compute capability
-  8.0+; :func:`bf16_native`); elsewhere TensorFlow converts in software, which can
-  still gain from the halved memory traffic or can lose. :func:`check_precision`
+  8.0+; :func:`bf16_native`), and there only without XLA (2x fp32 on the AVX-512
+  host, while XLA's bf16 is slower than fp32); elsewhere TensorFlow converts in
+  software, which can still gain from the halved memory traffic or can lose.
+  ``"auto"`` (:func:`resolve_precision`) is bf16 on an x86 CPU with native bfloat16
+  and no GPU, fp32 elsewhere. :func:`check_precision`
   refuses bf16 only where TensorFlow cannot run a bfloat16 convolution at all.
 
 **Tiling** (:func:`deblur_image`). The generator is fully convolutional, so any
@@ -56,6 +64,8 @@ live in :mod:`dgf.options`, which argument parsers import without TensorFlow.
 from __future__ import annotations
 
 import json
+import sys
+import time
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -69,16 +79,22 @@ from keras import layers, ops
 from PIL import Image
 from tqdm import tqdm
 
+from dgf import calibration
 import dgf.models  # noqa: F401  (registers the generator's custom layers for loading)
 from dgf.errors import DgfError
 from dgf.fileio import require_file
 from dgf.host import cpu_flags
 from dgf.images import to_uint8, to_unit
-from dgf.options import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE, PRECISIONS
+from dgf.options import (
+    DEFAULT_BATCH, DEFAULT_JIT, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE, JIT_CHOICES,
+    PRECISIONS,
+)
 
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 # /proc/cpuinfo flags that give a CPU native bfloat16 arithmetic (x86, then Arm).
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# The CPU flags where --precision auto picks bf16: measured faster there (x86 only).
+_BF16_AUTO_FLAGS = ("avx512_bf16", "amx_bf16")
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.
 _EDGE_WEIGHT = 1e-6
@@ -132,6 +148,21 @@ def check_precision(precision: str) -> None:
                 f"--precision bf16 is not supported on this machine: a bfloat16 "
                 f"convolution failed ({reason}); use --precision fp32"
             )
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision ``precision`` names: itself for ``fp32``/``bf16`` (checked as
+    :func:`check_precision` does), and for ``"auto"`` bf16 on a CPU with native
+    bfloat16 (AVX512_BF16 or AMX) and no GPU, where TensorFlow runs it, fp32
+    everywhere else (a GPU, Arm, or an x86 CPU that converts bf16 in software)."""
+    if precision != "auto":
+        check_precision(precision)
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "fp32"
+    if cpu_flags() & set(_BF16_AUTO_FLAGS) and bf16_unsupported_reason() is None:
+        return "bf16"
+    return "fp32"
 
 
 # --- the graph ------------------------------------------------------------------------
@@ -410,8 +441,15 @@ def inference_model(generator: Any, precision: str = DEFAULT_PRECISION):
     return copy
 
 
+def check_jit(jit: str) -> str:
+    """``jit`` if it is one of ``JIT_CHOICES``, else DgfError naming it."""
+    if jit not in JIT_CHOICES:
+        raise DgfError(f"unknown jit setting {jit!r}; choose one of {', '.join(JIT_CHOICES)}")
+    return jit
+
+
 def inference_call(
-    generator: Any, precision: str = DEFAULT_PRECISION
+    generator: Any, precision: str = DEFAULT_PRECISION, jit: str = DEFAULT_JIT
 ) -> Callable[[np.ndarray], Any]:
     """The compiled call of ``generator``'s folded copy, refolded from its current weights.
 
@@ -421,12 +459,122 @@ def inference_call(
     call refolds the weights. Does not check that TensorFlow can run ``bf16`` here
     (see :func:`check_precision`).
 
-    XLA compiles the call (``jit_compile``), once per input shape (seconds; the
-    compiled programs are kept for the generator's life): it fuses the dense field's
-    concatenations and activations into its loops, measured 1.2-1.5x faster than the
-    same folded graph without XLA at channel rate 16 (README, Benchmarks).
+    ``jit`` says whether XLA compiles the call: ``"on"`` always (once per input
+    shape, seconds), ``"off"`` never (TensorFlow's graph with its oneDNN kernels),
+    ``"auto"`` whichever is measured faster for this model layout, precision and
+    input shape on this host (:class:`AutoJitCall`, :mod:`dgf.calibration`). Which one
+    wins depends on the CPU: XLA's fusion was 1.2-1.5x faster on an AVX2 host, and
+    1.4-1.7x slower at fp32 and about 3x slower at bf16 on an AVX-512 host.
     """
-    return compiled_generator(inference_model(generator, precision), jit_compile=True)
+    check_jit(jit)
+    copy = inference_model(generator, precision)
+    if jit != "auto":
+        return compiled_generator(copy, jit_compile=jit == "on")
+    try:
+        return _AUTO[copy]
+    except (KeyError, TypeError):
+        pass
+    call = AutoJitCall(copy, precision)
+    try:
+        _AUTO[copy] = call
+    except TypeError:
+        pass
+    return call
+
+
+# Decisions of this process per (layout, precision, shape): a shape is looked up in
+# the cache folder once per process.
+_DECIDED: dict[tuple, str] = {}
+# One auto call per folded copy (it holds the copy weakly), so the trainer's
+# per-epoch scoring reuses its decisions and compiled graphs.
+_AUTO: "weakref.WeakKeyDictionary[Any, AutoJitCall]" = weakref.WeakKeyDictionary()
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+# A call that takes longer than this is timed once per path while calibrating.
+_LONG_CALL_S = 1.0
+# Calibration stops after a round in which one path is this much faster than the other.
+_CLEAR_WIN = 1.25
+
+
+def model_layout(model) -> str:
+    """:func:`dgf.calibration.layout_key` of ``model``'s layers, computed once per model."""
+    try:
+        return _LAYOUTS[model]
+    except (KeyError, TypeError):
+        pass
+    configs = [(type(layer).__name__, layer.get_config()) for layer in model.layers]
+    configs.append(("dtype", {"policy": str(getattr(model, "dtype_policy", ""))}))
+    layout = calibration.layout_key(configs)
+    try:
+        _LAYOUTS[model] = layout
+    except TypeError:
+        pass
+    return layout
+
+
+class AutoJitCall:
+    """The folded copy's call with or without XLA, whichever is faster here.
+
+    On the first input of a shape it looks up :mod:`dgf.calibration`'s entry for this
+    host, layout, precision and shape; without one it calibrates: both compiled
+    paths run on that input (the XLA one compiles), then each is timed, interleaved,
+    for up to three rounds (one when a call takes over a second; the rounds stop
+    once one path is 1.25x faster than the other), the faster is kept and stored. The chosen path's first output is returned, so no input is
+    computed for nothing and every call gives what the chosen path gives. ``choices`` records the path taken per shape.
+    """
+
+    def __init__(self, copy, precision: str) -> None:
+        self._copy = weakref.ref(copy)
+        self.precision = precision
+        self.layout = model_layout(copy)
+        self.choices: dict[tuple[int, ...], str] = {}
+
+    def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        return calibration.entry_key(calibration.host_key(tf.__version__), self.layout,
+                                     self.precision, shape)
+
+    def __call__(self, x):
+        shape = tuple(int(s) for s in np.shape(x))
+        memo = (self.layout, self.precision, shape)
+        choice = _DECIDED.get(memo)
+        first = None
+        if choice is None:
+            key = self._key(shape)
+            entry = calibration.read_entry(key)
+            if entry is not None:
+                choice = entry["choice"]
+            else:
+                choice, first = self._calibrate(x, key)
+            _DECIDED[memo] = choice
+        self.choices[shape] = choice
+        if first is not None:
+            return first
+        return compiled_generator(self._copy(), jit_compile=choice == "xla")(x)
+
+    def _calibrate(self, x, key: dict[str, Any]) -> tuple[str, Any]:
+        paths = {name: compiled_generator(self._copy(), jit_compile=name == "xla")
+                 for name in calibration.CHOICES}
+        start = time.perf_counter()
+        first = {"plain": paths["plain"](x).numpy()}
+        long_call = time.perf_counter() - start > _LONG_CALL_S
+        first["xla"] = paths["xla"](x).numpy()  # compiles
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(1 if long_call else 3):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                fn(x).numpy()
+                times[name].append(time.perf_counter() - start)
+            fast, slow = sorted(min(t) for t in times.values())
+            if slow > _CLEAR_WIN * fast:  # more rounds would not change the answer
+                break
+        seconds = {name: min(t) for name, t in times.items()}
+        choice = min(seconds, key=seconds.get)
+        where = calibration.write_entry(key, seconds, choice)
+        words = {"xla": "XLA", "plain": "no XLA"}
+        print(f"note: calibrated the {self.precision} call on {'x'.join(map(str, key['shape']))}"
+              f": no XLA {seconds['plain']:.3g} s, XLA {seconds['xla']:.3g} s; using "
+              f"{words[choice]}" + (f" (stored in {where.parent})" if where else ""),
+              file=sys.stderr, flush=True)
+        return choice, first[choice]
 
 
 # --- counting work ---------------------------------------------------------------------
@@ -675,6 +823,7 @@ def deblur_image(
     progress: bool = False,
     precision: str = DEFAULT_PRECISION,
     scale: float = 1.0,
+    jit: str = DEFAULT_JIT,
 ) -> np.ndarray:
     """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
 
@@ -693,6 +842,7 @@ def deblur_image(
         progress: show a tqdm bar over the tiles (for images of several tiles).
         precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
             folded copy (:func:`inference_call`) with its current weights.
+        jit: ``"auto"``, ``"on"`` or ``"off"``: XLA or not (:func:`inference_call`).
         scale: in (0, 1]. Below 1 the generator runs on the image shrunk by this
             factor (antialiased), where a long blur is within its reach, and the
             correction it makes there (its output minus its input) is enlarged
@@ -714,7 +864,7 @@ def deblur_image(
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
     scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
-    call = inference_call(generator, precision)
+    call = inference_call(generator, precision, jit)
     align = grid_factor(generator)
     if scale == 1.0:
         return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress, align))

@@ -24,6 +24,7 @@ from dgf.metrics import check_crop_border, check_protocol, check_window, mean_ps
 from dgf.options import (
     DEFAULT_EVAL_BATCH,
     DEFAULT_EVAL_SPLIT,
+    DEFAULT_JIT,
     DEFAULT_PRECISION,
     DEFAULT_PROTOCOL,
     DEFAULT_STRIPS,
@@ -45,6 +46,7 @@ def deblur_array(
     blurred: np.ndarray,
     batch_size: int = DEFAULT_EVAL_BATCH,
     precision: str = DEFAULT_PRECISION,
+    jit: str = DEFAULT_JIT,
 ) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
@@ -52,6 +54,7 @@ def deblur_array(
     shape in [-1, 1]; its BatchNorm-folded copy at ``precision`` (``"fp32"`` or
     ``"bf16"``) runs, compiled once per generator, with the generator's current
     weights (:func:`dgf.runtime.inference_call`). ``blurred``: (B, H, W, 3) uint8.
+    ``jit``: XLA or not (``"auto"``, ``"on"``, ``"off"``; :func:`dgf.runtime.inference_call`).
     Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
     """
     blurred = np.asarray(blurred)
@@ -63,7 +66,7 @@ def deblur_array(
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     out = np.empty_like(blurred)
-    call = inference_call(generator, precision)
+    call = inference_call(generator, precision, jit)
     for start in range(0, len(blurred), batch_size):
         chunk = to_unit(blurred[start : start + batch_size])
         y = np.asarray(call(chunk), dtype=np.float32)
@@ -208,6 +211,7 @@ def evaluate_split(
     limit: int | None = None,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    jit: str = DEFAULT_JIT,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -234,7 +238,7 @@ def evaluate_split(
     trainer calls this every epoch.
     """
     summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
-                                 limit=limit, progress=progress, precision=precision,
+                                 limit=limit, progress=progress, precision=precision, jit=jit,
                                  crop_border=crop_border, protocol=protocol,
                                  y_channel=y_channel)
     return summary, rows
@@ -251,6 +255,7 @@ def evaluate_with_strip(
     limit: int | None = None,
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
+    jit: str = DEFAULT_JIT,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -263,7 +268,7 @@ def evaluate_with_strip(
     summary gains ``strip_indices``.
     """
     summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
-                                    limit=limit, progress=progress, precision=precision,
+                                    limit=limit, progress=progress, precision=precision, jit=jit,
                                     strips=strips, crop_border=crop_border,
                                     protocol=protocol, y_channel=y_channel)
     order = sorted(kept)
@@ -282,6 +287,7 @@ def _evaluate(
     limit: int | None,
     progress: bool,
     precision: str,
+    jit: str = DEFAULT_JIT,
     strips: int | None = None,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
@@ -306,7 +312,7 @@ def _evaluate(
         sources = _sources(h5, split, indices)
         scores = _score_pairs(
             generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
-            progress=progress, precision=precision, keep=keep, crop_border=crop_border,
+            progress=progress, precision=precision, jit=jit, keep=keep, crop_border=crop_border,
             protocol=protocol, y_channel=y_channel,
         )
     if cached is None:
@@ -340,6 +346,7 @@ def _score_pairs(
     batch_size: int,
     progress: bool,
     precision: str,
+    jit: str = DEFAULT_JIT,
     keep: set[int] = frozenset(),
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
@@ -363,7 +370,7 @@ def _score_pairs(
             blurred = _read(blurred_ds, idx)
             t0 = time.perf_counter()
             deblurred = deblur_array(generator, blurred, batch_size=len(idx),
-                                     precision=precision)
+                                     precision=precision, jit=jit)
             scores.generator_seconds += time.perf_counter() - t0
             for i, s, b, d in zip(idx, sharp, blurred, deblurred):
                 if i in keep:

@@ -20,6 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 PAIRS_SMALL = REPO.parent / "shared" / "data" / "pairs-small"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache(tmp_path_factory) -> Path:
+    """The inference calibration cache (dgf.calibration) of the whole session, in a
+    temporary folder instead of the user's cache (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("dgf-cache")
+    previous = os.environ.get("DGF_CACHE_DIR")
+    os.environ["DGF_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DGF_CACHE_DIR", None)
+    else:
+        os.environ["DGF_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def pairs_small() -> Path:
     """The 604 real side-by-side pairs, or a skip that says they are absent."""

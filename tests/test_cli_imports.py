@@ -97,7 +97,12 @@ def test_make_pairs_help_lists_the_owners_choices_and_defaults():
 
 def test_inference_commands_help_lists_the_options_module():
     deblur = _help(_scripts()["dgf-deblur"])["help"]
-    assert _choices(options.PRECISIONS) in deblur
+    assert _choices(options.PRECISION_CHOICES) in deblur
+    assert _choices(options.JIT_CHOICES) in deblur
+    for flag, value in (("--precision", options.DEFAULT_DEBLUR_PRECISION),
+                        ("--jit", options.DEFAULT_JIT)):
+        described = deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {value})" in described
     for flag, value in (("--batch", options.DEFAULT_BATCH),
                         ("--quality", options.DEFAULT_QUALITY)):
         described = deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0]
@@ -108,7 +113,8 @@ def test_inference_commands_help_lists_the_options_module():
         described = " ".join(deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0].split())
         assert text in described and "None" not in described, described
     evaluate = _help(_scripts()["dgf-eval"])["help"]
-    assert _choices(options.PRECISIONS) in evaluate
+    assert _choices(options.PRECISION_CHOICES) in evaluate
+    assert _choices(options.JIT_CHOICES) in evaluate
     assert "-o OUT, --out OUT" in evaluate
     assert f"(default: {options.DEFAULT_EVAL_BATCH})" in evaluate
     export = _help(_scripts()["dgf-export"])["help"]

@@ -109,3 +109,93 @@ def test_export_errors(tmp_path, model_file, capsys):
                           capsys)
     assert status == 2 and "old.tflite already exists" in err
     assert existing.read_bytes() == b"keep me"
+
+
+# --- ONNX -------------------------------------------------------------------------
+def _real_blurred(pairs_small, count: int) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted((pairs_small / "test").glob("*.jpg"))[:count]
+    assert len(files) == count, f"too few test pairs in {pairs_small / 'test'}"
+    halves = []
+    for path in files:
+        with Image.open(path) as img:
+            pair = np.asarray(img.convert("RGB"))
+        halves.append(pair[:, pair.shape[1] // 2 :])  # left sharp, right blurred
+    return np.stack(halves)
+
+
+@pytest.mark.slow
+def test_onnx_matches_keras_on_real_pairs(tmp_path, pairs_small, capsys):
+    import onnx
+    import onnxruntime
+
+    from dgf.export import ONNX_OPSET, _is_export
+    from dgf.runtime import load_generator
+    from dgf.weights import bundled_model
+
+    model = bundled_model()  # trained, and its space-to-depth head pads and reshapes
+    out = tmp_path / "dgf.onnx"
+    status, err = _export(["--model", model, "--format", "onnx", "-o", out], capsys)
+    assert status == 0, err
+    proto = onnx.load(str(out))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == \
+        [ONNX_OPSET]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, outp.name, outp.type) == (
+        "images", "tensor(uint8)", "deblurred", "tensor(uint8)")
+    assert [isinstance(d, int) for d in inp.shape] == [False, False, False, True]
+    generator = load_generator(model)
+    real = _real_blurred(pairs_small, 2)
+    # Whole pairs in one batch, and one crop whose sides are no multiple of 4.
+    for batch in (real, real[:1, 3:253, 5:208]):
+        result = session.run(["deblurred"], {"images": batch})[0]
+        assert result.dtype == np.uint8 and result.shape == batch.shape
+        expected = _reference(generator, batch)
+        assert np.abs(expected.astype(int) - batch).max() > 10  # the model changed them
+        assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+    assert _is_export(out, "onnx")
+    status, err = _export(["--model", model, "--format", "onnx", "-o", out], capsys)
+    assert status == 2 and "already exists; pass --overwrite" in err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp leftovers
+
+
+def test_onnx_export_refusals(tmp_path, model_file, capsys, monkeypatch):
+    other = tmp_path / "notes.onnx"
+    other.write_bytes(b"my notes")
+    status, err = _export(["--model", model_file, "--format", "onnx", "-o", other,
+                           "--overwrite"], capsys)
+    assert status == 2 and "notes.onnx is not an ONNX file; --overwrite replaces only" in err
+    assert other.read_bytes() == b"my notes"
+    status, err = _export(["--model", model_file, "--format", "onnx", "-o", tmp_path / "m.onnx",
+                           "--input-size", "8", "8"], capsys)
+    assert status == 2 and "--input-size applies to --format tflite only" in err
+    import dgf.export
+
+    monkeypatch.setattr(dgf.export, "tf2onnx", None)  # as if not installed
+    monkeypatch.setattr(dgf.export, "_TF2ONNX_MISSING", "No module named 'tf2onnx'",
+                        raising=False)
+    status, err = _export(["--model", model_file, "--format", "onnx", "-o",
+                           tmp_path / "m.onnx"], capsys)
+    assert status == 2 and "error: --format onnx needs tf2onnx" in err
+    assert "pip install 'dgf[onnx]'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_conversion_failure_names_the_model(tmp_path, model_file, capsys, monkeypatch):
+    import dgf.export
+
+    class Broken:
+        class convert:
+            @staticmethod
+            def from_function(*args, **kwargs):
+                raise ValueError("tf2onnx: unsupported op MysteryOp")
+
+    monkeypatch.setattr(dgf.export, "tf2onnx", Broken)
+    out = tmp_path / "m.onnx"
+    status, err = _export(["--model", model_file, "--format", "onnx", "-o", out], capsys)
+    assert status == 2
+    assert f"error: ONNX conversion of {model_file} failed: ValueError: tf2onnx: " \
+           f"unsupported op MysteryOp" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -42,9 +42,16 @@ def deblur_parser() -> argparse.ArgumentParser:
                    help="also write blurred | deblurred side by side as "
                         "OUT/compare/REL/NAME_compare.EXT")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--precision", choices=options.PRECISIONS, default=options.DEFAULT_PRECISION,
+    p.add_argument("--precision", choices=options.PRECISION_CHOICES,
+                   default=options.DEFAULT_DEBLUR_PRECISION,
                    help="inference precision: bf16 computes the body in bfloat16 "
-                   "(faster on CPUs with bf16 or AMX; changes outputs slightly)")
+                   "(about 2x faster on CPUs with AVX512_BF16 or AMX; outputs change by "
+                   "a level or two); auto: bf16 on such a CPU without a GPU, fp32 "
+                   "elsewhere (the run says which)")
+    p.add_argument("--jit", choices=options.JIT_CHOICES, default=options.DEFAULT_JIT,
+                   help="compile the generator with XLA: auto measures both on the first "
+                   "tile shape and keeps the faster on this host (cached in "
+                   "~/.cache/dgf, or $DGF_CACHE_DIR)")
     p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
                    help="run the generator on the photo shrunk by F in (0, 1], where "
                    "a long blur is within its reach, and add the enlarged correction "
@@ -81,7 +88,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
             model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
             batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
             quality=args.quality, progress=not args.no_progress, on_failure=tell,
-            precision=args.precision, scale=args.scale,
+            precision=args.precision, scale=args.scale, jit=args.jit,
         )
         print(f"deblurred {len(report.processed)} image(s) into {args.out}"
               + (f"; {len(report.failed)} failed" if report.failed else ""))
@@ -94,18 +101,19 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "dgf-export",
-        "Export a trained generator for serving. Both formats take uint8 images "
-        "and return uint8 images. savedmodel: signature 'serving_default', input "
+        "Export a trained generator for serving. Every format takes uint8 images "
+        "and returns uint8 images. savedmodel: signature 'serving_default', input "
         "'images' (B, H, W, 3) uint8 of any size, output 'deblurred'. tflite: input "
         "(1, H, W, 3) uint8; H and W are dynamic (resize_tensor_input) unless "
-        "--input-size is given.",
+        "--input-size is given. onnx (pip install 'dgf[onnx]'): input 'images' "
+        "(B, H, W, 3) uint8, all three dynamic, output 'deblurred', ONNX opset 17.",
     )
     p.add_argument("--model", type=Path, required=True,
                    help="generator .keras file written by dgf-train")
     p.add_argument("--format", choices=options.EXPORT_FORMATS, required=True,
                    help="export format")
     p.add_argument("-o", "--out", type=Path, required=True,
-                   help="SavedModel folder or .tflite file to create")
+                   help="SavedModel folder, or .tflite or .onnx file to create")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="fix the TFLite input to H x W (default: dynamic)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")

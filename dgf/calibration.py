@@ -1,0 +1,138 @@
+"""The calibration cache: which compiled path runs a model fastest on this host.
+
+:func:`dgf.runtime.inference_call` with ``jit="auto"`` times the generator's folded
+copy with and without XLA on the first input of each shape, and keeps the faster.
+The measurement is stored here so that later runs on the same host skip it: one
+small JSON file per entry in the user cache folder, named by a hash of its key.
+
+The key is everything the answer depends on: the host (the CPU model and its
+feature flags, and the TensorFlow version), the model's layout (its layers and
+their settings, not its weights, which do not change the speed), the precision and
+the input shape (batch, height, width). An entry that cannot be read, is not JSON,
+or holds another key or no valid choice is damaged: it is measured again and
+rewritten, with a one-line note. Entries are written atomically
+(:func:`dgf.fileio.write_text_atomic`), after the measurement has finished, so an
+interrupted calibration leaves no entry at all. A cache folder that cannot be
+written costs the next run its measurement again, never the inference.
+
+The folder is ``$DGF_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/dgf``, else
+``~/.cache/dgf``; entries live in its ``calibration/`` folder. Deleting it is safe.
+This module imports neither TensorFlow nor Keras.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dgf.errors import DgfError
+from dgf.fileio import write_text_atomic
+from dgf.host import cpu_flags, cpu_model
+
+#: Environment variable that moves the cache folder (tests point it at tmp_path).
+CACHE_ENV = "DGF_CACHE_DIR"
+#: The two compiled paths :func:`dgf.runtime.inference_call` chooses between.
+CHOICES = ("xla", "plain")
+#: Bumped when the entry format or what is measured changes; old entries then miss.
+VERSION = 1
+
+
+def cache_dir() -> Path:
+    """The dgf user cache folder (not created here)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "dgf"
+
+
+def cpu_description(cpuinfo: Path | None = None) -> dict[str, Any]:
+    """The CPU's model name and sorted feature flags (:mod:`dgf.host`; empty where
+    /proc/cpuinfo cannot be read), and the machine type."""
+    return {"machine": os.uname().machine, "model": cpu_model(cpuinfo),
+            "flags": sorted(cpu_flags(cpuinfo))}
+
+
+def host_key(tf_version: str) -> dict[str, Any]:
+    """What identifies this host's speed: the CPU (model, flags) and TensorFlow."""
+    cpu = cpu_description()
+    flags_hash = hashlib.sha256(" ".join(cpu["flags"]).encode()).hexdigest()[:16]
+    return {"machine": cpu["machine"], "cpu": cpu["model"], "cpu_flags": flags_hash,
+            "tensorflow": tf_version}
+
+
+def layout_key(layer_configs: list[tuple[str, dict]]) -> str:
+    """A hash of a model's layout: each layer's class and settings, without the
+    layer names (which Keras numbers per session) and without weights."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "name"}
+        if isinstance(value, (list, tuple)):
+            return [strip(v) for v in value]
+        return value
+
+    text = json.dumps([[cls, strip(cfg)] for cls, cfg in layer_configs],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def entry_key(host: dict[str, Any], layout: str, precision: str,
+              shape: tuple[int, ...]) -> dict[str, Any]:
+    """The full key of one calibration entry."""
+    return {"version": VERSION, **host, "layout": layout, "precision": precision,
+            "shape": [int(s) for s in shape]}
+
+
+def entry_path(key: dict[str, Any]) -> Path:
+    """Where the entry of ``key`` lives."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / "calibration" / f"{digest}.json"
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored measurement of ``key``, or None when there is none or it is
+    damaged (then a one-line note says so and the caller measures again)."""
+    path = entry_path(key)
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            raise ValueError("it holds another key")
+        if entry.get("choice") not in CHOICES:
+            raise ValueError(f"its choice {entry.get('choice')!r} is none of {CHOICES}")
+        for name in CHOICES:
+            seconds = entry["seconds"][name]
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                    or not seconds > 0:
+                raise ValueError(f"its time for {name} is {seconds!r}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        _note(f"calibration cache entry {path} is damaged ({exc}); measuring again")
+        return None
+    return entry
+
+
+def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str) -> Path | None:
+    """Store a measurement atomically; returns its path, or None (with a note) when
+    the cache folder cannot be written."""
+    if choice not in CHOICES:
+        raise DgfError(f"calibration choice {choice!r} is none of {CHOICES}")
+    path = entry_path(key)
+    entry = {"key": key, "seconds": {k: float(v) for k, v in seconds.items()},
+             "choice": choice}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(entry, indent=1, sort_keys=True) + "\n")
+    except (OSError, DgfError) as exc:
+        _note(f"could not store the calibration in {path.parent} ({exc}); the next "
+              f"run measures again (set {CACHE_ENV} to a writable folder)")
+        return None
+    return path

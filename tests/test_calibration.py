@@ -1,0 +1,263 @@
+"""XLA or not per host: the calibrated inference call and its cache (dgf/calibration.py,
+dgf.runtime.inference_call)."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import smooth_photos
+from dgf import calibration, runtime
+from dgf.errors import DgfError
+from dgf.images import to_unit
+from dgf.models import build_generator
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(11)
+    g = build_generator(channel_rate=8)
+    rng = np.random.default_rng(11)
+    for layer in g.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, c))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+    return g
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder, and a process that has decided nothing yet."""
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "_DECIDED", {})
+    return tmp_path / "cache" / "calibration"
+
+
+def _entries(folder):
+    return sorted(folder.glob("*")) if folder.exists() else []
+
+
+def _x(seed=0, batch=2, size=32):
+    return to_unit(smooth_photos(batch, size, size, seed=seed))
+
+
+def test_every_jit_setting_equals_the_model(model, cache):
+    x = _x()
+    expected = np.asarray(model(x, training=False))
+    for jit in ("auto", "on", "off"):
+        got = np.asarray(runtime.inference_call(model, "fp32", jit)(x))
+        assert np.abs(got - expected).max() < TOL, jit
+    # The output is not saturated or constant, so the comparison means something.
+    assert expected.std() > 0.01
+
+
+def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
+    x = _x(1)
+    call = runtime.inference_call(model, "fp32", "auto")
+    first = np.asarray(call(x))
+    entries = _entries(cache)
+    assert len(entries) == 1
+    entry = json.loads(entries[0].read_text())
+    assert entry["key"]["shape"] == [2, 32, 32, 3]
+    assert entry["key"]["precision"] == "fp32"
+    assert entry["choice"] in ("xla", "plain")
+    assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
+    assert call.choices[(2, 32, 32, 3)] == entry["choice"]
+    assert "calibrated the fp32 call on 2x32x32x3" in capsys.readouterr().err
+    # A new process (nothing decided) reads the entry instead of measuring again.
+    runtime._DECIDED.clear()
+
+    def no_measuring(*args):
+        raise AssertionError("measured again despite a valid cache entry")
+
+    again = runtime.inference_call(model, "fp32", "auto")
+    again._calibrate = no_measuring
+    np.testing.assert_allclose(np.asarray(again(x)), first, atol=TOL)
+    assert again.choices[(2, 32, 32, 3)] == entry["choice"]
+    # Another shape is another entry.
+    again._calibrate = runtime.AutoJitCall._calibrate.__get__(again)
+    again(_x(2, batch=1, size=40))
+    assert len(_entries(cache)) == 2
+
+
+@pytest.mark.parametrize("stored", ["xla", "plain"])
+def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
+    x = _x(3)
+    call = runtime.inference_call(model, "fp32", "auto")
+    calibration.write_entry(call._key(x.shape), {"xla": 1.0, "plain": 2.0}, stored)
+    asked = []
+    real = runtime.compiled_generator
+
+    def spy(copy, jit_compile=False):
+        asked.append(jit_compile)
+        return real(copy, jit_compile)
+
+    monkeypatch.setattr(runtime, "compiled_generator", spy)
+    call(x)
+    assert asked == [stored == "xla"]
+
+
+@pytest.mark.parametrize("damage", [b"\x00garbage{", b'{"key": {}, "choice": "xla"}',
+                                    "choice", "seconds"])
+def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
+    x = _x(4)
+    call = runtime.inference_call(model, "fp32", "auto")
+    call(x)
+    (path,) = _entries(cache)
+    if isinstance(damage, bytes):
+        path.write_bytes(damage)
+    else:
+        entry = json.loads(path.read_text())
+        entry[damage] = "fast" if damage == "choice" else {"xla": -1, "plain": 1}
+        path.write_text(json.dumps(entry))
+    runtime._DECIDED.clear()
+    capsys.readouterr()
+    out = np.asarray(runtime.inference_call(model, "fp32", "auto")(x))
+    err = capsys.readouterr().err
+    assert f"calibration cache entry {path} is damaged" in err
+    assert "calibrated the fp32 call" in err
+    assert json.loads(path.read_text())["choice"] in ("xla", "plain")
+    np.testing.assert_allclose(out, np.asarray(model(x, training=False)), atol=TOL)
+
+
+def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
+    x = _x(5)
+    call = runtime.inference_call(model, "fp32", "auto")
+    real = runtime.compiled_generator
+
+    def interrupted(copy, jit_compile=False):
+        fn = real(copy, jit_compile)
+        if not jit_compile:
+            return fn
+
+        def ctrl_c(t):
+            raise KeyboardInterrupt
+
+        return ctrl_c
+
+    monkeypatch.setattr(runtime, "compiled_generator", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call(x)
+    assert _entries(cache) == []
+    assert runtime._DECIDED == {}
+
+
+def test_an_unwritable_cache_costs_only_a_note(model, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(calibration.CACHE_ENV, str(blocker))
+    monkeypatch.setattr(runtime, "_DECIDED", {})
+    x = _x(6)
+    out = np.asarray(runtime.inference_call(model, "fp32", "auto")(x))
+    np.testing.assert_allclose(out, np.asarray(model(x, training=False)), atol=TOL)
+    err = capsys.readouterr().err
+    assert f"could not store the calibration in {blocker / 'calibration'}" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_bf16_calibrates_its_own_entry(model, cache):
+    x = _x(7)
+    fp32 = np.asarray(runtime.inference_call(model, "fp32", "auto")(x))
+    bf16 = np.asarray(runtime.inference_call(model, "bf16", "auto")(x))
+    precisions = {json.loads(p.read_text())["key"]["precision"] for p in _entries(cache)}
+    assert precisions == {"fp32", "bf16"}
+    # bfloat16 keeps 8 bits of mantissa: close to fp32, but not equal to it.
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05
+    for jit in ("on", "off"):
+        other = np.asarray(runtime.inference_call(model, "bf16", jit)(x))
+        assert np.abs(other - fp32).max() < 0.05
+
+
+def test_unknown_jit_is_refused(model):
+    with pytest.raises(DgfError, match="unknown jit setting 'fast'; choose one of auto, on, off"):
+        runtime.inference_call(model, "fp32", "fast")
+
+
+def test_the_key_names_the_host_and_the_layout(tmp_path, model):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: sse2 avx2 fma\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: sse2 avx2 fma\n")
+    cpu = calibration.cpu_description(info)
+    assert cpu["model"] == "Test CPU 9000" and cpu["flags"] == ["avx2", "fma", "sse2"]
+    assert calibration.cpu_description(tmp_path / "missing")["flags"] == []
+    # The layout ignores layer names (numbered per session) and weights, not shapes.
+    keras.utils.set_random_seed(1)
+    twin = build_generator(channel_rate=8)
+    other = build_generator(channel_rate=16)
+    conv = {"name": "conv_1", "filters": 8, "kernel_size": [3, 3]}
+    assert calibration.layout_key([("Conv2D", conv)]) == calibration.layout_key(
+        [("Conv2D", {**conv, "name": "conv_7"})])
+    assert calibration.layout_key([("Conv2D", conv)]) != calibration.layout_key(
+        [("Conv2D", {**conv, "filters": 16})])
+    assert runtime.model_layout(twin) == runtime.model_layout(model)
+    assert runtime.model_layout(other) != runtime.model_layout(model)
+    host = calibration.host_key("2.x")
+    a = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 8, 3)))
+    b = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 9, 3)))
+    c = calibration.entry_path(calibration.entry_key({**host, "tensorflow": "3"}, "L",
+                                                     "fp32", (1, 8, 8, 3)))
+    assert len({a, b, c}) == 3
+
+
+def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(calibration.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert calibration.cache_dir() == tmp_path / "xdg" / "dgf"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert calibration.cache_dir() == tmp_path / "home" / ".cache" / "dgf"
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "mine"))
+    assert calibration.cache_dir() == tmp_path / "mine"
+
+
+# --- --precision auto ---------------------------------------------------------------
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),
+    ({"avx2", "amx_bf16", "amx_tile"}, "bf16"),
+    ({"avx2", "fma"}, "fp32"),
+    ({"asimd", "bf16"}, "fp32"),  # Arm's bf16 is not measured: fp32
+])
+def test_precision_auto_follows_the_cpu(monkeypatch, flags, expected):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
+    assert runtime.resolve_precision("auto") == expected
+    assert runtime.resolve_precision("fp32") == "fp32"
+    assert runtime.resolve_precision("bf16") == "bf16"
+
+
+def test_precision_auto_is_fp32_with_a_gpu_or_without_bf16_kernels(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(runtime.tf.config, "list_physical_devices",
+                        lambda kind=None: ["gpu"] if kind == "GPU" else [])
+    assert runtime.resolve_precision("auto") == "fp32"
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(runtime, "_BF16_PROBE", ["InvalidArgumentError: no kernel"])
+    assert runtime.resolve_precision("auto") == "fp32"
+    with pytest.raises(DgfError, match="unknown precision 'fp8'"):
+        runtime.resolve_precision("fp8")
+
+
+def test_deblur_paths_says_what_precision_auto_chose(model_file, tmp_path, monkeypatch,
+                                                     capsys):
+    from conftest import smooth_photo
+    from PIL import Image
+
+    from dgf.infer import deblur_paths
+
+    photo = tmp_path / "in.png"
+    Image.fromarray(smooth_photo(40, 48, seed=2)).save(photo)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    auto = deblur_paths(model_file, [photo], tmp_path / "auto", precision="auto",
+                        progress=False, scale=1)
+    assert "--precision auto: bf16 (this CPU computes bfloat16 natively)" in \
+        capsys.readouterr().out
+    bf16 = deblur_paths(model_file, [photo], tmp_path / "bf16", precision="bf16",
+                        progress=False, scale=1)
+    a = np.asarray(Image.open(auto.processed[0]))
+    b = np.asarray(Image.open(bf16.processed[0]))
+    np.testing.assert_array_equal(a, b)

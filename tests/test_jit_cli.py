@@ -1,0 +1,118 @@
+"""--jit and --precision auto on dgf-deblur, dgf-eval and the trainer's scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_eval_h5, smooth_photo
+from dgf import actions, calibration, runtime
+from dgf.cli import deblur_main, eval_main
+from dgf.config import TrainConfig
+from dgf.errors import DgfError
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("main, extra", [(deblur_main, ["-o", "out"]),
+                                         (eval_main, ["--h5", "x.h5"])])
+def test_unknown_jit_is_argparse_choices(main, extra, photo, capsys):
+    args = ([str(photo)] + extra if main is deblur_main else ["--model", str(photo)] + extra)
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--jit", "fast"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --jit: invalid choice: 'fast'" in err and "'auto', 'on', 'off'" in err
+
+
+def test_deblur_jit_on_off_auto_give_the_same_image(photo, model_file, tmp_path, capsys):
+    images = {}
+    for jit in ("on", "off", "auto"):
+        out = tmp_path / jit
+        assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
+                            "--jit", jit, "--precision", "fp32", "--scale", "1",
+                            "--quiet"]) == 0
+        images[jit] = np.asarray(Image.open(out / photo.name)).astype(int)
+    assert np.abs(images["on"] - images["off"]).max() <= 1
+    assert np.abs(images["auto"] - images["off"]).max() <= 1
+    # The generator changed the photo, so equal outputs are not a copy of the input.
+    assert np.abs(images["off"] - np.asarray(Image.open(photo)).astype(int)).max() > 0
+
+
+def test_deblur_defaults_to_precision_auto(photo, model_file, tmp_path, capsys,
+                                           monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model",
+                        str(model_file), "--quiet"]) == 0
+    assert "--precision auto: fp32\n" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file, tmp_path,
+                                                             monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(calibration.CACHE_ENV, str(cache))
+    monkeypatch.setattr(runtime, "_DECIDED", {})
+    real = runtime.compiled_generator
+
+    def ctrl_c_in_xla(copy, jit_compile=False):
+        if not jit_compile:
+            return real(copy, jit_compile)
+
+        def interrupted(x):
+            raise KeyboardInterrupt
+
+        return interrupted
+
+    monkeypatch.setattr(runtime, "compiled_generator", ctrl_c_in_xla)
+    out = tmp_path / "o"
+    assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
+                        "--quiet", "--precision", "fp32"]) == 130
+    leftovers = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert leftovers == []
+    assert not (out / photo.name).exists()
+
+
+def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatch):
+    h5 = tmp_path / "pairs.h5"
+    make_eval_h5(h5, count=3, height=32, width=32)
+    seen = []
+    real = runtime.inference_call
+
+    def spy(generator, precision="fp32", jit="auto"):
+        seen.append((precision, jit))
+        return real(generator, precision, jit)
+
+    monkeypatch.setattr("dgf.evaluate.inference_call", spy)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    out = tmp_path / "eval"
+    assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
+                      "--jit", "off", "--precision", "auto", "--no-progress"]) == 0
+    assert seen and set(seen) == {("bf16", "off")}
+    import json
+
+    assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_trainer_scoring_uses_eval_jit(tmp_path, monkeypatch, generator):
+    h5 = tmp_path / "pairs.h5"
+    make_eval_h5(h5, count=2, height=32, width=32)
+    with pytest.raises(DgfError, match="eval_jit must be one of"):
+        TrainConfig(h5=str(h5), eval_jit="fast")
+    assert TrainConfig().eval_jit == "auto"
+    cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), eval_jit="off")
+    asked = []
+    real = actions.evaluate_split
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("jit"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actions, "evaluate_split", spy)
+    scores, strip = actions.Scoring(cfg, strips=False)(generator, 0)
+    assert asked == ["off"] and strip is None
+    assert np.isfinite(scores["psnr"])
