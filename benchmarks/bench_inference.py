@@ -16,7 +16,8 @@ In one run:
       * ``fp32 auto``: ``inference_call(g, "fp32", "auto")``, the calibrated choice
         (the warm-up calibrates, in a fresh cache folder; the choice is printed);
       * ``today bf16``: ``--precision bf16`` before this change (folded, bf16, XLA);
-      * ``bf16 no XLA`` and ``bf16 auto``, unless ``--no-bf16``.
+      * ``bf16 no XLA`` and ``bf16 auto``, unless ``--no-bf16``;
+      * with ``--ablate``, ``xla only``: the unfolded model compiled with XLA.
     Each path's largest difference from ``fp32 no XLA`` (in [-1, 1]) is printed, and
     each one's speed-up over ``today fp32`` (bf16 paths also over ``today bf16``).
 (c) with ``--e2e``, **dgf-deblur end to end** on a 12-megapixel photo (a real pair of
@@ -89,7 +90,7 @@ def _host() -> str:
             f"{' '.join(flags) or 'none of ' + ' '.join(_FLAGS)}; load average {load}")
 
 
-def _paths(generator, bf16: bool) -> dict:
+def _paths(generator, bf16: bool, ablate: bool) -> dict:
     from dgf.runtime import compiled_generator, inference_call
 
     paths = {"today fp32": inference_call(generator, "fp32", "on"),
@@ -100,13 +101,15 @@ def _paths(generator, bf16: bool) -> dict:
         paths.update({"today bf16": inference_call(generator, "bf16", "on"),
                       "bf16 no XLA": inference_call(generator, "bf16", "off"),
                       "bf16 auto": inference_call(generator, "bf16", "auto")})
+    if ablate:  # XLA without folding
+        paths["xla only"] = compiled_generator(generator, jit_compile=True)
     return paths
 
 
 def _measure(name: str, generator, x, args) -> None:
     import numpy as np
 
-    paths = _paths(generator, not args.no_bf16)
+    paths = _paths(generator, not args.no_bf16, args.ablate)
     outputs = {}
     for path, fn in paths.items():  # warm-up: tracing, XLA compiles, calibration
         start = time.perf_counter()
@@ -191,7 +194,7 @@ def _peers(args) -> None:
 def _e2e_photo(args, folder: Path) -> Path:
     from PIL import Image
 
-    from dgf.evaluate import read_pairs
+    from dgf.scoring import read_pairs
 
     _, blurred = read_pairs(args.h5, "test", [0])
     # PNG, so outputs compare without JPEG's rounding (a level can become several).
@@ -248,6 +251,8 @@ def main() -> None:
                    help="images per call at channel rates >= 64")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per path")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 paths")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time the unfolded model under XLA (xla only)")
     p.add_argument("--e2e", action="store_true", help="also time dgf-deblur end to end")
     p.add_argument("--e2e-only", action="store_true", help="only the dgf-deblur rows")
     p.add_argument("--onnx", type=Path, default=None,

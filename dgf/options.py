@@ -20,7 +20,7 @@ DEFAULT_PRECISION = "fp32"
 #: What ``--precision`` accepts: a precision, or "auto" (dgf.runtime.resolve_precision):
 #: bf16 on a CPU with native bfloat16 (AVX512_BF16 or AMX) and no GPU, fp32 elsewhere.
 #: There bf16 without XLA was 2.0x faster than fp32 and changed the bundled model's mean
-#: PSNR on the 64 real test pairs of pairs-small by -0.001 dB (docs/engines.md).
+#: PSNR on the 64 real test pairs of pairs-small by -0.001 dB (docs/inference.md).
 PRECISION_CHOICES = ("auto",) + PRECISIONS
 #: dgf-deblur's default; dgf-eval keeps fp32, so scores do not depend on the host.
 DEFAULT_DEBLUR_PRECISION = "auto"
