@@ -87,7 +87,7 @@ def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatc
         seen.append((precision, jit))
         return real(generator, precision, jit)
 
-    monkeypatch.setattr("dgf.evaluate.inference_call", spy)
+    monkeypatch.setattr("dgf.scoring.inference_call", spy)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
     out = tmp_path / "eval"
     assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
