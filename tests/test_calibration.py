@@ -136,12 +136,12 @@ def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
             return fn
 
         def ctrl_c(t):
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("Ctrl-C while XLA compiles")
 
         return ctrl_c
 
     monkeypatch.setattr(runtime, "compiled_generator", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C while XLA compiles"):
         call(x)
     assert _entries(cache) == []
     assert runtime._DECIDED == {}
