@@ -33,7 +33,7 @@ def _child(args: argparse.Namespace) -> None:
     import keras
     import numpy as np
 
-    from dgf.runtime import deblur_image
+    from dgf.tiling import deblur_image
     from dgf.models import build_generator
 
     keras.utils.set_random_seed(0)

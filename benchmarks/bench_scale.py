@@ -26,7 +26,8 @@ import numpy as np
 from dgf.metrics import psnr, ssim
 from dgf.images import to_uint8, to_unit
 from dgf.metadata import read_metadata, training_side
-from dgf.runtime import _resize, auto_scale, deblur_image, load_generator, scaled_size
+from dgf.runtime import load_generator
+from dgf.tiling import _resize, auto_scale, deblur_image, scaled_size
 from dgf.schema import blurred_name, sharp_name
 
 

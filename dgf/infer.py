@@ -1,7 +1,7 @@
 """``dgf-deblur``: deblur photo files and folders with a trained generator.
 
 Plans the jobs (inputs to outputs, folders mirrored), reads each image upright,
-runs it through :func:`dgf.runtime.deblur_image` (the model runtime: loading,
+runs it through :func:`dgf.tiling.deblur_image` (the model runtime: loading,
 BatchNorm folding, tiling), writes the result atomically and reports which files
 failed. The defaults of the command's options live in :mod:`dgf.options`.
 
@@ -34,10 +34,8 @@ from dgf.options import (
     DEFAULT_TILE,
 )
 from dgf.metadata import read_metadata, training_side
-from dgf.runtime import (
-    auto_scale, check_jit, check_scale, check_tiling, deblur_image, load_generator,
-    resolve_precision, seamless_tiling,
-)
+from dgf.runtime import check_jit, load_generator, resolve_precision
+from dgf.tiling import auto_scale, check_scale, check_tiling, deblur_image, seamless_tiling
 
 COMPARE_DIR = "compare"
 
@@ -208,13 +206,13 @@ def deblur_paths(
     (:func:`dgf.runtime.resolve_precision`; the run says which it chose).
 
     ``scale`` is a factor in (0, 1] or ``"auto"``: each photo is deblurred at that
-    scale (:func:`dgf.runtime.deblur_image`) and returned at its own size. ``auto``
+    scale (:func:`dgf.tiling.deblur_image`) and returned at its own size. ``auto``
     picks, per photo, the model's training image side over the photo's shorter
-    side (:func:`dgf.runtime.auto_scale`), from the model file's training record;
+    side (:func:`dgf.tiling.auto_scale`), from the model file's training record;
     a model without one runs at 1, and the run says so. ``jit`` (``"auto"``,
     ``"on"``, ``"off"``): XLA or not, :func:`dgf.runtime.inference_call`.
     """
-    # None: from the model (dgf.runtime.seamless_tiling), checked once it is loaded.
+    # None: from the model (dgf.tiling.seamless_tiling), checked once it is loaded.
     check_tiling(tile or DEFAULT_TILE, overlap or 0, batch_size)
     if tile is not None and overlap is not None:
         check_tiling(tile, overlap, batch_size)

@@ -8,9 +8,9 @@ no generator get the same messages) and reports, from its layers:
   block's 3x3 convolution);
 * trainable and non-trainable parameters (:func:`dgf.models.count_params`);
 * the multiply-accumulates of every convolution on one H x W image
-  (:func:`dgf.runtime.conv_flops` / 2, which counts each convolution at the size it
+  (:func:`dgf.tiling.conv_flops` / 2, which counts each convolution at the size it
   runs at; FLOPs = 2 x MACs);
-* the receptive field in pixels (:func:`dgf.runtime.receptive_field`);
+* the receptive field in pixels (:func:`dgf.tiling.receptive_field`);
 * what the file records of its training (:mod:`dgf.metadata`).
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dgf.errors import DgfError
 from dgf.metadata import describe, read_metadata
 from dgf.models import count_params, generator_layout
 from dgf.options import DEFAULT_INFO_SIZE
-from dgf.runtime import conv_flops, load_generator, receptive_field
+from dgf.runtime import load_generator
+from dgf.tiling import conv_flops, receptive_field
 
 
 def dilations(model: Any) -> list[int]:

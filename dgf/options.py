@@ -30,7 +30,7 @@ DEFAULT_DEBLUR_PRECISION = "auto"
 JIT_CHOICES = ("auto", "on", "off")
 DEFAULT_JIT = "auto"
 
-# dgf-deblur (dgf.runtime.deblur_image, dgf.infer.deblur_paths).
+# dgf-deblur (dgf.tiling.deblur_image, dgf.infer.deblur_paths).
 #: Tile edge in pixels; 0 runs the whole image at once.
 DEFAULT_TILE = 512
 #: Minimum overlap of neighbouring tiles in pixels; must exceed 1.5x the
@@ -41,7 +41,7 @@ DEFAULT_BATCH = 1
 #: JPEG quality of the outputs.
 DEFAULT_QUALITY = 95
 #: Factor photos are shrunk by before the generator runs ("auto": the model's training
-#: image side over the photo's shorter side, at most 1; see dgf.runtime.auto_scale).
+#: image side over the photo's shorter side, at most 1; see dgf.tiling.auto_scale).
 #: auto, because on 1024 px photos with 4x the training blur the bundled model loses
 #: 0.16 dB at scale 1 and gains 1.80 dB at auto (1/4): benchmarks/bench_scale.py.
 DEFAULT_SCALE = "auto"

@@ -122,7 +122,7 @@ def test_inference_commands_help_lists_the_options_module():
 
 
 def test_working_modules_use_the_options_module():
-    from dgf import evaluate, export, infer, runtime
+    from dgf import evaluate, export, infer, runtime, tiling
 
     assert runtime.PRECISIONS is options.PRECISIONS
     from dgf.config import settings
@@ -130,13 +130,13 @@ def test_working_modules_use_the_options_module():
     # One PRECISIONS: the trainer's choices are the inference ones and fp16.
     assert settings()["precision"].choices == (*options.PRECISIONS, "fp16")
     assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
-    tiling = inspect.signature(runtime.deblur_image).parameters
+    tiles = inspect.signature(tiling.deblur_image).parameters
     files = inspect.signature(infer.deblur_paths).parameters
-    assert tiling["tile"].default == options.DEFAULT_TILE
-    assert tiling["overlap"].default == options.DEFAULT_OVERLAP
-    # dgf-deblur takes both from the model (dgf.runtime.seamless_tiling) unless given.
+    assert tiles["tile"].default == options.DEFAULT_TILE
+    assert tiles["overlap"].default == options.DEFAULT_OVERLAP
+    # dgf-deblur takes both from the model (dgf.tiling.seamless_tiling) unless given.
     assert files["tile"].default is None and files["overlap"].default is None
-    assert tiling["batch_size"].default == files["batch_size"].default == options.DEFAULT_BATCH
+    assert tiles["batch_size"].default == files["batch_size"].default == options.DEFAULT_BATCH
     assert files["quality"].default == options.DEFAULT_QUALITY
     scoring = inspect.signature(evaluate.evaluate_model).parameters
     assert scoring["strips"].default == options.DEFAULT_STRIPS

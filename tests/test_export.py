@@ -6,7 +6,7 @@ import pytest
 
 from conftest import smooth_photo, smooth_photos
 from dgf.cli import export_main
-from dgf.runtime import deblur_image
+from dgf.tiling import deblur_image
 
 
 def _reference(generator, batch: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import smooth_photo
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
-from dgf.runtime import _axis_window, deblur_image, load_generator, tile_starts
+from dgf.runtime import load_generator
+from dgf.tiling import _axis_window, deblur_image, tile_starts
 
 # Receptive-field radius of the DGF generator (head 1 + dense dilations 14 + tail 2).
 RADIUS = 17

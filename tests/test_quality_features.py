@@ -46,7 +46,7 @@ def test_space_to_depth_generator_is_identity_at_start_and_saves(factor, tmp_pat
     paper = build_generator(channel_rate=8, space_to_depth=factor)
     assert paper(x).shape == x.shape
     # The dense field runs at 1/s resolution: its heaviest convolution is s^2 cheaper.
-    from dgf.runtime import conv_flops
+    from dgf.tiling import conv_flops
     one = conv_flops(build_generator(channel_rate=8), 64, 64)
     ratio = one / conv_flops(paper, 64, 64)
     assert ratio > 0.6 * factor**2, ratio  # the head and last conv grow with s^2
@@ -78,7 +78,7 @@ def test_space_to_depth_is_checked():
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25, 0.3, 0.125])
 def test_identity_generator_returns_input_at_every_scale(scale):
     from dgf.models import build_generator
-    from dgf.runtime import deblur_image
+    from dgf.tiling import deblur_image
 
     identity = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
     photo = smooth_photo(203, 157, seed=2)  # odd sizes
@@ -91,7 +91,7 @@ def test_scale_adds_the_enlarged_correction():
     """A generator that brightens by a constant brightens the full photo by about
     the same, at any scale: the correction is carried to full size."""
     from dgf.models import build_generator
-    from dgf.runtime import deblur_image
+    from dgf.tiling import deblur_image
 
     g = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
     g.get_layer("residual").bias.assign(np.full(3, 0.1, np.float32))  # +12.75 levels
@@ -105,7 +105,7 @@ def test_scale_adds_the_enlarged_correction():
 
 def test_scale_errors_name_the_value():
     from dgf.models import build_generator
-    from dgf.runtime import auto_scale, check_scale, deblur_image
+    from dgf.tiling import auto_scale, check_scale, deblur_image
 
     g = build_generator(channel_rate=4, residual=True, batchnorm=False)
     photo = smooth_photo(64, 48)
@@ -222,7 +222,7 @@ def test_receptive_field_matches_the_gradient_footprint(factor, expected):
     import tensorflow as tf
 
     from dgf.models import build_generator
-    from dgf.runtime import receptive_field
+    from dgf.tiling import receptive_field
 
     g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=factor, batchnorm=False)
     assert receptive_field(g) == expected
@@ -242,7 +242,8 @@ def test_receptive_field_matches_the_gradient_footprint(factor, expected):
 
 def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     from dgf.models import build_generator
-    from dgf.runtime import _deblur_unit, deblur_image, inference_call, seamless_tiling
+    from dgf.runtime import inference_call
+    from dgf.tiling import _deblur_unit, deblur_image, seamless_tiling
 
     g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=4, batchnorm=False)
     tile, overlap = seamless_tiling(g)

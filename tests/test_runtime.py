@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import smooth_photo, smooth_photos
-from dgf import runtime
+from dgf import runtime, tiling
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
 from dgf.images import to_unit
@@ -234,5 +234,5 @@ def test_conv_flops_counts_every_convolution():
         9 * 3 * 32 + sum(c * 32 for c in c_in) + 10 * 9 * 32 * 8
         + 8 * 32 + 9 * 64 * 8 + 9 * 8 * 3
     )
-    assert runtime.conv_flops(build_generator(channel_rate=8), 256, 256) == expected
+    assert tiling.conv_flops(build_generator(channel_rate=8), 256, 256) == expected
 

@@ -12,7 +12,7 @@ MAX_BODY_LINES = 80
 MAX_MODULE_LINES = 650
 # Over the limit while issue 20 reworks it; its split belongs to that issue. The test
 # below fails as soon as it fits, so this entry cannot outlive the need for it.
-OVER_LIMIT_PENDING = {"runtime.py"}
+OVER_LIMIT_PENDING: set[str] = set()
 # The command-line layer: the only modules that defer imports (so that --help stays fast).
 CLI_LAYER = {"cli.py", *(f"commands/{p.name}" for p in (PACKAGE / "commands").glob("*.py"))}
 
