@@ -506,7 +506,7 @@ def test_local_workers_listen_on_no_address_reachable_from_outside(tmp_path):
         # The chief (worker 0) holds the run's lock.
         from dgf.runlock import RunInUse, RunLock
 
-        with pytest.raises(RunInUse) as refused:
+        with pytest.raises(RunInUse, match=r"in use by process \d+ on ") as refused:
             RunLock(run).acquire()
         holder = int(re.search(r"in use by process (\d+) on ", str(refused.value)).group(1))
         assert holder in workers
