@@ -1,6 +1,7 @@
 """dgf.images: decoding to RGB, finding image files, atomic image writes, [-1, 1]."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -154,13 +155,17 @@ def test_write_image_round_trips_and_picks_the_format_by_suffix(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "y.JPEG"]
 
 
-def test_failed_write_leaves_nothing_under_the_real_name(tmp_path, monkeypatch):
+@pytest.mark.parametrize("errno,message", [
+    (5, r"cannot write .*new\.png: Input/output error"),
+    (28, r"no space left on device writing .*new\.png"),
+])
+def test_failed_write_leaves_nothing_under_the_real_name(tmp_path, monkeypatch, errno, message):
     def half_then_fail(self, fp, *args, **kwargs):
         Path(fp).write_bytes(b"half an image")
-        raise OSError(28, "No space left on device")
+        raise OSError(errno, os.strerror(errno))
 
     monkeypatch.setattr(Image.Image, "save", half_then_fail)
-    with pytest.raises(OutputError, match=r"cannot write .*new\.png: No space left on device"):
+    with pytest.raises(OutputError, match=message):
         write_image(tmp_path / "new.png", _pattern(4, 4))
     assert list(tmp_path.iterdir()) == []
 
