@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from dgf.config import GENERATOR_KEYS, RunDir, TrainConfig
 from dgf.data import make_dataset
+from dgf.engines import check_engine
 from dgf.errors import DgfError, first_line
 from dgf.metrics import check_window, describe_settings
 from dgf.scoring import evaluate_split, evaluate_with_strip
@@ -345,6 +346,8 @@ class Scoring:
         self.settings = {"crop_border": cfg.crop_border, "protocol": cfg.metric_protocol,
                          "y_channel": cfg.y_channel}
         _check_window(cfg)  # the SSIM window must fit the crop: refused before training
+        # A named engine that is not installed is refused before training too.
+        check_engine(cfg.eval_engine, "fp32")
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is scored: every ``eval_every``-th, and the last."""
@@ -356,12 +359,15 @@ class Scoring:
         cfg, strip = self.cfg, None
         if self.run is None:
             summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
-                                        progress=False, jit=cfg.eval_jit, **self.settings)
+                                        progress=False, jit=cfg.eval_jit,
+                                        engine=cfg.eval_engine, weights_change=True,
+                                        **self.settings)
         else:
             summary, _, strip = evaluate_with_strip(
                 generator, cfg.h5, "test", self.run.sample(epoch + 1),
                 strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
-                jit=cfg.eval_jit, **self.settings)
+                jit=cfg.eval_jit, engine=cfg.eval_engine, weights_change=True,
+                **self.settings)
         named = describe_settings(**self.settings)
         crop = f" ({named})" if named else ""
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "

@@ -1,15 +1,19 @@
 """The calibration cache: which compiled path runs a model fastest on this host.
 
-:func:`dgf.runtime.inference_call` with ``jit="auto"`` times the generator's folded
-copy with and without XLA on the first input of each shape, and keeps the faster.
-The measurement is stored here so that later runs on the same host skip it: one
-small JSON file per entry in the user cache folder, named by a hash of its key.
+:func:`dgf.runtime.inference_call` with ``jit="auto"`` or ``engine="auto"`` times
+the generator's candidate paths (its folded copy in TensorFlow with and without
+XLA, and under ``engine="auto"`` ONNX Runtime and OpenVINO where installed) on the
+first input of each shape, and keeps the fastest. The measurement is stored here
+so that later runs on the same host skip it: one small JSON file per entry in the
+user cache folder, named by a hash of its key.
 
 The key is everything the answer depends on: the host (the CPU model and its
 feature flags, and the TensorFlow version), the model's layout (its layers and
-their settings, not its weights, which do not change the speed), the precision and
-the input shape (batch, height, width). An entry that cannot be read, is not JSON,
-or holds another key or no valid choice is damaged: it is measured again and
+their settings, not its weights, which do not change the speed), the precision,
+the input shape (batch, height, width), the candidate paths with the versions of
+the engines among them, and, for the trainer's scoring, how many calls share one
+conversion. An entry that cannot be read, is not JSON, or holds another key or no
+valid choice is damaged: it is measured again and
 rewritten, with a one-line note. Entries are written atomically
 (:func:`dgf.fileio.write_text_atomic`), after the measurement has finished, so an
 interrupted calibration leaves no entry at all. A cache folder that cannot be
@@ -34,10 +38,11 @@ from dgf.host import cpu_flags, cpu_model
 
 #: Environment variable that moves the cache folder (tests point it at tmp_path).
 CACHE_ENV = "DGF_CACHE_DIR"
-#: The two compiled paths :func:`dgf.runtime.inference_call` chooses between.
-CHOICES = ("xla", "plain")
+#: The paths :func:`dgf.runtime.inference_call` chooses between: TensorFlow with XLA,
+#: TensorFlow without it, and the other engines (dgf.engines).
+CHOICES = ("xla", "plain", "onnxruntime", "openvino")
 #: Bumped when the entry format or what is measured changes; old entries then miss.
-VERSION = 1
+VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -81,10 +86,17 @@ def layout_key(layer_configs: list[tuple[str, dict]]) -> str:
 
 
 def entry_key(host: dict[str, Any], layout: str, precision: str,
-              shape: tuple[int, ...]) -> dict[str, Any]:
-    """The full key of one calibration entry."""
+              shape: tuple[int, ...], candidates: tuple[str, ...] = ("plain", "xla"),
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full key of one calibration entry: ``candidates`` are the paths compared
+    (names of ``CHOICES``), ``extra`` what else the answer depends on (engine
+    versions, calls per conversion)."""
+    unknown = [c for c in candidates if c not in CHOICES]
+    if unknown or not candidates:
+        raise DgfError(f"calibration candidates {list(candidates)} must be some of {CHOICES}")
     return {"version": VERSION, **host, "layout": layout, "precision": precision,
-            "shape": [int(s) for s in shape]}
+            "shape": [int(s) for s in shape], "candidates": list(candidates),
+            **(extra or {})}
 
 
 def entry_path(key: dict[str, Any]) -> Path:
@@ -107,10 +119,13 @@ def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
         entry = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(entry, dict) or entry.get("key") != key:
             raise ValueError("it holds another key")
-        if entry.get("choice") not in CHOICES:
-            raise ValueError(f"its choice {entry.get('choice')!r} is none of {CHOICES}")
-        for name in CHOICES:
-            seconds = entry["seconds"][name]
+        candidates = key["candidates"]
+        if entry.get("choice") not in candidates:
+            raise ValueError(f"its choice {entry.get('choice')!r} is none of {candidates}")
+        if not isinstance(entry["seconds"], dict) or entry["choice"] not in entry["seconds"] \
+                or set(entry["seconds"]) - set(candidates):
+            raise ValueError(f"its times {entry['seconds']!r} are not those of {candidates}")
+        for name, seconds in entry["seconds"].items():
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
                     or not seconds > 0:
                 raise ValueError(f"its time for {name} is {seconds!r}")
@@ -123,8 +138,9 @@ def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
 def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str) -> Path | None:
     """Store a measurement atomically; returns its path, or None (with a note) when
     the cache folder cannot be written."""
-    if choice not in CHOICES:
-        raise DgfError(f"calibration choice {choice!r} is none of {CHOICES}")
+    if choice not in key["candidates"] or choice not in seconds:
+        raise DgfError(f"calibration choice {choice!r} is none of those measured "
+                       f"({', '.join(seconds)})")
     path = entry_path(key)
     entry = {"key": key, "seconds": {k: float(v) for k, v in seconds.items()},
              "choice": choice}

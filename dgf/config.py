@@ -33,7 +33,8 @@ from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
 from dgf.options import (
-    DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, JIT_CHOICES, METRIC_PROTOCOLS, PRECISIONS,
+    DEFAULT_ENGINE, DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, ENGINE_CHOICES, JIT_CHOICES,
+    METRIC_PROTOCOLS, PRECISIONS,
 )
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -168,6 +169,11 @@ class TrainConfig:
         DEFAULT_JIT, SCORING, "XLA for the per-epoch scoring's generator call: auto "
         "(the faster of both, measured on the first epoch's shapes and cached per host) "
         "| on | off", choices=JIT_CHOICES)
+    eval_engine: str = _setting(
+        DEFAULT_ENGINE, SCORING, "what runs the per-epoch scoring's generator: tensorflow, "
+        "onnxruntime or openvino (its ONNX conversion, redone every epoch since the weights "
+        "change); auto measures on the first epoch and uses another engine only if it wins "
+        "with that conversion counted", choices=ENGINE_CHOICES)
     crop_border: int = _setting(
         0, SCORING, "pixels removed at each side before the per-epoch PSNR/SSIM, as "
         "BasicSR's crop_border; 0 scores whole images, 8 judges the interior")

@@ -26,13 +26,16 @@ from dgf.options import (
     DEFAULT_CROP_BORDER,
     DEFAULT_EVAL_BATCH,
     DEFAULT_EVAL_SPLIT,
+    DEFAULT_ENGINE,
     DEFAULT_JIT,
     DEFAULT_PRECISION,
     DEFAULT_PROTOCOL,
     DEFAULT_STRIPS,
     DEFAULT_Y_CHANNEL,
 )
-from dgf.runtime import check_jit, load_generator, resolve_precision
+from dgf.engines import check_engine, engine_precision
+from dgf.runtime import (check_engine_choice, check_jit, load_generator, resolve_precision,
+                         used_paths)
 from dgf.scoring import ROW_KEYS, SETTING_KEYS, evaluate_with_strip, open_split, save_png, strip_rows
 
 # A run evaluation's metrics.csv: the scores, and the settings they were taken at.
@@ -157,6 +160,7 @@ def evaluate_model(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     jit: str = DEFAULT_JIT,
+    engine: str = DEFAULT_ENGINE,
     crop_border: int = DEFAULT_CROP_BORDER,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -168,16 +172,16 @@ def evaluate_model(
     (one row per scored pair) and ``out_dir/strip.png`` (``strips`` rows of
     sharp | blurred | deblurred). ``out_dir`` defaults to ``<model stem>_eval/``
     next to the model. Existing outputs are an error unless ``overwrite``.
-    ``precision`` (``"fp32"`` or ``"bf16"``, also written to the summary) as in
-    :func:`deblur_array`. ``crop_border`` pixels are removed at each side before
+    ``precision`` (``"fp32"`` or ``"bf16"``, also written to the summary), ``jit``
+    and ``engine`` (written to the summary with the paths that ran, ``ran_on``) as
+    in :func:`deblur_array`. ``crop_border`` pixels are removed at each side before
     PSNR/SSIM (:func:`psnr`); the summary and every row of ``per_image.csv`` name
     it, and one that leaves nothing of the split's images is refused before the
     model loads. So are ``protocol`` and ``y_channel`` (:func:`psnr`, :func:`ssim`),
     and a crop that leaves less than the protocol's SSIM window
     (:func:`check_window`). Returns the summary.
     """
-    precision = resolve_precision(precision)
-    check_jit(jit)
+    precision = _engine_precision(precision, jit, engine)
     crop_border = check_crop_border(crop_border)
     check_protocol(protocol)
     model_path, h5_path = Path(model_path), Path(h5_path)
@@ -196,7 +200,8 @@ def evaluate_model(
     generator = load_generator(model_path)
     summary, rows, _ = evaluate_with_strip(
         generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
-        limit=limit, progress=progress, precision=precision, jit=jit, crop_border=crop_border,
+        limit=limit, progress=progress, precision=precision, jit=jit, engine=engine,
+        crop_border=crop_border,
         protocol=protocol, y_channel=y_channel,
     )
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
@@ -206,6 +211,10 @@ def evaluate_model(
         "h5": str(h5_path),
         "split": split,
         "precision": precision,
+        "engine": engine,
+        # The paths that ran it (dgf.runtime.used_paths): "plain" and "xla" are
+        # TensorFlow without and with XLA.
+        "ran_on": used_paths(),
         # What the model file records of its training (None: it records nothing).
         "model_metadata": read_metadata(model_path),
     }
@@ -281,6 +290,7 @@ def evaluate_run(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     jit: str = DEFAULT_JIT,
+    engine: str = DEFAULT_ENGINE,
     crop_border: int = DEFAULT_CROP_BORDER,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -306,8 +316,7 @@ def evaluate_run(
     ``protocol`` or ``y_channel`` (:func:`ssim`; named in the plot when not the
     defaults). Returns one dict per epoch with the ``metrics.csv`` columns.
     """
-    precision = resolve_precision(precision)
-    check_jit(jit)
+    precision = _engine_precision(precision, jit, engine)
     crop_border = check_crop_border(crop_border)
     check_protocol(protocol)
     y_channel = bool(y_channel)
@@ -329,7 +338,8 @@ def evaluate_run(
         stamp = path.stat().st_mtime_ns
         results[epoch] = _score_snapshot(
             path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
-            limit=limit, progress=progress, precision=precision, jit=jit, crop_border=crop_border,
+            limit=limit, progress=progress, precision=precision, jit=jit, engine=engine,
+        crop_border=crop_border,
             protocol=protocol, y_channel=y_channel,
         )
         seen[str(epoch)] = stamp
@@ -338,6 +348,19 @@ def evaluate_run(
     _save_run_tables(out, results, settings, seen)
     _draw_run(out, results, crop_border, protocol, y_channel)
     return [{"epoch": e, **results[e]} for e in sorted(results)]
+
+
+def _engine_precision(precision: str, jit: str, engine: str) -> str:
+    """``precision`` resolved (``"auto"``: :func:`dgf.runtime.resolve_precision`, and
+    fp32 for an engine without bf16), after checking ``jit`` and ``engine``: a DgfError
+    names an unknown setting, or the extra that installs a missing engine."""
+    asked, precision = precision, resolve_precision(precision)
+    check_jit(jit)
+    check_engine_choice(engine)
+    if asked == "auto":
+        precision = engine_precision(engine, precision)
+    check_engine(engine, precision)
+    return precision
 
 
 def _run_snapshots(run_dir: Path) -> dict[int, Path]:
@@ -436,6 +459,7 @@ def _score_snapshot(
     progress: bool,
     precision: str,
     jit: str = DEFAULT_JIT,
+    engine: str = DEFAULT_ENGINE,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -451,7 +475,8 @@ def _score_snapshot(
         ) from None
     summary, _, _ = evaluate_with_strip(
         generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
-        progress=progress, precision=precision, jit=jit, crop_border=crop_border,
+        progress=progress, precision=precision, jit=jit, engine=engine,
+        crop_border=crop_border,
         protocol=protocol, y_channel=y_channel,
     )
     return {**{k: float(summary[k]) for k in RUN_METRIC_KEYS},

@@ -27,6 +27,7 @@ from dgf.images import (
 )
 from dgf.options import (
     DEFAULT_BATCH,
+    DEFAULT_ENGINE,
     DEFAULT_JIT,
     DEFAULT_PRECISION,
     DEFAULT_QUALITY,
@@ -34,7 +35,8 @@ from dgf.options import (
     DEFAULT_TILE,
 )
 from dgf.metadata import read_metadata, training_side
-from dgf.runtime import check_jit, load_generator, resolve_precision
+from dgf.engines import check_engine, engine_precision
+from dgf.runtime import check_engine_choice, check_jit, load_generator, resolve_precision
 from dgf.tiling import auto_scale, check_scale, check_tiling, deblur_image, seamless_tiling
 
 COMPARE_DIR = "compare"
@@ -112,6 +114,7 @@ def _process(
     generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
     overwrite: bool, quality: int, progress: bool, precision: str,
     scale: str | float = 1.0, train_side: int | None = None, jit: str = DEFAULT_JIT,
+    engine: str = DEFAULT_ENGINE,
 ) -> None:
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not overwrite:
@@ -140,7 +143,7 @@ def _process(
     try:
         deblurred = deblur_image(
             generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
-            progress=progress, precision=precision, scale=factor, jit=jit,
+            progress=progress, precision=precision, scale=factor, jit=jit, engine=engine,
         )
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
@@ -189,6 +192,7 @@ def deblur_paths(
     precision: str = DEFAULT_PRECISION,
     scale: str | float = DEFAULT_SCALE,
     jit: str = DEFAULT_JIT,
+    engine: str = DEFAULT_ENGINE,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
@@ -210,7 +214,10 @@ def deblur_paths(
     picks, per photo, the model's training image side over the photo's shorter
     side (:func:`dgf.tiling.auto_scale`), from the model file's training record;
     a model without one runs at 1, and the run says so. ``jit`` (``"auto"``,
-    ``"on"``, ``"off"``): XLA or not, :func:`dgf.runtime.inference_call`.
+    ``"on"``, ``"off"``): XLA or not, :func:`dgf.runtime.inference_call`. ``engine``
+    (``"auto"``, ``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``): which runs the
+    generator (:mod:`dgf.engines`); a missing engine is a DgfError up front naming
+    the extra to install, and ``--precision auto`` is fp32 for an engine without bf16.
     """
     # None: from the model (dgf.tiling.seamless_tiling), checked once it is loaded.
     check_tiling(tile or DEFAULT_TILE, overlap or 0, batch_size)
@@ -219,6 +226,10 @@ def deblur_paths(
     scale = parse_scale(scale)
     asked, precision = precision, resolve_precision(precision)
     check_jit(jit)
+    check_engine_choice(engine)
+    if asked == "auto":
+        precision = engine_precision(engine, precision)
+    check_engine(engine, precision)
     if not 1 <= quality <= 100:
         raise DgfError(f"JPEG quality {quality} must be between 1 and 100.")
     if not inputs:
@@ -238,15 +249,16 @@ def deblur_paths(
               flush=True)
     if asked == "auto":
         print(f"--precision auto: {precision}" + (
-            " (this CPU computes bfloat16 natively)" if precision == "bf16" else ""),
-            flush=True)
+            " (this CPU computes bfloat16 natively)" if precision == "bf16" else
+            f" ({engine} runs fp32 only)" if engine_precision(engine, "bf16") == "fp32"
+            and resolve_precision("auto") == "bf16" else ""), flush=True)
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
             _process(
                 generator, job, tile=tile, overlap=overlap, batch_size=batch_size,
                 overwrite=overwrite, quality=quality, progress=progress,
-                precision=precision, scale=scale, train_side=train_side, jit=jit,
+                precision=precision, scale=scale, train_side=train_side, jit=jit, engine=engine,
             )
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "

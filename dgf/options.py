@@ -29,6 +29,15 @@ DEFAULT_DEBLUR_PRECISION = "auto"
 #: always compiles with XLA, "off" never does.
 JIT_CHOICES = ("auto", "on", "off")
 DEFAULT_JIT = "auto"
+#: Inference engines of ``--engine`` (dgf.engines): TensorFlow, and the generator's
+#: ONNX conversion under ONNX Runtime or OpenVINO.
+ENGINES = ("tensorflow", "onnxruntime", "openvino")
+#: "auto" measures every installed engine on the first input of each shape, with
+#: TensorFlow's XLA choice, and keeps the fastest, per host (dgf.calibration).
+ENGINE_CHOICES = ("auto",) + ENGINES
+DEFAULT_ENGINE = "auto"
+#: The extra that installs each optional engine.
+ENGINE_EXTRAS = {"onnxruntime": "dgf[onnx]", "openvino": "dgf[openvino]"}
 
 # dgf-deblur (dgf.tiling.deblur_image, dgf.infer.deblur_paths).
 #: Tile edge in pixels; 0 runs the whole image at once.

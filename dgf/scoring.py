@@ -47,6 +47,8 @@ def deblur_array(
     batch_size: int = DEFAULT_EVAL_BATCH,
     precision: str = DEFAULT_PRECISION,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
+    refresh_calls: int | None = None,
 ) -> np.ndarray:
     """Run ``generator`` in inference mode over blurred images.
 
@@ -54,7 +56,10 @@ def deblur_array(
     shape in [-1, 1]; its BatchNorm-folded copy at ``precision`` (``"fp32"`` or
     ``"bf16"``) runs, compiled once per generator, with the generator's current
     weights (:func:`dgf.runtime.inference_call`). ``blurred``: (B, H, W, 3) uint8.
-    ``jit``: XLA or not (``"auto"``, ``"on"``, ``"off"``; :func:`dgf.runtime.inference_call`).
+    ``jit``: XLA or not (``"auto"``, ``"on"``, ``"off"``); ``engine``: which runs it
+    (``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``, ``"auto"``); ``refresh_calls``:
+    how many calls one set of weights serves, for ``"auto"`` (the trainer); all as in
+    :func:`dgf.runtime.inference_call`.
     Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
     """
     blurred = np.asarray(blurred)
@@ -66,7 +71,7 @@ def deblur_array(
     if batch_size < 1:
         raise DgfError(f"batch size must be at least 1; got {batch_size}")
     out = np.empty_like(blurred)
-    call = inference_call(generator, precision, jit)
+    call = inference_call(generator, precision, jit, engine, refresh_calls)
     for start in range(0, len(blurred), batch_size):
         chunk = to_unit(blurred[start : start + batch_size])
         y = np.asarray(call(chunk), dtype=np.float32)
@@ -212,6 +217,8 @@ def evaluate_split(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
+    weights_change: bool = False,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -222,8 +229,10 @@ def evaluate_split(
     deblurs each batch in inference mode and scores the uint8 result against the
     sharp image (definitions in the module docstring). ``limit`` scores
     ``strip_indices(count, limit)``: that many pairs evenly spread over the split,
-    the same ones every call; ``None`` scores every pair. ``precision`` as in
-    :func:`deblur_array`. ``crop_border``, ``protocol`` and ``y_channel`` as in
+    the same ones every call; ``None`` scores every pair. ``precision``, ``jit`` and
+    ``engine`` as in :func:`deblur_array`; ``weights_change`` (the trainer, whose
+    weights change between calls) lets ``engine="auto"`` count an engine's conversion
+    spread over this call's batches. ``crop_border``, ``protocol`` and ``y_channel`` as in
     :func:`psnr` and :func:`ssim`; the summary and every row name them.
 
     Returns ``(summary, rows)``. ``summary`` has ``count``, ``psnr``, ``ssim``,
@@ -239,6 +248,7 @@ def evaluate_split(
     """
     summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
                                  limit=limit, progress=progress, precision=precision, jit=jit,
+                                 engine=engine, weights_change=weights_change,
                                  crop_border=crop_border, protocol=protocol,
                                  y_channel=y_channel)
     return summary, rows
@@ -256,6 +266,8 @@ def evaluate_with_strip(
     progress: bool = True,
     precision: str = DEFAULT_PRECISION,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
+    weights_change: bool = False,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
     y_channel: bool = DEFAULT_Y_CHANNEL,
@@ -269,6 +281,7 @@ def evaluate_with_strip(
     """
     summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
                                     limit=limit, progress=progress, precision=precision, jit=jit,
+                                 engine=engine, weights_change=weights_change,
                                     strips=strips, crop_border=crop_border,
                                     protocol=protocol, y_channel=y_channel)
     order = sorted(kept)
@@ -288,6 +301,8 @@ def _evaluate(
     progress: bool,
     precision: str,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
+    weights_change: bool = False,
     strips: int | None = None,
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
@@ -312,7 +327,8 @@ def _evaluate(
         sources = _sources(h5, split, indices)
         scores = _score_pairs(
             generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
-            progress=progress, precision=precision, jit=jit, keep=keep, crop_border=crop_border,
+            progress=progress, precision=precision, jit=jit, engine=engine,
+            weights_change=weights_change, keep=keep, crop_border=crop_border,
             protocol=protocol, y_channel=y_channel,
         )
     if cached is None:
@@ -347,6 +363,8 @@ def _score_pairs(
     progress: bool,
     precision: str,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
+    weights_change: bool = False,
     keep: set[int] = frozenset(),
     crop_border: int = 0,
     protocol: str = DEFAULT_PROTOCOL,
@@ -357,6 +375,8 @@ def _score_pairs(
     The images of the indices in ``keep`` are kept (``_Scores.kept``)."""
     sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
     scores = _Scores()
+    # The trainer's weights change every pass: one engine conversion serves its batches.
+    refresh_calls = -(-len(indices) // batch_size) if weights_change else None
     bar = tqdm(
         total=len(indices),
         desc=f"eval {split}",
@@ -370,7 +390,8 @@ def _score_pairs(
             blurred = _read(blurred_ds, idx)
             t0 = time.perf_counter()
             deblurred = deblur_array(generator, blurred, batch_size=len(idx),
-                                     precision=precision, jit=jit)
+                                     precision=precision, jit=jit, engine=engine,
+                                     refresh_calls=refresh_calls)
             scores.generator_seconds += time.perf_counter() - t0
             for i, s, b, d in zip(idx, sharp, blurred, deblurred):
                 if i in keep:

@@ -238,6 +238,7 @@ def deblur_image(
     precision: str = DEFAULT_PRECISION,
     scale: float = 1.0,
     jit: str = DEFAULT_JIT,
+    engine: str = "tensorflow",
 ) -> np.ndarray:
     """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
 
@@ -257,6 +258,8 @@ def deblur_image(
         precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
             folded copy (:func:`inference_call`) with its current weights.
         jit: ``"auto"``, ``"on"`` or ``"off"``: XLA or not (:func:`inference_call`).
+        engine: ``"tensorflow"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"``
+            (:func:`inference_call`); the tiling and blending are the same for all.
         scale: in (0, 1]. Below 1 the generator runs on the image shrunk by this
             factor (antialiased), where a long blur is within its reach, and the
             correction it makes there (its output minus its input) is enlarged
@@ -278,7 +281,7 @@ def deblur_image(
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
     scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
-    call = inference_call(generator, precision, jit)
+    call = inference_call(generator, precision, jit, engine)
     align = grid_factor(generator)
     if scale == 1.0:
         return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress, align))

@@ -80,7 +80,7 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     np.testing.assert_allclose(np.asarray(again(x)), first, atol=TOL)
     assert again.choices[(2, 32, 32, 3)] == entry["choice"]
     # Another shape is another entry.
-    again._calibrate = runtime.AutoJitCall._calibrate.__get__(again)
+    again._calibrate = runtime.AutoCall._calibrate.__get__(again)
     again(_x(2, batch=1, size=40))
     assert len(_entries(cache)) == 2
 

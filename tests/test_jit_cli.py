@@ -72,8 +72,10 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
     out = tmp_path / "o"
     assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
                         "--quiet", "--precision", "fp32"]) == 130
-    leftovers = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
-    assert leftovers == []
+    # No calibration entry, and no half-written file anywhere (a finished engine
+    # conversion, stored before the timing began, may stay: it is complete).
+    files = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert [p for p in files if p.parent.name != "engines" or ".tmp" in p.name] == []
     assert not (out / photo.name).exists()
 
 
@@ -83,9 +85,9 @@ def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatc
     seen = []
     real = runtime.inference_call
 
-    def spy(generator, precision="fp32", jit="auto"):
+    def spy(generator, precision="fp32", jit="auto", *rest):
         seen.append((precision, jit))
-        return real(generator, precision, jit)
+        return real(generator, precision, jit, *rest)
 
     monkeypatch.setattr("dgf.scoring.inference_call", spy)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})

@@ -47,6 +47,12 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jit", choices=options.JIT_CHOICES, default=options.DEFAULT_JIT,
                         help="compile the generator with XLA: auto measures both on the "
                         "first batch shape and keeps the faster on this host (cached)")
+    parser.add_argument("--engine", choices=options.ENGINE_CHOICES,
+                        default=options.DEFAULT_ENGINE,
+                        help="what runs the generator: tensorflow, or its ONNX conversion "
+                        "under onnxruntime (fp32 only; dgf[onnx]) or openvino "
+                        "(dgf[openvino]), cached per model; auto measures every installed "
+                        "one on the first batch shape and keeps the fastest on this host")
     parser.add_argument("--crop-border", type=int, default=options.DEFAULT_CROP_BORDER,
                         metavar="N",
                         help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
@@ -91,7 +97,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             summary = evaluate.evaluate_model(
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
-                progress=not args.no_progress, precision=args.precision, jit=args.jit, **how,
+                progress=not args.no_progress, precision=args.precision, jit=args.jit,
+                engine=args.engine, **how,
             )
             out = Path(summary["out_dir"])
             from dgf.metadata import describe
@@ -113,7 +120,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             args.run, h5_path=args.h5, split=args.split, strips=args.strips,
             batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
             force=args.force, progress=not args.no_progress, precision=args.precision,
-            jit=args.jit,
+            jit=args.jit, engine=args.engine,
             **how,
         )
         out = args.out if args.out is not None else RunDir(args.run).eval

@@ -52,6 +52,12 @@ def deblur_parser() -> argparse.ArgumentParser:
                    help="compile the generator with XLA: auto measures both on the first "
                    "tile shape and keeps the faster on this host (cached in "
                    "~/.cache/dgf, or $DGF_CACHE_DIR)")
+    p.add_argument("--engine", choices=options.ENGINE_CHOICES, default=options.DEFAULT_ENGINE,
+                   help="what runs the generator: tensorflow, or its ONNX conversion "
+                   "under onnxruntime (fp32 only; pip install 'dgf[onnx]') or openvino "
+                   "(pip install 'dgf[openvino]'), converted once per model and cached; "
+                   "auto measures every installed one on the first tile shape and keeps "
+                   "the fastest on this host (the run names it)")
     p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
                    help="run the generator on the photo shrunk by F in (0, 1], where "
                    "a long blur is within its reach, and add the enlarged correction "
@@ -89,6 +95,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
             quality=args.quality, progress=not args.no_progress, on_failure=tell,
             precision=args.precision, scale=args.scale, jit=args.jit,
+            engine=args.engine,
         )
         print(f"deblurred {len(report.processed)} image(s) into {args.out}"
               + (f"; {len(report.failed)} failed" if report.failed else ""))
