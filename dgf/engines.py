@@ -48,21 +48,27 @@ from dgf.errors import DgfError
 from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.options import ENGINE_EXTRAS, ENGINES, PRECISIONS
 
+# Why an optional module could not be imported, by name.
+_IMPORT_ERRORS: dict[str, str] = {}
 try:  # optional (dgf[onnx], dgf[openvino]): both engines run a tf2onnx conversion
     import tf2onnx
 except ImportError as exc:  # pragma: no cover - depends on the installation
     tf2onnx = None
-    _MISSING_TF2ONNX = f"{type(exc).__name__}: {exc}"
+    _IMPORT_ERRORS["tf2onnx"] = f"{type(exc).__name__}: {exc}"
 try:  # optional (dgf[onnx])
     import onnxruntime
 except ImportError as exc:  # pragma: no cover
     onnxruntime = None
-    _MISSING_ORT = f"{type(exc).__name__}: {exc}"
+    _IMPORT_ERRORS["onnxruntime"] = f"{type(exc).__name__}: {exc}"
 try:  # optional (dgf[openvino])
     import openvino
 except ImportError as exc:  # pragma: no cover
     openvino = None
-    _MISSING_OV = f"{type(exc).__name__}: {exc}"
+    _IMPORT_ERRORS["openvino"] = f"{type(exc).__name__}: {exc}"
+
+
+def _import_error(name: str) -> str:
+    return _IMPORT_ERRORS.get(name, f"ModuleNotFoundError: No module named '{name}'")
 
 #: The ONNX opset of the engines' conversion (read by onnxruntime >= 1.11 and OpenVINO).
 OPSET = 17
@@ -88,11 +94,12 @@ def missing_reason(engine: str) -> str | None:
     if engine not in ENGINES:
         raise DgfError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if tf2onnx is None:
-        return f"tf2onnx, which converts the model for it, is not installed ({_MISSING_TF2ONNX})"
+        return (f"tf2onnx, which converts the model for it and is not installed "
+                f"({_import_error('tf2onnx')})")
     if engine == "onnxruntime" and onnxruntime is None:
-        return f"onnxruntime is not installed ({_MISSING_ORT})"
+        return f"onnxruntime, which is not installed ({_import_error('onnxruntime')})"
     if engine == "openvino" and openvino is None:
-        return f"openvino is not installed ({_MISSING_OV})"
+        return f"openvino, which is not installed ({_import_error('openvino')})"
     return None
 
 

@@ -35,7 +35,7 @@ from dgf.options import (
 )
 from dgf.engines import check_engine, engine_precision
 from dgf.runtime import (check_engine_choice, check_jit, load_generator, resolve_precision,
-                         used_paths)
+                         tracking)
 from dgf.scoring import ROW_KEYS, SETTING_KEYS, evaluate_with_strip, open_split, save_png, strip_rows
 
 # A run evaluation's metrics.csv: the scores, and the settings they were taken at.
@@ -198,12 +198,13 @@ def evaluate_model(
     h5.close()
     check_window(crop_border, info.height, info.width, protocol)
     generator = load_generator(model_path)
-    summary, rows, _ = evaluate_with_strip(
-        generator, h5_path, split, out / "strip.png", strips=strips, batch_size=batch_size,
-        limit=limit, progress=progress, precision=precision, jit=jit, engine=engine,
-        crop_border=crop_border,
-        protocol=protocol, y_channel=y_channel,
-    )
+    with tracking() as ran_on:
+        summary, rows, _ = evaluate_with_strip(
+            generator, h5_path, split, out / "strip.png", strips=strips,
+            batch_size=batch_size, limit=limit, progress=progress, precision=precision,
+            jit=jit, engine=engine, crop_border=crop_border, protocol=protocol,
+            y_channel=y_channel,
+        )
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
         **summary,
@@ -212,9 +213,9 @@ def evaluate_model(
         "split": split,
         "precision": precision,
         "engine": engine,
-        # The paths that ran it (dgf.runtime.used_paths): "plain" and "xla" are
+        # The paths that ran it (dgf.runtime.tracking): "plain" and "xla" are
         # TensorFlow without and with XLA.
-        "ran_on": used_paths(),
+        "ran_on": sorted(ran_on),
         # What the model file records of its training (None: it records nothing).
         "model_metadata": read_metadata(model_path),
     }

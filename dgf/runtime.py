@@ -50,6 +50,7 @@ without TensorFlow.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -444,16 +445,33 @@ _LEFT_OUT: set[tuple[str, str]] = set()
 
 
 def _say_path(name: str, precision: str, how: str = "") -> None:
+    _track(name, precision)
     if (name, precision) not in _SAID:
         _SAID.add((name, precision))
         print(f"note: inference runs on {_WORDS[name]} at {precision}{how}", file=sys.stderr,
               flush=True)
 
 
-def used_paths() -> list[str]:
-    """The paths this process ran inference on so far, as ``"NAME PRECISION"`` (names
-    of :data:`dgf.calibration.CHOICES`), sorted."""
-    return sorted(f"{name} {precision}" for name, precision in _SAID)
+# Sets collecting the paths that run while they are open (:func:`tracking`).
+_TRACKERS: list[set[str]] = []
+
+
+@contextlib.contextmanager
+def tracking():
+    """A set that collects, while the block runs, every path inference ran on, as
+    ``"NAME PRECISION"`` (names of :data:`dgf.calibration.CHOICES`; ``plain`` and
+    ``xla`` are TensorFlow without and with XLA): what dgf-eval records as ``ran_on``."""
+    used: set[str] = set()
+    _TRACKERS.append(used)
+    try:
+        yield used
+    finally:
+        _TRACKERS.remove(used)
+
+
+def _track(name: str, precision: str) -> None:
+    for used in _TRACKERS:
+        used.add(f"{name} {precision}")
 
 
 def candidates(precision: str, jit: str = DEFAULT_JIT, engine: str = "tensorflow") -> list[str]:
@@ -665,6 +683,7 @@ class AutoCall:
                 choice, first = self._calibrate(x, key)
             _DECIDED[memo] = choice
         self.choices[shape] = choice
+        _track(choice, self.precision)
         if first is not None:
             return first
         return self._fn(choice)(x)

@@ -1,0 +1,379 @@
+"""--engine: ONNX Runtime and OpenVINO beside TensorFlow (dgf/engines.py,
+dgf.runtime.inference_call), their conversion cache, auto and the commands."""
+from __future__ import annotations
+
+import json
+import re
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_eval_h5, make_run, read_halves, smooth_photo, smooth_photos
+from dgf import actions, calibration, engines, runtime
+from dgf.cli import deblur_main, eval_main
+from dgf.config import TrainConfig
+from dgf.errors import DgfError
+from dgf.images import to_unit
+from dgf.tiling import deblur_image
+from dgf.weights import bundled_model
+
+OTHERS = ("onnxruntime", "openvino")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder, and a process that has converted and decided nothing."""
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "_DECIDED", {})
+    monkeypatch.setattr(runtime, "_ENGINE_CALLS", {})
+    monkeypatch.setattr(runtime, "_SAID", set())  # what this process has named
+    monkeypatch.setattr(runtime, "_LEFT_OUT", set())
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return runtime.load_generator(bundled_model())
+
+
+def _entries(folder):
+    return sorted(p for p in folder.glob("*") if p.is_file()) if folder.exists() else []
+
+
+def _x(seed=0, batch=2, size=32):
+    return to_unit(smooth_photos(batch, size, size, seed=seed))
+
+
+def _levels(a, b):
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return int(diff.max()), float(diff.mean())
+
+
+# --- outputs ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cache):
+    """The bundled model deblurs real blurred halves tiled (tile 128, 3x4 tiles per
+    256x512 pair): each engine within 2 levels (mean under 0.1) of TensorFlow at the
+    same precision, and fp32 engines within 2 levels of TensorFlow fp32."""
+    files = sorted((pairs_small / "test").glob("*.jpg"))[:3]
+    assert files, f"no test pairs in {pairs_small / 'test'}"
+    blurred = np.concatenate([read_halves(f)[1] for f in files], axis=1)  # 256 x 768
+    run = {}
+    for engine, precision in [("tensorflow", "fp32"), ("onnxruntime", "fp32"),
+                              ("openvino", "fp32"), ("tensorflow", "bf16"),
+                              ("openvino", "bf16")]:
+        if precision == "bf16" and engines.precision_reason(engine, "bf16"):
+            continue  # OpenVINO offers bf16 only on a CPU with native bf16
+        run[engine, precision] = deblur_image(bundled, blurred, tile=128, overlap=32,
+                                              precision=precision, jit="off", engine=engine)
+    reference = run["tensorflow", "fp32"]
+    # The model changes the image, so agreement is not a copy of the input.
+    assert _levels(reference, blurred)[1] > 1.0
+    for (engine, precision), out in run.items():
+        assert out.shape == blurred.shape and out.dtype == np.uint8
+        worst, mean = _levels(out, run["tensorflow", precision])
+        assert worst <= 2 and mean < 0.1, (engine, precision, worst, mean)
+        if precision == "fp32":
+            worst, mean = _levels(out, reference)
+            assert worst <= 1 and mean < 0.01, (engine, worst, mean)
+
+
+@pytest.mark.parametrize("engine", OTHERS)
+def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
+    x = _x(1)
+    expected = np.asarray(generator(x, training=False))
+    got = runtime.inference_call(generator, "fp32", "off", engine)(x)
+    assert isinstance(got, np.ndarray) and got.shape == x.shape
+    assert np.abs(got - expected).max() < 1e-4
+    # Another shape and batch reuse the same conversion (OpenVINO compiles it anew).
+    y = _x(2, batch=1, size=40)
+    np.testing.assert_allclose(runtime.inference_call(generator, "fp32", "off", engine)(y),
+                               np.asarray(generator(y, training=False)), atol=1e-4)
+
+
+def test_an_engine_follows_the_current_weights(cache):
+    keras.utils.set_random_seed(5)
+    from dgf.models import build_generator
+
+    g = build_generator(channel_rate=8)
+    x = _x(3)
+    before = runtime.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    for w in g.trainable_weights:  # the trainer's next epoch
+        w.assign(w * 1.1)
+    after = runtime.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, np.asarray(g(x, training=False)), atol=1e-4)
+    assert len(_entries(cache / "engines")) == 4  # two conversions, each .onnx + .json
+
+
+# --- the conversion cache ---------------------------------------------------------------
+def _count_conversions(monkeypatch):
+    count = []
+    real = engines.convert
+
+    def counted(*args):
+        count.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(engines, "convert", counted)
+    return count
+
+
+def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
+    count = _count_conversions(monkeypatch)
+    x = _x(4)
+    first = runtime.inference_call(generator, "fp32", "off", "openvino")(x)
+    assert len(count) == 1
+    assert sorted(p.suffix for p in _entries(cache / "engines")) == [".json", ".onnx"]
+    runtime._ENGINE_CALLS.clear()  # a new process: only the disk remembers
+    again = runtime.inference_call(generator, "fp32", "off", "openvino")(x)
+    assert len(count) == 1
+    np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "record", "key", "no record"])
+def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monkeypatch,
+                                                          capsys, damage):
+    x = _x(5)
+    runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    (onnx_file,) = (cache / "engines").glob("*.onnx")
+    record = onnx_file.with_suffix(".json")
+    if damage == "truncate":
+        onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    elif damage == "record":
+        record.write_text("{not json")
+    elif damage == "key":
+        meta = json.loads(record.read_text())
+        meta["key"]["tf2onnx"] = "0.0"
+        record.write_text(json.dumps(meta))
+    else:
+        record.unlink()
+    runtime._ENGINE_CALLS.clear()
+    count = _count_conversions(monkeypatch)
+    capsys.readouterr()
+    out = runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    assert len(count) == 1
+    assert f"engine conversion cache entry {onnx_file} is damaged or stale" in \
+        capsys.readouterr().err
+    np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
+    meta = json.loads(record.read_text())  # rewritten whole
+    assert meta["size"] == onnx_file.stat().st_size
+
+
+def test_ctrl_c_during_conversion_is_130_and_leaves_no_entry(model_file, cache, tmp_path,
+                                                             monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engines.tf2onnx.convert, "from_function", interrupted)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
+    out = tmp_path / "o"
+    assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
+                        "--engine", "openvino", "--precision", "fp32", "--quiet"]) == 130
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+    assert not (out / photo.name).exists()
+
+
+def test_an_unwritable_cache_costs_only_a_note(generator, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(calibration.CACHE_ENV, str(blocker))
+    monkeypatch.setattr(runtime, "_ENGINE_CALLS", {})
+    x = _x(6)
+    out = runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    assert "could not store the converted model" in capsys.readouterr().err
+    np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
+
+
+# --- what cannot run --------------------------------------------------------------------
+@pytest.mark.parametrize("engine, module, extra", [("onnxruntime", "onnxruntime", "dgf[onnx]"),
+                                                   ("openvino", "openvino", "dgf[openvino]")])
+def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp_path,
+                                          monkeypatch, capsys, generator, cache):
+    monkeypatch.setattr(engines, module, None)
+    with pytest.raises(DgfError, match=re.escape(f"pip install '{extra}'")):
+        engines.check_engine(engine)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
+    assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
+                        "--engine", engine, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --engine {engine} needs {module}, which is not installed" in err
+    assert f"pip install '{extra}'" in err
+    # auto leaves it out, says so, and still runs.
+    monkeypatch.setattr(runtime, "_LEFT_OUT", set())
+    names = runtime.candidates("fp32", "auto", "auto")
+    assert engine not in names and {"plain", "xla"} <= set(names)
+    assert f"--engine auto leaves out {engine} at fp32" in capsys.readouterr().err
+
+
+def test_onnxruntime_refuses_bf16_and_auto_precision_is_fp32_there(generator, cache,
+                                                                   monkeypatch, model_file,
+                                                                   tmp_path, capsys):
+    with pytest.raises(DgfError, match="cannot run --precision bf16: ONNX Runtime runs "
+                                       "this model in fp32 only"):
+        engines.check_engine("onnxruntime", "bf16")
+    assert engines.engine_precision("onnxruntime", "bf16") == "fp32"
+    assert engines.engine_precision("tensorflow", "bf16") == "bf16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
+    assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
+                        "--engine", "onnxruntime", "--quiet"]) == 0
+    assert "--precision auto: fp32 (onnxruntime runs fp32 only)" in capsys.readouterr().out
+    assert deblur_main([str(photo), "-o", str(tmp_path / "o2"), "--model", str(model_file),
+                        "--engine", "onnxruntime", "--precision", "bf16", "--quiet"]) == 2
+    assert "fp32 only" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tmp_path,
+                                                           monkeypatch, capsys):
+    def unsupported(*args, **kwargs):
+        raise ValueError("tf2onnx cannot map op FancyOp")
+
+    monkeypatch.setattr(engines.tf2onnx.convert, "from_function", unsupported)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
+    assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
+                        "--engine", "onnxruntime", "--precision", "fp32", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{model_file} cannot be converted for --engine onnxruntime" in err
+    assert "use --engine tensorflow" in err and "Traceback" not in err
+    # auto leaves both engines out with that note, and TensorFlow deblurs the photo.
+    assert deblur_main([str(photo), "-o", str(tmp_path / "a"), "--model", str(model_file),
+                        "--precision", "fp32", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "--engine auto leaves out onnxruntime" in err and "cannot be converted" in err
+    assert (tmp_path / "a" / photo.name).is_file()
+
+
+def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        deblur_main([str(tmp_path / "x.png"), "-o", "o", "--model", str(model_file),
+                     "--engine", "tensorrt"])
+    assert exc.value.code == 2
+    assert "argument --engine: invalid choice: 'tensorrt'" in capsys.readouterr().err
+    with pytest.raises(DgfError, match="unknown engine 'tensorrt'"):
+        runtime.inference_call(None, "fp32", "off", "tensorrt")
+
+
+# --- auto ---------------------------------------------------------------------------------
+def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, capsys):
+    x = _x(7)
+    call = runtime.inference_call(generator, "fp32", "auto", "auto")
+    out = np.asarray(call(x))
+    (path,) = _entries(cache / "calibration")
+    entry = json.loads(path.read_text())
+    assert entry["key"]["candidates"] == ["plain", "xla", *OTHERS]
+    assert set(entry["seconds"]) == {"plain", "xla", *OTHERS}
+    assert entry["key"]["onnxruntime"] and entry["key"]["openvino"]  # their versions
+    assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
+    assert call.choices[x.shape] == entry["choice"]
+    err = capsys.readouterr().err
+    assert "calibrated the fp32 call on 2x32x32x3: no XLA" in err and "onnxruntime" in err
+    assert "note: inference runs on" in err
+    np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
+
+
+@pytest.mark.parametrize("stored", OTHERS)
+def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch, stored):
+    x = _x(8)
+    call = runtime.inference_call(generator, "fp32", "auto", "auto")
+    seconds = {"plain": 2.0, "xla": 2.0, "onnxruntime": 2.0, "openvino": 2.0, stored: 1.0}
+    calibration.write_entry(call._key(x.shape), seconds, stored)
+    asked = []
+    real = runtime.engine_call
+
+    def spy(generator, engine, precision):
+        asked.append(engine)
+        return real(generator, engine, precision)
+
+    monkeypatch.setattr(runtime, "engine_call", spy)
+    monkeypatch.setattr(runtime, "compiled_generator", lambda *a, **k: pytest.fail("ran TF"))
+    out = call(x)
+    assert asked == [stored]
+    np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
+
+
+def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, monkeypatch):
+    """The trainer's scoring (``refresh_calls``): an engine whose conversion costs
+    more than TensorFlow's whole pass loses, whatever its per-call speed."""
+    x = _x(9)
+    real = engines.onnx_bytes
+    monkeypatch.setattr(engines, "onnx_bytes",
+                        lambda *a: (real(*a)[0], 100.0))  # a 100 s conversion
+    call = runtime.inference_call(generator, "fp32", "off", "auto", refresh_calls=2)
+    call(x)
+    (path,) = _entries(cache / "calibration")
+    entry = json.loads(path.read_text())
+    assert entry["key"]["refresh_calls"] == 2
+    assert entry["seconds"]["onnxruntime"] > 50 and entry["seconds"]["openvino"] > 50
+    assert entry["choice"] == "plain"
+
+
+def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, cache):
+    h5 = tmp_path / "pairs.h5"
+    make_eval_h5(h5, count=3, height=32, width=32)
+    with pytest.raises(DgfError, match="eval_engine must be one of"):
+        TrainConfig(h5=str(h5), eval_engine="tensorrt")
+    assert TrainConfig().eval_engine == "auto"
+    scores = {}
+    for engine in ("tensorflow", "openvino"):
+        cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / engine), eval_engine=engine,
+                          eval_jit="off")
+        asked = []
+        real = runtime.inference_call
+
+        def spy(*args):
+            asked.append(args[3:])
+            return real(*args)
+
+        monkeypatch.setattr("dgf.scoring.inference_call", spy)
+        scores[engine], _ = actions.Scoring(cfg, strips=False)(generator, 0)
+        assert asked and set(asked) == {(engine, 1)}  # 3 pairs: one batch per conversion
+    assert abs(scores["openvino"]["psnr"] - scores["tensorflow"]["psnr"]) < 0.01
+    monkeypatch.setattr(engines, "openvino", None)
+    with pytest.raises(DgfError, match=r"pip install 'dgf\[openvino\]'"):
+        actions.Scoring(TrainConfig(h5=str(h5), eval_engine="openvino"), strips=False)
+
+
+# --- the commands -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dgf_eval_model_and_run_with_each_engine(model_file, tmp_path, cache):
+    h5 = tmp_path / "pairs.h5"
+    make_eval_h5(h5, count=3, height=32, width=32)
+    psnr = {}
+    for engine in ("tensorflow", *OTHERS):
+        out = tmp_path / engine
+        assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
+                          "--engine", engine, "--jit", "off", "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["engine"] == engine
+        assert f"{'plain' if engine == 'tensorflow' else engine} fp32" in summary["ran_on"]
+        psnr[engine] = summary["psnr"]
+    assert max(psnr.values()) - min(psnr.values()) < 0.01
+    run, _ = make_run(tmp_path, [model_file, model_file])
+    assert eval_main(["--run", str(run), "--engine", "openvino", "--no-progress"]) == 0
+    assert (run / "eval" / "metrics.csv").read_text().count("\n") == 3
+
+
+def test_dgf_deblur_with_each_engine_writes_the_same_photo(model_file, tmp_path, cache,
+                                                           capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(72, 90, seed=4)).save(photo)
+    images = {}
+    for engine in ("tensorflow", *OTHERS, "auto"):
+        out = tmp_path / engine
+        assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
+                            "--engine", engine, "--precision", "fp32", "--scale", "1",
+                            "--tile", "48", "--overlap", "16", "--quiet"]) == 0
+        images[engine] = np.asarray(Image.open(out / photo.name))
+    err = capsys.readouterr().err
+    assert "note: inference runs on OpenVINO (CPU plugin) at fp32" in err
+    assert "note: inference runs on ONNX Runtime (CPU provider) at fp32" in err
+    for engine, image in images.items():
+        assert image.shape == (72, 90, 3)
+        assert _levels(image, images["tensorflow"])[0] <= 1, engine
