@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--crop-border", type=int, default=0,
                    help="pixels cut at each side before scoring (dgf-eval --crop-border)")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
-                   help="XLA for both precisions (dgf.runtime.inference_call)")
+                   help="XLA for both precisions (dgf.dispatch.inference_call)")
     args = p.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -13,22 +13,30 @@ In one run:
         ran before ``--jit auto`` (``inference_call(g, "fp32", "on")``);
       * ``unfolded``: the model as built, no XLA (``compiled_generator(g)``);
       * ``fp32 no XLA``: ``inference_call(g, "fp32", "off")``;
-      * ``fp32 auto``: ``inference_call(g, "fp32", "auto")``, the calibrated choice
-        (the warm-up calibrates, in a fresh cache folder; the choice is printed);
-      * ``today bf16``: ``--precision bf16`` before this change (folded, bf16, XLA);
-      * ``bf16 no XLA`` and ``bf16 auto``, unless ``--no-bf16``;
+      * ``onnxruntime fp32`` and ``openvino fp32``: ``--engine onnxruntime`` /
+        ``openvino`` (the time to build the first, conversion included, is printed);
+      * ``fp32 default``: ``inference_call(g, "fp32", "auto", "auto")``, what
+        ``dgf-eval`` runs by default (the warm-up calibrates, in a fresh cache
+        folder; the choice is printed);
+      * ``today bf16``: ``--precision bf16`` before ``--jit auto`` (folded, bf16, XLA);
+      * ``bf16 no XLA``, ``openvino bf16`` (on a CPU with native bf16) and ``bf16
+        default`` (what ``dgf-deblur`` runs there by default), unless ``--no-bf16``;
       * with ``--ablate``, ``xla only``: the unfolded model compiled with XLA.
     Each path's largest difference from ``fp32 no XLA`` (in [-1, 1]) is printed, and
-    each one's speed-up over ``today fp32`` (bf16 paths also over ``today bf16``).
+    each one's speed-up over ``today fp32`` (bf16 paths also over ``today bf16``),
+    and each default against the fastest other path of its precision.
+    ``--no-engines`` leaves ONNX Runtime and OpenVINO out.
 (c) with ``--e2e``, **dgf-deblur end to end** on a 12-megapixel photo (a real pair of
     ``--h5`` enlarged to ``--e2e-size``; speed does not depend on the content) with
     the bundled model at ``--scale 1``, each setting in its own process with an
-    empty calibration cache (but the last), so start-up, loading, calibration and writing all
-    count: today's code (``--jit on --precision fp32``), the default (``--jit auto
-    --precision auto``), ``--jit auto --precision fp32`` and today's ``--precision
-    bf16`` (``--jit on``), and the default again with the cache the default's run
-    left (a later run on the same host: no calibration). Outputs are compared with
-    today's, in uint8 levels.
+    empty cache folder (but the last), so start-up, loading, conversion, calibration
+    and writing all count: today's code (``--engine tensorflow --jit on --precision
+    fp32``), the default (all auto), TensorFlow alone with auto jit and precision
+    (the default before ``--engine``), each engine at fp32, and at bf16 TensorFlow
+    with XLA (today's ``--precision bf16``), TensorFlow, OpenVINO and the default
+    engine choice, and the default again with the cache the default's run left (a
+    later run on the same host: no conversion, no calibration). Outputs are
+    compared with today's, in uint8 levels.
 (d) with ``--onnx FILE`` (``dgf-export --format onnx`` of ``--model``), the peers: that
     file under onnxruntime and OpenVINO (forced f32, and OpenVINO's default, bf16 on a
     CPU with native bf16), interleaved with dgf's today / auto paths.
@@ -90,34 +98,54 @@ def _host() -> str:
             f"{' '.join(flags) or 'none of ' + ' '.join(_FLAGS)}; load average {load}")
 
 
-def _paths(generator, bf16: bool, ablate: bool) -> dict:
-    from dgf.runtime import compiled_generator, inference_call
+def _paths(generator, bf16: bool, ablate: bool, engines: bool) -> tuple[dict, dict]:
+    """The timed paths, and the seconds each took to build (an engine's conversion)."""
+    from dgf import engines as dgf_engines
+    from dgf.dispatch import inference_call
+    from dgf.runtime import compiled_generator
 
-    paths = {"today fp32": inference_call(generator, "fp32", "on"),
-             "unfolded": compiled_generator(generator),
-             "fp32 no XLA": inference_call(generator, "fp32", "off"),
-             "fp32 auto": inference_call(generator, "fp32", "auto")}
+    wanted = {"today fp32": lambda: inference_call(generator, "fp32", "on"),
+              "unfolded": lambda: compiled_generator(generator),
+              "fp32 no XLA": lambda: inference_call(generator, "fp32", "off")}
+    if engines:
+        wanted.update({
+            "onnxruntime fp32": lambda: inference_call(generator, "fp32", "off", "onnxruntime"),
+            "openvino fp32": lambda: inference_call(generator, "fp32", "off", "openvino")})
+    wanted["fp32 default"] = lambda: inference_call(generator, "fp32", "auto",
+                                                    "auto" if engines else "tensorflow")
     if bf16:
-        paths.update({"today bf16": inference_call(generator, "bf16", "on"),
-                      "bf16 no XLA": inference_call(generator, "bf16", "off"),
-                      "bf16 auto": inference_call(generator, "bf16", "auto")})
+        wanted.update({"today bf16": lambda: inference_call(generator, "bf16", "on"),
+                       "bf16 no XLA": lambda: inference_call(generator, "bf16", "off")})
+        if engines and dgf_engines.precision_reason("openvino", "bf16") is None:
+            wanted["openvino bf16"] = lambda: inference_call(generator, "bf16", "off",
+                                                             "openvino")
+        wanted["bf16 default"] = lambda: inference_call(generator, "bf16", "auto",
+                                                        "auto" if engines else "tensorflow")
     if ablate:  # XLA without folding
-        paths["xla only"] = compiled_generator(generator, jit_compile=True)
-    return paths
+        wanted["xla only"] = lambda: compiled_generator(generator, jit_compile=True)
+    paths, built = {}, {}
+    for name, make in wanted.items():
+        start = time.perf_counter()
+        paths[name] = make()
+        built[name] = time.perf_counter() - start
+    return paths, built
 
 
 def _measure(name: str, generator, x, args) -> None:
     import numpy as np
 
-    paths = _paths(generator, not args.no_bf16, args.ablate)
+    paths, built = _paths(generator, not args.no_bf16, args.ablate, not args.no_engines)
+    for path in ("onnxruntime fp32", "openvino fp32"):
+        if path in built:  # the first engine path converts; the others reuse it
+            print(f"  {name}: {path} built in {built[path]:.2f} s (conversion and session)")
     outputs = {}
     for path, fn in paths.items():  # warm-up: tracing, XLA compiles, calibration
         start = time.perf_counter()
         outputs[path] = np.asarray(fn(x))
-        if path.endswith("auto"):
+        if path.endswith("default"):
             shape = tuple(x.shape)
-            print(f"  {name}: {path} chose {'XLA' if fn.choices[shape] == 'xla' else 'no XLA'}"
-                  f" (first call with calibration {time.perf_counter() - start:.1f} s)")
+            print(f"  {name}: {path} chose {fn.choices[shape]} (first call with "
+                  f"calibration {time.perf_counter() - start:.1f} s)")
     times: dict[str, list[float]] = {path: [] for path in paths}
     for _ in range(args.repeats):
         for path, fn in paths.items():
@@ -125,14 +153,21 @@ def _measure(name: str, generator, x, args) -> None:
     med = {path: statistics.median(t) for path, t in times.items()}
     reference = outputs["fp32 no XLA"]
     print(f"{name}, batch {len(x)}, {x.shape[1]}^2")
-    print(f"  {'path':<12} {'s/img':>7} {'vs today fp32':>13} {'vs today bf16':>13} "
+    print(f"  {'path':<16} {'s/img':>7} {'vs today fp32':>13} {'vs today bf16':>13} "
           f"{'max |diff|':>10}")
     for path, sec in med.items():
         vs_bf16 = (f"{med['today bf16'] / sec:>12.2f}x" if "bf16" in path
                    and "today bf16" in med else f"{'':>13}")
         stray = float(np.abs(outputs[path] - reference).max())
-        print(f"  {path:<12} {sec:>7.3f} {med['today fp32'] / sec:>12.2f}x {vs_bf16} "
+        print(f"  {path:<16} {sec:>7.3f} {med['today fp32'] / sec:>12.2f}x {vs_bf16} "
               f"{stray:>10.1e}")
+    for precision in ("fp32", "bf16"):
+        mine = [p for p in med if precision in p and p != f"{precision} default"
+                and not p.startswith("today")] + (["unfolded"] if precision == "fp32" else [])
+        if f"{precision} default" in med and mine:
+            best = min(mine, key=med.get)
+            print(f"  {precision} default against the fastest other {precision} path "
+                  f"({best}): {med[best] / med[f'{precision} default']:.2f}x")
 
 
 def _generators(args):
@@ -157,7 +192,8 @@ def _peers(args) -> None:
     import openvino
 
     from dgf.images import to_unit
-    from dgf.runtime import inference_call, load_generator
+    from dgf.dispatch import inference_call
+    from dgf.runtime import load_generator
 
     generator = load_generator(args.model)
     images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3),
@@ -251,6 +287,8 @@ def main() -> None:
                    help="images per call at channel rates >= 64")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per path")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 paths")
+    p.add_argument("--no-engines", action="store_true",
+                   help="skip ONNX Runtime and OpenVINO (and time the TensorFlow-only default)")
     p.add_argument("--ablate", action="store_true",
                    help="also time the unfolded model under XLA (xla only)")
     p.add_argument("--e2e", action="store_true", help="also time dgf-deblur end to end")

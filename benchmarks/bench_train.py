@@ -53,8 +53,9 @@ def timed(step, warmup, steps):
 if args["mode"] == "dgf":
     from dgf.train import GANTrainer, _policy_name
     keras.mixed_precision.set_dtype_policy(_policy_name(args["precision"]))
-    cfg = TrainConfig(channel_rate=cr, patch=patch, crop=size, batch_size=batch,
-                      precision=args["precision"], jit=args["jit"])
+    extra = args.get("extra") or {}
+    cfg = TrainConfig(**{"channel_rate": cr, "patch": patch, "crop": size, "batch_size": batch,
+                         "precision": args["precision"], "jit": args["jit"], **extra})
     strategy = tf.distribute.get_strategy()
     perceptual = PerceptualLoss(weights=None)
     trainer = GANTrainer(cfg, strategy, total_steps=1000, perceptual=perceptual)
@@ -173,9 +174,10 @@ def run_worker(source: str, spec: dict) -> dict:
 
 
 def run(mode: str, channel_rate: int, size: int, batch: int, precision: str = "fp32",
-        jit: bool = False, warmup: int = 2, steps: int = 5) -> dict:
+        jit: bool = False, warmup: int = 2, steps: int = 5, extra: dict | None = None) -> dict:
     spec = dict(mode=mode, channel_rate=channel_rate, size=size, batch=batch,
-                precision=precision, jit=jit, warmup=warmup, steps=steps, repo=str(REPO))
+                precision=precision, jit=jit, warmup=warmup, steps=steps, repo=str(REPO),
+                extra=extra or {})
     return run_worker(WORKER, spec)
 
 
@@ -187,12 +189,42 @@ def table(title: str, rows: list[tuple[str, dict]], baseline: dict) -> None:
         print(f"{name:34s} {r['images_per_sec']:9.2f} {ratio:7.2f} {r['peak_rss_mib']:13.0f}")
 
 
+# The bundled model's recipe (configs/cpu-pairs-small-s2d4.yaml), as TrainConfig fields.
+S2D4_RECIPE = dict(space_to_depth=4, residual=True, batchnorm=False, dropout=0.0,
+                   pixel_loss="l2", ssim_weight=8.5, perceptual_weight=0.0, ema_decay=0.999)
+
+
+def precision_study() -> None:
+    """Train-step images/s at fp32 and bf16, without and with XLA, two shapes, one run."""
+    from dgf.host import cpu_flags
+
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    print(f"CPU flags: {' '.join(flags) or 'none of avx2 avx512f avx512_bf16 amx_bf16'}")
+    shapes = {
+        "channel_rate 16, 64x64 crops, batch 4": dict(channel_rate=16, size=64, batch=4),
+        "bundled recipe: space-to-depth 4, channel_rate 32, 128x128 crops, batch 4":
+            dict(channel_rate=32, size=128, batch=4, extra={**S2D4_RECIPE, "patch": 32}),
+    }
+    for title, shape in shapes.items():
+        rows = [(f"dgf step, {p}" + (" + XLA" if jit else ""),
+                 run("dgf", precision=p, jit=jit, warmup=3, steps=10, **shape))
+                for p in ("fp32", "bf16") for jit in (False, True)]
+        table(title, rows, rows[0][1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="skip the full-size model")
+    parser.add_argument("--precisions", action="store_true",
+                        help="only the precision study: fp32 and bf16, with and without XLA, "
+                        "for cr 16 at 64x64 and the bundled model's recipe "
+                        "(configs/cpu-pairs-small-s2d4.yaml: space-to-depth 4, cr 32, 128x128)")
     args = parser.parse_args()
     print(f"CPU cores: {os.cpu_count()}")
+    if args.precisions:
+        precision_study()
+        return
 
     small = dict(channel_rate=16, size=64, batch=4, warmup=3, steps=10)
     seed = run("seed", **small)

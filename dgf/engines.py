@@ -28,7 +28,7 @@ rounding stay dgf's own and every engine writes the same kind of output.
   asking for one that is not installed is a DgfError naming the extra
   (:func:`check_engine`), and ``--engine auto`` leaves it out and says so.
 
-:func:`dgf.runtime.inference_call` is the entry point: it picks the engine (``auto``
+:func:`dgf.dispatch.inference_call` is the entry point: it picks the engine (``auto``
 measures) and returns the call. The choices are named in :mod:`dgf.options`.
 """
 from __future__ import annotations

@@ -34,8 +34,8 @@ from dgf.options import (
     DEFAULT_Y_CHANNEL,
 )
 from dgf.engines import check_engine, engine_precision
-from dgf.runtime import (check_engine_choice, check_jit, load_generator, resolve_precision,
-                         tracking)
+from dgf.dispatch import check_engine_choice, check_jit, tracking
+from dgf.runtime import load_generator, resolve_precision
 from dgf.scoring import ROW_KEYS, SETTING_KEYS, evaluate_with_strip, open_split, save_png, strip_rows
 
 # A run evaluation's metrics.csv: the scores, and the settings they were taken at.
@@ -213,7 +213,7 @@ def evaluate_model(
         "split": split,
         "precision": precision,
         "engine": engine,
-        # The paths that ran it (dgf.runtime.tracking): "plain" and "xla" are
+        # The paths that ran it (dgf.dispatch.tracking): "plain" and "xla" are
         # TensorFlow without and with XLA.
         "ran_on": sorted(ran_on),
         # What the model file records of its training (None: it records nothing).

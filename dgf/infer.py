@@ -36,7 +36,8 @@ from dgf.options import (
 )
 from dgf.metadata import read_metadata, training_side
 from dgf.engines import check_engine, engine_precision
-from dgf.runtime import check_engine_choice, check_jit, load_generator, resolve_precision
+from dgf.dispatch import check_engine_choice, check_jit
+from dgf.runtime import load_generator, resolve_precision
 from dgf.tiling import auto_scale, check_scale, check_tiling, deblur_image, seamless_tiling
 
 COMPARE_DIR = "compare"
@@ -214,7 +215,7 @@ def deblur_paths(
     picks, per photo, the model's training image side over the photo's shorter
     side (:func:`dgf.tiling.auto_scale`), from the model file's training record;
     a model without one runs at 1, and the run says so. ``jit`` (``"auto"``,
-    ``"on"``, ``"off"``): XLA or not, :func:`dgf.runtime.inference_call`. ``engine``
+    ``"on"``, ``"off"``): XLA or not, :func:`dgf.dispatch.inference_call`. ``engine``
     (``"auto"``, ``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``): which runs the
     generator (:mod:`dgf.engines`); a missing engine is a DgfError up front naming
     the extra to install, and ``--precision auto`` is fp32 for an engine without bf16.

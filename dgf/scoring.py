@@ -4,7 +4,7 @@ epoch and dgf-eval does per model: running the generator over uint8 images
 the same pass, and the per-image and summary scores (:mod:`dgf.metrics`). No
 matplotlib: the plots live in :mod:`dgf.evaluate`.
 
-Every generator runs through :func:`dgf.runtime.inference_call`, its compiled
+Every generator runs through :func:`dgf.dispatch.inference_call`, its compiled
 BatchNorm-folded copy with the generator's current weights (so the trainer's
 per-epoch scoring sees each epoch's).
 """
@@ -30,7 +30,7 @@ from dgf.options import (
     DEFAULT_STRIPS,
     DEFAULT_Y_CHANNEL,
 )
-from dgf.runtime import inference_call
+from dgf.dispatch import inference_call
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 # What every stored score names: the crop border, protocol and channel it was taken at.
@@ -55,11 +55,11 @@ def deblur_array(
     ``generator``: a Keras model mapping (B, H, W, 3) float32 in [-1, 1] to the same
     shape in [-1, 1]; its BatchNorm-folded copy at ``precision`` (``"fp32"`` or
     ``"bf16"``) runs, compiled once per generator, with the generator's current
-    weights (:func:`dgf.runtime.inference_call`). ``blurred``: (B, H, W, 3) uint8.
+    weights (:func:`dgf.dispatch.inference_call`). ``blurred``: (B, H, W, 3) uint8.
     ``jit``: XLA or not (``"auto"``, ``"on"``, ``"off"``); ``engine``: which runs it
     (``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``, ``"auto"``); ``refresh_calls``:
     how many calls one set of weights serves, for ``"auto"`` (the trainer); all as in
-    :func:`dgf.runtime.inference_call`.
+    :func:`dgf.dispatch.inference_call`.
     Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
     """
     blurred = np.asarray(blurred)

@@ -16,7 +16,7 @@ the default overlap of 64 px the margin is 21 px, more than the radius, so the t
 result matches the untiled one to float round-off. Tile edges that lie on the true
 image border keep weight 1: there the untiled run sees the same zero padding.
 
-The generator itself runs through :func:`dgf.runtime.inference_call` (BatchNorm
+The generator itself runs through :func:`dgf.dispatch.inference_call` (BatchNorm
 folding, precision, XLA or not).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dgf.images import to_uint8, to_unit
 from dgf.options import (
     DEFAULT_BATCH, DEFAULT_JIT, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE,
 )
-from dgf.runtime import inference_call
+from dgf.dispatch import inference_call
 
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.

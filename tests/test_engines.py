@@ -1,5 +1,5 @@
 """--engine: ONNX Runtime and OpenVINO beside TensorFlow (dgf/engines.py,
-dgf.runtime.inference_call), their conversion cache, auto and the commands."""
+dgf.dispatch.inference_call), their conversion cache, auto and the commands."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_eval_h5, make_run, read_halves, smooth_photo, smooth_photos
-from dgf import actions, calibration, engines, runtime
+from dgf import actions, calibration, dispatch, engines, runtime
 from dgf.cli import deblur_main, eval_main
 from dgf.config import TrainConfig
 from dgf.errors import DgfError
@@ -26,10 +26,10 @@ OTHERS = ("onnxruntime", "openvino")
 def cache(tmp_path, monkeypatch):
     """An empty cache folder, and a process that has converted and decided nothing."""
     monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "_DECIDED", {})
-    monkeypatch.setattr(runtime, "_ENGINE_CALLS", {})
-    monkeypatch.setattr(runtime, "_SAID", set())  # what this process has named
-    monkeypatch.setattr(runtime, "_LEFT_OUT", set())
+    monkeypatch.setattr(dispatch, "_DECIDED", {})
+    monkeypatch.setattr(dispatch, "_ENGINE_CALLS", {})
+    monkeypatch.setattr(dispatch, "_SAID", set())  # what this process has named
+    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
     return tmp_path / "cache"
 
 
@@ -84,12 +84,12 @@ def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cac
 def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
     x = _x(1)
     expected = np.asarray(generator(x, training=False))
-    got = runtime.inference_call(generator, "fp32", "off", engine)(x)
+    got = dispatch.inference_call(generator, "fp32", "off", engine)(x)
     assert isinstance(got, np.ndarray) and got.shape == x.shape
     assert np.abs(got - expected).max() < 1e-4
     # Another shape and batch reuse the same conversion (OpenVINO compiles it anew).
     y = _x(2, batch=1, size=40)
-    np.testing.assert_allclose(runtime.inference_call(generator, "fp32", "off", engine)(y),
+    np.testing.assert_allclose(dispatch.inference_call(generator, "fp32", "off", engine)(y),
                                np.asarray(generator(y, training=False)), atol=1e-4)
 
 
@@ -99,10 +99,10 @@ def test_an_engine_follows_the_current_weights(cache):
 
     g = build_generator(channel_rate=8)
     x = _x(3)
-    before = runtime.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    before = dispatch.inference_call(g, "fp32", "off", "onnxruntime")(x)
     for w in g.trainable_weights:  # the trainer's next epoch
         w.assign(w * 1.1)
-    after = runtime.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    after = dispatch.inference_call(g, "fp32", "off", "onnxruntime")(x)
     assert np.abs(after - before).max() > 1e-3
     np.testing.assert_allclose(after, np.asarray(g(x, training=False)), atol=1e-4)
     assert len(_entries(cache / "engines")) == 4  # two conversions, each .onnx + .json
@@ -124,11 +124,11 @@ def _count_conversions(monkeypatch):
 def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
     count = _count_conversions(monkeypatch)
     x = _x(4)
-    first = runtime.inference_call(generator, "fp32", "off", "openvino")(x)
+    first = dispatch.inference_call(generator, "fp32", "off", "openvino")(x)
     assert len(count) == 1
     assert sorted(p.suffix for p in _entries(cache / "engines")) == [".json", ".onnx"]
-    runtime._ENGINE_CALLS.clear()  # a new process: only the disk remembers
-    again = runtime.inference_call(generator, "fp32", "off", "openvino")(x)
+    dispatch._ENGINE_CALLS.clear()  # a new process: only the disk remembers
+    again = dispatch.inference_call(generator, "fp32", "off", "openvino")(x)
     assert len(count) == 1
     np.testing.assert_array_equal(first, again)
 
@@ -137,7 +137,7 @@ def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
 def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monkeypatch,
                                                           capsys, damage):
     x = _x(5)
-    runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
     (onnx_file,) = (cache / "engines").glob("*.onnx")
     record = onnx_file.with_suffix(".json")
     if damage == "truncate":
@@ -150,10 +150,10 @@ def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monk
         record.write_text(json.dumps(meta))
     else:
         record.unlink()
-    runtime._ENGINE_CALLS.clear()
+    dispatch._ENGINE_CALLS.clear()
     count = _count_conversions(monkeypatch)
     capsys.readouterr()
-    out = runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    out = dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
     assert len(count) == 1
     assert f"engine conversion cache entry {onnx_file} is damaged or stale" in \
         capsys.readouterr().err
@@ -181,9 +181,9 @@ def test_an_unwritable_cache_costs_only_a_note(generator, tmp_path, monkeypatch,
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(calibration.CACHE_ENV, str(blocker))
-    monkeypatch.setattr(runtime, "_ENGINE_CALLS", {})
+    monkeypatch.setattr(dispatch, "_ENGINE_CALLS", {})
     x = _x(6)
-    out = runtime.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    out = dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
     assert "could not store the converted model" in capsys.readouterr().err
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
 
@@ -204,8 +204,8 @@ def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp
     assert f"error: --engine {engine} needs {module}, which is not installed" in err
     assert f"pip install '{extra}'" in err
     # auto leaves it out, says so, and still runs.
-    monkeypatch.setattr(runtime, "_LEFT_OUT", set())
-    names = runtime.candidates("fp32", "auto", "auto")
+    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
+    names = dispatch.candidates("fp32", "auto", "auto")
     assert engine not in names and {"plain", "xla"} <= set(names)
     assert f"--engine auto leaves out {engine} at fp32" in capsys.readouterr().err
 
@@ -251,19 +251,19 @@ def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tm
 
 
 def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^2$") as exc:  # argparse's usage error
         deblur_main([str(tmp_path / "x.png"), "-o", "o", "--model", str(model_file),
                      "--engine", "tensorrt"])
     assert exc.value.code == 2
     assert "argument --engine: invalid choice: 'tensorrt'" in capsys.readouterr().err
     with pytest.raises(DgfError, match="unknown engine 'tensorrt'"):
-        runtime.inference_call(None, "fp32", "off", "tensorrt")
+        dispatch.inference_call(None, "fp32", "off", "tensorrt")
 
 
 # --- auto ---------------------------------------------------------------------------------
 def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, capsys):
     x = _x(7)
-    call = runtime.inference_call(generator, "fp32", "auto", "auto")
+    call = dispatch.inference_call(generator, "fp32", "auto", "auto")
     out = np.asarray(call(x))
     (path,) = _entries(cache / "calibration")
     entry = json.loads(path.read_text())
@@ -281,18 +281,18 @@ def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, caps
 @pytest.mark.parametrize("stored", OTHERS)
 def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch, stored):
     x = _x(8)
-    call = runtime.inference_call(generator, "fp32", "auto", "auto")
+    call = dispatch.inference_call(generator, "fp32", "auto", "auto")
     seconds = {"plain": 2.0, "xla": 2.0, "onnxruntime": 2.0, "openvino": 2.0, stored: 1.0}
     calibration.write_entry(call._key(x.shape), seconds, stored)
     asked = []
-    real = runtime.engine_call
+    real = dispatch.engine_call
 
     def spy(generator, engine, precision):
         asked.append(engine)
         return real(generator, engine, precision)
 
-    monkeypatch.setattr(runtime, "engine_call", spy)
-    monkeypatch.setattr(runtime, "compiled_generator", lambda *a, **k: pytest.fail("ran TF"))
+    monkeypatch.setattr(dispatch, "engine_call", spy)
+    monkeypatch.setattr(dispatch, "compiled_generator", lambda *a, **k: pytest.fail("ran TF"))
     out = call(x)
     assert asked == [stored]
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
@@ -305,7 +305,7 @@ def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, mo
     real = engines.onnx_bytes
     monkeypatch.setattr(engines, "onnx_bytes",
                         lambda *a: (real(*a)[0], 100.0))  # a 100 s conversion
-    call = runtime.inference_call(generator, "fp32", "off", "auto", refresh_calls=2)
+    call = dispatch.inference_call(generator, "fp32", "off", "auto", refresh_calls=2)
     call(x)
     (path,) = _entries(cache / "calibration")
     entry = json.loads(path.read_text())
@@ -325,7 +325,7 @@ def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, ca
         cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / engine), eval_engine=engine,
                           eval_jit="off")
         asked = []
-        real = runtime.inference_call
+        real = dispatch.inference_call
 
         def spy(*args):
             asked.append(args[3:])

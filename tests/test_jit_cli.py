@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_eval_h5, smooth_photo
-from dgf import actions, calibration, runtime
+from dgf import actions, calibration, dispatch, runtime
 from dgf.cli import deblur_main, eval_main
 from dgf.config import TrainConfig
 from dgf.errors import DgfError
@@ -56,7 +56,7 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
                                                              monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv(calibration.CACHE_ENV, str(cache))
-    monkeypatch.setattr(runtime, "_DECIDED", {})
+    monkeypatch.setattr(dispatch, "_DECIDED", {})
     real = runtime.compiled_generator
 
     def ctrl_c_in_xla(copy, jit_compile=False):
@@ -68,7 +68,7 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
 
         return interrupted
 
-    monkeypatch.setattr(runtime, "compiled_generator", ctrl_c_in_xla)
+    monkeypatch.setattr(dispatch, "compiled_generator", ctrl_c_in_xla)
     out = tmp_path / "o"
     assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
                         "--quiet", "--precision", "fp32"]) == 130
@@ -83,7 +83,7 @@ def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatc
     h5 = tmp_path / "pairs.h5"
     make_eval_h5(h5, count=3, height=32, width=32)
     seen = []
-    real = runtime.inference_call
+    real = dispatch.inference_call
 
     def spy(generator, precision="fp32", jit="auto", *rest):
         seen.append((precision, jit))

@@ -242,7 +242,7 @@ def test_receptive_field_matches_the_gradient_footprint(factor, expected):
 
 def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     from dgf.models import build_generator
-    from dgf.runtime import inference_call
+    from dgf.dispatch import inference_call
     from dgf.tiling import _deblur_unit, deblur_image, seamless_tiling
 
     g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=4, batchnorm=False)

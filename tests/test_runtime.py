@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import smooth_photo, smooth_photos
-from dgf import runtime, tiling
+from dgf import dispatch, runtime, tiling
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
 from dgf.images import to_unit
@@ -69,7 +69,7 @@ def test_fold_matches_unfused_with_random_statistics(trained_like):
     got = np.asarray(runtime.compiled_generator(folded)(x))
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.abs(got - expected).max() <= TOL
-    via_call = np.asarray(runtime.inference_call(trained_like)(x))
+    via_call = np.asarray(dispatch.inference_call(trained_like)(x))
     assert np.abs(via_call - expected).max() <= TOL
 
 
@@ -83,7 +83,7 @@ def test_fold_matches_unfused_on_real_pairs(pairs_small, trained_like):
         blurred.append(pair[:, pair.shape[1] // 2 :])  # left sharp, right blurred
     x = to_unit(np.stack(blurred))
     expected = _unfused(trained_like, x)
-    got = np.asarray(runtime.inference_call(trained_like)(x))
+    got = np.asarray(dispatch.inference_call(trained_like)(x))
     assert np.abs(got - expected).max() <= TOL
 
 
@@ -107,13 +107,13 @@ def test_inference_call_follows_the_current_weights():
     keras.utils.set_random_seed(11)
     model = build_generator(channel_rate=8)
     x = to_unit(smooth_photos(1, 32, 40, seed=2))
-    call = runtime.inference_call(model)
+    call = dispatch.inference_call(model)
     first = np.asarray(call(x))
     _randomise_batchnorm(model, 12)  # as an epoch of training would change them
     model.get_layer("dense3_conv3x3").set_weights(
         [w * 1.5 for w in model.get_layer("dense3_conv3x3").get_weights()]
     )
-    again = runtime.inference_call(model)
+    again = dispatch.inference_call(model)
     assert again is call  # same compiled graph: no retracing per epoch
     second = np.asarray(again(x))
     assert np.abs(second - first).max() > 1e-2
