@@ -34,9 +34,9 @@ In one run:
     fp32``), the default (all auto), TensorFlow alone with auto jit and precision
     (the default before ``--engine``), each engine at fp32, and at bf16 TensorFlow
     with XLA (today's ``--precision bf16``), TensorFlow, OpenVINO and the default
-    engine choice, and the default again with the cache the default's run left (a
-    later run on the same host: no conversion, no calibration). Outputs are
-    compared with today's, in uint8 levels.
+    engine choice (the bf16 rows only on a CPU with native bf16), and the default
+    again with the cache the default's run left (a later run on the same host: no
+    conversion, no calibration). Outputs are compared with today's, in uint8 levels.
 (d) with ``--onnx FILE`` (``dgf-export --format onnx`` of ``--model``), the peers: that
     file under onnxruntime and OpenVINO (forced f32, and OpenVINO's default, bf16 on a
     CPU with native bf16), interleaved with dgf's today / auto paths.
@@ -60,12 +60,43 @@ REPO = Path(__file__).resolve().parents[1]
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
           "amx_tile", "amx_bf16", "amx_int8")
 _E2E = {  # name: dgf-deblur flags
-    "today (jit on, fp32)": ["--jit", "on", "--precision", "fp32"],
-    "default (auto, auto)": [],
-    "jit auto, fp32": ["--jit", "auto", "--precision", "fp32"],
-    "today bf16 (jit on)": ["--jit", "on", "--precision", "bf16"],
+    "today (jit on, fp32)": ["--engine", "tensorflow", "--jit", "on", "--precision", "fp32"],
+    "default (all auto)": [],
+    "tensorflow, auto": ["--engine", "tensorflow"],  # the default before --engine
+    "tensorflow fp32": ["--engine", "tensorflow", "--precision", "fp32"],
+    "onnxruntime fp32": ["--engine", "onnxruntime", "--precision", "fp32"],
+    "openvino fp32": ["--engine", "openvino", "--precision", "fp32"],
+    "default fp32": ["--precision", "fp32"],
+    "today bf16 (jit on)": ["--engine", "tensorflow", "--jit", "on", "--precision", "bf16"],
+    "tensorflow bf16": ["--engine", "tensorflow", "--precision", "bf16"],
+    "openvino bf16": ["--engine", "openvino", "--precision", "bf16"],
+    "default bf16": ["--precision", "bf16"],
     "default, calibrated": [],  # reuses the default run's cache: no calibration
 }
+# The row whose cache folder "default, calibrated" reuses.
+_E2E_DEFAULT = "default (all auto)"
+
+
+def _e2e_rows(engines: bool) -> dict[str, list[str]]:
+    """The end-to-end rows this host runs: the bf16 ones only on a CPU with native
+    bf16 (elsewhere bf16 is converted in software, slower than fp32: section (b) shows
+    by how much), openvino bf16 only where OpenVINO runs bf16, no engine rows without
+    ``engines``."""
+    from dgf import engines as dgf_engines
+    from dgf.runtime import bf16_native
+
+    rows = {}
+    for name, flags in _E2E.items():
+        engine = flags[flags.index("--engine") + 1] if "--engine" in flags else "auto"
+        if "bf16" in name and not bf16_native():
+            continue
+        if engine in ("onnxruntime", "openvino") and not engines:
+            continue
+        if engine == "openvino" and "bf16" in name and (
+                dgf_engines.precision_reason("openvino", "bf16") is not None):
+            continue
+        rows[name] = flags + ([] if engines or "--engine" in flags else ["--engine", "tensorflow"])
+    return rows
 
 
 def _randomise_batchnorm(model, seed: int) -> None:
@@ -247,12 +278,14 @@ def _e2e(args) -> None:
     code = "import sys; from dgf.cli import deblur_main; sys.exit(deblur_main(sys.argv[1:]))"
     with tempfile.TemporaryDirectory() as tmp:
         photo = _e2e_photo(args, Path(tmp))
-        seconds: dict[str, list[float]] = {name: [] for name in _E2E}
+        rows = _e2e_rows(not args.no_engines)
+        seconds: dict[str, list[float]] = {name: [] for name in rows}
         images = {}
         for round_ in range(args.e2e_repeats):
-            for i, (name, flags) in enumerate(_E2E.items()):
+            for i, (name, flags) in enumerate(rows.items()):
                 out = Path(tmp) / f"out{i}_{round_}"
-                cache = i if name != "default, calibrated" else 1  # the default's cache
+                # "default, calibrated" reuses the default's cache folder
+                cache = i if name != "default, calibrated" else list(rows).index(_E2E_DEFAULT)
                 env = {**os.environ, "DGF_CACHE_DIR": str(Path(tmp) / f"cache{cache}_{round_}"),
                        "PYTHONPATH": str(REPO)}
                 cmd = [sys.executable, "-c", code, str(photo), "-o", str(out), "--model",

@@ -300,16 +300,25 @@ def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch,
 
 def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, monkeypatch):
     """The trainer's scoring (``refresh_calls``): an engine whose conversion costs
-    more than TensorFlow's whole pass loses, whatever its per-call speed."""
+    more than TensorFlow's whole pass loses, whatever its per-call speed. The engines
+    share one conversion (the second finds it cached), yet each is charged it: the
+    next epoch's weights are converted again for whichever one wins."""
     x = _x(9)
     real = engines.onnx_bytes
-    monkeypatch.setattr(engines, "onnx_bytes",
-                        lambda *a: (real(*a)[0], 100.0))  # a 100 s conversion
+    converted = []
+
+    def slow_once(*args):  # a 100 s conversion, then the cached file
+        data, _ = real(*args)
+        converted.append(args[3])
+        return data, 100.0 if len(converted) == 1 else 0.0
+
+    monkeypatch.setattr(engines, "onnx_bytes", slow_once)
     call = dispatch.inference_call(generator, "fp32", "off", "auto", refresh_calls=2)
     call(x)
     (path,) = _entries(cache / "calibration")
     entry = json.loads(path.read_text())
     assert entry["key"]["refresh_calls"] == 2
+    assert converted == ["onnxruntime", "openvino"]
     assert entry["seconds"]["onnxruntime"] > 50 and entry["seconds"]["openvino"] > 50
     assert entry["choice"] == "plain"
 
