@@ -129,7 +129,7 @@ def inference_call(
     float32 array or tensor of the same shape (in [-1, 1] for the DGF generator).
     Call it once per batch of work (an image, a batch of pairs), not once per tile:
     each call refolds the weights. Does not check that TensorFlow can run ``bf16``
-    here (see :func:`check_precision`).
+    here (see :func:`dgf.runtime.check_precision`).
 
     ``jit`` says whether XLA compiles TensorFlow's call: ``"on"`` always (once per
     input shape, seconds), ``"off"`` never (TensorFlow's graph with its oneDNN
@@ -168,6 +168,8 @@ def inference_call(
 # The latest engine call per (engine, precision, layout): (weights digest, call). The
 # trainer's weights change every epoch; one entry per layout keeps one session alive.
 _ENGINE_CALLS: dict[tuple[str, str, str], tuple[str, Callable]] = {}
+
+
 def engine_call(generator: Any, engine: str, precision: str) -> tuple[Callable, float]:
     """``engine``'s call of ``generator`` at ``precision`` with its current weights, and
     the seconds spent converting (0.0 when cached in this process or on disk).

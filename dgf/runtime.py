@@ -4,8 +4,9 @@ the compiled call, with or without XLA.
 :func:`load_generator` reads a saved generator (with the custom layers of
 :mod:`dgf.models` registered). Every inference entry point (``dgf-deblur``,
 ``dgf-eval``, the trainer's per-epoch scoring) runs the generator through
-:func:`inference_call`, which returns a compiled call of an inference copy of the
-model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`), without XLA:
+:func:`dgf.dispatch.inference_call`, which returns a compiled call of an inference
+copy of the model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`),
+without XLA:
 
 * **BatchNorm folding.** In inference mode a BatchNormalization is a per-channel
   affine map ``y = (x - mean) * gamma / sqrt(var + eps) + beta``. When it directly
@@ -20,7 +21,7 @@ model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`), without XL
   and each new part's activation fuses into the convolution that made it.
 * **Current weights.** The copy is built once per source model and precision (its
   compiled call is traced once), and its weights are refolded from the source
-  model's *current* weights at every :func:`inference_call`, so the trainer's
+  model's *current* weights at every :func:`dgf.dispatch.inference_call`, so the trainer's
   per-epoch scoring always sees the weights of that epoch. The source model is never
   modified.
 * **XLA or not.** :func:`compiled_generator` compiles the copy with or without
@@ -45,10 +46,7 @@ without TensorFlow.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-import time
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -60,13 +58,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from dgf import calibration, engines
 import dgf.models  # noqa: F401  (registers the generator's custom layers for loading)
 from dgf.errors import DgfError
 from dgf.fileio import require_file
 from dgf.host import cpu_flags
-from dgf.options import (DEFAULT_JIT, DEFAULT_PRECISION, ENGINE_CHOICES, ENGINE_EXTRAS, ENGINES,
-                         JIT_CHOICES, PRECISIONS)
+from dgf.options import DEFAULT_PRECISION, PRECISIONS
 
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 # /proc/cpuinfo flags that give a CPU native bfloat16 arithmetic (x86, then Arm).
@@ -369,7 +365,7 @@ def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[n
     short last batch, the trainer's per-epoch calls) share one function and never
     retrace. With ``jit_compile`` XLA compiles it, once per input shape. The graph
     holds the generator only weakly, so caching it keeps no model alive.
-    :func:`inference_call` uses it on the folded copy.
+    :func:`dgf.dispatch.inference_call` uses it on the folded copy.
     """
     try:
         return _COMPILED[generator][jit_compile]
