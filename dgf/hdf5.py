@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 import warnings
 from collections import Counter
@@ -115,8 +116,12 @@ def _check_options(
     return workers
 
 
-def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int] | None:
-    """(height, width) shared by a split's pairs; DgfError names the first odd file."""
+def _pair_sizes(
+    split: sources.SplitSources, progress: bool
+) -> list[tuple[str, tuple[int, int]]]:
+    """(relative path, (height, width)) of each pair of a split whose header can be
+    read (side-by-side: one half), from the file headers alone; the others are
+    reported with their reason when decoding."""
     found: list[tuple[str, tuple[int, int]]] = []
     bar = tqdm(
         split.pairs, desc=f"{split.split} sizes", unit="pair", disable=not progress, leave=False
@@ -129,6 +134,14 @@ def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int
         if pair.side_by_side:
             width //= 2
         found.append((pair.sharp_rel, (height, width)))
+    return found
+
+
+def _native_shape(
+    split: str, found: Sequence[tuple[str, tuple[int, int]]]
+) -> tuple[int, int] | None:
+    """(height, width) shared by a split's pairs (``found``: :func:`_pair_sizes`);
+    DgfError names the first odd file."""
     if not found:
         return None
     counts = Counter(shape for _, shape in found)
@@ -138,10 +151,40 @@ def _native_shape(split: sources.SplitSources, progress: bool) -> tuple[int, int
             h, w = shape
             raise DgfError(
                 f"{rel}: its images are {w}x{h} but {n_common} of {len(found)} pairs in "
-                f"'{split.split}' are {common[1]}x{common[0]}; --native needs one size per "
+                f"'{split}' are {common[1]}x{common[0]}; --native needs one size per "
                 f"split. Resize or remove the odd files, or use --size N."
             )
     return common
+
+
+# A pair resized by more than this factor on either side (down or up) gets a warning.
+_RESIZE_WARN_FACTOR = 2
+
+
+def _far_from_size(shape: tuple[int, int], size: int) -> bool:
+    """Whether an image of ``shape`` (height, width) has a side more than
+    _RESIZE_WARN_FACTOR times larger or smaller than ``size``."""
+    return any(
+        side > _RESIZE_WARN_FACTOR * size or side * _RESIZE_WARN_FACTOR < size for side in shape
+    )
+
+
+def _resize_warning(
+    found: Mapping[str, Sequence[tuple[str, tuple[int, int]]]], size: int
+) -> str | None:
+    """The one ``warning:`` line of a resizing build whose pairs (``found``: split to
+    :func:`_pair_sizes`) are far from ``size`` (:func:`_far_from_size`), or None."""
+    pairs = [x for split in found.values() for x in split]
+    far = [(rel, shape) for rel, shape in pairs if _far_from_size(shape, size)]
+    if not far:
+        return None
+    rel, (h, w) = far[0]
+    return (
+        f"warning: {len(far)} of {len(pairs)} pairs differ from the {size}x{size} target "
+        f"by more than {_RESIZE_WARN_FACTOR}x (e.g. {rel} is {w}x{h}) and are resized to "
+        f"{size}x{size}; use --native to keep native resolution (training takes random "
+        f"crops) or --size N to choose the target"
+    )
 
 
 def _contiguous(chunk: np.ndarray | bytes) -> np.ndarray | bytes:
@@ -385,7 +428,10 @@ def build_hdf5(
     """Pack the pairs under ``jpeg_dir`` into one HDF5 file at ``output``.
 
     ``size`` N resizes every sharp and blurred image to N x N (LANCZOS); ``native``
-    keeps native resolution (all pairs of a split must then share one size).
+    keeps native resolution (all pairs of a split must then share one size). When
+    resizing, pairs with a side more than 2x above or below N get one ``warning:``
+    line on stderr for the whole build (how many, an example, and the way out:
+    ``--native`` or ``--size``), printed from the file headers before any decoding.
     ``layout``: ``"auto"``, ``"side-by-side"`` or ``"paired"`` (see
     :mod:`dgf.sources`); ``order`` says which half of a side-by-side image is
     sharp, or which path of a pairs-list line. ``blur_folder``: GOPRO's ``"blur"``
@@ -409,9 +455,15 @@ def build_hdf5(
             f"{plan.jpeg_dir}: order '{order}' applies to side-by-side images only; "
             f"paired folders name their roles (sharp/blur, A = blurred, B = sharp)."
         )
-    shapes = {
-        s.split: (_native_shape(s, progress) if native else (size, size)) for s in plan.splits
-    }
+    found = {s.split: _pair_sizes(s, progress) for s in plan.splits}
+    if native:
+        shapes = {split: _native_shape(split, sizes) for split, sizes in found.items()}
+    else:
+        shapes = {split: (size, size) for split in found}
+        message = _resize_warning(found, size)
+        if message is not None:
+            # Printed here, by the one process that plans the build, before any decoding.
+            print(message, file=sys.stderr, flush=True)
     total = sum(len(s.pairs) for s in plan.splits)
     settings = _BuildSettings(
         None if native else size, order, compression, on_error, min(n_workers, total),
