@@ -703,6 +703,70 @@ def test_blur_folder_bad_input(tmp_path):
     assert not (tmp_path / "d.h5").exists()
 
 
+# --- the GoPro trap: resizing far from the pairs' own size is said, once ------------
+def _scene_tree(root: Path, height: int, width: int) -> None:
+    """GOPRO_Large-like SPLIT/SCENE/{sharp,blur}/NNNNNN.png pairs of one size."""
+    for split, scenes in (("train", ["S1", "S2"]), ("test", ["T1"])):
+        for scene in scenes:
+            for name in ("000001.png", "000002.png", "000003.png"):
+                seed = zlib.crc32(f"{split}/{scene}/{name}".encode())
+                for k, folder in enumerate(("sharp", "blur")):
+                    _save(root / split / scene / folder / name,
+                          noise_image(seed + k, height, width))
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def test_resizing_far_from_the_pairs_size_warns_once(tmp_path, capsys):
+    root = tmp_path / "GOPRO_Large"
+    _scene_tree(root, 70, 100)  # 100 > 2 x 32: the 1280x720 -> 256x256 trap, shrunk
+    out = tmp_path / "d.h5"
+    rc = build_hdf5_main([str(root), "-o", str(out), "--size", "32", "--workers", "2",
+                          "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert _warnings(captured.err) == [
+        "warning: 9 of 9 pairs differ from the 32x32 target by more than 2x (e.g. "
+        "train/S1/sharp/000001.png is 100x70) and are resized to 32x32; use --native to "
+        "keep native resolution (training takes random crops) or --size N to choose the "
+        "target"
+    ]
+    assert "warning" not in captured.out  # the summary is unchanged
+    assert describe(out).splits["train"] == schema.SplitInfo(6, 32, 32)
+
+    # Upscaling more than 2x is the same trap: one line, naming a pair too small.
+    small = tmp_path / "small"
+    _sbs_tree(small, {"train": ["a.png", "b.png"], "test": ["c.png"]})  # 16x12 halves
+    rc = build_hdf5_main([str(small), "-o", str(tmp_path / "s.h5"), "--size", "32",
+                          "--workers", "1", "--no-progress"])
+    lines = _warnings(capsys.readouterr().err)
+    assert rc == 0 and len(lines) == 1
+    assert lines[0].startswith("warning: 3 of 3 pairs differ from the 32x32 target by more "
+                               "than 2x (e.g. train/a.png is 16x12)")
+
+
+def test_native_build_of_large_pairs_does_not_warn(tmp_path, capsys):
+    root = tmp_path / "GOPRO_Large"
+    _scene_tree(root, 70, 100)
+    out = tmp_path / "d.h5"
+    rc = build_hdf5_main([str(root), "-o", str(out), "--native", "--workers", "1",
+                          "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0 and _warnings(captured.err) == [], captured.err
+    assert describe(out).splits["train"] == schema.SplitInfo(6, 70, 100)
+
+
+def test_resizing_within_2x_does_not_warn(tmp_path, capsys):
+    root = tmp_path / "pairs"
+    _scene_tree(root, 16, 64)  # exactly 2x wider and half as tall as 32: within 2x
+    rc = build_hdf5_main([str(root), "-o", str(tmp_path / "d.h5"), "--size", "32",
+                          "--workers", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0 and _warnings(captured.err) == [], captured.err
+
+
 def _realblur_tree(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """RealBlur-like: sceneN/{gt,blur}/ images and list files at the root, "gt blur"
     per line, test list not sorted. Returns {gt path: (gt pixels, blur pixels)}."""
