@@ -6,9 +6,13 @@ STAMP := $(VENV)/.dgf-installed
 
 .PHONY: demo test test-fast bench clean
 
+# The distribution was called dgf until it was renamed deep-generative-filter (dgf on
+# the package index is another project): `pip uninstall dgf` drops that install first
+# (removing it after would take the commands with it); a no-op where it is absent.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip uninstall -y dgf
 	$(PY) -m pip install -e '.[test]'
 	touch $(STAMP)
 
