@@ -30,6 +30,13 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test here starts from one random state: the weights a builder draws and
+    the dropout masks of ``training=True`` calls are the same on every run."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def mixed_bfloat16():
     previous = keras.config.dtype_policy()

@@ -14,6 +14,15 @@ from conftest import make_h5, smooth_photo
 from dgf.errors import DgfError
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test here starts from one random state, so the weights each fresh
+    generator draws (and every value computed from them) are the same on every run."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
 # --- space-to-depth ------------------------------------------------------------------
 @pytest.mark.parametrize("factor", [2, 4])
 def test_space_to_depth_round_trips_any_size_and_matches_tf(factor):
@@ -241,11 +250,23 @@ def test_receptive_field_matches_the_gradient_footprint(factor, expected):
 
 
 def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
+    import keras
+
     from dgf.models import build_generator
     from dgf.dispatch import inference_call
     from dgf.tiling import _deblur_unit, deblur_image, seamless_tiling
 
     g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=4, batchnorm=False)
+    # Fresh weights reach far only faintly: a pixel 50-70 px away acts through the
+    # longest chains of convolutions, and at Glorot scale the seams an overlap of 64
+    # leaves measured 0.7e-3 to 3e-3 over seeds. The biases are zero and LeakyReLU is
+    # homogeneous, so a gain of 1.5 on every kernel before the last multiplies a chain
+    # of n convolutions by 1.5**n: the far reach grows most (seams 0.045-0.10 over
+    # seeds 0-9) while the output stays mostly unsaturated; the matching tiles stay
+    # within 3.2e-6 of the whole image.
+    for layer in g.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name != "image":
+            layer.kernel.assign(layer.kernel * 1.5)
     tile, overlap = seamless_tiling(g)
     assert (tile, overlap) == (864, 216)
     assert seamless_tiling(g, tile=1000, overlap=100) == (1000, 100)  # given: kept
@@ -258,5 +279,5 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     tiled = _deblur_unit(call, photo, 440, overlap, 1, False, 4)
     seams = _deblur_unit(call, photo, 440, 64, 1, False, 4)
     assert np.abs(tiled - whole).max() < 1e-4
-    assert np.abs(seams - whole).max() > 1e-3
+    assert np.abs(seams - whole).max() > 1e-2
     assert deblur_image(g, photo, tile=440, overlap=overlap).shape == photo.shape
