@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from dgf import calibration, engines
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.options import (DEFAULT_JIT, DEFAULT_PRECISION, ENGINE_CHOICES, ENGINE_EXTRAS, ENGINES,
                          JIT_CHOICES)
 from dgf.runtime import compiled_generator, inference_model, model_source
@@ -109,7 +109,7 @@ def candidates(precision: str, jit: str = DEFAULT_JIT, engine: str = "tensorflow
             if reason is None:
                 reason = engines.precision_reason(other, precision)
             else:
-                reason += f"; pip install '{ENGINE_EXTRAS[other]}' adds it"
+                reason += f"; {install_hint(ENGINE_EXTRAS[other])} adds it"
             if reason is None:
                 names.append(other)
             elif (other, precision) not in _LEFT_OUT:

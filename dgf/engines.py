@@ -24,9 +24,10 @@ rounding stay dgf's own and every engine writes the same kind of output.
   match its file is damaged or stale: it is converted again, with a one-line note,
   never used. An interrupted conversion writes nothing. A cache folder that cannot
   be written costs the next run its conversion again, never the inference.
-* **Missing engines.** Both are optional extras (``dgf[onnx]``, ``dgf[openvino]``);
-  asking for one that is not installed is a DgfError naming the extra
-  (:func:`check_engine`), and ``--engine auto`` leaves it out and says so.
+* **Missing engines.** Both are optional extras (``onnx``, ``openvino``); asking for
+  one that is not installed is a DgfError with the command that installs its extra
+  (:func:`check_engine`, :func:`dgf.errors.install_hint`), and ``--engine auto``
+  leaves it out and says so.
 
 :func:`dgf.dispatch.inference_call` is the entry point: it picks the engine (``auto``
 measures) and returns the call. The choices are named in :mod:`dgf.options`.
@@ -44,23 +45,23 @@ import numpy as np
 import tensorflow as tf
 
 from dgf import calibration
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.options import ENGINE_EXTRAS, ENGINES, PRECISIONS
 
 # Why an optional module could not be imported, by name.
 _IMPORT_ERRORS: dict[str, str] = {}
-try:  # optional (dgf[onnx], dgf[openvino]): both engines run a tf2onnx conversion
+try:  # optional (extras onnx, openvino): both engines run a tf2onnx conversion
     import tf2onnx
 except ImportError as exc:  # pragma: no cover - depends on the installation
     tf2onnx = None
     _IMPORT_ERRORS["tf2onnx"] = f"{type(exc).__name__}: {exc}"
-try:  # optional (dgf[onnx])
+try:  # optional (extra onnx)
     import onnxruntime
 except ImportError as exc:  # pragma: no cover
     onnxruntime = None
     _IMPORT_ERRORS["onnxruntime"] = f"{type(exc).__name__}: {exc}"
-try:  # optional (dgf[openvino])
+try:  # optional (extra openvino)
     import openvino
 except ImportError as exc:  # pragma: no cover
     openvino = None
@@ -144,7 +145,7 @@ def check_engine(engine: str, precision: str | None = None) -> None:
     reason = missing_reason(engine)
     if reason is not None:
         raise DgfError(f"--engine {engine} needs {reason}; install it with "
-                       f"pip install '{ENGINE_EXTRAS[engine]}' (or use --engine tensorflow)")
+                       f"{install_hint(ENGINE_EXTRAS[engine])} (or use --engine tensorflow)")
     if precision is not None:
         reason = precision_reason(engine, precision)
         if reason is not None:

@@ -13,7 +13,7 @@ unless ``input_size`` is given: call ``interpreter.resize_tensor_input(idx,
 [1, H, W, 3])`` then ``allocate_tensors()`` before each new size. Only builtin
 TFLite ops are used (CAST, CONV_2D with dilation, ROUND, ...).
 
-ONNX (``dgf[onnx]``: tf2onnx): the SavedModel's function at opset ``ONNX_OPSET``,
+ONNX (the ``onnx`` extra: tf2onnx): the SavedModel's function at opset ``ONNX_OPSET``,
 input ``images`` (B, H, W, 3) uint8 with B, H and W dynamic, output ``deblurred``
 of the same shape, uint8; the conversions are nodes of the graph (Cast, Div, Sub,
 Round, Clip). Any ONNX runtime runs it (onnxruntime, OpenVINO).
@@ -35,12 +35,12 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.fileio import check_output, write_bytes_atomic, write_folder_atomic
 from dgf.options import EXPORT_FORMATS
 from dgf.runtime import fold_batchnorm, load_generator
 
-try:  # optional (dgf[onnx]): only --format onnx needs it
+try:  # optional (extra onnx): only --format onnx needs it
     import tf2onnx
 except ImportError as _exc:
     tf2onnx = None
@@ -49,8 +49,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "deblurred"
 #: The ONNX opset of ``--format onnx``: 17 is read by onnxruntime >= 1.11 and OpenVINO.
 ONNX_OPSET = 17
-#: What to install for each optional export or engine.
-ONNX_EXTRA = "pip install 'dgf[onnx]'"
+#: The extra that installs tf2onnx for ``--format onnx``.
+ONNX_EXTRA = "onnx"
 
 
 def _serving_fn(generator):
@@ -192,7 +192,7 @@ def _tf2onnx():
     """The tf2onnx module, or DgfError saying what to install."""
     if tf2onnx is None:
         raise DgfError(f"--format onnx needs tf2onnx, which is not installed "
-                       f"({_TF2ONNX_MISSING}); {ONNX_EXTRA}")
+                       f"({_TF2ONNX_MISSING}); {install_hint(ONNX_EXTRA)}")
     return tf2onnx
 
 

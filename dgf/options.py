@@ -36,8 +36,9 @@ ENGINES = ("tensorflow", "onnxruntime", "openvino")
 #: TensorFlow's XLA choice, and keeps the fastest, per host (dgf.calibration).
 ENGINE_CHOICES = ("auto",) + ENGINES
 DEFAULT_ENGINE = "auto"
-#: The extra that installs each optional engine.
-ENGINE_EXTRAS = {"onnxruntime": "dgf[onnx]", "openvino": "dgf[openvino]"}
+#: The extra of pyproject.toml that installs each optional engine
+#: (dgf.errors.install_hint says how).
+ENGINE_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 # dgf-deblur (dgf.tiling.deblur_image, dgf.infer.deblur_paths).
 #: Tile edge in pixels; 0 runs the whole image at once.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,10 +13,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_eval_h5, make_run, read_halves, smooth_photo, smooth_photos
-from dgf import actions, calibration, dispatch, engines, runtime
+from dgf import DISTRIBUTION, actions, calibration, dispatch, engines, errors, runtime
 from dgf.cli import deblur_main, eval_main
 from dgf.config import TrainConfig
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint, project_name, source_checkout
 from dgf.images import to_unit
 from dgf.tiling import deblur_image
 from dgf.weights import bundled_model
@@ -189,20 +191,71 @@ def test_an_unwritable_cache_costs_only_a_note(generator, tmp_path, monkeypatch,
 
 
 # --- what cannot run --------------------------------------------------------------------
-@pytest.mark.parametrize("engine, module, extra", [("onnxruntime", "onnxruntime", "dgf[onnx]"),
-                                                   ("openvino", "openvino", "dgf[openvino]")])
+def _checkout(root: Path, pyproject: str | None) -> Path:
+    """A folder ``root`` with a ``dgf`` package folder and, unless None, this
+    pyproject.toml beside it; returns the package folder."""
+    (root / "dgf").mkdir(parents=True)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    return root / "dgf"
+
+
+def test_install_hints_name_the_index_distribution_or_the_checkout(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "pyproject.toml").read_text(encoding="utf-8")
+    assert project_name(text) == DISTRIBUTION == "deep-generative-filter"
+    assert source_checkout(repo / "dgf") == repo
+    # An installed copy (no pyproject.toml above it), or another project's checkout.
+    index = "pip install 'deep-generative-filter[onnx]'"
+    assert install_hint("onnx", _checkout(tmp_path / "site", None)) == index
+    other = '[project]\nname = "dgf"\n[tool.x]\nname = "deep-generative-filter"\n'
+    assert install_hint("onnx", _checkout(tmp_path / "other", other)) == index
+    unreadable = _checkout(tmp_path / "bad", None)
+    (unreadable.parent / "pyproject.toml").write_bytes(b"\xff\xfe")
+    assert install_hint("onnx", unreadable) == index
+    # This project's checkout, under any spelling of its name: install from the folder.
+    ours = "[build-system]\nrequires = []\n\n[project]\nname = 'Deep_Generative.Filter'  # x\n"
+    package = _checkout(tmp_path / "co", ours)
+    assert source_checkout(package) == tmp_path / "co"
+    assert install_hint("openvino", package) == f"pip install -e '{tmp_path / 'co'}[openvino]'"
+    odd = _checkout(tmp_path / "my 'co'", ours)  # quoted so that a shell gets one argument
+    assert shlex.split(install_hint("onnx", odd)) == ["pip", "install", "-e",
+                                                      f"{tmp_path}/my 'co'[onnx]"]
+
+
+def test_the_help_of_the_engine_and_export_options_gives_the_hint(tmp_path, monkeypatch):
+    from dgf.commands.evaluation import eval_parser
+    from dgf.commands.inference import deblur_parser, export_parser
+
+    # A checkout whose path holds a %, which argparse's %-formatting of help must keep.
+    ours = '[project]\nname = "deep-generative-filter"\n'
+    monkeypatch.setattr(errors, "PACKAGE_DIR", _checkout(tmp_path / "100% mine", ours))
+    for parser, extras in ((deblur_parser, ("onnx", "openvino")),
+                           (eval_parser, ("onnx", "openvino")), (export_parser, ("onnx",))):
+        text = "".join(parser().format_help().split())  # argparse wraps at - and spaces
+        for extra in extras:
+            assert "".join(f"pip install -e '{tmp_path}/100% mine[{extra}]'".split()) in text
+
+
+@pytest.mark.parametrize("engine, module, extra", [("onnxruntime", "onnxruntime", "onnx"),
+                                                   ("openvino", "openvino", "openvino")])
 def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp_path,
                                           monkeypatch, capsys, generator, cache):
     monkeypatch.setattr(engines, module, None)
-    with pytest.raises(DgfError, match=re.escape(f"pip install '{extra}'")):
-        engines.check_engine(engine)
+    with monkeypatch.context() as installed:  # an installed copy: the index's distribution
+        installed.setattr(errors, "PACKAGE_DIR", _checkout(tmp_path / "site", None))
+        with pytest.raises(DgfError, match=re.escape(
+                f"install it with pip install 'deep-generative-filter[{extra}]' (or use")):
+            engines.check_engine(engine)
+    hint = install_hint(extra)  # from this checkout: pip install -e '<checkout>[extra]'
+    assert hint.startswith("pip install -e ") and hint.endswith(f"[{extra}]'")
     photo = tmp_path / "photo.png"
     Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
     assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
                         "--engine", engine, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"error: --engine {engine} needs {module}, which is not installed" in err
-    assert f"pip install '{extra}'" in err
+    assert hint in err
     # auto leaves it out, says so, and still runs.
     monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
     names = dispatch.candidates("fp32", "auto", "auto")
@@ -345,7 +398,7 @@ def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, ca
         assert asked and set(asked) == {(engine, 1)}  # 3 pairs: one batch per conversion
     assert abs(scores["openvino"]["psnr"] - scores["tensorflow"]["psnr"]) < 0.01
     monkeypatch.setattr(engines, "openvino", None)
-    with pytest.raises(DgfError, match=r"pip install 'dgf\[openvino\]'"):
+    with pytest.raises(DgfError, match=re.escape(install_hint("openvino"))):
         actions.Scoring(TrainConfig(h5=str(h5), eval_engine="openvino"), strips=False)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import smooth_photo, smooth_photos
 from dgf.cli import export_main
+from dgf.errors import install_hint
 from dgf.tiling import deblur_image
 
 
@@ -179,7 +180,11 @@ def test_onnx_export_refusals(tmp_path, model_file, capsys, monkeypatch):
     status, err = _export(["--model", model_file, "--format", "onnx", "-o",
                            tmp_path / "m.onnx"], capsys)
     assert status == 2 and "error: --format onnx needs tf2onnx" in err
-    assert "pip install 'dgf[onnx]'" in err
+    assert install_hint("onnx") in err  # from this checkout: pip install -e '<checkout>[onnx]'
+    monkeypatch.setattr("dgf.errors.PACKAGE_DIR", tmp_path / "site-packages" / "dgf")
+    status, err = _export(["--model", model_file, "--format", "onnx", "-o",
+                           tmp_path / "m.onnx"], capsys)
+    assert "; pip install 'deep-generative-filter[onnx]'" in err  # from an installed copy
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -1,5 +1,6 @@
-"""What every command shares: its parser's help formatting, the keyword defaults it
-shows, and the one error boundary (:func:`run`) with its interrupt handling.
+"""What every command shares: its parser's help formatting (install hints included),
+the keyword defaults it shows, and the one error boundary (:func:`run`) with its
+interrupt handling.
 
 Every entry point turns a DgfError into ``error: <message>`` on stderr and exit
 status 2, so users see what to fix instead of a traceback.
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import Any, Callable, Iterator
 
 from dgf import quiet
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.fileio import is_disk_full
 
 
@@ -41,6 +42,12 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="also show TensorFlow's start-up, info and warning lines, "
                         "hidden by default (as DGF_VERBOSE=1 does)")
     return parser
+
+
+def help_hint(extra: str) -> str:
+    """:func:`dgf.errors.install_hint` for an argument's help, which argparse
+    %-formats (a checkout's path may hold a %)."""
+    return install_hint(extra).replace("%", "%%")
 
 
 def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dgf import options
-from dgf.commands.common import new_parser, run
+from dgf.commands.common import help_hint, new_parser, run
 from dgf.errors import DgfError
 
 
@@ -50,9 +50,10 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=options.ENGINE_CHOICES,
                         default=options.DEFAULT_ENGINE,
                         help="what runs the generator: tensorflow, or its ONNX conversion "
-                        "under onnxruntime (fp32 only; dgf[onnx]) or openvino "
-                        "(dgf[openvino]), cached per model; auto measures every installed "
-                        "one on the first batch shape and keeps the fastest on this host")
+                        f"under onnxruntime (fp32 only; {help_hint('onnx')}) or openvino "
+                        f"({help_hint('openvino')}), cached per model; auto measures every "
+                        "installed one on the first batch shape and keeps the fastest on "
+                        "this host")
     parser.add_argument("--crop-border", type=int, default=options.DEFAULT_CROP_BORDER,
                         metavar="N",
                         help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
@@ -65,6 +66,11 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--y-channel", action="store_true",
                         help="score the luma Y = 16 + (65.481 R + 128.553 G + 24.966 B)"
                         "/255 (BT.601, MATLAB's rgb2ycbcr) instead of RGB")
+    parser.add_argument("--record", action="store_true",
+                        help="--model: also record the scores in the model file's own "
+                        "record (dgf-info shows them), replacing an earlier entry of the "
+                        "same data, split, pair count and settings; the file is rewritten "
+                        "atomically")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -94,6 +100,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             if args.h5 is None:
                 raise DgfError("--model needs --h5 PATH (the pairs file to score on)")
             require_file(args.model, "model file")
+            if args.record:
+                from dgf.fileio import check_output
+
+                check_output(args.model)
             summary = evaluate.evaluate_model(
                 args.model, args.h5, args.out, split=args.split, strips=args.strips,
                 batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
@@ -113,9 +123,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             print(f"  {summary['seconds_per_image']:.4f} s per image")
             for name in ("summary.json", "per_image.csv", "strip.png"):
                 print(f"wrote {out / name}")
+            if args.record:
+                from dgf.metadata import add_evaluation
+
+                add_evaluation(args.model, summary)
+                print(f"recorded the scores in {args.model} (dgf-info shows them)")
             return 0
         if args.overwrite:
             raise DgfError("--overwrite applies to --model; with --run use --force")
+        if args.record:
+            raise DgfError("--record applies to --model (one model file); with --run each "
+                           "snapshot's scores are in RUN/eval/metrics.csv")
         rows = evaluate.evaluate_run(
             args.run, h5_path=args.h5, split=args.split, strips=args.strips,
             batch_size=args.batch_size, out_dir=args.out, limit=args.limit,

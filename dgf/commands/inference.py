@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from dgf import options
-from dgf.commands.common import new_parser, run
-from dgf.errors import DgfError
+from dgf.commands.common import help_hint, new_parser, run
+from dgf.errors import DgfError, install_hint
 
 
 def deblur_parser() -> argparse.ArgumentParser:
@@ -54,8 +54,8 @@ def deblur_parser() -> argparse.ArgumentParser:
                    "~/.cache/dgf, or $DGF_CACHE_DIR)")
     p.add_argument("--engine", choices=options.ENGINE_CHOICES, default=options.DEFAULT_ENGINE,
                    help="what runs the generator: tensorflow, or its ONNX conversion "
-                   "under onnxruntime (fp32 only; pip install 'dgf[onnx]') or openvino "
-                   "(pip install 'dgf[openvino]'), converted once per model and cached; "
+                   f"under onnxruntime (fp32 only; {help_hint('onnx')}) or openvino "
+                   f"({help_hint('openvino')}), converted once per model and cached; "
                    "auto measures every installed one on the first tile shape and keeps "
                    "the fastest on this host (the run names it)")
     p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
@@ -112,7 +112,7 @@ def export_parser() -> argparse.ArgumentParser:
         "and returns uint8 images. savedmodel: signature 'serving_default', input "
         "'images' (B, H, W, 3) uint8 of any size, output 'deblurred'. tflite: input "
         "(1, H, W, 3) uint8; H and W are dynamic (resize_tensor_input) unless "
-        "--input-size is given. onnx (pip install 'dgf[onnx]'): input 'images' "
+        f"--input-size is given. onnx ({install_hint('onnx')}): input 'images' "
         "(B, H, W, 3) uint8, all three dynamic, output 'deblurred', ONNX opset 17.",
     )
     p.add_argument("--model", type=Path, required=True,
