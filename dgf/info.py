@@ -22,7 +22,7 @@ from keras import layers
 
 from dgf.config import on_off
 from dgf.errors import DgfError
-from dgf.metadata import describe, read_metadata
+from dgf.metadata import describe, describe_evaluations, read_metadata
 from dgf.models import count_params, generator_layout
 from dgf.options import DEFAULT_INFO_SIZE
 from dgf.runtime import load_generator
@@ -41,7 +41,8 @@ def model_info(model_path: Path | str, height: int = DEFAULT_INFO_SIZE[0],
     """The report of ``dgf-info`` on the generator at ``model_path`` as a JSON-ready
     dict: ``model``, ``layout``, ``trainable_params``, ``non_trainable_params``,
     ``size`` ([H, W]), ``macs``, ``gmacs``, ``flops``, ``receptive_field`` (px),
-    ``metadata`` (the training record, or None) and ``training`` (it in words)."""
+    ``metadata`` (the training record, or None), ``training`` (it in words) and
+    ``evaluations`` (one line per score dgf-eval --record added)."""
     for name, side in (("height", height), ("width", width)):
         if isinstance(side, bool) or not isinstance(side, int) or side < 1:
             raise DgfError(f"image {name} must be a positive number of pixels; got {side!r}")
@@ -65,6 +66,7 @@ def model_info(model_path: Path | str, height: int = DEFAULT_INFO_SIZE[0],
         "receptive_field": receptive_field(model),
         "metadata": record,
         "training": describe(record),
+        "evaluations": describe_evaluations(record),
     }
 
 
@@ -90,4 +92,5 @@ def format_info(info: dict[str, Any]) -> str:
         f"({info['flops'] / 1e9:.1f} GFLOPs; FLOPs = 2 x MACs, convolutions only)",
         f"receptive field: {info['receptive_field']} px",
         f"training: {info['training']}",
+        *(f"scored: {line}" for line in info["evaluations"]),
     ])

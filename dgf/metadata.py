@@ -13,7 +13,13 @@ archive (:func:`read_metadata`) without TensorFlow. It holds:
 * ``score``: that epoch's test scores and ``best``: the best scored epoch's, each
   with the ``crop_border``, ``protocol`` and ``y_channel`` they were measured at
   (None when not scored; a record without ``protocol`` predates it: skimage, RGB);
-* ``dgf_version`` and ``commit`` (the git commit of the source tree, when known).
+* ``dgf_version`` and ``commit`` (the git commit of the source tree, when known);
+* ``evaluations``: what ``dgf-eval --model M --h5 H --record`` measured on a whole
+  split afterwards (:func:`add_evaluation`), one entry per data file, split, pair
+  count and metric settings.
+
+Every score names the number of pairs it was measured on (``count``): the trainer
+scores ``--val-samples`` pairs per epoch, often fewer than the whole test split.
 
 A model saved before this record existed (or by plain Keras) has no ``dgf.json``:
 :func:`read_metadata` returns None and the tools say the metadata is missing.
@@ -29,6 +35,7 @@ from typing import Any
 import dgf
 
 MEMBER = "dgf.json"
+EVALUATIONS = "evaluations"
 _SOURCE = Path(__file__).resolve().parents[1]
 
 
@@ -78,9 +85,21 @@ def training_side(record: dict[str, Any] | None) -> int | None:
     return min(sides) if sides else None
 
 
+def _pairs(score: dict[str, Any], split: str = "test") -> str:
+    """``on N test pairs `` (an older record without the count: nothing)."""
+    count = score.get("count")
+    return f"on {count} {split} pairs " if isinstance(count, int) else ""
+
+
+def _settings(score: dict[str, Any]) -> str:
+    channel = "Y" if score.get("y_channel") else "RGB"
+    return (f"crop border {score.get('crop_border', 0)}, "
+            f"{score.get('protocol', 'skimage')} protocol, {channel}")
+
+
 def describe(record: dict[str, Any] | None) -> str:
     """One line on what the model learned on, for messages and reports."""
-    if record is None:
+    if record is None or "data" not in record:
         return "no training metadata (saved before dgf recorded it, or not by dgf-train)"
     data = record.get("data") or {}
     best = record.get("best") or {}
@@ -88,11 +107,58 @@ def describe(record: dict[str, Any] | None) -> str:
              f"{data.get('image_height', '?')}, {data.get('train_pairs', '?')} train pairs)",
              f"crop {record.get('crop')}", f"epoch {record.get('epoch')}"]
     if best.get("psnr") is not None:
-        channel = "Y" if best.get("y_channel") else "RGB"
         parts.append(f"best {best['psnr']:.2f} dB / {best.get('ssim', float('nan')):.4f} "
-                     f"at crop border {best.get('crop_border', 0)}, "
-                     f"{best.get('protocol', 'skimage')} protocol, {channel} "
-                     f"(epoch {best.get('epoch')})")
+                     f"{_pairs(best)}at {_settings(best)} (epoch {best.get('epoch')})")
     parts.append(f"dgf {record.get('dgf_version', '?')}"
                  + (f" ({record['commit']})" if record.get("commit") else ""))
     return ", ".join(parts)
+
+
+def describe_evaluations(record: dict[str, Any] | None) -> list[str]:
+    """One line per entry of the record's ``evaluations`` (:func:`add_evaluation`)."""
+    lines = []
+    for entry in (record or {}).get(EVALUATIONS) or []:
+        lines.append(
+            f"{entry.get('psnr', float('nan')):.2f} dB / {entry.get('ssim', float('nan')):.4f} "
+            f"{_pairs(entry, entry.get('split', 'test'))}of {entry.get('h5', '?')} at "
+            f"{_settings(entry)}; blurred input "
+            f"{entry.get('blurred_psnr', float('nan')):.2f} dB / "
+            f"{entry.get('blurred_ssim', float('nan')):.4f} "
+            f"(dgf-eval, {entry.get('precision', 'fp32')}, dgf {entry.get('dgf_version', '?')})")
+    return lines
+
+
+# What makes two evaluations the same measurement: a new one replaces the old.
+_EVALUATION_KEY = ("h5", "split", "count", "crop_border", "protocol", "y_channel")
+EVALUATION_FIELDS = _EVALUATION_KEY + ("psnr", "ssim", "blurred_psnr", "blurred_ssim",
+                                       "precision")
+
+
+def add_evaluation(path: Path | str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Record ``summary`` (dgf-eval's, for one model on one split) in the ``.keras``
+    file at ``path`` as an entry of ``evaluations``, replacing an earlier entry of the
+    same data file, split, pair count and metric settings; return the new record.
+
+    The archive is rewritten under a temporary name and renamed into place, so the
+    model file is never left half-written; Keras' own members are copied unchanged.
+    """
+    from dgf.fileio import write_atomic
+
+    path = Path(path)
+    record = read_metadata(path) or {}
+    entry = {key: summary.get(key) for key in EVALUATION_FIELDS}
+    entry["dgf_version"] = dgf.__version__
+    kept = [old for old in record.get(EVALUATIONS) or []
+            if any(old.get(key) != entry[key] for key in _EVALUATION_KEY)]
+    record = {**record, EVALUATIONS: kept + [entry]}
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(path) as source, \
+                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                if item.filename != MEMBER:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(MEMBER, json.dumps(record, indent=1, sort_keys=True))
+
+    write_atomic(path, write)
+    return record

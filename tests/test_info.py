@@ -82,14 +82,15 @@ def test_space_to_depth_4_and_training_record(tmp_path, capsys):
                        "train_pairs": 500, "test_pairs": 104},
               "crop": 256, "epoch": 7,
               "best": {"psnr": 25.5, "ssim": 0.7, "crop_border": 8, "protocol": "basicsr",
-                       "y_channel": True, "epoch": 6}}
+                       "y_channel": True, "epoch": 6, "count": 32}}
     write_metadata(path, record)
     assert info_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "space to depth 4" in out and "residual on" in out
     assert "receptive field: 140 px" in out
     assert ("training: trained on pairs.h5 (320x256, 500 train pairs), crop 256, epoch 7, "
-            "best 25.50 dB / 0.7000 at crop border 8, basicsr protocol, Y (epoch 6), "
+            "best 25.50 dB / 0.7000 on 32 test pairs at crop border 8, basicsr protocol, Y "
+            "(epoch 6), "
             f"dgf {__version__}") in out
     assert info_main([str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -128,3 +129,60 @@ def test_bad_models_get_dgf_evals_messages(tmp_path, capsys):
     assert "is not a DGF generator" in says
     assert "--size must be two positive numbers of pixels; got 0 256" in _error(
         info_main, [str(tmp_path / "plain.keras"), "--size", "0", "256"], capsys)
+
+
+def test_dgf_eval_record_adds_the_score_to_the_model_file_and_dgf_info_shows_it(
+        tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    from conftest import make_eval_h5
+    from dgf.cli import eval_main
+    from dgf.metadata import read_metadata, write_metadata
+    from dgf.models import build_generator
+
+    keras.utils.set_random_seed(5)
+    path = tmp_path / "g.keras"
+    build_generator(channel_rate=4, residual=True).save(path)
+    write_metadata(path, {"data": {"h5": "d.h5", "image_height": 24, "image_width": 40,
+                                   "train_pairs": 9, "test_pairs": 7},
+                          "crop": 16, "epoch": 3,
+                          "best": {"psnr": 30.0, "ssim": 0.9, "crop_border": 0,
+                                   "count": 4, "epoch": 3}})
+    weights = keras.models.load_model(path).get_weights()
+    h5 = tmp_path / "d.h5"
+    make_eval_h5(h5)  # 7 pairs of 24 x 40
+    common = ["--model", str(path), "--h5", str(h5), "--no-progress", "--record",
+              "--engine", "tensorflow", "--jit", "off"]
+    assert eval_main(common + ["-o", str(tmp_path / "a"), "--crop-border", "2"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert f"recorded the scores in {path}" in capsys.readouterr().out
+    # Again at the same settings replaces the entry; another crop border adds one.
+    assert eval_main(common + ["-o", str(tmp_path / "b"), "--crop-border", "2"]) == 0
+    assert eval_main(common + ["-o", str(tmp_path / "c")]) == 0
+    record = read_metadata(path)
+    assert record["epoch"] == 3 and record["best"]["count"] == 4  # training record kept
+    entries = record["evaluations"]
+    assert [e["crop_border"] for e in entries] == [2, 0]
+    assert entries[0]["count"] == 7 and entries[0]["split"] == "test"
+    assert entries[0]["psnr"] == pytest.approx(summary["psnr"])
+    assert entries[0]["blurred_ssim"] == pytest.approx(summary["blurred_ssim"])
+    # The file still loads, with the same weights, and dgf-info names every pair count.
+    assert all(np.array_equal(a, b) for a, b in
+               zip(weights, keras.models.load_model(path).get_weights()))
+    capsys.readouterr()
+    assert info_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "best 30.00 dB / 0.9000 on 4 test pairs at crop border 0" in out
+    scored = [line for line in out.splitlines() if line.startswith("scored: ")]
+    assert len(scored) == 2
+    assert f"{summary['psnr']:.2f} dB / {summary['ssim']:.4f} on 7 test pairs of {h5} at " \
+           "crop border 2, skimage protocol, RGB" in scored[0]
+    assert not list(tmp_path.glob(".g.keras.tmp*"))  # rewritten atomically, nothing left
+
+
+def test_dgf_eval_record_belongs_to_model_mode(tmp_path, capsys):
+    from dgf.cli import eval_main
+
+    assert eval_main(["--run", str(tmp_path), "--record", "--no-progress"]) == 2
+    assert "--record applies to --model" in capsys.readouterr().err
