@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import dgf
+from dgf.fileio import write_atomic
 
 MEMBER = "dgf.json"
 EVALUATIONS = "evaluations"
@@ -142,8 +143,6 @@ def add_evaluation(path: Path | str, summary: dict[str, Any]) -> dict[str, Any]:
     The archive is rewritten under a temporary name and renamed into place, so the
     model file is never left half-written; Keras' own members are copied unchanged.
     """
-    from dgf.fileio import write_atomic
-
     path = Path(path)
     record = read_metadata(path) or {}
     entry = {key: summary.get(key) for key in EVALUATION_FIELDS}

@@ -1,6 +1,8 @@
 """The generator shipped in dgf/weights: it loads safely, and it deblurs real pairs."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import keras
@@ -66,3 +68,61 @@ def test_dgf_deblur_uses_the_bundled_model_without_model(tmp_path, capsys):
     assert f"using the bundled model {bundled_model()}" in out
     with Image.open(tmp_path / "out" / "in.png") as result:
         assert result.size == (56, 40)
+
+
+def _score_table(text: str, where: str) -> dict[str, list[float]]:
+    """The rows 'blurred input' and 'bundled model' of a page's score table: interior
+    PSNR, SSIM, whole-image PSNR, SSIM (gains in brackets left out)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip(" *") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in ("blurred input", "bundled model"):
+            numbers = [re.findall(r"(\d+\.\d+)(?: dB)? / (\d\.\d+)", cell)[0] for cell in cells[1:]]
+            rows[cells[0]] = [float(v) for pair in numbers for v in pair]
+    assert set(rows) == {"blurred input", "bundled model"}, f"no score table in {where}"
+    return rows
+
+
+def test_readme_model_card_and_the_bundled_record_give_the_same_scores():
+    from dgf.info import model_info
+
+    record = read_metadata(bundled_model())
+    by_border = {e["crop_border"]: e for e in record["evaluations"]
+                 if e["split"] == "test" and e["count"] == record["data"]["test_pairs"]
+                 and e["protocol"] == "skimage" and not e["y_channel"]}
+    inner, whole = by_border[8], by_border[0]
+    want = {"blurred input": [inner["blurred_psnr"], inner["blurred_ssim"],
+                              whole["blurred_psnr"], whole["blurred_ssim"]],
+            "bundled model": [inner["psnr"], inner["ssim"], whole["psnr"], whole["ssim"]]}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for where, text in (("README.md", readme),
+                        ("MODEL_CARD.md", MODEL_CARD.read_text(encoding="utf-8"))):
+        assert f"all {record['data']['test_pairs']} test pairs" in text, where
+        got = _score_table(text, where)
+        for row, values in want.items():
+            # PSNR to 0.01 dB, SSIM to 0.001, as the pages round them.
+            assert got[row] == pytest.approx(values, abs=0.0051), (where, row, got[row], values)
+    # dgf-info --json carries the same record and says how many pairs each score used.
+    info = model_info(bundled_model())
+    assert info["metadata"]["evaluations"] == record["evaluations"]
+    assert any(f"{inner['psnr']:.2f} dB / {inner['ssim']:.4f} on 64 test pairs" in line
+               for line in info["evaluations"])
+    assert "on 32 test pairs at crop border 8" in info["training"]
+
+
+@pytest.mark.slow  # scores the bundled model on all 64 real test pairs
+def test_the_bundled_record_is_what_dgf_eval_measures(pairs_small, tmp_path):
+    from dgf.cli import build_hdf5_main, eval_main
+
+    h5 = tmp_path / "pairs-small.h5"
+    assert build_hdf5_main([str(pairs_small), "-o", str(h5), "--no-progress"]) == 0
+    entry = next(e for e in read_metadata(bundled_model())["evaluations"]
+                 if e["crop_border"] == 8)
+    out = tmp_path / "eval"
+    assert eval_main(["--model", str(bundled_model()), "--h5", str(h5), "--crop-border", "8",
+                      "-o", str(out), "--no-progress", "--engine", "tensorflow",
+                      "--jit", "off"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == entry["count"] == 64
+    for key in ("psnr", "ssim", "blurred_psnr", "blurred_ssim"):
+        assert summary[key] == pytest.approx(entry[key], abs=1e-3), key
