@@ -9,7 +9,7 @@ In one run:
 (b) **generator paths** at each channel rate (random weights, BatchNorm statistics
     randomised so the folded kernels are not trivial) and for the bundled model,
     median seconds per image of ``--repeats`` interleaved calls after a warm-up:
-      * ``today fp32``: the folded copy compiled with XLA, what every entry point
+      * ``xla fp32``: the folded copy compiled with XLA, what every entry point
         ran before ``--jit auto`` (``inference_call(g, "fp32", "on")``);
       * ``unfolded``: the model as built, no XLA (``compiled_generator(g)``);
       * ``fp32 no XLA``: ``inference_call(g, "fp32", "off")``;
@@ -18,28 +18,28 @@ In one run:
       * ``fp32 default``: ``inference_call(g, "fp32", "auto", "auto")``, what
         ``dgf-eval`` runs by default (the warm-up calibrates, in a fresh cache
         folder; the choice is printed);
-      * ``today bf16``: ``--precision bf16`` before ``--jit auto`` (folded, bf16, XLA);
+      * ``xla bf16``: ``--precision bf16`` before ``--jit auto`` (folded, bf16, XLA);
       * ``bf16 no XLA``, ``openvino bf16`` (on a CPU with native bf16) and ``bf16
         default`` (what ``dgf-deblur`` runs there by default), unless ``--no-bf16``;
       * with ``--ablate``, ``xla only``: the unfolded model compiled with XLA.
     Each path's largest difference from ``fp32 no XLA`` (in [-1, 1]) is printed, and
-    each one's speed-up over ``today fp32`` (bf16 paths also over ``today bf16``),
+    each one's speed-up over ``xla fp32`` (bf16 paths also over ``xla bf16``),
     and each default against the fastest other path of its precision.
     ``--no-engines`` leaves ONNX Runtime and OpenVINO out.
 (c) with ``--e2e``, **dgf-deblur end to end** on a 12-megapixel photo (a real pair of
     ``--h5`` enlarged to ``--e2e-size``; speed does not depend on the content) with
     the bundled model at ``--scale 1``, each setting in its own process with an
     empty cache folder (but the last), so start-up, loading, conversion, calibration
-    and writing all count: today's code (``--engine tensorflow --jit on --precision
+    and writing all count: the fixed path (``--engine tensorflow --jit on --precision
     fp32``), the default (all auto), TensorFlow alone with auto jit and precision
     (the default before ``--engine``), each engine at fp32, and at bf16 TensorFlow
-    with XLA (today's ``--precision bf16``), TensorFlow, OpenVINO and the default
+    with XLA (the fixed ``--precision bf16`` path), TensorFlow, OpenVINO and the default
     engine choice (the bf16 rows only on a CPU with native bf16), and the default
     again with the cache the default's run left (a later run on the same host: no
-    conversion, no calibration). Outputs are compared with today's, in uint8 levels.
+    conversion, no calibration). Outputs are compared with the fixed fp32 path's, in uint8 levels.
 (d) with ``--onnx FILE`` (``dgf-export --format onnx`` of ``--model``), the peers: that
     file under onnxruntime and OpenVINO (forced f32, and OpenVINO's default, bf16 on a
-    CPU with native bf16), interleaved with dgf's today / auto paths.
+    CPU with native bf16), interleaved with dgf's fixed and auto paths.
 
     .venv/bin/python benchmarks/bench_inference.py
     .venv/bin/python benchmarks/bench_inference.py --channel-rates 16 --repeats 7
@@ -60,14 +60,14 @@ REPO = Path(__file__).resolve().parents[1]
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
           "amx_tile", "amx_bf16", "amx_int8")
 _E2E = {  # name: dgf-deblur flags
-    "today (jit on, fp32)": ["--engine", "tensorflow", "--jit", "on", "--precision", "fp32"],
+    "xla (jit on, fp32)": ["--engine", "tensorflow", "--jit", "on", "--precision", "fp32"],
     "default (all auto)": [],
     "tensorflow, auto": ["--engine", "tensorflow"],  # the default before --engine
     "tensorflow fp32": ["--engine", "tensorflow", "--precision", "fp32"],
     "onnxruntime fp32": ["--engine", "onnxruntime", "--precision", "fp32"],
     "openvino fp32": ["--engine", "openvino", "--precision", "fp32"],
     "default fp32": ["--precision", "fp32"],
-    "today bf16 (jit on)": ["--engine", "tensorflow", "--jit", "on", "--precision", "bf16"],
+    "xla bf16 (jit on)": ["--engine", "tensorflow", "--jit", "on", "--precision", "bf16"],
     "tensorflow bf16": ["--engine", "tensorflow", "--precision", "bf16"],
     "openvino bf16": ["--engine", "openvino", "--precision", "bf16"],
     "default bf16": ["--precision", "bf16"],
@@ -135,7 +135,7 @@ def _paths(generator, bf16: bool, ablate: bool, engines: bool) -> tuple[dict, di
     from dgf.dispatch import inference_call
     from dgf.runtime import compiled_generator
 
-    wanted = {"today fp32": lambda: inference_call(generator, "fp32", "on"),
+    wanted = {"xla fp32": lambda: inference_call(generator, "fp32", "on"),
               "unfolded": lambda: compiled_generator(generator),
               "fp32 no XLA": lambda: inference_call(generator, "fp32", "off")}
     if engines:
@@ -145,7 +145,7 @@ def _paths(generator, bf16: bool, ablate: bool, engines: bool) -> tuple[dict, di
     wanted["fp32 default"] = lambda: inference_call(generator, "fp32", "auto",
                                                     "auto" if engines else "tensorflow")
     if bf16:
-        wanted.update({"today bf16": lambda: inference_call(generator, "bf16", "on"),
+        wanted.update({"xla bf16": lambda: inference_call(generator, "bf16", "on"),
                        "bf16 no XLA": lambda: inference_call(generator, "bf16", "off")})
         if engines and dgf_engines.precision_reason("openvino", "bf16") is None:
             wanted["openvino bf16"] = lambda: inference_call(generator, "bf16", "off",
@@ -184,17 +184,17 @@ def _measure(name: str, generator, x, args) -> None:
     med = {path: statistics.median(t) for path, t in times.items()}
     reference = outputs["fp32 no XLA"]
     print(f"{name}, batch {len(x)}, {x.shape[1]}^2")
-    print(f"  {'path':<16} {'s/img':>7} {'vs today fp32':>13} {'vs today bf16':>13} "
+    print(f"  {'path':<16} {'s/img':>7} {'vs xla fp32':>13} {'vs xla bf16':>13} "
           f"{'max |diff|':>10}")
     for path, sec in med.items():
-        vs_bf16 = (f"{med['today bf16'] / sec:>12.2f}x" if "bf16" in path
-                   and "today bf16" in med else f"{'':>13}")
+        vs_bf16 = (f"{med['xla bf16'] / sec:>12.2f}x" if "bf16" in path
+                   and "xla bf16" in med else f"{'':>13}")
         stray = float(np.abs(outputs[path] - reference).max())
-        print(f"  {path:<16} {sec:>7.3f} {med['today fp32'] / sec:>12.2f}x {vs_bf16} "
+        print(f"  {path:<16} {sec:>7.3f} {med['xla fp32'] / sec:>12.2f}x {vs_bf16} "
               f"{stray:>10.1e}")
     for precision in ("fp32", "bf16"):
         mine = [p for p in med if precision in p and p != f"{precision} default"
-                and not p.startswith("today")] + (["unfolded"] if precision == "fp32" else [])
+                and not p.startswith("xla ")] + (["unfolded"] if precision == "fp32" else [])
         if f"{precision} default" in med and mine:
             best = min(mine, key=med.get)
             print(f"  {precision} default against the fastest other {precision} path "
@@ -238,7 +238,7 @@ def _peers(args) -> None:
     hint = ov_default.get_property("INFERENCE_PRECISION_HINT")
     hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     paths = {
-        "today fp32": (inference_call(generator, "fp32", "on"), unit),
+        "xla fp32": (inference_call(generator, "fp32", "on"), unit),
         "fp32 auto": (inference_call(generator, "fp32", "auto"), unit),
         "bf16 auto": (inference_call(generator, "bf16", "auto"), unit),
         "onnxruntime fp32": (lambda x: ort.run(["deblurred"], {"images": x})[0], images),
@@ -255,7 +255,7 @@ def _peers(args) -> None:
     print(f"(d) peers: {args.onnx.name} (the ONNX export of {args.model.name}) against dgf, "
           f"batch {args.batch}, {args.size}^2, median of {args.repeats} interleaved")
     for name, sec in med.items():
-        print(f"  {name:<26} {sec:>7.3f} s/img {med['today fp32'] / sec:>6.2f}x today fp32")
+        print(f"  {name:<26} {sec:>7.3f} s/img {med['xla fp32'] / sec:>6.2f}x xla fp32")
 
 
 def _e2e_photo(args, folder: Path) -> Path:
@@ -298,12 +298,12 @@ def _e2e(args) -> None:
                 images[name] = np.asarray(Image.open(out / photo.name)).astype(int)
         print(f"(c) dgf-deblur end to end, {args.e2e_size[0]}x{args.e2e_size[1]} PNG, "
               f"{args.model.name}, --scale 1, fresh process and cache each; median of "
-              f"{args.e2e_repeats}; output against today's in uint8 levels")
-        today = statistics.median(seconds["today (jit on, fp32)"])
+              f"{args.e2e_repeats}; output against the fixed fp32 path in uint8 levels")
+        fixed = statistics.median(seconds["xla (jit on, fp32)"])
         for name, sec in seconds.items():
-            diff = np.abs(images[name] - images["today (jit on, fp32)"])
+            diff = np.abs(images[name] - images["xla (jit on, fp32)"])
             print(f"  {name:<22} {statistics.median(sec):>7.1f} s "
-                  f"{today / statistics.median(sec):>6.2f}x   max {diff.max()} levels, "
+                  f"{fixed / statistics.median(sec):>6.2f}x   max {diff.max()} levels, "
                   f"mean {diff.mean():.3f}")
 
 
