@@ -39,8 +39,10 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--verbose", action="store_true",
-                        help="also show TensorFlow's start-up, info and warning lines, "
-                        "hidden by default (as DGF_VERBOSE=1 does)")
+                        help="also show TensorFlow's own C++ log lines (start-up notices, "
+                        "info, warnings, errors), hidden by default; a real TensorFlow "
+                        "failure stops the command with its message either way (as "
+                        "DGF_VERBOSE=1 does)")
     return parser
 
 
@@ -64,9 +66,9 @@ def run(fn: Callable[[], int | None], program: bool = False, verbose: bool = Fal
     """Run a command's work at the one error boundary. ``program``: this process
     exists to run the command (a console script, argv from sys.argv), so after an
     interrupt nothing is left to protect and later signals stay ignored until exit.
-    ``verbose`` (``--verbose``): TensorFlow's start-up lines are shown, not hidden."""
-    # TensorFlow's start-up noise and C++ INFO/WARNING lines drown dgf's own output;
-    # errors still show (dgf.quiet).
+    ``verbose`` (``--verbose``): TensorFlow's C++ log lines are shown, not hidden."""
+    # TensorFlow's start-up noise and C++ log lines drown dgf's own output; a real
+    # failure is a Python exception either way (dgf.quiet).
     quiet.install(verbose)
     # The handlers stay in place while the outcome is printed, so a second Ctrl-C
     # cannot turn the "interrupted" line into a traceback.
