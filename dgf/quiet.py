@@ -293,7 +293,7 @@ def _relay_stderr() -> None:
                           (os.POSIX_SPAWN_DUP2, real, 2)],
             setsid=True,  # no Ctrl-C from the terminal, nor a signal to the job's group
         )
-    except (OSError, AttributeError):  # AttributeError: no posix_spawn here
+    except (OSError, AttributeError, NotImplementedError):  # no posix_spawn, or no setsid
         for fd in (real, read_end, write_end):
             os.close(fd)
         return
