@@ -45,6 +45,7 @@ args = json.loads(sys.argv[1])
 sys.path.insert(0, args["repo"])
 import keras, tensorflow as tf
 from dgf.config import TrainConfig, load_config_file
+from dgf.batching import plan_batch
 from dgf.data import make_dataset
 from dgf.scoring import evaluate_split
 from dgf.actions import BatchNormReestimation
@@ -53,6 +54,7 @@ from dgf.data import split_info
 values = load_config_file(args["config"])
 values.update(h5=args["h5"], run_dir=None, **args["changes"])
 cfg = TrainConfig.from_dict(values)
+cfg = cfg.replace(batch_size=plan_batch(cfg.batch_size, 1).global_batch)  # one replica
 keras.utils.set_random_seed(cfg.seed)
 strategy = select_strategy("one")
 def batches():

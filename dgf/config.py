@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from dgf.batching import AUTO_BATCH, BATCH_RECORD_KEYS, BatchPlan
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
@@ -57,12 +58,13 @@ DATA, MODEL, LOSS, OPTIMISER, HARDWARE, RECORDS, SCORING = GROUPS = (
 
 
 def _setting(default: Any, group: str, help: str, *, flag: str | None = None,
-             choices: tuple[Any, ...] | None = None) -> Any:
+             choices: tuple[Any, ...] | None = None, words: tuple[str, ...] = ()) -> Any:
     """A TrainConfig field with what dgf-train's flag and its docs say of it: the help
-    text, the group it is listed under, its choices (checked by :func:`_check`) and,
+    text, the group it is listed under, its choices (checked by :func:`_check`),
+    the words it takes besides values of its type (``batch_size``'s ``auto``) and,
     when it is not ``--`` + the name with dashes, its flag."""
     return dataclasses.field(default=default, metadata={
-        "group": group, "help": help, "flag": flag, "choices": choices})
+        "group": group, "help": help, "flag": flag, "choices": choices, "words": words})
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ class TrainConfig:
     type, and (in the field's metadata, see :func:`_setting`) the help text, group
     and choices that dgf-train's flags are built from (:func:`settings`).
 
-    Defaults follow the seed and the DGF authors: batch 1, 256x256 crops, Adam with
-    lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 (the pixel loss) + 1 x
-    adversarial.
+    Defaults follow the seed and the DGF authors: batch 1 per replica, 256x256 crops,
+    Adam with lr 3e-4 and beta1 0.5, loss = 145 x perceptual + 170 x L1 (the pixel
+    loss) + 1 x adversarial.
     """
 
     h5: str = _setting("data/data.h5", DATA, "HDF5 file made by build-hdf5")
@@ -81,7 +83,10 @@ class TrainConfig:
         None, DATA, "run folder (default: runs/<timestamp>); a folder with a checkpoint "
         "is resumed")
     epochs: int = _setting(10, DATA, "epochs to train in total")
-    batch_size: int = _setting(1, DATA, "global batch size (split over replicas)")
+    batch_size: int | str = _setting(
+        AUTO_BATCH, DATA, "global batch size, split evenly over all replicas (of all "
+        "workers); auto: 1 per replica, so the global batch is the number of replicas. "
+        "The learning rate is not scaled with it", words=(AUTO_BATCH,))
     crop: int | None = _setting(
         256, DATA, "square random crop side; 'full' trains on whole images")
     augment: bool = _setting(
@@ -263,6 +268,7 @@ class Setting(typing.NamedTuple):
     help: str
     choices: tuple[Any, ...] | None
     default: Any
+    words: tuple[str, ...] = ()  # taken besides values of its type: batch_size's "auto"
 
 
 @functools.cache
@@ -274,22 +280,40 @@ def settings() -> dict[str, Setting]:
         about = f.metadata
         flag = about["flag"] or "--" + f.name.replace("_", "-")
         found[f.name] = Setting(f.name, flag, about["group"], about["help"],
-                                about["choices"], f.default)
+                                about["choices"], f.default, about["words"])
     return found
 
 
 @functools.cache
 def field_types() -> dict[str, tuple[type, bool]]:
     """name -> (base type, None allowed), read from TrainConfig's annotations, so a
-    new field is validated as soon as it is declared."""
+    new field is validated as soon as it is declared. A field that also takes words
+    (``int | str``, the words in its :class:`Setting`) has the first type as its base."""
     found = {}
     for name, hint in typing.get_type_hints(TrainConfig).items():
         args = typing.get_args(hint)
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         optional = union and type(None) in args
-        base = next(a for a in args if a is not type(None)) if optional else hint
+        base = next(a for a in args if a is not type(None)) if union else hint
         found[name] = (base, optional)
     return found
+
+
+def parse_words_or(parse: Callable[[str], Any], words: tuple[str, ...]) -> Callable[[str], Any]:
+    """A text parser that reads one of ``words`` (any case) as itself and anything
+    else with ``parse``: how ``--batch-size auto`` and ``--batch-size 4`` are read."""
+    def parse_text(text: str) -> Any:
+        word = text.strip().lower()
+        return word if word in words else parse(text)
+
+    return parse_text
+
+
+def _kind_text(name: str) -> str:
+    """What field ``name`` must be, for messages: "an integer or 'auto'"."""
+    base, optional = field_types()[name]
+    words = "".join(f" or {w!r}" for w in settings()[name].words)
+    return f"{_TYPE_WORDS[base]}{words}{' or null' if optional else ''}"
 
 
 def _coerce_value(name: str, value: Any) -> Any:
@@ -297,9 +321,9 @@ def _coerce_value(name: str, value: Any) -> Any:
     if isinstance(value, str) and base is not str:
         parse = parse_optional_int if (base is int and optional) else _TEXT_PARSERS[base]
         try:
-            value = parse(value)
+            value = parse_words_or(parse, settings()[name].words)(value)
         except ValueError:
-            raise DgfError(f"{name} must be {_TYPE_WORDS[base]}, got {value!r}") from None
+            raise DgfError(f"{name} must be {_kind_text(name)}, got {value!r}") from None
     elif optional and base is int and is_number(value) and value == 0:
         value = None  # as '--crop 0' on the command line: no limit
     elif base is bool and is_number(value) and value in (0, 1):
@@ -352,7 +376,8 @@ def coerce(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]
 def _check_value(name: str, value: Any) -> None:
     """The type rule of one field: its declared type, finite floats."""
     base, optional = field_types()[name]
-    if value is None and optional:
+    if (value is None and optional) or (isinstance(value, str)
+                                        and value in settings()[name].words):
         return
     ok = is_int(value, numpy=False) if base is int else isinstance(value, base)
     if base is float:
@@ -360,8 +385,7 @@ def _check_value(name: str, value: Any) -> None:
         if ok and not math.isfinite(value):
             raise DgfError(f"{name} must be a finite number, got {value}")
     if not ok:
-        null = " or null" if optional else ""
-        raise DgfError(f"{name} must be {_TYPE_WORDS[base]}{null}, got {value!r}")
+        raise DgfError(f"{name} must be {_kind_text(name)}, got {value!r}")
 
 
 def _choices_text(choices: tuple[Any, ...]) -> str:
@@ -380,6 +404,8 @@ def _check(cfg: TrainConfig) -> None:
 
     def positive(name: str, allow_zero: bool = False) -> None:
         value = getattr(cfg, name)
+        if isinstance(value, str):  # one of its words, checked above (batch_size auto)
+            return
         if value < 0 or (value == 0 and not allow_zero):
             raise DgfError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -453,13 +479,22 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     return coerce({str(k).replace("-", "_"): v for k, v in data.items()}, str(path))
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    """Write the resolved config as JSON, atomically."""
-    write_text_atomic(path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+def save_config(cfg: TrainConfig, path: Path, batch: BatchPlan | None = None) -> None:
+    """Write the resolved config as JSON, atomically, with ``batch``'s record (the
+    replicas, per-replica and global batch the run trains with) when given."""
+    data = {**cfg.to_dict(), **(batch.record() if batch is not None else {})}
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_config(path: Path) -> TrainConfig:
     """The config saved in a run folder; DgfError naming the file when it is damaged."""
+    return read_run_config(path)[0]
+
+
+def read_run_config(path: Path) -> tuple[TrainConfig, BatchPlan | None]:
+    """A run folder's config.json: the config, and the batch it records
+    (:meth:`BatchPlan.record`; None for a run written before it was). DgfError naming
+    the file when it is damaged."""
     path = Path(path)
     damaged = (
         f"{path} is damaged ({{}}); restore it from a copy, or start a new --run-dir"
@@ -470,9 +505,12 @@ def read_config(path: Path) -> TrainConfig:
         raise DgfError(damaged.format(f"not JSON: {exc}")) from None
     if not isinstance(data, dict):
         raise DgfError(damaged.format("not a JSON object"))
+    settings_only = {k: v for k, v in data.items() if k not in BATCH_RECORD_KEYS}
     try:
-        return TrainConfig.from_dict(renamed_keys(data, str(path)))
-    except DgfError as exc:
+        cfg = TrainConfig.from_dict(renamed_keys(settings_only, str(path)))
+        recorded = any(key in data for key in BATCH_RECORD_KEYS)
+        return cfg, BatchPlan.from_record(cfg.batch_size, data) if recorded else None
+    except (DgfError, ValueError) as exc:
         raise DgfError(damaged.format(exc)) from None
 
 

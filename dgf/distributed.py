@@ -350,6 +350,12 @@ def _num_workers(strategy) -> int:
     return sum(len(spec.get(job, [])) for job in ("chief", "worker"))
 
 
+def num_workers(strategy) -> int:
+    """The processes training together: the cluster's workers, 1 outside a
+    multi-worker run."""
+    return _num_workers(strategy) if is_multiworker(strategy) else 1
+
+
 def check_workers_agree(strategy, cfg) -> None:
     """Every worker must run the same settings (paths aside): raise DgfError on all
     of them, naming the first key that differs and each worker's value, if not."""

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from dgf.actions import BatchNormReestimation, Checkpoints, MetricsLog, ModelFiles, Scoring
+from dgf.batching import BatchPlan
 from dgf.config import RunDir, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError
@@ -117,11 +118,12 @@ class _Progress:
 
 @dataclass
 class RunData:
-    """What the loop needs to know about the HDF5 file it trains on."""
+    """What the loop needs to know about the HDF5 file it trains on, and the batch."""
 
     train: SplitInfo
     test: SplitInfo
     steps: int  # steps per epoch
+    batch: BatchPlan  # how the global batch (cfg.batch_size) splits over the replicas
 
 
 class Controller:
@@ -157,11 +159,12 @@ class Controller:
         start_epoch = int(trainer.epoch_var.numpy())
         if start_epoch or self.global_step:
             print(f"resuming {self.run_dir} at epoch {start_epoch + 1}, step "
-                  f"{self.global_step}", flush=True)
+                  f"{self.global_step}: {self.data.batch.describe()}, {self.data.steps} "
+                  f"steps per epoch", flush=True)
             self.log.resume_at(self.global_step, start_epoch)
         else:
-            print(f"training into {self.run_dir} ({self.strategy.num_replicas_in_sync} "
-                  f"replica(s), {self.data.steps} steps per epoch)", flush=True)
+            print(f"training into {self.run_dir}: {self.data.batch.describe()}, "
+                  f"{self.data.steps} steps per epoch", flush=True)
         with _StopFlag() as stop:
             for epoch in range(start_epoch, cfg.epochs):
                 started = time.perf_counter()

@@ -30,12 +30,14 @@ from keras import ops
 
 from dgf import distributed
 from dgf.actions import Checkpoints, checkpoint_to_resume, remove_partial_checkpoints
+from dgf.batching import AUTO_BATCH, BatchPlan, plan_batch
 from dgf.config import (
     RunDir,
     TrainConfig,
     check_architecture,
     has_checkpoint,
     on_off,
+    read_run_config,
     save_config,
 )
 from dgf.data import split_info, steps_per_epoch
@@ -355,7 +357,9 @@ def _initial_generator(cfg: TrainConfig) -> keras.Model | None:
 
 
 # --------------------------------------------------------------------------- setup
-def _check_data(cfg: TrainConfig, strategy) -> RunData:
+def _check_data(cfg: TrainConfig, batch: BatchPlan) -> RunData:
+    """The HDF5 file's splits checked against ``cfg`` (whose ``batch_size`` is
+    ``batch``'s global batch)."""
     h5 = require_file(cfg.h5, "HDF5 file", "build it with `build-hdf5 JPEG_DIR`")
     train_info = split_info(h5, "train")
     test_info = split_info(h5, "test")
@@ -374,17 +378,14 @@ def _check_data(cfg: TrainConfig, strategy) -> RunData:
     except DgfError as exc:
         raise DgfError(f"--crop-border: {exc} (the test images of {h5})") from None
     if cfg.batch_size > train_info.count:
+        auto = (f"; --batch-size auto trains 1 pair on each of {batch.replicas} replicas: use "
+                f"fewer replicas or more pairs" if batch.setting == AUTO_BATCH else "")
         raise DgfError(
             f"batch size {cfg.batch_size} is larger than the training split of {h5} "
-            f"({train_info.count} pairs)"
-        )
-    if cfg.batch_size % strategy.num_replicas_in_sync:
-        raise DgfError(
-            f"batch size {cfg.batch_size} does not split evenly over "
-            f"{strategy.num_replicas_in_sync} replicas"
+            f"({train_info.count} pairs){auto}"
         )
     steps = steps_per_epoch(train_info.count, cfg.batch_size, True, 1)
-    return RunData(train_info, test_info, steps)
+    return RunData(train_info, test_info, steps, batch)
 
 
 def _disk_full(exc: DiskFull, run_dir: Path) -> DiskFull:
@@ -452,8 +453,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
     # are found here.
     run = RunDir(run_dir)
     checkpoint = checkpoint_to_resume(run.checkpoints) if resuming else None
+    recorded = None  # the batch a resumed run recorded: an auto run keeps its global batch
     if resuming and run.config.is_file():
-        saved = run.read_config()
+        saved, recorded = read_run_config(run.config)
         check_architecture(saved, cfg.to_dict(), run_dir)
         distributed.check_resume_settings(cfg, saved, run_dir)
     # The strategy first: a multi-worker strategy must set up TensorFlow's
@@ -466,8 +468,13 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
     keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
     scratch = None
     try:
+        # The global batch over every replica of every worker (auto: 1 per replica);
+        # from here on cfg.batch_size is that integer, config.json keeps the setting.
+        batch = plan_batch(cfg.batch_size, strategy.num_replicas_in_sync,
+                           workers=distributed.num_workers(strategy), recorded=recorded)
+        setting, cfg = cfg, cfg.replace(batch_size=batch.global_batch)
         distributed.check_workers_agree(strategy, cfg)
-        data = _check_data(cfg, strategy)
+        data = _check_data(cfg, batch)
         # Fail before any training if the VGG weights cannot be had.
         with strategy.scope():
             perceptual = perceptual_override if perceptual_override is not None else build_perceptual(cfg)
@@ -488,7 +495,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
         distributed.check_same_start(strategy, int(trainer.step_var.numpy()),
                                      int(trainer.epoch_var.numpy()), run_dir)
         if chief:
-            save_config(cfg, run.config)
+            save_config(setting, run.config, batch)
             for folder in (run.samples, run.snapshots):
                 folder.mkdir(exist_ok=True)
         controller = Controller(cfg, trainer, strategy, data, checkpoints,

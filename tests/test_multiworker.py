@@ -144,9 +144,11 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
     # The launcher streamed both workers' output, each line named.
     out = multi.stdout
     assert "[worker 0] training into" in out and "[worker 1] training into" in out
-    assert "(2 replica(s), 2 steps per epoch)" in out  # 8 pairs / global batch 4
+    # 8 pairs / global batch 4, stated with its split in the first line
+    assert ": global batch 4 = 2 per replica x 2 replicas over 2 workers, 2 steps per " \
+        "epoch" in out
     assert "all 2 workers finished" in out
-    assert "2 replica(s)" in mirrored_out
+    assert ": global batch 4 = 2 per replica x 2 replicas, 2 steps per epoch" in mirrored_out
 
     # Only the chief wrote the run folder; the other worker's scratch is gone.
     run = tmp_path / "mw"

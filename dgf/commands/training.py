@@ -32,15 +32,33 @@ def _optional_int(text: str) -> int | None:
             f"expected an integer or 'full', got {text!r}") from None
 
 
+def _words_or(words: tuple[str, ...], base: type) -> Callable[[str], Any]:
+    """``--batch-size auto`` or ``--batch-size 4``: one of ``words`` or a ``base`` value."""
+    from dgf.config import parse_words_or
+
+    kind = {int: "an integer", float: "a number"}.get(base, base.__name__)
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_words_or(base, words)(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {' or '.join(map(repr, words))} or {kind}, got {text!r}") from None
+
+    return parse
+
+
 def flag_type(key: str) -> Callable[[str], Any]:
     """What turns the text of TrainConfig field ``key``'s flag into its value."""
-    from dgf.config import field_types
+    from dgf.config import field_types, settings
 
     base, optional = field_types()[key]
     if base is bool:
         return _on_off
     if base is int and optional:
         return _optional_int
+    if settings()[key].words:
+        return _words_or(settings()[key].words, base)
     return base
 
 
