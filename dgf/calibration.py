@@ -8,7 +8,8 @@ so that later runs on the same host skip it: one small JSON file per entry in th
 user cache folder, named by a hash of its key.
 
 The key is everything the answer depends on: the host (the CPU model and its
-feature flags, and the TensorFlow version), the model's layout (its layers and
+feature flags, the CPU cores visible, the accelerator (GPU models and count, or
+none) and the TensorFlow version), the model's layout (its layers and
 their settings, not its weights, which do not change the speed), the precision,
 the input shape (batch, height, width), the candidate paths with the versions of
 the engines among them, and, for the trainer's scoring, how many calls share one
@@ -30,11 +31,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from dgf.errors import DgfError
 from dgf.fileio import write_text_atomic
-from dgf.host import cpu_flags, cpu_model
+from dgf.host import cpu_flags, cpu_model, device_description
 
 #: Environment variable that moves the cache folder (tests point it at tmp_path).
 CACHE_ENV = "DGF_CACHE_DIR"
@@ -62,12 +63,15 @@ def cpu_description(cpuinfo: Path | None = None) -> dict[str, Any]:
             "flags": sorted(cpu_flags(cpuinfo))}
 
 
-def host_key(tf_version: str) -> dict[str, Any]:
-    """What identifies this host's speed: the CPU (model, flags) and TensorFlow."""
+def host_key(tf_version: str, gpu_models: Sequence[str]) -> dict[str, Any]:
+    """What identifies this host's speed: the CPU (model, flags, cores visible), the
+    accelerator (``gpu_models``, from :func:`dgf.runtime.gpu_models`: this module has
+    no TensorFlow) and TensorFlow, so a cache shared by a CPU node and a GPU node
+    keeps an answer for each."""
     cpu = cpu_description()
     flags_hash = hashlib.sha256(" ".join(cpu["flags"]).encode()).hexdigest()[:16]
     return {"machine": cpu["machine"], "cpu": cpu["model"], "cpu_flags": flags_hash,
-            "tensorflow": tf_version}
+            **device_description(gpu_models), "tensorflow": tf_version}
 
 
 def layout_key(layer_configs: list[tuple[str, dict]]) -> str:

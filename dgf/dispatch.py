@@ -16,7 +16,9 @@ weights:
 * **Engines.** ``engine="onnxruntime"`` or ``"openvino"`` runs the fp32 folded copy's
   ONNX conversion there (:mod:`dgf.engines`, converted once per weights and cached);
   ``engine="auto"`` adds every installed engine that runs the precision to the
-  measured candidates, and keeps one only where it is measured faster here.
+  measured candidates, and keeps one only where it is measured faster here; on a
+  GPU host it measures TensorFlow's paths only (the other engines run on the CPU
+  there), unless one is named.
 * **Visible.** The first use of each path is named on stderr (``note: inference runs
   on ...``), a calibration prints what it measured, and :func:`tracking` collects the
   paths a block of work ran on (dgf-eval's ``ran_on``).
@@ -32,8 +34,9 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from dgf import calibration, engines
+from dgf import calibration, engines, runtime
 from dgf.errors import DgfError, install_hint
+from dgf.host import device_description
 from dgf.options import (DEFAULT_JIT, DEFAULT_PRECISION, ENGINE_CHOICES, ENGINE_EXTRAS, ENGINES,
                          JIT_CHOICES)
 from dgf.runtime import compiled_generator, inference_model, model_source
@@ -96,14 +99,25 @@ def candidates(precision: str, jit: str = DEFAULT_JIT, engine: str = "tensorflow
     """The paths (names of :data:`dgf.calibration.CHOICES`) ``inference_call`` chooses
     from: TensorFlow's per ``jit`` (both for ``"auto"``) for ``engine`` ``"auto"`` or
     ``"tensorflow"``, and under ``"auto"`` every other engine that is installed and runs
-    ``precision`` here (the ones left out are named once, with what to install), or
-    the one ``engine`` named."""
+    ``precision`` here (the ones left out are named once, with what to install; all
+    of them on a GPU host), or the one ``engine`` named."""
     check_jit(jit)
     check_engine_choice(engine)
     if engine not in ("auto", "tensorflow"):
         return [engine]
     names = {"auto": ["plain", "xla"], "on": ["xla"], "off": ["plain"]}[jit]
-    if engine == "auto":
+    gpus = runtime.gpu_models() if engine == "auto" else []
+    if gpus:
+        # dgf runs ONNX Runtime and OpenVINO on their CPU providers only: on a GPU host
+        # they would move inference to the CPU beside an idle GPU, so auto spends no
+        # conversion and calibration on them.
+        if ("gpu", precision) not in _LEFT_OUT:
+            _LEFT_OUT.add(("gpu", precision))
+            print(f"note: --engine auto measures only TensorFlow on this GPU host "
+                  f"({device_description(gpus)['accelerator']}): "
+                  f"{' and '.join(ENGINES[1:])} would run on the CPU here; name one with "
+                  f"--engine to use it anyway", file=sys.stderr, flush=True)
+    elif engine == "auto":
         for other in ENGINES[1:]:
             reason = engines.missing_reason(other)
             if reason is None:
@@ -273,8 +287,9 @@ class AutoCall:
             extra.update(engines.versions(name))
         if self.refresh_calls is not None:
             extra["refresh_calls"] = int(self.refresh_calls)
-        return calibration.entry_key(calibration.host_key(tf.__version__), self.layout,
-                                     self.precision, shape, tuple(self.names), extra)
+        host = calibration.host_key(tf.__version__, runtime.gpu_models())
+        return calibration.entry_key(host, self.layout, self.precision, shape,
+                                     tuple(self.names), extra)
 
     def __call__(self, x):
         shape = tuple(int(s) for s in np.shape(x))

@@ -16,8 +16,9 @@ rounding stay dgf's own and every engine writes the same kind of output.
 * **The conversion cache.** Converting takes seconds (2.3 s for the bundled model on
   the developers' host), so it is done once per model content and kept in the user
   cache folder (:func:`dgf.calibration.cache_dir`, ``engines/``): ``DIGEST.onnx`` and
-  ``DIGEST.json``, where the digest covers the folded copy's layout and weights and
-  the versions of TensorFlow, tf2onnx and the opset. Precision is no part of it:
+  ``DIGEST.json``, where the digest covers the folded copy's layout and weights, the
+  versions of TensorFlow, tf2onnx and the opset, and the device (the accelerator and
+  the CPU cores visible, :func:`dgf.host.device_description`). Precision is no part of it:
   both engines compile the one fp32 file at the precision asked. The JSON, written
   after the ONNX file and both atomically, records the key, the file's size and its
   SHA-256; an entry whose JSON is missing, unreadable, for another key or does not
@@ -44,9 +45,10 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from dgf import calibration
+from dgf import calibration, runtime
 from dgf.errors import DgfError, install_hint
 from dgf.fileio import write_bytes_atomic, write_text_atomic
+from dgf.host import device_description
 from dgf.options import ENGINE_EXTRAS, ENGINES, PRECISIONS
 
 # Why an optional module could not be imported, by name.
@@ -174,9 +176,11 @@ def content_digest(model, layout: str) -> str:
 
 
 def conversion_key(content: str) -> dict[str, Any]:
-    """The key of a converted model: its content and what converted it."""
+    """The key of a converted model: its content, what converted it, and the device
+    (a cache folder shared by a CPU node and a GPU node keeps an entry for each)."""
     return {"version": VERSION, "content": content, "opset": OPSET,
-            "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__}
+            "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__,
+            **device_description(runtime.gpu_models())}
 
 
 def _entry_paths(key: dict[str, Any]) -> tuple[Path, Path]:

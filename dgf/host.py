@@ -1,11 +1,15 @@
 """What this machine gives a process, probed in one place: the CPU cores it may run
-on, the memory it can still allocate (a container's cgroup limit included), and
-the CPU's feature flags. No TensorFlow; every reader of these facts asks here.
+on, the memory it can still allocate (a container's cgroup limit included), the
+CPU's feature flags, and the accelerator (:func:`device_description`). No
+TensorFlow; every reader of these facts asks here (the GPUs TensorFlow sees are
+listed by :func:`dgf.runtime.gpu_models` and passed in).
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Any, Sequence
 
 _MEMINFO = Path("/proc/meminfo")
 _CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: memory.max and memory.current
@@ -28,6 +32,16 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def device_description(gpu_models: Sequence[str]) -> dict[str, Any]:
+    """What a measured speed depends on besides the CPU's model and flags: the
+    accelerator (each GPU model with its count, ``"2 x NVIDIA H100 80GB HBM3"``, or
+    ``"none"``) and the CPU cores this process may run on. ``gpu_models``: the model
+    name of each GPU TensorFlow sees (:func:`dgf.runtime.gpu_models`)."""
+    counts = sorted(Counter(gpu_models).items())
+    accelerator = " + ".join(f"{n} x {name}" for name, n in counts) or "none"
+    return {"accelerator": accelerator, "cpu_cores": cores()}
 
 
 def _mem_available() -> int | None:

@@ -75,6 +75,14 @@ _ELEMENTWISE = (layers.LeakyReLU, layers.ReLU)
 
 
 # --- precision ---------------------------------------------------------------------
+def gpu_models() -> list[str]:
+    """The model name of each GPU TensorFlow sees (its device details' ``device_name``,
+    else the device's name); empty without one. What :func:`dgf.host.device_description`
+    takes, so that the calibration and conversion caches are keyed by the accelerator."""
+    return [tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name
+            for gpu in tf.config.list_physical_devices("GPU")]
+
+
 def bf16_native() -> bool:
     """Whether this machine has bfloat16 arithmetic: the CPU flags, or a GPU >= 8.0."""
     for gpu in tf.config.list_physical_devices("GPU"):

@@ -196,7 +196,7 @@ def test_the_key_names_the_host_and_the_layout(tmp_path, model):
         [("Conv2D", {**conv, "filters": 16})])
     assert dispatch.model_layout(twin) == dispatch.model_layout(model)
     assert dispatch.model_layout(other) != dispatch.model_layout(model)
-    host = calibration.host_key("2.x")
+    host = calibration.host_key("2.x", [])
     a = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 8, 3)))
     b = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 9, 3)))
     c = calibration.entry_path(calibration.entry_key({**host, "tensorflow": "3"}, "L",

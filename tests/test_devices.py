@@ -1,6 +1,8 @@
 """The same command on 1 or N devices: ``--batch-size auto`` (1 per replica, the
 default), the refusal of a global batch that does not split over the replicas, the
-batch recorded in config.json and kept on resume.
+batch recorded in config.json and kept on resume; and the inference caches keyed by
+the device (accelerator and CPU cores), with ``--engine auto`` measuring TensorFlow
+alone on a GPU host.
 
 The end-to-end run splits the CPU into two logical devices (``--cpu-devices 2``), which
 TensorFlow allows only before it starts, so it runs in a subprocess; the rest is fast.
@@ -22,6 +24,7 @@ from dgf.config import TrainConfig, load_config_file, read_config, read_run_conf
 from dgf.errors import DgfError
 
 REPO = Path(__file__).resolve().parents[1]
+H100 = "NVIDIA H100 80GB HBM3"
 
 
 # --- the batch setting --------------------------------------------------------------
@@ -103,6 +106,43 @@ def test_config_json_records_the_batch_and_a_resume_reads_it_back(tmp_path):
     with pytest.raises(DgfError, match=r"bad.json is damaged \(its batch record "
                                        r".*does not add up with batch_size 'auto'\)"):
         read_config(tmp_path / "bad.json")
+
+
+# --- caches keyed by the device --------------------------------------------------
+def test_a_gpu_changes_the_cache_keys_and_auto_measures_tensorflow_alone(monkeypatch,
+                                                                         capsys):
+    from dgf import calibration, dispatch, engines, host, runtime
+
+    assert host.device_description([]) == {"accelerator": "none", "cpu_cores": host.cores()}
+    assert host.device_description(["B", "A", "B"])["accelerator"] == "1 x A + 2 x B"
+    monkeypatch.setattr(runtime, "gpu_models", lambda: [])
+    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
+    cpu_host = calibration.host_key("2.x", runtime.gpu_models())
+    cpu_conversion = engines.conversion_key("content")
+    cpu_names = dispatch.candidates("fp32", "auto", "auto")
+    installed = [e for e in ("onnxruntime", "openvino") if engines.missing_reason(e) is None]
+    assert cpu_names == ["plain", "xla", *installed]
+
+    monkeypatch.setattr(runtime, "gpu_models", lambda: [H100, H100])
+    gpu_host = calibration.host_key("2.x", runtime.gpu_models())
+    assert gpu_host == {**cpu_host, "accelerator": f"2 x {H100}"}
+    assert engines.conversion_key("content") == {**cpu_conversion,
+                                                 "accelerator": f"2 x {H100}"}
+    key = ("L", "fp32", (1, 8, 8, 3))
+    assert calibration.entry_path(calibration.entry_key(gpu_host, *key)) != \
+        calibration.entry_path(calibration.entry_key(cpu_host, *key))
+    capsys.readouterr()
+    assert dispatch.candidates("fp32", "auto", "auto") == ["plain", "xla"]
+    assert dispatch.candidates("fp32", "on", "auto") == ["xla"]
+    assert "--engine auto measures only TensorFlow on this GPU host (2 x NVIDIA H100 80GB " \
+        "HBM3): onnxruntime and openvino would run on the CPU here" in capsys.readouterr().err
+    assert dispatch.candidates("fp32", "auto", "onnxruntime") == ["onnxruntime"]  # named
+
+    # The CPU cores this process may use are part of both keys too.
+    monkeypatch.setattr(host, "cores", lambda: 96)
+    assert calibration.host_key("2.x", [H100, H100])["cpu_cores"] == 96
+    assert engines.conversion_key("content") == {**cpu_conversion, "cpu_cores": 96,
+                                                 "accelerator": f"2 x {H100}"}
 
 
 # --- end to end on two logical CPU devices --------------------------------------
