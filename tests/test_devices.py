@@ -28,7 +28,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 
 # --- the batch setting --------------------------------------------------------------
-def test_batch_size_auto_is_the_default_and_flags_files_and_python_read_it_alike(tmp_path):
+def test_batch_size_auto_is_the_default_and_flags_files_and_python_read_it_alike(tmp_path,
+                                                                                 capsys):
     from dgf.commands.training import flag_type, train_parser
 
     assert TrainConfig().batch_size == "auto"
@@ -45,12 +46,14 @@ def test_batch_size_auto_is_the_default_and_flags_files_and_python_read_it_alike
                          (0, "batch_size must be > 0, got 0")):
         with pytest.raises(DgfError, match=message.replace("(", r"\(").replace(")", r"\)")):
             TrainConfig.from_dict({"batch_size": bad})
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):
         train_parser().parse_args(["--batch-size", "many"])
+    assert "argument --batch-size: expected 'auto' or an integer, got 'many'" in \
+        capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_split_is_refused_naming_the_replicas_and_nearest_sizes():
-    with pytest.raises(DgfError) as refused:
+    with pytest.raises(DgfError, match="does not split evenly") as refused:
         plan_batch(3, 2)
     assert str(refused.value) == (
         "batch size 3 does not split evenly over 2 replicas; use 2 or 4 (a multiple of 2), "
@@ -75,7 +78,7 @@ def test_a_resumed_auto_run_keeps_its_recorded_global_batch():
     # An integer given now wins; a recorded explicit batch is no auto run's.
     assert plan_batch(4, 1, recorded=recorded).global_batch == 4
     assert plan_batch("auto", 4, recorded=BatchPlan(2, 2, 2)).global_batch == 4
-    with pytest.raises(DgfError) as refused:
+    with pytest.raises(DgfError, match="which a resume keeps") as refused:
         plan_batch("auto", 3, recorded=recorded)
     assert str(refused.value) == (
         "this run's global batch 2 (--batch-size auto on 2 replicas, which a resume keeps) "
