@@ -107,9 +107,17 @@ def test_inference_commands_help_lists_the_options_module():
                         ("--quality", options.DEFAULT_QUALITY)):
         described = deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in described
-    # Tiles follow the model's receptive field; the help names the paper layout's.
+    # Tiles follow the model's receptive field; the help gives the overlap that
+    # dgf.tiling chooses for the paper's layout and for space-to-depth 4.
+    from dgf.models import build_generator
+    from dgf.tiling import seamless_tiling
+
+    paper = seamless_tiling(build_generator(channel_rate=4, residual=False))[1]
+    s2d4 = seamless_tiling(build_generator(channel_rate=4, space_to_depth=4))[1]
+    assert (paper, s2d4) == (options.DEFAULT_OVERLAP, 216)
     for flag, text in (("--tile", f"(default: {options.DEFAULT_TILE}, or 4 overlaps"),
-                       ("--overlap", f"{options.DEFAULT_OVERLAP} for the paper's layout)")):
+                       ("--overlap", f"{paper} for the paper's layout (35 px field), {s2d4} "
+                                     "for space-to-depth 4")):
         described = " ".join(deblur.split(f" {flag} ", 1)[1].split(" --", 1)[0].split())
         assert text in described and "None" not in described, described
     evaluate = _help(_scripts()["dgf-eval"])["help"]
