@@ -83,7 +83,7 @@ def _score_table(text: str, where: str) -> dict[str, list[float]]:
     return rows
 
 
-def test_readme_model_card_and_the_bundled_record_give_the_same_scores():
+def test_readme_results_model_card_and_the_bundled_record_give_the_same_scores():
     from dgf.info import model_info
 
     record = read_metadata(bundled_model())
@@ -94,9 +94,11 @@ def test_readme_model_card_and_the_bundled_record_give_the_same_scores():
     want = {"blurred input": [inner["blurred_psnr"], inner["blurred_ssim"],
                               whole["blurred_psnr"], whole["blurred_ssim"]],
             "bundled model": [inner["psnr"], inner["ssim"], whole["psnr"], whole["ssim"]]}
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    for where, text in (("README.md", readme),
-                        ("MODEL_CARD.md", MODEL_CARD.read_text(encoding="utf-8"))):
+    root = Path(__file__).resolve().parents[1]
+    pages = {name: (root / name).read_text(encoding="utf-8")
+             for name in ("README.md", "docs/results.md")}
+    pages["MODEL_CARD.md"] = MODEL_CARD.read_text(encoding="utf-8")
+    for where, text in pages.items():
         assert f"all {record['data']['test_pairs']} test pairs" in text, where
         got = _score_table(text, where)
         for row, values in want.items():
