@@ -60,23 +60,29 @@ def conv_flops(model, height: int, width: int) -> int:
     """Floating-point operations of ``model``'s convolutions on one height x width image.
 
     Counted analytically per convolution call: ``2 * H' * W' * kh * kw * (C_in /
-    groups) * C_out``, where H' x W' is the size the convolution runs at: the
-    image's, divided (rounding up, as 'same' padding does) by the strides before it,
-    and by the factor of a :class:`~dgf.models.SpaceToDepth` before it, which first
-    extends the image to a multiple of that factor (a
-    :class:`~dgf.models.DepthToSpace` cuts back to the image's size). Bias adds,
-    BatchNorm, activations and concatenation are not counted: they are memory-bound
-    and well under 1% of the arithmetic.
+    groups) * C_out``, where H' x W' is the size of the convolution's output, the
+    positions it computes: the image's, reduced by the strides of the convolutions
+    and pooling layers up to and including it (:func:`_output_side`: rounding up
+    with 'same' padding, whole windows only with 'valid'), and divided by the factor
+    of a :class:`~dgf.models.SpaceToDepth` before it, which first extends the image
+    to a multiple of that factor (a :class:`~dgf.models.DepthToSpace` cuts back to
+    the image's size). Bias adds, BatchNorm, pooling, activations and concatenation
+    are not counted: they are memory-bound and well under 1% of the arithmetic.
     """
     total = 0
 
     def rule(op, seen: list[tuple[int, int]]) -> tuple[int, int]:
         nonlocal total
         rows, cols = seen[0]
+        if isinstance(op, (layers.Conv2D, layers.MaxPooling2D, layers.AveragePooling2D)):
+            window = op.kernel_size if isinstance(op, layers.Conv2D) else op.pool_size
+            dilation = getattr(op, "dilation_rate", (1, 1))
+            rows, cols = (_output_side(side, *about, op.padding) for side, about in zip(
+                (rows, cols), zip(window, op.strides, dilation)))
         if isinstance(op, layers.Conv2D):
             kh, kw, c_in_per_group, c_out = op.kernel.shape
             total += 2 * rows * cols * kh * kw * c_in_per_group * c_out
-            return -(-rows // op.strides[0]), -(-cols // op.strides[1])
+            return rows, cols
         if isinstance(op, dgf.models.SpaceToDepth):
             return -(-rows // op.factor), -(-cols // op.factor)
         if isinstance(op, dgf.models.DepthToSpace):
@@ -85,6 +91,14 @@ def conv_flops(model, height: int, width: int) -> int:
 
     _propagate(model, (int(height), int(width)), rule)
     return int(total)
+
+
+def _output_side(side: int, window: int, stride: int, dilation: int, padding: str) -> int:
+    """The output side of a convolution or pooling over ``side`` input positions:
+    ``ceil(side / stride)`` with 'same' padding, the whole windows with 'valid'."""
+    if padding == "valid":
+        return (side - (window - 1) * dilation - 1) // stride + 1
+    return -(-side // stride)
 
 
 def receptive_field(model) -> int:
