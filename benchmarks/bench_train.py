@@ -11,6 +11,8 @@ The VGG16 perceptual loss is included with random weights (same cost as ImageNet
 
     python benchmarks/bench_train.py            # small (cr 16, 64x64) and full size
     python benchmarks/bench_train.py --small    # small configurations only
+    python benchmarks/bench_train.py --flops --config configs/gopro-gpu.yaml
+                                                # arithmetic only: FLOPs and GPU estimates
 
 The "loop" rows run ``dgf.train.train`` itself on an HDF5 file of random pairs (so
 the loader, logging and progress bar are included) and report the rate it logs.
@@ -64,32 +66,19 @@ if args["mode"] == "dgf":
         logs = trainer.step(data)
         float(logs["g_loss"])
 elif args["mode"] == "flops":
-    # Convolution arithmetic per step, counted on real calls (shapes after every
-    # stride and pooling): G = generator forward, D = discriminator forward, V = VGG16
+    # Convolution arithmetic per step (dgf.costs.step_cost, dgf.tiling.conv_flops on the
+    # networks dgf builds): G = generator forward, D = discriminator forward, V = VGG16
     # to block3_conv3 forward, each on one batch. A backward pass costs about twice
     # its forward when weight gradients are needed (G, D being trained) and once when
     # only input gradients are (VGG; D inside the generator's loss).
-    from keras import layers
-    from dgf.models import build_discriminator, build_generator
-    def conv_flops(model):
-        total = [0]
-        for conv in (l for l in model._flatten_layers() if isinstance(l, layers.Conv2D)):
-            def counted(x, *a, _conv=conv, _call=conv.call, **k):
-                y = _call(x, *a, **k)
-                kh, kw = _conv.kernel_size
-                total[0] += 2 * y.shape[0] * y.shape[1] * y.shape[2] * kh * kw * x.shape[-1] * _conv.filters
-                return y
-            conv.call = counted
-        model(np.zeros((batch, size, size, 3), "float32"))
-        return total[0] / 1e9
-    g = conv_flops(build_generator(channel_rate=cr))
-    d = conv_flops(build_discriminator(channel_rate=cr, patch=patch))
-    v = conv_flops(PerceptualLoss(weights=None).features)
+    from dgf.costs import step_cost
+    cost = step_cost(TrainConfig(channel_rate=cr, patch=patch, crop=size))
+    g, d, v = (batch * n / 1e9 for n in (cost.generator, cost.discriminator, cost.vgg))
     # seed: predict (G) + D trained on 2 batches (6D) + d_on_g (3G + 2D + 3V)
     #       + g.train_on_batch (3G + 3V).  dgf: G once forward and backward (3G),
     #       D trained on 2 batches (6D), D in G's loss (2D), VGG 3V.
     print("RESULT", json.dumps({"G": g, "D": d, "V": v, "seed": 7 * g + 8 * d + 6 * v,
-                                "dgf": 3 * g + 8 * d + 3 * v}))
+                                "dgf": batch * cost.per_image / 1e9}))
     sys.exit(0)
 elif args["mode"] == "loop":
     # The whole training loop (dgf.train.train) on an HDF5 file of the same random
@@ -212,6 +201,54 @@ def precision_study() -> None:
         table(title, rows, rows[0][1])
 
 
+def flops_report(config: Path | None) -> None:
+    """``--flops``: what a training step costs per image and what that means for one
+    H100, its loader and the all-reduce, every GPU figure an estimate."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's import
+    from dgf.config import TrainConfig, load_config_file
+    from dgf.costs import (
+        CPU_FLOPS, GPU_UTILISATION, GPU_UTILISATION_REASON, H100_BF16_PEAK, gpu_flops,
+        gpu_images_per_second, number, seconds_per_step, span, step_cost,
+    )
+
+    cfg = TrainConfig.from_dict(load_config_file(config) if config else {}, str(config or ""))
+    cost = step_cost(cfg)
+    g = lambda flops: f"{flops / 1e9:,.2f} GFLOP"  # noqa: E731
+    print(f"{config or 'dgf-train defaults'}: channel rate {cfg.channel_rate}, space-to-depth "
+          f"{cfg.space_to_depth}, {cost.height}x{cost.width} crops, discriminator patch "
+          f"{cfg.patch}, critic steps {cfg.critic_steps}")
+    print("per-image training FLOPs (dgf.costs.step_cost: dgf.tiling.conv_flops on the "
+          "networks dgf builds, convolutions only, as dgf-info counts):")
+    d_times = 6 * cost.critic_steps + 2
+    print(f"  G  generator forward                {g(cost.generator):>18s}  x 3 (forward + "
+          f"backward) = {g(cost.generator_passes)}")
+    print(f"  D  discriminator forward            {g(cost.discriminator):>18s}  x {d_times} "
+          f"(trained on sharp and generated, and in G's loss) = {g(cost.discriminator_passes)}")
+    print(f"  V  VGG16 to block3_conv3 forward    {g(cost.vgg):>18s}  x 3 (sharp forward, "
+          f"generated forward + backward) = {g(cost.vgg_passes)}")
+    print(f"  step per image: 3G + {d_times}D + 3V = {g(cost.per_image)}")
+    low, high = seconds_per_step(cost, 1, CPU_FLOPS)
+    print(f"CPU, batch 1 (estimate): {'-'.join(number(f / 1e9) for f in CPU_FLOPS)} GFLOP/s "
+          f"(what the 2-core hosts sustained at inference) -> {span(low, high)} per step")
+    sustained = gpu_flops()
+    images = gpu_images_per_second(cost)
+    print(f"one H100 SXM (estimate): {H100_BF16_PEAK / 1e12:.0f} TFLOP/s dense bf16 peak x "
+          f"{GPU_UTILISATION[0] * 100:.0f}-{GPU_UTILISATION[1]:.0%} = "
+          f"{sustained[0] / 1e12:.0f}-{sustained[1] / 1e12:.0f} TFLOP/s sustained -> "
+          f"{images[0]:.0f}-{images[1]:.0f} images/s, "
+          f"{span(1 / images[1], 1 / images[0])} per image")
+    print(f"  utilisation {GPU_UTILISATION_REASON}")
+    pair = 2 * cost.height * cost.width * 3
+    print(f"loader (estimate): {images[0]:.0f}-{images[1]:.0f} pairs/s per GPU (one pair per "
+          f"image); {pair / 1e3:,.0f} KB per uint8 pair at the crop: "
+          f"{images[0] * pair / 1e6:.0f}-{images[1] * pair / 1e6:.0f} MB/s per GPU")
+    size = cost.gradient_bytes
+    print(f"all-reduce: {cost.gradient_values:,} trainable parameters (generator and "
+          f"discriminator) x 4 bytes (float32 gradients) = S = {size / 1e6:.2f} MB per step; "
+          f"a ring over N workers moves 2(N-1)/N x S through each link: "
+          f"{size / 1e6:.2f} MB at N = 2, {1.75 * size / 1e6:.2f} MB at N = 8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,7 +257,17 @@ def main() -> None:
                         help="only the precision study: fp32 and bf16, with and without XLA, "
                         "for cr 16 at 64x64 and the bundled model's recipe "
                         "(configs/cpu-pairs-small-s2d4.yaml: space-to-depth 4, cr 32, 128x128)")
+    parser.add_argument("--flops", action="store_true",
+                        help="only the arithmetic: the per-image training FLOPs of --config's "
+                        "networks at its crop (dgf.costs, counted as dgf-info counts), the "
+                        "one-H100 estimate they give, the loader's and the all-reduce's needs")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="with --flops: a dgf-train config file (default: dgf-train's "
+                        "defaults, the DGF paper's model at 256x256)")
     args = parser.parse_args()
+    if args.flops:
+        flops_report(args.config)
+        return
     print(f"CPU cores: {os.cpu_count()}")
     if args.precisions:
         precision_study()
