@@ -213,8 +213,9 @@ class PerceptualLoss:
                 vgg.load_weights(weights_path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise DgfError(
-                    f"could not load VGG16 weights from {weights_path}: {exc}. Expected "
-                    f"the Keras VGG16 notop weights file {VGG16_NOTOP_FILE}"
+                    f"could not load VGG16 weights from {weights_path}: "
+                    f"{str(exc).rstrip('.')}. It must hold the weights of Keras' VGG16 "
+                    f"without its top (13 convolutions), as {VGG16_NOTOP_FILE} does"
                 ) from exc
 
         try:

@@ -244,6 +244,16 @@ CASES: dict[str, Case] = {
     "train/h5-missing": Case(
         "dgf-train", lambda a, t: ["--h5", str(t / "no.h5"), "--run-dir", str(t / "r")],
         "does not exist", "{tmp}/no.h5"),
+    "train/vgg-weights-missing": Case(
+        "dgf-train", lambda a, t: _train(a, "--perceptual-weight", "1", "--vgg-weights",
+                                         str(t / "vgg16.h5"), "--run-dir", str(t / "r")),
+        "does not exist; pass the path of vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "{tmp}/vgg16.h5"),
+    "train/vgg-weights-not-vgg": Case(  # an HDF5 file of pairs
+        "dgf-train", lambda a, t: _train(a, "--perceptual-weight", "1", "--vgg-weights",
+                                         str(shutil.copy(a.h5, t / "vgg16.h5")),
+                                         "--run-dir", str(t / "r")),
+        "must hold the weights of Keras' VGG16 without its top", "{tmp}/vgg16.h5"),
     # dgf-train: outputs and damaged run folders -----------------------------------------
     "train/run-dir-is-a-file": Case(
         "dgf-train", lambda a, t: _train(a, "--run-dir", str(_file(t / "run"))),
