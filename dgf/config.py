@@ -147,8 +147,12 @@ class TrainConfig:
         "weights; 0.999 is usual)")
 
     precision: str = _setting(
-        "fp32", HARDWARE, "fp32 | bf16 | fp16 (mixed precision; fp16 uses loss scaling)",
-        choices=(*PRECISIONS, "fp16"))  # fp16 trains only: its loss scaling is the optimiser's
+        "fp32", HARDWARE, "fp32 | bf16 | fp16 (mixed precision; fp16 uses loss scaling) | "
+        "auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, fp32 elsewhere",
+        choices=(*PRECISIONS, "fp16", "auto"))  # fp16, auto: dgf-train's only
+    accelerator: str = _setting(
+        "any", HARDWARE, "any | gpu: meant for a GPU; where TensorFlow sees none, the run "
+        "continues on the CPU with a warning of the step time to expect", choices=("any", "gpu"))
     jit: bool = _setting(False, HARDWARE, "compile the step with XLA (on/off)")
     strategy: str = _setting(
         "auto", HARDWARE, "auto | one | mirrored | multiworker (reads TF_CONFIG)",
@@ -410,9 +414,7 @@ def _check(cfg: TrainConfig) -> None:
             raise DgfError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
     for name in ("epochs", "batch_size", "channel_rate", "patch", "critic_steps",
-                 "save_every", "keep", "log_every", "strip_pairs", "eval_every"):
-        positive(name)
-    for name in ("g_lr", "d_lr"):
+                 "save_every", "keep", "log_every", "strip_pairs", "eval_every", "g_lr", "d_lr"):
         positive(name)
     for name in (*(n for n in settings() if n.endswith("_weight")), "collective_timeout"):
         positive(name, allow_zero=True)  # every loss weight: 0 turns its term off

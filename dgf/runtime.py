@@ -51,7 +51,7 @@ import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -90,6 +90,29 @@ def bf16_native() -> bool:
         if capability and tuple(capability) >= (8, 0):
             return True
     return bool(cpu_flags() & set(_BF16_CPU_FLAGS))
+
+
+def gpu_capabilities() -> list[tuple[int, int]]:
+    """The CUDA compute capability of each GPU TensorFlow sees ((9, 0) for an H100;
+    (0, 0) where TensorFlow names none); empty without a GPU."""
+    return [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability")
+                  or (0, 0)) for gpu in tf.config.list_physical_devices("GPU")]
+
+
+def training_precision(setting: str, capabilities: Sequence[tuple[int, int]]) -> str:
+    """What dgf-train's ``--precision setting`` trains at on GPUs of ``capabilities``
+    (:func:`gpu_capabilities`; empty: the CPU): ``setting`` itself unless it is
+    ``"auto"``, which is bf16 when every GPU has bfloat16 tensor cores (compute
+    capability 8.0 and up: A100, H100), fp16 with loss scaling when every GPU has
+    float16 ones (7.x: V100, T4), and fp32 otherwise (a CPU, where bf16 training ran
+    at a third of fp32's speed on the AVX2 host, or an older GPU)."""
+    if setting != "auto":
+        return setting
+    if capabilities and min(capabilities) >= (8, 0):
+        return "bf16"
+    if capabilities and min(capabilities) >= (7, 0):
+        return "fp16"
+    return "fp32"
 
 
 _BF16_PROBE: list[str | None] = []

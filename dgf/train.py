@@ -40,10 +40,12 @@ from dgf.config import (
     read_run_config,
     save_config,
 )
+from dgf.costs import cpu_warning, step_cost
 from dgf.data import split_info, steps_per_epoch
 from dgf.distributed import is_chief, select_strategy
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output, is_disk_full, prepare_output, require_file
+from dgf.host import device_description
 from dgf.images import scale_to_unit
 from dgf.loop import Controller, RunData, TrainResult
 from dgf.losses import (
@@ -61,7 +63,7 @@ from dgf.models import (
     generator_layout,
 )
 from dgf.runlock import RunLock
-from dgf.runtime import load_generator
+from dgf.runtime import gpu_capabilities, gpu_models, load_generator, training_precision
 from dgf.weights import bundled_model
 
 
@@ -403,6 +405,23 @@ def _disk_full(exc: DiskFull, run_dir: Path) -> DiskFull:
                        f"space and resume with: dgf-train --run-dir {run_dir}")
 
 
+def _say_hardware(setting: TrainConfig, cfg: TrainConfig, data: RunData, gpus: list[str],
+                  config_file: str | None) -> None:
+    """What ``--precision auto`` came to, and for a run meant for a GPU
+    (``accelerator: gpu``) where TensorFlow sees none, the one warning line with the
+    step time to expect on this CPU (:mod:`dgf.costs`); the run goes on."""
+    if setting.precision == "auto":
+        where = device_description(gpus)["accelerator"] if gpus else "the CPU (no GPU)"
+        print(f"note: --precision auto: {cfg.precision} on {where}", file=sys.stderr, flush=True)
+    if cfg.accelerator != "gpu" or gpus:
+        return
+    height, width = ((cfg.crop, cfg.crop) if cfg.crop else
+                     (data.train.height, data.train.width))
+    cost = step_cost(cfg, height, width)
+    print(cpu_warning(config_file or "this run", cost, cfg.batch_size // data.batch.workers,
+                      crops=cfg.crop is not None), file=sys.stderr, flush=True)
+
+
 def build_perceptual(cfg: TrainConfig):
     """The VGG16 perceptual loss, or None when its weight is 0 (no VGG is built)."""
     if cfg.perceptual_weight <= 0:
@@ -411,13 +430,15 @@ def build_perceptual(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True,
-          perceptual_override=None, max_steps: int | None = None) -> TrainResult:
+          perceptual_override=None, max_steps: int | None = None,
+          config_file: str | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; return where it ended.
 
     ``resume=None`` resumes when ``cfg.run_dir`` already holds a checkpoint.
     ``perceptual_override`` replaces the VGG loss object (tests pass one built with
     random weights). ``max_steps`` stops after that many steps in this call, as an
-    interruption would (for tests and benchmarks).
+    interruption would (for tests and benchmarks). ``config_file``: the file that
+    set ``accelerator: gpu``, named in the warning when no GPU is visible.
     """
     if cfg.run_dir is None:
         raise DgfError("train(): cfg.run_dir is not set; use resolve_config()")
@@ -425,7 +446,8 @@ def train(cfg: TrainConfig, *, resume: bool | None = None, progress: bool = True
     with ExitStack() as owner:
         if cfg.strategy != "multiworker":  # the chief locks once the cluster has formed
             owner.enter_context(_owning(run_dir))
-        return _train(cfg, run_dir, resume, progress, perceptual_override, max_steps, owner)
+        return _train(cfg, run_dir, resume, progress, perceptual_override, max_steps, owner,
+                      config_file)
 
 
 @contextmanager
@@ -445,7 +467,8 @@ def _owning(run_dir: Path) -> Iterator[None]:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
-           perceptual_override, max_steps: int | None, owner: ExitStack) -> TrainResult:
+           perceptual_override, max_steps: int | None, owner: ExitStack,
+           config_file: str | None) -> TrainResult:
     resuming = has_checkpoint(run_dir) if resume is None else resume
     if resuming and not has_checkpoint(run_dir):
         raise DgfError(f"{run_dir} has no checkpoint to resume from")
@@ -464,17 +487,22 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
     if distributed.is_multiworker(strategy) and is_chief(strategy):
         owner.enter_context(_owning(run_dir))
 
+    gpus = gpu_models()
+    precision = training_precision(cfg.precision, gpu_capabilities())
     previous_policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy(_policy_name(cfg.precision))
+    keras.mixed_precision.set_dtype_policy(_policy_name(precision))
     scratch = None
     try:
-        # The global batch over every replica of every worker (auto: 1 per replica);
-        # from here on cfg.batch_size is that integer, config.json keeps the setting.
+        # The global batch over every replica of every worker (auto: 1 per replica)
+        # and the precision (auto: by the GPUs); from here on cfg holds what the run
+        # trains with, config.json keeps the settings.
         batch = plan_batch(cfg.batch_size, strategy.num_replicas_in_sync,
                            workers=distributed.num_workers(strategy), recorded=recorded)
-        setting, cfg = cfg, cfg.replace(batch_size=batch.global_batch)
+        setting, cfg = cfg, cfg.replace(batch_size=batch.global_batch, precision=precision)
         distributed.check_workers_agree(strategy, cfg)
         data = _check_data(cfg, batch)
+        if is_chief(strategy):
+            _say_hardware(setting, cfg, data, gpus, config_file)
         # Fail before any training if the VGG weights cannot be had.
         with strategy.scope():
             perceptual = perceptual_override if perceptual_override is not None else build_perceptual(cfg)

@@ -135,8 +135,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         if cpu_devices is not None:
             distributed.split_cpu(cpu_devices)  # before anything starts TensorFlow
         cfg, resuming = resolve_config(args, config_file, resume=resume)
+        # The file named if the run is meant for a GPU and finds none (its accelerator).
+        source = None if config_file is None or "accelerator" in args else str(config_file)
         try:
-            result = train(cfg, resume=resuming, progress=progress)
+            result = train(cfg, resume=resuming, progress=progress, config_file=source)
         except TrainingInterrupted as exc:
             print(str(exc), file=sys.stderr)
             return 130
