@@ -135,8 +135,9 @@ def test_working_modules_use_the_options_module():
     assert runtime.PRECISIONS is options.PRECISIONS
     from dgf.config import settings
 
-    # One PRECISIONS: the trainer's choices are the inference ones and fp16.
-    assert settings()["precision"].choices == (*options.PRECISIONS, "fp16")
+    # One PRECISIONS: the trainer's choices are the inference ones, fp16 and its own auto
+    # (dgf.runtime.training_precision: by the GPUs' compute capability).
+    assert settings()["precision"].choices == (*options.PRECISIONS, "fp16", "auto")
     assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
     tiles = inspect.signature(tiling.deblur_image).parameters
     files = inspect.signature(infer.deblur_paths).parameters
@@ -228,7 +229,7 @@ def test_train_no_progress_reaches_the_training_loop(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_train(cfg, *, resume=None, progress=True):
+    def fake_train(cfg, *, resume=None, progress=True, config_file=None):
         seen.append((cfg.run_dir, progress))
         return SimpleNamespace(run_dir=cfg.run_dir)
 
