@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--per-image", type=int, default=8,
+                        help="synthetic pairs made from each sample photo (random crops, each "
+                             "with its own camera shake); fewer make shorter epochs")
     args = parser.parse_args(argv)
     out: Path = args.out
     started = time.perf_counter()
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs, h5, run = out / "pairs", out / "data.h5", out / "run"
 
     step("1/7 synthetic pairs from the bundled sample photos", "dgf-make-pairs", cli.make_pairs_main,
-         [str(pairs), "--sample-photos", "--per-image", "8", "--size", "128",
+         [str(pairs), "--sample-photos", "--per-image", str(args.per_image), "--size", "128",
           "--kernel-size", "15", "--test-fraction", "0.2", "--seed", "0"])
     step("2/7 pack the pairs into HDF5", "build-hdf5", cli.build_hdf5_main,
          [str(pairs), "-o", str(h5), "--size", "128"])
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                   "--val-samples", "full", "--strip-pairs", "4",
                   # Scored (and generator_best.keras chosen) every second epoch: step
                   # 4/7 scores every epoch's snapshot anyway, and scoring all 16 test
-                  # pairs costs a fifth of one of these short epochs.
+                  # pairs (at --per-image 8) costs a fifth of one of these short epochs.
                   "--eval-every", "2"]
     if vgg_available():
         print("\nVGG16 ImageNet weights found in the Keras cache: training with the "
