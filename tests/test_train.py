@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +24,13 @@ from dgf.config import TrainConfig
 from dgf.errors import DgfError
 
 REPO = Path(__file__).resolve().parents[1]
+# The per-epoch scoring runs TensorFlow's plain graph: what these tests check does not
+# depend on the path, and the default (auto) measures XLA, ONNX Runtime and OpenVINO
+# on each new layout, seconds of conversions per run (tests/test_engines.py and
+# tests/test_jit_cli.py test the trainer's auto choice).
+FIXED_PATH = dict(eval_engine="tensorflow", eval_jit="off")
 TINY = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
-            val_samples=2, strip_pairs=2, log_every=1, save_every=1000)
+            val_samples=2, strip_pairs=2, log_every=1, save_every=1000, **FIXED_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +41,27 @@ def h5_file(tmp_path_factory) -> Path:
 def _cfg(h5: Path, run_dir: Path, **kw) -> TrainConfig:
     values = {**TINY, "h5": str(h5), "run_dir": str(run_dir), **kw}
     return TrainConfig(**values)
+
+
+# The run several tests resume, refuse or read: one epoch of 2 steps, stopped after
+# step 1 with its checkpoint (ckpt-1). Trained once; each test takes its own copy.
+ONE_STEP = dict(epochs=1, save_every=1)
+
+
+@pytest.fixture(scope="module")
+def one_step_run(h5_file, tmp_path_factory) -> Path:
+    from dgf.train import train
+
+    run = tmp_path_factory.mktemp("one-step") / "run"
+    result = train(_cfg(h5_file, run, **ONE_STEP), progress=False, max_steps=1)
+    assert result.step == 1
+    return run
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    """A copy of the run folder ``run`` at ``to`` (which must not exist)."""
+    shutil.copytree(run, to)
+    return to
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -113,18 +140,18 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_from_other_architecture_is_refused(h5_file, tmp_path):
+def test_checkpoint_from_other_architecture_is_refused(h5_file, one_step_run, tmp_path):
     from dgf.train import train
 
-    train(_cfg(h5_file, tmp_path / "run", epochs=1), progress=False, max_steps=1)
+    run = _copy_run(one_step_run, tmp_path / "run")
     # Same folder, different width, config.json edited to hide the change: the
     # restore itself must refuse, not load part of the weights.
-    cfg_path = tmp_path / "run" / "config.json"
+    cfg_path = run / "config.json"
     saved = json.loads(cfg_path.read_text())
     saved["channel_rate"] = 16
     cfg_path.write_text(json.dumps(saved))
     with pytest.raises(DgfError, match="does not match this model"):
-        train(_cfg(h5_file, tmp_path / "run", epochs=1, channel_rate=16), progress=False)
+        train(_cfg(h5_file, run, **ONE_STEP, channel_rate=16), progress=False)
 
 
 def test_resolve_config_precedence(tmp_path):
@@ -297,8 +324,10 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
     assert [(r["epoch"], r["crop_border"]) for r in epochs] == [(1, 4), (2, 4)]
     # The recorded score is the cropped one, not the whole image's.
     last = load_generator(run / "snapshots" / "generator_epoch_0002.keras")
-    cropped, _ = evaluate_split(last, h5_file, limit=2, progress=False, crop_border=4)
-    whole, _ = evaluate_split(last, h5_file, limit=2, progress=False)
+    # The trainer's path (plain TensorFlow, FIXED_PATH), so the scores match to the bit.
+    cropped, _ = evaluate_split(last, h5_file, limit=2, progress=False, crop_border=4,
+                                jit="off")
+    whole, _ = evaluate_split(last, h5_file, limit=2, progress=False, jit="off")
     assert epochs[-1]["psnr"] == pytest.approx(cropped["psnr"], abs=1e-6)
     assert epochs[-1]["blurred_psnr"] == pytest.approx(cropped["blurred_psnr"], abs=1e-9)
     assert epochs[-1]["blurred_psnr"] != pytest.approx(whole["blurred_psnr"], abs=1e-6)
@@ -307,12 +336,11 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
 
 
 @pytest.mark.slow
-def test_resolve_config_resume_rules(h5_file, tmp_path):
+def test_resolve_config_resume_rules(one_step_run, tmp_path):
     from dgf.config import resolve_config
-    from dgf.train import train
 
-    run = tmp_path / "runs" / "a"
-    train(_cfg(h5_file, run, epochs=1), progress=False, max_steps=1)
+    (tmp_path / "runs").mkdir()
+    run = _copy_run(one_step_run, tmp_path / "runs" / "a")
     cfg, resuming = resolve_config({"run_dir": str(run), "epochs": 5})
     assert resuming and cfg.epochs == 5 and cfg.channel_rate == 8  # saved config is the base
     cfg, resuming = resolve_config({}, resume=True, runs_root=tmp_path / "runs")
@@ -322,15 +350,15 @@ def test_resolve_config_resume_rules(h5_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, tmp_path, monkeypatch):
+def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, one_step_run, tmp_path,
+                                                            monkeypatch):
     import tensorflow as tf
 
     import dgf.losses
     from dgf.loop import NonFiniteLoss
     from dgf.train import train
 
-    run = tmp_path / "run"
-    train(_cfg(h5_file, run, epochs=1, save_every=1), progress=False, max_steps=1)
+    run = _copy_run(one_step_run, tmp_path / "run")
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
 
     real_l1 = dgf.losses.l1_loss
@@ -340,7 +368,7 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, tmp_path, m
 
     monkeypatch.setattr(dgf.losses, "l1_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"g_l1 became nan at step 2"):
-        train(_cfg(h5_file, run, epochs=1, save_every=1), progress=False)
+        train(_cfg(h5_file, run, **ONE_STEP), progress=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
     assert latest.endswith("ckpt-1")
@@ -404,7 +432,8 @@ def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
             "sys.exit(train_main(sys.argv[1:]))",
             "--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--patch", "16",
             "--crop", "32", "--batch-size", "1", "--perceptual-weight", "0",
-            "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1", *extra]
+            "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
+            "--eval-engine", "tensorflow", "--eval-jit", "off", *extra]
 
 
 @pytest.mark.slow
