@@ -26,9 +26,14 @@ from conftest import make_h5, save_side_by_side, textured_photo
 from dgf import cli
 
 REPO = Path(__file__).resolve().parents[1]
+# Every model call runs TensorFlow's plain graph (deblur --engine/--jit, the trainer's
+# per-epoch scoring --eval-engine/--eval-jit): the faults here do not depend on the
+# path, and the default (auto) calibrates XLA, ONNX Runtime and OpenVINO on each new
+# layout and shape, seconds per run (tests/test_engines.py, test_jit_cli.py test it).
+FIXED_PATH = ["--engine", "tensorflow", "--jit", "off"]
 TINY = ["--channel-rate", "8", "--patch", "16", "--crop", "32", "--perceptual-weight", "0",
         "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
-        "--bn-recalibrate", "0"]
+        "--bn-recalibrate", "0", "--eval-engine", "tensorflow", "--eval-jit", "off"]
 # dgf's temporary names (dgf.fileio.temp_path, write_folder_atomic) and TensorFlow's
 # checkpoint temporaries.
 TEMP_NAMES = re.compile(r"(^\..+\.(tmp|old)\d+)|(_temp$)|(\.tmp[0-9a-f]+$)")
@@ -96,10 +101,11 @@ def _whole_images(folder: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- full disk
 @pytest.mark.slow
-def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_exactly(tmp_path):
+def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_exactly(tmp_path, capsys):
     """The disk fills at a checkpoint: one error line with the kept checkpoint and
     its step and the resume command, exit 2, no ckpt-N_temp or temp files; after
-    space is freed the run resumes to the step count of an uninterrupted run."""
+    space is freed the run resumes to the step count of an uninterrupted run (in this
+    process: what is checked there is the run folder, not a process's exit)."""
     h5 = make_h5(tmp_path / "data.h5", n_train=8, n_test=2, size=48)
     epochs, steps_per_epoch = 4, 2  # 8 pairs, batch 4
     args = ["--h5", str(h5), "--epochs", str(epochs), "--batch-size", "4",
@@ -118,11 +124,13 @@ def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_exactly(tmp_
         assert _temps(disk) == []
 
         _grow(disk, "64m")
-        again = _dgf("train_main", "--run-dir", str(run), *args)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert f"resuming {run} at epoch" in again.stdout
-        assert f"step {kept.group(2)}" in again.stdout
-        assert f"done: {epochs * steps_per_epoch} steps" in again.stdout
+        capsys.readouterr()
+        status = cli.train_main(["--run-dir", str(run), *args, "--no-progress"])
+        again = capsys.readouterr()
+        assert status == 0, again.err[-3000:]
+        assert f"resuming {run} at epoch" in again.out
+        assert f"step {kept.group(2)}" in again.out
+        assert f"done: {epochs * steps_per_epoch} steps" in again.out
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in records if r["kind"] == "step"]
         assert steps == list(range(1, epochs * steps_per_epoch + 1))
@@ -148,7 +156,7 @@ def test_deblur_stops_at_the_first_full_disk_error(model_file, tmp_path, capsys)
     with small_disk(tmp_path / "disk", "200k") as disk:
         out = disk / "out"
         status = cli.deblur_main([str(tmp_path / "in"), "-o", str(out), "--model",
-                                  str(model_file), "--quiet", "--scale", "1"])
+                                  str(model_file), "--quiet", "--scale", "1", *FIXED_PATH])
         err = capsys.readouterr().err
         assert status == 2, err
         line = _one_error(err, f"error: no space left on device writing {out}/p")
@@ -304,9 +312,10 @@ def test_a_run_refused_before_training_leaves_no_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_reads_a_run_while_it_trains_and_a_second_trainer_is_refused(tmp_path):
+def test_eval_reads_a_run_while_it_trains_and_a_second_trainer_is_refused(tmp_path, capsys):
     """dgf-eval --run on a folder being trained scores its snapshots and writes only
-    RUN/eval; a second dgf-train names the real trainer and stops."""
+    RUN/eval; a second dgf-train names the real trainer and stops. The trainer is a
+    process of its own; the second trainer and dgf-eval run in this one."""
     h5 = make_h5(tmp_path / "data.h5", n_train=8, n_test=2, size=48)
     run = tmp_path / "run"
     args = ["--h5", str(h5), "--run-dir", str(run), "--batch-size", "4", *TINY]
@@ -319,14 +328,17 @@ def test_eval_reads_a_run_while_it_trains_and_a_second_trainer_is_refused(tmp_pa
         while not snapshot.is_file():
             assert trainer.poll() is None and time.monotonic() < deadline, "no snapshot"
             time.sleep(0.5)
-        second = _dgf("train_main", *args, "--epochs", "200")
-        assert second.returncode == 2, second.stderr[-3000:]
-        _one_error(second.stderr, f"error: {run} is in use by process {trainer.pid} on "
-                                  f"{os.uname().nodename}; wait for it or stop it")
+        capsys.readouterr()
+        status = cli.train_main([*args, "--epochs", "200"])
+        err = capsys.readouterr().err
+        assert status == 2, err[-3000:]
+        _one_error(err, f"error: {run} is in use by process {trainer.pid} on "
+                        f"{os.uname().nodename}; wait for it or stop it")
 
-        scored = _dgf("eval_main", "--run", str(run), "--no-progress")
-        assert scored.returncode == 0, scored.stderr[-3000:]
-        assert "Traceback" not in scored.stderr
+        status = cli.eval_main(["--run", str(run), "--no-progress", *FIXED_PATH])
+        err = capsys.readouterr().err
+        assert status == 0, err[-3000:]
+        assert "Traceback" not in err
         rows = (run / "eval" / "metrics.csv").read_text().splitlines()
         assert rows[1].split(",")[0] == "1", rows  # epoch 1's snapshot, scored
         # Everything outside eval/ is what the trainer itself writes.
@@ -363,6 +375,7 @@ _IMPORT_TF = ("import sys; from dgf import quiet; quiet.install('--verbose' in s
               "import tensorflow as tf; tf.constant(1.0) + 1")
 
 
+@pytest.mark.slow
 def test_a_command_shows_none_of_tensorflows_start_up_lines(model_file):
     done = _dgf("info_main", str(model_file), env=_plain_env())
     assert done.returncode == 0, done.stderr[-3000:]
@@ -371,19 +384,37 @@ def test_a_command_shows_none_of_tensorflows_start_up_lines(model_file):
     assert done.stderr.strip() == ""
 
 
-@pytest.mark.parametrize("how", ["flag", "env", "user level 0"])
-def test_verbose_or_a_users_own_level_shows_them(how):
-    argv, extra = [], {}
-    if how == "flag":
-        argv = ["--verbose"]
-    elif how == "env":
-        extra = {"DGF_VERBOSE": "1"}
-    else:
-        extra = {"TF_CPP_MIN_LOG_LEVEL": "0"}
-    shown = subprocess.run([sys.executable, "-c", _IMPORT_TF, *argv], env=_plain_env(**extra),
-                           capture_output=True, text=True, timeout=300)
-    hidden = subprocess.run([sys.executable, "-c", _IMPORT_TF], env=_plain_env(),
-                            capture_output=True, text=True, timeout=300)
+# Each way to show TensorFlow's start-up lines: (arguments, environment).
+_SHOW = {"flag": (["--verbose"], {}), "env": ([], {"DGF_VERBOSE": "1"}),
+         "user level 0": ([], {"TF_CPP_MIN_LOG_LEVEL": "0"})}
+
+
+@pytest.fixture(scope="module")
+def start_ups() -> dict[str, subprocess.CompletedProcess]:
+    """TensorFlow started in a fresh process for each way of :data:`_SHOW`, and once
+    with none of them ("hidden"): four processes side by side."""
+    cases = {**_SHOW, "hidden": ([], {})}
+    procs = {how: subprocess.Popen([sys.executable, "-c", _IMPORT_TF, *argv],
+                                   env=_plain_env(**extra), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+             for how, (argv, extra) in cases.items()}
+    try:
+        done = {}
+        for how, proc in procs.items():
+            out, err = proc.communicate(timeout=300)
+            done[how] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", list(_SHOW))
+def test_verbose_or_a_users_own_level_shows_them(how, start_ups):
+    shown, hidden = start_ups[how], start_ups["hidden"]
     assert shown.returncode == 0 and hidden.returncode == 0, shown.stderr + hidden.stderr
     assert NOISE.findall(shown.stderr), shown.stderr  # TensorFlow does print them here
     assert NOISE.findall(hidden.stderr) == [], hidden.stderr
