@@ -427,19 +427,26 @@ def _python_env() -> dict:
     return env
 
 
-def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from dgf.cli import train_main; "
-            "sys.exit(train_main(sys.argv[1:]))",
-            "--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--patch", "16",
+def _train_args(h5: Path, run: Path, *extra: str) -> list[str]:
+    """dgf-train's arguments for a tiny run of ``h5`` into ``run``."""
+    return ["--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--patch", "16",
             "--crop", "32", "--batch-size", "1", "--perceptual-weight", "0",
             "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
             "--eval-engine", "tensorflow", "--eval-jit", "off", *extra]
 
 
+def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
+    """:func:`_train_args` as a dgf-train process."""
+    return [sys.executable, "-c", "import sys; from dgf.cli import train_main; "
+            "sys.exit(train_main(sys.argv[1:]))", *_train_args(h5, run, *extra)]
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
-    """Kill a run with SIGKILL mid-training, resume it, and end where an
-    uninterrupted run ends: 3 epochs x 4 steps = step 12."""
+def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path, capsys):
+    """Kill a run with SIGKILL mid-training, resume it (in this process), and end
+    where an uninterrupted run ends: 3 epochs x 4 steps = step 12."""
+    from dgf.cli import train_main
+
     run = tmp_path / "run"
     args = _train_cli(h5_file, run, "--epochs", "3", "--save-every", "1")
     proc = subprocess.Popen(args, env=_python_env(), stdout=subprocess.PIPE,
@@ -456,10 +463,11 @@ def test_resume_after_sigkill_ends_at_same_step(h5_file, tmp_path):
     text = ckpt.read_text()
     killed_at = int(text.split('model_checkpoint_path: "ckpt-')[1].split('"')[0])
     assert 5 <= killed_at < 12
-    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "3", "--save-every", "1"),
-                          env=_python_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert f"resuming {run}" in done.stdout
+    capsys.readouterr()
+    status = train_main(_train_args(h5_file, run, "--epochs", "3", "--save-every", "1"))
+    done = capsys.readouterr()
+    assert status == 0, done.out[-2000:] + done.err[-2000:]
+    assert f"resuming {run}" in done.out
     records = _jsonl(run / "metrics.jsonl")
     assert max(r["step"] for r in records) == 12
     # Steps redone after the kill are logged once: the log reads as one run.
@@ -496,12 +504,17 @@ def test_ctrl_c_saves_and_exits_cleanly(h5_file, tmp_path, signum):
 
 
 @pytest.mark.slow
-def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
-    run = tmp_path / "run"
-    done = subprocess.run(_train_cli(h5_file, run, "--epochs", "3", "--eval-every", "2"),
-                          env=_python_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_cli_smoke_writes_run_folder(h5_file, tmp_path, capsys):
+    """dgf-train's command line, run in this process (the interrupt, SIGKILL and error
+    tests run it as a process of its own)."""
     from PIL import Image
+
+    from dgf.cli import train_main
+
+    run = tmp_path / "run"
+    status = train_main(_train_args(h5_file, run, "--epochs", "3", "--eval-every", "2"))
+    done = capsys.readouterr()
+    assert status == 0, done.err[-3000:]
 
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["channel_rate"] == 8 and cfg["epochs"] == 3 and cfg["h5"] == str(h5_file)
@@ -521,7 +534,7 @@ def test_cli_smoke_writes_run_folder(h5_file, tmp_path):
     assert [("psnr" in r, "score" in r["end_parts"]) for r in epochs] == [
         (False, False), (True, True), (True, True)]
     assert all("model_files" in r["end_parts"] for r in epochs)
-    assert "epoch 1: test PSNR" not in done.stdout and "epoch 2: test PSNR" in done.stdout
+    assert "epoch 1: test PSNR" not in done.out and "epoch 2: test PSNR" in done.out
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     import keras
 
