@@ -22,6 +22,13 @@ from dgf.errors import DgfError
 from dgf.schema import blurred_name, sharp_name
 
 H, W, COUNT = 24, 40, 7  # what make_eval_h5 writes
+# Every generator call runs TensorFlow's plain graph (jit="off"; the commands' and
+# evaluate_model/evaluate_run's default engine is auto): what these tests check does
+# not depend on the path, and auto calibrates XLA, ONNX Runtime and OpenVINO on every
+# new shape, a conversion per model, and picks by timing (tests/test_calibration.py,
+# test_jit_cli.py and test_engines.py test the choice).
+FIXED = dict(jit="off", engine="tensorflow")
+FIXED_FLAGS = ["--jit", "off", "--engine", "tensorflow"]
 
 
 def _generator(seed: int):
@@ -56,7 +63,8 @@ def write_strip(path, generator, h5_path, split="test", indices=None, crop=None,
         h5.close()
         indices = scoring.strip_indices(info.count, n)
     sharp, blurred = scoring.read_pairs(h5_path, split, indices)
-    deblurred = scoring.deblur_array(generator, blurred, batch_size=max(1, len(indices)))
+    deblurred = scoring.deblur_array(generator, blurred, batch_size=max(1, len(indices)),
+                                     jit="off")
     strip = scoring.make_strip(*(_center_crop(a, crop) for a in (sharp, blurred, deblurred)))
     scoring.save_png(path, strip)
     return strip
@@ -210,7 +218,7 @@ def test_write_strip_png_matches_sources(tmp_path):
     assert strip.shape == (3 * H, 3 * W, 3)
     back = _png(out)
     np.testing.assert_array_equal(back, strip)
-    deblurred = scoring.deblur_array(generator, blurred[[1, 4, 6]])
+    deblurred = scoring.deblur_array(generator, blurred[[1, 4, 6]], jit="off")
     for row, i in enumerate([1, 4, 6]):
         rows = slice(row * H, (row + 1) * H)
         np.testing.assert_array_equal(back[rows, :W], sharp[i])
@@ -242,14 +250,16 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    expected, expected_rows = scoring.evaluate_split(generator, h5, limit=limit, progress=False)
+    expected, expected_rows = scoring.evaluate_split(generator, h5, limit=limit, progress=False,
+                                                     jit="off")
     passed = []
     real = scoring.deblur_array
     monkeypatch.setattr(scoring, "deblur_array",
                         lambda g, images, **kw: passed.append(len(images)) or real(g, images, **kw))
     out = tmp_path / "samples" / "epoch_0003.png"
     summary, rows, strip = scoring.evaluate_with_strip(generator, h5, "test", out, strips=2,
-                                                  batch_size=3, limit=limit, progress=False)
+                                                  batch_size=3, limit=limit, progress=False,
+                                                  jit="off")
     # One generator pass over the scored pairs, none for the strip.
     assert sum(passed) == expected["count"] == (COUNT if limit is None else limit)
     assert rows == expected_rows
@@ -263,7 +273,7 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
     np.testing.assert_array_equal(strip, scoring.make_strip(sharp[picked], blurred[picked], deblurred))
     with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
         scoring.evaluate_with_strip(generator, h5, "test", tmp_path / "x.png", strips=0,
-                               progress=False)
+                               progress=False, jit="off")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -272,12 +282,12 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    summary, rows = scoring.evaluate_split(generator, h5, batch_size=3, progress=False)
+    summary, rows = scoring.evaluate_split(generator, h5, batch_size=3, progress=False, jit="off")
     assert set(summary) == set(scoring.SUMMARY_KEYS)
     assert summary["count"] == COUNT and len(rows) == COUNT
     assert [r["index"] for r in rows] == list(range(COUNT))
     assert [r["source"] for r in rows] == [f"pair_{i}.jpg" for i in range(COUNT)]
-    deblurred = scoring.deblur_array(generator, blurred)
+    deblurred = scoring.deblur_array(generator, blurred, jit="off")
     for r in rows:
         i = r["index"]
         assert r["psnr"] == pytest.approx(metrics.psnr(sharp[i], deblurred[i]))
@@ -288,7 +298,7 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     assert summary["blurred_ssim"] == pytest.approx(np.mean([r["blurred_ssim"] for r in rows]))
     assert summary["seconds_per_image"] > 0
 
-    limited, lrows = scoring.evaluate_split(generator, h5, limit=3, progress=False)
+    limited, lrows = scoring.evaluate_split(generator, h5, limit=3, progress=False, jit="off")
     assert limited["count"] == 3
     assert [r["index"] for r in lrows] == scoring.strip_indices(COUNT, 3)
 
@@ -312,7 +322,7 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
 
     def scored(**kw):
         calls.update(psnr=0, ssim=0)
-        summary, rows = scoring.evaluate_split(generator, h5, progress=False, **kw)
+        summary, rows = scoring.evaluate_split(generator, h5, progress=False, jit="off", **kw)
         return summary, rows, dict(calls)
 
     first, rows, n = scored(limit=3)
@@ -343,7 +353,7 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
     make_eval_h5(h5, count=3, with_source=False)
     with h5py.File(h5, "a") as f:  # blurred == sharp: a perfect "deblurrer" too
         f[blurred_name("test")][...] = f[sharp_name("test")][...]
-    summary, rows = scoring.evaluate_split(_identity_generator(), h5, progress=False)
+    summary, rows = scoring.evaluate_split(_identity_generator(), h5, progress=False, jit="off")
     assert all(r["psnr"] == math.inf and r["source"] == "" for r in rows)
     assert summary["psnr"] == metrics.PSNR_CAP_DB
     assert summary["blurred_psnr"] == metrics.PSNR_CAP_DB
@@ -352,15 +362,15 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
 
 def test_evaluate_split_bad_inputs(tmp_path):
     with pytest.raises(DgfError, match=r"missing\.h5: no such file"):
-        scoring.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False)
+        scoring.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False, jit="off")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(DgfError, match="HDF5"):
-        scoring.evaluate_split(_generator(0), bad, progress=False)
+        scoring.evaluate_split(_generator(0), bad, progress=False, jit="off")
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     with pytest.raises(DgfError, match="val_data_full"):
-        scoring.evaluate_split(_generator(0), h5, "val", progress=False)
+        scoring.evaluate_split(_generator(0), h5, "val", progress=False, jit="off")
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -412,21 +422,22 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     out = tmp_path / "report"
-    summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False)
+    summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False,
+                                **FIXED)
     saved = json.loads((out / "summary.json").read_text())
     assert set(scoring.SUMMARY_KEYS) <= set(saved)
     assert saved["count"] == COUNT and saved["psnr"] == pytest.approx(summary["psnr"])
     assert saved["strip_indices"] == scoring.strip_indices(COUNT, 2)
     limited = ev.evaluate_model(snapshots[0], h5, tmp_path / "limited", strips=2, limit=4,
-                                progress=False)
+                                progress=False, **FIXED)
     assert limited["strip_indices"] == scoring.strip_rows(COUNT, 4, 2)
     with (out / "per_image.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == COUNT and tuple(rows[0]) == scoring.ROW_KEYS
     assert _png(out / "strip.png").shape == (2 * H, 3 * W, 3)
     with pytest.raises(DgfError, match="--overwrite"):
-        ev.evaluate_model(snapshots[0], h5, out, progress=False)
-    ev.evaluate_model(snapshots[1], h5, out, strips=3, overwrite=True, progress=False)
+        ev.evaluate_model(snapshots[0], h5, out, progress=False, **FIXED)
+    ev.evaluate_model(snapshots[1], h5, out, strips=3, overwrite=True, progress=False, **FIXED)
     assert _png(out / "strip.png").shape == (3 * H, 3 * W, 3)
 
 
@@ -434,7 +445,7 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
 @pytest.mark.slow
 def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshots, monkeypatch):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
-    rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False)
+    rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False, **FIXED)
     out = run / "eval"
     assert [r["epoch"] for r in rows] == [1, 2]
     with (out / "metrics.csv").open() as fh:
@@ -455,22 +466,22 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
     loads = []
     real_load = ev.load_generator
     monkeypatch.setattr(ev, "load_generator", lambda p: loads.append(Path(p).name) or real_load(p))
-    again = ev.evaluate_run(run, strips=3, progress=False)
+    again = ev.evaluate_run(run, strips=3, progress=False, **FIXED)
     assert loads == [] and again == rows
 
-    ev.evaluate_run(run, strips=2, progress=False)  # other strip pairs: all re-drawn
+    ev.evaluate_run(run, strips=2, progress=False, **FIXED)  # other strip pairs: all re-drawn
     assert len(loads) == 2
     assert _png(out / "strips" / "epoch_0002.png").shape == (2 * H, 3 * W, 3)
     loads.clear()
-    ev.evaluate_run(run, strips=2, force=True, progress=False)
+    ev.evaluate_run(run, strips=2, force=True, progress=False, **FIXED)
     assert len(loads) == 2
 
     loads.clear()
     (run / "snapshots" / "generator_epoch_0003.keras").write_bytes(snapshots[2].read_bytes())
-    rows3 = ev.evaluate_run(run, strips=2, progress=False)
+    rows3 = ev.evaluate_run(run, strips=2, progress=False, **FIXED)
     assert loads == ["generator_epoch_0003.keras"]
     assert [r["epoch"] for r in rows3] == [1, 2, 3]
-    assert rows3[:2] == ev.evaluate_run(run, strips=2, progress=False)[:2]
+    assert rows3[:2] == ev.evaluate_run(run, strips=2, progress=False, **FIXED)[:2]
     assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 2 * H)
 
 
@@ -478,32 +489,33 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
 def test_evaluate_run_errors(tmp_path, snapshots):
     run, h5 = make_run(tmp_path, snapshots, epochs=0)
     with pytest.raises(DgfError, match="no snapshots"):
-        ev.evaluate_run(run, progress=False)
+        ev.evaluate_run(run, progress=False, **FIXED)
     (run / "snapshots" / "generator_epoch_0001.keras").write_bytes(snapshots[0].read_bytes())
     (run / "config.json").write_text(json.dumps({"h5": "nowhere/data.h5"}))
     with pytest.raises(DgfError, match="--h5"):
-        ev.evaluate_run(run, progress=False)
+        ev.evaluate_run(run, progress=False, **FIXED)
     (run / "config.json").unlink()
     with pytest.raises(DgfError, match="config.json"):
-        ev.evaluate_run(run, progress=False)
-    rows = ev.evaluate_run(run, h5_path=h5, strips=1, progress=False)
+        ev.evaluate_run(run, progress=False, **FIXED)
+    rows = ev.evaluate_run(run, h5_path=h5, strips=1, progress=False, **FIXED)
     assert len(rows) == 1
     (run / "snapshots" / "generator_epoch_0002.keras").write_bytes(b"garbage")
     with pytest.raises(DgfError, match="generator_epoch_0002.keras"):
-        ev.evaluate_run(run, h5_path=h5, strips=1, progress=False)
+        ev.evaluate_run(run, h5_path=h5, strips=1, progress=False, **FIXED)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_run_and_model_modes(tmp_path, snapshots, capsys):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
-    assert eval_main(["--run", str(run), "--strips", "2", "--no-progress"]) == 0
+    assert eval_main(["--run", str(run), "--strips", "2", "--no-progress", *FIXED_FLAGS]) == 0
     printed = capsys.readouterr().out
     assert "metrics.csv" in printed and "PSNR" in printed
     assert (run / "eval" / "progress.png").is_file()
 
     out = tmp_path / "one"
-    args = ["--model", str(snapshots[0]), "--h5", str(h5), "--out", str(out), "--no-progress"]
+    args = ["--model", str(snapshots[0]), "--h5", str(h5), "--out", str(out), "--no-progress",
+            *FIXED_FLAGS]
     assert eval_main(args + ["--strips", "3"]) == 0
     assert "summary.json" in capsys.readouterr().out
     assert _png(out / "strip.png").shape == (3 * H, 3 * W, 3)
@@ -517,12 +529,12 @@ def test_cli_takes_short_o_for_out(tmp_path, snapshots, capsys):
     run, h5 = make_run(tmp_path, snapshots, epochs=1)
     one = tmp_path / "one"
     assert eval_main(["--model", str(snapshots[0]), "--h5", str(h5), "-o", str(one),
-                      "--strips", "2", "--limit", "2", "--no-progress"]) == 0
+                      "--strips", "2", "--limit", "2", "--no-progress", *FIXED_FLAGS]) == 0
     assert f"wrote {one / 'summary.json'}" in capsys.readouterr().out
     assert json.loads((one / "summary.json").read_text())["count"] == 2
     elsewhere = tmp_path / "run_eval"
     assert eval_main(["--run", str(run), "-o", str(elsewhere), "--strips", "2",
-                      "--limit", "2", "--no-progress"]) == 0
+                      "--limit", "2", "--no-progress", *FIXED_FLAGS]) == 0
     assert (elsewhere / "metrics.csv").is_file() and (elsewhere / "progress.png").is_file()
     assert not (run / "eval").exists()
 
@@ -554,7 +566,8 @@ def _border_only_h5(path: Path, border: int = 4) -> Path:
 
 def test_cli_crop_border_scores_the_interior(tmp_path, model_file, capsys):
     h5 = _border_only_h5(tmp_path / "d.h5")
-    base = ["--model", str(model_file), "--h5", str(h5), "--strips", "2", "--no-progress"]
+    base = ["--model", str(model_file), "--h5", str(h5), "--strips", "2", "--no-progress",
+            *FIXED_FLAGS]
     assert eval_main(base + ["--out", str(tmp_path / "whole")]) == 0
     assert "crop border" not in capsys.readouterr().out
     assert eval_main(base + ["--out", str(tmp_path / "inner"), "--crop-border", "4"]) == 0
@@ -593,7 +606,7 @@ def test_cli_run_crop_border_is_in_metrics_csv_state_and_rescored(tmp_path, snap
                                                                   monkeypatch):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
     _border_only_h5(h5)
-    args = ["--run", str(run), "--strips", "2", "--limit", "3", "--no-progress"]
+    args = ["--run", str(run), "--strips", "2", "--limit", "3", "--no-progress", *FIXED_FLAGS]
     loads = []
     real_load = ev.load_generator
     monkeypatch.setattr(ev, "load_generator", lambda p: loads.append(p) or real_load(p))
@@ -749,7 +762,7 @@ def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
     for protocol, y in (("skimage", False), ("basicsr", False), ("basicsr", True),
                         ("skimage", True)):
         summary, rows = scoring.evaluate_split(generator, h5, limit=3, progress=False, crop_border=1,
-                                          protocol=protocol, y_channel=y)
+                                          protocol=protocol, y_channel=y, jit="off")
         idx = [r["index"] for r in rows]
         want = np.mean([metrics.ssim(sharp[i], blurred[i], 1, protocol, y) for i in idx])
         assert summary["blurred_ssim"] == pytest.approx(want, abs=1e-12)
@@ -767,7 +780,7 @@ def test_cli_protocol_and_y_channel_are_written_with_the_scores(tmp_path, model_
     out = tmp_path / "out"
     assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
                       "--strips", "2", "--crop-border", "2", "--protocol", "basicsr",
-                      "--y-channel", "--no-progress"]) == 0
+                      "--y-channel", "--no-progress", *FIXED_FLAGS]) == 0
     assert f"{COUNT} pairs (crop border 2, basicsr protocol, Y channel):" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == ("basicsr", True, 2)
@@ -780,7 +793,7 @@ def test_cli_protocol_and_y_channel_are_written_with_the_scores(tmp_path, model_
         ("basicsr", "True", "2")}
     # The default protocol is named too.
     assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(tmp_path / "d"),
-                      "--strips", "2", "--no-progress"]) == 0
+                      "--strips", "2", "--no-progress", *FIXED_FLAGS]) == 0
     plain = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert (plain["protocol"], plain["y_channel"]) == ("skimage", False)
 
