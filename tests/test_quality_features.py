@@ -13,6 +13,12 @@ import pytest
 from conftest import make_h5, smooth_photo
 from dgf.errors import DgfError
 
+# The generator runs on TensorFlow's plain graph (jit off; dgf-deblur's and the
+# trainer's scoring's default engine is auto): tiling, scale and the model record do
+# not depend on the path, and auto calibrates XLA, ONNX Runtime and OpenVINO on every
+# new shape (tests/test_calibration.py, test_jit_cli.py and test_engines.py test it).
+FIXED_FLAGS = ["--engine", "tensorflow", "--jit", "off"]
+
 
 @pytest.fixture(autouse=True)
 def seeded():
@@ -91,7 +97,7 @@ def test_identity_generator_returns_input_at_every_scale(scale):
 
     identity = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
     photo = smooth_photo(203, 157, seed=2)  # odd sizes
-    out = deblur_image(identity, photo, scale=scale, tile=96, overlap=24)
+    out = deblur_image(identity, photo, scale=scale, tile=96, overlap=24, jit="off")
     assert out.shape == photo.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - photo).max() <= 1
 
@@ -106,7 +112,7 @@ def test_scale_adds_the_enlarged_correction():
     g.get_layer("residual").bias.assign(np.full(3, 0.1, np.float32))  # +12.75 levels
     photo = smooth_photo(120, 90, seed=4) // 2
     for scale in (1.0, 0.5, 0.25):
-        out = deblur_image(g, photo, scale=scale)
+        out = deblur_image(g, photo, scale=scale, jit="off")
         assert out.shape == photo.shape
         diff = out.astype(float) - photo
         assert abs(diff.mean() - 12.75) < 0.6, (scale, diff.mean())
@@ -122,7 +128,7 @@ def test_scale_errors_name_the_value():
         with pytest.raises(DgfError, match=f"scale {bad!r} is outside"):
             check_scale(bad)
     with pytest.raises(DgfError, match="scale 0.1 leaves a 48x64 image 5 px"):
-        deblur_image(g, photo, scale=0.1)
+        deblur_image(g, photo, scale=0.1, jit="off")
     with pytest.raises(DgfError, match="'big'"):
         check_scale("big")
     assert auto_scale(3000, 4000, 256) == pytest.approx(256 / 3000)
@@ -146,18 +152,18 @@ def test_deblur_cli_scale_auto_reads_the_model_record(tmp_path, capsys):
     photos.mkdir()
     Image.fromarray(smooth_photo(257, 191, seed=5)).save(photos / "p.png")
     assert deblur_main([str(photos), "-o", str(tmp_path / "a"), "--model", str(recorded),
-                        "--scale", "auto", "--quiet"]) == 0
+                        "--scale", "auto", "--quiet", *FIXED_FLAGS]) == 0
     out = np.asarray(Image.open(tmp_path / "a" / "p.png"))
     assert out.shape == (257, 191, 3)
     assert np.abs(out.astype(int) - np.asarray(Image.open(photos / "p.png"))).max() <= 1
     assert deblur_main([str(photos), "-o", str(tmp_path / "b"), "--model", str(plain),
-                        "--scale", "auto", "--quiet"]) == 0
+                        "--scale", "auto", "--quiet", *FIXED_FLAGS]) == 0
     assert "does not record its training images" in capsys.readouterr().out
     assert deblur_main([str(photos), "-o", str(tmp_path / "c"), "--model", str(plain),
                         "--scale", "2"]) == 2
     assert "scale '2' is outside (0, 1]" in capsys.readouterr().err
     assert deblur_main([str(photos), "-o", str(tmp_path / "d"), "--model", str(plain),
-                        "--scale", "0.01", "--quiet"]) == 1  # this photo: too small
+                        "--scale", "0.01", "--quiet", *FIXED_FLAGS]) == 1  # this photo: too small
     assert "scale 0.01 leaves a 191x257 image" in capsys.readouterr().err
 
 
@@ -202,7 +208,8 @@ def test_training_writes_its_record_into_every_model_file(tmp_path):
     h5 = make_h5(tmp_path / "data.h5")
     cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), channel_rate=8, patch=16,
                       crop=32, batch_size=2, perceptual_weight=0.0, val_samples=2,
-                      strip_pairs=2, epochs=2, space_to_depth=2, batchnorm=False)
+                      strip_pairs=2, epochs=2, space_to_depth=2, batchnorm=False,
+                      eval_engine="tensorflow", eval_jit="off")
     train(cfg, progress=False)
     run = tmp_path / "run"
     latest = read_metadata(run / "generator.keras")
@@ -271,7 +278,7 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     assert (tile, overlap) == (864, 216)
     assert seamless_tiling(g, tile=1000, overlap=100) == (1000, 100)  # given: kept
     photo = smooth_photo(500, 470, seed=6)
-    call = inference_call(g)
+    call = inference_call(g, jit="off")
     whole = _deblur_unit(call, photo, 0, 0, 1, False, 4)
     # Two tiles per axis (starts off the 4-pixel grid unless aligned) with the
     # model's overlap match the whole image; the paper layout's default overlap
@@ -280,4 +287,4 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     seams = _deblur_unit(call, photo, 440, 64, 1, False, 4)
     assert np.abs(tiled - whole).max() < 1e-4
     assert np.abs(seams - whole).max() > 1e-2
-    assert deblur_image(g, photo, tile=440, overlap=overlap).shape == photo.shape
+    assert deblur_image(g, photo, tile=440, overlap=overlap, jit="off").shape == photo.shape
