@@ -15,8 +15,17 @@ from dgf.tiling import _axis_window, deblur_image, tile_starts
 RADIUS = 17
 
 
+# dgf-deblur on TensorFlow's plain graph unless a test names the path: what these
+# tests check does not depend on it, and the default (auto) calibrates XLA, ONNX
+# Runtime and OpenVINO on every new shape (tests/test_calibration.py, test_jit_cli.py
+# and test_engines.py test it). deblur_image's default jit (auto) is turned off too.
+FIXED_FLAGS = ["--engine", "tensorflow", "--jit", "off"]
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    status = deblur_main([str(a) for a in argv] + ["--quiet"])
+    argv = [str(a) for a in argv]
+    fixed = [] if "--engine" in argv or "--jit" in argv else FIXED_FLAGS
+    status = deblur_main(argv + ["--quiet", *fixed])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -44,27 +53,27 @@ def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
 
 def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
     image = smooth_photo(150, 230)
-    whole = deblur_image(generator, image, tile=0)
+    whole = deblur_image(generator, image, tile=0, jit="off")
     assert whole.shape == image.shape and whole.dtype == np.uint8
     assert whole.std() > 5  # a varied output, so agreement below means something
-    tiled = deblur_image(generator, image, tile=128, overlap=60, batch_size=4)
+    tiled = deblur_image(generator, image, tile=128, overlap=60, batch_size=4, jit="off")
     # overlap 60 gives a 20 px margin > the 17 px radius: exact up to float
     # round-off, which can flip a rounding by one level.
     diff = np.abs(tiled.astype(int) - whole.astype(int))
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.01
-    seams = deblur_image(generator, image, tile=128, overlap=0, batch_size=3)
+    seams = deblur_image(generator, image, tile=128, overlap=0, batch_size=3, jit="off")
     assert np.abs(seams.astype(int) - whole.astype(int)).max() > 2
 
 
 def test_bad_arguments_raise(generator):
     image = smooth_photo(20, 20)
     with pytest.raises(DgfError, match="overlap 64 is too large for tile 100"):
-        deblur_image(generator, image, tile=100, overlap=64)
+        deblur_image(generator, image, tile=100, overlap=64, jit="off")
     with pytest.raises(DgfError, match="uint8"):
-        deblur_image(generator, image.astype(np.float32), tile=0)
+        deblur_image(generator, image.astype(np.float32), tile=0, jit="off")
     with pytest.raises(DgfError, match="batch size"):
-        deblur_image(generator, image, batch_size=0)
+        deblur_image(generator, image, batch_size=0, jit="off")
 
 
 def test_load_generator_errors(tmp_path):
