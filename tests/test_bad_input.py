@@ -32,6 +32,11 @@ from dgf.fileio import write_atomic, write_bytes_atomic, write_folder_atomic
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
                 val_samples=2, strip_pairs=2, epochs=2)
+# dgf-deblur and dgf-eval on TensorFlow's plain graph where a test runs the model to
+# the end or to an interrupt: the default (auto) first calibrates XLA, ONNX Runtime and
+# OpenVINO on each new shape (tests/test_jit_cli.py and test_engines.py test an
+# interrupt during calibration and conversion).
+FIXED_FLAGS = ["--engine", "tensorflow", "--jit", "off"]
 
 
 # --- inputs, made once ---------------------------------------------------------
@@ -477,7 +482,7 @@ def test_deblur_and_savedmodel_outputs_are_not_private(assets, tmp_path, capsys)
     old = os.umask(0o022)
     try:
         assert cli.deblur_main([str(assets.photos), "-o", str(tmp_path / "o"), "--model",
-                                str(assets.model), "--quiet"]) == 0
+                                str(assets.model), "--quiet", *FIXED_FLAGS]) == 0
         assert cli.export_main(["--model", str(assets.model), "--format", "savedmodel",
                                 "-o", str(tmp_path / "sm")]) == 0
     finally:
@@ -708,7 +713,7 @@ def test_deblur_interrupt_leaves_only_whole_files(assets, tmp_path, signum):
     out = tmp_path / "out"
     _interrupt(tmp_path, "image-save", "deblur_main",
                [str(assets.jpegs / "train"), "-o", str(out), "--model", str(assets.model),
-                "--quiet"], signum)
+                "--quiet", *FIXED_FLAGS], signum)
     written = sorted(out.rglob("*.jpg"))
     assert [p.name for p in written] == ["0.jpg"]
     with Image.open(written[0]) as im:
@@ -724,7 +729,7 @@ def test_eval_interrupt_leaves_no_partial_report(assets, tmp_path, signum):
     snapshots = run / "snapshots"
     shutil.copy(snapshots / "generator_epoch_0001.keras", snapshots / "generator_epoch_0002.keras")
     _interrupt(tmp_path, "image-save", "eval_main",
-               ["--run", str(run), "--out", str(out), "--no-progress"], signum)
+               ["--run", str(run), "--out", str(out), "--no-progress", *FIXED_FLAGS], signum)
     assert sorted(p.name for p in out.rglob("*.png")) == ["epoch_0001.png"]
     for image in out.rglob("*.png"):
         with Image.open(image) as im:
