@@ -288,6 +288,7 @@ print(json.dumps({"plots": plots, "trainer": "dgf.train" in sys.modules}))
 """
 
 
+@pytest.mark.slow  # a process of its own that starts TensorFlow
 def test_the_trainer_imports_no_matplotlib():
     """matplotlib is dgf-eval's (its plots); training and scoring never need it."""
     done = subprocess.run([sys.executable, "-c", _NO_MATPLOTLIB], capture_output=True,

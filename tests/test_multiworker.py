@@ -496,6 +496,7 @@ PACKED_LOGS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_the_logged_losses_are_averaged_in_one_all_reduce_with_the_same_values(tmp_path):
     """Packing the nine logged values into one vector (one all-reduce per step)
     gives exactly the values of nine separate all-reduces, over two replicas."""
