@@ -148,6 +148,11 @@ class Controller:
         self.model_files = ModelFiles(cfg, trainer.best_psnr, data.train, data.test)
         self.history: list[dict[str, Any]] = []
         self.steps_this_call = 0
+        # A resumed run's log is checked (and a record cut short by a crash dropped)
+        # now, so a damaged one stops the run before anything else is written.
+        epoch = int(trainer.epoch_var.numpy())
+        if epoch or self.global_step:
+            self.log.resume_at(self.global_step, epoch)
 
     @property
     def global_step(self) -> int:
@@ -161,7 +166,6 @@ class Controller:
             print(f"resuming {self.run_dir} at epoch {start_epoch + 1}, step "
                   f"{self.global_step}: {self.data.batch.describe()}, {self.data.steps} "
                   f"steps per epoch", flush=True)
-            self.log.resume_at(self.global_step, start_epoch)
         else:
             print(f"training into {self.run_dir}: {self.data.batch.describe()}, "
                   f"{self.data.steps} steps per epoch", flush=True)

@@ -522,12 +522,14 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
             checkpoints.restore(checkpoint)
         distributed.check_same_start(strategy, int(trainer.step_var.numpy()),
                                      int(trainer.epoch_var.numpy()), run_dir)
+        # The Controller reads the run's metrics log first: a damaged one stops the
+        # run before config.json is rewritten.
+        controller = Controller(cfg, trainer, strategy, data, checkpoints,
+                                chief=chief, progress=progress)
         if chief:
             save_config(setting, run.config, batch)
             for folder in (run.samples, run.snapshots):
                 folder.mkdir(exist_ok=True)
-        controller = Controller(cfg, trainer, strategy, data, checkpoints,
-                                chief=chief, progress=progress)
         return controller.run(max_steps)
     except DiskFull as exc:
         raise _disk_full(exc, run_dir) from None
