@@ -252,12 +252,15 @@ def test_deblur_paths_says_what_precision_auto_chose(model_file, tmp_path, monke
     photo = tmp_path / "in.png"
     Image.fromarray(smooth_photo(40, 48, seed=2)).save(photo)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    # One path (TensorFlow without XLA) for both: the precision is what is compared, and
+    # auto would calibrate (and compile XLA's bf16 graph) per run.
+    fixed = dict(jit="off", engine="tensorflow")
     auto = deblur_paths(model_file, [photo], tmp_path / "auto", precision="auto",
-                        progress=False, scale=1)
+                        progress=False, scale=1, **fixed)
     assert "--precision auto: bf16 (this CPU computes bfloat16 natively)" in \
         capsys.readouterr().out
     bf16 = deblur_paths(model_file, [photo], tmp_path / "bf16", precision="bf16",
-                        progress=False, scale=1)
+                        progress=False, scale=1, **fixed)
     a = np.asarray(Image.open(auto.processed[0]))
     b = np.asarray(Image.open(bf16.processed[0]))
     np.testing.assert_array_equal(a, b)

@@ -34,9 +34,11 @@ def test_deblur_jit_on_off_auto_give_the_same_image(photo, model_file, tmp_path,
     images = {}
     for jit in ("on", "off", "auto"):
         out = tmp_path / jit
+        # TensorFlow's paths only: auto chooses between XLA and no XLA here (the other
+        # engines' outputs are compared in tests/test_engines.py).
         assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
                             "--jit", jit, "--precision", "fp32", "--scale", "1",
-                            "--quiet"]) == 0
+                            "--engine", "tensorflow", "--quiet"]) == 0
         images[jit] = np.asarray(Image.open(out / photo.name)).astype(int)
     assert np.abs(images["on"] - images["off"]).max() <= 1
     assert np.abs(images["auto"] - images["off"]).max() <= 1
@@ -47,8 +49,10 @@ def test_deblur_jit_on_off_auto_give_the_same_image(photo, model_file, tmp_path,
 def test_deblur_defaults_to_precision_auto(photo, model_file, tmp_path, capsys,
                                            monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    # The precision's default, on one path (auto would calibrate every engine first).
     assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model",
-                        str(model_file), "--quiet"]) == 0
+                        str(model_file), "--quiet", "--engine", "tensorflow",
+                        "--jit", "off"]) == 0
     assert "--precision auto: fp32\n" in capsys.readouterr().out
 
 
