@@ -564,6 +564,7 @@ def _border_only_h5(path: Path, border: int = 4) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_cli_crop_border_scores_the_interior(tmp_path, model_file, capsys):
     h5 = _border_only_h5(tmp_path / "d.h5")
     base = ["--model", str(model_file), "--h5", str(h5), "--strips", "2", "--no-progress",
@@ -774,6 +775,7 @@ def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
         **h5_state, "protocol": "basicsr", "y_channel": True}
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_cli_protocol_and_y_channel_are_written_with_the_scores(tmp_path, model_file, capsys):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5, height=32)

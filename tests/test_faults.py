@@ -149,6 +149,7 @@ def _photo_inputs(folder: Path, count: int, size: int = 96) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_deblur_stops_at_the_first_full_disk_error(model_file, tmp_path, capsys):
     """Not one failure per file: the first ENOSPC ends the run with one line that
     says how many outputs were kept; every output there is whole, no temp files."""

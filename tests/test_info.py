@@ -131,6 +131,7 @@ def test_bad_models_get_dgf_evals_messages(tmp_path, capsys):
         info_main, [str(tmp_path / "plain.keras"), "--size", "0", "256"], capsys)
 
 
+@pytest.mark.slow  # runs the whole command end to end
 def test_dgf_eval_record_adds_the_score_to_the_model_file_and_dgf_info_shows_it(
         tmp_path, capsys):
     import keras
