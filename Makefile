@@ -19,13 +19,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# Two pytest workers, each taking whole test files (--dist loadfile, so a module's
+# fixtures are built once): many tests wait on subprocesses, so two share 2 cores well.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The quick check while editing: everything but the tests marked slow (training runs,
 # subprocesses, SIGKILL, exports, real pairs); `make test` runs all of them.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
 
 # The quick benchmark set: minutes, each script printing its numbers
 # (docs/benchmarks.md). The loader and evaluation read ../shared/data/pairs-small by default.
