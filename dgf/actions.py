@@ -32,10 +32,12 @@ import tensorflow as tf
 
 from dgf.config import GENERATOR_KEYS, RunDir, TrainConfig
 from dgf.data import make_dataset
-from dgf.engines import check_engine
 from dgf.errors import DgfError, first_line
-from dgf.metrics import check_window, describe_settings
-from dgf.scoring import evaluate_split, evaluate_with_strip
+from dgf.metrics import ScoreSettings, check_window
+from dgf.options import DEFAULT_EVAL_BATCH
+from dgf.predictor import Predictor, resolve
+from dgf.scoring import EvalOptions, evaluate_split, evaluate_with_strip
+from dgf.spec import InferenceSpec
 from dgf.fileio import DiskFull, is_disk_full, output_error, write_atomic, write_text_atomic
 from dgf.images import to_unit
 from dgf.metadata import read_metadata, source_commit, write_metadata
@@ -343,11 +345,16 @@ class Scoring:
         self.cfg = cfg
         self.run = RunDir(cfg.run_dir) if strips else None
         # How the scores are taken (dgf.metrics.psnr/ssim), named in every record.
-        self.settings = {"crop_border": cfg.crop_border, "protocol": cfg.metric_protocol,
-                         "y_channel": cfg.y_channel}
+        self.options = EvalOptions(
+            limit=cfg.val_samples, strips=cfg.strip_pairs,
+            settings=ScoreSettings(cfg.crop_border, cfg.metric_protocol, cfg.y_channel))
         _check_window(cfg)  # the SSIM window must fit the crop: refused before training
-        # A named engine that is not installed is refused before training too.
-        check_engine(cfg.eval_engine, "fp32")
+        # How the generator runs: fp32, the config's engine and XLA setting. A named
+        # engine that is not installed is refused before training too.
+        self.spec = InferenceSpec(precision="fp32", jit=cfg.eval_jit, engine=cfg.eval_engine,
+                                  batch=DEFAULT_EVAL_BATCH)
+        resolve(self.spec)
+        self.predictor: Predictor | None = None
 
     def due(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is scored: every ``eval_every``-th, and the last."""
@@ -357,18 +364,18 @@ class Scoring:
                  ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The epoch's scores (``SCORE_KEYS``) and its strip (None without strips)."""
         cfg, strip = self.cfg, None
+        if self.predictor is None or self.predictor.generator is not generator:
+            # One predictor for the run: its folded copy, compiled graphs and choice of
+            # engine serve every epoch, refilled with that epoch's weights.
+            self.predictor = Predictor(generator, self.spec)
         if self.run is None:
-            summary, _ = evaluate_split(generator, cfg.h5, "test", limit=cfg.val_samples,
-                                        progress=False, jit=cfg.eval_jit,
-                                        engine=cfg.eval_engine, weights_change=True,
-                                        **self.settings)
+            summary, _ = evaluate_split(self.predictor, cfg.h5, self.options, progress=False,
+                                        weights_change=True)
         else:
             summary, _, strip = evaluate_with_strip(
-                generator, cfg.h5, "test", self.run.sample(epoch + 1),
-                strips=cfg.strip_pairs, limit=cfg.val_samples, progress=False,
-                jit=cfg.eval_jit, engine=cfg.eval_engine, weights_change=True,
-                **self.settings)
-        named = describe_settings(**self.settings)
+                self.predictor, cfg.h5, self.run.sample(epoch + 1), self.options,
+                progress=False, weights_change=True)
+        named = self.options.settings.describe()
         crop = f" ({named})" if named else ""
         print(f"epoch {epoch + 1}: test PSNR {summary['psnr']:.2f} dB (blurred "
               f"{summary['blurred_psnr']:.2f}), SSIM {summary['ssim']:.4f} (blurred "

@@ -1,6 +1,6 @@
 """The calibration cache: which compiled path runs a model fastest on this host.
 
-:func:`dgf.dispatch.inference_call` with ``jit="auto"`` or ``engine="auto"`` times
+:class:`dgf.predictor.Predictor` with ``jit="auto"`` or ``engine="auto"`` times
 the generator's candidate paths (its folded copy in TensorFlow with and without
 XLA, and under ``engine="auto"`` ONNX Runtime and OpenVINO where installed) on the
 first input of each shape, and keeps the fastest. The measurement is stored here
@@ -36,12 +36,13 @@ from typing import Any, Sequence
 from dgf.errors import DgfError
 from dgf.fileio import write_text_atomic
 from dgf.host import cpu_flags, cpu_model, device_description
+from dgf.options import PATHS
 
 #: Environment variable that moves the cache folder (tests point it at tmp_path).
 CACHE_ENV = "DGF_CACHE_DIR"
-#: The paths :func:`dgf.dispatch.inference_call` chooses between: TensorFlow with XLA,
-#: TensorFlow without it, and the other engines (dgf.engines).
-CHOICES = ("xla", "plain", "onnxruntime", "openvino")
+#: The paths :class:`dgf.predictor.Predictor` chooses between: TensorFlow without XLA
+#: and with it, and the other engines, from the engine table (dgf.options.ENGINE_TABLE).
+CHOICES = PATHS
 #: Bumped when the entry format or what is measured changes; old entries then miss.
 VERSION = 2
 

@@ -35,7 +35,7 @@ from dgf.errors import DgfError
 from dgf.fileio import check_output, require_file, write_text_atomic
 from dgf.options import (
     DEFAULT_ENGINE, DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, ENGINE_CHOICES, JIT_CHOICES,
-    METRIC_PROTOCOLS, PRECISIONS,
+    FLOAT_PRECISIONS, METRIC_PROTOCOLS,
 )
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -149,7 +149,7 @@ class TrainConfig:
     precision: str = _setting(
         "fp32", HARDWARE, "fp32 | bf16 | fp16 (mixed precision; fp16 uses loss scaling) | "
         "auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, fp32 elsewhere",
-        choices=(*PRECISIONS, "fp16", "auto"))  # fp16, auto: dgf-train's only
+        choices=(*FLOAT_PRECISIONS, "fp16", "auto"))  # fp16, auto: dgf-train's only
     accelerator: str = _setting(
         "any", HARDWARE, "any | gpu: meant for a GPU; where TensorFlow sees none, the run "
         "continues on the CPU with a warning of the step time to expect", choices=("any", "gpu"))

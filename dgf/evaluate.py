@@ -21,22 +21,14 @@ from dgf.config import RunDir
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, require_file, write_atomic, write_text_atomic
 from dgf.metadata import read_metadata
-from dgf.metrics import PSNR_CAP_DB, check_crop_border, check_protocol, check_window, describe_settings
-from dgf.options import (
-    DEFAULT_CROP_BORDER,
-    DEFAULT_EVAL_BATCH,
-    DEFAULT_EVAL_SPLIT,
-    DEFAULT_ENGINE,
-    DEFAULT_JIT,
-    DEFAULT_PRECISION,
-    DEFAULT_PROTOCOL,
-    DEFAULT_STRIPS,
-    DEFAULT_Y_CHANNEL,
+from dgf.metrics import PSNR_CAP_DB, ScoreSettings, check_protocol
+from dgf.options import DEFAULT_EVAL_BATCH, DEFAULT_PROTOCOL
+from dgf.predictor import Predictor, resolve
+from dgf.runtime import load_generator
+from dgf.scoring import (
+    ROW_KEYS, SETTING_KEYS, EvalOptions, evaluate_with_strip, open_split, save_png, strip_rows,
 )
-from dgf.engines import check_engine, engine_precision
-from dgf.dispatch import check_engine_choice, check_jit, tracking
-from dgf.runtime import load_generator, resolve_precision
-from dgf.scoring import ROW_KEYS, SETTING_KEYS, evaluate_with_strip, open_split, save_png, strip_rows
+from dgf.spec import InferenceSpec
 
 # A run evaluation's metrics.csv: the scores, and the settings they were taken at.
 RUN_METRIC_KEYS = ("psnr", "ssim", "blurred_psnr", "blurred_ssim")
@@ -48,6 +40,11 @@ BAND_HEIGHT = 18
 MAX_PROGRESS_EPOCHS = 24
 
 
+#: dgf-eval's inference settings: fp32 (so scores do not depend on the host), the
+#: fastest engine measured here, ``DEFAULT_EVAL_BATCH`` images per generator call.
+EVAL_SPEC = InferenceSpec(batch=DEFAULT_EVAL_BATCH)
+
+
 # --- plots and pictures --------------------------------------------------------------
 def plot_metrics(
     epochs: Sequence[int],
@@ -57,19 +54,17 @@ def plot_metrics(
     blurred_ssim: float | Sequence[float],
     path: Path | str,
     *,
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
+    settings: ScoreSettings = ScoreSettings(),
 ) -> None:
     """Plot test PSNR and SSIM against epoch, blurred-input baselines dashed.
 
     Two stacked panels in an 800x600 px PNG (written atomically). A baseline given as
     one number, or as per-epoch numbers that are all equal (the usual case: it
     depends only on the data), is drawn as a horizontal dashed line; differing
-    per-epoch baselines are drawn as a dashed line over the epochs. A
-    ``crop_border`` above 0 (the scores' :func:`psnr` ``crop_border``) is named in
-    the title and the axis labels, as are a ``protocol`` other than ``skimage`` and
-    ``y_channel`` (:func:`describe_settings`).
+    per-epoch baselines are drawn as a dashed line over the epochs. The scores'
+    ``settings`` that differ from the defaults (a crop border, the basicsr protocol,
+    the Y channel: :meth:`ScoreSettings.describe`) are named in the title and the
+    axis labels.
     """
     epochs = [int(e) for e in epochs]
     if not (len(epochs) == len(psnr) == len(ssim)) or not epochs:
@@ -81,8 +76,7 @@ def plot_metrics(
     fig = Figure(figsize=(8, 6), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
-    crop_border = check_crop_border(crop_border)
-    named = describe_settings(crop_border, check_protocol(protocol), y_channel)
+    named = settings.describe()
     crop = f", {named}" if named else ""
     panels = (
         (axes[0], psnr, blurred_psnr, f"PSNR (dB){crop}"),
@@ -152,38 +146,25 @@ def evaluate_model(
     h5_path: Path | str,
     out_dir: Path | str | None = None,
     *,
-    split: str = DEFAULT_EVAL_SPLIT,
-    strips: int = DEFAULT_STRIPS,
-    batch_size: int = DEFAULT_EVAL_BATCH,
-    limit: int | None = None,
+    spec: InferenceSpec = EVAL_SPEC,
+    options: EvalOptions = EvalOptions(),
     overwrite: bool = False,
     progress: bool = True,
-    precision: str = DEFAULT_PRECISION,
-    jit: str = DEFAULT_JIT,
-    engine: str = DEFAULT_ENGINE,
-    crop_border: int = DEFAULT_CROP_BORDER,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> dict[str, Any]:
     """Score one saved generator on a split and write its report.
 
     Writes ``out_dir/summary.json`` (the :func:`evaluate_split` summary plus
-    ``model``, ``h5``, ``split`` and ``strip_indices``), ``out_dir/per_image.csv``
-    (one row per scored pair) and ``out_dir/strip.png`` (``strips`` rows of
+    ``model``, ``h5``, ``split``, ``strip_indices``, the ``precision`` run, the
+    ``engine`` asked and ``ran_on``, the paths that ran it), ``out_dir/per_image.csv``
+    (one row per scored pair) and ``out_dir/strip.png`` (``options.strips`` rows of
     sharp | blurred | deblurred). ``out_dir`` defaults to ``<model stem>_eval/``
-    next to the model. Existing outputs are an error unless ``overwrite``.
-    ``precision`` (``"fp32"`` or ``"bf16"``, also written to the summary), ``jit``
-    and ``engine`` (written to the summary with the paths that ran, ``ran_on``) as
-    in :func:`deblur_array`. ``crop_border`` pixels are removed at each side before
-    PSNR/SSIM (:func:`psnr`); the summary and every row of ``per_image.csv`` name
-    it, and one that leaves nothing of the split's images is refused before the
-    model loads. So are ``protocol`` and ``y_channel`` (:func:`psnr`, :func:`ssim`),
-    and a crop that leaves less than the protocol's SSIM window
-    (:func:`check_window`). Returns the summary.
+    next to the model. Existing outputs are an error unless ``overwrite``. ``spec``
+    says how the generator runs (:class:`dgf.predictor.Predictor`), ``options`` what
+    is scored and how (:class:`dgf.scoring.EvalOptions`); settings that cannot work
+    (a missing engine, a crop that leaves less than the SSIM window of the split's
+    images) are refused before the model loads. Returns the summary.
     """
-    precision = _engine_precision(precision, jit, engine)
-    crop_border = check_crop_border(crop_border)
-    check_protocol(protocol)
+    precision = resolve(spec)
     model_path, h5_path = Path(model_path), Path(h5_path)
     out = Path(out_dir) if out_dir is not None else model_path.parent / f"{model_path.stem}_eval"
     targets = [out / "summary.json", out / "per_image.csv", out / "strip.png"]
@@ -194,28 +175,22 @@ def evaluate_model(
             f"another --out"
         )
     check_output(out, folder=True)
-    h5, info = open_split(h5_path, split)
+    h5, info = open_split(h5_path, options.split)
     h5.close()
-    check_window(crop_border, info.height, info.width, protocol)
-    generator = load_generator(model_path)
-    with tracking() as ran_on:
-        summary, rows, _ = evaluate_with_strip(
-            generator, h5_path, split, out / "strip.png", strips=strips,
-            batch_size=batch_size, limit=limit, progress=progress, precision=precision,
-            jit=jit, engine=engine, crop_border=crop_border, protocol=protocol,
-            y_channel=y_channel,
-        )
+    options.settings.check_size(info.height, info.width)
+    predictor = Predictor(load_generator(model_path), spec, source=model_path)
+    summary, rows, _ = evaluate_with_strip(predictor, h5_path, out / "strip.png", options,
+                                           progress=progress)
     _write_csv(out / "per_image.csv", ROW_KEYS, rows)
     summary = {
         **summary,
         "model": str(model_path),
         "h5": str(h5_path),
-        "split": split,
+        "split": options.split,
         "precision": precision,
-        "engine": engine,
-        # The paths that ran it (dgf.dispatch.tracking): "plain" and "xla" are
-        # TensorFlow without and with XLA.
-        "ran_on": sorted(ran_on),
+        "engine": spec.engine,
+        # The paths that ran it: "plain" and "xla" are TensorFlow without and with XLA.
+        "ran_on": sorted(predictor.ran_on),
         # What the model file records of its training (None: it records nothing).
         "model_metadata": read_metadata(model_path),
     }
@@ -282,86 +257,55 @@ def evaluate_run(
     run_dir: Path | str,
     *,
     h5_path: Path | str | None = None,
-    split: str = DEFAULT_EVAL_SPLIT,
-    strips: int = DEFAULT_STRIPS,
-    batch_size: int = DEFAULT_EVAL_BATCH,
     out_dir: Path | str | None = None,
-    limit: int | None = None,
+    spec: InferenceSpec = EVAL_SPEC,
+    options: EvalOptions = EvalOptions(),
     force: bool = False,
     progress: bool = True,
-    precision: str = DEFAULT_PRECISION,
-    jit: str = DEFAULT_JIT,
-    engine: str = DEFAULT_ENGINE,
-    crop_border: int = DEFAULT_CROP_BORDER,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> list[dict[str, Any]]:
     """Score every per-epoch snapshot of a training run and draw its progress.
 
     For each ``RUN/snapshots/generator_epoch_NNNN.keras`` in epoch order: writes
-    ``out/strips/epoch_NNNN.png`` (the same ``strips`` test pairs every epoch,
-    :func:`strip_rows`: the trainer's own samples show the same pairs when ``limit``
-    is the run's ``val_samples``) and scores the split (``limit`` as in
-    :func:`evaluate_split`). Then writes ``out/metrics.csv`` (epoch, psnr, ssim,
-    blurred_psnr, blurred_ssim, crop_border, protocol, y_channel), ``out/metrics.png`` (:func:`plot_metrics`) and
+    ``out/strips/epoch_NNNN.png`` (the same ``options.strips`` test pairs every epoch,
+    :func:`strip_rows`: the trainer's own samples show the same pairs when
+    ``options.limit`` is the run's ``val_samples``) and scores the split. Then writes
+    ``out/metrics.csv`` (epoch, psnr, ssim, blurred_psnr, blurred_ssim, crop_border,
+    protocol, y_channel), ``out/metrics.png`` (:func:`plot_metrics`) and
     ``out/progress.png`` (each epoch's strip under a labelled band, see
     :func:`_progress_image`; at most ``MAX_PROGRESS_EPOCHS`` epochs, evenly spaced).
     ``out`` defaults to ``RUN/eval/``.
 
     Epochs already in ``out/metrics.csv`` are not re-scored, unless ``force``, the
-    snapshot file changed, its strip is missing, or the HDF5 file, split, strips or
-    limit differ from the previous evaluation (kept in ``out/eval_state.json``).
-    ``precision`` (``"fp32"`` or ``"bf16"``) as in :func:`deblur_array`; a change
-    of it re-scores every epoch too, as does one of ``crop_border`` (pixels removed
-    at each side before PSNR/SSIM, :func:`psnr`; named in the plot when above 0),
-    ``protocol`` or ``y_channel`` (:func:`ssim`; named in the plot when not the
-    defaults). Returns one dict per epoch with the ``metrics.csv`` columns.
+    snapshot file changed, its strip is missing, or the HDF5 file, split, strips,
+    limit, precision or score settings differ from the previous evaluation (kept in
+    ``out/eval_state.json``). ``spec`` says how each snapshot runs (as in
+    :func:`evaluate_model`). Returns one dict per epoch with the ``metrics.csv``
+    columns.
     """
-    precision = _engine_precision(precision, jit, engine)
-    crop_border = check_crop_border(crop_border)
-    check_protocol(protocol)
-    y_channel = bool(y_channel)
+    precision = resolve(spec)
     run_dir = Path(run_dir)
     snapshots = _run_snapshots(run_dir)
     h5 = resolve_run_h5(run_dir, h5_path)
-    handle, info = open_split(h5, split)
+    handle, info = open_split(h5, options.split)
     handle.close()
-    check_window(crop_border, info.height, info.width, protocol)
+    options.settings.check_size(info.height, info.width)
     out = check_output(Path(out_dir) if out_dir is not None else RunDir(run_dir).eval,
                        folder=True)
-    indices = strip_rows(info.count, limit, strips)
-    settings = _run_settings(h5, split, indices, limit, precision, crop_border, protocol,
-                             y_channel)
+    indices = strip_rows(info.count, options.limit, options.strips)
+    settings = _run_settings(h5, indices, options, precision)
     results, seen, todo = _previous_results(out, settings, snapshots, force)
     prepare_output(out, folder=True)
     for epoch in tqdm(todo, desc="epochs", unit="epoch", disable=not progress):
         path = snapshots[epoch]
         stamp = path.stat().st_mtime_ns
-        results[epoch] = _score_snapshot(
-            path, _strip_path(out, epoch), h5, split, strips=strips, batch_size=batch_size,
-            limit=limit, progress=progress, precision=precision, jit=jit, engine=engine,
-        crop_border=crop_border,
-            protocol=protocol, y_channel=y_channel,
-        )
+        results[epoch] = _score_snapshot(path, _strip_path(out, epoch), h5, spec, options,
+                                         progress)
         seen[str(epoch)] = stamp
         # Saved after every epoch: an interrupted evaluation keeps what it finished.
         _save_run_tables(out, results, settings, seen)
     _save_run_tables(out, results, settings, seen)
-    _draw_run(out, results, crop_border, protocol, y_channel)
+    _draw_run(out, results, options.settings)
     return [{"epoch": e, **results[e]} for e in sorted(results)]
-
-
-def _engine_precision(precision: str, jit: str, engine: str) -> str:
-    """``precision`` resolved (``"auto"``: :func:`dgf.runtime.resolve_precision`, and
-    fp32 for an engine without bf16), after checking ``jit`` and ``engine``: a DgfError
-    names an unknown setting, or the extra that installs a missing engine."""
-    asked, precision = precision, resolve_precision(precision)
-    check_jit(jit)
-    check_engine_choice(engine)
-    if asked == "auto":
-        precision = engine_precision(engine, precision)
-    check_engine(engine, precision)
-    return precision
 
 
 def _run_snapshots(run_dir: Path) -> dict[int, Path]:
@@ -380,31 +324,28 @@ def _run_snapshots(run_dir: Path) -> dict[int, Path]:
     return snapshots
 
 
-def _run_settings(
-    h5: Path, split: str, indices: Sequence[int], limit: int | None, precision: str,
-    crop_border: int = 0, protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
-) -> dict[str, Any]:
+def _run_settings(h5: Path, indices: Sequence[int], options: EvalOptions,
+                  precision: str) -> dict[str, Any]:
     """What a run's scores depend on besides the snapshots (``eval_state.json``)."""
     stat = h5.stat()
     settings = {
         "h5": str(h5.resolve()),
         "h5_size": stat.st_size,
         "h5_mtime_ns": stat.st_mtime_ns,
-        "split": split,
+        "split": options.split,
         "strip_indices": list(indices),
-        "limit": limit,
+        "limit": options.limit,
     }
+    # Each of these only when not the default, so evaluations made before the option
+    # existed still match and are not re-scored.
     if precision != "fp32":
-        # Only when not the default, so evaluations made before the option existed
-        # still match and are not re-scored.
         settings["precision"] = precision
-    if crop_border:
-        # Likewise only when not 0.
-        settings["crop_border"] = crop_border
-    if protocol != DEFAULT_PROTOCOL:
-        settings["protocol"] = protocol
-    if y_channel:
+    score = options.settings
+    if score.crop_border:
+        settings["crop_border"] = score.crop_border
+    if score.protocol != DEFAULT_PROTOCOL:
+        settings["protocol"] = score.protocol
+    if score.y_channel:
         settings["y_channel"] = True
     return settings
 
@@ -448,23 +389,8 @@ def _previous_results(
     return results, seen, todo
 
 
-def _score_snapshot(
-    path: Path,
-    strip: Path,
-    h5: Path,
-    split: str,
-    *,
-    strips: int,
-    batch_size: int,
-    limit: int | None,
-    progress: bool,
-    precision: str,
-    jit: str = DEFAULT_JIT,
-    engine: str = DEFAULT_ENGINE,
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
-) -> dict[str, float]:
+def _score_snapshot(path: Path, strip: Path, h5: Path, spec: InferenceSpec,
+                    options: EvalOptions, progress: bool) -> dict[str, float]:
     """Score one snapshot and draw its strip into ``strip`` (one generator pass);
     its ``metrics.csv`` row (without the epoch)."""
     try:
@@ -474,12 +400,8 @@ def _score_snapshot(
             f"{exc} Snapshot {path.name} is damaged: remove it to score the other "
             f"epochs, or start a new --run-dir"
         ) from None
-    summary, _, _ = evaluate_with_strip(
-        generator, h5, split, strip, strips=strips, batch_size=batch_size, limit=limit,
-        progress=progress, precision=precision, jit=jit, engine=engine,
-        crop_border=crop_border,
-        protocol=protocol, y_channel=y_channel,
-    )
+    predictor = Predictor(generator, spec, source=path)
+    summary, _, _ = evaluate_with_strip(predictor, h5, strip, options, progress=progress)
     return {**{k: float(summary[k]) for k in RUN_METRIC_KEYS},
             **{k: summary[k] for k in SETTING_KEYS}}
 
@@ -499,11 +421,11 @@ def _save_run_tables(
     )
 
 
-def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int = 0,
-              protocol: str = DEFAULT_PROTOCOL, y_channel: bool = DEFAULT_Y_CHANNEL) -> None:
+def _draw_run(out: Path, results: dict[int, dict[str, float]],
+              settings: ScoreSettings) -> None:
     """Write ``metrics.png`` and ``progress.png`` from every epoch's scores and strip,
-    scored at ``crop_border``, ``protocol`` and ``y_channel`` (named in the plot and
-    the labels when not the defaults, :func:`describe_settings`)."""
+    scored with ``settings`` (named in the plot and the labels when not the defaults,
+    :meth:`ScoreSettings.describe`)."""
     epochs = sorted(results)
     plot_metrics(
         epochs,
@@ -512,7 +434,7 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int 
         [results[e]["blurred_psnr"] for e in epochs],
         [results[e]["blurred_ssim"] for e in epochs],
         out / "metrics.png",
-        crop_border=crop_border, protocol=protocol, y_channel=y_channel,
+        settings=settings,
     )
     shown = _progress_epochs(epochs)
     strip_images = []
@@ -525,7 +447,7 @@ def _draw_run(out: Path, results: dict[int, dict[str, float]], crop_border: int 
                 f"{_strip_path(out, e)} is damaged ({exc}); remove it and run dgf-eval "
                 f"again to draw it anew"
             ) from None
-    named = describe_settings(crop_border, protocol, y_channel)
+    named = settings.describe()
     crop = f" ({named})" if named else ""
     labels = [
         f"epoch {e}: PSNR {results[e]['psnr']:.2f} dB, SSIM {results[e]['ssim']:.4f}{crop}"

@@ -1,9 +1,10 @@
 """``dgf-deblur``: deblur photo files and folders with a trained generator.
 
 Plans the jobs (inputs to outputs, folders mirrored), reads each image upright,
-runs it through :func:`dgf.tiling.deblur_image` (the model runtime: loading,
-BatchNorm folding, tiling), writes the result atomically and reports which files
-failed. The defaults of the command's options live in :mod:`dgf.options`.
+runs it through a :class:`dgf.predictor.Predictor` (the generator and the
+:class:`~dgf.spec.InferenceSpec` the command built from its flags: precision, engine,
+XLA, tiling, scale), writes the result atomically and reports which files failed.
+The defaults of the command's options live in :mod:`dgf.options`.
 
 Reading and writing image files, and the conversions uint8 ``x`` → ``x / 127.5 - 1``
 (:func:`~dgf.images.to_unit`) and generator output ``y`` → ``clip(rint((y + 1) *
@@ -25,22 +26,33 @@ from dgf.fileio import DiskFull, check_output
 from dgf.images import (
     SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, write_image,
 )
-from dgf.options import (
-    DEFAULT_BATCH,
-    DEFAULT_ENGINE,
-    DEFAULT_JIT,
-    DEFAULT_PRECISION,
-    DEFAULT_QUALITY,
-    DEFAULT_SCALE,
-    DEFAULT_TILE,
-)
 from dgf.metadata import read_metadata, training_side
-from dgf.engines import check_engine, engine_precision
-from dgf.dispatch import check_engine_choice, check_jit
+from dgf.options import DEFAULT_DEBLUR_PRECISION, DEFAULT_QUALITY, DEFAULT_SCALE
+from dgf.predictor import Predictor, resolve
 from dgf.runtime import load_generator, resolve_precision
-from dgf.tiling import auto_scale, check_scale, check_tiling, deblur_image, seamless_tiling
+from dgf.spec import InferenceSpec, check_scale
+from dgf.tiling import auto_scale
 
 COMPARE_DIR = "compare"
+#: dgf-deblur's inference settings: ``--precision auto``, ``--scale auto``, the
+#: fastest engine measured here, the model's seamless tiling.
+DEBLUR_SPEC = InferenceSpec(precision=DEFAULT_DEBLUR_PRECISION, scale=DEFAULT_SCALE)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How dgf-deblur writes: ``compare`` adds ``out/compare/REL/NAME_compare.EXT``
+    (blurred | deblurred side by side), ``overwrite`` replaces existing outputs,
+    ``quality`` is the JPEG quality (1-100)."""
+
+    compare: bool = False
+    overwrite: bool = False
+    quality: int = DEFAULT_QUALITY
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quality, bool) or not isinstance(self.quality, int) \
+                or not 1 <= self.quality <= 100:
+            raise DgfError(f"JPEG quality {self.quality} must be between 1 and 100.")
 
 
 # --- files -------------------------------------------------------------------
@@ -111,14 +123,10 @@ def _exists_error(path: Path) -> str:
     return f"output {path} already exists; pass --overwrite to replace it"
 
 
-def _process(
-    generator, job: _Job, *, tile: int, overlap: int, batch_size: int,
-    overwrite: bool, quality: int, progress: bool, precision: str,
-    scale: str | float = 1.0, train_side: int | None = None, jit: str = DEFAULT_JIT,
-    engine: str = DEFAULT_ENGINE,
-) -> None:
+def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
+             train_side: int | None = None) -> None:
     targets = [job.output] + ([job.compare] if job.compare else [])
-    if not overwrite:
+    if not writing.overwrite:
         for target in targets:
             if target.exists():
                 raise _JobFailed(_exists_error(target))
@@ -136,41 +144,33 @@ def _process(
         raise _JobFailed(f"corrupt, truncated or unreadable image ({exc})") from exc
     rgb = source.rgb
     height, width = rgb.shape[:2]
+    scale = predictor.spec.scale
     factor = auto_scale(height, width, train_side) if scale == "auto" else float(scale)
     try:
         factor = check_scale(factor, height, width)
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
-        deblurred = deblur_image(
-            generator, rgb, tile=tile, overlap=overlap, batch_size=batch_size,
-            progress=progress, precision=precision, scale=factor, jit=jit, engine=engine,
-        )
+        deblurred = predictor.deblur_image(rgb, scale=factor, progress=progress)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
-            f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} with tile {tile}; "
+            f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} with tile "
+            f"{predictor.tiling()[0]}; "
             f"use a smaller --tile or --batch"
         ) from exc
     out = Image.fromarray(deblurred, "RGB")
     if source.alpha is not None and image_format(job.output) == "PNG":
         out.putalpha(Image.fromarray(source.alpha, "L"))
     try:
-        write_image(job.output, out, quality=quality, metadata=source.metadata)
+        write_image(job.output, out, quality=writing.quality, metadata=source.metadata)
         if job.compare is not None:
             side = np.concatenate([rgb, deblurred], axis=1)
             icc = {k: v for k, v in source.metadata.items() if k == "icc_profile"}
-            write_image(job.compare, side, quality=quality, metadata=icc)
+            write_image(job.compare, side, quality=writing.quality, metadata=icc)
     except DiskFull:
         raise  # not a problem of this photo: the run stops (deblur_paths)
     except DgfError as exc:  # OutputError: cannot write OUTPUT: reason
         raise _JobFailed(str(exc)) from exc
-
-
-def parse_scale(scale: str | float) -> str | float:
-    """``"auto"``, or the factor as a float in (0, 1]; DgfError naming the value."""
-    if isinstance(scale, str) and scale.strip().lower() == "auto":
-        return "auto"
-    return check_scale(scale)
 
 
 class _JobFailed(Exception):
@@ -181,86 +181,60 @@ def deblur_paths(
     model_path: Path | str,
     inputs: Sequence[Path | str],
     out_dir: Path | str,
+    spec: InferenceSpec = DEBLUR_SPEC,
     *,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    compare: bool = False,
-    overwrite: bool = False,
-    quality: int = DEFAULT_QUALITY,
+    writing: WriteOptions = WriteOptions(),
     progress: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
-    precision: str = DEFAULT_PRECISION,
-    scale: str | float = DEFAULT_SCALE,
-    jit: str = DEFAULT_JIT,
-    engine: str = DEFAULT_ENGINE,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
     Files keep their name and format (JPEG or PNG, chosen by suffix); the tree under
     each input folder is mirrored. Output is upright (EXIF orientation applied, tag
-    dropped) and RGB; a PNG's alpha channel is kept unchanged. With ``compare``,
-    ``out_dir/compare/REL/NAME_compare.EXT`` holds blurred | deblurred side by side.
+    dropped) and RGB; a PNG's alpha channel is kept unchanged. ``writing`` says
+    whether a comparison is written beside, whether existing outputs are replaced and
+    the JPEG quality (:class:`WriteOptions`).
 
     Problems with the whole run (missing model, missing input path, folder without
-    images, two inputs mapped to one output, bad tile settings) raise DgfError before
-    any image is processed. Problems with one file (unreadable, unsupported suffix,
-    existing output without ``overwrite``) are recorded in the report, passed to
-    ``on_failure`` and the other files still run. ``precision`` is ``"fp32"`` or
-    ``"bf16"`` (DgfError up front where TensorFlow cannot run bf16), or ``"auto"``
-    (:func:`dgf.runtime.resolve_precision`; the run says which it chose).
+    images, two inputs mapped to one output, bad tile settings, a missing engine or
+    one that cannot run the precision) raise DgfError before any image is processed.
+    Problems with one file (unreadable, unsupported suffix, existing output without
+    ``overwrite``) are recorded in the report, passed to ``on_failure`` and the other
+    files still run.
 
-    ``scale`` is a factor in (0, 1] or ``"auto"``: each photo is deblurred at that
-    scale (:func:`dgf.tiling.deblur_image`) and returned at its own size. ``auto``
-    picks, per photo, the model's training image side over the photo's shorter
-    side (:func:`dgf.tiling.auto_scale`), from the model file's training record;
-    a model without one runs at 1, and the run says so. ``jit`` (``"auto"``,
-    ``"on"``, ``"off"``): XLA or not, :func:`dgf.dispatch.inference_call`. ``engine``
-    (``"auto"``, ``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``): which runs the
-    generator (:mod:`dgf.engines`); a missing engine is a DgfError up front naming
-    the extra to install, and ``--precision auto`` is fp32 for an engine without bf16.
+    ``spec`` (:class:`~dgf.spec.InferenceSpec`) says how the generator runs. Its
+    ``precision`` "auto" is bf16 where the CPU computes bfloat16 natively and fp32
+    elsewhere (the run says which it chose). Its ``scale`` is a factor in (0, 1] or
+    ``"auto"``: each photo is deblurred at that scale (:func:`dgf.tiling.deblur_image`)
+    and returned at its own size; ``auto`` picks, per photo, the model's training image
+    side over the photo's shorter side (:func:`dgf.tiling.auto_scale`), from the model
+    file's training record; a model without one runs at 1, and the run says so.
     """
-    # None: from the model (dgf.tiling.seamless_tiling), checked once it is loaded.
-    check_tiling(tile or DEFAULT_TILE, overlap or 0, batch_size)
-    if tile is not None and overlap is not None:
-        check_tiling(tile, overlap, batch_size)
-    scale = parse_scale(scale)
-    asked, precision = precision, resolve_precision(precision)
-    check_jit(jit)
-    check_engine_choice(engine)
-    if asked == "auto":
-        precision = engine_precision(engine, precision)
-    check_engine(engine, precision)
-    if not 1 <= quality <= 100:
-        raise DgfError(f"JPEG quality {quality} must be between 1 and 100.")
+    precision = resolve(spec)
     if not inputs:
         raise DgfError("no inputs given; pass image files or folders.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"output {out_dir} exists and is not a folder.")
     check_output(out_dir, folder=True)
-    jobs = _plan(inputs, out_dir, compare)
-    generator = load_generator(model_path)
-    tile, overlap = seamless_tiling(generator, tile, overlap)
-    check_tiling(tile, overlap, batch_size)
+    jobs = _plan(inputs, out_dir, writing.compare)
+    predictor = Predictor(load_generator(model_path), spec, source=model_path)
+    predictor.tiling()  # the model's own tile and overlap, checked before any image
+    scale = spec.scale
     train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
     if scale == "auto" and train_side is None:
         print(f"--scale auto: {model_path} does not record its training images (no "
               f"training metadata); running at scale 1 (pass --scale F to choose)",
               flush=True)
-    if asked == "auto":
+    if spec.precision == "auto":
         print(f"--precision auto: {precision}" + (
             " (this CPU computes bfloat16 natively)" if precision == "bf16" else
-            f" ({engine} runs fp32 only)" if engine_precision(engine, "bf16") == "fp32"
+            f" ({spec.engine} runs fp32 only)" if spec.engine != "auto"
             and resolve_precision("auto") == "bf16" else ""), flush=True)
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
-            _process(
-                generator, job, tile=tile, overlap=overlap, batch_size=batch_size,
-                overwrite=overwrite, quality=quality, progress=progress,
-                precision=precision, scale=scale, train_side=train_side, jit=jit, engine=engine,
-            )
+            _process(predictor, job, writing, progress=progress, train_side=train_side)
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
                               f"are kept in {out_dir}; free space and run again (existing "

@@ -42,6 +42,7 @@ baseline a deblurring model must beat.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -219,6 +220,42 @@ def describe_settings(crop_border: int = 0, protocol: str = DEFAULT_PROTOCOL,
     if y_channel:
         parts.append("Y channel")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How PSNR and SSIM are taken, validated once: ``crop_border`` pixels removed at
+    each side (BasicSR's ``crop_border``; 8 judges the interior), the ``protocol``
+    (``METRIC_PROTOCOLS``) and whether the luma Y is scored instead of RGB. Every
+    stored score names them (:meth:`as_dict`)."""
+
+    crop_border: int = 0
+    protocol: str = DEFAULT_PROTOCOL
+    y_channel: bool = DEFAULT_Y_CHANNEL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_border", check_crop_border(self.crop_border))
+        check_protocol(self.protocol)
+        object.__setattr__(self, "y_channel", bool(self.y_channel))
+
+    def as_dict(self) -> dict[str, Any]:
+        """``crop_border``, ``protocol`` and ``y_channel``: what a score records."""
+        return {"crop_border": self.crop_border, "protocol": self.protocol,
+                "y_channel": self.y_channel}
+
+    def describe(self) -> str:
+        """The settings that differ from the defaults (:func:`describe_settings`)."""
+        return describe_settings(self.crop_border, self.protocol, self.y_channel)
+
+    def check_size(self, height: int, width: int) -> None:
+        """DgfError when the crop leaves less than the SSIM window (:func:`check_window`)."""
+        check_window(self.crop_border, height, width, self.protocol)
+
+    def psnr(self, reference: np.ndarray, test: np.ndarray) -> float:
+        return psnr(reference, test, self.crop_border, self.protocol, self.y_channel)
+
+    def ssim(self, reference: np.ndarray, test: np.ndarray) -> float:
+        return ssim(reference, test, self.crop_border, self.protocol, self.y_channel)
 
 
 def mean_psnr(values: Sequence[float]) -> float:

@@ -12,33 +12,93 @@ and the trainer's in :mod:`dgf.config`.
 """
 from __future__ import annotations
 
-#: Precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision`` (see
-#: :mod:`dgf.runtime`); the trainer takes these and fp16 (mixed float16 with loss
+from dataclasses import dataclass
+
+from dgf.errors import DgfError
+
+#: Precisions of ``dgf-deblur --precision`` and ``dgf-eval --precision``: fp32, bf16
+#: (the body in bfloat16, :mod:`dgf.runtime`) and int8 (post-training static
+#: quantisation of the folded generator, :mod:`dgf.quantize`, on the engines whose row
+#: below lists it). The trainer takes fp32, bf16 and fp16 (mixed float16 with loss
 #: scaling, which only an optimiser has), :class:`dgf.config.TrainConfig`.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+#: The precisions TensorFlow computes (the folded copy's dtype policy, dgf.runtime).
+FLOAT_PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "fp32"
 #: What ``--precision`` accepts: a precision, or "auto" (dgf.runtime.resolve_precision):
 #: bf16 on a CPU with native bfloat16 (AVX512_BF16 or AMX) and no GPU, fp32 elsewhere.
-#: There bf16 without XLA was 2.0x faster than fp32 and changed the bundled model's mean
-#: PSNR on the 64 real test pairs of pairs-small by -0.001 dB (docs/inference.md).
+#: auto never picks int8, which changes the output: it runs only when asked.
 PRECISION_CHOICES = ("auto",) + PRECISIONS
 #: dgf-deblur's default; dgf-eval keeps fp32, so scores do not depend on the host.
 DEFAULT_DEBLUR_PRECISION = "auto"
-#: XLA for the inference call (``--jit``): "auto" measures both compiled paths on the
+#: XLA for TensorFlow's call (``--jit``): "auto" measures both compiled paths on the
 #: first input of each shape and keeps the faster, per host (dgf.calibration); "on"
 #: always compiles with XLA, "off" never does.
 JIT_CHOICES = ("auto", "on", "off")
 DEFAULT_JIT = "auto"
-#: Inference engines of ``--engine`` (dgf.engines): TensorFlow, and the generator's
-#: ONNX conversion under ONNX Runtime or OpenVINO.
-ENGINES = ("tensorflow", "onnxruntime", "openvino")
-#: "auto" measures every installed engine on the first input of each shape, with
-#: TensorFlow's XLA choice, and keeps the fastest, per host (dgf.calibration).
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    """One inference engine: what ``--engine NAME`` runs (the module
+    ``dgf.engines.NAME_engine`` implements it, :class:`dgf.engines.base.Engine`)."""
+
+    #: The ``--engine`` value.
+    name: str
+    #: What messages call it.
+    words: str
+    #: The extra of pyproject.toml that installs it (None: always installed).
+    extra: str | None
+    #: The precisions it can run on some host (``available`` says which run here).
+    precisions: tuple[str, ...]
+    #: The paths ``--engine auto`` measures for it, the names of calibration entries:
+    #: TensorFlow's two (without and with XLA), one for every other engine.
+    paths: tuple[str, ...]
+
+
+#: The engine table: ``--engine``'s choices, auto's candidates, the calibration
+#: cache's path names, the missing-engine errors and docs/inference.md's table all
+#: come from it. Adding an engine is one module and one row.
+ENGINE_TABLE = (
+    EngineRow("tensorflow", "TensorFlow", None, ("fp32", "bf16"), ("plain", "xla")),
+    EngineRow("onnxruntime", "ONNX Runtime (CPU provider)", "onnx", ("fp32", "int8"),
+              ("onnxruntime",)),
+    EngineRow("openvino", "OpenVINO (CPU plugin)", "openvino", ("fp32", "bf16", "int8"),
+              ("openvino",)),
+)
+ENGINES = tuple(row.name for row in ENGINE_TABLE)
+#: "auto" measures every installed engine that runs the precision on the first input of
+#: each shape, with TensorFlow's XLA choice, and keeps the fastest, per host.
 ENGINE_CHOICES = ("auto",) + ENGINES
 DEFAULT_ENGINE = "auto"
 #: The extra of pyproject.toml that installs each optional engine
 #: (dgf.errors.install_hint says how).
-ENGINE_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+ENGINE_EXTRAS = {row.name: row.extra for row in ENGINE_TABLE if row.extra}
+#: Every path name of the table (dgf.calibration's entries), TensorFlow's first.
+PATHS = tuple(path for row in ENGINE_TABLE for path in row.paths)
+
+
+def engine_row(name: str) -> EngineRow:
+    """The row of engine ``name``; DgfError naming the choices for another name."""
+    for row in ENGINE_TABLE:
+        if row.name == name:
+            return row
+    raise DgfError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+
+
+def path_engine(path: str) -> EngineRow:
+    """The row of the engine a path (a name of ``PATHS``) belongs to."""
+    for row in ENGINE_TABLE:
+        if path in row.paths:
+            return row
+    raise DgfError(f"unknown inference path {path!r}; choose one of {', '.join(PATHS)}")
+
+
+# int8 (dgf.quantize).
+#: Calibration crops and their side, and the seed that draws them.
+DEFAULT_CALIBRATION_COUNT = 300
+DEFAULT_CALIBRATION_SIDE = 256
+DEFAULT_CALIBRATION_SEED = 0
 
 # dgf-deblur (dgf.tiling.deblur_image, dgf.infer.deblur_paths).
 #: Tile edge in pixels; 0 runs the whole image at once.

@@ -4,8 +4,8 @@ the compiled call, with or without XLA.
 :func:`load_generator` reads a saved generator (with the custom layers of
 :mod:`dgf.models` registered). Every inference entry point (``dgf-deblur``,
 ``dgf-eval``, the trainer's per-epoch scoring) runs the generator through
-:func:`dgf.dispatch.inference_call`, which returns a compiled call of an inference
-copy of the model; ``dgf-export`` exports the same copy (:func:`fold_batchnorm`),
+a :class:`dgf.predictor.Predictor`, which runs a compiled call of an inference
+copy of the model (:class:`FoldedCopies`); ``dgf-export`` exports the same copy (:func:`fold_batchnorm`),
 without XLA:
 
 * **BatchNorm folding.** In inference mode a BatchNormalization is a per-channel
@@ -21,12 +21,12 @@ without XLA:
   and each new part's activation fuses into the convolution that made it.
 * **Current weights.** The copy is built once per source model and precision (its
   compiled call is traced once), and its weights are refolded from the source
-  model's *current* weights at every :func:`dgf.dispatch.inference_call`, so the trainer's
+  model's *current* weights at every :meth:`dgf.predictor.Predictor.call`, so the trainer's
   per-epoch scoring always sees the weights of that epoch. The source model is never
   modified.
 * **XLA or not.** :func:`compiled_generator` compiles the copy with or without
   ``jit_compile``; which one runs, and whether another engine does, is chosen per
-  host from measurement in :mod:`dgf.dispatch` (:func:`dgf.dispatch.inference_call`).
+  host from measurement by :class:`dgf.predictor.Predictor`.
 * **Precision.** ``fp32`` keeps every layer in float32. ``bf16`` computes the body
   under Keras' ``mixed_bfloat16`` policy (float32 weights, bfloat16 activations);
   the last convolution and every layer after it stay float32, so the image leaves
@@ -62,7 +62,7 @@ import dgf.models  # noqa: F401  (registers the generator's custom layers for lo
 from dgf.errors import DgfError
 from dgf.fileio import require_file
 from dgf.host import cpu_flags
-from dgf.options import DEFAULT_PRECISION, PRECISIONS
+from dgf.options import DEFAULT_PRECISION, FLOAT_PRECISIONS, PRECISIONS
 
 _POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 # /proc/cpuinfo flags that give a CPU native bfloat16 arithmetic (x86, then Arm).
@@ -363,8 +363,7 @@ def fold_batchnorm(model, precision: str = DEFAULT_PRECISION):
         with the same weights. In inference mode it computes what ``model(x,
         training=False)`` computes, up to float round-off.
     """
-    if precision not in PRECISIONS:
-        raise DgfError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    _check_float(precision)
     if not _is_functional(model):
         raise DgfError(
             f"BatchNorm folding needs a functional Keras model; got {type(model).__name__}"
@@ -375,33 +374,25 @@ def fold_batchnorm(model, precision: str = DEFAULT_PRECISION):
 
 
 # --- the compiled call ----------------------------------------------------------------
-# One compiled call per model. Graph mode frees each activation once its last
-# consumer ran; an eager Keras call keeps every intermediate of the dense field alive
-# until it returns (measured at channel_rate 16 on a 512 px tile: 5.5 GiB eager,
-# 0.7 GiB compiled, and 2.7x faster).
-_COMPILED: "weakref.WeakKeyDictionary[Any, dict[bool, Callable]]" = (
-    weakref.WeakKeyDictionary()
-)
-# Folded copies per source model and precision, with their fill plans.
-_FOLDED: "weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, _Plan]]]" = (
-    weakref.WeakKeyDictionary()
-)
+def _check_float(precision: str) -> None:
+    if precision not in FLOAT_PRECISIONS:
+        raise DgfError(f"unknown precision {precision!r} for a Keras copy; choose one of "
+                       f"{', '.join(FLOAT_PRECISIONS)}")
 
 
 def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[np.ndarray], Any]:
-    """A compiled inference call for ``generator`` as it is (no folding), built once.
+    """A compiled inference call for ``generator`` as it is (no folding).
 
     ``generator(x, training=False)`` inside one ``tf.function`` with input signature
     (None, None, None, 3) float32, so every batch size and image size (tiles, a
     short last batch, the trainer's per-epoch calls) share one function and never
     retrace. With ``jit_compile`` XLA compiles it, once per input shape. The graph
-    holds the generator only weakly, so caching it keeps no model alive.
-    :func:`dgf.dispatch.inference_call` uses it on the folded copy.
+    holds the generator only weakly, so keeping the call keeps no model alive. Graph
+    mode frees each activation once its last consumer ran; an eager Keras call keeps
+    every intermediate of the dense field alive until it returns (measured at
+    channel_rate 16 on a 512 px tile: 5.5 GiB eager, 0.7 GiB compiled, and 2.7x
+    faster). :class:`dgf.predictor.Predictor` keeps one per path and precision.
     """
-    try:
-        return _COMPILED[generator][jit_compile]
-    except (KeyError, TypeError):
-        pass
     ref = weakref.ref(generator)
 
     @tf.function(
@@ -412,47 +403,46 @@ def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[n
     def call(x):
         return ref()(x, training=False)
 
-    try:
-        _COMPILED.setdefault(generator, {})[jit_compile] = call
-    except TypeError:  # an unhashable callable still works, just uncached
-        pass
     return call
 
 
+class FoldedCopies:
+    """The folded inference copies of one generator, one per precision, each built
+    once and refilled with the generator's current weights on every :meth:`copy`
+    (milliseconds), so a compiled call of a copy is traced once and still sees new
+    weights (the trainer's, every epoch)."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+        self._copies: dict[str, tuple[Any, _Plan]] = {}
+
+    def copy(self, precision: str = DEFAULT_PRECISION):
+        """The copy at ``precision`` (fp32 or bf16) with the current weights. A model
+        that is not functional is returned unchanged for fp32 (nothing to fold) and
+        refused for bf16."""
+        _check_float(precision)
+        if not _is_functional(self.generator):
+            if precision == "fp32":
+                return self.generator
+            raise DgfError(f"bf16 inference needs a functional Keras model; got "
+                           f"{type(self.generator).__name__}")
+        if precision not in self._copies:
+            self._copies[precision] = _build_folded(self.generator, precision)
+        copy, plan = self._copies[precision]
+        _fill(copy, plan, self.generator)
+        return copy
+
+    def copy_held(self, precision: str):
+        """The copy at ``precision`` as last filled by :meth:`copy` (no refolding)."""
+        if not _is_functional(self.generator):
+            return self.copy(precision)
+        return self._copies[precision][0]
+
+
 def inference_model(generator: Any, precision: str = DEFAULT_PRECISION):
-    """The folded inference copy of ``generator`` at ``precision``, with its current weights.
-
-    Built on the first call per (generator, precision) and kept while the generator
-    lives; later calls only refold the weights (milliseconds), so a compiled call of
-    the copy is traced once. A model that is not functional is returned unchanged
-    for ``fp32`` (nothing to fold) and refused for ``bf16``.
-    """
-    if precision not in PRECISIONS:
-        raise DgfError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if not _is_functional(generator):
-        if precision == "fp32":
-            return generator
-        raise DgfError(
-            f"bf16 inference needs a functional Keras model; got {type(generator).__name__}"
-        )
-    per_model = _FOLDED.setdefault(generator, {})
-    if precision not in per_model:
-        per_model[precision] = _build_folded(generator, precision)
-    copy, plan = per_model[precision]
-    _fill(copy, plan, generator)
-    return copy
-
-
-# The files generators were loaded from (load_generator), named in engine errors.
-_SOURCES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-
-
-def model_source(generator: Any) -> str:
-    """The model file ``generator`` was loaded from, or words for an in-memory model."""
-    try:
-        return _SOURCES[generator]
-    except (KeyError, TypeError):
-        return "the generator"
+    """A folded inference copy of ``generator`` at ``precision``, with its current
+    weights, built anew (:class:`FoldedCopies` keeps one and refills it)."""
+    return FoldedCopies(generator).copy(precision)
 
 
 # --- loading a generator -------------------------------------------------------------------
@@ -493,10 +483,6 @@ def load_generator(model_path: Path | str):
             f"could not load model {path}: {type(exc).__name__}: {exc}. Is it the "
             f"generator .keras file written by dgf-train?"
         ) from exc
-    try:
-        _SOURCES[model] = str(path)
-    except TypeError:
-        pass
     in_shape = tuple(model.inputs[0].shape) if model.inputs else ()
     out_shape = tuple(model.outputs[0].shape) if model.outputs else ()
     if len(model.inputs) != 1 or len(in_shape) != 4 or in_shape[-1] != 3 or (

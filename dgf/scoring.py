@@ -1,12 +1,9 @@
 """Scoring a generator on a split of an HDF5 pairs file, as the trainer does every
-epoch and dgf-eval does per model: running the generator over uint8 images
-(:func:`deblur_array`), choosing and reading the pairs, the sample strip drawn from
-the same pass, and the per-image and summary scores (:mod:`dgf.metrics`). No
-matplotlib: the plots live in :mod:`dgf.evaluate`.
-
-Every generator runs through :func:`dgf.dispatch.inference_call`, its compiled
-BatchNorm-folded copy with the generator's current weights (so the trainer's
-per-epoch scoring sees each epoch's).
+epoch and dgf-eval does per model: choosing and reading the pairs, running them
+through a :class:`dgf.predictor.Predictor` (its folded copy with the generator's
+current weights, so the trainer's per-epoch scoring sees each epoch's), the sample
+strip drawn from the same pass, and the per-image and summary scores
+(:mod:`dgf.metrics`). No matplotlib: the plots live in :mod:`dgf.evaluate`.
 """
 from __future__ import annotations
 
@@ -18,19 +15,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from dgf.checks import is_int
 from dgf.errors import DgfError
-from dgf.images import to_uint8, to_unit, write_image
-from dgf.metrics import check_crop_border, check_protocol, check_window, mean_psnr, psnr, ssim
-from dgf.options import (
-    DEFAULT_EVAL_BATCH,
-    DEFAULT_EVAL_SPLIT,
-    DEFAULT_JIT,
-    DEFAULT_PRECISION,
-    DEFAULT_PROTOCOL,
-    DEFAULT_STRIPS,
-    DEFAULT_Y_CHANNEL,
-)
-from dgf.dispatch import inference_call
+from dgf.images import write_image
+from dgf.metrics import ScoreSettings, mean_psnr
+from dgf.options import DEFAULT_EVAL_SPLIT, DEFAULT_STRIPS
+from dgf.predictor import Predictor
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name, source_name
 
 # What every stored score names: the crop border, protocol and channel it was taken at.
@@ -38,50 +28,6 @@ SETTING_KEYS = ("crop_border", "protocol", "y_channel")
 SUMMARY_KEYS = ("count", "psnr", "ssim", "blurred_psnr", "blurred_ssim", "seconds_per_image",
                 *SETTING_KEYS)
 ROW_KEYS = ("index", "source", "psnr", "ssim", "blurred_psnr", "blurred_ssim", *SETTING_KEYS)
-
-
-# --- running a generator --------------------------------------------------------------
-def deblur_array(
-    generator: Any,
-    blurred: np.ndarray,
-    batch_size: int = DEFAULT_EVAL_BATCH,
-    precision: str = DEFAULT_PRECISION,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
-    refresh_calls: int | None = None,
-) -> np.ndarray:
-    """Run ``generator`` in inference mode over blurred images.
-
-    ``generator``: a Keras model mapping (B, H, W, 3) float32 in [-1, 1] to the same
-    shape in [-1, 1]; its BatchNorm-folded copy at ``precision`` (``"fp32"`` or
-    ``"bf16"``) runs, compiled once per generator, with the generator's current
-    weights (:func:`dgf.dispatch.inference_call`). ``blurred``: (B, H, W, 3) uint8.
-    ``jit``: XLA or not (``"auto"``, ``"on"``, ``"off"``); ``engine``: which runs it
-    (``"tensorflow"``, ``"onnxruntime"``, ``"openvino"``, ``"auto"``); ``refresh_calls``:
-    how many calls one set of weights serves, for ``"auto"`` (the trainer); all as in
-    :func:`dgf.dispatch.inference_call`.
-    Returns (B, H, W, 3) uint8, rounded by :func:`to_uint8`.
-    """
-    blurred = np.asarray(blurred)
-    if blurred.dtype != np.uint8 or blurred.ndim != 4 or blurred.shape[-1] != 3:
-        raise DgfError(
-            f"blurred images must be uint8 (B, H, W, 3); got {blurred.dtype} "
-            f"{blurred.shape}"
-        )
-    if batch_size < 1:
-        raise DgfError(f"batch size must be at least 1; got {batch_size}")
-    out = np.empty_like(blurred)
-    call = inference_call(generator, precision, jit, engine, refresh_calls)
-    for start in range(0, len(blurred), batch_size):
-        chunk = to_unit(blurred[start : start + batch_size])
-        y = np.asarray(call(chunk), dtype=np.float32)
-        if y.shape != chunk.shape:
-            raise DgfError(
-                f"generator returned shape {y.shape} for input {chunk.shape}; a "
-                f"deblurring generator must keep the image size and 3 channels"
-            )
-        out[start : start + batch_size] = to_uint8(y)
-    return out
 
 
 # --- which pairs, and reading them -------------------------------------------------
@@ -207,33 +153,42 @@ def _baseline_key(h5_path: Path | str, split: str, indices: Sequence[int]) -> tu
     return (str(path), stat.st_size, stat.st_mtime_ns, split, tuple(indices))
 
 
-def evaluate_split(
-    generator: Any,
-    h5_path: Path | str,
-    split: str = DEFAULT_EVAL_SPLIT,
-    *,
-    batch_size: int = DEFAULT_EVAL_BATCH,
-    limit: int | None = None,
-    progress: bool = True,
-    precision: str = DEFAULT_PRECISION,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
-    weights_change: bool = False,
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score ``generator`` on one split of an HDF5 file.
+@dataclass(frozen=True)
+class EvalOptions:
+    """What a split's scoring covers, validated once: the ``split``, ``limit`` pairs
+    evenly spread over it (None: every pair; :func:`scored_indices`), the ``strips``
+    rows of the sample strip (:func:`strip_rows`) and how PSNR/SSIM are taken
+    (:class:`dgf.metrics.ScoreSettings`)."""
 
-    Reads pairs in batches of ``batch_size`` (contiguous slices, constant memory),
-    deblurs each batch in inference mode and scores the uint8 result against the
-    sharp image (definitions in the module docstring). ``limit`` scores
-    ``strip_indices(count, limit)``: that many pairs evenly spread over the split,
-    the same ones every call; ``None`` scores every pair. ``precision``, ``jit`` and
-    ``engine`` as in :func:`deblur_array`; ``weights_change`` (the trainer, whose
-    weights change between calls) lets ``engine="auto"`` count an engine's conversion
-    spread over this call's batches. ``crop_border``, ``protocol`` and ``y_channel`` as in
-    :func:`psnr` and :func:`ssim`; the summary and every row name them.
+    split: str = DEFAULT_EVAL_SPLIT
+    limit: int | None = None
+    strips: int = DEFAULT_STRIPS
+    settings: ScoreSettings = ScoreSettings()
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (not is_int(self.limit) or self.limit < 1):
+            raise DgfError(f"limit must be at least 1 pair; got {self.limit}")
+        if not is_int(self.strips) or self.strips < 1:
+            raise DgfError(f"number of strip rows must be at least 1; got {self.strips}")
+
+
+def evaluate_split(
+    predictor: Predictor,
+    h5_path: Path | str,
+    options: EvalOptions = EvalOptions(),
+    *,
+    progress: bool = True,
+    weights_change: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score ``predictor`` on one split of an HDF5 file.
+
+    Reads pairs in batches of the predictor's ``spec.batch`` (contiguous slices,
+    constant memory), deblurs each batch (:meth:`Predictor.deblur_batch`) and scores
+    the uint8 result against the sharp image as ``options.settings`` says (the summary
+    and every row name them). ``options.limit`` scores ``strip_indices(count, limit)``:
+    that many pairs evenly spread over the split, the same ones every call.
+    ``weights_change`` (the trainer, whose weights change between calls) lets
+    ``--engine auto`` count an engine's conversion spread over this call's batches.
 
     Returns ``(summary, rows)``. ``summary`` has ``count``, ``psnr``, ``ssim``,
     ``blurred_psnr``, ``blurred_ssim`` (means over images, PSNR capped at 100 dB
@@ -243,34 +198,21 @@ def evaluate_split(
     ``psnr`` (``inf`` when identical), ``ssim``, ``blurred_psnr``, ``blurred_ssim``.
 
     The blurred-input scores depend only on the data, so they are cached in-process
-    per (file, size, mtime, split, pairs, crop border, protocol, channel): the
-    trainer calls this every epoch.
+    per (file, size, mtime, split, pairs, settings): the trainer calls this every epoch.
     """
-    summary, rows, _ = _evaluate(generator, h5_path, split, batch_size=batch_size,
-                                 limit=limit, progress=progress, precision=precision, jit=jit,
-                                 engine=engine, weights_change=weights_change,
-                                 crop_border=crop_border, protocol=protocol,
-                                 y_channel=y_channel)
+    summary, rows, _ = _evaluate(predictor, h5_path, options, progress=progress,
+                                 weights_change=weights_change)
     return summary, rows
 
 
 def evaluate_with_strip(
-    generator: Any,
+    predictor: Predictor,
     h5_path: Path | str,
-    split: str,
     strip_path: Path | str,
+    options: EvalOptions = EvalOptions(),
     *,
-    strips: int = DEFAULT_STRIPS,
-    batch_size: int = DEFAULT_EVAL_BATCH,
-    limit: int | None = None,
     progress: bool = True,
-    precision: str = DEFAULT_PRECISION,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
     weights_change: bool = False,
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
     """:func:`evaluate_split` and the sample strip of the same pass.
 
@@ -279,11 +221,8 @@ def evaluate_with_strip(
     ``strip_path`` (PNG, atomically) and returns ``(summary, rows, strip)``; the
     summary gains ``strip_indices``.
     """
-    summary, rows, kept = _evaluate(generator, h5_path, split, batch_size=batch_size,
-                                    limit=limit, progress=progress, precision=precision, jit=jit,
-                                 engine=engine, weights_change=weights_change,
-                                    strips=strips, crop_border=crop_border,
-                                    protocol=protocol, y_channel=y_channel)
+    summary, rows, kept = _evaluate(predictor, h5_path, options, progress=progress,
+                                    weights_change=weights_change, strips=True)
     order = sorted(kept)
     strip = make_strip(*(np.stack([kept[i][part] for i in order]) for part in range(3)))
     save_png(strip_path, strip)
@@ -292,50 +231,34 @@ def evaluate_with_strip(
 
 
 def _evaluate(
-    generator: Any,
+    predictor: Predictor,
     h5_path: Path | str,
-    split: str,
+    options: EvalOptions,
     *,
-    batch_size: int,
-    limit: int | None,
     progress: bool,
-    precision: str,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
     weights_change: bool = False,
-    strips: int | None = None,
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
+    strips: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, tuple[np.ndarray, ...]]]:
     """Both evaluations: the report, and the (sharp, blurred, deblurred) images of
-    ``strip_rows(count, limit, strips)`` by index (none when ``strips`` is None)."""
-    if batch_size < 1:
-        raise DgfError(f"batch size must be at least 1; got {batch_size}")
-    if limit is not None and limit < 1:
-        raise DgfError(f"limit must be at least 1 pair; got {limit}")
-    crop_border = check_crop_border(crop_border)
-    check_protocol(protocol)
-    y_channel = bool(y_channel)
+    ``strip_rows(count, limit, strips)`` by index (none without ``strips``)."""
+    split, limit, settings = options.split, options.limit, options.settings
     h5, info = open_split(h5_path, split)
     with h5:
-        check_window(crop_border, info.height, info.width, protocol)
+        settings.check_size(info.height, info.width)
         indices = scored_indices(info.count, limit)
-        keep = set() if strips is None else set(strip_rows(info.count, limit, strips))
-        key = (*_baseline_key(h5_path, split, indices), crop_border, protocol, y_channel)
+        keep = set(strip_rows(info.count, limit, options.strips)) if strips else set()
+        key = (*_baseline_key(h5_path, split, indices), settings)
         cached = _BASELINE_CACHE.get(key)
         sources = _sources(h5, split, indices)
+        batch = predictor.spec.batch
         scores = _score_pairs(
-            generator, h5, split, indices, baseline=cached is None, batch_size=batch_size,
-            progress=progress, precision=precision, jit=jit, engine=engine,
-            weights_change=weights_change, keep=keep, crop_border=crop_border,
-            protocol=protocol, y_channel=y_channel,
+            predictor, h5, indices, options, baseline=cached is None, progress=progress,
+            keep=keep, calls_per_weights=-(-len(indices) // batch) if weights_change else None,
         )
     if cached is None:
         cached = (np.asarray(scores.blurred_psnr), np.asarray(scores.blurred_ssim))
         _BASELINE_CACHE[key] = cached
-    summary, rows = _split_report(indices, sources, scores, cached, crop_border, protocol,
-                                  y_channel)
+    summary, rows = _split_report(indices, sources, scores, cached, settings)
     return summary, rows, scores.kept
 
 
@@ -353,55 +276,39 @@ class _Scores:
 
 
 def _score_pairs(
-    generator: Any,
+    predictor: Predictor,
     h5,
-    split: str,
     indices: Sequence[int],
+    options: EvalOptions,
     *,
     baseline: bool,
-    batch_size: int,
     progress: bool,
-    precision: str,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
-    weights_change: bool = False,
     keep: set[int] = frozenset(),
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
+    calls_per_weights: int | None = None,
 ) -> _Scores:
-    """Deblur and score the pairs ``indices`` of ``split`` in the open file ``h5``,
-    ``batch_size`` at a time; with ``baseline`` the blurred inputs are scored too.
-    The images of the indices in ``keep`` are kept (``_Scores.kept``)."""
+    """Deblur and score the pairs ``indices`` of ``options.split`` in the open file
+    ``h5``, ``predictor.spec.batch`` at a time; with ``baseline`` the blurred inputs are
+    scored too. The images of the indices in ``keep`` are kept (``_Scores.kept``)."""
+    split, settings = options.split, options.settings
     sharp_ds, blurred_ds = h5[sharp_name(split)], h5[blurred_name(split)]
     scores = _Scores()
-    # The trainer's weights change every pass: one engine conversion serves its batches.
-    refresh_calls = -(-len(indices) // batch_size) if weights_change else None
-    bar = tqdm(
-        total=len(indices),
-        desc=f"eval {split}",
-        unit="img",
-        disable=not progress,
-        leave=False,
-    )
+    bar = tqdm(total=len(indices), desc=f"eval {split}", unit="img", disable=not progress,
+               leave=False)
     with bar:
-        for idx in _index_batches(indices, batch_size):
+        for idx in _index_batches(indices, predictor.spec.batch):
             sharp = _read(sharp_ds, idx)
             blurred = _read(blurred_ds, idx)
             t0 = time.perf_counter()
-            deblurred = deblur_array(generator, blurred, batch_size=len(idx),
-                                     precision=precision, jit=jit, engine=engine,
-                                     refresh_calls=refresh_calls)
+            deblurred = predictor.deblur_batch(blurred, calls_per_weights)
             scores.generator_seconds += time.perf_counter() - t0
             for i, s, b, d in zip(idx, sharp, blurred, deblurred):
                 if i in keep:
                     scores.kept[i] = (s.copy(), b.copy(), d.copy())
-                how = (crop_border, protocol, y_channel)
-                scores.psnr.append(psnr(s, d, *how))
-                scores.ssim.append(ssim(s, d, *how))
+                scores.psnr.append(settings.psnr(s, d))
+                scores.ssim.append(settings.ssim(s, d))
                 if baseline:
-                    scores.blurred_psnr.append(psnr(s, b, *how))
-                    scores.blurred_ssim.append(ssim(s, b, *how))
+                    scores.blurred_psnr.append(settings.psnr(s, b))
+                    scores.blurred_ssim.append(settings.ssim(s, b))
             bar.update(len(idx))
     return scores
 
@@ -411,14 +318,12 @@ def _split_report(
     sources: Sequence[str],
     scores: _Scores,
     baseline: tuple[np.ndarray, np.ndarray],
-    crop_border: int = 0,
-    protocol: str = DEFAULT_PROTOCOL,
-    y_channel: bool = DEFAULT_Y_CHANNEL,
+    settings: ScoreSettings,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``(summary, rows)`` of :func:`evaluate_split` from its scores and the
     blurred-input ``baseline`` (PSNR and SSIM arrays, one value per index)."""
     b_psnr_arr, b_ssim_arr = baseline
-    settings = {"crop_border": crop_border, "protocol": protocol, "y_channel": bool(y_channel)}
+    named = settings.as_dict()
     rows = [
         {
             "index": int(i),
@@ -427,7 +332,7 @@ def _split_report(
             "ssim": float(gs),
             "blurred_psnr": float(bp),
             "blurred_ssim": float(bs),
-            **settings,
+            **named,
         }
         for i, src, gp, gs, bp, bs in zip(
             indices, sources, scores.psnr, scores.ssim, b_psnr_arr, b_ssim_arr
@@ -440,6 +345,6 @@ def _split_report(
         "blurred_psnr": mean_psnr(list(b_psnr_arr)),
         "blurred_ssim": float(np.mean(b_ssim_arr)),
         "seconds_per_image": scores.generator_seconds / len(indices),
-        **settings,
+        **named,
     }
     return summary, rows

@@ -16,8 +16,8 @@ the default overlap of 64 px the margin is 21 px, more than the radius, so the t
 result matches the untiled one to float round-off. Tile edges that lie on the true
 image border keep weight 1: there the untiled run sees the same zero padding.
 
-The generator itself runs through :func:`dgf.dispatch.inference_call` (BatchNorm
-folding, precision, XLA or not).
+The generator itself runs through a :class:`dgf.predictor.Predictor` (BatchNorm
+folding, precision, engine, XLA or not), which this module is handed and never imports.
 """
 from __future__ import annotations
 
@@ -31,10 +31,8 @@ from tqdm import tqdm
 import dgf.models
 from dgf.errors import DgfError
 from dgf.images import to_uint8, to_unit
-from dgf.options import (
-    DEFAULT_BATCH, DEFAULT_JIT, DEFAULT_OVERLAP, DEFAULT_PRECISION, DEFAULT_TILE,
-)
-from dgf.dispatch import inference_call
+from dgf.options import DEFAULT_OVERLAP, DEFAULT_TILE
+from dgf.spec import check_scale, scaled_size
 
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.
@@ -141,22 +139,6 @@ def seamless_tiling(model, tile: int | None = None, overlap: int | None = None
 
 
 # --- tiling ------------------------------------------------------------------
-def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
-    """Raise DgfError for a tile / overlap / batch combination that cannot work."""
-    if tile < 0:
-        raise DgfError(f"tile size {tile} is negative; use a size in pixels or 0.")
-    if overlap < 0:
-        raise DgfError(f"overlap {overlap} is negative.")
-    if tile and 2 * overlap >= tile:
-        raise DgfError(
-            f"overlap {overlap} is too large for tile {tile}: each side's overlap "
-            f"must be less than half the tile (try --overlap {max(0, (tile - 1) // 2)} "
-            f"or a larger --tile)."
-        )
-    if batch_size < 1:
-        raise DgfError(f"batch size {batch_size} must be at least 1.")
-
-
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``min(tile, length)`` covering ``length``.
 
@@ -192,33 +174,6 @@ def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -
     return np.asarray(call(to_unit(batch_uint8)), dtype=np.float32)
 
 
-#: Smallest side, in pixels, a photo may have after ``--scale``.
-MIN_SCALED_SIDE = 16
-
-
-def check_scale(scale: float, height: int | None = None, width: int | None = None) -> float:
-    """``scale`` as a float in (0, 1], or DgfError naming the value; with the image
-    size given, also refuse a scale that leaves it under ``MIN_SCALED_SIDE`` px."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise DgfError(f"scale must be a number in (0, 1] or 'auto', got {scale!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise DgfError(f"scale {scale!r} is outside (0, 1]: it is the factor the photo is "
-                       f"shrunk by before the generator runs (1: full size)")
-    if height is not None and width is not None:
-        small = min(scaled_size(height, width, value))
-        if small < MIN_SCALED_SIDE:
-            raise DgfError(f"scale {value:g} leaves a {width}x{height} image {small} px on "
-                           f"its shorter side; use a scale of at least "
-                           f"{MIN_SCALED_SIDE / min(height, width):.3g}")
-    return value
-
-
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """(height, width) of an image shrunk by ``scale``, rounded, at least 1."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
 
 def auto_scale(height: int, width: int, training_side: int | None) -> float:
     """The scale ``--scale auto`` runs a height x width photo at: the model's training
@@ -241,50 +196,36 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def deblur_image(
-    generator,
-    image: np.ndarray,
-    *,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH,
-    progress: bool = False,
-    precision: str = DEFAULT_PRECISION,
-    scale: float = 1.0,
-    jit: str = DEFAULT_JIT,
-    engine: str = "tensorflow",
-) -> np.ndarray:
-    """Deblur one image with ``generator``, tiled when it exceeds ``tile``.
+def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
+                 progress: bool = False) -> np.ndarray:
+    """Deblur one image with ``predictor`` (:class:`dgf.predictor.Predictor`), tiled
+    when it exceeds the predictor's tile.
 
     Args:
-        generator: Keras model, (B, h, w, 3) float32 in [-1, 1] → same shape and
-            range; called with ``training=False``.
-        image: (H, W, 3) uint8 in [0, 255], any H and W ≥ 1.
-        tile: tile edge in pixels; 0 runs the whole image at once. An image no
-            larger than ``tile`` on an axis is one tile wide on that axis.
-        overlap: minimum overlap of neighbouring tiles in pixels (< tile / 2). It
-            must exceed 1.5× the generator's receptive-field radius for a seamless
-            result (64 for the DGF generator's ~17 px).
-        batch_size: tiles per generator call. 1 by default: on a CPU larger
-            batches run no faster per pixel (measured) and multiply peak memory
-            (about 3 GiB per 512 px tile at channel_rate 64); raise it on a GPU.
-        progress: show a tqdm bar over the tiles (for images of several tiles).
-        precision: ``"fp32"`` or ``"bf16"``; the generator runs as its BatchNorm-
-            folded copy (:func:`inference_call`) with its current weights.
-        jit: ``"auto"``, ``"on"`` or ``"off"``: XLA or not (:func:`inference_call`).
-        engine: ``"tensorflow"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"``
-            (:func:`inference_call`); the tiling and blending are the same for all.
+        predictor: the generator and its :class:`~dgf.spec.InferenceSpec`: its
+            ``tiling()`` gives the tile edge in pixels (0 runs the whole image at
+            once; an image no larger than the tile on an axis is one tile wide on that
+            axis) and the least overlap of neighbouring tiles (< tile / 2; more than
+            1.5x the generator's receptive-field radius for a seamless result,
+            :func:`seamless_tiling`); ``spec.batch`` tiles run per generator call (1 by
+            default: on a CPU larger batches run no faster per pixel, measured, and
+            multiply peak memory, about 3 GiB per 512 px tile at channel_rate 64; raise
+            it on a GPU). Precision, engine and XLA are the predictor's; the tiling and
+            blending are the same for all.
+        image: (H, W, 3) uint8 in [0, 255], any H and W >= 1.
         scale: in (0, 1]. Below 1 the generator runs on the image shrunk by this
             factor (antialiased), where a long blur is within its reach, and the
             correction it makes there (its output minus its input) is enlarged
             (bicubic) and added to the full-size image: the result has the input's
             exact size and keeps all of its own detail, and a generator that
             changes nothing returns the input unchanged.
+        progress: show a tqdm bar over the tiles (for images of several tiles).
 
     Returns:
         (H, W, 3) uint8 in [0, 255], the deblurred image.
     """
-    check_tiling(tile, overlap, batch_size)
+    tile, overlap = predictor.tiling()
+    batch_size = predictor.spec.batch
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DgfError(
@@ -295,8 +236,8 @@ def deblur_image(
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
     scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
-    call = inference_call(generator, precision, jit, engine)
-    align = grid_factor(generator)
+    call = predictor.call()
+    align = grid_factor(predictor.generator)
     if scale == 1.0:
         return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress, align))
     small_h, small_w = scaled_size(height, width, scale)

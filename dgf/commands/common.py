@@ -14,6 +14,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from types import FrameType
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from dgf import quiet
@@ -50,6 +51,50 @@ def help_hint(extra: str) -> str:
     """:func:`dgf.errors.install_hint` for an argument's help, which argparse
     %-formats (a checkout's path may hold a %)."""
     return install_hint(extra).replace("%", "%%")
+
+
+def add_inference_flags(p: argparse.ArgumentParser, *, precision: str, shape: str) -> None:
+    """``--precision``, ``--jit``, ``--engine`` and ``--calibration``, the settings of
+    an :class:`dgf.spec.InferenceSpec` that dgf-deblur and dgf-eval share; ``shape``
+    names what auto measures on (a tile, a batch)."""
+    from dgf import options  # the CLI layer: nothing heavy is imported for --help
+
+    rows = options.ENGINE_TABLE
+    int8 = " or ".join(row.name for row in rows if "int8" in row.precisions)
+    p.add_argument("--precision", choices=options.PRECISION_CHOICES, default=precision,
+                   help="inference precision: bf16 computes the body in bfloat16 (about 2x "
+                   "faster on CPUs with AVX512_BF16 or AMX; outputs change by a level or "
+                   f"two); int8 ({int8} only) quantises the folded generator, calibrated "
+                   "on real images (--calibration), and is refused when it scores more "
+                   "than 0.15 dB under fp32; auto: bf16 on a CPU with native bfloat16 and "
+                   "no GPU, fp32 elsewhere, never int8 (the run says which)")
+    p.add_argument("--jit", choices=options.JIT_CHOICES, default=options.DEFAULT_JIT,
+                   help=f"compile TensorFlow's call with XLA: auto measures both on the first "
+                   f"{shape} shape and keeps the faster on this host (cached in "
+                   "~/.cache/dgf, or $DGF_CACHE_DIR)")
+    engines = "; ".join(
+        f"{row.name} ({', '.join(row.precisions)}"
+        + (f"; {help_hint(row.extra)}" if row.extra else "") + ")" for row in rows)
+    p.add_argument("--engine", choices=options.ENGINE_CHOICES, default=options.DEFAULT_ENGINE,
+                   help=f"what runs the generator: {engines}; the ONNX engines run its "
+                   "conversion, made once per model and cached. auto measures every "
+                   f"installed one that runs the precision on the first {shape} shape and "
+                   "keeps the fastest on this host (the run names it)")
+    p.add_argument("--calibration", type=Path, default=None, metavar="H5|DIR",
+                   help="--precision int8: the images that calibrate it, an HDF5 pairs "
+                   "file (its test split, whose sharp images also check the result) or a "
+                   f"folder of photos; {options.DEFAULT_CALIBRATION_COUNT} seeded "
+                   f"{options.DEFAULT_CALIBRATION_SIDE} px crops (default: the HDF5 file "
+                   "the model records it was trained on, when that file is there)")
+
+
+def inference_spec(args: argparse.Namespace, **fields: Any):
+    """The :class:`dgf.spec.InferenceSpec` of a command's parsed flags (``fields``
+    adds the command's own, such as tiling and scale)."""
+    from dgf.spec import InferenceSpec
+
+    return InferenceSpec(precision=args.precision, jit=args.jit, engine=args.engine,
+                         calibration=args.calibration, **fields)
 
 
 def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dgf import options
-from dgf.commands.common import help_hint, new_parser, run
+from dgf.commands.common import add_inference_flags, inference_spec, new_parser, run
 from dgf.errors import DgfError
 
 
@@ -39,21 +39,7 @@ def eval_parser() -> argparse.ArgumentParser:
                         help="--run: re-score epochs already in metrics.csv")
     parser.add_argument("--overwrite", action="store_true",
                         help="--model: replace existing summary.json/per_image.csv/strip.png")
-    parser.add_argument("--precision", choices=options.PRECISION_CHOICES,
-                        default=options.DEFAULT_PRECISION,
-                        help="inference precision: bf16 computes the body in bfloat16 "
-                        "(about 2x faster on CPUs with AVX512_BF16 or AMX; changes PSNR "
-                        "slightly); auto: bf16 on such a CPU without a GPU, else fp32")
-    parser.add_argument("--jit", choices=options.JIT_CHOICES, default=options.DEFAULT_JIT,
-                        help="compile the generator with XLA: auto measures both on the "
-                        "first batch shape and keeps the faster on this host (cached)")
-    parser.add_argument("--engine", choices=options.ENGINE_CHOICES,
-                        default=options.DEFAULT_ENGINE,
-                        help="what runs the generator: tensorflow, or its ONNX conversion "
-                        f"under onnxruntime (fp32 only; {help_hint('onnx')}) or openvino "
-                        f"({help_hint('openvino')}), cached per model; auto measures every "
-                        "installed one on the first batch shape and keeps the fastest on "
-                        "this host")
+    add_inference_flags(parser, precision=options.DEFAULT_PRECISION, shape="batch")
     parser.add_argument("--crop-border", type=int, default=options.DEFAULT_CROP_BORDER,
                         metavar="N",
                         help="pixels removed at each side before PSNR/SSIM, as BasicSR's "
@@ -81,8 +67,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     def main() -> int:
         from dgf import evaluate
         from dgf.config import RunDir
-        from dgf.metrics import describe_settings
         from dgf.fileio import require_file
+        from dgf.metrics import ScoreSettings
+        from dgf.scoring import EvalOptions
 
         for name in ("strips", "batch_size", "limit"):
             value = getattr(args, name)
@@ -90,10 +77,12 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                 raise DgfError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
         if args.crop_border < 0:
             raise DgfError(f"--crop-border must be >= 0 pixels; got {args.crop_border}")
-        named = describe_settings(args.crop_border, args.protocol, args.y_channel)
+        settings = ScoreSettings(args.crop_border, args.protocol, args.y_channel)
+        named = settings.describe()
         crop = f" ({named})" if named else ""
-        how = {"crop_border": args.crop_border, "protocol": args.protocol,
-               "y_channel": args.y_channel}
+        spec = inference_spec(args, batch=args.batch_size)
+        scoring = EvalOptions(split=args.split, limit=args.limit, strips=args.strips,
+                              settings=settings)
         if args.model is not None:
             if args.force:
                 raise DgfError("--force applies to --run; with --model use --overwrite")
@@ -105,11 +94,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
                 check_output(args.model)
             summary = evaluate.evaluate_model(
-                args.model, args.h5, args.out, split=args.split, strips=args.strips,
-                batch_size=args.batch_size, limit=args.limit, overwrite=args.overwrite,
-                progress=not args.no_progress, precision=args.precision, jit=args.jit,
-                engine=args.engine, **how,
-            )
+                args.model, args.h5, args.out, spec=spec, options=scoring,
+                overwrite=args.overwrite, progress=not args.no_progress)
             out = Path(summary["out_dir"])
             from dgf.metadata import describe
 
@@ -135,12 +121,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             raise DgfError("--record applies to --model (one model file); with --run each "
                            "snapshot's scores are in RUN/eval/metrics.csv")
         rows = evaluate.evaluate_run(
-            args.run, h5_path=args.h5, split=args.split, strips=args.strips,
-            batch_size=args.batch_size, out_dir=args.out, limit=args.limit,
-            force=args.force, progress=not args.no_progress, precision=args.precision,
-            jit=args.jit, engine=args.engine,
-            **how,
-        )
+            args.run, h5_path=args.h5, out_dir=args.out, spec=spec, options=scoring,
+            force=args.force, progress=not args.no_progress)
         out = args.out if args.out is not None else RunDir(args.run).eval
         print(f"{'epoch':>5} {'PSNR (dB)':>10} {'SSIM':>8}{crop}")
         for row in rows:

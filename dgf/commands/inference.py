@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dgf import options
-from dgf.commands.common import help_hint, new_parser, run
+from dgf.commands.common import add_inference_flags, inference_spec, new_parser, run
 from dgf.errors import DgfError, install_hint
 
 
@@ -44,22 +44,7 @@ def deblur_parser() -> argparse.ArgumentParser:
                    help="also write blurred | deblurred side by side as "
                         "OUT/compare/REL/NAME_compare.EXT")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--precision", choices=options.PRECISION_CHOICES,
-                   default=options.DEFAULT_DEBLUR_PRECISION,
-                   help="inference precision: bf16 computes the body in bfloat16 "
-                   "(about 2x faster on CPUs with AVX512_BF16 or AMX; outputs change by "
-                   "a level or two); auto: bf16 on such a CPU without a GPU, fp32 "
-                   "elsewhere (the run says which)")
-    p.add_argument("--jit", choices=options.JIT_CHOICES, default=options.DEFAULT_JIT,
-                   help="compile the generator with XLA: auto measures both on the first "
-                   "tile shape and keeps the faster on this host (cached in "
-                   "~/.cache/dgf, or $DGF_CACHE_DIR)")
-    p.add_argument("--engine", choices=options.ENGINE_CHOICES, default=options.DEFAULT_ENGINE,
-                   help="what runs the generator: tensorflow, or its ONNX conversion "
-                   f"under onnxruntime (fp32 only; {help_hint('onnx')}) or openvino "
-                   f"({help_hint('openvino')}), converted once per model and cached; "
-                   "auto measures every installed one on the first tile shape and keeps "
-                   "the fastest on this host (the run names it)")
+    add_inference_flags(p, precision=options.DEFAULT_DEBLUR_PRECISION, shape="tile")
     p.add_argument("--scale", default=options.DEFAULT_SCALE, metavar="F|auto",
                    help="run the generator on the photo shrunk by F in (0, 1], where "
                    "a long blur is within its reach, and add the enlarged correction "
@@ -92,13 +77,12 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
                   f"pairs-small on a CPU; see {MODEL_CARD}). Pass --model for your own.")
         else:
             print(f"using the model {model}")
-        report = infer.deblur_paths(
-            model, args.inputs, args.out, tile=args.tile, overlap=args.overlap,
-            batch_size=args.batch, compare=args.compare, overwrite=args.overwrite,
-            quality=args.quality, progress=not args.no_progress, on_failure=tell,
-            precision=args.precision, scale=args.scale, jit=args.jit,
-            engine=args.engine,
-        )
+        spec = inference_spec(args, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                              scale=args.scale)
+        writing = infer.WriteOptions(compare=args.compare, overwrite=args.overwrite,
+                                     quality=args.quality)
+        report = infer.deblur_paths(model, args.inputs, args.out, spec, writing=writing,
+                                    progress=not args.no_progress, on_failure=tell)
         print(f"deblurred {len(report.processed)} image(s) into {args.out}"
               + (f"; {len(report.failed)} failed" if report.failed else ""))
         return 1 if report.failed else 0
