@@ -259,3 +259,15 @@ def make_indexed_h5(
         path, {"train": pair, "test": pair}, chunked=not seed_style,
         schema_version=None if seed_style else 1,
     )
+
+
+def plain(generator, **fields):
+    """A predictor of ``generator`` on TensorFlow's plain graph (no XLA), with the
+    :class:`dgf.spec.InferenceSpec` fields given: what most tests run on, since the
+    default (auto) measures XLA, ONNX Runtime and OpenVINO on every new shape
+    (tests/test_calibration.py, test_jit_cli.py and test_engines.py test auto)."""
+    from dgf.predictor import Predictor
+    from dgf.spec import InferenceSpec
+
+    return Predictor(generator, InferenceSpec(**{"jit": "off", "engine": "tensorflow",
+                                                 **fields}))

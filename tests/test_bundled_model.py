@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import noise_image, read_halves
+from conftest import noise_image, plain, read_halves
 from dgf.cli import deblur_main
 from dgf.metrics import psnr, ssim
-from dgf.scoring import deblur_array
 from dgf.metadata import read_metadata, training_side
 from dgf.models import generator_layout, is_residual
 from dgf.weights import MODEL_CARD, bundled_model
@@ -48,7 +47,7 @@ def test_bundled_model_loads_in_safe_mode_with_its_card():
 def test_bundled_model_beats_the_blurred_input_on_real_pairs(pairs_small):
     sharp, blurred = _test_pairs(pairs_small, 8)
     model = keras.models.load_model(bundled_model())
-    deblurred = deblur_array(model, blurred, batch_size=4)
+    deblurred = plain(model, batch=4).deblur_batch(blurred)
     # On the interior (8 px cut at each side), not the border the blurring darkened.
     gain_psnr = np.mean([psnr(s, d, 8) - psnr(s, b, 8)
                          for s, b, d in zip(sharp, blurred, deblurred)])

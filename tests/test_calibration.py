@@ -1,5 +1,5 @@
 """XLA or not per host: the calibrated inference call and its cache (dgf/calibration.py,
-dgf.dispatch.inference_call)."""
+dgf.predictor.Predictor)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import smooth_photos
-from dgf import calibration, dispatch, runtime
+from dgf import calibration, predictor, runtime
 from dgf.errors import DgfError
 from dgf.images import to_unit
 from dgf.models import build_generator
+from dgf.spec import InferenceSpec
 
 TOL = 1e-4
 
@@ -32,10 +33,15 @@ def model():
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty cache folder, and a process that has decided nothing yet."""
+    """An empty cache folder (each predictor holds its own decisions)."""
     monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(dispatch, "_DECIDED", {})
     return tmp_path / "cache" / "calibration"
+
+
+def _call(model, precision="fp32", jit="auto"):
+    """A new predictor's call of ``model`` on TensorFlow (a new command's)."""
+    spec = InferenceSpec(precision=precision, jit=jit, engine="tensorflow")
+    return predictor.Predictor(model, spec).call()
 
 
 def _entries(folder):
@@ -50,7 +56,7 @@ def test_every_jit_setting_equals_the_model(model, cache):
     x = _x()
     expected = np.asarray(model(x, training=False))
     for jit in ("auto", "on", "off"):
-        got = np.asarray(dispatch.inference_call(model, "fp32", jit)(x))
+        got = np.asarray(_call(model, "fp32", jit)(x))
         assert np.abs(got - expected).max() < TOL, jit
     # The output is not saturated or constant, so the comparison means something.
     assert expected.std() > 0.01
@@ -58,7 +64,7 @@ def test_every_jit_setting_equals_the_model(model, cache):
 
 def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     x = _x(1)
-    call = dispatch.inference_call(model, "fp32", "auto")
+    call = _call(model, "fp32", "auto")
     first = np.asarray(call(x))
     entries = _entries(cache)
     assert len(entries) == 1
@@ -69,18 +75,16 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
     assert call.choices[(2, 32, 32, 3)] == entry["choice"]
     assert "calibrated the fp32 call on 2x32x32x3" in capsys.readouterr().err
-    # A new process (nothing decided) reads the entry instead of measuring again.
-    dispatch._DECIDED.clear()
-
+    # A new predictor (a new command) reads the entry instead of measuring again.
     def no_measuring(*args):
         raise AssertionError("measured again despite a valid cache entry")
 
-    again = dispatch.inference_call(model, "fp32", "auto")
-    again._calibrate = no_measuring
+    again = _call(model)
+    again._measure = no_measuring
     np.testing.assert_allclose(np.asarray(again(x)), first, atol=TOL)
     assert again.choices[(2, 32, 32, 3)] == entry["choice"]
     # Another shape is another entry.
-    again._calibrate = dispatch.AutoCall._calibrate.__get__(again)
+    del again._measure
     again(_x(2, batch=1, size=40))
     assert len(_entries(cache)) == 2
 
@@ -88,7 +92,7 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
 @pytest.mark.parametrize("stored", ["xla", "plain"])
 def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
     x = _x(3)
-    call = dispatch.inference_call(model, "fp32", "auto")
+    call = _call(model, "fp32", "auto")
     calibration.write_entry(call._key(x.shape), {"xla": 1.0, "plain": 2.0}, stored)
     asked = []
     real = runtime.compiled_generator
@@ -97,7 +101,7 @@ def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
         asked.append(jit_compile)
         return real(copy, jit_compile)
 
-    monkeypatch.setattr(dispatch, "compiled_generator", spy)
+    monkeypatch.setattr(runtime, "compiled_generator", spy)
     call(x)
     assert asked == [stored == "xla"]
 
@@ -106,7 +110,7 @@ def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
                                     "choice", "seconds"])
 def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     x = _x(4)
-    call = dispatch.inference_call(model, "fp32", "auto")
+    call = _call(model, "fp32", "auto")
     call(x)
     (path,) = _entries(cache)
     if isinstance(damage, bytes):
@@ -115,9 +119,8 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
         entry = json.loads(path.read_text())
         entry[damage] = "fast" if damage == "choice" else {"xla": -1, "plain": 1}
         path.write_text(json.dumps(entry))
-    dispatch._DECIDED.clear()
     capsys.readouterr()
-    out = np.asarray(dispatch.inference_call(model, "fp32", "auto")(x))
+    out = np.asarray(_call(model)(x))
     err = capsys.readouterr().err
     assert f"calibration cache entry {path} is damaged" in err
     assert "calibrated the fp32 call" in err
@@ -127,7 +130,7 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
 
 def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
     x = _x(5)
-    call = dispatch.inference_call(model, "fp32", "auto")
+    call = _call(model, "fp32", "auto")
     real = runtime.compiled_generator
 
     def interrupted(copy, jit_compile=False):
@@ -140,20 +143,19 @@ def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
 
         return ctrl_c
 
-    monkeypatch.setattr(dispatch, "compiled_generator", interrupted)
+    monkeypatch.setattr(runtime, "compiled_generator", interrupted)
     with pytest.raises(KeyboardInterrupt, match="Ctrl-C while XLA compiles"):
         call(x)
     assert _entries(cache) == []
-    assert dispatch._DECIDED == {}
+    assert call.choices == {}
 
 
 def test_an_unwritable_cache_costs_only_a_note(model, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(calibration.CACHE_ENV, str(blocker))
-    monkeypatch.setattr(dispatch, "_DECIDED", {})
     x = _x(6)
-    out = np.asarray(dispatch.inference_call(model, "fp32", "auto")(x))
+    out = np.asarray(_call(model, "fp32", "auto")(x))
     np.testing.assert_allclose(out, np.asarray(model(x, training=False)), atol=TOL)
     err = capsys.readouterr().err
     assert f"could not store the calibration in {blocker / 'calibration'}" in err
@@ -162,20 +164,20 @@ def test_an_unwritable_cache_costs_only_a_note(model, tmp_path, monkeypatch, cap
 
 def test_bf16_calibrates_its_own_entry(model, cache):
     x = _x(7)
-    fp32 = np.asarray(dispatch.inference_call(model, "fp32", "auto")(x))
-    bf16 = np.asarray(dispatch.inference_call(model, "bf16", "auto")(x))
+    fp32 = np.asarray(_call(model, "fp32", "auto")(x))
+    bf16 = np.asarray(_call(model, "bf16", "auto")(x))
     precisions = {json.loads(p.read_text())["key"]["precision"] for p in _entries(cache)}
     assert precisions == {"fp32", "bf16"}
     # bfloat16 keeps 8 bits of mantissa: close to fp32, but not equal to it.
     assert 0 < np.abs(bf16 - fp32).max() < 0.05
     for jit in ("on", "off"):
-        other = np.asarray(dispatch.inference_call(model, "bf16", jit)(x))
+        other = np.asarray(_call(model, "bf16", jit)(x))
         assert np.abs(other - fp32).max() < 0.05
 
 
 def test_unknown_jit_is_refused(model):
     with pytest.raises(DgfError, match="unknown jit setting 'fast'; choose one of auto, on, off"):
-        dispatch.inference_call(model, "fp32", "fast")
+        InferenceSpec(jit="fast")
 
 
 def test_the_key_names_the_host_and_the_layout(tmp_path, model):
@@ -194,8 +196,8 @@ def test_the_key_names_the_host_and_the_layout(tmp_path, model):
         [("Conv2D", {**conv, "name": "conv_7"})])
     assert calibration.layout_key([("Conv2D", conv)]) != calibration.layout_key(
         [("Conv2D", {**conv, "filters": 16})])
-    assert dispatch.model_layout(twin) == dispatch.model_layout(model)
-    assert dispatch.model_layout(other) != dispatch.model_layout(model)
+    assert predictor.model_layout(twin) == predictor.model_layout(model)
+    assert predictor.model_layout(other) != predictor.model_layout(model)
     host = calibration.host_key("2.x", [])
     a = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 8, 3)))
     b = calibration.entry_path(calibration.entry_key(host, "L", "fp32", (1, 8, 9, 3)))
@@ -254,13 +256,13 @@ def test_deblur_paths_says_what_precision_auto_chose(model_file, tmp_path, monke
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
     # One path (TensorFlow without XLA) for both: the precision is what is compared, and
     # auto would calibrate (and compile XLA's bf16 graph) per run.
-    fixed = dict(jit="off", engine="tensorflow")
-    auto = deblur_paths(model_file, [photo], tmp_path / "auto", precision="auto",
-                        progress=False, scale=1, **fixed)
+    fixed = dict(jit="off", engine="tensorflow", scale=1)
+    auto = deblur_paths(model_file, [photo], tmp_path / "auto",
+                        InferenceSpec(precision="auto", **fixed), progress=False)
     assert "--precision auto: bf16 (this CPU computes bfloat16 natively)" in \
         capsys.readouterr().out
-    bf16 = deblur_paths(model_file, [photo], tmp_path / "bf16", precision="bf16",
-                        progress=False, scale=1, **fixed)
+    bf16 = deblur_paths(model_file, [photo], tmp_path / "bf16",
+                        InferenceSpec(precision="bf16", **fixed), progress=False)
     a = np.asarray(Image.open(auto.processed[0]))
     b = np.asarray(Image.open(bf16.processed[0]))
     np.testing.assert_array_equal(a, b)

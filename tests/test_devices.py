@@ -111,41 +111,50 @@ def test_config_json_records_the_batch_and_a_resume_reads_it_back(tmp_path):
         read_config(tmp_path / "bad.json")
 
 
+def _predictor(**fields):
+    """A predictor (fp32) of a tiny generator, for what it would choose from."""
+    from dgf.models import build_generator
+    from dgf.predictor import Predictor
+    from dgf.spec import InferenceSpec
+
+    return Predictor(build_generator(channel_rate=4), InferenceSpec(precision="fp32", **fields))
+
+
 # --- caches keyed by the device --------------------------------------------------
 def test_a_gpu_changes_the_cache_keys_and_auto_measures_tensorflow_alone(monkeypatch,
                                                                          capsys):
-    from dgf import calibration, dispatch, engines, host, runtime
+    from dgf import calibration, engines, host, runtime
+    from dgf.engines import onnx_conversion
 
     assert host.device_description([]) == {"accelerator": "none", "cpu_cores": host.cores()}
     assert host.device_description(["B", "A", "B"])["accelerator"] == "1 x A + 2 x B"
     monkeypatch.setattr(runtime, "gpu_models", lambda: [])
-    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
     cpu_host = calibration.host_key("2.x", runtime.gpu_models())
-    cpu_conversion = engines.conversion_key("content")
-    cpu_names = dispatch.candidates("fp32", "auto", "auto")
-    installed = [e for e in ("onnxruntime", "openvino") if engines.missing_reason(e) is None]
+    cpu_conversion = onnx_conversion.conversion_key("content")
+    cpu_names = _predictor().candidates()
+    installed = [e for e in ("onnxruntime", "openvino") if engines.engine(e).missing() is None]
     assert cpu_names == ["plain", "xla", *installed]
 
     monkeypatch.setattr(runtime, "gpu_models", lambda: [H100, H100])
     gpu_host = calibration.host_key("2.x", runtime.gpu_models())
     assert gpu_host == {**cpu_host, "accelerator": f"2 x {H100}"}
-    assert engines.conversion_key("content") == {**cpu_conversion,
-                                                 "accelerator": f"2 x {H100}"}
+    assert onnx_conversion.conversion_key("content") == {**cpu_conversion,
+                                                         "accelerator": f"2 x {H100}"}
     key = ("L", "fp32", (1, 8, 8, 3))
     assert calibration.entry_path(calibration.entry_key(gpu_host, *key)) != \
         calibration.entry_path(calibration.entry_key(cpu_host, *key))
     capsys.readouterr()
-    assert dispatch.candidates("fp32", "auto", "auto") == ["plain", "xla"]
-    assert dispatch.candidates("fp32", "on", "auto") == ["xla"]
+    assert _predictor().candidates() == ["plain", "xla"]
+    assert _predictor(jit="on").candidates() == ["xla"]
     assert "--engine auto measures only TensorFlow on this GPU host (2 x NVIDIA H100 80GB " \
-        "HBM3): onnxruntime and openvino would run on the CPU here" in capsys.readouterr().err
-    assert dispatch.candidates("fp32", "auto", "onnxruntime") == ["onnxruntime"]  # named
+        "HBM3): the other engines would run on the CPU here" in capsys.readouterr().err
+    assert _predictor(engine="onnxruntime").candidates() == ["onnxruntime"]  # named
 
     # The CPU cores this process may use are part of both keys too.
     monkeypatch.setattr(host, "cores", lambda: 96)
     assert calibration.host_key("2.x", [H100, H100])["cpu_cores"] == 96
-    assert engines.conversion_key("content") == {**cpu_conversion, "cpu_cores": 96,
-                                                 "accelerator": f"2 x {H100}"}
+    assert onnx_conversion.conversion_key("content") == {**cpu_conversion, "cpu_cores": 96,
+                                                         "accelerator": f"2 x {H100}"}
 
 
 # --- end to end on two logical CPU devices --------------------------------------

@@ -1,5 +1,6 @@
-"""--engine: ONNX Runtime and OpenVINO beside TensorFlow (dgf/engines.py,
-dgf.dispatch.inference_call), their conversion cache, auto and the commands."""
+"""--engine: ONNX Runtime and OpenVINO beside TensorFlow (dgf/engines/, the engine
+table of dgf.options, dgf.predictor.Predictor), their conversion cache, auto and the
+commands."""
 from __future__ import annotations
 
 import json
@@ -13,12 +14,14 @@ import pytest
 from PIL import Image
 
 from conftest import make_eval_h5, make_run, read_halves, smooth_photo, smooth_photos
-from dgf import DISTRIBUTION, actions, calibration, dispatch, engines, errors, runtime
+from dgf import DISTRIBUTION, actions, calibration, engines, errors, options, predictor, runtime
 from dgf.cli import deblur_main, eval_main
 from dgf.config import TrainConfig
+from dgf.engines import onnx_conversion, onnxruntime_engine, openvino_engine
 from dgf.errors import DgfError, install_hint, project_name, source_checkout
 from dgf.images import to_unit
-from dgf.tiling import deblur_image
+from dgf.predictor import Predictor, resolve
+from dgf.spec import InferenceSpec
 from dgf.weights import bundled_model
 
 OTHERS = ("onnxruntime", "openvino")
@@ -26,13 +29,14 @@ OTHERS = ("onnxruntime", "openvino")
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty cache folder, and a process that has converted and decided nothing."""
+    """An empty cache folder (each test makes its own predictors, which hold the rest)."""
     monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(dispatch, "_DECIDED", {})
-    monkeypatch.setattr(dispatch, "_ENGINE_CALLS", {})
-    monkeypatch.setattr(dispatch, "_SAID", set())  # what this process has named
-    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
     return tmp_path / "cache"
+
+
+def _run(generator, **spec):
+    """A predictor of ``generator`` with the spec fields given."""
+    return Predictor(generator, InferenceSpec(**spec))
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +70,10 @@ def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cac
     for engine, precision in [("tensorflow", "fp32"), ("onnxruntime", "fp32"),
                               ("openvino", "fp32"), ("tensorflow", "bf16"),
                               ("openvino", "bf16")]:
-        if precision == "bf16" and engines.precision_reason(engine, "bf16"):
+        if precision == "bf16" and engines.engine(engine).precision_reason("bf16"):
             continue  # OpenVINO offers bf16 only on a CPU with native bf16
-        run[engine, precision] = deblur_image(bundled, blurred, tile=128, overlap=32,
-                                              precision=precision, jit="off", engine=engine)
+        run[engine, precision] = _run(bundled, tile=128, overlap=32, precision=precision,
+                                      jit="off", engine=engine).deblur_image(blurred)
     reference = run["tensorflow", "fp32"]
     # The model changes the image, so agreement is not a copy of the input.
     assert _levels(reference, blurred)[1] > 1.0
@@ -86,13 +90,15 @@ def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cac
 def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
     x = _x(1)
     expected = np.asarray(generator(x, training=False))
-    got = dispatch.inference_call(generator, "fp32", "off", engine)(x)
+    run = _run(generator, jit="off", engine=engine)
+    got = run.call()(x)
     assert isinstance(got, np.ndarray) and got.shape == x.shape
     assert np.abs(got - expected).max() < 1e-4
     # Another shape and batch reuse the same conversion (OpenVINO compiles it anew).
     y = _x(2, batch=1, size=40)
-    np.testing.assert_allclose(dispatch.inference_call(generator, "fp32", "off", engine)(y),
-                               np.asarray(generator(y, training=False)), atol=1e-4)
+    np.testing.assert_allclose(run.call()(y), np.asarray(generator(y, training=False)),
+                               atol=1e-4)
+    assert run.ran_on == {f"{engine} fp32"}
 
 
 def test_an_engine_follows_the_current_weights(cache):
@@ -101,10 +107,11 @@ def test_an_engine_follows_the_current_weights(cache):
 
     g = build_generator(channel_rate=8)
     x = _x(3)
-    before = dispatch.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    run = _run(g, engine="onnxruntime")
+    before = run.call()(x)
     for w in g.trainable_weights:  # the trainer's next epoch
         w.assign(w * 1.1)
-    after = dispatch.inference_call(g, "fp32", "off", "onnxruntime")(x)
+    after = run.call()(x)
     assert np.abs(after - before).max() > 1e-3
     np.testing.assert_allclose(after, np.asarray(g(x, training=False)), atol=1e-4)
     assert len(_entries(cache / "engines")) == 4  # two conversions, each .onnx + .json
@@ -113,24 +120,24 @@ def test_an_engine_follows_the_current_weights(cache):
 # --- the conversion cache ---------------------------------------------------------------
 def _count_conversions(monkeypatch):
     count = []
-    real = engines.convert
+    real = onnx_conversion.convert
 
     def counted(*args):
         count.append(1)
         return real(*args)
 
-    monkeypatch.setattr(engines, "convert", counted)
+    monkeypatch.setattr(onnx_conversion, "convert", counted)
     return count
 
 
 def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
     count = _count_conversions(monkeypatch)
     x = _x(4)
-    first = dispatch.inference_call(generator, "fp32", "off", "openvino")(x)
+    first = _run(generator, engine="openvino").call()(x)
     assert len(count) == 1
     assert sorted(p.suffix for p in _entries(cache / "engines")) == [".json", ".onnx"]
-    dispatch._ENGINE_CALLS.clear()  # a new process: only the disk remembers
-    again = dispatch.inference_call(generator, "fp32", "off", "openvino")(x)
+    # A new predictor (a new command): only the disk remembers.
+    again = _run(generator, engine="openvino").call()(x)
     assert len(count) == 1
     np.testing.assert_array_equal(first, again)
 
@@ -139,7 +146,7 @@ def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
 def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monkeypatch,
                                                           capsys, damage):
     x = _x(5)
-    dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    _run(generator, engine="onnxruntime").call()(x)
     (onnx_file,) = (cache / "engines").glob("*.onnx")
     record = onnx_file.with_suffix(".json")
     if damage == "truncate":
@@ -152,10 +159,9 @@ def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monk
         record.write_text(json.dumps(meta))
     else:
         record.unlink()
-    dispatch._ENGINE_CALLS.clear()
     count = _count_conversions(monkeypatch)
     capsys.readouterr()
-    out = dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    out = _run(generator, engine="onnxruntime").call()(x)
     assert len(count) == 1
     assert f"engine conversion cache entry {onnx_file} is damaged or stale" in \
         capsys.readouterr().err
@@ -169,7 +175,7 @@ def test_ctrl_c_during_conversion_is_130_and_leaves_no_entry(model_file, cache, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engines.tf2onnx.convert, "from_function", interrupted)
+    monkeypatch.setattr(onnx_conversion.tf2onnx.convert, "from_function", interrupted)
     photo = tmp_path / "photo.png"
     Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
     out = tmp_path / "o"
@@ -183,9 +189,8 @@ def test_an_unwritable_cache_costs_only_a_note(generator, tmp_path, monkeypatch,
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(calibration.CACHE_ENV, str(blocker))
-    monkeypatch.setattr(dispatch, "_ENGINE_CALLS", {})
     x = _x(6)
-    out = dispatch.inference_call(generator, "fp32", "off", "onnxruntime")(x)
+    out = _run(generator, engine="onnxruntime").call()(x)
     assert "could not store the converted model" in capsys.readouterr().err
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
 
@@ -237,16 +242,18 @@ def test_the_help_of_the_engine_and_export_options_gives_the_hint(tmp_path, monk
             assert "".join(f"pip install -e '{tmp_path}/100% mine[{extra}]'".split()) in text
 
 
-@pytest.mark.parametrize("engine, module, extra", [("onnxruntime", "onnxruntime", "onnx"),
-                                                   ("openvino", "openvino", "openvino")])
+@pytest.mark.parametrize("engine, module, extra", [("onnxruntime", onnxruntime_engine, "onnx"),
+                                                   ("openvino", openvino_engine, "openvino")])
 def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp_path,
                                           monkeypatch, capsys, generator, cache):
-    monkeypatch.setattr(engines, module, None)
+    monkeypatch.setattr(module, engine, None)
+    monkeypatch.setattr(module, "_ERROR", f"ModuleNotFoundError: No module named '{engine}'",
+                        raising=False)
     with monkeypatch.context() as installed:  # an installed copy: the index's distribution
         installed.setattr(errors, "PACKAGE_DIR", _checkout(tmp_path / "site", None))
         with pytest.raises(DgfError, match=re.escape(
                 f"install it with pip install 'deep-generative-filter[{extra}]' (or use")):
-            engines.check_engine(engine)
+            engines.engine(engine).check()
     hint = install_hint(extra)  # from this checkout: pip install -e '<checkout>[extra]'
     assert hint.startswith("pip install -e ") and hint.endswith(f"[{extra}]'")
     photo = tmp_path / "photo.png"
@@ -254,11 +261,10 @@ def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp
     assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
                         "--engine", engine, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"error: --engine {engine} needs {module}, which is not installed" in err
+    assert f"error: --engine {engine} needs {engine}, which is not installed" in err
     assert hint in err
     # auto leaves it out, says so, and still runs.
-    monkeypatch.setattr(dispatch, "_LEFT_OUT", set())
-    names = dispatch.candidates("fp32", "auto", "auto")
+    names = _run(generator, precision="fp32").candidates()
     assert engine not in names and {"plain", "xla"} <= set(names)
     assert f"--engine auto leaves out {engine} at fp32" in capsys.readouterr().err
 
@@ -266,12 +272,13 @@ def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp
 def test_onnxruntime_refuses_bf16_and_auto_precision_is_fp32_there(generator, cache,
                                                                    monkeypatch, model_file,
                                                                    tmp_path, capsys):
-    with pytest.raises(DgfError, match="cannot run --precision bf16: ONNX Runtime runs "
-                                       "this model in fp32 only"):
-        engines.check_engine("onnxruntime", "bf16")
-    assert engines.engine_precision("onnxruntime", "bf16") == "fp32"
-    assert engines.engine_precision("tensorflow", "bf16") == "bf16"
+    with pytest.raises(DgfError, match=re.escape(
+            "--engine onnxruntime cannot run --precision bf16: ONNX Runtime (CPU provider) "
+            "does not run bf16 in dgf (engines that do: tensorflow, openvino)")):
+        engines.engine("onnxruntime").check("bf16")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
+    assert resolve(InferenceSpec(precision="auto", engine="onnxruntime")) == "fp32"
+    assert resolve(InferenceSpec(precision="auto", engine="tensorflow")) == "bf16"
     photo = tmp_path / "photo.png"
     Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
     assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
@@ -279,7 +286,7 @@ def test_onnxruntime_refuses_bf16_and_auto_precision_is_fp32_there(generator, ca
     assert "--precision auto: fp32 (onnxruntime runs fp32 only)" in capsys.readouterr().out
     assert deblur_main([str(photo), "-o", str(tmp_path / "o2"), "--model", str(model_file),
                         "--engine", "onnxruntime", "--precision", "bf16", "--quiet"]) == 2
-    assert "fp32 only" in capsys.readouterr().err
+    assert "does not run bf16" in capsys.readouterr().err
 
 
 def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tmp_path,
@@ -287,7 +294,7 @@ def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tm
     def unsupported(*args, **kwargs):
         raise ValueError("tf2onnx cannot map op FancyOp")
 
-    monkeypatch.setattr(engines.tf2onnx.convert, "from_function", unsupported)
+    monkeypatch.setattr(onnx_conversion.tf2onnx.convert, "from_function", unsupported)
     photo = tmp_path / "photo.png"
     Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
     assert deblur_main([str(photo), "-o", str(tmp_path / "o"), "--model", str(model_file),
@@ -310,13 +317,16 @@ def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):
     assert exc.value.code == 2
     assert "argument --engine: invalid choice: 'tensorrt'" in capsys.readouterr().err
     with pytest.raises(DgfError, match="unknown engine 'tensorrt'"):
-        dispatch.inference_call(None, "fp32", "off", "tensorrt")
+        InferenceSpec(engine="tensorrt")
+    with pytest.raises(DgfError, match="unknown engine 'tensorrt'"):
+        engines.engine("tensorrt")
 
 
 # --- auto ---------------------------------------------------------------------------------
 def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, capsys):
     x = _x(7)
-    call = dispatch.inference_call(generator, "fp32", "auto", "auto")
+    run = _run(generator)
+    call = run.call()
     out = np.asarray(call(x))
     (path,) = _entries(cache / "calibration")
     entry = json.loads(path.read_text())
@@ -328,24 +338,27 @@ def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, caps
     err = capsys.readouterr().err
     assert "calibrated the fp32 call on 2x32x32x3: no XLA" in err and "onnxruntime" in err
     assert "note: inference runs on" in err
+    assert run.ran_on == {f"{entry['choice']} fp32"}
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
 
 
 @pytest.mark.parametrize("stored", OTHERS)
 def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch, stored):
     x = _x(8)
-    call = dispatch.inference_call(generator, "fp32", "auto", "auto")
+    run = _run(generator)
+    call = run.call()
     seconds = {"plain": 2.0, "xla": 2.0, "onnxruntime": 2.0, "openvino": 2.0, stored: 1.0}
     calibration.write_entry(call._key(x.shape), seconds, stored)
     asked = []
-    real = dispatch.engine_call
+    real = run.prepare
 
-    def spy(generator, engine, precision):
-        asked.append(engine)
-        return real(generator, engine, precision)
+    def spy(path):
+        if path in ("plain", "xla"):
+            pytest.fail("prepared TensorFlow")
+        asked.append(path)
+        return real(path)
 
-    monkeypatch.setattr(dispatch, "engine_call", spy)
-    monkeypatch.setattr(dispatch, "compiled_generator", lambda *a, **k: pytest.fail("ran TF"))
+    monkeypatch.setattr(run, "prepare", spy)
     out = call(x)
     assert asked == [stored]
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
@@ -357,7 +370,7 @@ def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, mo
     share one conversion (the second finds it cached), yet each is charged it: the
     next epoch's weights are converted again for whichever one wins."""
     x = _x(9)
-    real = engines.onnx_bytes
+    real = onnx_conversion.onnx_bytes
     converted = []
 
     def slow_once(*args):  # a 100 s conversion, then the cached file
@@ -365,8 +378,8 @@ def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, mo
         converted.append(args[3])
         return data, 100.0 if len(converted) == 1 else 0.0
 
-    monkeypatch.setattr(engines, "onnx_bytes", slow_once)
-    call = dispatch.inference_call(generator, "fp32", "off", "auto", refresh_calls=2)
+    monkeypatch.setattr(onnx_conversion, "onnx_bytes", slow_once)
+    call = _run(generator, jit="off").call(calls_per_weights=2)
     call(x)
     (path,) = _entries(cache / "calibration")
     entry = json.loads(path.read_text())
@@ -383,21 +396,27 @@ def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, ca
         TrainConfig(h5=str(h5), eval_engine="tensorrt")
     assert TrainConfig().eval_engine == "auto"
     scores = {}
+    asked = []
+    real = predictor.Predictor.call
+
+    def spy(self, calls_per_weights=None):
+        asked.append((self.spec.engine, calls_per_weights))
+        return real(self, calls_per_weights)
+
+    monkeypatch.setattr(predictor.Predictor, "call", spy)
     for engine in ("tensorflow", "openvino"):
         cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / engine), eval_engine=engine,
                           eval_jit="off")
-        asked = []
-        real = dispatch.inference_call
-
-        def spy(*args):
-            asked.append(args[3:])
-            return real(*args)
-
-        monkeypatch.setattr("dgf.scoring.inference_call", spy)
-        scores[engine], _ = actions.Scoring(cfg, strips=False)(generator, 0)
+        asked.clear()
+        scoring = actions.Scoring(cfg, strips=False)
+        scores[engine], _ = scoring(generator, 0)
         assert asked and set(asked) == {(engine, 1)}  # 3 pairs: one batch per conversion
+        first = scoring.predictor
+        scoring(generator, 1)  # the next epoch keeps the run's predictor
+        assert scoring.predictor is first
     assert abs(scores["openvino"]["psnr"] - scores["tensorflow"]["psnr"]) < 0.01
-    monkeypatch.setattr(engines, "openvino", None)
+    monkeypatch.setattr(openvino_engine, "openvino", None)
+    monkeypatch.setattr(openvino_engine, "_ERROR", "ModuleNotFoundError", raising=False)
     with pytest.raises(DgfError, match=re.escape(install_hint("openvino"))):
         actions.Scoring(TrainConfig(h5=str(h5), eval_engine="openvino"), strips=False)
 
@@ -439,3 +458,40 @@ def test_dgf_deblur_with_each_engine_writes_the_same_photo(model_file, tmp_path,
     for engine, image in images.items():
         assert image.shape == (72, 90, 3)
         assert _levels(image, images["tensorflow"])[0] <= 1, engine
+
+
+# --- the table ------------------------------------------------------------------------------
+def test_the_engine_table_drives_choices_paths_hints_and_docs():
+    """One row per engine: its module's ENGINE, --engine's choices, the calibration
+    cache's path names, auto's candidates and docs/inference.md's table follow it."""
+    from dgf.commands.inference import deblur_parser
+
+    names = [row.name for row in options.ENGINE_TABLE]
+    assert list(engines.ENGINES) == names and options.ENGINES == tuple(names)
+    for row in options.ENGINE_TABLE:
+        engine = engines.ENGINES[row.name]
+        assert engine.row is row and engine.name == row.name
+        for path in row.paths:
+            assert engines.path_owner(path) is engine
+    assert calibration.CHOICES == options.PATHS == ("plain", "xla", "onnxruntime", "openvino")
+    choices = next(a.choices for a in deblur_parser()._actions if a.dest == "engine")
+    assert list(choices) == ["auto", *names]
+    # docs/inference.md's table: one line per row naming its extra and its precisions.
+    text = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
+    lines = text.splitlines()
+    start = lines.index("| engine | extra | precisions | runs |") + 2
+    table = lines[start:start + len(names) + 1]
+    assert not table[-1].startswith("|"), "the table has more rows than ENGINE_TABLE"
+    table = table[:-1]
+    assert [line.split("`")[1] for line in table] == names
+    for line, row in zip(table, options.ENGINE_TABLE):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == (f"`{row.extra}`" if row.extra else "(always)"), line
+        assert cells[2] == ", ".join(row.precisions), line
+
+
+def test_an_engine_row_without_the_precision_names_the_engines_that_run_it(generator):
+    with pytest.raises(DgfError, match=re.escape(
+            "--engine tensorflow cannot run --precision int8: TensorFlow does not run int8 "
+            "in dgf (engines that do: onnxruntime, openvino)")):
+        _run(generator, precision="int8", engine="tensorflow")

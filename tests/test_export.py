@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import smooth_photo, smooth_photos
+from conftest import plain, smooth_photo, smooth_photos
 from dgf.cli import export_main
 from dgf.errors import install_hint
-from dgf.tiling import deblur_image
 
 
 def _reference(generator, batch: np.ndarray) -> np.ndarray:
-    return np.stack([deblur_image(generator, image, tile=0) for image in batch])
+    return np.stack([plain(generator, tile=0).deblur_image(image) for image in batch])
 
 
 def _export(argv: list, capsys) -> tuple[int, str]:
@@ -81,7 +80,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
         assert result.dtype == np.uint8 and result.shape == image.shape
         # TFLite's own float kernels (XNNPACK): measured identical at cr=8 on this
         # CPU; other kernels may reorder float sums, so allow 2 levels.
-        diff = np.abs(result.astype(int) - deblur_image(generator, image, tile=0))
+        diff = np.abs(result.astype(int) - plain(generator, tile=0).deblur_image(image))
         assert diff.max() <= 2
 
     fixed = tmp_path / "fixed.tflite"
@@ -92,7 +91,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
     assert list(interpreter.get_input_details()[0]["shape_signature"]) == [1, 40, 24, 3]
     image = smooth_photo(40, 24, seed=5)
     result = _tflite_run(interpreter, image, resize=False)
-    assert np.abs(result.astype(int) - deblur_image(generator, image, tile=0)).max() <= 2
+    assert np.abs(result.astype(int) - plain(generator, tile=0).deblur_image(image)).max() <= 2
 
 
 def test_export_errors(tmp_path, model_file, capsys):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import smooth_photo
+from conftest import plain, smooth_photo
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
 from dgf.runtime import load_generator
-from dgf.tiling import _axis_window, deblur_image, tile_starts
+from dgf.tiling import _axis_window, tile_starts
 
 # Receptive-field radius of the DGF generator (head 1 + dense dilations 14 + tail 2).
 RADIUS = 17
@@ -18,7 +18,7 @@ RADIUS = 17
 # dgf-deblur on TensorFlow's plain graph unless a test names the path: what these
 # tests check does not depend on it, and the default (auto) calibrates XLA, ONNX
 # Runtime and OpenVINO on every new shape (tests/test_calibration.py, test_jit_cli.py
-# and test_engines.py test it). deblur_image's default jit (auto) is turned off too.
+# and test_engines.py test it). Predictors in these tests run there too (conftest.plain).
 FIXED_FLAGS = ["--engine", "tensorflow", "--jit", "off"]
 
 
@@ -53,27 +53,27 @@ def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
 
 def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
     image = smooth_photo(150, 230)
-    whole = deblur_image(generator, image, tile=0, jit="off")
+    whole = plain(generator, tile=0).deblur_image(image)
     assert whole.shape == image.shape and whole.dtype == np.uint8
     assert whole.std() > 5  # a varied output, so agreement below means something
-    tiled = deblur_image(generator, image, tile=128, overlap=60, batch_size=4, jit="off")
+    tiled = plain(generator, tile=128, overlap=60, batch=4).deblur_image(image)
     # overlap 60 gives a 20 px margin > the 17 px radius: exact up to float
     # round-off, which can flip a rounding by one level.
     diff = np.abs(tiled.astype(int) - whole.astype(int))
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.01
-    seams = deblur_image(generator, image, tile=128, overlap=0, batch_size=3, jit="off")
+    seams = plain(generator, tile=128, overlap=0, batch=3).deblur_image(image)
     assert np.abs(seams.astype(int) - whole.astype(int)).max() > 2
 
 
 def test_bad_arguments_raise(generator):
     image = smooth_photo(20, 20)
     with pytest.raises(DgfError, match="overlap 64 is too large for tile 100"):
-        deblur_image(generator, image, tile=100, overlap=64, jit="off")
+        plain(generator, tile=100, overlap=64).deblur_image(image)
     with pytest.raises(DgfError, match="uint8"):
-        deblur_image(generator, image.astype(np.float32), tile=0, jit="off")
+        plain(generator, tile=0).deblur_image(image.astype(np.float32))
     with pytest.raises(DgfError, match="batch size"):
-        deblur_image(generator, image, batch_size=0, jit="off")
+        plain(generator, batch=0).deblur_image(image)
 
 
 def test_load_generator_errors(tmp_path):
@@ -117,7 +117,7 @@ def test_sizes_formats_alpha_exif_and_tree(tmp_path, model_file, generator, caps
         written = np.asarray(im)
     assert np.array_equal(written[..., 3], alpha)
     # The PNG path is lossless: the file holds exactly what deblur_image returns.
-    assert np.array_equal(written[..., :3], deblur_image(generator, png, jit="off"))
+    assert np.array_equal(written[..., :3], plain(generator).deblur_image(png))
     with Image.open(out / "sub" / "c.JPG") as im:
         assert im.size == (24, 40)  # transposed: upright
         assert im.getexif().get(0x0112) is None

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_eval_h5, smooth_photo
-from dgf import actions, calibration, dispatch, runtime
+from dgf import actions, calibration, predictor, runtime
 from dgf.cli import deblur_main, eval_main
 from dgf.config import TrainConfig
 from dgf.errors import DgfError
@@ -60,7 +60,6 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
                                                              monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv(calibration.CACHE_ENV, str(cache))
-    monkeypatch.setattr(dispatch, "_DECIDED", {})
     real = runtime.compiled_generator
 
     def ctrl_c_in_xla(copy, jit_compile=False):
@@ -72,7 +71,7 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
 
         return interrupted
 
-    monkeypatch.setattr(dispatch, "compiled_generator", ctrl_c_in_xla)
+    monkeypatch.setattr(runtime, "compiled_generator", ctrl_c_in_xla)
     out = tmp_path / "o"
     assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file),
                         "--quiet", "--precision", "fp32"]) == 130
@@ -87,13 +86,13 @@ def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatc
     h5 = tmp_path / "pairs.h5"
     make_eval_h5(h5, count=3, height=32, width=32)
     seen = []
-    real = dispatch.inference_call
+    real = predictor.Predictor.call
 
-    def spy(generator, precision="fp32", jit="auto", *rest):
-        seen.append((precision, jit))
-        return real(generator, precision, jit, *rest)
+    def spy(self, calls_per_weights=None):
+        seen.append((self.precision, self.spec.jit))
+        return real(self, calls_per_weights)
 
-    monkeypatch.setattr("dgf.scoring.inference_call", spy)
+    monkeypatch.setattr(predictor.Predictor, "call", spy)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})
     out = tmp_path / "eval"
     assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(out),
@@ -114,9 +113,9 @@ def test_trainer_scoring_uses_eval_jit(tmp_path, monkeypatch, generator):
     asked = []
     real = actions.evaluate_split
 
-    def spy(*args, **kwargs):
-        asked.append(kwargs.get("jit"))
-        return real(*args, **kwargs)
+    def spy(run, *args, **kwargs):
+        asked.append(run.spec.jit)
+        return real(run, *args, **kwargs)
 
     monkeypatch.setattr(actions, "evaluate_split", spy)
     scores, strip = actions.Scoring(cfg, strips=False)(generator, 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_h5, smooth_photo
+from conftest import make_h5, plain, smooth_photo
 from dgf.errors import DgfError
 
 # The generator runs on TensorFlow's plain graph (jit off; dgf-deblur's and the
@@ -93,11 +93,10 @@ def test_space_to_depth_is_checked():
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25, 0.3, 0.125])
 def test_identity_generator_returns_input_at_every_scale(scale):
     from dgf.models import build_generator
-    from dgf.tiling import deblur_image
 
     identity = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
     photo = smooth_photo(203, 157, seed=2)  # odd sizes
-    out = deblur_image(identity, photo, scale=scale, tile=96, overlap=24, jit="off")
+    out = plain(identity, tile=96, overlap=24).deblur_image(photo, scale=scale)
     assert out.shape == photo.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - photo).max() <= 1
 
@@ -106,13 +105,12 @@ def test_scale_adds_the_enlarged_correction():
     """A generator that brightens by a constant brightens the full photo by about
     the same, at any scale: the correction is carried to full size."""
     from dgf.models import build_generator
-    from dgf.tiling import deblur_image
 
     g = build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0)
     g.get_layer("residual").bias.assign(np.full(3, 0.1, np.float32))  # +12.75 levels
     photo = smooth_photo(120, 90, seed=4) // 2
     for scale in (1.0, 0.5, 0.25):
-        out = deblur_image(g, photo, scale=scale, jit="off")
+        out = plain(g).deblur_image(photo, scale=scale)
         assert out.shape == photo.shape
         diff = out.astype(float) - photo
         assert abs(diff.mean() - 12.75) < 0.6, (scale, diff.mean())
@@ -120,7 +118,7 @@ def test_scale_adds_the_enlarged_correction():
 
 def test_scale_errors_name_the_value():
     from dgf.models import build_generator
-    from dgf.tiling import auto_scale, check_scale, deblur_image
+    from dgf.tiling import auto_scale, check_scale
 
     g = build_generator(channel_rate=4, residual=True, batchnorm=False)
     photo = smooth_photo(64, 48)
@@ -128,7 +126,7 @@ def test_scale_errors_name_the_value():
         with pytest.raises(DgfError, match=f"scale {bad!r} is outside"):
             check_scale(bad)
     with pytest.raises(DgfError, match="scale 0.1 leaves a 48x64 image 5 px"):
-        deblur_image(g, photo, scale=0.1, jit="off")
+        plain(g).deblur_image(photo, scale=0.1)
     with pytest.raises(DgfError, match="'big'"):
         check_scale("big")
     assert auto_scale(3000, 4000, 256) == pytest.approx(256 / 3000)
@@ -260,8 +258,7 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     import keras
 
     from dgf.models import build_generator
-    from dgf.dispatch import inference_call
-    from dgf.tiling import _deblur_unit, deblur_image, seamless_tiling
+    from dgf.tiling import _deblur_unit, seamless_tiling
 
     g = build_generator(channel_rate=4, dropout=0.0, space_to_depth=4, batchnorm=False)
     # Fresh weights reach far only faintly: a pixel 50-70 px away acts through the
@@ -278,7 +275,7 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     assert (tile, overlap) == (864, 216)
     assert seamless_tiling(g, tile=1000, overlap=100) == (1000, 100)  # given: kept
     photo = smooth_photo(500, 470, seed=6)
-    call = inference_call(g, jit="off")
+    call = plain(g).call()
     whole = _deblur_unit(call, photo, 0, 0, 1, False, 4)
     # Two tiles per axis (starts off the 4-pixel grid unless aligned) with the
     # model's overlap match the whole image; the paper layout's default overlap
@@ -287,4 +284,4 @@ def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     seams = _deblur_unit(call, photo, 440, 64, 1, False, 4)
     assert np.abs(tiled - whole).max() < 1e-4
     assert np.abs(seams - whole).max() > 1e-2
-    assert deblur_image(g, photo, tile=440, overlap=overlap, jit="off").shape == photo.shape
+    assert plain(g, tile=440, overlap=overlap).deblur_image(photo).shape == photo.shape

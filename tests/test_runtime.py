@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from conftest import smooth_photo, smooth_photos
-from dgf import dispatch, runtime, tiling
+from dgf import runtime, tiling
+from dgf.predictor import Predictor
+from dgf.spec import InferenceSpec
 from dgf.cli import deblur_main
 from dgf.errors import DgfError
 from dgf.images import to_unit
@@ -43,6 +45,11 @@ def _unfused(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(runtime.compiled_generator(model)(x))
 
 
+def _plain(model):
+    """A predictor's call of ``model``: the folded copy on TensorFlow without XLA."""
+    return Predictor(model, InferenceSpec(jit="off", engine="tensorflow")).call()
+
+
 def _layer_types(model) -> list[str]:
     return [type(layer).__name__ for layer in model.layers]
 
@@ -69,7 +76,7 @@ def test_fold_matches_unfused_with_random_statistics(trained_like):
     got = np.asarray(runtime.compiled_generator(folded)(x))
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.abs(got - expected).max() <= TOL
-    via_call = np.asarray(dispatch.inference_call(trained_like)(x))
+    via_call = np.asarray(_plain(trained_like)(x))
     assert np.abs(via_call - expected).max() <= TOL
 
 
@@ -83,7 +90,7 @@ def test_fold_matches_unfused_on_real_pairs(pairs_small, trained_like):
         blurred.append(pair[:, pair.shape[1] // 2 :])  # left sharp, right blurred
     x = to_unit(np.stack(blurred))
     expected = _unfused(trained_like, x)
-    got = np.asarray(dispatch.inference_call(trained_like)(x))
+    got = np.asarray(_plain(trained_like)(x))
     assert np.abs(got - expected).max() <= TOL
 
 
@@ -103,17 +110,18 @@ def test_fold_leaves_the_source_model_alone(trained_like):
 
 
 def test_inference_call_follows_the_current_weights():
-    """The trainer scores every epoch through one cached call: it must see new weights."""
+    """The trainer scores every epoch through one predictor: it must see new weights."""
     keras.utils.set_random_seed(11)
     model = build_generator(channel_rate=8)
     x = to_unit(smooth_photos(1, 32, 40, seed=2))
-    call = dispatch.inference_call(model)
+    run = Predictor(model, InferenceSpec(jit="off", engine="tensorflow"))
+    call = run.call()
     first = np.asarray(call(x))
     _randomise_batchnorm(model, 12)  # as an epoch of training would change them
     model.get_layer("dense3_conv3x3").set_weights(
         [w * 1.5 for w in model.get_layer("dense3_conv3x3").get_weights()]
     )
-    again = dispatch.inference_call(model)
+    again = run.call()
     assert again is call  # same compiled graph: no retracing per epoch
     second = np.asarray(again(x))
     assert np.abs(second - first).max() > 1e-2

@@ -313,8 +313,10 @@ def test_metric_protocol_and_y_channel_settings_flags_and_tensorboard_names(h5_f
 
 @pytest.mark.slow
 def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_path, capsys):
-    from dgf.scoring import evaluate_split
+    from conftest import plain
+    from dgf.metrics import ScoreSettings
     from dgf.runtime import load_generator
+    from dgf.scoring import EvalOptions, evaluate_split
     from dgf.train import train
 
     run = tmp_path / "run"
@@ -324,10 +326,13 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
     assert [(r["epoch"], r["crop_border"]) for r in epochs] == [(1, 4), (2, 4)]
     # The recorded score is the cropped one, not the whole image's.
     last = load_generator(run / "snapshots" / "generator_epoch_0002.keras")
-    # The trainer's path (plain TensorFlow, FIXED_PATH), so the scores match to the bit.
-    cropped, _ = evaluate_split(last, h5_file, limit=2, progress=False, crop_border=4,
-                                jit="off")
-    whole, _ = evaluate_split(last, h5_file, limit=2, progress=False, jit="off")
+    # The trainer's path (plain TensorFlow, FIXED_PATH, its batch of 8), so the scores
+    # match to the bit.
+    run_as_trainer = plain(last, batch=8)
+    cropped, _ = evaluate_split(run_as_trainer, h5_file,
+                                EvalOptions(limit=2, settings=ScoreSettings(crop_border=4)),
+                                progress=False)
+    whole, _ = evaluate_split(run_as_trainer, h5_file, EvalOptions(limit=2), progress=False)
     assert epochs[-1]["psnr"] == pytest.approx(cropped["psnr"], abs=1e-6)
     assert epochs[-1]["blurred_psnr"] == pytest.approx(cropped["blurred_psnr"], abs=1e-9)
     assert epochs[-1]["blurred_psnr"] != pytest.approx(whole["blurred_psnr"], abs=1e-6)
