@@ -86,7 +86,7 @@ def test_build_hdf5_help_lists_the_owners_choices_and_defaults():
 
 def test_make_pairs_help_lists_the_owners_choices_and_defaults():
     text = _help(_scripts()["dgf-make-pairs"])["help"]
-    defaults = inspect.signature(synth.make_pairs).parameters
+    defaults = inspect.signature(synth.MakePairsOptions).parameters
     assert _choices(synth.OUTPUT_FORMATS) in text
     assert f"(default: {synth.DEFAULT_STRENGTH})" in text
     for flag, name in (("--per-image", "per_image"), ("--kernel-size", "kernel_size"),

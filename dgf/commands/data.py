@@ -1,7 +1,9 @@
 """The data commands: ``build-hdf5`` and ``dgf-make-pairs``. Their choices and
 defaults come from the modules that do the work (:mod:`dgf.sources`, :mod:`dgf.hdf5`,
-:mod:`dgf.synth`: constants, and the keyword defaults of the function the command
-calls), which import no TensorFlow."""
+:mod:`dgf.synth`: constants, the fields of the options class the command fills,
+:class:`dgf.hdf5.BuildOptions` or :class:`dgf.synth.MakePairsOptions`, and the keyword
+defaults of the function it calls), which import no TensorFlow. Each command builds
+its options object once from its flags."""
 from __future__ import annotations
 
 import argparse
@@ -149,7 +151,7 @@ def _pairs_lists(values: Sequence[str] | None) -> dict[str, Path] | None:
 def make_pairs_parser() -> argparse.ArgumentParser:
     from dgf import synth
 
-    defaults = defaults_of(synth.make_pairs)
+    defaults = defaults_of(synth.MakePairsOptions)
     parser = new_parser(
         "dgf-make-pairs",
         "Blur sharp photos with random camera-shake kernels and write side-by-side "
@@ -223,15 +225,15 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
                     f"{len(args.dirs)} folder(s): {' '.join(str(d) for d in args.dirs)}."
                 )
             sharp_dir, out_dir = args.dirs
-        report = synth.make_pairs(
-            sharp_dir, out_dir, per_image=args.per_image, size=args.size,
-            test_fraction=args.test_fraction, seed=args.seed,
-            kernel_size=args.kernel_size, strength=args.strength, noise=args.noise,
-            quality=args.quality, fmt=args.format, linear_light=args.linear_light,
-            highlight_gain=args.highlight_gain, jpeg_quality_range=args.jpeg_quality_range,
-            sample_photos=args.sample_photos, overwrite=args.overwrite,
-            progress=not args.no_progress,
+        options = synth.MakePairsOptions(
+            per_image=args.per_image, size=args.size, test_fraction=args.test_fraction,
+            seed=args.seed, kernel_size=args.kernel_size, strength=args.strength,
+            noise=args.noise, quality=args.quality, fmt=args.format,
+            linear_light=args.linear_light, highlight_gain=args.highlight_gain,
+            jpeg_quality_range=args.jpeg_quality_range, sample_photos=args.sample_photos,
         )
+        report = synth.make_pairs(sharp_dir, out_dir, options, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
         print(report.summary())
         return 0
 
