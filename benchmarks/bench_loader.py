@@ -40,9 +40,9 @@ BATCH = 16
 
 
 def build_file(pairs: Path, output: Path) -> None:
-    from dgf.hdf5 import build_hdf5
+    from dgf.hdf5 import BuildOptions, build_hdf5
 
-    build_hdf5(pairs, output, size=256, workers=1, progress=False)
+    build_hdf5(pairs, output, BuildOptions(size=256, workers=1), progress=False)
 
 
 def raw_reads(h5: Path, crop: int | None, epochs: int) -> int:

@@ -17,7 +17,7 @@ from dgf.errors import DgfError
 def build_hdf5_parser() -> argparse.ArgumentParser:
     from dgf import hdf5, sources
 
-    defaults = defaults_of(hdf5.build_hdf5)
+    defaults = {**defaults_of(hdf5.build_hdf5), **defaults_of(hdf5.BuildOptions)}
     p = new_parser(
         "build-hdf5",
         "Pack pairs of sharp and blurred images into one HDF5 file with train, test "
@@ -104,9 +104,7 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         from dgf import hdf5
 
-        report = hdf5.build_hdf5(
-            args.jpeg_dir,
-            args.output,
+        options = hdf5.BuildOptions(
             size=args.size,
             native=args.native,
             layout=args.layout,
@@ -116,9 +114,9 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
             compression=args.compression,
             workers=getattr(args, "workers", None),
             on_error=args.on_error,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
         )
+        report = hdf5.build_hdf5(args.jpeg_dir, args.output, options,
+                                 overwrite=args.overwrite, progress=not args.no_progress)
         print(report.summary())
         return 0
 
