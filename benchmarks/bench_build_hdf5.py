@@ -52,9 +52,10 @@ def seed_style(jpeg_dir: Path, output: Path, size: int = 256) -> int:
 
 
 def ours(jpeg_dir: Path, output: Path, workers: int | None) -> int:
-    from dgf.hdf5 import build_hdf5
+    from dgf.hdf5 import BuildOptions, build_hdf5
 
-    report = build_hdf5(jpeg_dir, output, workers=workers, overwrite=True, progress=False)
+    report = build_hdf5(jpeg_dir, output, BuildOptions(workers=workers), overwrite=True,
+                        progress=False)
     return sum(report.counts.values())
 
 

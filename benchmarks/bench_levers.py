@@ -46,7 +46,7 @@ sys.path.insert(0, args["repo"])
 import keras, tensorflow as tf
 from dgf.config import TrainConfig, load_config_file
 from dgf.batching import plan_batch
-from dgf.data import make_dataset
+from dgf.data import LoaderOptions, make_dataset
 from dgf.scoring import evaluate_split
 from dgf.actions import BatchNormReestimation
 from dgf.train import GANTrainer, select_strategy
@@ -57,12 +57,12 @@ cfg = TrainConfig.from_dict(values)
 cfg = cfg.replace(batch_size=plan_batch(cfg.batch_size, 1).global_batch)  # one replica
 keras.utils.set_random_seed(cfg.seed)
 strategy = select_strategy("one")
+loader = LoaderOptions(crop=cfg.crop, seed=cfg.seed, augment=cfg.augment,
+                       edge_crops=cfg.edge_crops)
 def batches():
     epoch = 0
     while True:
-        yield from make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
-                                seed=cfg.seed, epoch=epoch, augment=cfg.augment,
-                                edge_crops=cfg.edge_crops)
+        yield from make_dataset(cfg.h5, "train", cfg.batch_size, loader, epoch=epoch)
         epoch += 1
 if args["seconds"]:
     # Equal wall time: a throwaway trainer times this variant's step, and the real one
@@ -81,9 +81,7 @@ trainer = GANTrainer(cfg, strategy, total_steps=args["steps"], perceptual=None)
 started = time.perf_counter()
 done, epoch = 0, 0
 while done < args["steps"]:
-    for batch in make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
-                              seed=cfg.seed, epoch=epoch, augment=cfg.augment,
-                              edge_crops=cfg.edge_crops):
+    for batch in make_dataset(cfg.h5, "train", cfg.batch_size, loader, epoch=epoch):
         trainer.step(batch, warmup=True)
         done += 1
         if done == args["steps"]:

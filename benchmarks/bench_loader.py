@@ -8,7 +8,8 @@ flips/rotations) for whole 256² pairs and for 128² random crops:
   ceiling for one reader.
 - ``naive``: ``tf.data.Dataset.from_generator`` yielding one ``ds[i]`` pair at a
   time, then ``.batch(16)``: the usual first attempt.
-- ``dgf``: ``dgf.data.make_dataset`` streaming from the file, and with ``cache=True``.
+- ``dgf``: ``dgf.data.make_dataset`` streaming from the file, and with
+  ``LoaderOptions(cache=True)``.
 
 Every configuration runs in several interleaved rounds; the best round is reported
 (this machine is shared, so the best is the least disturbed), with the median beside
@@ -40,9 +41,9 @@ BATCH = 16
 
 
 def build_file(pairs: Path, output: Path) -> None:
-    from dgf.hdf5 import build_hdf5
+    from dgf.hdf5 import BuildOptions, build_hdf5
 
-    build_hdf5(pairs, output, size=256, workers=1, progress=False)
+    build_hdf5(pairs, output, BuildOptions(size=256, workers=1), progress=False)
 
 
 def raw_reads(h5: Path, crop: int | None, epochs: int) -> int:
@@ -96,7 +97,8 @@ def dgf_loader(h5: Path, crop: int | None, epochs: int, cache: bool) -> int:
     """``make_dataset``, one dataset per epoch as a trainer builds them; pairs read."""
     total = 0
     for epoch in range(epochs):
-        dataset = data.make_dataset(h5, "train", BATCH, crop=crop, epoch=epoch, cache=cache)
+        options = data.LoaderOptions(crop=crop, cache=cache)
+        dataset = data.make_dataset(h5, "train", BATCH, options, epoch=epoch)
         for blurred, _ in dataset:
             total += int(blurred.shape[0])
     return total

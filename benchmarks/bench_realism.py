@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dgf.images import find_images, read_rgb, write_image  # noqa: E402
-from dgf.synth import make_pairs  # noqa: E402
+from dgf.synth import MakePairsOptions, make_pairs  # noqa: E402
 
 VARIANTS = {
     "plain": {},
@@ -56,8 +56,9 @@ def sharp_halves(pairs: Path, out: Path) -> Path:
 def prepare(variant: str, sharp: Path, pairs: Path, out: Path, seed: int) -> Path:
     """Synthetic train pairs of one variant beside the real test pairs, as HDF5."""
     folder = out / variant
-    make_pairs(sharp, folder, per_image=2, size=256, test_fraction=0, seed=seed,
-               overwrite=True, progress=False, **VARIANTS[variant])
+    options = MakePairsOptions(per_image=2, size=256, test_fraction=0, seed=seed,
+                               **VARIANTS[variant])
+    make_pairs(sharp, folder, options, overwrite=True, progress=False)
     shutil.rmtree(folder / "test", ignore_errors=True)
     shutil.copytree(pairs / "test", folder / "test")
     h5 = out / f"{variant}.h5"

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from dgf.config import GENERATOR_KEYS, RunDir, TrainConfig
-from dgf.data import make_dataset
+from dgf.data import LoaderOptions, make_dataset
 from dgf.errors import DgfError, first_line
 from dgf.metrics import ScoreSettings, check_window
 from dgf.options import DEFAULT_EVAL_BATCH
@@ -327,9 +327,9 @@ class BatchNormReestimation:
         whole = info.height * info.width <= self.MAX_PIXELS
         crop = None if whole else min(info.height, info.width, 512)
         # Its own seed, so the training stream is untouched.
-        dataset = make_dataset(cfg.h5, "train", cfg.batch_size, crop=crop, training=True,
-                               seed=cfg.seed + 7919, epoch=epoch, augment=cfg.augment,
-                               drop_remainder=False)
+        options = LoaderOptions(crop=crop, seed=cfg.seed + 7919, augment=cfg.augment,
+                                drop_remainder=False)
+        dataset = make_dataset(cfg.h5, "train", cfg.batch_size, options, epoch=epoch)
         batches = (to_unit(blurred.numpy()) for blurred, _ in dataset.take(cfg.bn_recalibrate))
         recalibrate_batchnorm(generator, batches)
 

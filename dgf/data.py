@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -34,6 +35,7 @@ from dgf.host import available_memory, cores
 from dgf.schema import SplitInfo, blurred_name, check_split, open_pairs_file, sharp_name
 
 __all__ = [
+    "LoaderOptions",
     "make_dataset",
     "split_info",
     "steps_per_epoch",
@@ -234,7 +236,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def clear_cache() -> None:
-    """Forget every split held in memory by ``make_dataset(..., cache=True)``."""
+    """Forget every split held in memory by ``LoaderOptions(cache=True)``."""
     with _CACHE_LOCK:
         _CACHE.clear()
 
@@ -358,19 +360,90 @@ def _check_positive_int(name: str, value: object) -> None:
         raise DgfError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _check_crop(
-    crop: int | tuple[int, int] | None, info: SplitInfo, path: Path, split: str
-) -> tuple[int, int]:
+def _crop_shape(crop: object) -> tuple[int, int] | None:
+    """``crop`` as (h, w) (None stays None); DgfError for anything else."""
     if crop is None:
-        return info.height, info.width
-    size = (crop, crop) if isinstance(crop, (int, np.integer)) else tuple(crop)
-    if len(size) != 2 or any(
-        not is_int(v) or v < 1 for v in size
-    ):
+        return None
+    if is_int(crop):
+        size = (crop, crop)
+    elif isinstance(crop, (tuple, list, np.ndarray)):
+        size = tuple(crop)
+    else:
+        size = ()
+    if len(size) != 2 or any(not is_int(v) or v < 1 for v in size):
         raise DgfError(
             f"crop must be a positive int or a (height, width) pair of them, got {crop!r}."
         )
-    h, w = int(size[0]), int(size[1])
+    return int(size[0]), int(size[1])
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How :func:`make_dataset` reads a split: the same for every epoch of a run.
+    Checked when made: a bad value is a DgfError naming it.
+
+    Attributes:
+        crop: (h, w) or one int for a square, kept as (h, w); None reads whole
+            images. Training takes a random window per pair, evaluation the centre
+            one. The same window and transform apply to both images of a pair.
+        training: shuffled order, random crops and (with ``augment``) random flips and
+            rotations, all drawn from ``(seed, epoch)``; False: file order, centre
+            crops, no transform.
+        seed: with the epoch, fixes everything random in the epoch.
+        cache: hold the raw split in memory (kept across calls, so a dataset rebuilt
+            for every epoch reads the file once); crops and transforms stay fresh each
+            epoch. :func:`make_dataset` raises DgfError if the split does not fit in
+            available memory.
+        drop_remainder: drop the last partial batch; None: drop it when training,
+            keep it for evaluation. With it, the batch dimension is static.
+        augment: allow flips and rotations when training. Quarter turns are used only
+            when the output is square (square crop, or square images and no crop);
+            other shapes get identity, horizontal flip, vertical flip or 180°.
+        prefetch: batches to prefetch; None lets tf.data tune it (none on a host of at
+            most ``SMALL_HOST_CORES`` cores), 0 turns it off.
+        read_workers: batches read concurrently; None lets tf.data tune it (on a
+            small host: one at a time in the caller's thread, the pipeline with a
+            private one-thread pool), 1 reads them one after the other.
+        edge_crops: share in [0, 1] of training crops snapped to the image's edge
+            along each axis (see ``epoch_records``).
+    """
+
+    crop: int | tuple[int, int] | None = None
+    training: bool = True
+    seed: int = 0
+    cache: bool = False
+    drop_remainder: bool | None = None
+    augment: bool = True
+    prefetch: int | None = None
+    read_workers: int | None = None
+    edge_crops: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop", _crop_shape(self.crop))
+        if not is_int(self.seed) or self.seed < 0:
+            raise DgfError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        for name, value in (("prefetch", self.prefetch), ("read_workers", self.read_workers)):
+            if value is not None and (not is_int(value) or value < 0):
+                raise DgfError(f"{name} must be None or a non-negative integer, got {value!r}.")
+        if self.read_workers == 0:
+            raise DgfError("read_workers must be at least 1 (or None to let tf.data choose).")
+        if not is_number(self.edge_crops) or not 0.0 <= self.edge_crops <= 1.0:
+            raise DgfError(f"edge_crops must be a number in [0, 1], got {self.edge_crops!r}.")
+
+    @property
+    def drops_remainder(self) -> bool:
+        """Whether the last partial batch is dropped (``drop_remainder`` resolved)."""
+        return self.training if self.drop_remainder is None else bool(self.drop_remainder)
+
+
+def _check_crop(
+    crop: tuple[int, int] | None, info: SplitInfo, path: Path, split: str
+) -> tuple[int, int]:
+    """The (h, w) read from each image: ``crop``, or the whole image when None;
+    DgfError for a crop larger than the images."""
+    if crop is None:
+        return info.height, info.width
+    h, w = crop
     if h > info.height or w > info.width:
         raise DgfError(
             f"crop {h}x{w} is larger than the {info.height}x{info.width} images of "
@@ -384,19 +457,11 @@ def make_dataset(
     h5_path: Path | str,
     split: str,
     batch_size: int,
+    options: LoaderOptions = LoaderOptions(),
     *,
-    crop: int | tuple[int, int] | None = None,
-    training: bool = True,
-    seed: int = 0,
     epoch: int = 0,
     skip_batches: int = 0,
     input_context: tf.distribute.InputContext | None = None,
-    cache: bool = False,
-    drop_remainder: bool | None = None,
-    augment: bool = True,
-    prefetch: int | None = None,
-    read_workers: int | None = None,
-    edge_crops: float = 0.0,
 ) -> tf.data.Dataset:
     """One epoch of ``(blurred, sharp)`` batches, each uint8 (B, h, w, 3) in [0, 255].
 
@@ -406,14 +471,11 @@ def make_dataset(
         batch_size: global batch size. With ``input_context`` the dataset yields
             per-replica batches of ``input_context.get_per_replica_batch_size(
             batch_size)``, as ``distribute_datasets_from_function`` expects.
-        crop: (h, w) or one int for a square; None reads whole images. Training takes
-            a random window per pair, evaluation the centre one. The same window and
-            transform apply to both images of a pair.
-        training: shuffled order, random crops and (with ``augment``) random flips and
-            rotations, all drawn from ``(seed, epoch)``; False: file order, centre
-            crops, no transform.
-        seed, epoch: together they fix everything random in the epoch; a different
-            epoch gives a different order, crops and transforms.
+        options: how the split is read (:class:`LoaderOptions`: crop, training,
+            seed, cache, drop_remainder, augment, prefetch, read_workers,
+            edge_crops), e.g. ``LoaderOptions(crop=128, seed=1)``.
+        epoch: with ``options.seed``, fixes everything random in the epoch; a
+            different epoch gives a different order, crops and transforms.
         skip_batches: batches of this dataset to leave out at the start, without
             reading them. ``make_dataset(..., epoch=e, skip_batches=k)`` yields exactly
             batches k, k + 1, ... of the uninterrupted epoch ``e``.
@@ -421,21 +483,6 @@ def make_dataset(
             ``input_pipeline_id`` takes its own disjoint piece of the epoch's order:
             its share of every global step, so step k trains on the same pairs
             whether one process or several workers run it.
-        cache: hold the raw split in memory (kept across calls, so a dataset rebuilt
-            for every epoch reads the file once); crops and transforms stay fresh each
-            epoch. Raises DgfError if the split does not fit in available memory.
-        drop_remainder: drop the last partial batch; default True when training and
-            False for evaluation. With it, the batch dimension is static.
-        edge_crops: share of training crops snapped to the image's edge along each
-            axis (see ``epoch_records``).
-        augment: allow flips and rotations when training. Quarter turns are used only
-            when the output is square (square crop, or square images and no crop);
-            other shapes get identity, horizontal flip, vertical flip or 180°.
-        prefetch: batches to prefetch; None lets tf.data tune it (2 on a host of at
-            most ``SMALL_HOST_CORES`` cores), 0 turns it off.
-        read_workers: batches read concurrently; None lets tf.data tune it (1 on a
-            small host, where the pipeline also gets a private one-thread pool), 1
-            reads them one after the other.
 
     Without ``input_context``, ``cardinality()`` is
     ``steps_per_epoch(count, batch_size, drop_remainder) - skip_batches``.
@@ -445,47 +492,24 @@ def make_dataset(
     path = Path(h5_path)
     info = split_info(path, split)
     _check_positive_int("batch_size", batch_size)
-    hw = _check_crop(crop, info, path, split)
-    _check_dataset_options(seed, epoch, skip_batches, prefetch, read_workers)
-    if drop_remainder is None:
-        drop_remainder = training
+    hw = _check_crop(options.crop, info, path, split)
+    for name, value in (("epoch", epoch), ("skip_batches", skip_batches)):
+        if not is_int(value) or value < 0:
+            raise DgfError(f"{name} must be a non-negative integer, got {value!r}.")
+    drop_remainder = options.drops_remainder
     shards = _Shards.of(input_context, batch_size)
-    if not is_number(edge_crops) \
-            or not 0.0 <= edge_crops <= 1.0:
-        raise DgfError(f"edge_crops must be a number in [0, 1], got {edge_crops!r}.")
     records = epoch_records(
-        info, hw, training=training, seed=seed, epoch=epoch, augment=augment,
-        edge_crops=edge_crops,
+        info, hw, training=options.training, seed=options.seed, epoch=epoch,
+        augment=options.augment, edge_crops=options.edge_crops,
     )
     records = _shard_records(records, shards, info, drop_remainder, batch_size, split, path)
     records = _skip_batches(records, shards.per_batch, skip_batches)
-    reader = _cached_split(path, split, info) if cache else _FileReader(path, split)
+    reader = _cached_split(path, split, info) if options.cache else _FileReader(path, split)
     read_batch = _batch_reader(reader, records, shards.per_batch, hw)
     static_batch = shards.per_batch if drop_remainder else None
     n_batches = math.ceil(len(records) / shards.per_batch)
-    return _pipeline(
-        read_batch, n_batches, (static_batch, hw[0], hw[1], 3), prefetch, read_workers
-    )
-
-
-def _check_dataset_options(
-    seed: object,
-    epoch: object,
-    skip_batches: object,
-    prefetch: object,
-    read_workers: object,
-) -> None:
-    """Raise DgfError for a bad value of one of :func:`make_dataset`'s numeric options."""
-    for name, value in (("seed", seed), ("epoch", epoch), ("skip_batches", skip_batches)):
-        if not is_int(value) or value < 0:
-            raise DgfError(f"{name} must be a non-negative integer, got {value!r}.")
-    for name, value in (("prefetch", prefetch), ("read_workers", read_workers)):
-        if value is not None and (
-            not is_int(value) or value < 0
-        ):
-            raise DgfError(f"{name} must be None or a non-negative integer, got {value!r}.")
-    if read_workers == 0:
-        raise DgfError("read_workers must be at least 1 (or None to let tf.data choose).")
+    return _pipeline(read_batch, n_batches, (static_batch, hw[0], hw[1], 3),
+                     options.prefetch, options.read_workers)
 
 
 class _Shards(NamedTuple):

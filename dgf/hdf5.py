@@ -98,22 +98,58 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def _check_options(
-    size: int, native: bool, order: str, compression: str, workers: int | None, on_error: str
-) -> int:
-    if not native and (not is_int(size) or size < 1):
-        raise DgfError(f"size must be a positive integer (pixels per side); got {size!r}.")
-    if order not in sources.ORDERS:
-        raise DgfError(f"unknown order '{order}'; choose {' or '.join(sources.ORDERS)}.")
-    if compression not in COMPRESSIONS:
-        raise DgfError(f"unknown compression '{compression}'; choose {', '.join(COMPRESSIONS)}.")
-    if on_error not in ON_ERROR:
-        raise DgfError(f"unknown on_error '{on_error}'; choose {' or '.join(ON_ERROR)}.")
-    if workers is None:
-        return host.cores()
-    if not is_int(workers) or workers < 1:
-        raise DgfError(f"workers must be 1 or more; got {workers!r}.")
-    return workers
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :func:`build_hdf5` reads its pairs and stores them: every setting of
+    ``build-hdf5`` but JPEG_DIR, ``-o``, ``--overwrite`` and ``--no-progress``.
+    Checked when made: a bad size, order, compression, worker count or on_error is
+    a DgfError naming it (layout and blur_folder are checked against the input).
+
+    Attributes:
+        size: N resizes every sharp and blurred image to N x N (LANCZOS).
+        native: keep native resolution instead (all pairs of a split must then
+            share one size); ``size`` is then not used.
+        layout: ``"auto"``, ``"side-by-side"`` or ``"paired"`` (see :mod:`dgf.sources`).
+        order: which half of a side-by-side image is sharp, or which path of a
+            pairs-list line (:data:`dgf.sources.ORDERS`).
+        blur_folder: GOPRO's ``"blur"`` or ``"blur_gamma"`` folder as the blurred side.
+        pairs_lists: ``{"train": FILE, "test": FILE}`` (``"val"`` optional): read the
+            pairs from list files instead of JPEG_DIR.
+        compression: ``"none"``, ``"lzf"`` or ``"gzip"`` (:data:`COMPRESSIONS`).
+        workers: decoding processes (None: all cores; 1: in this process).
+        on_error: ``"skip"`` leaves bad files out and reports them; ``"fail"`` stops
+            at the first.
+    """
+
+    size: int = 256
+    native: bool = False
+    layout: str = "auto"
+    order: str = "sharp-blur"
+    blur_folder: str = "blur"
+    pairs_lists: Mapping[str, Path | str] | None = None
+    compression: str = "none"
+    workers: int | None = None
+    on_error: str = "skip"
+
+    def __post_init__(self) -> None:
+        size, order, compression = self.size, self.order, self.compression
+        if not self.native and (not is_int(size) or size < 1):
+            raise DgfError(f"size must be a positive integer (pixels per side); got {size!r}.")
+        if order not in sources.ORDERS:
+            raise DgfError(f"unknown order '{order}'; choose {' or '.join(sources.ORDERS)}.")
+        if compression not in COMPRESSIONS:
+            raise DgfError(
+                f"unknown compression '{compression}'; choose {', '.join(COMPRESSIONS)}.")
+        if self.on_error not in ON_ERROR:
+            raise DgfError(
+                f"unknown on_error '{self.on_error}'; choose {' or '.join(ON_ERROR)}.")
+        if self.workers is not None and (not is_int(self.workers) or self.workers < 1):
+            raise DgfError(f"workers must be 1 or more; got {self.workers!r}.")
+
+    @property
+    def worker_count(self) -> int:
+        """Decoding processes asked for: ``workers``, or all cores when None."""
+        return host.cores() if self.workers is None else self.workers
 
 
 def _pair_sizes(
@@ -412,69 +448,54 @@ def _check_target(output: Path, overwrite: bool) -> None:
 def build_hdf5(
     jpeg_dir: Path | str | None,
     output: Path | str = Path("data/data.h5"),
+    options: BuildOptions = BuildOptions(),
     *,
-    size: int = 256,
-    native: bool = False,
-    layout: str = "auto",
-    order: str = "sharp-blur",
-    blur_folder: str = "blur",
-    pairs_lists: Mapping[str, Path | str] | None = None,
-    compression: str = "none",
-    workers: int | None = None,
-    on_error: str = "skip",
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildReport:
     """Pack the pairs under ``jpeg_dir`` into one HDF5 file at ``output``.
 
-    ``size`` N resizes every sharp and blurred image to N x N (LANCZOS); ``native``
-    keeps native resolution (all pairs of a split must then share one size). When
-    resizing, pairs with a side more than 2x above or below N get one ``warning:``
-    line on stderr for the whole build (how many, an example, and the way out:
-    ``--native`` or ``--size``), printed from the file headers before any decoding.
-    ``layout``: ``"auto"``, ``"side-by-side"`` or ``"paired"`` (see
-    :mod:`dgf.sources`); ``order`` says which half of a side-by-side image is
-    sharp, or which path of a pairs-list line. ``blur_folder``: GOPRO's ``"blur"``
-    or ``"blur_gamma"`` folder as the blurred side. ``pairs_lists``
-    (``{"train": FILE, "test": FILE}``, ``"val"`` optional) reads the pairs from
-    list files instead of ``jpeg_dir``, which is then None. ``workers`` decoding
-    processes (None: all cores; 1: in this process).
-    ``on_error="skip"`` leaves bad files out and reports them; ``"fail"`` stops at
-    the first. The file is built beside ``output`` under a hidden temporary name
-    (:func:`dgf.fileio.write_atomic`) and moved into place only when complete; an
-    existing ``output`` is replaced only with ``overwrite=True``. Raises DgfError
-    on bad input.
+    ``options`` (:class:`BuildOptions`, e.g. ``BuildOptions(size=128, workers=1)``)
+    says how: ``size`` N resizes every sharp and blurred image to N x N (LANCZOS),
+    ``native`` keeps native resolution. When resizing, pairs with a side more than 2x
+    above or below N get one ``warning:`` line on stderr for the whole build (how
+    many, an example, and the way out: ``--native`` or ``--size``), printed from the
+    file headers before any decoding. With ``options.pairs_lists`` the pairs come
+    from list files and ``jpeg_dir`` is None. The file is built beside ``output``
+    under a hidden temporary name (:func:`dgf.fileio.write_atomic`) and moved into
+    place only when complete; an existing ``output`` is replaced only with
+    ``overwrite=True``. ``progress`` shows progress bars. Raises DgfError on bad
+    input.
     """
     start = time.perf_counter()
-    n_workers = _check_options(size, native, order, compression, workers, on_error)
     output = Path(output)
     _check_target(output, overwrite)
-    plan = _plan(jpeg_dir, layout, order, blur_folder, pairs_lists)
-    if plan.layout == "paired" and order != "sharp-blur":
+    plan = _plan(jpeg_dir, options)
+    if plan.layout == "paired" and options.order != "sharp-blur":
         raise DgfError(
-            f"{plan.jpeg_dir}: order '{order}' applies to side-by-side images only; "
+            f"{plan.jpeg_dir}: order '{options.order}' applies to side-by-side images only; "
             f"paired folders name their roles (sharp/blur, A = blurred, B = sharp)."
         )
     found = {s.split: _pair_sizes(s, progress) for s in plan.splits}
-    if native:
+    if options.native:
         shapes = {split: _native_shape(split, sizes) for split, sizes in found.items()}
     else:
-        shapes = {split: (size, size) for split in found}
-        message = _resize_warning(found, size)
+        shapes = {split: (options.size, options.size) for split in found}
+        message = _resize_warning(found, options.size)
         if message is not None:
             # Printed here, by the one process that plans the build, before any decoding.
             print(message, file=sys.stderr, flush=True)
     total = sum(len(s.pairs) for s in plan.splits)
     settings = _BuildSettings(
-        None if native else size, order, compression, on_error, min(n_workers, total),
-        progress,
+        None if options.native else options.size, options.order, options.compression,
+        options.on_error, min(options.worker_count, total), progress,
     )
     tasks = {}
     for s in plan.splits:
         h, w = shapes[s.split] or (1, 1)
         tasks[s.split] = decoders.task_pairs(h, w, len(s.pairs), settings.workers)
     _check_resources(plan.splits, shapes, tasks, settings.workers, settings.window,
-                     compression, output)
+                     options.compression, output)
     results = write_atomic(output, lambda tmp: _write_h5(tmp, plan, shapes, tasks, settings))
     for split, result in results.items():
         message = result.odd_width_warning(split)
@@ -492,15 +513,10 @@ def build_hdf5(
     )
 
 
-def _plan(
-    jpeg_dir: Path | str | None,
-    layout: str,
-    order: str,
-    blur_folder: str,
-    pairs_lists: Mapping[str, Path | str] | None,
-) -> sources.SourcePlan:
+def _plan(jpeg_dir: Path | str | None, options: BuildOptions) -> sources.SourcePlan:
     """The pairs to build from: JPEG_DIR's layout, or the pairs lists."""
-    if not pairs_lists:
+    layout, blur_folder = options.layout, options.blur_folder
+    if not options.pairs_lists:
         if jpeg_dir is None:
             raise DgfError(
                 "no input: give JPEG_DIR (the folder holding train/ and test/) or "
@@ -521,7 +537,7 @@ def _plan(
             f"--blur-folder {blur_folder} applies to GOPRO-style JPEG_DIR scenes; a pairs "
             f"list names every file."
         )
-    return sources.pairs_from_lists(pairs_lists, order)
+    return sources.pairs_from_lists(options.pairs_lists, options.order)
 
 
 # Decoded pairs a decoding process holds besides the shared slots: the source image,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from dgf.actions import BatchNormReestimation, Checkpoints, MetricsLog, ModelFiles, Scoring
 from dgf.batching import BatchPlan
 from dgf.config import RunDir, TrainConfig
-from dgf.data import make_dataset
+from dgf.data import LoaderOptions, make_dataset
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo
 
@@ -293,14 +293,14 @@ def _plain_input(strategy) -> bool:
 
 def _epoch_batches(cfg: TrainConfig, strategy, epoch: int, done: int) -> Iterator:
     """The rest of epoch ``epoch`` after ``done`` steps, as the step takes it."""
+    options = LoaderOptions(crop=cfg.crop, seed=cfg.seed, cache=cfg.cache,
+                            augment=cfg.augment, edge_crops=cfg.edge_crops)
 
     def dataset(ctx=None):
         skip = done if ctx is None else done * (
             strategy.num_replicas_in_sync // ctx.num_input_pipelines)
-        return make_dataset(cfg.h5, "train", cfg.batch_size, crop=cfg.crop, training=True,
-                            seed=cfg.seed, epoch=epoch, skip_batches=skip,
-                            input_context=ctx, cache=cfg.cache, augment=cfg.augment,
-                            edge_crops=cfg.edge_crops)
+        return make_dataset(cfg.h5, "train", cfg.batch_size, options, epoch=epoch,
+                            skip_batches=skip, input_context=ctx)
 
     if _plain_input(strategy):
         return dataset()

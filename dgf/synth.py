@@ -84,7 +84,8 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
     return photos
 
 
-# make_pairs has a flag of the same name; it calls the function through this alias.
+# _gather_sources has a parameter of the same name (the setting
+# MakePairsOptions.sample_photos); it calls the function through this alias.
 _bundled_photos = sample_photos
 
 
@@ -159,51 +160,98 @@ def _existing_outputs(out_dir: Path) -> list[Path]:
     return found
 
 
-def _check_options(
-    per_image: int, size: int, test_fraction: float, seed: int, kernel_size: int,
-    strength: float, noise: float, quality: int, fmt: str,
-) -> None:
-    if not is_int(per_image) or per_image < 1:
-        raise DgfError(f"per-image {per_image!r} must be a whole number >= 1.")
-    if not is_int(size) or size < 8:
-        raise DgfError(f"size {size!r} must be a whole number >= 8 (e.g. 256).")
-    if not (0.0 <= float(test_fraction) < 1.0):
-        raise DgfError(
-            f"test-fraction {test_fraction!r} must be in [0, 1): the share of source "
-            f"photos that go to test (0 for no test split)."
-        )
-    if not is_int(seed) or seed < 0:
-        raise DgfError(f"seed {seed!r} must be a whole number >= 0.")
-    check_kernel_args(kernel_size, strength)
-    if kernel_size > size:
-        raise DgfError(f"kernel size {kernel_size} is larger than the crop size {size}.")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise DgfError(f"noise {noise!r} must be >= 0 (std in 8-bit levels, e.g. 2).")
-    if not is_int(quality) or not 1 <= quality <= 100:
-        raise DgfError(f"JPEG quality {quality!r} must be between 1 and 100.")
-    if fmt not in OUTPUT_FORMATS:
-        raise DgfError(f"format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}.")
+@dataclass(frozen=True)
+class MakePairsOptions:
+    """How :func:`make_pairs` makes its pairs: every setting of ``dgf-make-pairs``
+    but the folders, ``--overwrite`` and ``--no-progress``. Checked when made: a bad
+    value is a DgfError naming it and what is allowed.
 
+    Attributes:
+        per_image: random crops (each with its own kernel) per photo.
+        size: side of the square crops; smaller photos are upscaled first.
+        test_fraction: share of the photos that go to test, in [0, 1).
+        seed: same seed and inputs give byte-identical files.
+        kernel_size: odd side of the kernel canvas.
+        strength: camera-shake strength in (0, 1]; see :func:`random_kernel`.
+        noise: std of Gaussian noise added to the blurred half, in 8-bit levels.
+        quality: JPEG quality (``fmt="jpg"``); chroma is not subsampled.
+        fmt: "jpg" or "png" (lossless).
+        linear_light: blur in linear light (sRGB decoded, convolved, encoded back).
+        highlight_gain: with ``linear_light``, near-white pixels of the sharp crop
+            are made up to this many times brighter than white before blurring, and
+            the result is clipped, as saturated lights smear in real photos (1: off).
+        jpeg_quality_range: (LO, HI): re-compress the blurred half once as JPEG at
+            a quality drawn from LO..HI per pair (None: off). See :mod:`dgf.realism`.
+        sample_photos: use scikit-image's bundled photos instead of a folder.
+    """
+
+    per_image: int = 4
+    size: int = 256
+    test_fraction: float = 0.1
+    seed: int = 0
+    kernel_size: int = 31
+    strength: float = DEFAULT_STRENGTH
+    noise: float = 0.0
+    quality: int = 95
+    fmt: str = "jpg"
+    linear_light: bool = False
+    highlight_gain: float = 1.0
+    jpeg_quality_range: tuple[int, int] | None = None
+    sample_photos: bool = False
+
+    def __post_init__(self) -> None:
+        per_image, size, seed = self.per_image, self.size, self.seed
+        if not is_int(per_image) or per_image < 1:
+            raise DgfError(f"per-image {per_image!r} must be a whole number >= 1.")
+        if not is_int(size) or size < 8:
+            raise DgfError(f"size {size!r} must be a whole number >= 8 (e.g. 256).")
+        if not (0.0 <= float(self.test_fraction) < 1.0):
+            raise DgfError(
+                f"test-fraction {self.test_fraction!r} must be in [0, 1): the share of "
+                f"source photos that go to test (0 for no test split)."
+            )
+        if not is_int(seed) or seed < 0:
+            raise DgfError(f"seed {seed!r} must be a whole number >= 0.")
+        check_kernel_args(self.kernel_size, self.strength)
+        if self.kernel_size > size:
+            raise DgfError(f"kernel size {self.kernel_size} is larger than the crop size {size}.")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise DgfError(f"noise {self.noise!r} must be >= 0 (std in 8-bit levels, e.g. 2).")
+        if not is_int(self.quality) or not 1 <= self.quality <= 100:
+            raise DgfError(f"JPEG quality {self.quality!r} must be between 1 and 100.")
+        if self.fmt not in OUTPUT_FORMATS:
+            raise DgfError(f"format {self.fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}.")
+        self.realism.check()
+        if self.jpeg_quality_range is not None:
+            object.__setattr__(self, "jpeg_quality_range", tuple(self.jpeg_quality_range))
+
+    @property
+    def realism(self) -> Realism:
+        """The camera steps these options switch on."""
+        return Realism(self.linear_light, self.highlight_gain, self.jpeg_quality_range)
+
+    def settings(self, sharp_dir: Path | str | None) -> dict:
+        """The manifest's record of these options and the photo folder."""
+        return {
+            "sharp_dir": None if self.sample_photos else str(Path(sharp_dir)),
+            "sample_photos": self.sample_photos, "per_image": self.per_image,
+            "size": self.size, "test_fraction": self.test_fraction, "seed": self.seed,
+            "kernel_size": self.kernel_size, "strength": self.strength,
+            "noise": self.noise, "quality": self.quality, "format": self.fmt,
+            **self.realism.settings(),
+        }
 
 
 @dataclass(frozen=True)
 class _Recipe:
     """How every pair of one run is made and named."""
 
-    per_image: int
-    size: int
-    kernel_size: int
-    strength: float
-    noise: float
-    quality: int
-    fmt: str
-    seed: int
+    options: MakePairsOptions
     photo_digits: int
-    realism: Realism = Realism()
 
     @property
     def crop_digits(self) -> int:
-        return max(2, len(str(self.per_image - 1)))
+        return max(2, len(str(self.options.per_image - 1)))
 
 
 @dataclass
@@ -255,8 +303,9 @@ def _write_pair(
     # run is interrupted between the two.
     write_atomic(folder / f"{stem}{KERNEL_SUFFIX}", lambda tmp: np.save(tmp, kernel))
     # 4:4:4 chroma: subsampling would smear the sharp half's colour edges.
-    options = {"quality": recipe.quality, "subsampling": 0} if recipe.fmt == "jpg" else {}
-    write_image(folder / f"{stem}.{recipe.fmt}", pair, **options)
+    fmt = recipe.options.fmt
+    options = {"quality": recipe.options.quality, "subsampling": 0} if fmt == "jpg" else {}
+    write_image(folder / f"{stem}.{fmt}", pair, **options)
 
 
 def _cut_pairs(
@@ -265,32 +314,32 @@ def _cut_pairs(
 ) -> list[dict]:
     """Cut, blur and write the ``per_image`` pairs of one photo (short side at least
     the crop size); return their manifest records."""
-    size, radius = recipe.size, recipe.kernel_size // 2
+    o, realism = recipe.options, recipe.options.realism
+    size, radius = o.size, o.kernel_size // 2
     # One generator per photo, keyed by its place in the sorted list, so a photo's
     # crops and kernels do not depend on how many came before it or failed.
-    rng = np.random.default_rng([recipe.seed, 1, index])
+    rng = np.random.default_rng([o.seed, 1, index])
     # The camera steps draw from their own stream: switching them on leaves the
     # crops and kernels of a seed as they were.
-    camera = np.random.default_rng([recipe.seed, 2, index])
+    camera = np.random.default_rng([o.seed, 2, index])
     padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
     h, w = image.shape[:2]
     records = []
-    for k in range(recipe.per_image):
+    for k in range(o.per_image):
         top = int(rng.integers(0, h - size + 1))
         left = int(rng.integers(0, w - size + 1))
-        kernel = random_kernel(rng, recipe.kernel_size, recipe.strength)
+        kernel = random_kernel(rng, o.kernel_size, o.strength)
         sharp = image[top : top + size, left : left + size]
         region = padded[top : top + size + 2 * radius, left : left + size + 2 * radius]
-        blurred, drawn = recipe.realism.blur(
-            region, lambda canvas: blur_valid(canvas, kernel), camera)
-        if recipe.noise > 0:
-            blurred = blurred + rng.normal(0.0, recipe.noise, blurred.shape)
-        blurred, compressed = recipe.realism.compress(round_levels(blurred), camera)
+        blurred, drawn = realism.blur(region, lambda canvas: blur_valid(canvas, kernel), camera)
+        if o.noise > 0:
+            blurred = blurred + rng.normal(0.0, o.noise, blurred.shape)
+        blurred, compressed = realism.compress(round_levels(blurred), camera)
         pair = np.concatenate([sharp, blurred], axis=1)
         stem = f"{index:0{recipe.photo_digits}d}_{k:0{recipe.crop_digits}d}"
         _write_pair(out_dir / split, stem, pair, kernel, recipe)
         records.append({
-            "file": f"{split}/{stem}.{recipe.fmt}",
+            "file": f"{split}/{stem}.{o.fmt}",
             "kernel": f"{split}/{stem}{KERNEL_SUFFIX}",
             "source": name,
             "crop": {"top": top, "left": left, "size": size, "scale": scale},
@@ -310,7 +359,7 @@ def _photo_pairs(
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         tqdm.write(f"warning: skipping {name}: {exc}", file=sys.stderr)
         return _PhotoPairs(name, split, skipped=f"{type(exc).__name__}: {exc}")
-    image, scale = _fit_short_side(image, recipe.size)
+    image, scale = _fit_short_side(image, recipe.options.size)
     records = _cut_pairs(image, index, name, scale, split, out_dir, recipe)
     return _PhotoPairs(name, split, records, upscaled=scale != 1.0)
 
@@ -402,20 +451,8 @@ def _manifest(settings: dict, results: list[_PhotoPairs]) -> dict:
 def make_pairs(
     sharp_dir: Path | str | None,
     out_dir: Path | str,
+    options: MakePairsOptions = MakePairsOptions(),
     *,
-    per_image: int = 4,
-    size: int = 256,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    kernel_size: int = 31,
-    strength: float = DEFAULT_STRENGTH,
-    noise: float = 0.0,
-    quality: int = 95,
-    fmt: str = "jpg",
-    linear_light: bool = False,
-    highlight_gain: float = 1.0,
-    jpeg_quality_range: tuple[int, int] | None = None,
-    sample_photos: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> MakePairsReport:
@@ -431,42 +468,24 @@ def make_pairs(
 
     Args:
         sharp_dir: folder searched recursively for .jpg/.jpeg/.png photos (hidden
-            files and folders left out); None with ``sample_photos=True``.
+            files and folders left out); None with ``options.sample_photos``.
         out_dir: where the train/ and test/ folders go.
-        per_image: random crops (each with its own kernel) per photo.
-        size: side of the square crops; smaller photos are upscaled first.
-        test_fraction: share of the photos that go to test, in [0, 1).
-        seed: same seed and inputs give byte-identical files.
-        kernel_size: odd side of the kernel canvas.
-        strength: camera-shake strength in (0, 1]; see :func:`random_kernel`.
-        noise: std of Gaussian noise added to the blurred half, in 8-bit levels.
-        quality: JPEG quality (``fmt="jpg"``); chroma is not subsampled.
-        fmt: "jpg" or "png" (lossless).
-        linear_light: blur in linear light (sRGB decoded, convolved, encoded back).
-        highlight_gain: with ``linear_light``, near-white pixels of the sharp crop
-            are made up to this many times brighter than white before blurring, and
-            the result is clipped, as saturated lights smear in real photos (1: off).
-        jpeg_quality_range: (LO, HI): re-compress the blurred half once as JPEG at
-            a quality drawn from LO..HI per pair (None: off). See :mod:`dgf.realism`.
-        sample_photos: use scikit-image's bundled photos instead of ``sharp_dir``.
+        options: how the pairs are made (:class:`MakePairsOptions`, e.g.
+            ``MakePairsOptions(per_image=2, size=128, seed=1)``).
         overwrite: replace existing pairs in ``out_dir``; without it they are an error.
         progress: show a progress bar over photos.
     """
     started = time.perf_counter()
-    if sample_photos and sharp_dir is not None:
+    if options.sample_photos and sharp_dir is not None:
         raise DgfError("give either a SHARP_DIR or --sample-photos, not both.")
-    if not sample_photos and sharp_dir is None:
+    if not options.sample_photos and sharp_dir is None:
         raise DgfError("give a SHARP_DIR of sharp photos, or use --sample-photos.")
-    _check_options(per_image, size, test_fraction, seed, kernel_size, strength, noise,
-                   quality, fmt)
-    realism = Realism(linear_light, highlight_gain,
-                      None if jpeg_quality_range is None else tuple(jpeg_quality_range))
-    realism.check()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DgfError(f"{out_dir} exists and is not a folder; choose another OUT_DIR.")
     check_output(out_dir, folder=True)
-    sources = _gather_sources(sharp_dir, sample_photos, out_dir)
+    sources = _gather_sources(sharp_dir, options.sample_photos, out_dir)
+    test_fraction = float(options.test_fraction)
     if len(sources) < 2 and test_fraction > 0:
         raise DgfError(
             f"found 1 photo ({sources[0][0]}); a train and a test split need at least "
@@ -474,11 +493,11 @@ def make_pairs(
         )
     _clear_outputs(out_dir, overwrite)
 
-    test_set = _split_photos(len(sources), float(test_fraction), np.random.default_rng([seed, 0]))
+    test_set = _split_photos(len(sources), test_fraction,
+                             np.random.default_rng([options.seed, 0]))
     for split in ("train", "test"):
         prepare_output(out_dir / split, folder=True)
-    recipe = _Recipe(per_image, size, kernel_size, strength, noise, quality, fmt, seed,
-                     photo_digits=max(4, len(str(len(sources) - 1))), realism=realism)
+    recipe = _Recipe(options, photo_digits=max(4, len(str(len(sources) - 1))))
     bar = tqdm(sources, desc="photos", unit="photo", disable=not progress)
     try:
         results = [
@@ -492,16 +511,9 @@ def make_pairs(
     finally:
         bar.close()
 
-    notes = _settle_splits(out_dir, results, float(test_fraction), seed)
-    report = _summarise(out_dir, per_image, results, notes)
-    settings = {
-        "sharp_dir": None if sample_photos else str(Path(sharp_dir)),
-        "sample_photos": sample_photos, "per_image": per_image, "size": size,
-        "test_fraction": test_fraction, "seed": seed, "kernel_size": kernel_size,
-        "strength": strength, "noise": noise, "quality": quality, "format": fmt,
-        **realism.settings(),
-    }
+    notes = _settle_splits(out_dir, results, test_fraction, options.seed)
+    report = _summarise(out_dir, options.per_image, results, notes)
     write_text_atomic(out_dir / MANIFEST_NAME,
-                      json.dumps(_manifest(settings, results), indent=1) + "\n")
+                      json.dumps(_manifest(options.settings(sharp_dir), results), indent=1) + "\n")
     report.seconds = time.perf_counter() - started
     return report

@@ -55,7 +55,7 @@ def assets(tmp_path_factory, model_file) -> Assets:
     import tensorflow as tf
 
     from dgf.config import TrainConfig, save_config
-    from dgf.hdf5 import build_hdf5
+    from dgf.hdf5 import BuildOptions, build_hdf5
     from dgf.train import GANTrainer, select_strategy
 
     root = tmp_path_factory.mktemp("assets")
@@ -70,7 +70,7 @@ def assets(tmp_path_factory, model_file) -> Assets:
     for i in range(2):
         Image.fromarray(noise_image(i, 48, 48)).save(photos / f"{i}.jpg")
     h5 = root / "data.h5"
-    build_hdf5(jpegs, h5, size=32, workers=1, progress=False)
+    build_hdf5(jpegs, h5, BuildOptions(size=32, workers=1), progress=False)
     model = root / "generator.keras"
     shutil.copy(model_file, model)
 

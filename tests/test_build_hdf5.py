@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 from conftest import noise_image, png_header_only, save_side_by_side
-from dgf import schema, sources
+from dgf import host, schema, sources
 from dgf.cli import build_hdf5_main
 from dgf.errors import DgfError
 from dgf.fileio import temp_path
-from dgf.hdf5 import build_hdf5
+from dgf.hdf5 import BuildOptions, build_hdf5
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def test_side_by_side_native_png_is_exact_and_sorted(tmp_path):
     )
     (jpeg_dir / "train" / "notes.txt").write_text("not an image suffix, ignored")
     out = tmp_path / "out" / "data.h5"  # parent folder does not exist yet
-    report = build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    report = build_hdf5(jpeg_dir, out, BuildOptions(native=True, workers=1), progress=False)
 
     assert report.counts == {"train": 3, "test": 2}
     assert report.skipped == [] and report.layout == "side-by-side" and report.size is None
@@ -132,7 +132,7 @@ def test_resize_is_lanczos_of_each_half(tmp_path):
     jpeg_dir = tmp_path / "pairs"
     halves = _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"]})
     out = tmp_path / "data.h5"
-    build_hdf5(jpeg_dir, out, size=7, workers=1, progress=False)
+    build_hdf5(jpeg_dir, out, BuildOptions(size=7, workers=1), progress=False)
     data = _read(out)
     left, right = halves["train/a.png"]
     lanczos = Image.Resampling.LANCZOS
@@ -146,7 +146,8 @@ def test_blur_sharp_order_swaps_halves(tmp_path):
     jpeg_dir = tmp_path / "pairs"
     halves = _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"]})
     out = tmp_path / "data.h5"
-    build_hdf5(jpeg_dir, out, native=True, order="blur-sharp", workers=1, progress=False)
+    build_hdf5(jpeg_dir, out, BuildOptions(native=True, order="blur-sharp", workers=1),
+               progress=False)
     data = _read(out)
     left, right = halves["test/b.png"]
     np.testing.assert_array_equal(data["test_data_full"][0], right)
@@ -165,7 +166,7 @@ def test_odd_width_drops_middle_column_with_warning(tmp_path):
         Image.fromarray(np.concatenate([left, middle, right], axis=1)).save(path)
     out = tmp_path / "data.h5"
     with pytest.warns(UserWarning, match="odd width"):
-        report = build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+        report = build_hdf5(jpeg_dir, out, BuildOptions(native=True, workers=1), progress=False)
     data = _read(out)
     assert data["train_data_full"].shape == (1, H, W, 3)
     np.testing.assert_array_equal(data["train_data_full"][0], left)
@@ -194,7 +195,7 @@ def test_gopro_layout_pairs_by_name_and_reports_unmatched(tmp_path):
     _save(root / "train/S2/blur_gamma/001.png", noise_image(92, H, W))  # GOPRO extra, not used
 
     out = tmp_path / "data.h5"
-    report = build_hdf5(root, out, native=True, workers=1, progress=False)
+    report = build_hdf5(root, out, BuildOptions(native=True, workers=1), progress=False)
     assert report.layout == "paired"
     assert report.counts == {"train": 4, "test": 2}
     assert sorted(report.skipped) == [
@@ -221,18 +222,21 @@ def test_pix2pix_layout_a_is_blurred_b_is_sharp(tmp_path):
         _save(root / split / "A" / "x.png", blurred)
         _save(root / split / "B" / "x.png", sharp)
     out = tmp_path / "data.h5"
-    report = build_hdf5(root, out, native=True, layout="paired", workers=1, progress=False)
+    report = build_hdf5(root, out, BuildOptions(native=True, layout="paired", workers=1),
+                        progress=False)
     data = _read(out)
     np.testing.assert_array_equal(data["test_data_full"][0], sharp)
     np.testing.assert_array_equal(data["test_data_blur"][0], blurred)
     assert _sources(data, "test") == [("test/B/x.png", "test/A/x.png")]
     assert report.layout == "paired"
     with pytest.raises(DgfError, match="side-by-side images only"):
-        build_hdf5(root, tmp_path / "o.h5", order="blur-sharp", workers=1, progress=False)
+        build_hdf5(root, tmp_path / "o.h5", BuildOptions(order="blur-sharp", workers=1),
+                   progress=False)
     with pytest.raises(DgfError, match="no paired folders"):
         sbs = tmp_path / "sbs"
         _sbs_tree(sbs, {"train": ["a.png"], "test": ["b.png"]})
-        build_hdf5(sbs, tmp_path / "p.h5", layout="paired", workers=1, progress=False)
+        build_hdf5(sbs, tmp_path / "p.h5", BuildOptions(layout="paired", workers=1),
+                   progress=False)
 
 
 def test_paired_size_mismatch_is_skipped_with_reason(tmp_path):
@@ -242,7 +246,7 @@ def test_paired_size_mismatch_is_skipped_with_reason(tmp_path):
         _save(root / split / "B" / "ok.png", noise_image(2, H, W))
     _save(root / "train/A/bad.png", noise_image(3, 8, 8))
     _save(root / "train/B/bad.png", noise_image(4, H, W))
-    report = build_hdf5(root, tmp_path / "d.h5", size=8, workers=1, progress=False)
+    report = build_hdf5(root, tmp_path / "d.h5", BuildOptions(size=8, workers=1), progress=False)
     assert report.counts["train"] == 1
     assert report.skipped == [
         ("train/A/bad.png", f"blurred is 8x8 but its sharp partner train/B/bad.png is {W}x{H}")
@@ -253,7 +257,7 @@ def test_val_split_is_written_when_present(tmp_path):
     jpeg_dir = tmp_path / "pairs"
     _sbs_tree(jpeg_dir, {"train": ["a.png"], "test": ["b.png"], "val": ["c.png", "d.png"]})
     out = tmp_path / "data.h5"
-    report = build_hdf5(jpeg_dir, out, size=8, workers=1, progress=False)
+    report = build_hdf5(jpeg_dir, out, BuildOptions(size=8, workers=1), progress=False)
     assert report.counts == {"train": 1, "test": 1, "val": 2}
     desc = describe(out)
     assert desc.splits["val"] == schema.SplitInfo(2, 8, 8)
@@ -306,7 +310,7 @@ def test_bad_file_is_skipped_with_reason_or_fails(tmp_path, name):
     _sbs_tree(jpeg_dir, {"train": ["a.png", "c.png"], "test": ["t.png"]})
     make(jpeg_dir / "train" / name)
     out = tmp_path / "data.h5"
-    report = build_hdf5(jpeg_dir, out, size=8, workers=1, progress=False)
+    report = build_hdf5(jpeg_dir, out, BuildOptions(size=8, workers=1), progress=False)
     assert report.counts == {"train": 2, "test": 1}
     assert len(report.skipped) == 1
     path, why = report.skipped[0]
@@ -317,7 +321,8 @@ def test_bad_file_is_skipped_with_reason_or_fails(tmp_path, name):
     assert f"train/{name}" in report.summary() and reason in report.summary()
 
     with pytest.raises(DgfError, match=re.escape(f"train/{name}: {reason}") + ".*--on-error skip"):
-        build_hdf5(jpeg_dir, tmp_path / "f.h5", size=8, on_error="fail", workers=1, progress=False)
+        build_hdf5(jpeg_dir, tmp_path / "f.h5", BuildOptions(size=8, on_error="fail", workers=1),
+                   progress=False)
     assert not (tmp_path / "f.h5").exists() and _no_temp_files(tmp_path)
 
 
@@ -327,7 +332,7 @@ def test_every_file_bad_is_an_error(tmp_path):
     (jpeg_dir / "test").mkdir()
     (jpeg_dir / "test" / "x.jpg").write_bytes(b"")
     with pytest.raises(DgfError, match=r"every file of split 'test' is unusable.*test/x.jpg"):
-        build_hdf5(jpeg_dir, tmp_path / "d.h5", size=8, workers=1, progress=False)
+        build_hdf5(jpeg_dir, tmp_path / "d.h5", BuildOptions(size=8, workers=1), progress=False)
     assert not (tmp_path / "d.h5").exists() and _no_temp_files(tmp_path)
 
 
@@ -365,7 +370,7 @@ def test_modes_convert_to_rgb(tmp_path, mode):
         im.save(jpeg_dir / split / "m.png")
     assert Image.open(jpeg_dir / "train" / "m.png").mode == mode
     out = tmp_path / "data.h5"
-    build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    build_hdf5(jpeg_dir, out, BuildOptions(native=True, workers=1), progress=False)
     data = _read(out)
     np.testing.assert_array_equal(data["train_data_full"][0], want[:, :W])
     np.testing.assert_array_equal(data["train_data_blur"][0], want[:, W:])
@@ -382,7 +387,7 @@ def test_cmyk_jpeg_converts_to_rgb(tmp_path):
         (jpeg_dir / split).mkdir(parents=True)
         Image.fromarray(cmyk, mode="CMYK").save(jpeg_dir / split / "c.jpg", quality=100)
     out = tmp_path / "data.h5"
-    build_hdf5(jpeg_dir, out, native=True, workers=1, progress=False)
+    build_hdf5(jpeg_dir, out, BuildOptions(native=True, workers=1), progress=False)
     data = _read(out)
     assert np.abs(data["train_data_full"][0].astype(int) - [255, 0, 0]).max() <= 3
     assert np.abs(data["train_data_blur"][0].astype(int) - [0, 255, 255]).max() <= 3
@@ -410,13 +415,32 @@ def test_missing_dir_split_and_empty_split_are_errors(tmp_path):
     assert old.read_bytes() == b"old output" and _no_temp_files(tmp_path)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"size": 0}, "size must be a positive integer .*got 0"),
+    ({"size": 2.5}, "size must be a positive integer .*got 2.5"),
+    ({"order": "up-down"}, "unknown order 'up-down'; choose sharp-blur or blur-sharp"),
+    ({"compression": "zip"}, "unknown compression 'zip'; choose none, lzf, gzip"),
+    ({"on_error": "ignore"}, "unknown on_error 'ignore'; choose skip or fail"),
+    ({"workers": 0}, "workers must be 1 or more; got 0"),
+])
+def test_bad_build_options_are_rejected_when_made(kwargs, message):
+    with pytest.raises(DgfError, match=message):
+        BuildOptions(**kwargs)
+
+
+def test_build_options_size_is_not_checked_for_native_builds_and_workers_default_to_cores():
+    assert BuildOptions(size=0, native=True).native
+    assert BuildOptions(workers=3).worker_count == 3
+    assert BuildOptions().worker_count == host.cores()
+
+
 def test_native_size_mismatch_names_the_file_and_size(tmp_path):
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": ["a.png", "b.png", "d.png"], "test": ["t.png"]})
     save_side_by_side(root / "train" / "c.png", noise_image(1, 10, 9), noise_image(2, 10, 9))
     odd = rf"train/c\.png: its images are 9x10 but 3 of 4 pairs .* {W}x{H}"
     with pytest.raises(DgfError, match=odd):
-        build_hdf5(root, tmp_path / "d.h5", native=True, workers=1, progress=False)
+        build_hdf5(root, tmp_path / "d.h5", BuildOptions(native=True, workers=1), progress=False)
     assert not (tmp_path / "d.h5").exists() and _no_temp_files(tmp_path)
 
 
@@ -426,9 +450,9 @@ def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
     out = tmp_path / "data.h5"
     out.write_bytes(b"precious old file")
     with pytest.raises(DgfError, match="already exists; pass --overwrite"):
-        build_hdf5(root, out, size=8, workers=1, progress=False)
+        build_hdf5(root, out, BuildOptions(size=8, workers=1), progress=False)
     assert out.read_bytes() == b"precious old file"
-    build_hdf5(root, out, size=8, workers=1, overwrite=True, progress=False)
+    build_hdf5(root, out, BuildOptions(size=8, workers=1), overwrite=True, progress=False)
     assert describe(out).splits["train"].count == 1
 
 
@@ -437,7 +461,7 @@ def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
     root = tmp_path / "pairs"
     _sbs_tree(root, {"train": [f"{i}.png" for i in range(6)], "test": ["t.png"]})
     out = tmp_path / "data.h5"
-    build_hdf5(root, out, size=8, workers=1, progress=False)
+    build_hdf5(root, out, BuildOptions(size=8, workers=1), progress=False)
     old = out.read_bytes()
 
     real = sources.decode_pair
@@ -451,7 +475,7 @@ def test_interrupt_mid_build_keeps_old_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "decode_pair", flaky)
     with pytest.raises(KeyboardInterrupt, match="interrupted while decoding the third pair"):
-        build_hdf5(root, out, size=16, workers=1, overwrite=True, progress=False)
+        build_hdf5(root, out, BuildOptions(size=16, workers=1), overwrite=True, progress=False)
     assert len(calls) == 3
     assert out.read_bytes() == old
     assert _no_temp_files(tmp_path)
@@ -506,8 +530,8 @@ def jpeg_tree(tmp_path) -> Path:
 @pytest.mark.parametrize("shape", [{"size": 16}, {"native": True}])
 def test_workers_do_not_change_the_result(jpeg_tree, tmp_path, shape):
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    r1 = build_hdf5(jpeg_tree, one, workers=1, progress=False, **shape)
-    r2 = build_hdf5(jpeg_tree, two, workers=2, progress=False, **shape)
+    r1 = build_hdf5(jpeg_tree, one, BuildOptions(workers=1, **shape), progress=False)
+    r2 = build_hdf5(jpeg_tree, two, BuildOptions(workers=2, **shape), progress=False)
     assert r1.counts == r2.counts == {"train": 12, "test": 5}
     assert r1.skipped == r2.skipped == [("train/9.jpg", "not an image Pillow can read")]
     a, b = _read(one), _read(two)
@@ -519,8 +543,9 @@ def test_workers_do_not_change_the_result(jpeg_tree, tmp_path, shape):
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
 def test_compression_stores_the_same_pixels(jpeg_tree, tmp_path, compression):
     plain, packed = tmp_path / "plain.h5", tmp_path / f"{compression}.h5"
-    build_hdf5(jpeg_tree, plain, size=16, workers=1, progress=False)
-    build_hdf5(jpeg_tree, packed, size=16, compression=compression, workers=2, progress=False)
+    build_hdf5(jpeg_tree, plain, BuildOptions(size=16, workers=1), progress=False)
+    build_hdf5(jpeg_tree, packed, BuildOptions(size=16, compression=compression, workers=2),
+               progress=False)
     a, b = _read(plain), _read(packed)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
@@ -531,7 +556,7 @@ def test_compression_stores_the_same_pixels(jpeg_tree, tmp_path, compression):
 
 def test_attributes_describe_the_build(jpeg_tree, tmp_path):
     out = tmp_path / "data.h5"
-    build_hdf5(jpeg_tree, out, size=16, workers=1, progress=False)
+    build_hdf5(jpeg_tree, out, BuildOptions(size=16, workers=1), progress=False)
     desc = describe(out)
     import dgf
 
@@ -546,7 +571,7 @@ def test_attributes_describe_the_build(jpeg_tree, tmp_path):
     assert desc.splits == {"train": info(12, 16, 16), "test": info(5, 16, 16)}
 
     native = tmp_path / "native.h5"
-    build_hdf5(jpeg_tree, native, native=True, workers=1, progress=False)
+    build_hdf5(jpeg_tree, native, BuildOptions(native=True, workers=1), progress=False)
     assert describe(native).attrs["size"] == "native" and describe(native).size is None
 
 
@@ -581,7 +606,7 @@ def test_describe_rejects_non_hdf5(tmp_path):
 @pytest.mark.slow
 def test_real_pairs_build(pairs_small, tmp_path):
     out = tmp_path / "data.h5"
-    report = build_hdf5(pairs_small, out, workers=2, progress=False)
+    report = build_hdf5(pairs_small, out, BuildOptions(workers=2), progress=False)
     assert report.counts == {"train": 540, "test": 64} and report.skipped == []
     with h5py.File(out, "r") as f:
         rel = f["train_source"][0, 0].decode()
@@ -645,7 +670,7 @@ def test_gopro_blur_folder_chooses_the_blurred_side(tmp_path, capsys):
     root = tmp_path / "GOPRO_Large"
     pixels = _gopro_tree(root)
     plain = tmp_path / "blur.h5"
-    report = build_hdf5(root, plain, native=True, workers=1, progress=False)
+    report = build_hdf5(root, plain, BuildOptions(native=True, workers=1), progress=False)
     assert report.counts == {"train": 4, "test": 2} and report.skipped == []
     _assert_blurred_from(plain, "train", pixels, "blur")
     _assert_blurred_from(plain, "test", pixels, "blur")
@@ -673,7 +698,7 @@ def test_gopro_scene_without_blur_is_skipped_with_reason(tmp_path):
     root = tmp_path / "gopro"
     _gopro_tree(root, lacking_gamma="")
     shutil.rmtree(root / "train" / "S1" / "blur")
-    report = build_hdf5(root, tmp_path / "d.h5", size=8, workers=1, progress=False)
+    report = build_hdf5(root, tmp_path / "d.h5", BuildOptions(size=8, workers=1), progress=False)
     assert report.counts == {"train": 2, "test": 2}
     assert report.skipped == [(
         "train/S1",
@@ -690,15 +715,15 @@ def test_blur_folder_bad_input(tmp_path):
     with pytest.raises(DgfError, match=r"train: no scene has a 'blur_gamma' folder beside "
                        r"its 'sharp' folder \(2 scene\(s\) lack it; train/S1: .*"
                        r"Choose another --blur-folder \(blur, blur_gamma\)"):
-        build_hdf5(only_blur, tmp_path / "d.h5", blur_folder="blur_gamma", workers=1,
+        build_hdf5(only_blur, tmp_path / "d.h5", BuildOptions(blur_folder="blur_gamma", workers=1),
                    progress=False)
     sbs = tmp_path / "sbs"
     _sbs_tree(sbs, {"train": ["a.png"], "test": ["b.png"]})
     with pytest.raises(DgfError, match="--blur-folder blur_gamma applies to GOPRO-style"):
-        build_hdf5(sbs, tmp_path / "d.h5", blur_folder="blur_gamma", progress=False)
+        build_hdf5(sbs, tmp_path / "d.h5", BuildOptions(blur_folder="blur_gamma"), progress=False)
     with pytest.raises(DgfError, match="unknown blur folder 'gamma'"):
-        build_hdf5(sbs, tmp_path / "d.h5", blur_folder="gamma", progress=False)
-    build_hdf5(sbs, tmp_path / "s.h5", size=8, workers=1, progress=False)
+        build_hdf5(sbs, tmp_path / "d.h5", BuildOptions(blur_folder="gamma"), progress=False)
+    build_hdf5(sbs, tmp_path / "s.h5", BuildOptions(size=8, workers=1), progress=False)
     assert "blur_folder" not in describe(tmp_path / "s.h5").attrs  # no GOPRO folders used
     assert not (tmp_path / "d.h5").exists()
 
@@ -831,8 +856,9 @@ def test_pairs_list_blur_sharp_order_and_relative_to_list_folder(tmp_path):
         lines = [f"../data/{gt.replace('gt', 'blur')} ../data/{gt}" for gt in gts]
         (lists / f"{split}.txt").write_text("# blurred then sharp\n" + "\n".join(lines))
     out = tmp_path / "d.h5"
-    build_hdf5(None, out, pairs_lists={"train": lists / "train.txt", "test": lists / "test.txt"},
-               order="blur-sharp", native=True, workers=1, progress=False)
+    build_hdf5(None, out,
+               BuildOptions(pairs_lists={"train": lists / "train.txt", "test": lists / "test.txt"},
+                            order="blur-sharp", native=True, workers=1), progress=False)
     data = _read(out)
     assert _sources(data, "test") == [("../data/scene3/gt/gt_2.png",
                                        "../data/scene3/blur/blur_2.png")]

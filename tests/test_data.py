@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from conftest import indexed_images, make_indexed_h5, write_pairs_h5
 from dgf import data
+from dgf.data import LoaderOptions
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo, sharp_name
 
@@ -58,7 +59,8 @@ def test_training_crops_stay_aligned_and_come_from_the_source(h5: Path, crop) ->
     h, w = (crop, crop) if isinstance(crop, int) else crop
     seen = set()
     for epoch in range(3):
-        batches = _batches(data.make_dataset(h5, "train", 4, crop=crop, epoch=epoch))
+        dataset = data.make_dataset(h5, "train", 4, LoaderOptions(crop=crop), epoch=epoch)
+        batches = _batches(dataset)
         for blurred, sharp in batches:
             assert blurred.dtype == np.uint8 and sharp.dtype == np.uint8
             assert blurred.shape == sharp.shape == (4, h, w, 3)
@@ -70,7 +72,7 @@ def test_training_crops_stay_aligned_and_come_from_the_source(h5: Path, crop) ->
         assert seen == {0, 2, 4, 6}  # identity, 180°, the two mirror flips
     offsets = {
         (int(s[..., 0].min()), int(s[..., 1].min()))
-        for _, sharp in _batches(data.make_dataset(h5, "train", 4, crop=crop))
+        for _, sharp in _batches(data.make_dataset(h5, "train", 4, LoaderOptions(crop=crop)))
         for s in sharp
     }
     assert len(offsets) > 3  # crops move around
@@ -78,8 +80,10 @@ def test_training_crops_stay_aligned_and_come_from_the_source(h5: Path, crop) ->
 
 def test_no_augment_gives_plain_windows_with_the_same_order_and_crops(h5: Path) -> None:
     source = indexed_images(COUNT, HEIGHT, WIDTH)
-    plain = _batches(data.make_dataset(h5, "train", 5, crop=8, augment=False, seed=3))
-    augmented = _batches(data.make_dataset(h5, "train", 5, crop=8, augment=True, seed=3))
+    plain = _batches(data.make_dataset(h5, "train", 5,
+                                       LoaderOptions(crop=8, augment=False, seed=3)))
+    augmented = _batches(data.make_dataset(h5, "train", 5,
+                                           LoaderOptions(crop=8, augment=True, seed=3)))
     assert {_match(s, source) for _, sharp in plain for s in sharp} == {0}
     assert _indices(plain) == _indices(augmented)
     for (_, p), (_, a) in zip(plain, augmented):
@@ -109,7 +113,7 @@ def test_full_images_of_a_non_square_split_never_turn(h5: Path) -> None:
 
 
 def test_evaluation_is_file_order_centre_crop_and_keeps_the_last_batch(h5: Path) -> None:
-    dataset = data.make_dataset(h5, "test", 6, crop=(4, 6), training=False)
+    dataset = data.make_dataset(h5, "test", 6, LoaderOptions(crop=(4, 6), training=False))
     batches = _batches(dataset)
     assert [len(s) for _, s in batches] == [6, 6, 6, 2]
     assert int(dataset.cardinality()) == 4
@@ -119,13 +123,14 @@ def test_evaluation_is_file_order_centre_crop_and_keeps_the_last_batch(h5: Path)
         np.testing.assert_array_equal(blurred, 255 - sharp)
         for s in sharp:
             np.testing.assert_array_equal(s, source[s[0, 0, 2], 4:8, 5:11])
-    again = _batches(data.make_dataset(h5, "test", 6, crop=(4, 6), training=False, epoch=5))
+    again = _batches(data.make_dataset(h5, "test", 6, LoaderOptions(crop=(4, 6), training=False),
+                                       epoch=5))
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
 
 
 def test_seed_style_file_loads(tmp_path: Path) -> None:
     path = make_indexed_h5(tmp_path / "seed.h5", COUNT, HEIGHT, WIDTH, seed_style=True)
-    batches = _batches(data.make_dataset(path, "train", 4, crop=8))
+    batches = _batches(data.make_dataset(path, "train", 4, LoaderOptions(crop=8)))
     assert len(batches) == 5
     assert sorted(_indices(batches)) == list(range(COUNT))
     for blurred, sharp in batches:
@@ -138,7 +143,8 @@ def test_shuffle_is_seeded_differs_across_epochs_and_seeds_and_covers_the_split(
     h5: Path,
 ) -> None:
     def order(seed: int, epoch: int) -> list[int]:
-        return _indices(_batches(data.make_dataset(h5, "train", 4, seed=seed, epoch=epoch)))
+        return _indices(_batches(data.make_dataset(h5, "train", 4, LoaderOptions(seed=seed),
+                                                   epoch=epoch)))
 
     first = order(1, 0)
     assert first == order(1, 0)
@@ -152,7 +158,7 @@ def test_shuffle_is_seeded_differs_across_epochs_and_seeds_and_covers_the_split(
     "batch, drop, expected", [(3, True, 6), (3, False, 7), (4, True, 5), (20, True, 1)]
 )
 def test_cardinality_matches_the_batches(h5: Path, batch: int, drop: bool, expected: int) -> None:
-    dataset = data.make_dataset(h5, "train", batch, drop_remainder=drop)
+    dataset = data.make_dataset(h5, "train", batch, LoaderOptions(drop_remainder=drop))
     assert int(dataset.cardinality()) == expected
     assert data.steps_per_epoch(COUNT, batch, drop) == expected
     batches = _batches(dataset)
@@ -175,9 +181,9 @@ def test_steps_per_epoch() -> None:
 
 @pytest.mark.parametrize("skip", [0, 1, 3, 5])
 def test_skip_batches_resumes_exactly_where_the_epoch_left_off(h5: Path, skip: int) -> None:
-    kwargs = dict(crop=(6, 8), seed=7, epoch=2)
-    full = _batches(data.make_dataset(h5, "train", 4, **kwargs))
-    resumed_ds = data.make_dataset(h5, "train", 4, skip_batches=skip, **kwargs)
+    options = LoaderOptions(crop=(6, 8), seed=7)
+    full = _batches(data.make_dataset(h5, "train", 4, options, epoch=2))
+    resumed_ds = data.make_dataset(h5, "train", 4, options, epoch=2, skip_batches=skip)
     resumed = _batches(resumed_ds)
     assert int(resumed_ds.cardinality()) == len(full) - skip == len(resumed)
     for (fb, fs), (rb, rs) in zip(full[skip:], resumed):
@@ -194,7 +200,7 @@ def test_skipping_does_not_read_the_skipped_batches(h5: Path, monkeypatch) -> No
         return original(self, index, *args)
 
     monkeypatch.setattr(data._FileReader, "read_into", counting)
-    _batches(data.make_dataset(h5, "train", 4, skip_batches=3, augment=False))
+    _batches(data.make_dataset(h5, "train", 4, LoaderOptions(augment=False), skip_batches=3))
     assert len(reads) == 8
 
 
@@ -210,9 +216,8 @@ def test_sharding_splits_the_epoch_without_overlap(h5: Path, drop: bool) -> None
     shards = []
     for pipeline in range(2):
         context = tf.distribute.InputContext(2, pipeline, 2)
-        dataset = data.make_dataset(
-            h5, "train", 6, input_context=context, drop_remainder=drop, seed=4, epoch=1
-        )
+        dataset = data.make_dataset(h5, "train", 6, LoaderOptions(drop_remainder=drop, seed=4),
+                                    input_context=context, epoch=1)
         batches = _batches(dataset)
         assert int(dataset.cardinality()) == len(batches)
         assert all(len(s) <= 3 for _, s in batches)  # per-replica batches
@@ -225,7 +230,7 @@ def test_sharding_splits_the_epoch_without_overlap(h5: Path, drop: bool) -> None
         assert count == 18  # three global steps of 6
     else:
         assert sorted(shards[0] + shards[1]) == list(range(COUNT))
-    whole = _indices(_batches(data.make_dataset(h5, "train", 1, seed=4, epoch=1)))
+    whole = _indices(_batches(data.make_dataset(h5, "train", 1, LoaderOptions(seed=4), epoch=1)))
     # Each pipeline holds its replica's share of every global step, in order.
     merged = [i for k in range(0, len(shards[0]), 3) for s in shards for i in s[k:k + 3]]
     assert merged == whole[: len(merged)] and len(merged) == count
@@ -251,9 +256,10 @@ def test_cache_gives_the_same_batches_with_fresh_crops_each_epoch(tmp_path: Path
     try:
         epochs = []
         for epoch in range(2):
-            streamed = _batches(data.make_dataset(path, "train", 4, crop=8, epoch=epoch))
+            streamed = _batches(data.make_dataset(path, "train", 4, LoaderOptions(crop=8),
+                                                  epoch=epoch))
             cached = _batches(
-                data.make_dataset(path, "train", 4, crop=8, epoch=epoch, cache=True)
+                data.make_dataset(path, "train", 4, LoaderOptions(crop=8, cache=True), epoch=epoch)
             )
             assert len(streamed) == len(cached) == 5
             for (sb, ss), (cb, cs) in zip(streamed, cached):
@@ -265,7 +271,8 @@ def test_cache_gives_the_same_batches_with_fresh_crops_each_epoch(tmp_path: Path
         # A rebuilt file is read afresh, not served from the stale copy.
         make_indexed_h5(path, COUNT, HEIGHT, WIDTH, offset=100)
         os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))
-        rebuilt = _batches(data.make_dataset(path, "test", 20, training=False, cache=True))
+        rebuilt = _batches(data.make_dataset(path, "test", 20,
+                                             LoaderOptions(training=False, cache=True)))
         assert _indices(rebuilt) == list(range(100, 100 + COUNT))
     finally:
         data.clear_cache()
@@ -280,7 +287,7 @@ def test_cache_that_does_not_fit_is_an_error(h5: Path, tmp_path: Path, monkeypat
     (tmp_path / "memory.current").write_text("20000\n")
     monkeypatch.setattr(host, "_CGROUP", tmp_path)
     with pytest.raises(DgfError, match=r"caching split 'train' \(20 pairs of 12x16\)"):
-        data.make_dataset(h5, "train", 4, cache=True)
+        data.make_dataset(h5, "train", 4, LoaderOptions(cache=True))
 
 
 # --- bad input -----------------------------------------------------------------
@@ -333,28 +340,50 @@ def test_missing_dataset_names_what_was_expected(tmp_path: Path) -> None:
 )
 def test_bad_crop(h5: Path, crop, message: str) -> None:
     with pytest.raises(DgfError, match=message):
-        data.make_dataset(h5, "train", 2, crop=crop)
+        data.make_dataset(h5, "train", 2, LoaderOptions(crop=crop))
 
 
 def test_batch_larger_than_the_split(h5: Path) -> None:
     with pytest.raises(DgfError, match="batch_size 21 is larger than the 20 pairs"):
         data.make_dataset(h5, "train", 21)
-    dataset = data.make_dataset(h5, "train", 21, drop_remainder=False)
+    dataset = data.make_dataset(h5, "train", 21, LoaderOptions(drop_remainder=False))
     assert [len(s) for _, s in _batches(dataset)] == [COUNT]
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(seed=-1), "seed must be a non-negative integer, got -1"),
         (dict(read_workers=0), "read_workers must be at least 1"),
-        (dict(prefetch=-2), "prefetch must be None or a non-negative integer"),
-        (dict(edge_crops=1.5), r"edge_crops must be a number in \[0, 1\]"),
+        (dict(prefetch=-2), "prefetch must be None or a non-negative integer, got -2"),
+        (dict(edge_crops=1.5), r"edge_crops must be a number in \[0, 1\], got 1\.5"),
+        (dict(crop=2.5), r"crop must be a positive int .*got 2\.5"),
     ],
 )
-def test_bad_options(h5: Path, kwargs, message: str) -> None:
+def test_bad_options_are_rejected_when_made(kwargs, message: str) -> None:
+    with pytest.raises(DgfError, match=message):
+        LoaderOptions(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(epoch=-1), "epoch must be a non-negative integer, got -1"),
+        (dict(skip_batches=1.0), r"skip_batches must be a non-negative integer, got 1\.0"),
+    ],
+)
+def test_bad_epoch_position(h5: Path, kwargs, message: str) -> None:
     with pytest.raises(DgfError, match=message):
         data.make_dataset(h5, "train", 2, **kwargs)
+
+
+def test_options_keep_the_crop_as_height_and_width_and_resolve_drop_remainder() -> None:
+    assert LoaderOptions(crop=8).crop == (8, 8)
+    assert LoaderOptions(crop=[6, np.int64(10)]).crop == (6, 10)
+    assert LoaderOptions().crop is None
+    assert LoaderOptions().drops_remainder is True
+    assert LoaderOptions(training=False).drops_remainder is False
+    assert LoaderOptions(training=False, drop_remainder=True).drops_remainder is True
 
 
 def test_batch_buffers_are_reused_only_when_no_array_uses_them() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from dgf.cli import make_pairs_main
 from dgf.errors import DgfError
 from dgf.images import read_rgb as load_photo
 from dgf.kernels import blur, random_kernel
-from dgf.synth import make_pairs, sample_photos
+from dgf.synth import MakePairsOptions, make_pairs, sample_photos
 
 
 def _spread(kernel: np.ndarray) -> float:
@@ -119,8 +120,9 @@ def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
     # is larger (real context around the crop); photo 4 is smaller (upscaled).
     write_photos(tmp_path / "src", [(48, 48), (48, 48), (48, 48), (70, 90), (30, 40)])
     out = tmp_path / "out"
-    report = make_pairs(tmp_path / "src", out, per_image=3, size=48, kernel_size=11,
-                        strength=1.0, test_fraction=0.4, seed=5, fmt="png", progress=False)
+    report = make_pairs(tmp_path / "src", out,
+                        MakePairsOptions(per_image=3, size=48, kernel_size=11, strength=1.0,
+                                         test_fraction=0.4, seed=5, fmt="png"), progress=False)
     train = sorted((out / "train").glob("*.png"))
     test = sorted((out / "test").glob("*.png"))
     assert report.train_pairs == len(train) and report.test_pairs == len(test)
@@ -155,9 +157,9 @@ def test_pairs_layout_split_and_blur_reconstruct_from_saved_files(tmp_path):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     write_photos(tmp_path / "src", [(60, 60), (50, 70), (64, 64)])
-    kwargs = dict(per_image=2, size=32, kernel_size=9, progress=False)
     for name, seed in (("a", 11), ("b", 11), ("c", 12)):
-        make_pairs(tmp_path / "src", tmp_path / name, seed=seed, **kwargs)
+        options = MakePairsOptions(per_image=2, size=32, kernel_size=9, seed=seed)
+        make_pairs(tmp_path / "src", tmp_path / name, options, progress=False)
 
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes()
@@ -178,8 +180,9 @@ def test_jpeg_output_photo_formats_and_recursion(tmp_path):
     Image.fromarray(textured_photo(rng, 40, 40)[..., 0]).save(src / "gray.png")
     Image.fromarray(textured_photo(rng, 40, 40)).convert("RGBA").save(src / "alpha.PNG")
     Image.fromarray(textured_photo(rng, 40, 40)).save(src / "ignored.bmp")
-    report = make_pairs(src, tmp_path / "out", per_image=2, size=32, kernel_size=7,
-                        test_fraction=0.0, progress=False)
+    report = make_pairs(src, tmp_path / "out",
+                        MakePairsOptions(per_image=2, size=32, kernel_size=7, test_fraction=0.0),
+                        progress=False)
     files = sorted((tmp_path / "out" / "train").glob("*.jpg"))
     assert report.train_pairs == 6 and report.test_pairs == 0 and len(files) == 6
     assert not list((tmp_path / "out" / "test").iterdir())
@@ -201,10 +204,10 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_noise_option_adds_gaussian_noise_to_the_blurred_half_only(tmp_path):
     write_photos(tmp_path / "src", [(64, 64)])
-    common = dict(per_image=1, size=64, kernel_size=9, fmt="png", seed=3, progress=False,
-                  test_fraction=0)
-    make_pairs(tmp_path / "src", tmp_path / "clean", **common)
-    make_pairs(tmp_path / "src", tmp_path / "noisy", noise=4.0, **common)
+    clean = MakePairsOptions(per_image=1, size=64, kernel_size=9, fmt="png", seed=3,
+                             test_fraction=0)
+    make_pairs(tmp_path / "src", tmp_path / "clean", clean, progress=False)
+    make_pairs(tmp_path / "src", tmp_path / "noisy", replace(clean, noise=4.0), progress=False)
     sharp0, blurred0 = read_halves(tmp_path / "clean" / "train" / "0000_00.png")
     sharp1, blurred1 = read_halves(tmp_path / "noisy" / "train" / "0000_00.png")
     np.testing.assert_array_equal(sharp0, sharp1)
@@ -215,8 +218,8 @@ def test_noise_option_adds_gaussian_noise_to_the_blurred_half_only(tmp_path):
 def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
     write_photos(tmp_path / "src", [(40, 40), (40, 40)])
     (tmp_path / "src" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=1, size=32,
-                        kernel_size=5, progress=False)
+    report = make_pairs(tmp_path / "src", tmp_path / "out",
+                        MakePairsOptions(per_image=1, size=32, kernel_size=5), progress=False)
     assert [name for name, _ in report.skipped] == ["broken.jpg"]
     assert "broken.jpg" in capsys.readouterr().err
     assert report.train_pairs + report.test_pairs == 2
@@ -226,19 +229,22 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path, capsys):
 def test_a_single_photo_with_a_test_split_is_an_error_before_any_write(tmp_path):
     write_photos(tmp_path / "src", [(40, 40)])
     with pytest.raises(DgfError, match="found 1 photo .*--test-fraction 0"):
-        make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
-                   kernel_size=5, test_fraction=0.5, progress=False)
+        make_pairs(tmp_path / "src", tmp_path / "out",
+                   MakePairsOptions(per_image=2, size=32, kernel_size=5, test_fraction=0.5),
+                   progress=False)
     assert not (tmp_path / "out").exists()
-    report = make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
-                        kernel_size=5, test_fraction=0, progress=False)
+    report = make_pairs(tmp_path / "src", tmp_path / "out",
+                        MakePairsOptions(per_image=2, size=32, kernel_size=5, test_fraction=0),
+                        progress=False)
     assert (report.train_pairs, report.test_pairs) == (2, 0)
 
 
 def _unreadable_split(tmp_path, split):
     """A photo folder whose photos drawn for ``split`` are all unreadable."""
     write_photos(tmp_path / "probe", [(40, 40)] * 6)
-    probe = make_pairs(tmp_path / "probe", tmp_path / "probe_out", per_image=1, size=32,
-                       kernel_size=5, test_fraction=0.34, progress=False)
+    probe = make_pairs(tmp_path / "probe", tmp_path / "probe_out",
+                       MakePairsOptions(per_image=1, size=32, kernel_size=5, test_fraction=0.34),
+                       progress=False)
     drawn = {Path(r["source"]).name for r in json.loads(
         (tmp_path / "probe_out" / synth.MANIFEST_NAME).read_text())["pairs"]
         if r["file"].startswith(split)}
@@ -252,8 +258,9 @@ def _unreadable_split(tmp_path, split):
 def test_splits_are_decided_from_the_photos_that_could_be_read(tmp_path, split, other):
     src = _unreadable_split(tmp_path, split)
     out = tmp_path / "out"
-    report = make_pairs(src, out, per_image=1, size=32, kernel_size=5,
-                        test_fraction=0.34, progress=False)
+    report = make_pairs(src, out,
+                        MakePairsOptions(per_image=1, size=32, kernel_size=5, test_fraction=0.34),
+                        progress=False)
     assert report.train_pairs >= 1 and report.test_pairs >= 1
     assert len(list((out / "train").glob("*.jpg"))) == report.train_pairs
     assert len(list((out / "test").glob("*.jpg"))) == report.test_pairs
@@ -270,8 +277,9 @@ def test_one_readable_photo_of_many_is_an_error_and_leaves_no_pairs(tmp_path):
     for path in photos[1:]:
         path.write_bytes(b"broken")
     with pytest.raises(DgfError, match="only 1 of 3 photos could be read"):
-        make_pairs(tmp_path / "src", tmp_path / "out", per_image=2, size=32,
-                   kernel_size=5, test_fraction=0.5, progress=False)
+        make_pairs(tmp_path / "src", tmp_path / "out",
+                   MakePairsOptions(per_image=2, size=32, kernel_size=5, test_fraction=0.5),
+                   progress=False)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
@@ -279,8 +287,9 @@ def test_one_readable_photo_of_many_is_an_error_and_leaves_no_pairs(tmp_path):
 def _realism_pairs(tmp_path, name, **kwargs):
     write_photos(tmp_path / "src", [(48, 48), (48, 48)])
     out = tmp_path / name
-    make_pairs(tmp_path / "src", out, per_image=2, size=40, kernel_size=9, fmt="png",
-               test_fraction=0, seed=3, progress=False, overwrite=True, **kwargs)
+    options = MakePairsOptions(per_image=2, size=40, kernel_size=9, fmt="png",
+                               test_fraction=0, seed=3, **kwargs)
+    make_pairs(tmp_path / "src", out, options, progress=False, overwrite=True)
     pairs = {p.name: read_halves(p) for p in sorted((out / "train").glob("*.png"))}
     return pairs, json.loads((out / synth.MANIFEST_NAME).read_text())
 
@@ -325,9 +334,10 @@ def test_highlight_gain_saturates_the_streaks_of_bright_lights(tmp_path):
         Image.fromarray(photo).save(tmp_path / "src" / f"{i}.png")
     runs = {}
     for name, gain in (("flat", 1.0), ("bright", 8.0)):
-        make_pairs(tmp_path / "src", tmp_path / name, per_image=1, size=48, kernel_size=9,
-                   fmt="png", test_fraction=0, seed=1, linear_light=True,
-                   highlight_gain=gain, progress=False)
+        make_pairs(tmp_path / "src", tmp_path / name,
+                   MakePairsOptions(per_image=1, size=48, kernel_size=9, fmt="png",
+                                    test_fraction=0, seed=1, linear_light=True,
+                                    highlight_gain=gain), progress=False)
         runs[name] = read_halves(tmp_path / name / "train" / "0000_00.png")[1]
         records = json.loads((tmp_path / name / synth.MANIFEST_NAME).read_text())["pairs"]
     assert 1.0 <= records[0]["highlight_gain"] <= 8.0
@@ -359,11 +369,9 @@ def test_jpeg_quality_range_recompresses_the_blurred_half_only(tmp_path):
     ({"jpeg_quality_range": (90, 70)}, r"JPEG quality range \(90, 70\)"),
     ({"jpeg_quality_range": (0, 70)}, "1 <= LO <= HI <= 100"),
 ])
-def test_bad_realism_values_are_rejected_before_any_work(tmp_path, kwargs, message):
-    write_photos(tmp_path / "src", [(40, 40), (40, 40)])
+def test_bad_realism_values_are_rejected_when_the_options_are_made(kwargs, message):
     with pytest.raises(DgfError, match=message):
-        make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **kwargs)
-    assert not (tmp_path / "out").exists()
+        MakePairsOptions(**kwargs)
 
 
 # --- errors -----------------------------------------------------------------------
@@ -377,47 +385,59 @@ def test_missing_empty_and_unreadable_inputs_are_clear_errors(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
     with pytest.raises(DgfError, match="could be read"):
-        make_pairs(tmp_path / "bad", tmp_path / "out", progress=False, test_fraction=0)
+        make_pairs(tmp_path / "bad", tmp_path / "out", MakePairsOptions(test_fraction=0),
+                   progress=False)
 
 
 def test_sharp_dir_and_sample_photos_are_exclusive(tmp_path):
     with pytest.raises(DgfError, match="not both"):
-        make_pairs(tmp_path, tmp_path / "out", sample_photos=True)
+        make_pairs(tmp_path, tmp_path / "out", MakePairsOptions(sample_photos=True))
     with pytest.raises(DgfError, match="SHARP_DIR"):
         make_pairs(None, tmp_path / "out")
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("per_image", 0, "per-image 0 must be a whole number >= 1"),
-    ("size", 4, "size 4 must be a whole number >= 8"),
-    ("test_fraction", 1.0, r"test-fraction 1\.0 must be in \[0, 1\)"),
-    ("seed", -1, "seed -1 must be a whole number >= 0"),
-    ("kernel_size", 8, "kernel size 8 is not allowed"),
-    ("strength", 2.0, r"strength 2\.0 is outside \(0, 1\]"),
-    ("noise", -1.0, r"noise -1\.0 must be >= 0"),
-    ("quality", 0, "JPEG quality 0 must be between 1 and 100"),
-    ("fmt", "gif", "format 'gif' is not one of jpg, png"),
+@pytest.mark.parametrize("kwargs,message", [
+    ({"per_image": 0}, "per-image 0 must be a whole number >= 1"),
+    ({"size": 4}, "size 4 must be a whole number >= 8"),
+    ({"test_fraction": 1.0}, r"test-fraction 1\.0 must be in \[0, 1\)"),
+    ({"seed": -1}, "seed -1 must be a whole number >= 0"),
+    ({"kernel_size": 8}, "kernel size 8 is not allowed"),
+    ({"kernel_size": 33, "size": 32}, "kernel size 33 is larger than the crop size 32"),
+    ({"strength": 2.0}, r"strength 2\.0 is outside \(0, 1\]"),
+    ({"noise": -1.0}, r"noise -1\.0 must be >= 0"),
+    ({"quality": 0}, "JPEG quality 0 must be between 1 and 100"),
+    ({"fmt": "gif"}, "format 'gif' is not one of jpg, png"),
 ])
-def test_bad_option_values_are_rejected_before_any_work(tmp_path, option, value, message):
-    write_photos(tmp_path / "src", [(40, 40)])
+def test_bad_option_values_are_rejected_when_the_options_are_made(kwargs, message):
     with pytest.raises(DgfError, match=message):
-        make_pairs(tmp_path / "src", tmp_path / "out", progress=False, **{option: value})
-    assert not (tmp_path / "out").exists()
+        MakePairsOptions(**kwargs)
+
+
+def test_options_are_frozen_and_keep_the_quality_range_as_a_tuple():
+    options = MakePairsOptions(jpeg_quality_range=[70, 95])
+    assert options.jpeg_quality_range == (70, 95)
+    assert options.realism.jpeg_quality_range == (70, 95)
+    with pytest.raises(FrozenInstanceError):
+        options.size = 8
+    # A copy with one value changed is checked again.
+    with pytest.raises(DgfError, match="size 4 must be"):
+        replace(options, size=4)
 
 
 def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
     write_photos(tmp_path / "src", [(40, 40), (40, 40), (40, 40)])
     out = tmp_path / "out"
-    make_pairs(tmp_path / "src", out, per_image=2, size=32, kernel_size=5, seed=0,
-               progress=False)
+    make_pairs(tmp_path / "src", out,
+               MakePairsOptions(per_image=2, size=32, kernel_size=5, seed=0), progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(DgfError, match="--overwrite"):
-        make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5, seed=1,
-                   progress=False)
+        make_pairs(tmp_path / "src", out,
+                   MakePairsOptions(per_image=1, size=32, kernel_size=5, seed=1), progress=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # With --overwrite, stale pairs from the earlier, larger run are gone.
-    report = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
-                        seed=1, progress=False, overwrite=True)
+    report = make_pairs(tmp_path / "src", out,
+                        MakePairsOptions(per_image=1, size=32, kernel_size=5, seed=1),
+                        progress=False, overwrite=True)
     written = sorted(out.rglob("*.jpg"))
     assert len(written) == report.train_pairs + report.test_pairs == 3
     assert len(sorted(out.rglob("*.kernel.npy"))) == 3
@@ -426,10 +446,11 @@ def test_existing_output_needs_overwrite_and_is_left_untouched(tmp_path):
 def test_output_inside_the_photo_folder_is_not_read_back(tmp_path):
     write_photos(tmp_path / "src", [(40, 40), (40, 40)])
     out = tmp_path / "src" / "pairs"
-    first = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
-                       progress=False)
-    again = make_pairs(tmp_path / "src", out, per_image=1, size=32, kernel_size=5,
-                       progress=False, overwrite=True)
+    first = make_pairs(tmp_path / "src", out,
+                       MakePairsOptions(per_image=1, size=32, kernel_size=5), progress=False)
+    again = make_pairs(tmp_path / "src", out,
+                       MakePairsOptions(per_image=1, size=32, kernel_size=5), progress=False,
+                       overwrite=True)
     assert again.train_pairs + again.test_pairs == first.train_pairs + first.test_pairs == 2
 
 
@@ -445,8 +466,9 @@ def test_sample_photos_load_offline_and_make_pairs(tmp_path, monkeypatch):
     for name, image in photos:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
         assert min(image.shape[:2]) >= 256, name
-    report = make_pairs(None, tmp_path / "out", sample_photos=True, per_image=1, size=64,
-                        kernel_size=9, progress=False)
+    report = make_pairs(None, tmp_path / "out",
+                        MakePairsOptions(sample_photos=True, per_image=1, size=64, kernel_size=9),
+                        progress=False)
     assert report.train_pairs + report.test_pairs == len(photos)
     assert report.test_photos >= 1 and report.train_photos >= 1
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == len(photos)

@@ -1,7 +1,9 @@
 """The data commands: ``build-hdf5`` and ``dgf-make-pairs``. Their choices and
 defaults come from the modules that do the work (:mod:`dgf.sources`, :mod:`dgf.hdf5`,
-:mod:`dgf.synth`: constants, and the keyword defaults of the function the command
-calls), which import no TensorFlow."""
+:mod:`dgf.synth`: constants, the fields of the options class the command fills,
+:class:`dgf.hdf5.BuildOptions` or :class:`dgf.synth.MakePairsOptions`, and the keyword
+defaults of the function it calls), which import no TensorFlow. Each command builds
+its options object once from its flags."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +17,7 @@ from dgf.errors import DgfError
 def build_hdf5_parser() -> argparse.ArgumentParser:
     from dgf import hdf5, sources
 
-    defaults = defaults_of(hdf5.build_hdf5)
+    defaults = {**defaults_of(hdf5.build_hdf5), **defaults_of(hdf5.BuildOptions)}
     p = new_parser(
         "build-hdf5",
         "Pack pairs of sharp and blurred images into one HDF5 file with train, test "
@@ -102,9 +104,7 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         from dgf import hdf5
 
-        report = hdf5.build_hdf5(
-            args.jpeg_dir,
-            args.output,
+        options = hdf5.BuildOptions(
             size=args.size,
             native=args.native,
             layout=args.layout,
@@ -114,9 +114,9 @@ def build_hdf5_main(argv: Sequence[str] | None = None) -> int:
             compression=args.compression,
             workers=getattr(args, "workers", None),
             on_error=args.on_error,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
         )
+        report = hdf5.build_hdf5(args.jpeg_dir, args.output, options,
+                                 overwrite=args.overwrite, progress=not args.no_progress)
         print(report.summary())
         return 0
 
@@ -149,7 +149,7 @@ def _pairs_lists(values: Sequence[str] | None) -> dict[str, Path] | None:
 def make_pairs_parser() -> argparse.ArgumentParser:
     from dgf import synth
 
-    defaults = defaults_of(synth.make_pairs)
+    defaults = defaults_of(synth.MakePairsOptions)
     parser = new_parser(
         "dgf-make-pairs",
         "Blur sharp photos with random camera-shake kernels and write side-by-side "
@@ -223,15 +223,15 @@ def make_pairs_main(argv: Sequence[str] | None = None) -> int:
                     f"{len(args.dirs)} folder(s): {' '.join(str(d) for d in args.dirs)}."
                 )
             sharp_dir, out_dir = args.dirs
-        report = synth.make_pairs(
-            sharp_dir, out_dir, per_image=args.per_image, size=args.size,
-            test_fraction=args.test_fraction, seed=args.seed,
-            kernel_size=args.kernel_size, strength=args.strength, noise=args.noise,
-            quality=args.quality, fmt=args.format, linear_light=args.linear_light,
-            highlight_gain=args.highlight_gain, jpeg_quality_range=args.jpeg_quality_range,
-            sample_photos=args.sample_photos, overwrite=args.overwrite,
-            progress=not args.no_progress,
+        options = synth.MakePairsOptions(
+            per_image=args.per_image, size=args.size, test_fraction=args.test_fraction,
+            seed=args.seed, kernel_size=args.kernel_size, strength=args.strength,
+            noise=args.noise, quality=args.quality, fmt=args.format,
+            linear_light=args.linear_light, highlight_gain=args.highlight_gain,
+            jpeg_quality_range=args.jpeg_quality_range, sample_photos=args.sample_photos,
         )
+        report = synth.make_pairs(sharp_dir, out_dir, options, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
         print(report.summary())
         return 0
 
