@@ -14,22 +14,6 @@ MAX_PARAMETERS = 8
 # Modules over the line limit while they are being split. The test below fails as soon
 # as one fits, so an entry cannot outlive the need for it.
 OVER_LIMIT_PENDING: set[str] = set()
-# "module:function" of the functions over the parameter limit while they are being
-# given options objects. The test below fails as soon as one fits, so an entry cannot
-# outlive the need for it.
-WIDE_PENDING: set[str] = {
-    "evaluate.py:plot_metrics",
-    "evaluate.py:evaluate_model",
-    "evaluate.py:evaluate_run",
-    "evaluate.py:_score_snapshot",
-    "infer.py:_process",
-    "infer.py:deblur_paths",
-    "scoring.py:evaluate_split",
-    "scoring.py:evaluate_with_strip",
-    "scoring.py:_evaluate",
-    "scoring.py:_score_pairs",
-    "tiling.py:deblur_image",
-}
 # The command-line layer: the only modules that defer imports (so that --help stays fast).
 CLI_LAYER = {"cli.py", *(f"commands/{p.name}" for p in (PACKAGE / "commands").glob("*.py"))}
 
@@ -110,19 +94,8 @@ def test_no_function_takes_more_than_8_parameters(path):
     """Settings travel in an options object (e.g. dgf.hdf5.BuildOptions), not as a
     long list of parameters."""
     wide = _wide(ast.parse(path.read_text(encoding="utf-8")))
-    over = [f"{_name(path)}:{name} ({n} parameters)" for name, n in wide.items()
-            if f"{_name(path)}:{name}" not in WIDE_PENDING]
+    over = [f"{_name(path)}:{name} ({n} parameters)" for name, n in wide.items()]
     assert not over, over
-
-
-@pytest.mark.parametrize("entry", sorted(WIDE_PENDING))
-def test_every_wide_pending_function_is_still_over_the_limit(entry):
-    module, name = entry.split(":")
-    path = PACKAGE / module
-    assert path.is_file(), f"{entry}: no module {module}; drop it from WIDE_PENDING"
-    wide = _wide(ast.parse(path.read_text(encoding="utf-8")))
-    assert name in wide, f"{entry} takes at most {MAX_PARAMETERS} parameters now (or is " \
-        f"gone): drop it from WIDE_PENDING"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_name)
