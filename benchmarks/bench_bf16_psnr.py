@@ -1,7 +1,7 @@
 """What bf16 inference does to PSNR/SSIM on real pairs, against fp32, in one run.
 
 Deblurs every pair of a split (``--limit`` evenly spaced ones) with the generator's
-folded copy at fp32 and at bf16 (``dgf.scoring.deblur_array``) and scores both with
+folded copy at fp32 and at bf16 (``dgf.predictor.Predictor``) and scores both with
 the documented metrics (``dgf.metrics.psnr`` / ``ssim``, mean of per-image values).
 Prints each precision's mean PSNR and SSIM against the sharp images, their
 difference, and how far the bf16 image is from the fp32 one (PSNR of bf16 against
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--crop-border", type=int, default=0,
                    help="pixels cut at each side before scoring (dgf-eval --crop-border)")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
-                   help="XLA for both precisions (dgf.dispatch.inference_call)")
+                   help="XLA for both precisions (TensorFlow, dgf.predictor.Predictor)")
     args = p.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,7 +47,9 @@ def main() -> None:
     import numpy as np
 
     from dgf.metrics import mean_psnr, psnr, ssim
-    from dgf.scoring import deblur_array, open_split, read_pairs, strip_indices
+    from dgf.predictor import Predictor
+    from dgf.scoring import open_split, read_pairs, strip_indices
+    from dgf.spec import InferenceSpec
     from dgf.models import build_generator
     from dgf.runtime import bf16_native, load_generator
 
@@ -75,13 +77,13 @@ def main() -> None:
 
     out, seconds = {}, {}
     for precision in ("fp32", "bf16"):
+        run = Predictor(generator, InferenceSpec(precision=precision, jit=args.jit,
+                                                 engine="tensorflow", batch=args.batch_size))
         # Warm-up (and the --jit auto calibration) at the batch shape that is timed.
-        deblur_array(generator, blurred[: args.batch_size], batch_size=args.batch_size,
-                     precision=precision, jit=args.jit)
+        run.deblur_batch(blurred[: args.batch_size])
         start = time.perf_counter()
         out[precision] = np.concatenate([
-            deblur_array(generator, blurred[i : i + args.batch_size],
-                         batch_size=args.batch_size, precision=precision, jit=args.jit)
+            run.deblur_batch(blurred[i : i + args.batch_size])
             for i in range(0, len(blurred), args.batch_size)
         ])
         seconds[precision] = (time.perf_counter() - start) / len(blurred)

@@ -33,13 +33,16 @@ def _child(args: argparse.Namespace) -> None:
     import keras
     import numpy as np
 
-    from dgf.tiling import deblur_image
     from dgf.models import build_generator
+    from dgf.predictor import Predictor
+    from dgf.spec import InferenceSpec
 
     keras.utils.set_random_seed(0)
     generator = build_generator(channel_rate=args.channel_rate)
-    # Warm-up on a small image, so one-off kernel setup is not timed.
-    deblur_image(generator, np.zeros((32, 32, 3), np.uint8), tile=0)
+    run = Predictor(generator, InferenceSpec(engine="tensorflow", tile=args.tile,
+                                             overlap=args.overlap, batch=args.batch))
+    # Warm-up on a small image (one tile), so one-off kernel setup is not timed.
+    run.deblur_image(np.zeros((32, 32, 3), np.uint8))
     width, height = args.size
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -47,8 +50,7 @@ def _child(args: argparse.Namespace) -> None:
     seconds = 0.0
     if args.child != "idle":
         start = time.perf_counter()
-        out = deblur_image(generator, image, tile=args.tile, overlap=args.overlap,
-                           batch_size=args.batch)
+        out = run.deblur_image(image)
         seconds = time.perf_counter() - start
         assert out.shape == image.shape
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

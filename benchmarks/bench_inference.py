@@ -10,12 +10,12 @@ In one run:
     randomised so the folded kernels are not trivial) and for the bundled model,
     median seconds per image of ``--repeats`` interleaved calls after a warm-up:
       * ``xla fp32``: the folded copy compiled with XLA, what every entry point
-        ran before ``--jit auto`` (``inference_call(g, "fp32", "on")``);
+        ran before ``--jit auto`` (a Predictor with precision fp32, jit on, TensorFlow);
       * ``unfolded``: the model as built, no XLA (``compiled_generator(g)``);
-      * ``fp32 no XLA``: ``inference_call(g, "fp32", "off")``;
+      * ``fp32 no XLA``: the same with jit off;
       * ``onnxruntime fp32`` and ``openvino fp32``: ``--engine onnxruntime`` /
         ``openvino`` (the time to build the first, conversion included, is printed);
-      * ``fp32 default``: ``inference_call(g, "fp32", "auto", "auto")``, what
+      * ``fp32 default``: jit and engine auto, what
         ``dgf-eval`` runs by default (the warm-up calibrates, in a fresh cache
         folder; the choice is printed);
       * ``xla bf16``: ``--precision bf16`` before ``--jit auto`` (folded, bf16, XLA);
@@ -93,10 +93,19 @@ def _e2e_rows(engines: bool) -> dict[str, list[str]]:
         if engine in ("onnxruntime", "openvino") and not engines:
             continue
         if engine == "openvino" and "bf16" in name and (
-                dgf_engines.precision_reason("openvino", "bf16") is not None):
+                dgf_engines.engine("openvino").precision_reason("bf16") is not None):
             continue
         rows[name] = flags + ([] if engines or "--engine" in flags else ["--engine", "tensorflow"])
     return rows
+
+
+def _call(generator, precision: str, jit: str, engine: str = "tensorflow"):
+    """The call a Predictor of ``generator`` runs with these settings."""
+    from dgf.predictor import Predictor
+    from dgf.spec import InferenceSpec
+
+    return Predictor(generator, InferenceSpec(precision=precision, jit=jit,
+                                              engine=engine)).call()
 
 
 def _randomise_batchnorm(model, seed: int) -> None:
@@ -132,25 +141,24 @@ def _host() -> str:
 def _paths(generator, bf16: bool, ablate: bool, engines: bool) -> tuple[dict, dict]:
     """The timed paths, and the seconds each took to build (an engine's conversion)."""
     from dgf import engines as dgf_engines
-    from dgf.dispatch import inference_call
     from dgf.runtime import compiled_generator
 
-    wanted = {"xla fp32": lambda: inference_call(generator, "fp32", "on"),
+    wanted = {"xla fp32": lambda: _call(generator, "fp32", "on"),
               "unfolded": lambda: compiled_generator(generator),
-              "fp32 no XLA": lambda: inference_call(generator, "fp32", "off")}
+              "fp32 no XLA": lambda: _call(generator, "fp32", "off")}
     if engines:
         wanted.update({
-            "onnxruntime fp32": lambda: inference_call(generator, "fp32", "off", "onnxruntime"),
-            "openvino fp32": lambda: inference_call(generator, "fp32", "off", "openvino")})
-    wanted["fp32 default"] = lambda: inference_call(generator, "fp32", "auto",
+            "onnxruntime fp32": lambda: _call(generator, "fp32", "off", "onnxruntime"),
+            "openvino fp32": lambda: _call(generator, "fp32", "off", "openvino")})
+    wanted["fp32 default"] = lambda: _call(generator, "fp32", "auto",
                                                     "auto" if engines else "tensorflow")
     if bf16:
-        wanted.update({"xla bf16": lambda: inference_call(generator, "bf16", "on"),
-                       "bf16 no XLA": lambda: inference_call(generator, "bf16", "off")})
-        if engines and dgf_engines.precision_reason("openvino", "bf16") is None:
-            wanted["openvino bf16"] = lambda: inference_call(generator, "bf16", "off",
+        wanted.update({"xla bf16": lambda: _call(generator, "bf16", "on"),
+                       "bf16 no XLA": lambda: _call(generator, "bf16", "off")})
+        if engines and dgf_engines.engine("openvino").precision_reason("bf16") is None:
+            wanted["openvino bf16"] = lambda: _call(generator, "bf16", "off",
                                                              "openvino")
-        wanted["bf16 default"] = lambda: inference_call(generator, "bf16", "auto",
+        wanted["bf16 default"] = lambda: _call(generator, "bf16", "auto",
                                                         "auto" if engines else "tensorflow")
     if ablate:  # XLA without folding
         wanted["xla only"] = lambda: compiled_generator(generator, jit_compile=True)
@@ -223,7 +231,6 @@ def _peers(args) -> None:
     import openvino
 
     from dgf.images import to_unit
-    from dgf.dispatch import inference_call
     from dgf.runtime import load_generator
 
     generator = load_generator(args.model)
@@ -238,9 +245,9 @@ def _peers(args) -> None:
     hint = ov_default.get_property("INFERENCE_PRECISION_HINT")
     hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
     paths = {
-        "xla fp32": (inference_call(generator, "fp32", "on"), unit),
-        "fp32 auto": (inference_call(generator, "fp32", "auto"), unit),
-        "bf16 auto": (inference_call(generator, "bf16", "auto"), unit),
+        "xla fp32": (_call(generator, "fp32", "on"), unit),
+        "fp32 auto": (_call(generator, "fp32", "auto"), unit),
+        "bf16 auto": (_call(generator, "bf16", "auto"), unit),
         "onnxruntime fp32": (lambda x: ort.run(["deblurred"], {"images": x})[0], images),
         "openvino f32": (lambda x: ov_f32(x)[0], images),
         f"openvino default ({hint})": (lambda x: ov_default(x)[0], images),

@@ -47,7 +47,10 @@ import keras, tensorflow as tf
 from dgf.config import TrainConfig, load_config_file
 from dgf.batching import plan_batch
 from dgf.data import LoaderOptions, make_dataset
-from dgf.scoring import evaluate_split
+from dgf.evaluate import EVAL_SPEC
+from dgf.metrics import ScoreSettings
+from dgf.predictor import Predictor
+from dgf.scoring import EvalOptions, evaluate_split
 from dgf.actions import BatchNormReestimation
 from dgf.train import GANTrainer, select_strategy
 from dgf.data import split_info
@@ -89,8 +92,10 @@ while done < args["steps"]:
     epoch += 1
 seconds = time.perf_counter() - started
 BatchNormReestimation(cfg, split_info(cfg.h5, "train"))(trainer.averaged, 0)
-summary, _ = evaluate_split(trainer.averaged, cfg.h5, "test", limit=args["pairs"], progress=False,
-                            crop_border=args["crop_border"])
+summary, _ = evaluate_split(Predictor(trainer.averaged, EVAL_SPEC), cfg.h5,
+                            EvalOptions(limit=args["pairs"],
+                                        settings=ScoreSettings(args["crop_border"])),
+                            progress=False)
 summary["train_seconds"] = seconds
 summary["steps"] = args["steps"]
 print("RESULT", json.dumps(summary))

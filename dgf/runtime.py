@@ -47,7 +47,6 @@ without TensorFlow.
 from __future__ import annotations
 
 import json
-import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,22 +385,19 @@ def compiled_generator(generator: Any, jit_compile: bool = False) -> Callable[[n
     ``generator(x, training=False)`` inside one ``tf.function`` with input signature
     (None, None, None, 3) float32, so every batch size and image size (tiles, a
     short last batch, the trainer's per-epoch calls) share one function and never
-    retrace. With ``jit_compile`` XLA compiles it, once per input shape. The graph
-    holds the generator only weakly, so keeping the call keeps no model alive. Graph
-    mode frees each activation once its last consumer ran; an eager Keras call keeps
+    retrace. With ``jit_compile`` XLA compiles it, once per input shape. The call
+    holds the generator, so it runs as long as it is kept. Graph mode frees each activation once its last consumer ran; an eager Keras call keeps
     every intermediate of the dense field alive until it returns (measured at
     channel_rate 16 on a 512 px tile: 5.5 GiB eager, 0.7 GiB compiled, and 2.7x
     faster). :class:`dgf.predictor.Predictor` keeps one per path and precision.
     """
-    ref = weakref.ref(generator)
-
     @tf.function(
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
         autograph=False,
         jit_compile=jit_compile,
     )
     def call(x):
-        return ref()(x, training=False)
+        return generator(x, training=False)
 
     return call
 

@@ -136,23 +136,31 @@ def test_working_modules_use_the_options_module():
     assert runtime.PRECISIONS is options.PRECISIONS
     from dgf.config import settings
 
-    # One PRECISIONS: the trainer's choices are the inference ones, fp16 and its own auto
-    # (dgf.runtime.training_precision: by the GPUs' compute capability).
-    assert settings()["precision"].choices == (*options.PRECISIONS, "fp16", "auto")
+    # The trainer's choices are TensorFlow's float precisions, fp16 and its own auto
+    # (dgf.runtime.training_precision: by the GPUs' compute capability); int8 is
+    # inference only.
+    assert settings()["precision"].choices == (*options.FLOAT_PRECISIONS, "fp16", "auto")
     assert export.EXPORT_FORMATS is options.EXPORT_FORMATS
-    tiles = inspect.signature(tiling.deblur_image).parameters
-    files = inspect.signature(infer.deblur_paths).parameters
-    assert tiles["tile"].default == options.DEFAULT_TILE
-    assert tiles["overlap"].default == options.DEFAULT_OVERLAP
-    # dgf-deblur takes both from the model (dgf.tiling.seamless_tiling) unless given.
-    assert files["tile"].default is None and files["overlap"].default is None
-    assert tiles["batch_size"].default == files["batch_size"].default == options.DEFAULT_BATCH
-    assert files["quality"].default == options.DEFAULT_QUALITY
-    scoring = inspect.signature(evaluate.evaluate_model).parameters
-    assert scoring["strips"].default == options.DEFAULT_STRIPS
-    assert scoring["batch_size"].default == options.DEFAULT_EVAL_BATCH
-    assert scoring["split"].default == options.DEFAULT_EVAL_SPLIT
-    assert scoring["precision"].default == options.DEFAULT_PRECISION
+    # One default per setting, in dgf.options, read by the spec and the options objects.
+    from dgf.scoring import EvalOptions
+    from dgf.spec import InferenceSpec
+
+    spec = InferenceSpec()
+    assert (spec.precision, spec.jit, spec.engine, spec.batch) == (
+        options.DEFAULT_PRECISION, options.DEFAULT_JIT, options.DEFAULT_ENGINE,
+        options.DEFAULT_BATCH)
+    # dgf-deblur takes tile and overlap from the model (dgf.tiling.seamless_tiling) unless
+    # given; its own defaults: precision auto, scale auto.
+    assert spec.tile is None and spec.overlap is None
+    assert infer.DEBLUR_SPEC == InferenceSpec(precision=options.DEFAULT_DEBLUR_PRECISION,
+                                              scale=options.DEFAULT_SCALE)
+    assert infer.WriteOptions().quality == options.DEFAULT_QUALITY
+    assert evaluate.EVAL_SPEC == InferenceSpec(batch=options.DEFAULT_EVAL_BATCH)
+    assert inspect.signature(evaluate.evaluate_model).parameters["spec"].default \
+        is evaluate.EVAL_SPEC
+    scoring = EvalOptions()
+    assert (scoring.strips, scoring.split) == (options.DEFAULT_STRIPS,
+                                               options.DEFAULT_EVAL_SPLIT)
 
 
 
@@ -166,9 +174,10 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     info = _help(_scripts()["dgf-info"])["help"]
     assert "usage: dgf-info [-h] [--verbose] [--size H W] [--json] MODEL" in info
     assert f"(default: {list(options.DEFAULT_INFO_SIZE)})" in info
-    scoring = inspect.signature(evaluate.evaluate_model).parameters
-    assert scoring["protocol"].default == options.DEFAULT_PROTOCOL
-    assert scoring["y_channel"].default is options.DEFAULT_Y_CHANNEL
+    from dgf.metrics import ScoreSettings
+
+    assert ScoreSettings().protocol == options.DEFAULT_PROTOCOL
+    assert ScoreSettings().y_channel is options.DEFAULT_Y_CHANNEL
     assert metrics.METRIC_PROTOCOLS is options.METRIC_PROTOCOLS
     assert TrainConfig().metric_protocol == options.DEFAULT_PROTOCOL
     assert TrainConfig().y_channel is options.DEFAULT_Y_CHANNEL

@@ -14,12 +14,16 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import make_eval_h5, make_run, read_halves, write_pairs_h5
+from conftest import make_eval_h5, make_run, plain, read_halves, write_pairs_h5
 from dgf import evaluate as ev
 from dgf import images, metrics, scoring
 from dgf.cli import eval_main
 from dgf.errors import DgfError
+from dgf.metrics import ScoreSettings
+from dgf.options import DEFAULT_EVAL_BATCH
 from dgf.schema import blurred_name, sharp_name
+from dgf.scoring import EvalOptions
+from dgf.spec import InferenceSpec
 
 H, W, COUNT = 24, 40, 7  # what make_eval_h5 writes
 # Every generator call runs TensorFlow's plain graph (jit="off"; the commands' and
@@ -27,8 +31,23 @@ H, W, COUNT = 24, 40, 7  # what make_eval_h5 writes
 # not depend on the path, and auto calibrates XLA, ONNX Runtime and OpenVINO on every
 # new shape, a conversion per model, and picks by timing (tests/test_calibration.py,
 # test_jit_cli.py and test_engines.py test the choice).
-FIXED = dict(jit="off", engine="tensorflow")
+FIXED = InferenceSpec(jit="off", engine="tensorflow", batch=DEFAULT_EVAL_BATCH)
 FIXED_FLAGS = ["--jit", "off", "--engine", "tensorflow"]
+
+
+def _options(split="test", *, limit=None, strips=4, **how):
+    """What is scored (:class:`EvalOptions`), ``how`` the ScoreSettings fields."""
+    return EvalOptions(split=split, limit=limit, strips=strips, settings=ScoreSettings(**how))
+
+
+def _split(generator, h5, split="test", *, batch_size=DEFAULT_EVAL_BATCH, **options):
+    """scoring.evaluate_split of ``generator`` on TensorFlow's plain graph."""
+    return scoring.evaluate_split(plain(generator, batch=batch_size), h5,
+                                  _options(split, **options), progress=False)
+
+
+def _deblur(generator, blurred):
+    return plain(generator, batch=DEFAULT_EVAL_BATCH).deblur_batch(blurred)
 
 
 def _generator(seed: int):
@@ -56,15 +75,14 @@ def _center_crop(batch: np.ndarray, crop: int | tuple[int, int] | None) -> np.nd
 
 def write_strip(path, generator, h5_path, split="test", indices=None, crop=None, *, n=4):
     """Deblur chosen pairs of ``split`` and write their sharp | blurred | deblurred
-    strip with the package's parts (read_pairs, deblur_array, make_strip, save_png);
+    strip with the package's parts (read_pairs, Predictor.deblur_batch, make_strip, save_png);
     ``crop`` takes a centred crop of each image after deblurring. Returns the strip."""
     if indices is None:
         h5, info = scoring.open_split(h5_path, split)
         h5.close()
         indices = scoring.strip_indices(info.count, n)
     sharp, blurred = scoring.read_pairs(h5_path, split, indices)
-    deblurred = scoring.deblur_array(generator, blurred, batch_size=max(1, len(indices)),
-                                     jit="off")
+    deblurred = plain(generator, batch=max(1, len(indices))).deblur_batch(blurred)
     strip = scoring.make_strip(*(_center_crop(a, crop) for a in (sharp, blurred, deblurred)))
     scoring.save_png(path, strip)
     return strip
@@ -218,7 +236,7 @@ def test_write_strip_png_matches_sources(tmp_path):
     assert strip.shape == (3 * H, 3 * W, 3)
     back = _png(out)
     np.testing.assert_array_equal(back, strip)
-    deblurred = scoring.deblur_array(generator, blurred[[1, 4, 6]], jit="off")
+    deblurred = _deblur(generator, blurred[[1, 4, 6]])
     for row, i in enumerate([1, 4, 6]):
         rows = slice(row * H, (row + 1) * H)
         np.testing.assert_array_equal(back[rows, :W], sharp[i])
@@ -250,16 +268,16 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    expected, expected_rows = scoring.evaluate_split(generator, h5, limit=limit, progress=False,
-                                                     jit="off")
+    expected, expected_rows = _split(generator, h5, limit=limit)
+    run = plain(generator, batch=3)
     passed = []
-    real = scoring.deblur_array
-    monkeypatch.setattr(scoring, "deblur_array",
-                        lambda g, images, **kw: passed.append(len(images)) or real(g, images, **kw))
+    real = run.deblur_batch
+    monkeypatch.setattr(run, "deblur_batch",
+                        lambda images, *a: passed.append(len(images)) or real(images, *a))
     out = tmp_path / "samples" / "epoch_0003.png"
-    summary, rows, strip = scoring.evaluate_with_strip(generator, h5, "test", out, strips=2,
-                                                  batch_size=3, limit=limit, progress=False,
-                                                  jit="off")
+    summary, rows, strip = scoring.evaluate_with_strip(run, h5, out,
+                                                       _options(strips=2, limit=limit),
+                                                       progress=False)
     # One generator pass over the scored pairs, none for the strip.
     assert sum(passed) == expected["count"] == (COUNT if limit is None else limit)
     assert rows == expected_rows
@@ -269,11 +287,11 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
     assert summary["strip_indices"] == picked
     assert set(picked) <= {r["index"] for r in rows}
     np.testing.assert_array_equal(_png(out), strip)
-    deblurred = real(generator, blurred[picked])
+    deblurred = real(blurred[picked])
     np.testing.assert_array_equal(strip, scoring.make_strip(sharp[picked], blurred[picked], deblurred))
     with pytest.raises(DgfError, match="number of strip rows must be at least 1; got 0"):
-        scoring.evaluate_with_strip(generator, h5, "test", tmp_path / "x.png", strips=0,
-                               progress=False, jit="off")
+        scoring.evaluate_with_strip(run, h5, tmp_path / "x.png", _options(strips=0),
+                                    progress=False)
     assert not (tmp_path / "x.png").exists()
 
 
@@ -282,12 +300,12 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
     generator = _generator(0)
-    summary, rows = scoring.evaluate_split(generator, h5, batch_size=3, progress=False, jit="off")
+    summary, rows = _split(generator, h5, batch_size=3)
     assert set(summary) == set(scoring.SUMMARY_KEYS)
     assert summary["count"] == COUNT and len(rows) == COUNT
     assert [r["index"] for r in rows] == list(range(COUNT))
     assert [r["source"] for r in rows] == [f"pair_{i}.jpg" for i in range(COUNT)]
-    deblurred = scoring.deblur_array(generator, blurred, jit="off")
+    deblurred = _deblur(generator, blurred)
     for r in rows:
         i = r["index"]
         assert r["psnr"] == pytest.approx(metrics.psnr(sharp[i], deblurred[i]))
@@ -298,7 +316,7 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     assert summary["blurred_ssim"] == pytest.approx(np.mean([r["blurred_ssim"] for r in rows]))
     assert summary["seconds_per_image"] > 0
 
-    limited, lrows = scoring.evaluate_split(generator, h5, limit=3, progress=False, jit="off")
+    limited, lrows = _split(generator, h5, limit=3)
     assert limited["count"] == 3
     assert [r["index"] for r in lrows] == scoring.strip_indices(COUNT, 3)
 
@@ -308,8 +326,7 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     generator = _generator(0)
-    monkeypatch.setattr(scoring, "_BASELINE_CACHE", {})
-    calls = {"psnr": 0, "ssim": 0}
+    calls = {"psnr": 0, "ssim": 0}  # a new file: nothing of it is cached yet
 
     def counting(name, real):
         def metric(a, b, *crop_border):
@@ -317,12 +334,12 @@ def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
             return real(a, b, *crop_border)
         return metric
 
-    monkeypatch.setattr(scoring, "psnr", counting("psnr", metrics.psnr))
-    monkeypatch.setattr(scoring, "ssim", counting("ssim", metrics.ssim))
+    monkeypatch.setattr(metrics, "psnr", counting("psnr", metrics.psnr))
+    monkeypatch.setattr(metrics, "ssim", counting("ssim", metrics.ssim))
 
     def scored(**kw):
         calls.update(psnr=0, ssim=0)
-        summary, rows = scoring.evaluate_split(generator, h5, progress=False, jit="off", **kw)
+        summary, rows = _split(generator, h5, **kw)
         return summary, rows, dict(calls)
 
     first, rows, n = scored(limit=3)
@@ -353,7 +370,7 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
     make_eval_h5(h5, count=3, with_source=False)
     with h5py.File(h5, "a") as f:  # blurred == sharp: a perfect "deblurrer" too
         f[blurred_name("test")][...] = f[sharp_name("test")][...]
-    summary, rows = scoring.evaluate_split(_identity_generator(), h5, progress=False, jit="off")
+    summary, rows = _split(_identity_generator(), h5)
     assert all(r["psnr"] == math.inf and r["source"] == "" for r in rows)
     assert summary["psnr"] == metrics.PSNR_CAP_DB
     assert summary["blurred_psnr"] == metrics.PSNR_CAP_DB
@@ -362,15 +379,15 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
 
 def test_evaluate_split_bad_inputs(tmp_path):
     with pytest.raises(DgfError, match=r"missing\.h5: no such file"):
-        scoring.evaluate_split(_generator(0), tmp_path / "missing.h5", progress=False, jit="off")
+        _split(_generator(0), tmp_path / "missing.h5")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
     with pytest.raises(DgfError, match="HDF5"):
-        scoring.evaluate_split(_generator(0), bad, progress=False, jit="off")
+        _split(_generator(0), bad)
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     with pytest.raises(DgfError, match="val_data_full"):
-        scoring.evaluate_split(_generator(0), h5, "val", progress=False, jit="off")
+        _split(_generator(0), h5, "val")
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -387,7 +404,8 @@ def test_plot_metrics_names_the_crop_border(tmp_path, monkeypatch, n):
     figures = []
     real = ev.Figure
     monkeypatch.setattr(ev, "Figure", lambda *a, **kw: figures.append(real(*a, **kw)) or figures[-1])
-    ev.plot_metrics([1, 2], [20.0, 21.0], [0.6, 0.7], 19.0, 0.5, tmp_path / "m.png", crop_border=n)
+    ev.plot_metrics([1, 2], [20.0, 21.0], [0.6, 0.7], 19.0, 0.5, tmp_path / "m.png",
+                    settings=ScoreSettings(crop_border=n))
     top, bottom = figures[0].axes
     texts = [top.get_title(), top.get_ylabel(), bottom.get_ylabel()]
     if n:
@@ -399,14 +417,15 @@ def test_plot_metrics_names_the_crop_border(tmp_path, monkeypatch, n):
 def test_run_evaluation_state_names_a_nonzero_crop_border_only(tmp_path):
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
-    plain = ev._run_settings(h5, "test", [1, 3], None, "fp32", 0)
-    assert "crop_border" not in plain  # evaluations made before the option still match
-    assert ev._run_settings(h5, "test", [1, 3], None, "fp32", 8) == {**plain, "crop_border": 8}
+    state = ev._run_settings(h5, [1, 3], _options(), "fp32")
+    assert "crop_border" not in state  # evaluations made before the option still match
+    assert ev._run_settings(h5, [1, 3], _options(crop_border=8), "fp32") == {
+        **state, "crop_border": 8}
     out = tmp_path / "eval"
     out.mkdir()
     scores = {"psnr": 21.5, "ssim": 0.625, "blurred_psnr": 20.25, "blurred_ssim": 0.5}
     named = {"crop_border": 8, "protocol": "basicsr", "y_channel": True}
-    ev._save_run_tables(out, {2: {**scores, **named}}, plain, {"2": 1})
+    ev._save_run_tables(out, {2: {**scores, **named}}, state, {"2": 1})
     with (out / "metrics.csv").open() as fh:
         assert next(csv.reader(fh)) == list(ev.RUN_CSV_KEYS)
     assert ev._read_run_csv(out / "metrics.csv") == {2: {**scores, **named}}
@@ -422,22 +441,23 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)
     out = tmp_path / "report"
-    summary = ev.evaluate_model(snapshots[0], h5, out, strips=2, batch_size=4, progress=False,
-                                **FIXED)
+    summary = ev.evaluate_model(snapshots[0], h5, out, spec=FIXED.replace(batch=4),
+                                options=_options(strips=2), progress=False)
     saved = json.loads((out / "summary.json").read_text())
     assert set(scoring.SUMMARY_KEYS) <= set(saved)
     assert saved["count"] == COUNT and saved["psnr"] == pytest.approx(summary["psnr"])
     assert saved["strip_indices"] == scoring.strip_indices(COUNT, 2)
-    limited = ev.evaluate_model(snapshots[0], h5, tmp_path / "limited", strips=2, limit=4,
-                                progress=False, **FIXED)
+    limited = ev.evaluate_model(snapshots[0], h5, tmp_path / "limited", spec=FIXED,
+                                options=_options(strips=2, limit=4), progress=False)
     assert limited["strip_indices"] == scoring.strip_rows(COUNT, 4, 2)
     with (out / "per_image.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == COUNT and tuple(rows[0]) == scoring.ROW_KEYS
     assert _png(out / "strip.png").shape == (2 * H, 3 * W, 3)
     with pytest.raises(DgfError, match="--overwrite"):
-        ev.evaluate_model(snapshots[0], h5, out, progress=False, **FIXED)
-    ev.evaluate_model(snapshots[1], h5, out, strips=3, overwrite=True, progress=False, **FIXED)
+        ev.evaluate_model(snapshots[0], h5, out, spec=FIXED, progress=False)
+    ev.evaluate_model(snapshots[1], h5, out, spec=FIXED, options=_options(strips=3),
+                      overwrite=True, progress=False)
     assert _png(out / "strip.png").shape == (3 * H, 3 * W, 3)
 
 
@@ -445,7 +465,8 @@ def test_evaluate_model_writes_report_and_refuses_overwrite(tmp_path, snapshots)
 @pytest.mark.slow
 def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshots, monkeypatch):
     run, h5 = make_run(tmp_path, snapshots, epochs=2)
-    rows = ev.evaluate_run(run, strips=3, batch_size=4, progress=False, **FIXED)
+    rows = ev.evaluate_run(run, spec=FIXED.replace(batch=4), options=_options(strips=3),
+                           progress=False)
     out = run / "eval"
     assert [r["epoch"] for r in rows] == [1, 2]
     with (out / "metrics.csv").open() as fh:
@@ -466,22 +487,24 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
     loads = []
     real_load = ev.load_generator
     monkeypatch.setattr(ev, "load_generator", lambda p: loads.append(Path(p).name) or real_load(p))
-    again = ev.evaluate_run(run, strips=3, progress=False, **FIXED)
+    again = ev.evaluate_run(run, spec=FIXED, options=_options(strips=3), progress=False)
     assert loads == [] and again == rows
 
-    ev.evaluate_run(run, strips=2, progress=False, **FIXED)  # other strip pairs: all re-drawn
+    ev.evaluate_run(run, spec=FIXED, options=_options(strips=2),
+                    progress=False)  # other strip pairs: all re-drawn
     assert len(loads) == 2
     assert _png(out / "strips" / "epoch_0002.png").shape == (2 * H, 3 * W, 3)
     loads.clear()
-    ev.evaluate_run(run, strips=2, force=True, progress=False, **FIXED)
+    ev.evaluate_run(run, spec=FIXED, options=_options(strips=2), force=True, progress=False)
     assert len(loads) == 2
 
     loads.clear()
     (run / "snapshots" / "generator_epoch_0003.keras").write_bytes(snapshots[2].read_bytes())
-    rows3 = ev.evaluate_run(run, strips=2, progress=False, **FIXED)
+    rows3 = ev.evaluate_run(run, spec=FIXED, options=_options(strips=2), progress=False)
     assert loads == ["generator_epoch_0003.keras"]
     assert [r["epoch"] for r in rows3] == [1, 2, 3]
-    assert rows3[:2] == ev.evaluate_run(run, strips=2, progress=False, **FIXED)[:2]
+    assert rows3[:2] == ev.evaluate_run(run, spec=FIXED, options=_options(strips=2),
+                                        progress=False)[:2]
     assert _png(out / "progress.png").shape[0] == 3 * (ev.BAND_HEIGHT + 2 * H)
 
 
@@ -489,19 +512,21 @@ def test_evaluate_run_writes_everything_and_skips_done_epochs(tmp_path, snapshot
 def test_evaluate_run_errors(tmp_path, snapshots):
     run, h5 = make_run(tmp_path, snapshots, epochs=0)
     with pytest.raises(DgfError, match="no snapshots"):
-        ev.evaluate_run(run, progress=False, **FIXED)
+        ev.evaluate_run(run, spec=FIXED, progress=False)
     (run / "snapshots" / "generator_epoch_0001.keras").write_bytes(snapshots[0].read_bytes())
     (run / "config.json").write_text(json.dumps({"h5": "nowhere/data.h5"}))
     with pytest.raises(DgfError, match="--h5"):
-        ev.evaluate_run(run, progress=False, **FIXED)
+        ev.evaluate_run(run, spec=FIXED, progress=False)
     (run / "config.json").unlink()
     with pytest.raises(DgfError, match="config.json"):
-        ev.evaluate_run(run, progress=False, **FIXED)
-    rows = ev.evaluate_run(run, h5_path=h5, strips=1, progress=False, **FIXED)
+        ev.evaluate_run(run, spec=FIXED, progress=False)
+    rows = ev.evaluate_run(run, spec=FIXED, options=_options(strips=1), h5_path=h5,
+                           progress=False)
     assert len(rows) == 1
     (run / "snapshots" / "generator_epoch_0002.keras").write_bytes(b"garbage")
     with pytest.raises(DgfError, match="generator_epoch_0002.keras"):
-        ev.evaluate_run(run, h5_path=h5, strips=1, progress=False, **FIXED)
+        ev.evaluate_run(run, spec=FIXED, options=_options(strips=1), h5_path=h5,
+                        progress=False)
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -762,16 +787,16 @@ def test_evaluate_split_caches_the_baseline_per_protocol_and_channel(tmp_path):
     generator = _identity_generator()
     for protocol, y in (("skimage", False), ("basicsr", False), ("basicsr", True),
                         ("skimage", True)):
-        summary, rows = scoring.evaluate_split(generator, h5, limit=3, progress=False, crop_border=1,
-                                          protocol=protocol, y_channel=y, jit="off")
+        summary, rows = _split(generator, h5, limit=3, crop_border=1, protocol=protocol,
+                               y_channel=y)
         idx = [r["index"] for r in rows]
         want = np.mean([metrics.ssim(sharp[i], blurred[i], 1, protocol, y) for i in idx])
         assert summary["blurred_ssim"] == pytest.approx(want, abs=1e-12)
         assert (summary["protocol"], summary["y_channel"], summary["crop_border"]) == (protocol, y, 1)
         assert all((r["protocol"], r["y_channel"]) == (protocol, y) for r in rows)
-    h5_state = ev._run_settings(h5, "test", [1], None, "fp32")
+    h5_state = ev._run_settings(h5, [1], _options(), "fp32")
     assert "protocol" not in h5_state and "y_channel" not in h5_state
-    assert ev._run_settings(h5, "test", [1], None, "fp32", 0, "basicsr", True) == {
+    assert ev._run_settings(h5, [1], _options(protocol="basicsr", y_channel=True), "fp32") == {
         **h5_state, "protocol": "basicsr", "y_channel": True}
 
 

@@ -208,3 +208,25 @@ def test_compare_side_by_side(tmp_path, model_file, capsys):
         deblurred = np.asarray(im)
     assert side.shape == (33, 90, 3)
     assert np.array_equal(side[:, :45], image) and np.array_equal(side[:, 45:], deblurred)
+
+
+@pytest.mark.slow  # runs dgf-deblur's work end to end
+def test_the_python_api_of_docs_inference_md(model_file, tmp_path, monkeypatch):
+    """docs/inference.md's "From Python" block, run as written (in a folder holding the
+    model and a photo folder)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "generator.keras").write_bytes(model_file.read_bytes())
+    (tmp_path / "photos").mkdir()
+    rgb = smooth_photo(48, 64, seed=5)
+    Image.fromarray(rgb).save(tmp_path / "photos" / "a.png")
+    scope = {"rgb": rgb}
+    exec(compile(block, "docs/inference.md", "exec"), scope)
+    assert scope["report"].processed == [Path("out") / "a.png"] and not scope["report"].failed
+    assert (tmp_path / "out" / "compare" / "a_compare.png").is_file()
+    written = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    np.testing.assert_array_equal(written, scope["deblurred"])

@@ -196,8 +196,13 @@ def test_bf16_copy_computes_body_in_bfloat16_and_output_in_float32(trained_like)
 
 
 def test_check_precision_messages(monkeypatch):
-    with pytest.raises(DgfError, match="unknown precision 'int8'; choose one of fp32, bf16"):
-        runtime.check_precision("int8")
+    with pytest.raises(DgfError, match="unknown precision 'fp8'; choose one of fp32, bf16, int8"):
+        runtime.check_precision("fp8")
+    runtime.check_precision("int8")  # an engine's precision: the engine checks it
+    # A Keras copy computes in float only; int8 is an engine's quantised copy.
+    with pytest.raises(DgfError, match="unknown precision 'int8' for a Keras copy; choose "
+                                       "one of fp32, bf16"):
+        runtime.inference_model(build_generator(channel_rate=4), "int8")
     monkeypatch.setattr(runtime, "_BF16_PROBE", ["NotFoundError: no bf16 kernel"])
     with pytest.raises(DgfError, match="bf16 is not supported on this machine.*no bf16 kernel"):
         runtime.check_precision("bf16")

@@ -143,11 +143,15 @@ def _epoch_end_share(epochs: list[dict]) -> float:
 
 def _interior_scores(model: Path, h5: Path) -> dict:
     """The model's scores on the test split with 8 px cut at each side."""
-    from dgf.scoring import evaluate_split
+    from dgf.evaluate import EVAL_SPEC
+    from dgf.metrics import ScoreSettings
+    from dgf.predictor import Predictor
     from dgf.runtime import load_generator
+    from dgf.scoring import EvalOptions, evaluate_split
 
-    summary, _ = evaluate_split(load_generator(model), h5, "test", progress=False,
-                                crop_border=8)
+    predictor = Predictor(load_generator(model), EVAL_SPEC, source=model)
+    summary, _ = evaluate_split(predictor, h5, EvalOptions(settings=ScoreSettings(8)),
+                                progress=False)
     return summary
 
 
