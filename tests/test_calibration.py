@@ -162,6 +162,7 @@ def test_an_unwritable_cache_costs_only_a_note(model, tmp_path, monkeypatch, cap
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_bf16_calibrates_its_own_entry(model, cache):
     x = _x(7)
     fp32 = np.asarray(_call(model, "fp32", "auto")(x))
@@ -244,6 +245,7 @@ def test_precision_auto_is_fp32_with_a_gpu_or_without_bf16_kernels(monkeypatch):
         runtime.resolve_precision("fp8")
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_deblur_paths_says_what_precision_auto_chose(model_file, tmp_path, monkeypatch,
                                                      capsys):
     from conftest import smooth_photo

@@ -86,7 +86,8 @@ def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cac
             assert worst <= 1 and mean < 0.01, (engine, worst, mean)
 
 
-@pytest.mark.parametrize("engine", OTHERS)
+# OpenVINO's run is slow-marked: make test-fast keeps ONNX Runtime's, the same conversion.
+@pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
     x = _x(1)
     expected = np.asarray(generator(x, training=False))
@@ -101,6 +102,7 @@ def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
     assert run.ran_on == {f"{engine} fp32"}
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_an_engine_follows_the_current_weights(cache):
     keras.utils.set_random_seed(5)
     from dgf.models import build_generator
@@ -130,6 +132,7 @@ def _count_conversions(monkeypatch):
     return count
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
     count = _count_conversions(monkeypatch)
     x = _x(4)
@@ -142,6 +145,7 @@ def test_conversion_is_cached_on_disk(generator, cache, monkeypatch):
     np.testing.assert_array_equal(first, again)
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 @pytest.mark.parametrize("damage", ["truncate", "record", "key", "no record"])
 def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monkeypatch,
                                                           capsys, damage):
@@ -170,6 +174,7 @@ def test_a_damaged_or_stale_conversion_is_converted_again(generator, cache, monk
     assert meta["size"] == onnx_file.stat().st_size
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_ctrl_c_during_conversion_is_130_and_leaves_no_entry(model_file, cache, tmp_path,
                                                              monkeypatch):
     def interrupted(*args, **kwargs):
@@ -185,6 +190,7 @@ def test_ctrl_c_during_conversion_is_130_and_leaves_no_entry(model_file, cache, 
     assert not (out / photo.name).exists()
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_an_unwritable_cache_costs_only_a_note(generator, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -269,6 +275,7 @@ def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp
     assert f"--engine auto leaves out {engine} at fp32" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_onnxruntime_refuses_bf16_and_auto_precision_is_fp32_there(generator, cache,
                                                                    monkeypatch, model_file,
                                                                    tmp_path, capsys):
@@ -289,6 +296,7 @@ def test_onnxruntime_refuses_bf16_and_auto_precision_is_fp32_there(generator, ca
     assert "does not run bf16" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tmp_path,
                                                            monkeypatch, capsys):
     def unsupported(*args, **kwargs):
@@ -323,6 +331,7 @@ def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):
 
 
 # --- auto ---------------------------------------------------------------------------------
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, capsys):
     x = _x(7)
     run = _run(generator)
@@ -342,6 +351,7 @@ def test_auto_measures_every_engine_and_keeps_the_fastest(generator, cache, caps
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 @pytest.mark.parametrize("stored", OTHERS)
 def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch, stored):
     x = _x(8)
@@ -364,6 +374,7 @@ def test_a_stored_engine_choice_is_the_engine_run(generator, cache, monkeypatch,
     np.testing.assert_allclose(out, np.asarray(generator(x, training=False)), atol=1e-4)
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, monkeypatch):
     """The trainer's scoring (``refresh_calls``): an engine whose conversion costs
     more than TensorFlow's whole pass loses, whatever its per-call speed. The engines
@@ -389,6 +400,7 @@ def test_auto_counts_the_conversion_when_the_weights_change(generator, cache, mo
     assert entry["choice"] == "plain"
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, cache):
     h5 = tmp_path / "pairs.h5"
     make_eval_h5(h5, count=3, height=32, width=32)
@@ -441,6 +453,7 @@ def test_dgf_eval_model_and_run_with_each_engine(model_file, tmp_path, cache):
     assert (run / "eval" / "metrics.csv").read_text().count("\n") == 3
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_dgf_deblur_with_each_engine_writes_the_same_photo(model_file, tmp_path, cache,
                                                            capsys):
     photo = tmp_path / "photo.png"

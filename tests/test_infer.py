@@ -194,6 +194,7 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     assert status == 2 and "--overlap" in err
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_compare_side_by_side(tmp_path, model_file, capsys):
     src = tmp_path / "in"
     src.mkdir()

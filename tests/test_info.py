@@ -72,6 +72,7 @@ def test_size_scales_the_work(paper_model, capsys):
     assert json.loads(capsys.readouterr().out)["macs"] * 16 == macs
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_space_to_depth_4_and_training_record(tmp_path, capsys):
     from dgf.metadata import write_metadata
     from dgf.models import build_generator

@@ -30,6 +30,7 @@ def test_unknown_jit_is_argparse_choices(main, extra, photo, capsys):
     assert "argument --jit: invalid choice: 'fast'" in err and "'auto', 'on', 'off'" in err
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_deblur_jit_on_off_auto_give_the_same_image(photo, model_file, tmp_path, capsys):
     images = {}
     for jit in ("on", "off", "auto"):
@@ -46,6 +47,7 @@ def test_deblur_jit_on_off_auto_give_the_same_image(photo, model_file, tmp_path,
     assert np.abs(images["off"] - np.asarray(Image.open(photo)).astype(int)).max() > 0
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_deblur_defaults_to_precision_auto(photo, model_file, tmp_path, capsys,
                                            monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
@@ -56,6 +58,7 @@ def test_deblur_defaults_to_precision_auto(photo, model_file, tmp_path, capsys,
     assert "--precision auto: fp32\n" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file, tmp_path,
                                                              monkeypatch):
     cache = tmp_path / "cache"

@@ -47,6 +47,7 @@ def test_space_to_depth_round_trips_any_size_and_matches_tf(factor):
     np.testing.assert_array_equal(DepthToSpace(factor)([packed, odd]).numpy(), odd)
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 @pytest.mark.parametrize("factor", [1, 2, 4])
 def test_space_to_depth_generator_is_identity_at_start_and_saves(factor, tmp_path):
     import keras
@@ -166,6 +167,7 @@ def test_deblur_cli_scale_auto_reads_the_model_record(tmp_path, capsys):
 
 
 # --- the training record -------------------------------------------------------------
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_metadata_round_trip_and_old_files(tmp_path):
     import keras
 

@@ -80,6 +80,7 @@ def test_fold_matches_unfused_with_random_statistics(trained_like):
     assert np.abs(via_call - expected).max() <= TOL
 
 
+@pytest.mark.slow  # the quick subset keeps a cheaper test of this module
 def test_fold_matches_unfused_on_real_pairs(pairs_small, trained_like):
     files = sorted((pairs_small / "test").glob("*.jpg"))[:2]
     assert files, f"no test pairs in {pairs_small / 'test'}"
