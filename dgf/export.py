@@ -18,6 +18,18 @@ input ``images`` (B, H, W, 3) uint8 with B, H and W dynamic, output ``deblurred`
 of the same shape, uint8; the conversions are nodes of the graph (Cast, Div, Sub,
 Round, Clip). Any ONNX runtime runs it (onnxruntime, OpenVINO).
 
+**INT8** (``quantize="int8"``, TFLite and ONNX; :mod:`dgf.quantize`): post-training
+static quantisation calibrated on real crops (:func:`dgf.quantize.calibration_set`),
+of the quantisers' copy (:func:`dgf.equalise.prepared_copy`: native dilated
+convolutions, equalised channels). The interface stays the same, uint8 in and out:
+TFLite is full-integer (every builtin op int8; only the input's and output's
+conversions, CAST/QUANTIZE and DEQUANTIZE/ROUND/CAST, are float), ONNX is
+ONNX Runtime's QDQ on the convolutions (``quantize_static``, as ``--engine
+onnxruntime`` runs it). Before the file is written, the quantised export and the fp32
+copy run the held-out crops: int8 more than ``MAX_DROP`` dB below fp32 is refused
+(:func:`dgf.quantize.check_int8`). With a fixed TFLite ``input_size`` the
+calibration crops are mirrored or cut to that size.
+
 All three export the generator's inference copy (:func:`dgf.runtime.fold_batchnorm`):
 BatchNorm folded into the convolutions, Dropout removed, the dense field's
 activations taken once per part, the graph ``dgf-deblur`` runs. The TFLite converter
@@ -29,28 +41,45 @@ two.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from dgf.quantize import (CalibrationSet, Crops, calibration_set, check_int8,
+                          default_calibration_source, quantize_onnxruntime)
+from dgf.equalise import prepared_copy
 from dgf.errors import DgfError, install_hint
 from dgf.fileio import check_output, write_bytes_atomic, write_folder_atomic
+from dgf.images import to_uint8, to_unit
 from dgf.options import EXPORT_FORMATS
-from dgf.runtime import fold_batchnorm, load_generator
+from dgf.runtime import fold_batchnorm, inference_model, load_generator
 
 try:  # optional (extra onnx): only --format onnx needs it
     import tf2onnx
 except ImportError as _exc:
     tf2onnx = None
     _TF2ONNX_MISSING = str(_exc)
+try:  # optional (extra test): LiteRT runs the int8 TFLite file for its check
+    from ai_edge_litert.interpreter import Interpreter as _LiteRT
+except ImportError:
+    _LiteRT = None
+try:  # optional (extra onnx): runs the int8 ONNX file for its check
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
 INPUT_NAME = "images"
 OUTPUT_NAME = "deblurred"
 #: The ONNX opset of ``--format onnx``: 17 is read by onnxruntime >= 1.11 and OpenVINO.
 ONNX_OPSET = 17
 #: The extra that installs tf2onnx for ``--format onnx``.
 ONNX_EXTRA = "onnx"
+#: ``--quantize`` choices, and the formats that take it.
+QUANTIZE_CHOICES = ("int8",)
+QUANTIZE_FORMATS = ("tflite", "onnx")
 
 
 def _serving_fn(generator):
@@ -108,8 +137,9 @@ def _is_export(path: Path, fmt: str) -> bool:
     if fmt == "tflite":
         return head[4:8] == _TFLITE_MAGIC
     # An ONNX ModelProto starts with ir_version (field 1, varint: 0x08) and names
-    # its producer (field 2) early; tf2onnx writes "tf2onnx".
-    return head[:1] == b"\x08" and b"tf2onnx" in head[:64]
+    # its producer (field 2) early; tf2onnx writes "tf2onnx", an int8 export
+    # "onnx.quantize" (ONNX Runtime's quantiser).
+    return head[:1] == b"\x08" and (b"tf2onnx" in head[:64] or b"onnx.quantize" in head[:64])
 
 
 def export_savedmodel(generator, path: Path | str, *, overwrite: bool = False) -> Path:
@@ -143,6 +173,7 @@ def export_tflite(
     *,
     input_size: tuple[int, int] | None = None,
     overwrite: bool = False,
+    calibration: CalibrationSet | None = None,
 ) -> Path:
     """Write ``generator`` as a ``.tflite`` file taking (1, H, W, 3) uint8.
 
@@ -152,9 +183,11 @@ def export_tflite(
         path: file to create; replaced only with ``overwrite``.
         input_size: (H, W) to fix the input shape; None keeps H and W dynamic
             (resize the input tensor at inference).
+        calibration: crops for a full-integer int8 export (module docstring);
+            None exports float.
 
     Returns:
-        The .tflite path.
+        The .tflite path. DgfError when int8 loses too much on the held-out crops.
     """
     path = Path(path)
     _check_target(path, "tflite", overwrite)
@@ -169,6 +202,9 @@ def export_tflite(
     # concrete function would keep them as TFLite resource variables that read back
     # uninitialised.
     folded = fold_batchnorm(generator)
+    if calibration is not None:
+        calibration = _fitted(calibration, shape[1:3])
+        folded = prepared_copy(folded, calibration.calibration.blurred)
     with tempfile.TemporaryDirectory(prefix="dgf-tflite-") as staging:
         archive = keras.export.ExportArchive()
         archive.track(folded)
@@ -180,12 +216,85 @@ def export_tflite(
         archive.write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if calibration is not None:
+            _full_integer(converter, calibration.calibration.blurred)
         try:
             flatbuffer = converter.convert()
         except Exception as exc:  # the converter raises ConverterError and plain errors
             raise DgfError(f"TFLite conversion failed: {exc}") from exc
+    if calibration is not None:
+        _check_export(generator, _tflite_runner(flatbuffer), calibration.held_out)
     write_bytes_atomic(path, flatbuffer)
     return path
+
+
+# --- int8 -------------------------------------------------------------------------------
+def _fitted(calibration: CalibrationSet, size: Sequence[int | None]) -> CalibrationSet:
+    """``calibration`` with its crops mirrored or cut to a fixed (H, W) ``size`` (a
+    TFLite input size); unchanged for a dynamic one."""
+    if size[0] is None:
+        return calibration
+
+    def fit(images):
+        if images is None:
+            return None
+        height, width = images.shape[1:3]
+        pads = ((0, 0), (0, max(0, size[0] - height)), (0, max(0, size[1] - width)), (0, 0))
+        return np.pad(images, pads, mode="symmetric")[:, :size[0], :size[1]]
+
+    return CalibrationSet(calibration.source, fit(calibration.blurred), fit(calibration.sharp),
+                          calibration.held_out_count, calibration.digest, calibration.count,
+                          calibration.side, calibration.seed)
+
+
+def _full_integer(converter, crops: np.ndarray) -> None:
+    """Make ``converter`` write a full-integer model calibrated on uint8 ``crops``;
+    the uint8 input and output stay the file's interface. A ramp from 0 to 255 joins
+    the crops: TFLite quantises the image itself (the residual addition is int8
+    too) on the range it saw, which must be every level, or pixels darker or
+    brighter than the calibration crops would be clipped (up to 38 levels on a test
+    model calibrated on crops spanning 32-222)."""
+    ramp = np.broadcast_to(np.linspace(0, 255, crops.shape[2]).round().astype(np.uint8)[
+        None, :, None], crops.shape[1:])
+    samples = [*crops, ramp]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+
+
+def _tflite_runner(flatbuffer: bytes):
+    """A function (1, H, W, 3) uint8 -> uint8 running the TFLite model (LiteRT, or
+    TensorFlow's deprecated interpreter where LiteRT is not installed)."""
+    if _LiteRT is not None:
+        interpreter = _LiteRT(model_content=flatbuffer)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    source = interpreter.get_input_details()[0]["index"]
+    target = interpreter.get_output_details()[0]["index"]
+    shapes = []
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if shapes != [images.shape]:
+            interpreter.resize_tensor_input(source, list(images.shape))
+            interpreter.allocate_tensors()
+            shapes[:] = [images.shape]
+        interpreter.set_tensor(source, images)
+        interpreter.invoke()
+        return interpreter.get_tensor(target)
+
+    return run
+
+
+def _check_export(generator, run, held_out: Crops) -> None:
+    """The guard on an int8 export: ``run`` (uint8 in and out) against the fp32 copy
+    on the held-out crops; DgfError with the numbers when int8 loses too much."""
+    result = check_int8(inference_model(generator, "fp32"), lambda x: to_unit(run(to_uint8(x))),
+                        held_out, advice="export without --quantize")
+    print(f"int8 check passed: {result.text()}")
 
 
 def _tf2onnx():
@@ -197,7 +306,8 @@ def _tf2onnx():
 
 
 def export_onnx(generator, path: Path | str, *, overwrite: bool = False,
-                opset: int = ONNX_OPSET, source: Path | str | None = None) -> Path:
+                opset: int = ONNX_OPSET, source: Path | str | None = None,
+                calibration: CalibrationSet | None = None) -> Path:
     """Write ``generator`` as an ONNX model taking (B, H, W, 3) uint8 ``images``.
 
     Args:
@@ -207,14 +317,21 @@ def export_onnx(generator, path: Path | str, *, overwrite: bool = False,
             ONNX export).
         opset: the ONNX opset (default ``ONNX_OPSET``).
         source: the model file, named in a conversion error.
+        calibration: crops for an int8 (QDQ) export (module docstring); None
+            exports float.
 
     Returns:
-        The .onnx path. Raises DgfError when tf2onnx is missing or cannot convert.
+        The .onnx path. Raises DgfError when tf2onnx is missing or cannot convert,
+        or when int8 loses too much on the held-out crops.
     """
     path = Path(path)
     _check_target(path, "onnx", overwrite)
     converter = _tf2onnx()
+    if calibration is not None:
+        _onnxruntime()
     folded = fold_batchnorm(generator)
+    if calibration is not None:
+        folded = prepared_copy(folded, calibration.calibration.blurred)
     spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)]
     function = tf.function(_serving_fn(folded), input_signature=spec, autograph=False)
     try:
@@ -227,8 +344,23 @@ def export_onnx(generator, path: Path | str, *, overwrite: bool = False,
     if outputs != [OUTPUT_NAME] or [i.name for i in proto.graph.input] != [INPUT_NAME]:
         raise DgfError(f"ONNX conversion gave inputs/outputs {outputs}; expected "
                        f"{INPUT_NAME} -> {OUTPUT_NAME}")
-    write_bytes_atomic(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    if calibration is not None:
+        data = quantize_onnxruntime(data, calibration.calibration.blurred)
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        _check_export(generator, lambda images: session.run(None, {INPUT_NAME: images})[0],
+                      calibration.held_out)
+    write_bytes_atomic(path, data)
     return path
+
+
+def _onnxruntime():
+    """The onnxruntime module (it quantises and checks an int8 ONNX export), or
+    DgfError saying what to install."""
+    if onnxruntime is None:
+        raise DgfError(f"--format onnx --quantize int8 needs onnxruntime, which is not "
+                       f"installed; {install_hint(ONNX_EXTRA)}")
+    return onnxruntime
 
 
 def export_model(
@@ -238,12 +370,17 @@ def export_model(
     *,
     input_size: Sequence[int] | None = None,
     overwrite: bool = False,
+    quantize: str | None = None,
+    calibration: Path | str | None = None,
 ) -> Path:
     """Load the generator at ``model_path`` and export it as ``fmt``.
 
     ``fmt`` is ``"savedmodel"``, ``"tflite"`` or ``"onnx"``; ``input_size`` (H, W) applies to
-    TFLite only. Raises DgfError for a missing model, an existing ``out_path``
-    without ``overwrite`` or a bad option.
+    TFLite only. ``quantize="int8"`` (TFLite and ONNX) quantises on crops of
+    ``calibration`` (an HDF5 pairs file or a folder of photos; default: the training
+    file the model's record names). Raises DgfError for a missing model, an existing
+    ``out_path`` without ``overwrite``, a bad option, or an int8 export that loses
+    too much.
     """
     if fmt not in EXPORT_FORMATS:
         raise DgfError(
@@ -256,10 +393,34 @@ def export_model(
     _check_target(out_path, fmt, overwrite)
     if fmt == "onnx":
         _tf2onnx()  # before the model loads
+    _check_quantize(fmt, quantize, calibration)
+    crops = None  # read before the model loads, which a missing model file refuses first
+    if quantize is not None and (calibration is not None or Path(model_path).is_file()):
+        crops = calibration_set(calibration if calibration is not None
+                                else default_calibration_source(model_path))
     generator = load_generator(model_path)
     if fmt == "savedmodel":
         return export_savedmodel(generator, out_path, overwrite=overwrite)
     if fmt == "onnx":
-        return export_onnx(generator, out_path, overwrite=overwrite, source=model_path)
+        return export_onnx(generator, out_path, overwrite=overwrite, source=model_path,
+                           calibration=crops)
     size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-    return export_tflite(generator, out_path, input_size=size, overwrite=overwrite)
+    return export_tflite(generator, out_path, input_size=size, overwrite=overwrite,
+                         calibration=crops)
+
+
+def _check_quantize(fmt: str, quantize: str | None, calibration: Path | str | None) -> None:
+    """DgfError for a ``--quantize``/``--calibration`` that does not apply (before the
+    model loads)."""
+    if quantize is None:
+        if calibration is not None:
+            raise DgfError("--calibration applies with --quantize int8 only.")
+        return
+    if quantize not in QUANTIZE_CHOICES:
+        raise DgfError(f"unknown quantisation '{quantize}'; choose one of "
+                       f"{', '.join(QUANTIZE_CHOICES)}.")
+    if fmt not in QUANTIZE_FORMATS:
+        raise DgfError(f"--quantize {quantize} applies to --format "
+                       f"{' or '.join(QUANTIZE_FORMATS)}; a {fmt} export keeps float weights.")
+    if fmt == "onnx":
+        _onnxruntime()

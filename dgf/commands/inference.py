@@ -99,7 +99,9 @@ def export_parser() -> argparse.ArgumentParser:
         "'images' (B, H, W, 3) uint8 of any size, output 'deblurred'. tflite: input "
         "(1, H, W, 3) uint8; H and W are dynamic (resize_tensor_input) unless "
         f"--input-size is given. onnx ({install_hint('onnx')}): input 'images' "
-        "(B, H, W, 3) uint8, all three dynamic, output 'deblurred', ONNX opset 17.",
+        "(B, H, W, 3) uint8, all three dynamic, output 'deblurred', ONNX opset 17. "
+        "--quantize int8 (tflite, onnx) keeps that interface and checks the result "
+        "against fp32 on held-out crops before writing.",
     )
     p.add_argument("--model", type=Path, required=True,
                    help="generator .keras file written by dgf-train")
@@ -110,6 +112,14 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="fix the TFLite input to H x W (default: dynamic)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="post-training int8, calibrated on real crops: tflite full-integer, "
+                   "onnx QDQ (onnxruntime quantises it); refused when int8 loses more than "
+                   "0.15 dB interior PSNR against fp32 on held-out crops")
+    p.add_argument("--calibration", type=Path, default=None, metavar="H5|DIR",
+                   help="images to calibrate --quantize on: an HDF5 pairs file (its test "
+                   "split) or a folder of at least 16 blurred JPEG/PNG photos (default: the "
+                   "training HDF5 file the model's record names, where it exists)")
     return p
 
 
@@ -120,8 +130,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         from dgf.export import export_model
 
         path = export_model(args.model, args.out, args.format,
-                            input_size=args.input_size, overwrite=args.overwrite)
-        print(f"wrote {args.format} export to {path}")
+                            input_size=args.input_size, overwrite=args.overwrite,
+                            quantize=args.quantize, calibration=args.calibration)
+        kind = f"{args.quantize} " if args.quantize else ""
+        print(f"wrote {kind}{args.format} export to {path}")
         return 0
 
     return run(work, program=argv is None, verbose=args.verbose)
