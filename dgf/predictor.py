@@ -109,6 +109,8 @@ class Predictor:
         self._choosers: dict[int | None, _Chooser] = {}
         self._said: set[str] = set()
         self._tiling: tuple[int, int] | None = None
+        if self.precision == "int8":
+            self.calibration()  # a missing or unusable calibration source fails up front
 
     # --- what engines are handed (dgf.engines.base.Model) -----------------------------
     def folded(self, precision: str) -> Any:
@@ -127,6 +129,10 @@ class Predictor:
     def calibration(self) -> Any:
         if self._calibration is None:
             source = self.spec.calibration
+            if source is None and self.path is None:
+                raise DgfError("--precision int8 needs --calibration H5|DIR: an in-memory "
+                               "generator has no model file whose record names its training "
+                               "data")
             if source is None:
                 source = quantize.default_calibration_source(self.path)
             self._calibration = quantize.calibration_set(

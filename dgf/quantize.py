@@ -58,14 +58,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from dgf import calibration, engines, runtime
+from dgf import calibration, runtime
+from dgf.engines import onnx_conversion
 from dgf.equalise import prepared_copy
 from dgf.errors import DgfError, first_line, install_hint, source_checkout
 from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.images import DECODE_ERRORS, find_images, read_rgb, to_uint8, to_unit
 from dgf.metadata import read_metadata
 from dgf.metrics import mean_psnr, psnr
-from dgf.options import ENGINE_EXTRAS
+from dgf.options import (
+    DEFAULT_CALIBRATION_COUNT, DEFAULT_CALIBRATION_SIDE, ENGINE_EXTRAS, ENGINE_TABLE, engine_row,
+)
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name
 
 # Optional (extras onnx, openvino); what is missing is said when int8 is asked for.
@@ -95,7 +98,7 @@ except ImportError as exc:  # pragma: no cover
 #: Bumped when what the quantisers write changes; old cache entries then miss.
 VERSION = 1
 #: The engines that run an int8 copy.
-INT8_ENGINES = ("openvino", "onnxruntime")
+INT8_ENGINES = tuple(row.name for row in ENGINE_TABLE if "int8" in row.precisions)
 #: What each needs besides tf2onnx, by module name.
 _NEEDS = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnxruntime",)}
 #: Most interior PSNR (dB) int8 may lose against fp32 on the held-out sharp crops.
@@ -106,14 +109,14 @@ MAX_DROP = 0.15
 MIN_AGREEMENT_DB = 40.0
 #: Pixels left out at each side when the guard scores (BasicSR's crop_border).
 CROP_BORDER = 8
-DEFAULT_COUNT = 300
-DEFAULT_SIDE = 256
+DEFAULT_COUNT = DEFAULT_CALIBRATION_COUNT
+DEFAULT_SIDE = DEFAULT_CALIBRATION_SIDE
 #: Least images a calibration folder must hold (readable).
 MIN_IMAGES = 16
 #: Images held out for the guard: a sixth of those drawn, at least this many.
 MIN_HELD_OUT = 8
 #: The ONNX opset of the quantiser's conversion (as dgf.engines').
-OPSET = engines.OPSET
+OPSET = onnx_conversion.OPSET
 #: Operators ``quantize_static`` quantises.
 ORT_OPS = ("Conv",)
 _SUFFIXES = {"openvino": ("xml", "bin"), "onnxruntime": ("onnx",)}
@@ -294,7 +297,7 @@ def default_calibration_source(model_path: Path | str) -> Path:
                    f"(looked in {', '.join(str(p) for p in places)}); {hint}")
 
 
-def onnx_model(model, dtype=tf.float32, input_name: str = engines.INPUT_NAME,
+def onnx_model(model, dtype=tf.float32, input_name: str = onnx_conversion.INPUT_NAME,
                wrap: Callable | None = None) -> bytes:
     """``model`` (or ``wrap(model)``, a function of one tensor) converted by tf2onnx,
     (B, H, W, 3) of ``dtype`` in with B, H and W dynamic."""
@@ -398,7 +401,7 @@ class OpenVinoInt8Call:
     parts left float at f32): float32 in, float32 out."""
 
     engine = "openvino"
-    description = f"{engines.COMPILERS['openvino']}, int8 (NNCF)"
+    description = f"{engine_row('openvino').words}, int8 (NNCF)"
 
     def __init__(self, files: dict[str, bytes]) -> None:
         weights = openvino.Tensor(np.frombuffer(files["bin"], dtype=np.uint8).copy())
@@ -421,7 +424,7 @@ class OnnxRuntimeInt8Call:
     """ONNX Runtime's CPU session of a QDQ int8 model: float32 in, float32 out."""
 
     engine = "onnxruntime"
-    description = f"{engines.COMPILERS['onnxruntime']}, int8 (QDQ)"
+    description = f"{engine_row('onnxruntime').words}, int8 (QDQ)"
 
     def __init__(self, files: dict[str, bytes]) -> None:
         options = onnxruntime.SessionOptions()
@@ -519,9 +522,8 @@ def check_int8(fp32_call: Callable, int8_call: Callable, held_out: Crops,
 # --- the cache ----------------------------------------------------------------------------
 def cache_key(content: str, engine: str, cal: CalibrationSet) -> dict[str, Any]:
     """What an int8 copy depends on (module docstring)."""
-    versions = engines.versions(engine)
-    if engine == "openvino":
-        versions["nncf"] = nncf.__version__
+    versions = ({"openvino": openvino.__version__, "nncf": nncf.__version__}
+                if engine == "openvino" else {"onnxruntime": onnxruntime.__version__})
     cpu = calibration.cpu_description()
     return {"version": VERSION, "content": content, "engine": engine, **versions,
             "tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "opset": OPSET,
@@ -587,7 +589,7 @@ class Int8Report:
 
     def text(self) -> str:
         how = "from the cache" if self.cached else f"quantised in {self.seconds:.1f} s"
-        return f"int8 on {engines.COMPILERS[self.engine]} ({how}); {self.guard.text()}"
+        return f"int8 on {engine_row(self.engine).words} ({how}); {self.guard.text()}"
 
 
 def int8_call(generator, engine: str, calibration_set: CalibrationSet, *,
@@ -600,7 +602,7 @@ def int8_call(generator, engine: str, calibration_set: CalibrationSet, *,
     copy = runtime.inference_model(generator, "fp32")
     layout = calibration.layout_key(
         [(type(layer).__name__, layer.get_config()) for layer in copy.layers])
-    content = engines.content_digest(copy, layout)
+    content = onnx_conversion.content_digest(copy, layout)
     key = cache_key(content, engine, calibration_set)
     cached = read_entry(key, _SUFFIXES[engine])
     if cached is not None:
@@ -608,14 +610,13 @@ def int8_call(generator, engine: str, calibration_set: CalibrationSet, *,
         guard = verdict(GuardResult(**record["guard"]))
         return _CALLS[engine](files), Int8Report(engine, 0.0, True, guard)
     crops = calibration_set.calibration.blurred
-    _note(f"quantising {source} to int8 for {engines.COMPILERS[engine]} on {len(crops)} "
+    _note(f"quantising {source} to int8 for {engine_row(engine).words} on {len(crops)} "
           f"calibration crops (once per model and calibration set; cached)")
     start = time.perf_counter()
     files = quantize_files(copy, engine, crops)
     seconds = time.perf_counter() - start
     call = _CALLS[engine](files)
-    fp32_data, _ = engines.onnx_bytes(copy, content, source, engine)
-    guard = guard_scores(engines.make_call(engine, fp32_data, source, "fp32"), call,
-                         calibration_set.held_out)
+    # The reference: the same fp32 copy in TensorFlow (every fp32 path agrees within 1e-4).
+    guard = guard_scores(runtime.compiled_generator(copy), call, calibration_set.held_out)
     write_entry(key, files, {"seconds": round(seconds, 3), "guard": asdict(guard)})
     return call, Int8Report(engine, seconds, False, verdict(guard))

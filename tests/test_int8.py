@@ -130,7 +130,7 @@ def test_missing_engines_name_their_extra(monkeypatch):
     monkeypatch.setitem(quantize._MISSING, "onnxruntime", "No module named 'onnxruntime'")
     with pytest.raises(DgfError, match="needs onnxruntime.*" + re.escape(install_hint("onnx"))):
         quantize.check_int8_engine("onnxruntime")
-    with pytest.raises(DgfError, match="int8 runs on --engine openvino or onnxruntime"):
+    with pytest.raises(DgfError, match="int8 runs on --engine onnxruntime or openvino"):
         quantize.check_int8_engine("tensorflow")
 
 
@@ -256,3 +256,67 @@ def test_a_cached_refusal_refuses_at_once(tiny, tiny_set, cache, monkeypatch):
     monkeypatch.setattr(quantize, "quantize_files", lambda *a: pytest.fail("quantised again"))
     with pytest.raises(DgfError, match="not close enough to fp32"):
         quantize.int8_call(tiny, "onnxruntime", tiny_set, source="tiny")
+
+
+# --- through the commands -------------------------------------------------------------------
+def _photo(tmp_path):
+    from PIL import Image
+
+    from conftest import smooth_photo
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(path)
+    return path
+
+
+def test_int8_on_tensorflow_or_without_calibration_is_refused_up_front(model_file, tmp_path,
+                                                                       capsys):
+    from dgf.cli import deblur_main, eval_main
+
+    photo, out = _photo(tmp_path), tmp_path / "o"
+    argv = [str(photo), "-o", str(out), "--model", str(model_file), "--quiet"]
+    assert deblur_main(argv + ["--precision", "int8", "--engine", "tensorflow"]) == 2
+    assert ("--engine tensorflow cannot run --precision int8: TensorFlow does not run int8 in "
+            "dgf (engines that do: onnxruntime, openvino)") in capsys.readouterr().err
+    assert deblur_main(argv + ["--calibration", str(tmp_path)]) == 2
+    assert "applies to --precision int8 only" in capsys.readouterr().err
+    # model_file records no training data: int8 needs --calibration, said before any image.
+    assert deblur_main(argv + ["--precision", "int8", "--engine", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "records no training HDF5 file to calibrate int8 on; pass --calibration" in err
+    assert not out.exists() or not any(out.iterdir())
+    assert eval_main(["--model", str(model_file), "--h5", str(tmp_path / "x.h5"),
+                      "--precision", "int8", "--engine", "tensorflow"]) == 2
+
+
+@pytest.mark.slow  # quantises a model through dgf-deblur and dgf-eval
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_dgf_deblur_and_eval_run_int8_close_to_fp32(engine, model_file, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from conftest import make_eval_h5
+    from dgf.cli import deblur_main, eval_main
+
+    h5 = tmp_path / "pairs.h5"
+    make_eval_h5(h5, count=24, height=32, width=32)
+    photo = _photo(tmp_path)
+    images = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        extra = ["--calibration", str(h5)] if precision == "int8" else []
+        assert deblur_main([str(photo), "-o", str(out), "--model", str(model_file), "--quiet",
+                            "--engine", engine, "--precision", precision, "--scale", "1",
+                            *extra]) == 0
+        images[precision] = np.asarray(Image.open(out / photo.name)).astype(int)
+    err = capsys.readouterr().err
+    assert f"note: inference runs on {'ONNX Runtime' if engine == 'onnxruntime' else 'OpenVINO'}" in err
+    assert "int8 on" in err and "drop" in err
+    diff = np.abs(images["int8"] - images["fp32"])
+    assert diff.mean() < 3 and diff.max() > 0  # quantised: close, not equal
+    assert eval_main(["--model", str(model_file), "--h5", str(h5), "--out", str(tmp_path / "e"),
+                      "--engine", engine, "--precision", "int8", "--calibration", str(h5),
+                      "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["precision"] == "int8" and summary["ran_on"] == [f"{engine} int8"]

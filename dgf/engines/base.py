@@ -26,6 +26,8 @@ class Model(Protocol):
 
     #: The model file the generator came from, or words for an in-memory one.
     source: str
+    #: The Keras generator itself.
+    generator: Any
 
     def folded(self, precision: str) -> Any:
         """The BatchNorm-folded Keras copy at ``precision`` (fp32 or bf16), holding

@@ -11,6 +11,7 @@ the life of the call.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,10 @@ class OpenVinoEngine(Engine):
 
     def prepare(self, model: Model, precision: str, path: str) -> tuple[Call, float]:
         if precision == "int8":
-            return quantize.int8_call(model, self.name)
+            call, report = quantize.int8_call(model.generator, self.name, model.calibration(),
+                                              source=model.source)
+            print(f"note: {report.text()}", file=sys.stderr, flush=True)
+            return call, report.seconds
         data, seconds = onnx_conversion.onnx_bytes(model.folded("fp32"), model.content(),
                                                    model.source, self.name)
         call = OpenVinoCall(data, model.source, {"INFERENCE_PRECISION_HINT": HINTS[precision]})
