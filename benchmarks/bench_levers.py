@@ -49,7 +49,8 @@ from dgf.batching import plan_batch
 from dgf.data import make_dataset
 from dgf.scoring import evaluate_split
 from dgf.actions import BatchNormReestimation
-from dgf.train import GANTrainer, select_strategy
+from dgf.distributed import select_strategy
+from dgf.train import GANTrainer
 from dgf.data import split_info
 values = load_config_file(args["config"])
 values.update(h5=args["h5"], run_dir=None, **args["changes"])

@@ -16,7 +16,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -27,9 +27,7 @@ from dgf.config import RunDir, TrainConfig
 from dgf.data import make_dataset
 from dgf.errors import DgfError
 from dgf.schema import SplitInfo
-
-if TYPE_CHECKING:  # the loop drives a trainer; dgf.train builds both
-    from dgf.train import GANTrainer
+from dgf.train import GANTrainer
 
 # The components come first so that a NaN is reported by the term that made it.
 CHECKED_KEYS = ("g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv", "d_loss", "g_loss")

@@ -56,7 +56,8 @@ def assets(tmp_path_factory, model_file) -> Assets:
 
     from dgf.config import TrainConfig, save_config
     from dgf.hdf5 import build_hdf5
-    from dgf.train import GANTrainer, select_strategy
+    from dgf.distributed import select_strategy
+    from dgf.train import GANTrainer
 
     root = tmp_path_factory.mktemp("assets")
     jpegs = root / "jpegs"
