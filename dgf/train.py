@@ -30,6 +30,7 @@ from dgf.config import TrainConfig, on_off
 from dgf.errors import DgfError
 from dgf.images import scale_to_unit
 from dgf.losses import (
+    TOTAL_LOSS,
     LossWeights,
     discriminator_loss,
     generator_loss_terms,
@@ -180,7 +181,7 @@ class GANTrainer:
             g_fake_logits = tf.cast(D(deblurred, training=True), tf.float32)
             terms = generator_loss_terms(sharp, deblurred, g_fake_logits, self.perceptual,
                                          self.loss_weights)
-            g_obj = terms["g_loss"] * scale
+            g_obj = terms[TOTAL_LOSS] * scale
             if fp16:
                 g_obj = self.g_optimizer.scale_loss(g_obj)
         g_grads = g_tape.gradient(g_obj, G.trainable_variables)
@@ -201,7 +202,7 @@ class GANTrainer:
             deblurred = tf.cast(G(blurred, training=True), tf.float32)
             terms = generator_loss_terms(sharp, deblurred, None, self.perceptual,
                                          self.loss_weights)
-            g_obj = terms["g_loss"] * scale
+            g_obj = terms[TOTAL_LOSS] * scale
             if self.cfg.precision == "fp16":
                 g_obj = self.g_optimizer.scale_loss(g_obj)
         g_grads = g_tape.gradient(g_obj, G.trainable_variables)

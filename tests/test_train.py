@@ -223,6 +223,27 @@ def test_the_cycle_finder_finds_cycles():
     assert _dgf_imports(tree) == {"dgf.loop", "dgf.train", "dgf.actions", "dgf.session"}
 
 
+def test_the_loop_checks_and_shows_the_loss_tables_terms():
+    from dgf.loop import CHECKED_KEYS, NonFiniteLoss, _check_finite, _Progress
+    from dgf.losses import GENERATOR_TERMS
+
+    names = tuple(term.name for term in GENERATOR_TERMS)
+    assert CHECKED_KEYS == (*names, "d_loss", "g_loss")
+    assert CHECKED_KEYS == ("g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv", "d_loss",
+                            "g_loss")
+    values = {"g_perceptual": 0.5, "g_l1": 0.25, "g_pixel": 0.123456, "g_ssim": 0.0,
+              "g_adv": 1.23456, "d_loss": 1.5, "g_loss": 117.4, "d_real": 0.3, "d_fake": 0.2}
+    _check_finite(3, values)
+    # The first term of the table that is not finite is the one named.
+    with pytest.raises(NonFiniteLoss, match=r"loss term g_ssim became nan at step 3 "
+                                            r"\(g_perceptual=0\.5, g_l1=0\.25"):
+        _check_finite(3, {**values, "g_ssim": float("nan"), "g_loss": float("nan")})
+    progress = _Progress(0, TrainConfig(epochs=2), steps=4, done=0, show=False)
+    progress.finished_step(values, 3.0)
+    progress.close()
+    assert progress.bar.postfix == "adv=1.23, d=1.5, g=117, img_s=3.0, pixel=0.123"
+
+
 def test_resolve_config_precedence(tmp_path):
     from dgf.config import resolve_config
 
@@ -441,6 +462,21 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, one_step_ru
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
     assert latest.endswith("ckpt-1")
+
+
+@pytest.mark.slow
+def test_a_step_record_logs_the_loss_tables_names(one_step_run):
+    """metrics.jsonl and TensorBoard log each row of the loss table, g_loss and D's
+    values, by name, and nothing else but the record's own fields."""
+    from dgf.losses import logged_names
+
+    losses = {*logged_names(), "d_loss", "d_real", "d_fake"}
+    scalars = {*losses, "g_lr", "d_lr", "images_per_sec"}
+    steps = [r for r in _jsonl(one_step_run / "metrics.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1]
+    assert set(steps[0]) == {"kind", "step", "epoch", *scalars}
+    tags = _event_tags(one_step_run / "tensorboard")
+    assert set(tags) == {f"train/{name}" for name in scalars}
 
 
 def test_bad_data_is_refused_before_training(h5_file, tmp_path):
