@@ -417,8 +417,8 @@ class LossWeights:
     """The weight in ``g_loss`` of each weighted row of :data:`GENERATOR_TERMS`, by its
     name in :meth:`weight_names` (its setting less ``_weight``: ``perceptual``,
     ``pixel``, ``ssim``, ``adversarial``), with :class:`TrainConfig`'s default for any
-    not given (the DGF paper's 145, 170, 0 and 1); and ``pixel_loss``, the name of the
-    pixel loss ``pixel`` weighs. Read-only; ``weights.pixel`` reads one weight.
+    not given (145, 170, 0 and 1: the DGF paper's, SSIM off); and ``pixel_loss``, the
+    name of the pixel loss ``pixel`` weighs. Read-only; ``weights.pixel`` reads one weight.
     """
 
     def __init__(self, *, pixel_loss: str = _DEFAULTS.pixel_loss, **weights: float) -> None:
