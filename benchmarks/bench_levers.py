@@ -52,7 +52,8 @@ from dgf.metrics import ScoreSettings
 from dgf.predictor import Predictor
 from dgf.scoring import EvalOptions, evaluate_split
 from dgf.actions import BatchNormReestimation
-from dgf.train import GANTrainer, select_strategy
+from dgf.distributed import select_strategy
+from dgf.train import GANTrainer
 from dgf.data import split_info
 values = load_config_file(args["config"])
 values.update(h5=args["h5"], run_dir=None, **args["changes"])

@@ -14,7 +14,7 @@ The VGG16 perceptual loss is included with random weights (same cost as ImageNet
     python benchmarks/bench_train.py --flops --config configs/gopro-gpu.yaml
                                                 # arithmetic only: FLOPs and GPU estimates
 
-The "loop" rows run ``dgf.train.train`` itself on an HDF5 file of random pairs (so
+The "loop" rows run ``dgf.session.train`` itself on an HDF5 file of random pairs (so
 the loader, logging and progress bar are included) and report the rate it logs.
 """
 from __future__ import annotations
@@ -53,7 +53,8 @@ def timed(step, warmup, steps):
     return steps * batch / (time.perf_counter() - t)
 
 if args["mode"] == "dgf":
-    from dgf.train import GANTrainer, _policy_name
+    from dgf.session import _policy_name
+    from dgf.train import GANTrainer
     keras.mixed_precision.set_dtype_policy(_policy_name(args["precision"]))
     extra = args.get("extra") or {}
     cfg = TrainConfig(**{"channel_rate": cr, "patch": patch, "crop": size, "batch_size": batch,
@@ -81,12 +82,12 @@ elif args["mode"] == "flops":
                                 "dgf": batch * cost.per_image / 1e9}))
     sys.exit(0)
 elif args["mode"] == "loop":
-    # The whole training loop (dgf.train.train) on an HDF5 file of the same random
+    # The whole training loop (dgf.session.train) on an HDF5 file of the same random
     # pairs: loader, step, logging, progress. Its rate is what metrics.jsonl reports,
     # from step launch times over the last 20 steps.
     import h5py, tempfile
     from pathlib import Path
-    from dgf.train import train
+    from dgf.session import train
     root = Path(tempfile.mkdtemp())
     n = 64 * batch
     with h5py.File(root / "pairs.h5", "w") as f:

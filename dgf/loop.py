@@ -16,7 +16,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -26,13 +26,13 @@ from dgf.batching import BatchPlan
 from dgf.config import RunDir, TrainConfig
 from dgf.data import LoaderOptions, make_dataset
 from dgf.errors import DgfError
+from dgf.losses import GENERATOR_TERMS, TOTAL_LOSS
 from dgf.schema import SplitInfo
+from dgf.train import GANTrainer
 
-if TYPE_CHECKING:  # the loop drives a trainer; dgf.train builds both
-    from dgf.train import GANTrainer
-
-# The components come first so that a NaN is reported by the term that made it.
-CHECKED_KEYS = ("g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv", "d_loss", "g_loss")
+# The generator's terms (the loss table's rows, in its order) come first, so that a NaN
+# is reported by the term that made it, then D's loss and the generator's sum.
+CHECKED_KEYS = (*(term.name for term in GENERATOR_TERMS), "d_loss", TOTAL_LOSS)
 
 
 class NonFiniteLoss(DgfError):
@@ -107,9 +107,12 @@ class _Progress:
         return (len(self.launched) - 1) * self.batch_size / span if span > 0 else 0.0
 
     def finished_step(self, values: Mapping[str, float], rate: float) -> None:
-        self.bar.set_postfix(g=f"{values['g_loss']:.3g}", pixel=f"{values['g_pixel']:.3f}",
-                             adv=f"{values['g_adv']:.3g}", d=f"{values['d_loss']:.3g}",
-                             img_s=f"{rate:.1f}", refresh=False)
+        """The bar's numbers: ``g`` (the generator's sum), the loss table's rows that
+        name a label, ``d`` (D's loss) and ``img_s`` (tqdm shows them sorted)."""
+        terms = {term.bar[0]: format(values[term.name], term.bar[1])
+                 for term in GENERATOR_TERMS if term.bar is not None}
+        self.bar.set_postfix(g=f"{values[TOTAL_LOSS]:.3g}", **terms,
+                             d=f"{values['d_loss']:.3g}", img_s=f"{rate:.1f}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

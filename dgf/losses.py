@@ -5,6 +5,10 @@ losses return float32 scalars, also under a mixed-precision policy. The discrimi
 (`dgf.models.build_discriminator`) returns per-patch logits (B, P); D's probability
 that an image is real is the mean over its patches of sigmoid(logit), and the
 adversarial losses below evaluate the logarithms of that mean stably.
+
+The generator's loss is one table, :data:`GENERATOR_TERMS`: each row names a term, the
+setting that weighs it and the function that computes it; :func:`generator_loss_terms`
+sums the rows and the training loop logs them by their names.
 """
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import math
 import os
 import socket
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 from keras import ops
@@ -43,37 +48,6 @@ class VGGWeightsUnavailable(DgfError):
 
 
 _DEFAULTS = TrainConfig()
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the generator's loss terms: each float field NAME is TrainConfig's
-    ``NAME_weight`` (:meth:`from_config`), whose default it takes (the DGF paper's
-    145, 170 and 1)."""
-
-    perceptual: float = _DEFAULTS.perceptual_weight
-    pixel: float = _DEFAULTS.pixel_weight  # weight of the pixel loss, whichever `pixel_loss` names
-    adversarial: float = _DEFAULTS.adversarial_weight
-    pixel_loss: str = _DEFAULTS.pixel_loss
-    ssim: float = _DEFAULTS.ssim_weight  # weight of 1 - SSIM
-
-    @classmethod
-    def weight_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name != "pixel_loss")
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "LossWeights":
-        weights = {name: getattr(cfg, f"{name}_weight") for name in cls.weight_names()}
-        return cls(pixel_loss=cfg.pixel_loss, **weights)
-
-    def __post_init__(self) -> None:
-        if self.pixel_loss not in PIXEL_LOSS_FUNCTIONS:
-            raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
-                           f"got {self.pixel_loss!r}")
-        for name in self.weight_names():
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise DgfError(f"loss weight {name} must be a finite number >= 0, got {value}")
 
 
 # The seed fed VGG16 images in [-1, 1] and tuned its weight of 145 for features of
@@ -343,6 +317,163 @@ def generator_adversarial_loss(fake_logits: Any) -> Any:
     return -ops.mean(_log_mean_sigmoid(fake_logits))
 
 
+# --------------------------------------------------------------------------- the loss table
+@dataclass(frozen=True, eq=False)
+class LossInputs:
+    """What the generator's loss terms are computed from, in one step: the images
+    (float in [-1, 1]), D's logits of the deblurred ones (None in warm-up, when D is
+    not run), the perceptual loss (None: off) and the pixel loss's name."""
+
+    sharp: Any
+    deblurred: Any
+    fake_logits: Any
+    perceptual: PerceptualLoss | None
+    pixel_loss: str
+
+    @cached_property
+    def l1(self) -> Any:
+        """The L1 distance, computed once: logged, and the pixel term when it is L1."""
+        return l1_loss(self.sharp, self.deblurred)
+
+
+def _perceptual_term(x: LossInputs) -> Any:
+    return None if x.perceptual is None else x.perceptual(x.sharp, x.deblurred)
+
+
+def _l1_term(x: LossInputs) -> Any:
+    return x.l1
+
+
+def _pixel_term(x: LossInputs) -> Any:
+    if x.pixel_loss == "l1":
+        return x.l1
+    return PIXEL_LOSS_FUNCTIONS[x.pixel_loss](x.sharp, x.deblurred)
+
+
+def _ssim_term(x: LossInputs) -> Any:
+    return ssim_loss(x.sharp, x.deblurred)
+
+
+def _adversarial_term(x: LossInputs) -> Any:
+    return None if x.fake_logits is None else generator_adversarial_loss(x.fake_logits)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One row of :data:`GENERATOR_TERMS`.
+
+    ``name``: the key the term is logged under (``metrics.jsonl``, TensorBoard
+    ``train/NAME``, the NaN guard). ``weight``: the :class:`TrainConfig` setting that
+    weighs it in ``g_loss``; None for a term that is logged only. ``compute``: the
+    term, a float32 scalar, from the step's :class:`LossInputs`, or None where it
+    does not apply (then logged as 0). ``skip_at_zero``: at weight 0 the term is not
+    computed at all and logged as 0 (VGG16 and SSIM cost time); without it the term
+    is computed and logged whatever its weight. ``bar``: its label and number format
+    on the progress bar, or None.
+    """
+
+    name: str
+    weight: str | None
+    compute: Callable[[LossInputs], Any]
+    skip_at_zero: bool = False
+    bar: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.skip_at_zero and self.weight is None:
+            raise ValueError(f"loss term {self.name}: skip_at_zero needs a weight")
+
+    @property
+    def weight_name(self) -> str | None:
+        """The term's keyword in :class:`LossWeights`: its setting less ``_weight``."""
+        return None if self.weight is None else self.weight.removesuffix("_weight")
+
+
+#: The generator's loss terms. ``g_loss`` is the sum of weight x term over the rows
+#: with a weight, in this order; every row is logged under its name, and the NaN
+#: guard checks them in this order. A new term is a row here and its ``NAME_weight``
+#: setting in :class:`TrainConfig`.
+GENERATOR_TERMS: tuple[LossTerm, ...] = (
+    LossTerm("g_perceptual", "perceptual_weight", _perceptual_term, skip_at_zero=True),
+    # L1 whatever the pixel loss, so that runs with different pixel losses compare.
+    LossTerm("g_l1", None, _l1_term),
+    LossTerm("g_pixel", "pixel_weight", _pixel_term, bar=("pixel", ".3f")),
+    LossTerm("g_ssim", "ssim_weight", _ssim_term, skip_at_zero=True),  # 1 - SSIM
+    # Logged at weight 0 too (and 0 in warm-up, when D is not run).
+    LossTerm("g_adv", "adversarial_weight", _adversarial_term, bar=("adv", ".3g")),
+)
+
+#: The name the weighted sum is logged under.
+TOTAL_LOSS = "g_loss"
+
+_WEIGHTED = tuple(term for term in GENERATOR_TERMS if term.weight is not None)
+
+
+def logged_names() -> tuple[str, ...]:
+    """The names :func:`generator_loss_terms` returns: the table's, then ``g_loss``."""
+    return (*(term.name for term in GENERATOR_TERMS), TOTAL_LOSS)
+
+
+class LossWeights:
+    """The weight in ``g_loss`` of each weighted row of :data:`GENERATOR_TERMS`, by its
+    name in :meth:`weight_names` (its setting less ``_weight``: ``perceptual``,
+    ``pixel``, ``ssim``, ``adversarial``), with :class:`TrainConfig`'s default for any
+    not given (145, 170, 0 and 1: the DGF paper's, SSIM off); and ``pixel_loss``, the
+    name of the pixel loss ``pixel`` weighs. Read-only; ``weights.pixel`` reads one weight.
+    """
+
+    def __init__(self, *, pixel_loss: str = _DEFAULTS.pixel_loss, **weights: float) -> None:
+        unknown = sorted(set(weights) - set(self.weight_names()))
+        if unknown:
+            raise TypeError(f"LossWeights has no weight {', '.join(unknown)}; the weighted "
+                            f"terms are {', '.join(self.weight_names())}")
+        if pixel_loss not in PIXEL_LOSS_FUNCTIONS:
+            raise DgfError(f"pixel_loss must be one of {sorted(PIXEL_LOSS_FUNCTIONS)}, "
+                           f"got {pixel_loss!r}")
+        values = {}
+        for term in _WEIGHTED:
+            value = weights.get(term.weight_name, getattr(_DEFAULTS, term.weight))
+            if not math.isfinite(value) or value < 0:
+                raise DgfError(f"loss weight {term.weight_name} must be a finite number "
+                               f">= 0, got {value}")
+            values[term.weight_name] = value
+        object.__setattr__(self, "pixel_loss", pixel_loss)
+        object.__setattr__(self, "_weights", values)
+
+    @classmethod
+    def weight_names(cls) -> tuple[str, ...]:
+        return tuple(term.weight_name for term in _WEIGHTED)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> "LossWeights":
+        weights = {term.weight_name: getattr(cfg, term.weight) for term in _WEIGHTED}
+        return cls(pixel_loss=cfg.pixel_loss, **weights)
+
+    def of(self, term: LossTerm) -> float:
+        """The weight of a weighted row of the table."""
+        return self._weights[term.weight_name]
+
+    def __getattr__(self, name: str) -> float:
+        weights = self.__dict__.get("_weights", {})
+        if name in weights:
+            return weights[name]
+        raise AttributeError(f"LossWeights has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("LossWeights is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LossWeights):
+            return NotImplemented
+        return (self.pixel_loss, self._weights) == (other.pixel_loss, other._weights)
+
+    def __hash__(self) -> int:
+        return hash((self.pixel_loss, tuple(self._weights.items())))
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{name}={value!r}" for name, value in self._weights.items())
+        return f"LossWeights({weights}, pixel_loss={self.pixel_loss!r})"
+
+
 def generator_loss_terms(
     sharp: Any,
     deblurred: Any,
@@ -350,7 +481,7 @@ def generator_loss_terms(
     perceptual: PerceptualLoss | None,
     weights: LossWeights = LossWeights(),
 ) -> dict[str, Any]:
-    """All generator loss terms and their weighted sum.
+    """Every row of :data:`GENERATOR_TERMS` and their weighted sum.
 
     Args:
         sharp: (B, H, W, 3) float in [-1, 1], target images.
@@ -362,27 +493,22 @@ def generator_loss_terms(
         weights: weight of each term.
 
     Returns:
-        float32 scalars `g_perceptual` (0 when off), `g_pixel` (the `pixel_loss`
-        term), `g_l1` (the L1 distance, logged whatever the pixel loss), `g_ssim`
-        (1 - SSIM, 0 when its weight is 0), `g_adv` (unweighted) and `g_loss` = the
-        weighted sum.
+        float32 scalars under :func:`logged_names`: `g_perceptual` (0 when off),
+        `g_l1` (the L1 distance, logged whatever the pixel loss), `g_pixel` (the
+        `pixel_loss` term), `g_ssim` (1 - SSIM, 0 when its weight is 0), `g_adv`
+        (unweighted) and `g_loss`, the sum of weight x term in the table's order.
     """
-    if perceptual is not None and weights.perceptual > 0:
-        g_perceptual = perceptual(sharp, deblurred)
-    else:
-        g_perceptual = ops.zeros((), dtype="float32")
-    g_l1 = l1_loss(sharp, deblurred)
-    g_pixel = g_l1 if weights.pixel_loss == "l1" else PIXEL_LOSS_FUNCTIONS[weights.pixel_loss](
-        sharp, deblurred)
-    if weights.ssim > 0:
-        g_ssim = ssim_loss(sharp, deblurred)
-    else:
-        g_ssim = ops.zeros((), dtype="float32")
-    if fake_logits is None:
-        g_adv = ops.zeros((), dtype="float32")
-    else:
-        g_adv = generator_adversarial_loss(fake_logits)
-    g_loss = (weights.perceptual * g_perceptual + weights.pixel * g_pixel
-              + weights.ssim * g_ssim + weights.adversarial * g_adv)
-    return {"g_perceptual": g_perceptual, "g_pixel": g_pixel, "g_l1": g_l1,
-            "g_ssim": g_ssim, "g_adv": g_adv, "g_loss": g_loss}
+    inputs = LossInputs(sharp, deblurred, fake_logits, perceptual, weights.pixel_loss)
+    terms: dict[str, Any] = {}
+    for term in GENERATOR_TERMS:
+        skipped = term.skip_at_zero and weights.of(term) == 0
+        value = None if skipped else term.compute(inputs)
+        terms[term.name] = ops.zeros((), dtype="float32") if value is None else value
+    # Summed once every term is in the graph: the order in which the graph's ops are
+    # made decides the order in which the gradients are added up, to the last bit.
+    total = None
+    for term in _WEIGHTED:
+        part = weights.of(term) * terms[term.name]
+        total = part if total is None else total + part
+    terms[TOTAL_LOSS] = total
+    return terms

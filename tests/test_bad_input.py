@@ -55,8 +55,9 @@ def assets(tmp_path_factory, model_file) -> Assets:
     import tensorflow as tf
 
     from dgf.config import TrainConfig, save_config
+    from dgf.distributed import select_strategy
     from dgf.hdf5 import BuildOptions, build_hdf5
-    from dgf.train import GANTrainer, select_strategy
+    from dgf.train import GANTrainer
 
     root = tmp_path_factory.mktemp("assets")
     jpegs = root / "jpegs"

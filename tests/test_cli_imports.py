@@ -234,7 +234,7 @@ def test_every_command_that_draws_a_bar_takes_no_progress():
 
 
 def test_train_no_progress_reaches_the_training_loop(tmp_path, monkeypatch):
-    import dgf.train
+    import dgf.session
     from dgf.cli import train_main
 
     seen = []
@@ -243,7 +243,7 @@ def test_train_no_progress_reaches_the_training_loop(tmp_path, monkeypatch):
         seen.append((cfg.run_dir, progress))
         return SimpleNamespace(run_dir=cfg.run_dir)
 
-    monkeypatch.setattr(dgf.train, "train", fake_train)
+    monkeypatch.setattr(dgf.session, "train", fake_train)
     run = str(tmp_path / "run")
     assert train_main(["--run-dir", run, "--no-progress"]) == 0
     assert train_main(["--run-dir", run]) == 0
@@ -288,7 +288,7 @@ class Hide(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Hide())
-import dgf.train, dgf.actions, dgf.scoring, dgf.metrics
+import dgf.session, dgf.train, dgf.actions, dgf.scoring, dgf.metrics
 try:
     import dgf.evaluate
     plots = "imported"

@@ -21,7 +21,7 @@ from dgf.losses import PerceptualLoss
 from dgf.models import build_discriminator, build_generator, count_params
 from dgf.runtime import training_precision
 from dgf.tiling import conv_flops
-from dgf.train import _say_hardware
+from dgf.session import _say_hardware
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -114,7 +114,7 @@ def test_accelerator_takes_any_or_gpu(tmp_path):
 
 
 def _hardware_lines(capsys, cfg: TrainConfig, gpus: list[str]) -> list[str]:
-    """What dgf.train says of the hardware for ``cfg`` (its setting) on ``gpus``."""
+    """What dgf.session says of the hardware for ``cfg`` (its setting) on ``gpus``."""
     plan = BatchPlan(cfg.batch_size, 1, 1)
     resolved = cfg.replace(batch_size=1, precision=training_precision(
         cfg.precision, [(9, 0)] * len(gpus)))
@@ -126,10 +126,10 @@ def _hardware_lines(capsys, cfg: TrainConfig, gpus: list[str]) -> list[str]:
 
 
 def test_a_gpu_config_warns_once_without_a_gpu_and_not_with_one(capsys, monkeypatch):
-    import dgf.train
+    import dgf.session
 
     counted = []
-    monkeypatch.setattr(dgf.train, "step_cost", lambda cfg, h, w: counted.append((h, w))
+    monkeypatch.setattr(dgf.session, "step_cost", lambda cfg, h, w: counted.append((h, w))
                         or PAPER_256)
     cfg = TrainConfig(precision="auto", accelerator="gpu")
     assert _hardware_lines(capsys, cfg, []) == [

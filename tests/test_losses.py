@@ -403,3 +403,100 @@ def test_loss_weights_are_the_config_weights_and_the_pixel_losses_its_choices():
     assert tuple(PIXEL_LOSS_FUNCTIONS) == PIXEL_LOSSES == settings()["pixel_loss"].choices
     with pytest.raises(DgfError, match="ssim_weight must be >= 0, got -1"):
         TrainConfig(ssim_weight=-1.0)
+
+
+# --- the loss table ------------------------------------------------------------------
+
+
+def test_the_table_names_what_is_logged_and_summed():
+    from dgf.config import settings
+    from dgf.losses import GENERATOR_TERMS, TOTAL_LOSS, logged_names
+
+    names = [term.name for term in GENERATOR_TERMS]
+    assert names == ["g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv"]
+    assert logged_names() == (*names, TOTAL_LOSS) and TOTAL_LOSS == "g_loss"
+    weighted = [term.weight for term in GENERATOR_TERMS if term.weight is not None]
+    assert weighted == ["perceptual_weight", "pixel_weight", "ssim_weight", "adversarial_weight"]
+    assert set(weighted) <= set(settings())
+    assert LossWeights.weight_names() == ("perceptual", "pixel", "ssim", "adversarial")
+    sharp, deblurred = uniform_images((1, 8, 8, 3), seed=41), uniform_images((1, 8, 8, 3), seed=42)
+    for logits in (None, np.zeros((1, 4), "float32")):
+        terms = generator_loss_terms(sharp, deblurred, logits, None, LossWeights())
+        assert tuple(terms) == logged_names()
+        assert all(value.dtype == "float32" for value in terms.values())
+
+
+def test_g_loss_is_the_sum_of_weight_times_term(random_perceptual):
+    from dgf.losses import GENERATOR_TERMS
+
+    sharp = uniform_images((2, 16, 16, 3), seed=43)
+    deblurred = uniform_images((2, 16, 16, 3), seed=44)
+    logits = np.random.default_rng(45).normal(0, 2, (2, 4)).astype("float32")
+    weights = LossWeights(perceptual=2.0, pixel=3.0, ssim=4.0, adversarial=5.0, pixel_loss="l2")
+    terms = generator_loss_terms(sharp, deblurred, logits, random_perceptual, weights)
+    terms = {key: float(value) for key, value in terms.items()}
+    assert all(terms[name] > 0 for name in ("g_perceptual", "g_pixel", "g_ssim", "g_adv"))
+    by_table = sum(weights.of(term) * terms[term.name] for term in GENERATOR_TERMS
+                   if term.weight is not None)
+    by_hand = (2.0 * terms["g_perceptual"] + 3.0 * terms["g_pixel"] + 4.0 * terms["g_ssim"]
+               + 5.0 * terms["g_adv"])
+    assert terms["g_loss"] == pytest.approx(by_table, rel=1e-6)
+    assert by_table == pytest.approx(by_hand, rel=1e-12)
+    d = sharp.astype(np.float64) - deblurred.astype(np.float64)
+    assert terms["g_pixel"] == pytest.approx((d**2).mean(), rel=1e-5)  # l2, not the logged L1
+    assert terms["g_l1"] == pytest.approx(np.abs(d).mean(), rel=1e-5)
+
+
+_LOGGED_AS = {"perceptual": "g_perceptual", "pixel": "g_pixel", "ssim": "g_ssim",
+              "adversarial": "g_adv"}
+
+
+@pytest.mark.parametrize("name", list(_LOGGED_AS))
+def test_a_zero_weight_keeps_its_term_out_of_the_sum(name, monkeypatch):
+    """Weight 0: VGG16 and SSIM are not run and log 0; the pixel and adversarial terms
+    are still computed and logged; none of them counts in g_loss."""
+    import dgf.losses
+
+    ssim_calls = []
+    real_ssim = dgf.losses.ssim_loss
+    monkeypatch.setattr(dgf.losses, "ssim_loss",
+                        lambda a, b: ssim_calls.append(1) or real_ssim(a, b))
+    sharp = uniform_images((1, 16, 16, 3), seed=46)
+    deblurred = uniform_images((1, 16, 16, 3), seed=47)
+    logits = np.random.default_rng(48).normal(0, 2, (1, 4)).astype("float32")
+    spy = _SpyPerceptual()
+    weights = {"perceptual": 2.0, "pixel": 3.0, "ssim": 4.0, "adversarial": 5.0}
+    terms = generator_loss_terms(sharp, deblurred, logits, spy,
+                                 LossWeights(**{**weights, name: 0.0}))
+    terms = {key: float(value) for key, value in terms.items()}
+    skipped = name in ("perceptual", "ssim")
+    assert spy.calls == (0 if name == "perceptual" else 1)
+    assert len(ssim_calls) == (0 if name == "ssim" else 1)
+    assert (terms[_LOGGED_AS[name]] == 0.0) == skipped
+    others = sum(w * terms[_LOGGED_AS[n]] for n, w in weights.items() if n != name)
+    assert terms["g_loss"] == pytest.approx(others, rel=1e-6)
+
+
+def test_loss_weights_know_only_the_tables_weights():
+    weights = LossWeights(pixel=2.0, ssim=0.5)
+    assert (weights.pixel, weights.ssim, weights.perceptual) == (2.0, 0.5, 145.0)
+    assert weights == LossWeights(ssim=0.5, pixel=2.0) != LossWeights(pixel=2.0)
+    assert hash(weights) == hash(LossWeights(ssim=0.5, pixel=2.0))
+    assert repr(weights) == ("LossWeights(perceptual=145.0, pixel=2.0, ssim=0.5, "
+                             "adversarial=1.0, pixel_loss='l1')")
+    with pytest.raises(TypeError, match="no weight l2; the weighted terms are perceptual, "
+                                        "pixel, ssim, adversarial"):
+        LossWeights(l2=1.0)
+    with pytest.raises(AttributeError, match="read-only"):
+        weights.pixel = 3.0
+    with pytest.raises(AttributeError, match="no attribute 'l2'"):
+        weights.l2
+
+
+def test_a_term_skipped_at_weight_zero_needs_a_weight():
+    from dgf.losses import LossTerm, l2_loss
+
+    with pytest.raises(ValueError, match="g_x: skip_at_zero needs a weight"):
+        LossTerm("g_x", None, l2_loss, skip_at_zero=True)
+    assert LossTerm("g_x", "x_weight", l2_loss).weight_name == "x"
+    assert LossTerm("g_x", None, l2_loss).weight_name is None

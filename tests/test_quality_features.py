@@ -203,7 +203,7 @@ def test_metadata_round_trip_and_old_files(tmp_path):
 def test_training_writes_its_record_into_every_model_file(tmp_path):
     from dgf.config import TrainConfig
     from dgf.metadata import read_metadata
-    from dgf.train import train
+    from dgf.session import train
 
     h5 = make_h5(tmp_path / "data.h5")
     cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), channel_rate=8, patch=16,

@@ -6,6 +6,7 @@ go through subprocesses.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ ONE_STEP = dict(epochs=1, save_every=1)
 
 @pytest.fixture(scope="module")
 def one_step_run(h5_file, tmp_path_factory) -> Path:
-    from dgf.train import train
+    from dgf.session import train
 
     run = tmp_path_factory.mktemp("one-step") / "run"
     result = train(_cfg(h5_file, run, **ONE_STEP), progress=False, max_steps=1)
@@ -73,7 +74,7 @@ def _jsonl(path: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("residual, ratio", [(False, 0.5), (True, 0.85)])
 def test_tiny_overfit_l1_falls(h5_file, tmp_path, residual, ratio):
-    from dgf.train import train
+    from dgf.session import train
 
     small = make_h5(tmp_path / "two.h5", n_train=2, n_test=2, seed=3)
     cfg = _cfg(small, tmp_path / "run", epochs=12, batch_size=1, dropout=0.0,
@@ -108,7 +109,9 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
     import tensorflow as tf
 
     from dgf.actions import Checkpoints
-    from dgf.train import GANTrainer, select_strategy, train
+    from dgf.distributed import select_strategy
+    from dgf.session import train
+    from dgf.train import GANTrainer
 
     cfg = _cfg(h5_file, tmp_path / "run", epochs=2)
     result = train(cfg, progress=False, max_steps=3)
@@ -141,7 +144,7 @@ def test_restore_equals_saved_weights_and_slots(h5_file, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_from_other_architecture_is_refused(h5_file, one_step_run, tmp_path):
-    from dgf.train import train
+    from dgf.session import train
 
     run = _copy_run(one_step_run, tmp_path / "run")
     # Same folder, different width, config.json edited to hide the change: the
@@ -152,6 +155,93 @@ def test_checkpoint_from_other_architecture_is_refused(h5_file, one_step_run, tm
     cfg_path.write_text(json.dumps(saved))
     with pytest.raises(DgfError, match="does not match this model"):
         train(_cfg(h5_file, run, **ONE_STEP, channel_rate=16), progress=False)
+
+
+# --- who imports whom -----------------------------------------------------------------
+def _dgf_imports(source: str) -> set[str]:
+    """The dgf modules a module's ``source`` imports anywhere in it (under TYPE_CHECKING
+    and inside functions too): ``import dgf.x``, ``from dgf.x import y``, ``from dgf
+    import x``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("dgf.")}
+        elif isinstance(node, ast.ImportFrom) and node.module == "dgf":
+            found |= {f"dgf.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dgf."):
+            found.add(node.module)
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every module and subpackage of dgf, and the ones of them it imports."""
+    package = REPO / "dgf"
+    paths = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts  # dgf/weights: dgf.weights
+        if parts:
+            paths[".".join(("dgf", *parts))] = path
+    graph = {}
+    for name, path in paths.items():
+        graph[name] = {m for m in _dgf_imports(path.read_text(encoding="utf-8")) if m in paths}
+    return graph
+
+
+def _on_a_cycle(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A path of imports from ``start`` back to itself, or None."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        name, path = stack.pop()
+        for child in sorted(graph.get(name, ())):
+            if child == start:
+                return path + [start]
+            if child not in seen:
+                seen.add(child)
+                stack.append((child, path + [child]))
+    return None
+
+
+def test_the_training_modules_import_one_way():
+    """session builds the run, loop drives it, train holds the step: session imports
+    loop and train, loop imports train, and nothing leads back from either."""
+    graph = _import_graph()
+    assert {"dgf.loop", "dgf.train"} <= graph["dgf.session"]
+    assert "dgf.train" in graph["dgf.loop"]
+    assert not graph["dgf.train"] & {"dgf.loop", "dgf.session"}
+    assert "dgf.session" not in graph["dgf.loop"]
+    for name in ("dgf.session", "dgf.loop", "dgf.train"):
+        assert _on_a_cycle(graph, name) is None, _on_a_cycle(graph, name)
+
+
+def test_the_cycle_finder_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}
+    assert _on_a_cycle(graph, "a") == ["a", "b", "c", "a"]
+    assert _on_a_cycle(graph, "d") is None
+    tree = ("import dgf.loop\nfrom dgf import train\nfrom dgf.actions import X\n"
+            "def f():\n    from dgf.session import train\nimport numpy\n")
+    assert _dgf_imports(tree) == {"dgf.loop", "dgf.train", "dgf.actions", "dgf.session"}
+
+
+def test_the_loop_checks_and_shows_the_loss_tables_terms():
+    from dgf.loop import CHECKED_KEYS, NonFiniteLoss, _check_finite, _Progress
+    from dgf.losses import GENERATOR_TERMS
+
+    names = tuple(term.name for term in GENERATOR_TERMS)
+    assert CHECKED_KEYS == (*names, "d_loss", "g_loss")
+    assert CHECKED_KEYS == ("g_perceptual", "g_l1", "g_pixel", "g_ssim", "g_adv", "d_loss",
+                            "g_loss")
+    values = {"g_perceptual": 0.5, "g_l1": 0.25, "g_pixel": 0.123456, "g_ssim": 0.0,
+              "g_adv": 1.23456, "d_loss": 1.5, "g_loss": 117.4, "d_real": 0.3, "d_fake": 0.2}
+    _check_finite(3, values)
+    # The first term of the table that is not finite is the one named.
+    with pytest.raises(NonFiniteLoss, match=r"loss term g_ssim became nan at step 3 "
+                                            r"\(g_perceptual=0\.5, g_l1=0\.25"):
+        _check_finite(3, {**values, "g_ssim": float("nan"), "g_loss": float("nan")})
+    progress = _Progress(0, TrainConfig(epochs=2), steps=4, done=0, show=False)
+    progress.finished_step(values, 3.0)
+    progress.close()
+    assert progress.bar.postfix == "adv=1.23, d=1.5, g=117, img_s=3.0, pixel=0.123"
 
 
 def test_resolve_config_precedence(tmp_path):
@@ -245,7 +335,7 @@ def test_crop_border_setting_flag_workers_and_tensorboard_names(h5_file, tmp_pat
     from dgf import distributed
     from dgf.commands.training import flag_type, train_flags
     from dgf.actions import MetricsLog
-    from dgf.train import train
+    from dgf.session import train
 
     assert TrainConfig().crop_border == 0
     with pytest.raises(DgfError, match="crop_border must be an integer >= 0, got -1"):
@@ -317,7 +407,7 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
     from dgf.metrics import ScoreSettings
     from dgf.runtime import load_generator
     from dgf.scoring import EvalOptions, evaluate_split
-    from dgf.train import train
+    from dgf.session import train
 
     run = tmp_path / "run"
     train(_cfg(h5_file, run, epochs=2, crop_border=4), progress=False)
@@ -361,7 +451,7 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, one_step_ru
 
     import dgf.losses
     from dgf.loop import NonFiniteLoss
-    from dgf.train import train
+    from dgf.session import train
 
     run = _copy_run(one_step_run, tmp_path / "run")
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -379,8 +469,23 @@ def test_nan_guard_names_step_and_term_and_keeps_checkpoint(h5_file, one_step_ru
     assert latest.endswith("ckpt-1")
 
 
+@pytest.mark.slow
+def test_a_step_record_logs_the_loss_tables_names(one_step_run):
+    """metrics.jsonl and TensorBoard log each row of the loss table, g_loss and D's
+    values, by name, and nothing else but the record's own fields."""
+    from dgf.losses import logged_names
+
+    losses = {*logged_names(), "d_loss", "d_real", "d_fake"}
+    scalars = {*losses, "g_lr", "d_lr", "images_per_sec"}
+    steps = [r for r in _jsonl(one_step_run / "metrics.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1]
+    assert set(steps[0]) == {"kind", "step", "epoch", *scalars}
+    tags = _event_tags(one_step_run / "tensorboard")
+    assert set(tags) == {f"train/{name}" for name in scalars}
+
+
 def test_bad_data_is_refused_before_training(h5_file, tmp_path):
-    from dgf.train import train
+    from dgf.session import train
 
     with pytest.raises(DgfError, match="does not exist"):
         train(_cfg(tmp_path / "missing.h5", tmp_path / "r1"), progress=False)
@@ -397,7 +502,7 @@ def test_bad_data_is_refused_before_training(h5_file, tmp_path):
 
 
 def test_offline_vgg_fails_before_training(h5_file, tmp_path, monkeypatch):
-    from dgf.train import train
+    from dgf.session import train
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
     cfg = _cfg(h5_file, tmp_path / "run", perceptual_weight=145.0, vgg_weights="imagenet")
@@ -414,7 +519,7 @@ def test_perceptual_term_with_local_vgg_weights(h5_file, tmp_path):
     """--vgg-weights PATH loads a local file and the perceptual term is trained."""
     import keras
 
-    from dgf.train import train
+    from dgf.session import train
 
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
     weights = tmp_path / "vgg16_notop.weights.h5"
@@ -591,7 +696,7 @@ def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
     restore the global dtype policy afterwards."""
     import keras
 
-    from dgf.train import train
+    from dgf.session import train
 
     run = tmp_path / "run"
     result = train(_cfg(h5_file, run, epochs=1, precision=precision, save_every=1),
@@ -616,7 +721,7 @@ def test_linear_schedule_holds_then_decays_to_zero():
 
 
 def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch):
-    from dgf.train import select_strategy
+    from dgf.distributed import select_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(DgfError, match="TF_CONFIG"):
@@ -632,7 +737,8 @@ def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_pa
     import keras
 
     from dgf.models import build_generator
-    from dgf.train import GANTrainer, select_strategy
+    from dgf.distributed import select_strategy
+    from dgf.train import GANTrainer
 
     cfg = _cfg(h5_file, tmp_path / "run", residual=True, batchnorm=False)
     trainer = GANTrainer(cfg, select_strategy("one"), total_steps=4)
@@ -659,7 +765,7 @@ def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_pa
 
 
 def test_init_generator_names_the_missing_file_and_finds_the_bundled_model(tmp_path):
-    from dgf.train import _initial_generator
+    from dgf.session import _initial_generator
     from dgf.models import generator_layout
 
     missing = tmp_path / "nope.keras"
@@ -677,7 +783,7 @@ def test_fine_tuning_starts_from_the_given_generator(h5_file, tmp_path):
     move it, ends where that generator was, not where its own seed would start."""
     import keras
 
-    from dgf.train import train
+    from dgf.session import train
 
     # No BatchNorm: its moving statistics follow the data whatever the learning rate.
     first = _cfg(h5_file, tmp_path / "first", epochs=1, ema_decay=0.0, batchnorm=False)

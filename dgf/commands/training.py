@@ -127,7 +127,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from dgf import distributed
         from dgf.config import resolve_config
         from dgf.loop import TrainingInterrupted
-        from dgf.train import train
+        from dgf.session import train
 
         if local_workers is not None:
             return _launch_workers(local_workers, args, config_file, resume, cpu_devices,
