@@ -35,7 +35,7 @@ from dgf.options import (
 from dgf.predictor import Predictor, resolve
 from dgf.runtime import load_generator, resolve_precision
 from dgf.spec import InferenceSpec, check_scale, scaled_size
-from dgf.tiling import BAND_ROWS, auto_scale
+from dgf.tiling import auto_scale, band_bytes
 
 COMPARE_DIR = "compare"
 #: dgf-deblur's inference settings: ``--precision auto``, ``--scale auto``, the
@@ -133,9 +133,6 @@ def _exists_error(path: Path) -> str:
 _FULL_SIZE_BYTES = 10
 # A comparison adds the side-by-side image (6) and Pillow's copy of it (8).
 _COMPARE_BYTES = 14
-# Float32 RGB band buffers alive at once (tiling's full-size steps: the rows read, the
-# resized channels and their stack, the sum, rounding's temporaries).
-_BAND_BUFFERS = 6
 # Bytes per pixel of the scaled photo: below scale 1 its uint8 copy (3), its float32
 # [-1, 1] copy, the blended output and the correction (3 x 12), the blending weights
 # (4); at scale 1 the output and weights (16) and the grid padding (3).
@@ -146,18 +143,16 @@ def memory_needed(height: int, width: int, scale: float, *, tile: int, batch: in
                   compare: bool = False) -> int:
     """Bytes deblurring a height x width photo at ``scale`` holds at its peak, besides
     the process and the generator's own working memory (which depends on the tile,
-    not the photo): full-size uint8 buffers, the band buffers of the full-size steps
-    (:data:`dgf.tiling.BAND_ROWS` rows, more when shrinking far), the scaled photo's
-    buffers and one batch of tiles in and out."""
-    pixels = height * width
-    full = pixels * (_FULL_SIZE_BYTES + (_COMPARE_BYTES if compare else 0))
-    rows = BAND_ROWS + int(24 / scale)  # shrinking reads 3/scale rows more each side
-    bands = _BAND_BUFFERS * rows * max(height, width) * 3 * 4
+    not the photo): the full-size uint8 buffers, the bands of the full-size steps
+    (:func:`dgf.tiling.band_bytes`), the scaled photo's buffers and one batch of
+    tiles in and out."""
+    full = height * width * (_FULL_SIZE_BYTES + (_COMPARE_BYTES if compare else 0))
     small_h, small_w = scaled_size(height, width, scale)
     scaled = small_h * small_w * _SCALED_BYTES[scale < 1.0]
     side = min(tile or max(small_h, small_w), max(small_h, small_w))
     tiles = 2 * batch * side * side * 3 * 4
-    return full + bands + scaled + tiles
+    # An EXIF orientation may turn the photo: the bands are as wide as its longer side.
+    return full + band_bytes(max(height, width), scale) + scaled + tiles
 
 
 def _scale_for(predictor: Predictor, height: int, width: int,
@@ -178,6 +173,9 @@ def _preflight(job: _Job, writing: WriteOptions) -> None:
         raise _JobFailed(
             f"unsupported file type '{job.source.suffix}'; expected {PHOTO_WORDS}"
         )
+    reason = format_missing(PHOTO_SUFFIXES[job.source.suffix.lower()])
+    if reason:  # reading it is the first thing that would fail
+        raise _JobFailed(reason)
     for target in targets:
         reason = format_missing(image_format(target), writing=True)
         if reason:

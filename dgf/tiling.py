@@ -230,12 +230,30 @@ def _resize_rows(image: np.ndarray, top: int, bottom: int, size: tuple[int, int]
     return np.stack(channels, axis=-1)
 
 
+def _shrink_rows(step: float) -> int:
+    """Source rows per band when shrinking by 1 / ``step``: at least :data:`BAND_ROWS`,
+    and four times the filter's reach, so the rows read twice stay a small share."""
+    return int(max(BAND_ROWS, 4 * _SUPPORT[Image.Resampling.LANCZOS] * step))
+
+
+def band_bytes(width: int, scale: float) -> int:
+    """Bytes the full-size steps of :func:`deblur_image` hold at once for a photo
+    ``width`` pixels wide at ``scale``: enlarging, adding and rounding hold about six
+    float32 RGB buffers of :data:`BAND_ROWS` rows; shrinking about two of its band
+    (:func:`_shrink_rows`) and the filter's reach above and below."""
+    rows = 6 * BAND_ROWS
+    if scale < 1.0:
+        step = 1.0 / scale
+        reach = _SUPPORT[Image.Resampling.LANCZOS] * step + 2
+        rows = max(rows, 2 * int(_shrink_rows(step) + 2 * reach))
+    return rows * width * 3 * 4
+
+
 def _shrink(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """The uint8 ``image`` shrunk to (height, width) in [-1, 1] and rounded to uint8,
-    a band at a time: at least :data:`BAND_ROWS` source rows per band, and at least
-    four times the filter's reach, so the rows read twice stay a small share."""
+    a band of :func:`_shrink_rows` source rows at a time."""
     step = image.shape[0] / height
-    rows = max(1, int(max(BAND_ROWS, 4 * _SUPPORT[Image.Resampling.LANCZOS] * step) / step))
+    rows = max(1, int(_shrink_rows(step) / step))
     out = np.empty((height, width, 3), np.uint8)
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
