@@ -24,10 +24,10 @@ The readers differ only in what their callers need around that conversion:
 (:data:`PHOTO_SUFFIXES`): WebP and AVIF (Pillow reads and writes them where it was
 built with libwebp and libavif: :func:`format_missing`), and HEIC/HEIF through the
 optional pillow-heif (extra ``heif``); a HEIC name without it is a DgfError naming
-the install command. Reading a photo with ``max_pixels`` (:func:`read_image`,
-:func:`photo_size`) raises Pillow's decompression-bomb limit to it for that read, so
-Pillow neither warns nor refuses below it: the caller bounds the size from the
-header before decoding.
+the install command. A caller bounds a photo's size before decoding it:
+:func:`photo_size` reads the header of any size, and ``read_image(path,
+max_pixels=N)`` sets Pillow's decompression-bomb limit to N for that read
+(:func:`pixel_limit`), so Pillow neither warns nor refuses below it.
 
 Files whose name, or any folder's name below the searched one, starts with '.' are
 not images to :func:`find_images`: that is where :mod:`dgf.fileio` writes its
@@ -298,10 +298,7 @@ def read_image(path: Path | str, *, max_pixels: int | None = None) -> LoadedImag
         metadata["exif"] = exif
     if upright.mode in ("RGB", "RGBA") and upright.info.get("icc_profile"):
         metadata["icc_profile"] = upright.info["icc_profile"]
-    alpha = alpha_channel(upright)
-    rgb = to_rgb_array(upright)
-    del upright  # Pillow's copy of the pixels, before anything else is allocated
-    return LoadedImage(rgb, alpha, metadata)
+    return LoadedImage(to_rgb_array(upright), alpha_channel(upright), metadata)
 
 
 # --- reading pairs (build-hdf5) ----------------------------------------------

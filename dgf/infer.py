@@ -12,6 +12,7 @@ Reading and writing image files, and the conversions uint8 ``x`` → ``x / 127.5
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,8 +26,8 @@ from dgf import host
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
-    ALPHA_FORMATS, PHOTO_SUFFIXES, PHOTO_WORDS, LoadedImage, find_images, format_missing,
-    image_format, is_image_name, photo_size, read_image, write_image,
+    ALPHA_FORMATS, PHOTO_SUFFIXES, PHOTO_WORDS, find_images, format_missing, image_format,
+    is_image_name, photo_size, read_image, write_image,
 )
 from dgf.metadata import read_metadata, training_side
 from dgf.options import (
@@ -193,6 +194,7 @@ def _check_size(predictor: Predictor, job: _Job, max_pixels: int,
     except (OSError, SyntaxError, ValueError) as exc:
         raise _JobFailed(_unreadable(exc)) from exc
     megapixels, limit = width * height / 1e6, max_pixels / 1e6
+    enough = math.ceil(megapixels)
     tile, _ = predictor.tiling()
     need = memory_needed(height, width, _scale_for(predictor, height, width, train_side),
                          tile=tile, batch=predictor.spec.batch,
@@ -200,7 +202,7 @@ def _check_size(predictor: Predictor, job: _Job, max_pixels: int,
     if width * height > max_pixels:
         raise _JobFailed(
             f"{width}x{height} is {megapixels:.1f} megapixels, over the limit of "
-            f"{limit:g} (--max-megapixels); pass --max-megapixels {megapixels:.0f} or "
+            f"{limit:g} (--max-megapixels); pass --max-megapixels {enough} or "
             f"more to deblur it (it needs about {host.size_text(need)} of memory)")
     available = host.available_memory()
     if available is not None and need > available:
@@ -295,8 +297,8 @@ def deblur_paths(
     images, two inputs mapped to one output, bad tile settings, a missing engine or
     one that cannot run the precision) raise DgfError before any image is processed.
     Problems with one file (unreadable, unsupported suffix, too large, existing output
-    without ``overwrite``) are recorded in the report, passed to ``on_failure`` and the other
-    files still run.
+    without ``overwrite``) are recorded in the report, passed to ``on_failure`` and
+    the other files still run.
 
     ``spec`` (:class:`~dgf.spec.InferenceSpec`) says how the generator runs. Its
     ``precision`` "auto" is bf16 where the CPU computes bfloat16 natively and fp32
