@@ -1,16 +1,29 @@
-"""Peak memory and time of dgf-deblur on a 12-megapixel photo, tiled vs untiled.
+"""Peak memory and time of dgf-deblur: tiled vs untiled on a 12-megapixel image, and
+the whole command (read, deblur at ``--scale``, write) on 12 and 200 MP photos.
 
 Each measurement runs in its own subprocess so ``ru_maxrss`` is that run's peak.
-The generator has random weights (speed and memory do not depend on them).
 
-Baseline, measured in the same run: the whole image at once (``tile=0``). A 12 MP
-image does not fit untiled on a small machine, so by default the untiled run uses a
-smaller image (``--untiled-size``) and its activation memory (peak minus the idle
-process with the model built) is extrapolated linearly in the pixel count to the
-12 MP size; the script says when it does so. Seconds are compared per megapixel.
+**Tiled vs untiled** (the default): :meth:`Predictor.deblur_image` at scale 1 with a
+generator of random weights (speed and memory do not depend on them). Baseline,
+measured in the same run: the whole image at once (``tile=0``). A 12 MP image does not
+fit untiled on a small machine, so by default the untiled run uses a smaller image
+(``--untiled-size``) and its activation memory (peak minus the idle process with the
+model built) is extrapolated linearly in the pixel count to the 12 MP size; the script
+says when it does so. Seconds are compared per megapixel.
+
+**Photos** (``--photos``): :func:`dgf.infer.deblur_paths`, as ``dgf-deblur`` runs it,
+on synthetic JPEG photos (smooth shapes and mild noise, quality 90) of 12 MP
+(4032x3024) and 200 MP (16320x12240), with the bundled model at ``--scale auto`` and
+with a random channel-rate-32 space-to-depth-4 generator (the bundled model's layout)
+at ``--scale 0.25``; TensorFlow without XLA, fp32, so no engine is calibrated. The
+idle row deblurs a 256x256 photo: the process with TensorFlow and the model at rest.
+``--dgf PATH`` imports dgf from another checkout (an older commit), so the same script
+measures the code before a change.
 
     .venv/bin/python benchmarks/bench_deblur.py                 # cr 16, 4032x3024
     .venv/bin/python benchmarks/bench_deblur.py --channel-rate 64 --size 1024 768
+    .venv/bin/python benchmarks/bench_deblur.py --photos        # 12 and 200 MP photos
+    .venv/bin/python benchmarks/bench_deblur.py --photos --sizes 4032x3024 --dgf ../old
 """
 from __future__ import annotations
 
@@ -20,10 +33,15 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PHOTO_SIZES = ("4032x3024", "16320x12240")
+#: (label, model, scale) of the --photos rows: "bundled" or the random generator.
+PHOTO_RUNS = (("bundled model, --scale auto", "bundled", "auto"),
+              ("random cr32 s2d4, --scale 0.25", "random", "0.25"))
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -64,28 +82,17 @@ def _measure(mode: str, args: argparse.Namespace, size: tuple[int, int], tile: i
         "--channel-rate", str(args.channel_rate), "--size", str(size[0]), str(size[1]),
         "--tile", str(tile), "--overlap", str(args.overlap), "--batch", str(args.batch),
     ]
+    return _run_child(cmd, mode)
+
+
+def _run_child(cmd: list[str], what: str) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--channel-rate", type=int, default=16)
-    p.add_argument("--size", type=int, nargs=2, default=(4032, 3024), metavar=("W", "H"))
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--untiled-size", type=int, nargs=2, default=(1024, 768),
-                   metavar=("W", "H"), help="image size of the untiled baseline")
-    p.add_argument("--child", choices=("idle", "run"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        _child(args)
-        return
-
+def _tiling(args: argparse.Namespace) -> None:
     size, small = tuple(args.size), tuple(args.untiled_size)
     mpix, small_mpix = size[0] * size[1] / 1e6, small[0] * small[1] / 1e6
     print(f"generator channel_rate {args.channel_rate}, random weights; "
@@ -111,6 +118,134 @@ def main() -> None:
           f"{per_mp * mpix / max(tiled_work, 1.0):.1f}x)")
     print(f"ratio tiled/untiled seconds per MP (tile overlap cost): "
           f"{(tiled['seconds'] / mpix) / (untiled['seconds'] / small_mpix):.2f}x")
+
+
+# --- --photos: the whole command -----------------------------------------------------
+def _synthetic_photo(path: Path, width: int, height: int) -> None:
+    """A JPEG of smooth shapes and mild noise, built band by band (little memory)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo = np.empty((height, width, 3), np.uint8)
+    xx = np.arange(width, dtype=np.float32)
+    for top in range(0, height, 512):
+        yy = np.arange(top, min(top + 512, height), dtype=np.float32)[:, None]
+        shade = (np.sin(xx / 97.0) + np.cos(yy / 131.0) + 2) * 55
+        band = shade[..., None] + np.array([0, 10, 20], np.float32)
+        band += rng.normal(0, 6, band.shape).astype(np.float32)
+        photo[top : top + len(yy)] = np.clip(band, 0, 255)
+    Image.fromarray(photo).save(path, quality=90)
+
+
+def _photo_child(args: argparse.Namespace) -> None:
+    """Run deblur_paths on one photo; print a JSON line: seconds, peak, failures."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(args.dgf or REPO))
+    import warnings
+
+    from dgf.infer import WriteOptions, deblur_paths
+    from dgf.spec import InferenceSpec
+
+    spec = InferenceSpec(precision="fp32", engine="tensorflow", jit="off",
+                         scale=args.scale if args.scale == "auto" else float(args.scale))
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = deblur_paths(args.model, [args.photo], args.out, spec,
+                              writing=WriteOptions(overwrite=True), progress=False)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import dgf
+
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024,
+                      "dgf": str(Path(dgf.__file__).parent),
+                      "failed": [reason for _, reason in report.failed],
+                      "warnings": sorted({type(w.message).__name__ for w in caught
+                                          if "Bomb" in type(w.message).__name__})}))
+
+
+def _photo_rows(args: argparse.Namespace) -> None:
+    import dgf.weights  # noqa: F401 - the bundled model's path, from this checkout
+
+    load = os.getloadavg()
+    print(f"dgf from {args.dgf or REPO}; {os.cpu_count()} CPU cores; load average "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the start")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {"bundled": Path(dgf.weights.__file__).parent / dgf.weights.BUNDLED_MODEL_NAME,
+                  "random": tmp / "random.keras"}
+        _run_child([sys.executable, __file__, "--child", "model", "--model",
+                    str(models["random"])], "model")
+        sizes = ["256x256", *args.sizes]
+        for size in sizes:
+            width, height = (int(n) for n in size.split("x"))
+            photo = tmp / f"photo_{size}.jpg"
+            _synthetic_photo(photo, width, height)
+            for label, model, scale in PHOTO_RUNS:
+                cmd = [sys.executable, __file__, "--child", "photo", "--photo", str(photo),
+                       "--model", str(models[model]), "--scale", scale,
+                       "--out", str(tmp / "out")]
+                if args.dgf:
+                    cmd += ["--dgf", str(args.dgf)]
+                got = _run_child(cmd, f"{size} {label}")
+                if size == sizes[0] and model == "bundled":
+                    print(f"(the runs import dgf from {got['dgf']})")
+                name = "idle (256x256)" if size == "256x256" else \
+                    f"{size} ({width * height / 1e6:.0f} MP)"
+                note = f"  FAILED: {got['failed'][0]}" if got["failed"] else ""
+                note += f"  warnings: {', '.join(got['warnings'])}" if got["warnings"] else ""
+                print(f"{name:22} {label:31} peak {got['peak_mib']:7.0f} MiB "
+                      f"({got['peak_mib'] / 1024:.2f} GiB)  {got['seconds']:7.1f} s{note}",
+                      flush=True)
+            photo.unlink()
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end")
+
+
+def _model_child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO))
+    import keras
+
+    from dgf.models import build_generator
+
+    keras.utils.set_random_seed(0)
+    build_generator(channel_rate=32, residual=True, space_to_depth=4).save(args.model)
+    print("{}")
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channel-rate", type=int, default=16)
+    p.add_argument("--size", type=int, nargs=2, default=(4032, 3024), metavar=("W", "H"))
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--untiled-size", type=int, nargs=2, default=(1024, 768),
+                   metavar=("W", "H"), help="image size of the untiled baseline")
+    p.add_argument("--photos", action="store_true",
+                   help="measure the whole command on synthetic photos instead")
+    p.add_argument("--sizes", nargs="+", default=list(PHOTO_SIZES), metavar="WxH",
+                   help="photo sizes of --photos")
+    p.add_argument("--dgf", type=Path, default=None,
+                   help="--photos: import dgf from this checkout instead")
+    p.add_argument("--child", choices=("idle", "run", "photo", "model"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--scale", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    children = {"photo": _photo_child, "model": _model_child}
+    if args.child:
+        children.get(args.child, _child)(args)
+    elif args.photos:
+        _photo_rows(args)
+    else:
+        _tiling(args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,16 @@ The readers differ only in what their callers need around that conversion:
   pair on its side), optional JPEG draft decoding, and every failure as
   :class:`BadImageError` naming the file.
 
+**Formats.** Training pairs and the files dgf writes for itself are JPEG or PNG
+(:data:`IMAGE_SUFFIXES`). Photos to deblur may also be phone formats
+(:data:`PHOTO_SUFFIXES`): WebP and AVIF (Pillow reads and writes them where it was
+built with libwebp and libavif: :func:`format_missing`), and HEIC/HEIF through the
+optional pillow-heif (extra ``heif``); a HEIC name without it is a DgfError naming
+the install command. A caller bounds a photo's size before decoding it:
+:func:`photo_size` reads the header of any size, and ``read_image(path,
+max_pixels=N)`` sets Pillow's decompression-bomb limit to N for that read
+(:func:`pixel_limit`), so Pillow neither warns nor refuses below it.
+
 Files whose name, or any folder's name below the searched one, starts with '.' are
 not images to :func:`find_images`: that is where :mod:`dgf.fileio` writes its
 temporary files, so a half-written output left by an interrupted run is never read.
@@ -30,21 +40,42 @@ generator output ``y`` -> ``clip(rint((y + 1) * 127.5), 0, 255)`` as uint8
 from __future__ import annotations
 
 import struct
+import threading
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
 
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.fileio import write_atomic
 
+_HEIF_MISSING = "ModuleNotFoundError: No module named 'pillow_heif'"
+try:  # optional (extra heif): HEIC/HEIF photos
+    import pillow_heif
+except ImportError as _exc:
+    pillow_heif = None
+    _HEIF_MISSING = f"{type(_exc).__name__}: {_exc}"
+else:
+    pillow_heif.register_heif_opener()
+
 # Suffix (lower case) -> the Pillow format an output with that suffix is written in.
+# Training pairs and dgf's own images: JPEG and PNG.
 IMAGE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 SUFFIX_WORDS = ".jpg, .jpeg or .png"
+# Photos dgf-deblur reads and writes: those and the phone formats.
+PHOTO_SUFFIXES = {**IMAGE_SUFFIXES, ".webp": "WEBP", ".avif": "AVIF", ".heic": "HEIF",
+                  ".heif": "HEIF"}
+PHOTO_WORDS = ".jpg, .jpeg, .png, .webp, .avif, .heic or .heif"
+#: The extra that installs pillow-heif, for HEIC/HEIF photos.
+HEIF_EXTRA = "heif"
+# Lossy formats, which take a quality; formats that keep an alpha channel.
+_QUALITY_FORMATS = ("JPEG", "WEBP", "AVIF", "HEIF")
+ALPHA_FORMATS = ("PNG", "WEBP", "AVIF", "HEIF")
 
 # Greyscale modes Pillow gives 16-bit PNGs ("I" for some versions and 32-bit files).
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -76,29 +107,50 @@ class BadImageError(DgfError):
 
 
 # --- names and finding -------------------------------------------------------
-def is_image_name(path: Path | str) -> bool:
-    """Whether ``path`` has an image suffix (.jpg, .jpeg, .png in any case)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+def is_image_name(path: Path | str, suffixes: Mapping[str, str] = IMAGE_SUFFIXES) -> bool:
+    """Whether ``path`` has one of ``suffixes`` in any case (by default the pairs'
+    .jpg, .jpeg, .png; :data:`PHOTO_SUFFIXES` for photos)."""
+    return Path(path).suffix.lower() in suffixes
 
 
 def image_format(path: Path | str) -> str:
-    """The Pillow format (``"JPEG"``, ``"PNG"``) an image at ``path`` is written in;
-    DgfError for any other suffix."""
+    """The Pillow format (``"JPEG"``, ``"PNG"``, ``"WEBP"``, ``"AVIF"``, ``"HEIF"``) an
+    image at ``path`` is written in; DgfError for any other suffix."""
     path = Path(path)
-    fmt = IMAGE_SUFFIXES.get(path.suffix.lower())
+    fmt = PHOTO_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise DgfError(
-            f"cannot write image {path}: suffix '{path.suffix}' is not {SUFFIX_WORDS}."
+            f"cannot write image {path}: suffix '{path.suffix}' is not {PHOTO_WORDS}."
         )
     return fmt
+
+
+def format_missing(fmt: str, *, writing: bool = False) -> str | None:
+    """Why this installation cannot read (or, ``writing``, write) images in the Pillow
+    format ``fmt``, with what to install; None when it can."""
+    if fmt in ("WEBP", "AVIF") and not features.check(fmt.lower()):
+        return (f"this Pillow ({Image.__version__}) was built without {fmt} support; "
+                f"install a Pillow wheel from the package index, which includes it")
+    if fmt != "HEIF":
+        return None
+    if pillow_heif is None:
+        return (f"HEIC/HEIF needs pillow-heif, which is not installed ({_HEIF_MISSING}); "
+                f"install it with {install_hint(HEIF_EXTRA)}")
+    if writing and not pillow_heif.libheif_info().get("HEIF"):
+        return (f"this pillow-heif ({pillow_heif.__version__}) has no HEVC encoder, so "
+                f"it reads HEIC but cannot write it; install pillow-heif's wheel from "
+                f"the package index (it includes x265), or convert the photo to JPEG "
+                f"first")
+    return None
 
 
 def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def find_images(folder: Path | str, *, exclude: Path | str | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, any case of suffix), sorted.
+def find_images(folder: Path | str, *, exclude: Path | str | None = None,
+                suffixes: Mapping[str, str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files under ``folder`` (recursive, any case of ``suffixes``), sorted.
 
     Hidden files and everything inside hidden folders below ``folder`` (names that
     start with '.') are left out, and so is everything inside ``exclude`` (an
@@ -108,7 +160,7 @@ def find_images(folder: Path | str, *, exclude: Path | str | None = None) -> lis
     excluded = Path(exclude).resolve() if exclude is not None else None
     found = []
     for path in folder.rglob("*"):
-        if not is_image_name(path) or _is_hidden(path.relative_to(folder)):
+        if not is_image_name(path, suffixes) or _is_hidden(path.relative_to(folder)):
             continue
         if not path.is_file():
             continue
@@ -174,6 +226,8 @@ def open_upright(path: Path | str) -> Image.Image:
     """
     with Image.open(path) as img:
         img.load()
+        if img.getexif().get(ExifTags.Base.Orientation) not in range(2, 9):
+            return img  # upright already: no copy (a photo's pixels can be gigabytes)
         return ImageOps.exif_transpose(img)
 
 
@@ -182,12 +236,61 @@ def read_rgb(path: Path | str) -> np.ndarray:
     return to_rgb_array(open_upright(path))
 
 
-def read_image(path: Path | str) -> LoadedImage:
+# Pillow's decompression-bomb limit is one global: reads that change it take turns.
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def pixel_limit(max_pixels: float | None) -> Iterator[None]:
+    """Within the block, Pillow opens images up to ``max_pixels`` pixels without its
+    DecompressionBombWarning and refuses larger ones with DecompressionBombError (its
+    ``MAX_IMAGE_PIXELS`` is half its refusal threshold); None leaves Pillow's limit."""
+    if max_pixels is None:
+        yield
+        return
+    with _PIXEL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels / 2
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _check_readable(path: Path) -> None:
+    """DgfError naming ``path`` and what to install when its suffix is a photo format
+    this installation cannot read (HEIC without pillow-heif, WebP or AVIF without
+    Pillow's support)."""
+    fmt = PHOTO_SUFFIXES.get(path.suffix.lower())
+    reason = format_missing(fmt) if fmt else None
+    if reason:
+        raise DgfError(f"cannot read {path}: {reason}")
+
+
+def photo_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image file as stored, from its header, without decoding
+    its pixels (an EXIF orientation may swap them), whatever its size: Pillow's
+    decompression-bomb limit is off for it, so that the caller bounds the size.
+    Raises Pillow's errors as :func:`open_upright`, and DgfError for a format this
+    installation cannot read (:func:`format_missing`)."""
+    path = Path(path)
+    _check_readable(path)
+    with pixel_limit(float("inf")), Image.open(path) as img:
+        return img.size
+
+
+def read_image(path: Path | str, *, max_pixels: int | None = None) -> LoadedImage:
     """An image file upright as RGB, with its alpha and the metadata to carry over.
 
-    Errors as :func:`open_upright`, and ValueError for a 32-bit float image.
+    ``max_pixels``: :func:`pixel_limit` for this read (check :func:`photo_size` first).
+    Errors as :func:`open_upright`, ValueError for a 32-bit float image, and DgfError
+    for a format this installation cannot read (:func:`format_missing`).
     """
-    upright = open_upright(path)
+    path = Path(path)
+    _check_readable(path)
+    with pixel_limit(max_pixels):
+        upright = open_upright(path)
     metadata: dict[str, Any] = {}
     exif = upright.getexif()
     if exif:
@@ -259,11 +362,10 @@ def _save_options(
     fmt: str, image: Image.Image, quality: int | None, metadata: dict[str, Any]
 ) -> tuple[Image.Image, dict[str, Any]]:
     options: dict[str, Any] = {}
-    if fmt == "JPEG":
-        if quality is not None:
-            options["quality"] = quality
-        if image.mode == "RGBA":
-            image = image.convert("RGB")
+    if fmt in _QUALITY_FORMATS and quality is not None:
+        options["quality"] = quality
+    if fmt not in ALPHA_FORMATS and image.mode == "RGBA":
+        image = image.convert("RGB")
     if "icc_profile" in metadata:
         options["icc_profile"] = metadata["icc_profile"]
     if "exif" in metadata:
@@ -289,8 +391,10 @@ def write_image(
         image: a Pillow image, or a uint8 array (H, W, 3) RGB, (H, W, 4) RGBA or
             (H, W) grey.
         format: Pillow format; by default the one of ``path``'s suffix
-            (:data:`IMAGE_SUFFIXES`, DgfError for another suffix).
-        quality: JPEG quality (ignored for PNG). A JPEG drops an alpha channel.
+            (:data:`PHOTO_SUFFIXES`, DgfError for another suffix, or for a format this
+            installation cannot write: :func:`format_missing`).
+        quality: quality of the lossy formats (JPEG, WebP, AVIF, HEIF; ignored for
+            PNG). JPEG drops an alpha channel.
         metadata: ``"exif"`` (a ``PIL.Image.Exif``) and ``"icc_profile"`` to embed,
             as in :attr:`LoadedImage.metadata`.
         options: further Pillow save options (e.g. ``subsampling=0``).
@@ -299,6 +403,9 @@ def write_image(
     :class:`dgf.fileio.OutputError`.
     """
     fmt = format or image_format(path)
+    reason = format_missing(fmt, writing=True)
+    if reason:
+        raise DgfError(f"cannot write {path}: {reason}")
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.ascontiguousarray(image))
     image, extra = _save_options(fmt, image, quality, metadata or {})

@@ -12,6 +12,7 @@ Reading and writing image files, and the conversions uint8 ``x`` → ``x / 127.5
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,17 +22,21 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dgf import host
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
-    SUFFIX_WORDS, find_images, image_format, is_image_name, read_image, write_image,
+    ALPHA_FORMATS, PHOTO_SUFFIXES, PHOTO_WORDS, find_images, format_missing, image_format,
+    is_image_name, photo_size, read_image, write_image,
 )
 from dgf.metadata import read_metadata, training_side
-from dgf.options import DEFAULT_DEBLUR_PRECISION, DEFAULT_QUALITY, DEFAULT_SCALE
+from dgf.options import (
+    DEFAULT_DEBLUR_PRECISION, DEFAULT_MAX_MEGAPIXELS, DEFAULT_QUALITY, DEFAULT_SCALE,
+)
 from dgf.predictor import Predictor, resolve
 from dgf.runtime import load_generator, resolve_precision
-from dgf.spec import InferenceSpec, check_scale
-from dgf.tiling import auto_scale
+from dgf.spec import InferenceSpec, check_scale, scaled_size
+from dgf.tiling import auto_scale, band_bytes
 
 COMPARE_DIR = "compare"
 #: dgf-deblur's inference settings: ``--precision auto``, ``--scale auto``, the
@@ -80,10 +85,11 @@ def _plan(inputs: Sequence[Path | str], out_dir: Path, compare: bool) -> list[_J
         if src.is_dir():
             # Skip earlier outputs when OUT lies inside (not at) an input folder.
             nested = out_resolved != src.resolve()
-            found = find_images(src, exclude=out_dir if nested else None)
+            found = find_images(src, exclude=out_dir if nested else None,
+                                suffixes=PHOTO_SUFFIXES)
             if not found:
                 raise DgfError(
-                    f"input folder {src} contains no {SUFFIX_WORDS} images "
+                    f"input folder {src} contains no {PHOTO_WORDS} images "
                     f"(searched recursively)."
                 )
             pairs.extend((p, p.relative_to(src)) for p in found)
@@ -123,31 +129,113 @@ def _exists_error(path: Path) -> str:
     return f"output {path} already exists; pass --overwrite to replace it"
 
 
-def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
-             train_side: int | None = None) -> None:
+# Bytes per full-size pixel at the peak of one photo: the RGB input (3) and output (3)
+# and Pillow's own copy while decoding or writing (4: it stores RGB in 32 bits).
+_FULL_SIZE_BYTES = 10
+# A comparison adds the side-by-side image (6) and Pillow's copy of it (8).
+_COMPARE_BYTES = 14
+# Bytes per pixel of the scaled photo: below scale 1 its uint8 copy (3), its float32
+# [-1, 1] copy, the blended output and the correction (3 x 12), the blending weights
+# (4); at scale 1 the output and weights (16) and the grid padding (3).
+_SCALED_BYTES = {True: 43, False: 19}
+
+
+def memory_needed(height: int, width: int, scale: float, *, tile: int, batch: int,
+                  compare: bool = False) -> int:
+    """Bytes deblurring a height x width photo at ``scale`` holds at its peak, besides
+    the process and the generator's own working memory (which depends on the tile,
+    not the photo): the full-size uint8 buffers, the bands of the full-size steps
+    (:func:`dgf.tiling.band_bytes`), the scaled photo's buffers and one batch of
+    tiles in and out."""
+    full = height * width * (_FULL_SIZE_BYTES + (_COMPARE_BYTES if compare else 0))
+    small_h, small_w = scaled_size(height, width, scale)
+    scaled = small_h * small_w * _SCALED_BYTES[scale < 1.0]
+    side = min(tile or max(small_h, small_w), max(small_h, small_w))
+    tiles = 2 * batch * side * side * 3 * 4
+    # An EXIF orientation may turn the photo: the bands are as wide as its longer side.
+    return full + band_bytes(max(height, width), scale) + scaled + tiles
+
+
+def _scale_for(predictor: Predictor, height: int, width: int,
+               train_side: int | None) -> float:
+    """The factor a height x width photo runs at: ``--scale`` or what auto picks."""
+    scale = predictor.spec.scale
+    return auto_scale(height, width, train_side) if scale == "auto" else float(scale)
+
+
+def _preflight(job: _Job, writing: WriteOptions) -> None:
+    """The checks of one job that need neither the model nor the photo's pixels."""
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not writing.overwrite:
         for target in targets:
             if target.exists():
                 raise _JobFailed(_exists_error(target))
-    if not is_image_name(job.source):
+    if not is_image_name(job.source, PHOTO_SUFFIXES):
         raise _JobFailed(
-            f"unsupported file type '{job.source.suffix}'; expected {SUFFIX_WORDS}"
+            f"unsupported file type '{job.source.suffix}'; expected {PHOTO_WORDS}"
         )
+    reason = format_missing(PHOTO_SUFFIXES[job.source.suffix.lower()])
+    if reason:  # reading it is the first thing that would fail
+        raise _JobFailed(reason)
+    for target in targets:
+        reason = format_missing(image_format(target), writing=True)
+        if reason:
+            raise _JobFailed(f"cannot write {target}: {reason}")
+
+
+def _check_size(predictor: Predictor, job: _Job, max_pixels: int,
+                train_side: int | None) -> None:
+    """Refuse a photo, from its header, before decoding it: over ``max_pixels``, or
+    needing more memory than this process can still allocate."""
     try:
-        source = read_image(job.source)
-    except UnidentifiedImageError as exc:
-        raise _JobFailed(f"not an image file Pillow can read ({exc})") from exc
-    except Image.DecompressionBombError as exc:
-        raise _JobFailed(f"image too large to open safely ({exc})") from exc
+        width, height = photo_size(job.source)
+    except DgfError as exc:  # a format this installation cannot read
+        raise _JobFailed(str(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise _JobFailed(f"corrupt, truncated or unreadable image ({exc})") from exc
+        raise _JobFailed(_unreadable(exc)) from exc
+    megapixels, limit = width * height / 1e6, max_pixels / 1e6
+    enough = math.ceil(megapixels)
+    tile, _ = predictor.tiling()
+    need = memory_needed(height, width, _scale_for(predictor, height, width, train_side),
+                         tile=tile, batch=predictor.spec.batch,
+                         compare=job.compare is not None)
+    if width * height > max_pixels:
+        raise _JobFailed(
+            f"{width}x{height} is {megapixels:.1f} megapixels, over the limit of "
+            f"{limit:g} (--max-megapixels); pass --max-megapixels {enough} or "
+            f"more to deblur it (it needs about {host.size_text(need)} of memory)")
+    available = host.available_memory()
+    if available is not None and need > available:
+        raise _JobFailed(
+            f"{width}x{height} ({megapixels:.1f} megapixels) needs about "
+            f"{host.size_text(need)} of memory to deblur and {host.size_text(available)} "
+            f"is available; free memory, or shrink the photo (it is within "
+            f"--max-megapixels {limit:g}, but memory sets the limit here)")
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not an image file Pillow can read ({exc})"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"larger than --max-megapixels once decoded ({exc})"
+    return f"corrupt, truncated or unreadable image ({exc})"
+
+
+def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
+             train_side: int | None = None,
+             max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)) -> None:
+    _preflight(job, writing)
+    _check_size(predictor, job, max_pixels, train_side)
+    try:
+        source = read_image(job.source, max_pixels=max_pixels)
+    except DgfError as exc:
+        raise _JobFailed(str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _JobFailed(_unreadable(exc)) from exc
     rgb = source.rgb
     height, width = rgb.shape[:2]
-    scale = predictor.spec.scale
-    factor = auto_scale(height, width, train_side) if scale == "auto" else float(scale)
     try:
-        factor = check_scale(factor, height, width)
+        factor = check_scale(_scale_for(predictor, height, width, train_side), height, width)
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
@@ -159,7 +247,7 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
             f"use a smaller --tile or --batch"
         ) from exc
     out = Image.fromarray(deblurred, "RGB")
-    if source.alpha is not None and image_format(job.output) == "PNG":
+    if source.alpha is not None and image_format(job.output) in ALPHA_FORMATS:
         out.putalpha(Image.fromarray(source.alpha, "L"))
     try:
         write_image(job.output, out, quality=writing.quality, metadata=source.metadata)
@@ -186,21 +274,31 @@ def deblur_paths(
     writing: WriteOptions = WriteOptions(),
     progress: bool = True,
     on_failure: Callable[[Path, str], None] | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
 ) -> DeblurReport:
     """Deblur image files and folders into ``out_dir``.
 
-    Files keep their name and format (JPEG or PNG, chosen by suffix); the tree under
-    each input folder is mirrored. Output is upright (EXIF orientation applied, tag
-    dropped) and RGB; a PNG's alpha channel is kept unchanged. ``writing`` says
-    whether a comparison is written beside, whether existing outputs are replaced and
-    the JPEG quality (:class:`WriteOptions`).
+    Files keep their name and format, chosen by suffix: JPEG, PNG, WebP, AVIF or HEIC
+    (:data:`dgf.images.PHOTO_SUFFIXES`; HEIC needs the ``heif`` extra, and a format
+    this installation cannot read or write fails that file, saying what to install);
+    EXIF and the ICC profile are kept. The tree under each input folder is mirrored.
+    Output is upright (EXIF orientation applied, tag dropped) and RGB; an alpha
+    channel is kept where the format has one (PNG, WebP, AVIF, HEIC). ``writing``
+    says whether a comparison is written beside, whether existing outputs are
+    replaced and the quality of lossy outputs (:class:`WriteOptions`).
+
+    Before decoding a photo its header is checked: a photo over ``max_megapixels``,
+    or one that needs more memory than this process can still allocate
+    (:func:`memory_needed` against :func:`dgf.host.available_memory`), fails with a
+    message naming both numbers. Below the limit Pillow's decompression-bomb
+    warning is not raised.
 
     Problems with the whole run (missing model, missing input path, folder without
     images, two inputs mapped to one output, bad tile settings, a missing engine or
     one that cannot run the precision) raise DgfError before any image is processed.
-    Problems with one file (unreadable, unsupported suffix, existing output without
-    ``overwrite``) are recorded in the report, passed to ``on_failure`` and the other
-    files still run.
+    Problems with one file (unreadable, unsupported suffix, too large, existing output
+    without ``overwrite``) are recorded in the report, passed to ``on_failure`` and
+    the other files still run.
 
     ``spec`` (:class:`~dgf.spec.InferenceSpec`) says how the generator runs. Its
     ``precision`` "auto" is bf16 where the CPU computes bfloat16 natively and fp32
@@ -211,6 +309,9 @@ def deblur_paths(
     file's training record; a model without one runs at 1, and the run says so.
     """
     precision = resolve(spec)
+    if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, (int, float)) \
+            or not 0 < max_megapixels < float("inf"):
+        raise DgfError(f"--max-megapixels must be a number above 0, got {max_megapixels!r}.")
     if not inputs:
         raise DgfError("no inputs given; pass image files or folders.")
     out_dir = Path(out_dir)
@@ -234,7 +335,8 @@ def deblur_paths(
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
-            _process(predictor, job, writing, progress=progress, train_side=train_side)
+            _process(predictor, job, writing, progress=progress, train_side=train_side,
+                     max_pixels=int(max_megapixels * 1e6))
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
                               f"are kept in {out_dir}; free space and run again (existing "

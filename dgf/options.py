@@ -116,6 +116,11 @@ DEFAULT_QUALITY = 95
 #: auto, because on 1024 px photos with 4x the training blur the bundled model loses
 #: 0.16 dB at scale 1 and gains 1.80 dB at auto (1/4): benchmarks/bench_scale.py.
 DEFAULT_SCALE = "auto"
+#: Largest photo, in megapixels, that dgf-deblur decodes (checked on the file's header,
+#: before decoding; a photo that does not fit in the memory available is refused too).
+#: 250: phones shoot up to 200 MP; at the default scale a 200 MP photo peaks under
+#: 4 GB (benchmarks/bench_deblur.py --photos).
+DEFAULT_MAX_MEGAPIXELS = 250
 
 # dgf-eval (dgf.evaluate).
 #: Split of the HDF5 file that is scored.

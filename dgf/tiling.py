@@ -185,15 +185,102 @@ def auto_scale(height: int, width: int, training_side: int | None) -> float:
     return min(1.0, training_side / min(height, width))
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``image`` (h, w, C) float32 resized to (height, width): antialiased Lanczos when
-    shrinking, bicubic when enlarging, each channel in float (no rounding)."""
-    shrink = height < image.shape[0] or width < image.shape[1]
-    method = Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
-                           .resize((width, height), method), dtype=np.float32)
-                for c in range(image.shape[2])]
+#: Rows of the full-size photo that the steps at full resolution (shrinking it for
+#: ``scale``, enlarging the correction, adding it, rounding to uint8) take at a time, so
+#: that their float32 buffers grow with the photo's width, not its area.
+BAND_ROWS = 256
+
+# Pillow's filter supports in source pixels (times the step when shrinking).
+_SUPPORT = {Image.Resampling.LANCZOS: 3.0, Image.Resampling.BICUBIC: 2.0}
+
+
+def _source_rows(top: int, bottom: int, rows: int, out_rows: int, reach: float
+                 ) -> tuple[int, int]:
+    """The rows [lo, hi) of a ``rows``-high image that Pillow reads to resample it to
+    ``out_rows`` rows, for output rows [top, bottom); ``reach``: the filter's support
+    in source rows. One row more each side than Pillow's own bounds, for rounding."""
+    if rows == out_rows:
+        return top, bottom
+    step = rows / out_rows
+    lo = int(np.floor((top + 0.5) * step - reach)) - 1
+    hi = int(np.ceil((bottom - 0.5) * step + reach)) + 1
+    return max(lo, 0), min(hi, rows)
+
+
+def _resize_rows(image: np.ndarray, top: int, bottom: int, size: tuple[int, int],
+                 convert: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Rows [top, bottom) of ``image`` (h, w, C) resized to ``size`` (height, width):
+    antialiased Lanczos when shrinking, bicubic when enlarging, each channel in float32
+    (no rounding). Reads only the source rows those need (``convert``, e.g.
+    :func:`to_unit`, turns them into float32 first), and equals the same rows of the
+    whole image resized, to float round-off: Pillow's box gives the band's place."""
+    height, width = size
+    rows, cols = image.shape[:2]
+    method = (Image.Resampling.LANCZOS if height < rows or width < cols
+              else Image.Resampling.BICUBIC)
+    step = rows / height
+    lo, hi = _source_rows(top, bottom, rows, height, _SUPPORT[method] * max(step, 1.0))
+    crop = image[lo:hi] if convert is None else convert(image[lo:hi])
+    # Pillow refuses a box past the image: the last band ends exactly at its bottom.
+    box = (0.0, top * step - lo, float(cols),
+           float(hi - lo) if bottom == height else bottom * step - lo)
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., c]))
+                           .resize((width, bottom - top), method, box=box), dtype=np.float32)
+                for c in range(crop.shape[2])]
     return np.stack(channels, axis=-1)
+
+
+def _shrink_rows(step: float) -> int:
+    """Source rows per band when shrinking by 1 / ``step``: at least :data:`BAND_ROWS`,
+    and four times the filter's reach, so the rows read twice stay a small share."""
+    return int(max(BAND_ROWS, 4 * _SUPPORT[Image.Resampling.LANCZOS] * step))
+
+
+def band_bytes(width: int, scale: float) -> int:
+    """Bytes the full-size steps of :func:`deblur_image` hold at once for a photo
+    ``width`` pixels wide at ``scale``: enlarging, adding and rounding hold about six
+    float32 RGB buffers of :data:`BAND_ROWS` rows; shrinking about two of its band
+    (:func:`_shrink_rows`) and the filter's reach above and below."""
+    rows = 6 * BAND_ROWS
+    if scale < 1.0:
+        step = 1.0 / scale
+        reach = _SUPPORT[Image.Resampling.LANCZOS] * step + 2
+        rows = max(rows, 2 * int(_shrink_rows(step) + 2 * reach))
+    return rows * width * 3 * 4
+
+
+def _shrink(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The uint8 ``image`` shrunk to (height, width) in [-1, 1] and rounded to uint8,
+    a band of :func:`_shrink_rows` source rows at a time."""
+    step = image.shape[0] / height
+    rows = max(1, int(_shrink_rows(step) / step))
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        out[top:bottom] = to_uint8(_resize_rows(image, top, bottom, (height, width), to_unit))
+    return out
+
+
+def _add_enlarged(image: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    """``to_uint8(to_unit(image) + correction enlarged to image's size)``, a band of
+    :data:`BAND_ROWS` rows at a time."""
+    height, width = image.shape[:2]
+    out = np.empty_like(image)
+    for top in range(0, height, BAND_ROWS):
+        bottom = min(top + BAND_ROWS, height)
+        band = _resize_rows(correction, top, bottom, (height, width))
+        band += to_unit(image[top:bottom])
+        out[top:bottom] = to_uint8(band)
+    return out
+
+
+def _to_uint8_rows(unit: np.ndarray) -> np.ndarray:
+    """:func:`to_uint8` a band of :data:`BAND_ROWS` rows at a time (the same values,
+    without its full-size temporaries)."""
+    out = np.empty(unit.shape, np.uint8)
+    for top in range(0, unit.shape[0], BAND_ROWS):
+        out[top : top + BAND_ROWS] = to_uint8(unit[top : top + BAND_ROWS])
+    return out
 
 
 def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
@@ -218,7 +305,9 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
             correction it makes there (its output minus its input) is enlarged
             (bicubic) and added to the full-size image: the result has the input's
             exact size and keeps all of its own detail, and a generator that
-            changes nothing returns the input unchanged.
+            changes nothing returns the input unchanged. The steps at full size
+            (shrinking, enlarging the correction, adding it, rounding to uint8) run
+            :data:`BAND_ROWS` rows at a time, so their memory grows with the width.
         progress: show a tqdm bar over the tiles (for images of several tiles).
 
     Returns:
@@ -239,12 +328,13 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
     call = predictor.call()
     align = grid_factor(predictor.generator)
     if scale == 1.0:
-        return to_uint8(_deblur_unit(call, image, tile, overlap, batch_size, progress, align))
+        return _to_uint8_rows(_deblur_unit(call, image, tile, overlap, batch_size, progress,
+                                           align))
     small_h, small_w = scaled_size(height, width, scale)
-    small = to_uint8(_resize(to_unit(image), small_h, small_w))
+    small = _shrink(image, small_h, small_w)
     correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress, align)
                   - to_unit(small))
-    return to_uint8(to_unit(image) + _resize(correction, height, width))
+    return _add_enlarged(image, correction)
 
 
 def grid_factor(model) -> int:
@@ -299,4 +389,5 @@ def _deblur_unit(call: Callable[[np.ndarray], Any], image: np.ndarray, tile: int
                 accum[y : y + th, x : x + tw] += out * w
                 weight[y : y + th, x : x + tw] += w
             bar.update(len(chunk))
-    return accum / weight
+    accum /= weight
+    return accum

@@ -336,6 +336,14 @@ CASES: dict[str, Case] = {
         "dgf-deblur", lambda a, t: [str(a.photos), "-o", str(t / "o"), "--model",
                                     str(a.model), "--quality", "0"],
         "between 1 and 100", "0"),
+    "deblur/max-megapixels-zero": Case(
+        "dgf-deblur", lambda a, t: [str(a.photos), "-o", str(t / "o"), "--model",
+                                    str(a.model), "--max-megapixels", "0"],
+        "must be a number above 0", "--max-megapixels"),
+    "deblur/max-megapixels-not-a-number": Case(
+        "dgf-deblur", lambda a, t: [str(a.photos), "-o", str(t / "o"), "--model",
+                                    str(a.model), "--max-megapixels", "lots"],
+        "invalid float value", "'lots'"),
     # dgf-export ----------------------------------------------------------------------
     "export/overwrite-a-photo-folder": Case(
         "dgf-export", lambda a, t: ["--model", str(a.model), "--format", "savedmodel", "-o",

@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, features
 
-from dgf.errors import DgfError
+import dgf.images
+from conftest import png_header_only
+from dgf.errors import DgfError, install_hint
 from dgf.fileio import OutputError, temp_path
 from dgf.images import (
+    PHOTO_SUFFIXES,
     BadImageError,
     find_images,
     load_rgb_image,
+    photo_size,
     read_image,
     read_rgb,
     to_rgb_array,
@@ -141,6 +146,92 @@ def test_finder_leaves_out_the_excluded_folder(tmp_path):
         tmp_path / "a.png", tmp_path / "outer" / "c.png"]
 
 
+# --- phone photos: formats and sizes -------------------------------------------
+def _blocks(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Solid 16 px blocks of random colours: lossy codecs keep them within a few
+    levels, so a wrong rotation or a lost pixel shows."""
+    coarse = _pattern(-(-h // 16), -(-w // 16), seed)
+    return np.repeat(np.repeat(coarse, 16, axis=0), 16, axis=1)[:h, :w]
+
+
+def _can(fmt: str) -> bool:
+    if fmt == "HEIF":
+        return dgf.images.pillow_heif is not None
+    return features.check(fmt.lower())
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".avif", ".heic"])
+def test_phone_formats_round_trip_upright_with_exif_and_icc(tmp_path, suffix):
+    fmt = PHOTO_SUFFIXES[suffix]
+    if not _can(fmt):
+        pytest.skip(f"this installation cannot read {fmt}")  # pillow-heif: extra heif
+    stored = _blocks(48, 80)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # stored sideways: viewers turn it 90 degrees clockwise
+    exif[MAKE] = "dgf camera"
+    source = tmp_path / f"phone{suffix}"
+    Image.fromarray(stored).save(source, format=fmt, exif=exif.tobytes(), icc_profile=icc,
+                                 quality=95)
+
+    loaded = read_image(source)
+    upright = np.rot90(stored, k=-1).astype(int)
+    assert loaded.rgb.shape == (80, 48, 3)
+    assert np.abs(loaded.rgb - upright).mean() < 4  # codec error, not a wrong turn
+    assert loaded.metadata["exif"].get(ORIENTATION) is None
+    assert loaded.metadata["exif"].get(MAKE) == "dgf camera"
+    assert loaded.metadata["icc_profile"] == icc
+
+    out = tmp_path / f"out{suffix}"
+    write_image(out, loaded.rgb, quality=95, metadata=loaded.metadata)
+    with Image.open(out) as im:
+        assert im.format == fmt and im.size == (48, 80)
+        assert im.info["icc_profile"] == icc
+        assert im.getexif().get(MAKE) == "dgf camera"
+        assert im.getexif().get(ORIENTATION) in (None, 1)  # no second turn
+    again = read_image(out)
+    assert np.abs(again.rgb.astype(int) - loaded.rgb).mean() < 4
+
+
+def test_heic_without_pillow_heif_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setattr(dgf.images, "pillow_heif", None)
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(b"\x00\x00\x00\x18ftypheic")  # never opened
+    for call in (lambda: read_image(photo), lambda: photo_size(photo),
+                 lambda: write_image(tmp_path / "out.heic", _pattern(4, 4))):
+        with pytest.raises(DgfError, match="HEIC/HEIF needs pillow-heif") as caught:
+            call()
+        assert install_hint("heif") in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_0001.HEIC"]
+
+
+def test_photo_size_reads_the_header_of_any_size_without_decoding(tmp_path):
+    png_header_only(tmp_path / "huge.png", 30_000, 20_000)  # 600 MP, no pixel data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        assert photo_size(tmp_path / "huge.png") == (30_000, 20_000)
+    with pytest.raises(Image.DecompressionBombError):  # what decoding would meet
+        read_image(tmp_path / "huge.png", max_pixels=100_000_000)
+
+
+def test_a_photo_under_the_limit_reads_without_pillows_bomb_warning(tmp_path, monkeypatch,
+                                                                      capfd):
+    # Pillow's own threshold, lowered: it warns above 500 pixels and refuses above 1000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    rgb = _pattern(30, 40)  # 1200 pixels
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    with pytest.raises(Image.DecompressionBombError):  # what dgf-deblur met before
+        read_image(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = read_image(tmp_path / "big.png", max_pixels=1200)
+    np.testing.assert_array_equal(loaded.rgb, rgb)
+    assert Image.MAX_IMAGE_PIXELS == 500  # Pillow's limit is left as it was
+    with pytest.raises(Image.DecompressionBombError):  # one pixel over the limit
+        read_image(tmp_path / "big.png", max_pixels=1199)
+    assert "ecompression" not in capfd.readouterr().err
+
+
 # --- writing -------------------------------------------------------------------
 def test_write_image_round_trips_and_picks_the_format_by_suffix(tmp_path):
     rgb = _pattern(8, 9, seed=2)
@@ -150,7 +241,8 @@ def test_write_image_round_trips_and_picks_the_format_by_suffix(tmp_path):
     write_image(tmp_path / "y.JPEG", rgba, quality=100)  # JPEG drops the alpha
     with Image.open(tmp_path / "y.JPEG") as im:
         assert im.format == "JPEG" and im.mode == "RGB"
-    with pytest.raises(DgfError, match=r"z\.bmp: suffix '\.bmp' is not \.jpg, \.jpeg or \.png"):
+    with pytest.raises(DgfError, match=r"z\.bmp: suffix '\.bmp' is not \.jpg, \.jpeg, "
+                                       r"\.png, \.webp, \.avif, \.heic or \.heif"):
         write_image(tmp_path / "z.bmp", rgb)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "y.JPEG"]
 

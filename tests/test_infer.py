@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import plain, smooth_photo
+import dgf.tiling
+from conftest import plain, png_header_only, smooth_photo
+from dgf import host
 from dgf.cli import deblur_main
-from dgf.errors import DgfError
+from dgf.errors import DgfError, install_hint
 from dgf.runtime import load_generator
 from dgf.tiling import _axis_window, tile_starts
 
@@ -64,6 +66,34 @@ def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
     assert (diff > 0).mean() < 0.01
     seams = plain(generator, tile=128, overlap=0, batch=3).deblur_image(image)
     assert np.abs(seams.astype(int) - whole.astype(int)).max() > 2
+
+
+def _sharpener():
+    """A stand-in for a predictor (what deblur_image uses of one) whose "generator"
+    sharpens with NumPy: a varied correction at every pixel, in no time."""
+    from types import SimpleNamespace
+
+    def call(x):
+        blurred = (np.roll(x, 1, axis=1) + np.roll(x, -1, axis=2) + 2 * x) / 4
+        return np.clip(x + 1.5 * (x - blurred), -1, 1)
+
+    return SimpleNamespace(tiling=lambda: (0, 0), spec=SimpleNamespace(batch=1),
+                           call=lambda: call, generator=None)
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.5, 1.0])
+def test_banded_full_size_steps_equal_the_whole_image(monkeypatch, scale):
+    """Shrinking, enlarging the correction, adding it and rounding, a few rows at a
+    time (29 bands of 7 rows on this odd-sized photo), give what one band gives."""
+    image = smooth_photo(203, 157, seed=6)
+    monkeypatch.setattr(dgf.tiling, "BAND_ROWS", 10**6)
+    whole = dgf.tiling.deblur_image(_sharpener(), image, scale=scale)
+    assert np.abs(whole.astype(int) - image).max() > 10  # a correction to carry
+    monkeypatch.setattr(dgf.tiling, "BAND_ROWS", 7)
+    banded = dgf.tiling.deblur_image(_sharpener(), image, scale=scale)
+    diff = np.abs(banded.astype(int) - whole.astype(int))
+    assert diff.max() <= 1  # float round-off can flip a rounding
+    assert (diff > 0).mean() < 0.001
 
 
 def test_bad_arguments_raise(generator):
@@ -171,7 +201,8 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     (empty / "deeper").mkdir(parents=True)
     (empty / "deeper" / "readme.txt").write_text("no images here")
     status, _, err = _run([empty, "-o", out, "--model", model_file], capsys)
-    assert status == 2 and "contains no .jpg, .jpeg or .png images" in err
+    assert status == 2
+    assert "contains no .jpg, .jpeg, .png, .webp, .avif, .heic or .heif images" in err
 
     status, _, err = _run([tmp_path / "ghost.jpg", "-o", out, "--model", model_file],
                           capsys)
@@ -192,6 +223,86 @@ def test_run_level_errors_exit_2(tmp_path, model_file, capsys):
     status, _, err = _run([src, "-o", out, "--model", model_file, "--tile", "64",
                            "--overlap", "40"], capsys)
     assert status == 2 and "--overlap" in err
+
+
+@pytest.mark.slow  # runs the whole command end to end
+def test_photo_size_and_memory_are_checked_on_the_header_before_decoding(
+        tmp_path, model_file, monkeypatch, capsys):
+    import dgf.images
+    import dgf.infer
+
+    src = tmp_path / "in"
+    src.mkdir()
+    png_header_only(src / "huge.png", 20_000, 15_000)  # 300 MP, no pixel data
+    Image.fromarray(smooth_photo(30, 40)).save(src / "small.png")  # 1200 pixels
+    (src / "iphone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    decoded = []
+    real_read = dgf.infer.read_image
+    monkeypatch.setattr(dgf.infer, "read_image",
+                        lambda path, **kw: decoded.append(path.name) or real_read(path, **kw))
+    monkeypatch.setattr(dgf.images, "pillow_heif", None)
+    monkeypatch.setattr(host, "available_memory", lambda: 1000)
+    out = tmp_path / "out"
+
+    status, stdout, err = _run([src, "-o", out, "--model", model_file], capsys)
+    assert status == 1 and "3 failed" in stdout
+    assert ("huge.png: 20000x15000 is 300.0 megapixels, over the limit of 250 "
+            "(--max-megapixels); pass --max-megapixels 300 or more") in err
+    assert "small.png: 40x30 (0.0 megapixels) needs about" in err
+    assert "of memory to deblur and 1000 bytes is available" in err
+    assert "iphone.heic: HEIC/HEIF needs pillow-heif, which is not installed" in err
+    assert install_hint("heif") in err
+    assert decoded == []  # every refusal came from the header
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+    # Memory enough: a --max-megapixels below the photo refuses it, still undecoded.
+    monkeypatch.setattr(host, "available_memory", lambda: 10**12)
+    status, _, err = _run([src / "small.png", "-o", out, "--model", model_file,
+                           "--max-megapixels", "0.001"], capsys)
+    assert status == 1 and ("40x30 is 0.0 megapixels, over the limit of 0.001 "
+                            "(--max-megapixels); pass --max-megapixels 1 or more") in err
+    assert decoded == []
+
+
+@pytest.mark.slow  # runs the whole command end to end
+def test_no_bomb_warning_under_the_limit_and_phone_formats_keep_theirs(
+        tmp_path, model_file, monkeypatch, capfd):
+    """A photo above Pillow's bomb threshold (lowered here to 500 pixels) but under
+    --max-megapixels deblurs without a word from Pillow; WebP and HEIC come out in
+    their own format, upright, with their EXIF and ICC profile."""
+    from PIL import ImageCms
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    src = tmp_path / "in"
+    src.mkdir()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide, 24 high: upright 24 wide, 40 high
+    exif[0x010F] = "dgf camera"
+    suffixes = [".png", ".webp"] + ([".heic"] if _heif_installed() else [])
+    for suffix in suffixes:
+        Image.fromarray(smooth_photo(24, 40, seed=7)).save(
+            src / f"shot{suffix}", exif=exif.tobytes(), icc_profile=icc, quality=95)
+    out = tmp_path / "out"
+    status = deblur_main([str(src), "-o", str(out), "--model", str(model_file), "--quiet",
+                          *FIXED_FLAGS])
+    err = capfd.readouterr().err
+    assert status == 0, err
+    assert "ecompression" not in err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # this test's own reading
+    for suffix in suffixes:
+        with Image.open(out / f"shot{suffix}") as im:
+            assert im.format == {".png": "PNG", ".webp": "WEBP", ".heic": "HEIF"}[suffix]
+            assert im.size == (24, 40)
+            assert im.info["icc_profile"] == icc
+            assert im.getexif().get(0x010F) == "dgf camera"
+            assert im.getexif().get(0x0112) in (None, 1)
+
+
+def _heif_installed() -> bool:
+    import dgf.images
+
+    return dgf.images.pillow_heif is not None
 
 
 @pytest.mark.slow  # the quick subset keeps a cheaper test of this module

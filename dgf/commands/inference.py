@@ -15,10 +15,12 @@ from dgf.errors import DgfError, install_hint
 def deblur_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "dgf-deblur",
-        "Deblur JPEG/PNG photos of any size with a trained generator. Outputs keep "
-        "the input's name, size and format; folders are searched recursively and "
-        "their tree is mirrored under OUT. Output is upright RGB (EXIF orientation "
-        "applied); a PNG's alpha channel is kept. Exit status 1 if any file failed.",
+        "Deblur photos (JPEG, PNG, WebP, AVIF; HEIC with the 'heif' extra: "
+        f"{install_hint('heif')}) with a trained generator. Outputs keep the input's "
+        "name, size, format, EXIF and ICC profile; folders are searched recursively "
+        "and their tree is mirrored under OUT. Output is upright RGB (EXIF orientation "
+        "applied); an alpha channel is kept where the format has one. Exit status 1 if "
+        "any file failed.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="image files and/or folders")
@@ -39,7 +41,7 @@ def deblur_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=options.DEFAULT_BATCH,
                    help="tiles per generator call")
     p.add_argument("--quality", type=int, default=options.DEFAULT_QUALITY,
-                   help="JPEG quality of the outputs (1-100)")
+                   help="quality of lossy outputs: JPEG, WebP, AVIF, HEIC (1-100)")
     p.add_argument("--compare", action="store_true",
                    help="also write blurred | deblurred side by side as "
                         "OUT/compare/REL/NAME_compare.EXT")
@@ -52,6 +54,11 @@ def deblur_parser() -> argparse.ArgumentParser:
                    "detail). auto: F = the model's training image side / the photo's "
                    "shorter side, at most 1 (from the model file's training record; "
                    "1 when it has none)")
+    p.add_argument("--max-megapixels", type=float, default=options.DEFAULT_MAX_MEGAPIXELS,
+                   metavar="MP",
+                   help="refuse a photo larger than this, from its header, before "
+                   "decoding it; a photo that needs more memory than is available is "
+                   "refused too, naming both numbers")
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                    help="hide the progress bar (--quiet is the same flag)")
     return p
@@ -82,7 +89,8 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
         writing = infer.WriteOptions(compare=args.compare, overwrite=args.overwrite,
                                      quality=args.quality)
         report = infer.deblur_paths(model, args.inputs, args.out, spec, writing=writing,
-                                    progress=not args.no_progress, on_failure=tell)
+                                    progress=not args.no_progress, on_failure=tell,
+                                    max_megapixels=args.max_megapixels)
         print(f"deblurred {len(report.processed)} image(s) into {args.out}"
               + (f"; {len(report.failed)} failed" if report.failed else ""))
         return 1 if report.failed else 0
