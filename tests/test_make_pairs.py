@@ -417,7 +417,7 @@ def test_options_are_frozen_and_keep_the_quality_range_as_a_tuple():
     options = MakePairsOptions(jpeg_quality_range=[70, 95])
     assert options.jpeg_quality_range == (70, 95)
     assert options.realism.jpeg_quality_range == (70, 95)
-    with pytest.raises(FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'size'"):
         options.size = 8
     # A copy with one value changed is checked again.
     with pytest.raises(DgfError, match="size 4 must be"):
