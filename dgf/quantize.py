@@ -245,23 +245,24 @@ def _folder_set(folder: Path, count: int, side: int, seed: int) -> CalibrationSe
     return _assemble(crops, held_out, str(folder), count, side, seed)
 
 
-def _h5_set(path: Path, count: int, side: int, seed: int) -> CalibrationSet:
+def _h5_set(path: Path, split: str, count: int, side: int, seed: int) -> CalibrationSet:
     h5 = open_pairs_file(path)
     with h5:
-        info = check_split(h5, "test", path)
+        info = check_split(h5, split, path)
         if info.count < MIN_IMAGES:
-            raise DgfError(f"{path}: its test split holds {info.count} pair(s); int8 "
+            raise DgfError(f"{path}: its {split} split holds {info.count} pair(s); int8 "
                            f"calibration needs at least {MIN_IMAGES}")
-        blurred, sharp = h5[blurred_name("test")], h5[sharp_name("test")]
+        blurred, sharp = h5[blurred_name(split)], h5[sharp_name(split)]
         loaders = [lambda i=i: (blurred[i], sharp[i]) for i in range(info.count)]
         crops, held_out, _ = _draw(loaders, count, side, seed)
     return _assemble(crops, held_out, str(path), count, side, seed)
 
 
 def calibration_set(source: Path | str, *, count: int = DEFAULT_COUNT,
-                    side: int = DEFAULT_SIDE, seed: int = 0) -> CalibrationSet:
+                    side: int = DEFAULT_SIDE, seed: int = 0,
+                    split: str = "test") -> CalibrationSet:
     """Up to ``count`` seeded random ``side`` x ``side`` crops of the blurred images of
-    ``source``: an HDF5 pairs file (its test split, with the sharp crops) or a folder
+    ``source``: an HDF5 pairs file (its ``split``, with the sharp crops) or a folder
     of JPEG/PNG photos (searched recursively; unreadable files are skipped)."""
     if count < 2 * MIN_HELD_OUT or side < 16:
         raise DgfError(f"calibration needs at least {2 * MIN_HELD_OUT} crops of at least "
@@ -272,7 +273,7 @@ def calibration_set(source: Path | str, *, count: int = DEFAULT_COUNT,
                        f"an HDF5 pairs file (build-hdf5) or a folder of blurred JPEG/PNG photos")
     if path.is_dir():
         return _folder_set(path, count, side, seed)
-    return _h5_set(path, count, side, seed)
+    return _h5_set(path, split, count, side, seed)
 
 
 def default_calibration_source(model_path: Path | str) -> Path:
