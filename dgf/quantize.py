@@ -15,8 +15,9 @@ report (:class:`Int8Report`). The steps:
   quantiser saw; the other crops are spread evenly over the next images.
 * **The quantiser's copy** (:func:`dgf.equalise.prepared_copy`): the fp32 copy with
   native dilated convolutions and equalised channels, both exact in float. Without
-  the equalisation the bundled model lost 0.05 dB PSNR and 0.0055 SSIM on its 64
-  test pairs (crop border 8) at int8 on OpenVINO, with it 0.015 dB and 0.001.
+  the equalisation the bundled model lost 0.046 dB PSNR and 0.0043 SSIM on its 64
+  test pairs (crop border 8) at int8 on OpenVINO, with it 0.022 dB and 0.0013
+  (``benchmarks/bench_int8.py --options``; docs/inference.md, INT8).
 * **OpenVINO** (:func:`quantize_openvino`): ``nncf.quantize`` with the ``mixed``
   preset (asymmetric activations: LeakyReLU outputs are mostly positive), 8-bit
   per-channel weights, the output tail after the last convolution (the pixel
