@@ -299,13 +299,12 @@ def default_calibration_source(model_path: Path | str) -> Path:
                    f"(looked in {', '.join(str(p) for p in places)}); {hint}")
 
 
-def onnx_model(model, dtype=tf.float32, input_name: str = engines.INPUT_NAME,
-               wrap: Callable | None = None) -> bytes:
-    """``model`` (or ``wrap(model)``, a function of one tensor) converted by tf2onnx,
-    (B, H, W, 3) of ``dtype`` in with B, H and W dynamic."""
-    spec = [tf.TensorSpec([None, None, None, 3], dtype, name=input_name)]
-    body = wrap(model) if wrap is not None else (lambda x: model(x, training=False))
-    function = tf.function(body, input_signature=spec, autograph=False)
+def onnx_model(model) -> bytes:
+    """``model`` converted by tf2onnx at ``OPSET``: (B, H, W, 3) float32 in, B, H and W
+    dynamic, input named as dgf.engines names it."""
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32, name=engines.INPUT_NAME)]
+    function = tf.function(lambda x: model(x, training=False), input_signature=spec,
+                           autograph=False)
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
     except Exception as exc:  # tf2onnx raises many types for an op it cannot map
