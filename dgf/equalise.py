@@ -169,10 +169,9 @@ def equalise(model, crops: np.ndarray) -> int:
     return len(plans)
 
 
-def prepared_copy(copy, crops: np.ndarray):
-    """The fp32 folded ``copy`` as the quantisers take it: a clone with native
-    dilated convolutions and equalised channels (module docstring). ``copy`` is not
-    modified."""
+def native_copy(copy):
+    """A clone of the fp32 folded ``copy`` with native dilated convolutions
+    (:class:`DilatedConv2D`) and the same weights; ``copy`` is not modified."""
     try:
         clone = keras.models.clone_model(copy, clone_function=_clone_layer)
     except Exception as exc:  # Keras raises several types for a model it cannot clone
@@ -181,5 +180,12 @@ def prepared_copy(copy, crops: np.ndarray):
     for layer in clone.layers:
         if layer.weights:
             layer.set_weights(copy.get_layer(layer.name).get_weights())
+    return clone
+
+
+def prepared_copy(copy, crops: np.ndarray):
+    """The fp32 folded ``copy`` as the quantisers take it: :func:`native_copy` with
+    its channels equalised on (up to ``EQUALISE_CROPS`` of) the uint8 ``crops``."""
+    clone = native_copy(copy)
     equalise(clone, crops[:EQUALISE_CROPS])
     return clone

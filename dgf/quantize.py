@@ -15,8 +15,9 @@ report (:class:`Int8Report`). The steps:
   quantiser saw; the other crops are spread evenly over the next images.
 * **The quantiser's copy** (:func:`dgf.equalise.prepared_copy`): the fp32 copy with
   native dilated convolutions and equalised channels, both exact in float. Without
-  the equalisation the bundled model lost 0.05 dB PSNR and 0.0055 SSIM on its 64
-  test pairs (crop border 8) at int8 on OpenVINO, with it 0.015 dB and 0.001.
+  the equalisation the bundled model lost 0.046 dB PSNR and 0.0043 SSIM on its 64
+  test pairs (crop border 8) at int8 on OpenVINO, with it 0.022 dB and 0.0013
+  (``benchmarks/bench_int8.py --options``; docs/inference.md, INT8).
 * **OpenVINO** (:func:`quantize_openvino`): ``nncf.quantize`` with the ``mixed``
   preset (asymmetric activations: LeakyReLU outputs are mostly positive), 8-bit
   per-channel weights, the output tail after the last convolution (the pixel
@@ -24,7 +25,8 @@ report (:class:`Int8Report`). The steps:
   OpenVINO IR (xml + bin) and compiled per input shape with the f32 hint for the
   parts left float.
 * **ONNX Runtime** (:func:`quantize_onnxruntime`): ``quantize_static`` in QDQ format
-  on the convolutions, uint8 activations (moving-average min/max), int8 per-channel
+  on the convolutions, activations and concatenations (``ORT_OPS``; the output tail
+  stays float), uint8 activations (moving-average min/max), int8 per-channel
   weights at 7 bits (``reduce_range``: on a CPU without VNNI its u8 x s8 products
   saturate 16-bit sums at 8 bits; measured 0.03 dB better on the AVX2 host).
 * **The cache** (:func:`calibration.cache_dir`, ``int8/``): ``DIGEST.xml`` and
@@ -117,8 +119,10 @@ MIN_IMAGES = 16
 MIN_HELD_OUT = 8
 #: The ONNX opset of the quantiser's conversion (as dgf.engines').
 OPSET = onnx_conversion.OPSET
-#: Operators ``quantize_static`` quantises.
-ORT_OPS = ("Conv",)
+#: Operators ``quantize_static`` quantises: with the activations and concatenations in
+#: int8 too, 1.2-1.3x faster than the convolutions alone, same PSNR and SSIM (bundled
+#: model, AVX2 host).
+ORT_OPS = ("Conv", "LeakyRelu", "Concat")
 _SUFFIXES = {"openvino": ("xml", "bin"), "onnxruntime": ("onnx",)}
 
 
@@ -248,23 +252,24 @@ def _folder_set(folder: Path, count: int, side: int, seed: int) -> CalibrationSe
     return _assemble(crops, held_out, str(folder), count, side, seed)
 
 
-def _h5_set(path: Path, count: int, side: int, seed: int) -> CalibrationSet:
+def _h5_set(path: Path, split: str, count: int, side: int, seed: int) -> CalibrationSet:
     h5 = open_pairs_file(path)
     with h5:
-        info = check_split(h5, "test", path)
+        info = check_split(h5, split, path)
         if info.count < MIN_IMAGES:
-            raise DgfError(f"{path}: its test split holds {info.count} pair(s); int8 "
+            raise DgfError(f"{path}: its {split} split holds {info.count} pair(s); int8 "
                            f"calibration needs at least {MIN_IMAGES}")
-        blurred, sharp = h5[blurred_name("test")], h5[sharp_name("test")]
+        blurred, sharp = h5[blurred_name(split)], h5[sharp_name(split)]
         loaders = [lambda i=i: (blurred[i], sharp[i]) for i in range(info.count)]
         crops, held_out, _ = _draw(loaders, count, side, seed)
     return _assemble(crops, held_out, str(path), count, side, seed)
 
 
 def calibration_set(source: Path | str, *, count: int = DEFAULT_COUNT,
-                    side: int = DEFAULT_SIDE, seed: int = 0) -> CalibrationSet:
+                    side: int = DEFAULT_SIDE, seed: int = 0,
+                    split: str = "test") -> CalibrationSet:
     """Up to ``count`` seeded random ``side`` x ``side`` crops of the blurred images of
-    ``source``: an HDF5 pairs file (its test split, with the sharp crops) or a folder
+    ``source``: an HDF5 pairs file (its ``split``, with the sharp crops) or a folder
     of JPEG/PNG photos (searched recursively; unreadable files are skipped)."""
     if count < 2 * MIN_HELD_OUT or side < 16:
         raise DgfError(f"calibration needs at least {2 * MIN_HELD_OUT} crops of at least "
@@ -275,7 +280,7 @@ def calibration_set(source: Path | str, *, count: int = DEFAULT_COUNT,
                        f"an HDF5 pairs file (build-hdf5) or a folder of blurred JPEG/PNG photos")
     if path.is_dir():
         return _folder_set(path, count, side, seed)
-    return _h5_set(path, count, side, seed)
+    return _h5_set(path, split, count, side, seed)
 
 
 def default_calibration_source(model_path: Path | str) -> Path:
@@ -297,13 +302,13 @@ def default_calibration_source(model_path: Path | str) -> Path:
                    f"(looked in {', '.join(str(p) for p in places)}); {hint}")
 
 
-def onnx_model(model, dtype=tf.float32, input_name: str = onnx_conversion.INPUT_NAME,
-               wrap: Callable | None = None) -> bytes:
-    """``model`` (or ``wrap(model)``, a function of one tensor) converted by tf2onnx,
-    (B, H, W, 3) of ``dtype`` in with B, H and W dynamic."""
-    spec = [tf.TensorSpec([None, None, None, 3], dtype, name=input_name)]
-    body = wrap(model) if wrap is not None else (lambda x: model(x, training=False))
-    function = tf.function(body, input_signature=spec, autograph=False)
+def onnx_model(model) -> bytes:
+    """``model`` converted by tf2onnx at ``OPSET``: (B, H, W, 3) float32 in, B, H and W
+    dynamic, input named as dgf.engines names it."""
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32,
+                          name=onnx_conversion.INPUT_NAME)]
+    function = tf.function(lambda x: model(x, training=False), input_signature=spec,
+                           autograph=False)
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
     except Exception as exc:  # tf2onnx raises many types for an op it cannot map
@@ -397,8 +402,10 @@ def quantize_onnxruntime(data: bytes, samples: np.ndarray) -> bytes:
 
 
 class OpenVinoInt8Call:
-    """OpenVINO's CPU plugin on an NNCF int8 model, compiled per input shape (the
-    parts left float at f32): float32 in, float32 out."""
+    """OpenVINO's CPU plugin on an NNCF int8 model, compiled per image shape (the
+    parts left float at f32): float32 in, float32 out. A batch runs one image at a
+    time: 36 ms per 256x256 image against 58 ms in batches of 8 on the AVX2 host
+    (benchmarks/bench_int8.py; the batch's activations outgrow the caches)."""
 
     engine = "openvino"
     description = f"{engine_row('openvino').words}, int8 (NNCF)"
@@ -410,14 +417,15 @@ class OpenVinoInt8Call:
 
     def __call__(self, x) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        shape = tuple(int(s) for s in x.shape)
+        shape = (1, *(int(s) for s in x.shape[1:]))
         if shape not in self.compiled:
             model = self.model.clone()
             model.reshape(list(shape))
             compiled = _ov_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             self.compiled[shape] = (compiled, compiled.create_infer_request())
         compiled, request = self.compiled[shape]
-        return np.array(request.infer({0: x})[compiled.output(0)], dtype=np.float32)
+        return np.concatenate([np.array(request.infer({0: x[i:i + 1]})[compiled.output(0)],
+                                        dtype=np.float32) for i in range(len(x))])
 
 
 class OnnxRuntimeInt8Call:

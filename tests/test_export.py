@@ -282,6 +282,9 @@ def test_int8_export_refusals(tmp_path, model_file, capsys):
          "--quantize int8 applies to --format tflite or onnx; a savedmodel export keeps"),
         (["--format", "tflite", "-o", out, "--calibration", h5],
          "--calibration applies with --quantize int8 only"),
+        (["--format", "tflite", "-o", out, "--quantize", "int8", "--input-size", "40", "24"],
+         "--quantize int8 takes no --input-size: TFLite's full-integer conversion of a "
+         "fixed-size generator is wrong"),
         (["--format", "tflite", "-o", out, "--quantize", "int8"],
          "records no training HDF5 file to calibrate int8 on; pass --calibration H5|DIR"),
         (["--format", "onnx", "-o", tmp_path / "q.onnx", "--quantize", "int8",
