@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -85,17 +87,20 @@ try:
 except ImportError as exc:  # pragma: no cover
     openvino = None
     _MISSING["openvino"] = first_line(exc)
-try:
-    import nncf
-except ImportError as exc:  # pragma: no cover
-    nncf = None
-    _MISSING["nncf"] = first_line(exc)
+if importlib.util.find_spec("nncf") is None:  # pragma: no cover
+    _MISSING["nncf"] = "ModuleNotFoundError: No module named 'nncf'"
 try:
     import onnxruntime
-    from onnxruntime import quantization as ort_quantization
 except ImportError as exc:  # pragma: no cover
-    onnxruntime = ort_quantization = None
+    onnxruntime = None
     _MISSING["onnxruntime"] = first_line(exc)
+
+
+def _heavy(name: str):
+    """NNCF and ONNX Runtime's quantisation tools, imported when int8 first needs them:
+    at the top they cost every command about 1.5 s and 2 s of start-up (measured on the
+    AVX2 host), and only int8 uses them."""
+    return importlib.import_module(name)
 
 #: Bumped when what the quantisers write changes; old cache entries then miss.
 VERSION = 1
@@ -355,6 +360,7 @@ def quantize_openvino(data: bytes, crops: np.ndarray) -> dict[str, bytes]:
     """NNCF's int8 of the ONNX model ``data`` calibrated on uint8 ``crops``, as IR
     files ``{"xml": ..., "bin": ...}``."""
     model = _ov_core().read_model(data)
+    nncf = _heavy("nncf")
     dataset = nncf.Dataset(list(crops), lambda crop: to_unit(crop[None]))
     level = nncf.common.logging.nncf_logger.level
     nncf.set_log_level(logging.ERROR)
@@ -371,8 +377,9 @@ def quantize_openvino(data: bytes, crops: np.ndarray) -> dict[str, bytes]:
         return {"xml": xml.read_bytes(), "bin": xml.with_suffix(".bin").read_bytes()}
 
 
-class _Reader(ort_quantization.CalibrationDataReader if ort_quantization else object):
-    """Batches of 8 calibration samples for ``quantize_static``."""
+class _Reader:
+    """Batches of 8 calibration samples for ``quantize_static`` (the interface of
+    ``onnxruntime.quantization.CalibrationDataReader``: ``get_next``, None at the end)."""
 
     def __init__(self, name: str, samples: np.ndarray) -> None:
         self.name, self.samples, self.start = name, samples, 0
@@ -392,6 +399,7 @@ def quantize_onnxruntime(data: bytes, samples: np.ndarray) -> bytes:
     with tempfile.TemporaryDirectory(prefix="dgf-int8-") as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(data)
+        ort_quantization = _heavy("onnxruntime.quantization")
         ort_quantization.quantize_static(
             source, target, reader, quant_format=ort_quantization.QuantFormat.QDQ,
             op_types_to_quantize=list(ORT_OPS), per_channel=True, reduce_range=True,
@@ -530,7 +538,7 @@ def check_int8(fp32_call: Callable, int8_call: Callable, held_out: Crops,
 # --- the cache ----------------------------------------------------------------------------
 def cache_key(content: str, engine: str, cal: CalibrationSet) -> dict[str, Any]:
     """What an int8 copy depends on (module docstring)."""
-    versions = ({"openvino": openvino.__version__, "nncf": nncf.__version__}
+    versions = ({"openvino": openvino.__version__, "nncf": _heavy("nncf").__version__}
                 if engine == "openvino" else {"onnxruntime": onnxruntime.__version__})
     cpu = calibration.cpu_description()
     return {"version": VERSION, "content": content, "engine": engine, **versions,

@@ -320,3 +320,16 @@ def test_dgf_deblur_and_eval_run_int8_close_to_fp32(engine, model_file, tmp_path
                       "--no-progress"]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["precision"] == "int8" and summary["ran_on"] == [f"{engine} int8"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
+def test_commands_do_not_pay_for_the_int8_tools_until_int8_is_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys, dgf.predictor, dgf.export, dgf.infer, dgf.evaluate; "
+            "print(sorted(m for m in ('nncf', 'onnxruntime.quantization') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
