@@ -35,8 +35,8 @@ PAGE_OF = {
     "dgf-train": "docs/training.md",
     "dgf-eval": "docs/evaluation.md",
     "dgf-deblur": "docs/inference.md",
-    "dgf-export": "docs/inference.md",
-    "dgf-info": "docs/inference.md",
+    "dgf-export": "docs/export.md",
+    "dgf-info": "docs/export.md",
 }
 COMMANDS = cli.parsers()
 #: Scripts run as ``python SCRIPT ...``; their parsers are checked like the commands'.
