@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dgf.blur import describe_choice, estimate_blur, model_reference
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
@@ -124,7 +125,7 @@ def _exists_error(path: Path) -> str:
 
 
 def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
-             train_side: int | None = None) -> None:
+             train_side: int | None = None, train_streak: float | None = None) -> None:
     targets = [job.output] + ([job.compare] if job.compare else [])
     if not writing.overwrite:
         for target in targets:
@@ -145,7 +146,14 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
     rgb = source.rgb
     height, width = rgb.shape[:2]
     scale = predictor.spec.scale
-    factor = auto_scale(height, width, train_side) if scale == "auto" else float(scale)
+    factor = float(scale) if scale != "auto" else 1.0
+    if scale == "auto":
+        estimate = estimate_blur(rgb) if train_streak is not None else None
+        factor = auto_scale(height, width, train_side, training_streak=train_streak,
+                            streak=estimate.length if estimate else None)
+        line = describe_choice(str(job.source), estimate, factor, train_streak, train_side)
+        if line:
+            print(line, flush=True)
     try:
         factor = check_scale(factor, height, width)
     except DgfError as exc:
@@ -206,9 +214,11 @@ def deblur_paths(
     ``precision`` "auto" is bf16 where the CPU computes bfloat16 natively and fp32
     elsewhere (the run says which it chose). Its ``scale`` is a factor in (0, 1] or
     ``"auto"``: each photo is deblurred at that scale (:func:`dgf.tiling.deblur_image`)
-    and returned at its own size; ``auto`` picks, per photo, the model's training image
-    side over the photo's shorter side (:func:`dgf.tiling.auto_scale`), from the model
-    file's training record; a model without one runs at 1, and the run says so.
+    and returned at its own size; ``auto`` picks, per photo, the scale that shrinks its
+    blur streaks (:func:`dgf.blur.estimate_blur`) to the length the model learned on
+    (its record's training blur, :func:`dgf.tiling.auto_scale`) and prints both; a
+    photo too small or flat to measure runs at 1 with a note; a model without a
+    training record runs at 1, and the run says so.
     """
     precision = resolve(spec)
     if not inputs:
@@ -221,7 +231,11 @@ def deblur_paths(
     predictor = Predictor(load_generator(model_path), spec, source=model_path)
     predictor.tiling()  # the model's own tile and overlap, checked before any image
     scale = spec.scale
-    train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
+    record = read_metadata(model_path) if scale == "auto" else None
+    train_side = training_side(record) if scale == "auto" else None
+    train_streak, note = model_reference(record, model_path) if scale == "auto" else (None, None)
+    if note:
+        print(note, flush=True)
     if scale == "auto" and train_side is None:
         print(f"--scale auto: {model_path} does not record its training images (no "
               f"training metadata); running at scale 1 (pass --scale F to choose)",
@@ -234,7 +248,8 @@ def deblur_paths(
     report = DeblurReport()
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
-            _process(predictor, job, writing, progress=progress, train_side=train_side)
+            _process(predictor, job, writing, progress=progress, train_side=train_side,
+                     train_streak=train_streak)
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
                               f"are kept in {out_dir}; free space and run again (existing "
