@@ -11,15 +11,16 @@ direction of motion: crossed along that direction, an edge of any orientation ta
 as many pixels to change as the streak is long (exactly the streak length for a
 straight, uniform streak; for a curved one, one over the peak of the streak's
 density along that line). For each of ``DIRECTIONS`` directions the estimator takes
-the strongest edges of the directional derivative (the top 10%, local maxima along
+the strongest edges of the directional derivative (among the pixels of largest
+gradient, those above the derivative's 90th percentile that are local maxima along
 the direction), walks from each along the direction while the derivative stays above
 ``_RAMP_FLOOR`` of its peak, and divides the derivative's sum over that walk by its
 peak: the edge's spread, in pixels. The direction's spread is the 70th percentile of
 its edges'; the photo's is the largest over the directions. A sharp photo measures
 a few pixels (its own edges); an image without edges is *flat* (no estimate).
 
-It runs on the luma shrunk to ``WORK_SIDE`` px on its shorter side (cost: well
-under a second for a 12 MP photo); a streak of more than ``_COARSE_SPREAD`` px there
+It runs on the luma shrunk to ``WORK_SIDE`` px on its shorter side (about 0.4 s for
+a 12 MP photo on a 2-core AVX2 host); a streak of more than ``_COARSE_SPREAD`` px there
 is measured again at half that size, where it fits the walk better. Chosen with
 ``benchmarks/bench_scale.py --phone`` over a gradient-autocorrelation width, a
 directional spectrum fall-off and a cepstrum, whose estimates followed the photo's
@@ -64,7 +65,8 @@ MIN_EDGES = 50
 _SMOOTH = 0.8  # Gaussian sigma before the derivative (px): calms noise and JPEG blocks
 _REACH = 48  # px walked each way from an edge
 _RAMP_FLOOR = 0.15  # an edge's walk stops where its derivative falls below this x peak
-_EDGES = 2000  # strongest edges used per direction
+_EDGES = 1500  # strongest edges used per direction
+_CANDIDATES = 48_000  # pixels of largest gradient the edges are chosen from
 _PERCENTILE = 70
 _COARSE_SPREAD = 12.0  # px at the working size beyond which half the size measures
 _COARSE_MIN_SIDE = 512  # ... when the working size is at least this (not a 256 px image)
@@ -97,46 +99,62 @@ def luma(image: np.ndarray, side: int | None = WORK_SIDE) -> np.ndarray:
     if side is not None and min(height, width) > side:
         factor = side / min(height, width)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
     return np.asarray(gray, dtype=np.float32)
 
 
-def _direction_spread(gx: np.ndarray, gy: np.ndarray, angle: float) -> tuple[float, float, int]:
-    """(spread, strength, edges) of one direction: the ``_PERCENTILE`` of the edge
-    spreads (module docstring), the 90th percentile of the derivative's size and the
-    number of edges measured."""
-    c, s = np.cos(angle), np.sin(angle)
-    size = np.abs(c * gx + s * gy)
-    h, w = size.shape
-    margin = min(_REACH // 2, min(h, w) // 4)
-    inner = size[margin:h - margin, margin:w - margin]
-    flat = inner.ravel()
-    strength = float(np.percentile(flat[:: max(1, flat.size // 200_000)], 90))
-    count = min(flat.size - 1, 8 * _EDGES)
-    picks = np.argpartition(flat, -count)[-count:]
-    picks = picks[flat[picks] > max(strength, FLAT_GRADIENT)]
-    ys, xs = np.unravel_index(picks, inner.shape)
-    ys, xs, peak = ys + margin, xs + margin, flat[picks]
-    ahead = ndimage.map_coordinates(size, [ys + s, xs + c], order=1, mode="nearest")
-    behind = ndimage.map_coordinates(size, [ys - s, xs - c], order=1, mode="nearest")
-    ridge = (peak >= ahead) & (peak > behind)  # the edge's centre along the direction
-    ys, xs, peak = ys[ridge], xs[ridge], peak[ridge]
-    if len(peak) < MIN_EDGES:
-        return 0.0, strength, len(peak)
-    keep = np.argsort(peak)[::-1][:_EDGES]
-    ys, xs = ys[keep], xs[keep]
-    steps = np.arange(-_REACH, _REACH + 1, dtype=np.float32)
-    rows = ys[:, None] + steps[None, :] * s
-    cols = xs[:, None] + steps[None, :] * c
-    profile = ndimage.map_coordinates(size, [rows.ravel(), cols.ravel()], order=1,
-                                      mode="nearest").reshape(len(ys), -1)
-    centre = profile[:, _REACH]
-    above = profile > _RAMP_FLOOR * centre[:, None]
-    right = np.cumprod(above[:, _REACH:], axis=1)
-    left = np.cumprod(above[:, _REACH::-1], axis=1)
-    area = ((profile[:, _REACH:] * right).sum(1) + (profile[:, _REACH::-1] * left).sum(1)
-            - centre)
-    return float(np.percentile(area / centre, _PERCENTILE)), strength, len(ys)
+class _Edges:
+    """The candidate edges of a luma image: the ``_CANDIDATES`` pixels of largest
+    gradient away from the border, with their derivatives, and a sample of every
+    pixel's derivatives (for the percentiles)."""
+
+    def __init__(self, gray: np.ndarray) -> None:
+        smooth = ndimage.gaussian_filter(gray.astype(np.float32), _SMOOTH)
+        self.gy, self.gx = np.gradient(smooth)
+        h, w = gray.shape
+        margin = min(_REACH // 2, min(h, w) // 4)
+        inner = (slice(margin, h - margin), slice(margin, w - margin))
+        gx, gy = self.gx[inner].ravel(), self.gy[inner].ravel()
+        size = gx * gx + gy * gy
+        count = min(size.size - 1, _CANDIDATES)
+        picks = np.argpartition(size, -count)[-count:]
+        ys, xs = np.unravel_index(picks, (h - 2 * margin, w - 2 * margin))
+        self.ys, self.xs = ys + margin, xs + margin
+        self.cgx, self.cgy = gx[picks], gy[picks]
+        step = max(1, size.size // 100_000)
+        self.sample = (gx[::step], gy[::step])
+
+    def spread(self, angle: float) -> tuple[float, float, int]:
+        """(spread, strength, edges) along ``angle``: the ``_PERCENTILE`` of the edge
+        spreads (module docstring), the 90th percentile of the derivative's size over
+        the image and the number of edges measured."""
+        c, s = np.cos(angle), np.sin(angle)
+        strength = float(np.percentile(np.abs(c * self.sample[0] + s * self.sample[1]), 90))
+        peak = np.abs(c * self.cgx + s * self.cgy)
+        keep = np.nonzero(peak > max(strength, FLAT_GRADIENT))[0]
+        keep = keep[np.argsort(peak[keep])[::-1][: 8 * _EDGES]]
+        ys, xs, peak = self.ys[keep], self.xs[keep], peak[keep]
+        size = np.abs(c * self.gx + s * self.gy) if len(keep) else None
+        if size is None:
+            return 0.0, strength, 0
+        ahead = ndimage.map_coordinates(size, [ys + s, xs + c], order=1, mode="nearest")
+        behind = ndimage.map_coordinates(size, [ys - s, xs - c], order=1, mode="nearest")
+        ridge = (peak >= ahead) & (peak > behind)  # the edge's centre along the direction
+        ys, xs = ys[ridge][:_EDGES], xs[ridge][:_EDGES]
+        if len(ys) < MIN_EDGES:
+            return 0.0, strength, len(ys)
+        steps = np.arange(-_REACH, _REACH + 1, dtype=np.float32)
+        rows = ys[:, None] + steps[None, :] * s
+        cols = xs[:, None] + steps[None, :] * c
+        profile = ndimage.map_coordinates(size, [rows.ravel(), cols.ravel()], order=1,
+                                          mode="nearest").reshape(len(ys), -1)
+        centre = profile[:, _REACH]
+        above = profile > _RAMP_FLOOR * centre[:, None]
+        right = np.cumprod(above[:, _REACH:], axis=1)
+        left = np.cumprod(above[:, _REACH::-1], axis=1)
+        area = ((profile[:, _REACH:] * right).sum(1)
+                + (profile[:, _REACH::-1] * left).sum(1) - centre)
+        return float(np.percentile(area / centre, _PERCENTILE)), strength, len(ys)
 
 
 def edge_spread(gray: np.ndarray) -> tuple[float | None, str | None]:
@@ -145,11 +163,10 @@ def edge_spread(gray: np.ndarray) -> tuple[float | None, str | None]:
     h, w = gray.shape
     if min(h, w) < MIN_SIDE:
         return None, f"{w}x{h} is too small to measure its blur (under {MIN_SIDE} px)"
-    smooth = ndimage.gaussian_filter(gray.astype(np.float32), _SMOOTH)
-    gy, gx = np.gradient(smooth)
-    found = [_direction_spread(gx, gy, np.pi * k / DIRECTIONS) for k in range(DIRECTIONS)]
+    edges = _Edges(gray)
+    found = [edges.spread(np.pi * k / DIRECTIONS) for k in range(DIRECTIONS)]
     strongest = max(strength for _, strength, _ in found)
-    measured = [spread for spread, _, edges in found if edges >= MIN_EDGES]
+    measured = [spread for spread, _, count in found if count >= MIN_EDGES]
     if strongest < FLAT_GRADIENT or not measured:
         return None, (f"too flat to measure its blur (edges of {strongest:.2f} levels "
                       f"per pixel, under {FLAT_GRADIENT:g})")
@@ -169,7 +186,7 @@ def estimate_blur(image: np.ndarray) -> BlurEstimate:
     spread, reason = edge_spread(gray)
     side = min(gray.shape)
     if spread is not None and spread > _COARSE_SPREAD and side >= _COARSE_MIN_SIDE:
-        coarse = luma(image, side // 2)
+        coarse = luma(gray, side // 2)
         again, _ = edge_spread(coarse)
         if again is not None:
             spread, side = again, min(coarse.shape)
