@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf import host
+from dgf.blur import describe_choice, estimate_blur, model_reference
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
@@ -158,9 +159,27 @@ def memory_needed(height: int, width: int, scale: float, *, tile: int, batch: in
 
 def _scale_for(predictor: Predictor, height: int, width: int,
                train_side: int | None) -> float:
-    """The factor a height x width photo runs at: ``--scale`` or what auto picks."""
+    """The factor a height x width photo's memory is estimated at before decoding:
+    ``--scale``, or for auto the size rule (the blur is measured once decoded)."""
     scale = predictor.spec.scale
     return auto_scale(height, width, train_side) if scale == "auto" else float(scale)
+
+
+def _choose_scale(predictor: Predictor, job: _Job, rgb: np.ndarray, train_side: int | None,
+                  train_streak: float | None) -> float:
+    """The factor the decoded photo runs at: ``--scale``, or for auto the one that maps
+    its measured streak onto the model's training blur (:mod:`dgf.blur`; the size rule
+    when the model records no training blur), said on stdout."""
+    if predictor.spec.scale != "auto":
+        return float(predictor.spec.scale)
+    height, width = rgb.shape[:2]
+    estimate = estimate_blur(rgb) if train_streak is not None else None
+    factor = auto_scale(height, width, train_side, training_streak=train_streak,
+                        streak=estimate.length if estimate else None)
+    line = describe_choice(str(job.source), estimate, factor, train_streak, train_side)
+    if line:
+        print(line, flush=True)
+    return factor
 
 
 def _preflight(job: _Job, writing: WriteOptions) -> None:
@@ -222,7 +241,7 @@ def _unreadable(exc: BaseException) -> str:
 
 
 def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
-             train_side: int | None = None,
+             train_side: int | None = None, train_streak: float | None = None,
              max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)) -> None:
     _preflight(job, writing)
     _check_size(predictor, job, max_pixels, train_side)
@@ -234,8 +253,9 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
         raise _JobFailed(_unreadable(exc)) from exc
     rgb = source.rgb
     height, width = rgb.shape[:2]
+    factor = _choose_scale(predictor, job, rgb, train_side, train_streak)
     try:
-        factor = check_scale(_scale_for(predictor, height, width, train_side), height, width)
+        factor = check_scale(factor, height, width)
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
@@ -304,9 +324,11 @@ def deblur_paths(
     ``precision`` "auto" is bf16 where the CPU computes bfloat16 natively and fp32
     elsewhere (the run says which it chose). Its ``scale`` is a factor in (0, 1] or
     ``"auto"``: each photo is deblurred at that scale (:func:`dgf.tiling.deblur_image`)
-    and returned at its own size; ``auto`` picks, per photo, the model's training image
-    side over the photo's shorter side (:func:`dgf.tiling.auto_scale`), from the model
-    file's training record; a model without one runs at 1, and the run says so.
+    and returned at its own size; ``auto`` picks, per photo, the scale that shrinks its
+    blur streaks (:func:`dgf.blur.estimate_blur`) to the length the model learned on
+    (its record's training blur, :func:`dgf.tiling.auto_scale`) and prints both; a
+    photo too small or flat to measure runs at 1 with a note; a model without a
+    training record runs at 1, and the run says so.
     """
     precision = resolve(spec)
     if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, (int, float)) \
@@ -322,7 +344,11 @@ def deblur_paths(
     predictor = Predictor(load_generator(model_path), spec, source=model_path)
     predictor.tiling()  # the model's own tile and overlap, checked before any image
     scale = spec.scale
-    train_side = training_side(read_metadata(model_path)) if scale == "auto" else None
+    record = read_metadata(model_path) if scale == "auto" else None
+    train_side = training_side(record) if scale == "auto" else None
+    train_streak, note = model_reference(record, model_path) if scale == "auto" else (None, None)
+    if note:
+        print(note, flush=True)
     if scale == "auto" and train_side is None:
         print(f"--scale auto: {model_path} does not record its training images (no "
               f"training metadata); running at scale 1 (pass --scale F to choose)",
@@ -336,7 +362,7 @@ def deblur_paths(
     for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
         try:
             _process(predictor, job, writing, progress=progress, train_side=train_side,
-                     max_pixels=int(max_megapixels * 1e6))
+                     train_streak=train_streak, max_pixels=int(max_megapixels * 1e6))
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
                               f"are kept in {out_dir}; free space and run again (existing "

@@ -16,7 +16,11 @@ archive (:func:`read_metadata`) without TensorFlow. It holds:
 * ``dgf_version`` and ``commit`` (the git commit of the source tree, when known);
 * ``evaluations``: what ``dgf-eval --model M --h5 H --record`` measured on a whole
   split afterwards (:func:`add_evaluation`), one entry per data file, split, pair
-  count and metric settings.
+  count and metric settings;
+* ``training_blur``: the streak length of the blurred training images
+  (:func:`dgf.blur.measure_training_blur`: ``streak_px``, the median in pixels, its
+  quartiles, the ``estimator``, the data file, split, image side and count), which
+  ``--scale auto`` maps a photo's streaks onto (:func:`set_training_blur`).
 
 Every score names the number of pairs it was measured on (``count``): the trainer
 scores ``--val-samples`` pairs per epoch, often fewer than the whole test split.
@@ -37,6 +41,7 @@ from dgf.fileio import write_atomic
 
 MEMBER = "dgf.json"
 EVALUATIONS = "evaluations"
+TRAINING_BLUR = "training_blur"
 _SOURCE = Path(__file__).resolve().parents[1]
 
 
@@ -86,6 +91,29 @@ def training_side(record: dict[str, Any] | None) -> int | None:
     return min(sides) if sides else None
 
 
+def training_streak(record: dict[str, Any] | None, estimator: str) -> float | None:
+    """The median streak length in pixels of the blurred training images, as the
+    record's ``training_blur`` states it, when measured by ``estimator``; None when
+    the record does not say (or names another estimator)."""
+    blur = (record or {}).get(TRAINING_BLUR) or {}
+    value = blur.get("streak_px")
+    if blur.get("estimator") != estimator or not isinstance(value, (int, float)) \
+            or isinstance(value, bool) or not value > 0:
+        return None
+    return float(value)
+
+
+def training_file(record: dict[str, Any] | None) -> Path | None:
+    """The HDF5 file the record says the model was trained on, when it exists here
+    (a relative path is taken from the current folder, where dgf-train ran); None
+    otherwise."""
+    name = ((record or {}).get("data") or {}).get("h5")
+    if not isinstance(name, str) or not name:
+        return None
+    path = Path(name)
+    return path if path.is_file() else None
+
+
 def _pairs(score: dict[str, Any], split: str = "test") -> str:
     """``on N test pairs `` (an older record without the count: nothing)."""
     count = score.get("count")
@@ -110,6 +138,10 @@ def describe(record: dict[str, Any] | None) -> str:
     if best.get("psnr") is not None:
         parts.append(f"best {best['psnr']:.2f} dB / {best.get('ssim', float('nan')):.4f} "
                      f"{_pairs(best)}at {_settings(best)} (epoch {best.get('epoch')})")
+    blur = record.get(TRAINING_BLUR) or {}
+    if isinstance(blur.get("streak_px"), (int, float)):
+        parts.append(f"training blur {blur['streak_px']:.1f} px (median of "
+                     f"{blur.get('count', '?')} {blur.get('split', '?')} images)")
     parts.append(f"dgf {record.get('dgf_version', '?')}"
                  + (f" ({record['commit']})" if record.get("commit") else ""))
     return ", ".join(parts)
@@ -139,9 +171,7 @@ def add_evaluation(path: Path | str, summary: dict[str, Any]) -> dict[str, Any]:
     """Record ``summary`` (dgf-eval's, for one model on one split) in the ``.keras``
     file at ``path`` as an entry of ``evaluations``, replacing an earlier entry of the
     same data file, split, pair count and metric settings; return the new record.
-
-    The archive is rewritten under a temporary name and renamed into place, so the
-    model file is never left half-written; Keras' own members are copied unchanged.
+    The file is rewritten atomically (:func:`_rewrite`).
     """
     path = Path(path)
     record = read_metadata(path) or {}
@@ -150,6 +180,25 @@ def add_evaluation(path: Path | str, summary: dict[str, Any]) -> dict[str, Any]:
     kept = [old for old in record.get(EVALUATIONS) or []
             if any(old.get(key) != entry[key] for key in _EVALUATION_KEY)]
     record = {**record, EVALUATIONS: kept + [entry]}
+    _rewrite(path, record)
+    return record
+
+
+def set_training_blur(path: Path | str, blur: dict[str, Any]) -> dict[str, Any]:
+    """Record ``blur`` (:func:`dgf.blur.measure_training_blur`'s summary) as the
+    ``training_blur`` of the ``.keras`` file at ``path``, replacing an earlier one,
+    and return the new record; rewritten atomically as :func:`add_evaluation` does,
+    Keras' members (the weights) copied unchanged."""
+    path = Path(path)
+    record = {**(read_metadata(path) or {}), TRAINING_BLUR: dict(blur)}
+    _rewrite(path, record)
+    return record
+
+
+def _rewrite(path: Path, record: dict[str, Any]) -> None:
+    """Replace the ``dgf.json`` of the archive at ``path`` with ``record``: the
+    archive is written under a temporary name and renamed into place, so the model
+    file is never left half-written; Keras' own members are copied unchanged."""
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(path) as source, \
@@ -160,4 +209,3 @@ def add_evaluation(path: Path | str, summary: dict[str, Any]) -> dict[str, Any]:
             target.writestr(MEMBER, json.dumps(record, indent=1, sort_keys=True))
 
     write_atomic(path, write)
-    return record

@@ -175,14 +175,34 @@ def _run_generator(call: Callable[[np.ndarray], Any], batch_uint8: np.ndarray) -
 
 
 
-def auto_scale(height: int, width: int, training_side: int | None) -> float:
-    """The scale ``--scale auto`` runs a height x width photo at: the model's training
-    image side over the photo's shorter side (so the photo's blur, relative to its
-    size, meets the blur the model learned), at most 1. 1 when the model does not
-    record its training images."""
+#: Smallest shorter side, in pixels, ``--scale auto`` shrinks a photo to.
+AUTO_MIN_SIDE = 128
+
+
+def auto_scale(height: int, width: int, training_side: int | None, *,
+               streak: float | None = None, training_streak: float | None = None) -> float:
+    """The scale ``--scale auto`` runs a height x width photo at.
+
+    With the model's training blur known (``training_streak``, px: the median streak
+    of its blurred training images, :func:`dgf.blur.measure_training_blur`): the one
+    that shrinks the photo's ``streak`` (px, :func:`dgf.blur.estimate_blur`) to that
+    length, ``training_streak / streak``, at most 1 and at least what keeps
+    ``AUTO_MIN_SIDE`` px on the shorter side; 1 when the photo's streak could not
+    be measured (``streak`` None: too small or too flat).
+
+    Without it, the older rule: the model's training image side over the photo's
+    shorter side (the photo's blur taken to be the same fraction of its size as in
+    the training images), at most 1; 1 when the model does not record its training
+    images."""
+    shorter = min(height, width)
+    if training_streak is not None:
+        if streak is None or not streak > 0:
+            return 1.0
+        least = min(1.0, AUTO_MIN_SIDE / shorter)
+        return float(min(1.0, max(least, training_streak / streak)))
     if not training_side:
         return 1.0
-    return min(1.0, training_side / min(height, width))
+    return min(1.0, training_side / shorter)
 
 
 #: Rows of the full-size photo that the steps at full resolution (shrinking it for

@@ -4,6 +4,7 @@ space-to-depth generator, ``--scale`` and the training record inside ``.keras`` 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -155,6 +156,10 @@ def test_deblur_cli_scale_auto_reads_the_model_record(tmp_path, capsys):
     out = np.asarray(Image.open(tmp_path / "a" / "p.png"))
     assert out.shape == (257, 191, 3)
     assert np.abs(out.astype(int) - np.asarray(Image.open(photos / "p.png"))).max() <= 1
+    # A record without its training blur or training file: the size rule, said once.
+    assert (f"note: --scale auto: {recorded} does not record its training blur and names "
+            f"no training file; each photo runs at the model's training image side over "
+            f"its shorter side") in capsys.readouterr().out
     assert deblur_main([str(photos), "-o", str(tmp_path / "b"), "--model", str(plain),
                         "--scale", "auto", "--quiet", *FIXED_FLAGS]) == 0
     assert "does not record its training images" in capsys.readouterr().out
@@ -164,6 +169,41 @@ def test_deblur_cli_scale_auto_reads_the_model_record(tmp_path, capsys):
     assert deblur_main([str(photos), "-o", str(tmp_path / "d"), "--model", str(plain),
                         "--scale", "0.01", "--quiet", *FIXED_FLAGS]) == 1  # this photo: too small
     assert "scale 0.01 leaves a 191x257 image" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a whole dgf-deblur run; tests/test_blur.py covers the parts quickly
+def test_scale_auto_prints_each_photos_streak_and_notes_a_flat_one(tmp_path, capsys):
+    """With the model's training blur recorded, each photo's streak is measured and
+    mapped onto it; a flat photo runs at scale 1 with a note saying why."""
+    from PIL import Image
+
+    from dgf.blur import ESTIMATOR, shake_kernel
+    from dgf.infer import deblur_paths
+    from dgf.kernels import blur
+    from dgf.metadata import write_metadata
+    from dgf.models import build_generator
+    from dgf.spec import InferenceSpec
+
+    model = tmp_path / "m.keras"
+    build_generator(channel_rate=4, residual=True, batchnorm=False, dropout=0.0).save(model)
+    write_metadata(model, {"data": {"image_height": 64, "image_width": 64},
+                           "training_blur": {"estimator": ESTIMATOR, "streak_px": 10.0}})
+    photos = tmp_path / "in"
+    photos.mkdir()
+    sharp = np.kron(np.random.default_rng(0).integers(30, 220, (48, 64, 1)),
+                    np.ones((8, 8, 1))).astype(np.uint8).repeat(3, axis=2)  # 384x512 blocks
+    Image.fromarray(blur(sharp, shake_kernel(0, 18.0))).save(photos / "shaken.png")
+    Image.fromarray(np.full((120, 160, 3), 77, np.uint8)).save(photos / "wall.png")
+    spec = InferenceSpec(engine="tensorflow", jit="off", scale="auto")
+    report = deblur_paths(model, [photos], tmp_path / "out", spec, progress=False)
+    assert len(report.processed) == 2 and not report.failed
+    lines = capsys.readouterr().out.splitlines()
+    shaken = next(line for line in lines if line.startswith(f"{photos / 'shaken.png'}: "))
+    streak, scale = (float(v) for v in re.fullmatch(
+        r".*: streaks about (\d+) px, the model learned 10\.0 px: scale ([\d.]+)", shaken).groups())
+    assert 9 < streak < 27 and scale == pytest.approx(10.0 / streak, rel=0.05)
+    assert (f"note: {photos / 'wall.png'}: too flat to measure its blur (edges of 0.00 levels "
+            f"per pixel, under 1); running at scale 1") in lines
 
 
 # --- the training record -------------------------------------------------------------

@@ -1,0 +1,313 @@
+"""How long a photo's blur streaks are, measured from the photo alone.
+
+``--scale auto`` (:func:`dgf.tiling.auto_scale`) shrinks a photo until its streaks are
+as long as the blur the model learned on; this module measures both: a photo's
+streaks (:func:`estimate_blur`) and, with the same measure, the blurred images of a
+training file (:func:`measure_training_blur`), which ``dgf-train`` records in the
+model file.
+
+**The measure: the edge spread along the blur.** Shake smears every edge along the
+direction of motion: crossed along that direction, an edge of any orientation takes
+as many pixels to change as the streak is long (exactly the streak length for a
+straight, uniform streak; for a curved one, one over the peak of the streak's
+density along that line). For each of ``DIRECTIONS`` directions the estimator takes
+the strongest edges of the directional derivative (among the pixels of largest
+gradient, those above the derivative's 90th percentile that are local maxima along
+the direction), walks from each along the direction while the derivative stays above
+``_RAMP_FLOOR`` of its peak, and divides the derivative's sum over that walk by its
+peak: the edge's spread, in pixels. The direction's spread is the 70th percentile of
+its edges'; the photo's is the largest over the directions. A sharp photo measures
+a few pixels (its own edges); an image without edges is *flat* (no estimate).
+
+It runs on the luma shrunk to ``WORK_SIDE`` px on its shorter side (about 0.4 s for
+a 12 MP photo on a 2-core AVX2 host); a streak of more than ``_COARSE_SPREAD`` px there
+is measured again at half that size, where it fits the walk better. Chosen with
+``benchmarks/bench_scale.py --phone`` over a gradient-autocorrelation width, a
+directional spectrum fall-off and a cepstrum, whose estimates followed the photo's
+content more than its blur (``docs/results.md``).
+
+:func:`streak_length` is the length the benchmark and the tests draw kernels at: the
+length of the straight uniform streak with the same spread (second moment) along its
+longest axis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from dgf.errors import DgfError
+from dgf.kernels import DEFAULT_STRENGTH, random_kernel
+from dgf.metadata import training_file, training_side, training_streak
+from dgf.schema import blurred_name, open_pairs_file
+
+#: The estimator's name, recorded beside a training blur: a record measured by
+#: another estimator is not compared with this one's photos.
+ESTIMATOR = "edge-spread-1"
+#: Shorter side, in pixels, of the luma the blur is measured on.
+WORK_SIDE = 1024
+#: Smallest shorter side a photo needs for an estimate.
+MIN_SIDE = 64
+#: Directions (over 180 degrees) the edges are crossed along.
+DIRECTIONS = 12
+#: A photo of which nine pixels in ten change by less than this many levels per
+#: pixel (at the working size, along every direction) is flat: a blank page, a wall,
+#: fog. Measured: blurred photos 2.3-8.9 (benchmarks/bench_scale.py --phone), a grey
+#: page with noise of 2 levels 0.74.
+FLAT_GRADIENT = 1.0
+#: Fewest strong edges an estimate needs.
+MIN_EDGES = 50
+
+_SMOOTH = 0.8  # Gaussian sigma before the derivative (px): calms noise and JPEG blocks
+_REACH = 48  # px walked each way from an edge
+_RAMP_FLOOR = 0.15  # an edge's walk stops where its derivative falls below this x peak
+_EDGES = 1500  # strongest edges used per direction
+_CANDIDATES = 48_000  # pixels of largest gradient the edges are chosen from
+_PERCENTILE = 70
+_COARSE_SPREAD = 12.0  # px at the working size beyond which half the size measures
+_COARSE_MIN_SIDE = 512  # ... when the working size is at least this (not a 256 px image)
+
+
+@dataclass(frozen=True)
+class BlurEstimate:
+    """What :func:`estimate_blur` found: ``length`` (the streak length in pixels of
+    the image it was given) or None with ``reason`` (why there is no estimate);
+    ``side`` is the shorter side of the luma it was measured on."""
+
+    length: float | None
+    reason: str | None = None
+    side: int = 0
+
+
+def luma(image: np.ndarray, side: int | None = WORK_SIDE) -> np.ndarray:
+    """The BT.601 luma (float32, levels 0-255) of ``image`` ((H, W, 3) uint8 RGB or
+    (H, W) grey), shrunk (Lanczos, antialiased) to ``side`` px on its shorter side
+    when larger; ``side`` None keeps the size."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3:
+        gray = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("L")
+    elif image.ndim == 2:
+        gray = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    else:
+        raise DgfError(f"expected an (H, W, 3) RGB or (H, W) grey image, got shape "
+                       f"{image.shape}.")
+    width, height = gray.size
+    if side is not None and min(height, width) > side:
+        factor = side / min(height, width)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return np.asarray(gray, dtype=np.float32)
+
+
+class _Edges:
+    """The candidate edges of a luma image: the ``_CANDIDATES`` pixels of largest
+    gradient away from the border, with their derivatives, and a sample of every
+    pixel's derivatives (for the percentiles)."""
+
+    def __init__(self, gray: np.ndarray) -> None:
+        smooth = ndimage.gaussian_filter(gray.astype(np.float32), _SMOOTH)
+        self.gy, self.gx = np.gradient(smooth)
+        h, w = gray.shape
+        margin = min(_REACH // 2, min(h, w) // 4)
+        inner = (slice(margin, h - margin), slice(margin, w - margin))
+        gx, gy = self.gx[inner].ravel(), self.gy[inner].ravel()
+        size = gx * gx + gy * gy
+        count = min(size.size - 1, _CANDIDATES)
+        picks = np.argpartition(size, -count)[-count:]
+        ys, xs = np.unravel_index(picks, (h - 2 * margin, w - 2 * margin))
+        self.ys, self.xs = ys + margin, xs + margin
+        self.cgx, self.cgy = gx[picks], gy[picks]
+        step = max(1, size.size // 100_000)
+        self.sample = (gx[::step], gy[::step])
+
+    def spread(self, angle: float) -> tuple[float, float, int]:
+        """(spread, strength, edges) along ``angle``: the ``_PERCENTILE`` of the edge
+        spreads (module docstring), the 90th percentile of the derivative's size over
+        the image and the number of edges measured."""
+        c, s = np.cos(angle), np.sin(angle)
+        strength = float(np.percentile(np.abs(c * self.sample[0] + s * self.sample[1]), 90))
+        peak = np.abs(c * self.cgx + s * self.cgy)
+        keep = np.nonzero(peak > max(strength, FLAT_GRADIENT))[0]
+        keep = keep[np.argsort(peak[keep])[::-1][: 8 * _EDGES]]
+        ys, xs, peak = self.ys[keep], self.xs[keep], peak[keep]
+        size = np.abs(c * self.gx + s * self.gy) if len(keep) else None
+        if size is None:
+            return 0.0, strength, 0
+        ahead = ndimage.map_coordinates(size, [ys + s, xs + c], order=1, mode="nearest")
+        behind = ndimage.map_coordinates(size, [ys - s, xs - c], order=1, mode="nearest")
+        ridge = (peak >= ahead) & (peak > behind)  # the edge's centre along the direction
+        ys, xs = ys[ridge][:_EDGES], xs[ridge][:_EDGES]
+        if len(ys) < MIN_EDGES:
+            return 0.0, strength, len(ys)
+        steps = np.arange(-_REACH, _REACH + 1, dtype=np.float32)
+        rows = ys[:, None] + steps[None, :] * s
+        cols = xs[:, None] + steps[None, :] * c
+        profile = ndimage.map_coordinates(size, [rows.ravel(), cols.ravel()], order=1,
+                                          mode="nearest").reshape(len(ys), -1)
+        centre = profile[:, _REACH]
+        above = profile > _RAMP_FLOOR * centre[:, None]
+        right = np.cumprod(above[:, _REACH:], axis=1)
+        left = np.cumprod(above[:, _REACH::-1], axis=1)
+        area = ((profile[:, _REACH:] * right).sum(1)
+                + (profile[:, _REACH::-1] * left).sum(1) - centre)
+        return float(np.percentile(area / centre, _PERCENTILE)), strength, len(ys)
+
+
+def edge_spread(gray: np.ndarray) -> tuple[float | None, str | None]:
+    """The spread in pixels of ``gray``'s edges along its most blurred direction
+    (module docstring), or (None, why) for an image too small or too flat."""
+    h, w = gray.shape
+    if min(h, w) < MIN_SIDE:
+        return None, f"{w}x{h} is too small to measure its blur (under {MIN_SIDE} px)"
+    edges = _Edges(gray)
+    found = [edges.spread(np.pi * k / DIRECTIONS) for k in range(DIRECTIONS)]
+    strongest = max(strength for _, strength, _ in found)
+    measured = [spread for spread, _, count in found if count >= MIN_EDGES]
+    if strongest < FLAT_GRADIENT or not measured:
+        return None, (f"too flat to measure its blur (edges of {strongest:.2f} levels "
+                      f"per pixel, under {FLAT_GRADIENT:g})")
+    return max(measured), None
+
+
+def estimate_blur(image: np.ndarray) -> BlurEstimate:
+    """The streak length, in pixels of ``image`` ((H, W, 3) uint8 RGB or (H, W)
+    grey), of its blur: the edge spread (module docstring) of its luma at
+    ``WORK_SIDE`` px, or at half that for a streak longer than ``_COARSE_SPREAD`` px
+    there (when that is at least ``_COARSE_MIN_SIDE`` px), scaled back to the
+    image's size. ``length`` is None, with ``reason``,
+    for an image too small or too flat."""
+    image = np.asarray(image)
+    full = min(image.shape[:2])
+    gray = luma(image, WORK_SIDE)
+    spread, reason = edge_spread(gray)
+    side = min(gray.shape)
+    if spread is not None and spread > _COARSE_SPREAD and side >= _COARSE_MIN_SIDE:
+        coarse = luma(gray, side // 2)
+        again, _ = edge_spread(coarse)
+        if again is not None:
+            spread, side = again, min(coarse.shape)
+    if spread is None:
+        return BlurEstimate(None, reason, side)
+    return BlurEstimate(spread * full / side, None, side)
+
+
+# --- the blur a model learned on ----------------------------------------------------
+def summarize(lengths: Iterable[float | None], **about: Any) -> dict[str, Any]:
+    """The record of a set of images' streak lengths: median and quartiles in
+    pixels, how many were measured and skipped (flat), ``estimator``, and ``about``
+    (the data file, split, image side)."""
+    lengths = list(lengths)
+    values = [float(v) for v in lengths if v is not None]
+    if not values:
+        raise DgfError("none of the images has edges enough to measure its blur.")
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    return {"estimator": ESTIMATOR, "streak_px": round(float(median), 3),
+            "q25": round(float(q25), 3), "q75": round(float(q75), 3),
+            "count": len(values), "skipped": len(lengths) - len(values), **about}
+
+
+def measure_training_blur(h5_path: Path | str, split: str = "train",
+                          limit: int | None = None) -> dict[str, Any]:
+    """The streak lengths of the blurred images of ``split`` in the HDF5 pairs file
+    at ``h5_path`` (``limit`` evenly spaced ones; None: all), each measured at its
+    own size, summarised by :func:`summarize`: what a model trained on that file
+    learned. DgfError when the file or split cannot be read."""
+    with open_pairs_file(h5_path) as f:
+        name = blurred_name(split)
+        if name not in f:
+            raise DgfError(f"{h5_path} has no {split} split ({name}); cannot measure the "
+                           f"blur the model learned on.")
+        data = f[name]
+        count = data.shape[0]
+        picks = range(count) if limit is None or limit >= count else \
+            np.linspace(0, count - 1, limit).round().astype(int)
+        lengths = [estimate_blur(data[int(i)]).length for i in picks]
+        side = int(min(data.shape[1:3]))
+    return summarize(lengths, h5=str(h5_path), split=split, image_side=side)
+
+
+#: Blurred training images measured when a model's record lacks its training blur.
+REFERENCE_IMAGES = 64
+
+
+def model_reference(record: dict[str, Any] | None, model: Path | str
+                    ) -> tuple[float | None, str | None]:
+    """(the streak length in px the model learned on, a ``note:`` line or None) for
+    ``--scale auto``: the record's ``training_blur``; for a record without it, the
+    blur measured on ``REFERENCE_IMAGES`` blurred train images of the training file
+    the record names, when that file is here (with a note); else None and a note
+    that each photo's scale follows its size (:func:`dgf.tiling.auto_scale`'s older
+    rule). A model without any training record gets (None, None): the caller says
+    so."""
+    streak = training_streak(record, ESTIMATOR)
+    if streak is not None or record is None or training_side(record) is None:
+        return streak, None
+    h5 = training_file(record)
+    why = "names no training file"
+    if h5 is not None:
+        try:
+            blur = measure_training_blur(h5, limit=REFERENCE_IMAGES)
+        except DgfError as exc:
+            why = f"its training file {h5} cannot be measured ({exc})"
+        else:
+            return blur["streak_px"], (
+                f"note: --scale auto: {model} does not record its training blur; measured "
+                f"{blur['count']} blurred train images of {h5}: streaks of "
+                f"{blur['streak_px']:.1f} px")
+    else:
+        named = ((record.get("data") or {}).get("h5"))
+        if named:
+            why = f"its training file {named} is not here"
+    return None, (f"note: --scale auto: {model} does not record its training blur and "
+                  f"{why}; each photo runs at the model's training image side over its "
+                  f"shorter side, which assumes its blur is as large a part of it as in "
+                  f"the training images")
+
+
+def describe_choice(name: str, estimate: BlurEstimate | None, scale: float,
+                    reference: float | None, side: int | None = None) -> str | None:
+    """The line dgf-deblur prints for a photo at ``--scale auto``: its streaks, the
+    model's (``reference``), and the scale chosen; a ``note:`` when its blur could not
+    be measured; for a model without a training blur, the scale from the training
+    image ``side`` (None without that either: the run has said so once)."""
+    if reference is None or estimate is None:
+        if side is None:
+            return None
+        return f"{name}: scale {scale:.3g} (the training image side {side} px over its size)"
+    if estimate.length is None:
+        return f"note: {name}: {estimate.reason}; running at scale 1"
+    why = " (streaks no longer than the model's)" if scale == 1.0 else ""
+    return (f"{name}: streaks about {estimate.length:.0f} px, the model learned "
+            f"{reference:.1f} px: scale {scale:.3g}{why}")
+
+
+# --- kernels of a known length (benchmarks, tests) ----------------------------------
+def streak_length(kernel: np.ndarray) -> float:
+    """The length in pixels of the straight uniform streak with ``kernel``'s spread
+    along its longest axis: sqrt(12 x the largest eigenvalue of its covariance)."""
+    k = np.asarray(kernel, dtype=np.float64)
+    ys, xs = np.mgrid[: k.shape[0], : k.shape[1]]
+    mass = k.sum()
+    cy, cx = (k * ys).sum() / mass, (k * xs).sum() / mass
+    dy, dx = ys - cy, xs - cx
+    cov = np.array([[(k * dy * dy).sum(), (k * dy * dx).sum()],
+                    [(k * dy * dx).sum(), (k * dx * dx).sum()]]) / mass
+    return float(np.sqrt(12.0 * np.linalg.eigvalsh(cov).max()))
+
+
+def shake_kernel(seed: int, length: float, strength: float = DEFAULT_STRENGTH) -> np.ndarray:
+    """A camera-shake kernel (:func:`dgf.kernels.random_kernel`) drawn from ``seed``
+    whose :func:`streak_length` is ``length`` pixels (within a few percent): the
+    same path is drawn on a canvas sized to make it that long."""
+    if not (np.isfinite(length) and length > 0):
+        raise DgfError(f"streak length {length!r} must be a positive number of pixels.")
+    size = 101
+    for _ in range(2):
+        kernel = random_kernel(np.random.default_rng(seed), size, strength)
+        size = int(round((size - 1) * length / streak_length(kernel))) + 1
+        size = max(3, size + (size % 2 == 0))
+    return random_kernel(np.random.default_rng(seed), size, strength)
