@@ -106,8 +106,12 @@ def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
     assert asked == [stored == "xla"]
 
 
-@pytest.mark.parametrize("damage", [b"\x00garbage{", b'{"key": {}, "choice": "xla"}',
-                                    "choice", "seconds"])
+# One kind of damage in make test-fast; the others (each compiles XLA twice) are slow.
+@pytest.mark.parametrize("damage", [b"\x00garbage{",
+                                    pytest.param(b'{"key": {}, "choice": "xla"}',
+                                                 marks=pytest.mark.slow),
+                                    pytest.param("choice", marks=pytest.mark.slow),
+                                    pytest.param("seconds", marks=pytest.mark.slow)])
 def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     x = _x(4)
     call = _call(model, "fp32", "auto")

@@ -321,6 +321,7 @@ def test_evaluate_split_scores_every_pair(tmp_path):
     assert [r["index"] for r in lrows] == scoring.strip_indices(COUNT, 3)
 
 
+@pytest.mark.slow  # test_evaluate_split_caches_the_baseline_per_protocol_and_channel is quick
 def test_evaluate_split_caches_the_blurred_baseline(tmp_path, monkeypatch):
     """The blurred-input scores are computed once per file and set of pairs."""
     h5 = tmp_path / "d.h5"
