@@ -16,9 +16,9 @@ auto, and auto's distance to the best fixed scale.
 
 Without --phone (the older bench): test pairs enlarged by ``--enlarge`` (bicubic,
 sharp and blurred alike), so the streaks keep their share of the picture (8-15% for
-pairs-small); each is deblurred at every scale, returning to full size by adding the
-enlarged correction (``correction``, what dgf-deblur does) or by enlarging the small
-deblurred image (``image``).
+pairs-small); each is deblurred at every scale and at auto (each pair its own),
+returning to full size by adding the enlarged correction (``correction``, what
+dgf-deblur does) or by enlarging the small deblurred image (``image``).
 
     python benchmarks/bench_scale.py data/pairs-small.h5 --pairs 6 --enlarge 4
 """
@@ -63,7 +63,7 @@ def image_method(run: Predictor, blurred: np.ndarray, scale: float) -> np.ndarra
     return to_uint8(_resize(to_unit(out), h, w))
 
 
-def pairs_bench(run: Predictor, args: argparse.Namespace, side: int | None) -> None:
+def pairs_bench(run: Predictor, args: argparse.Namespace, reference: tuple) -> None:
     """The older bench: enlarged test pairs, both ways back to full size."""
     with h5py.File(args.h5) as f:
         count = f[sharp_name("test")].shape[0]
@@ -74,25 +74,30 @@ def pairs_bench(run: Predictor, args: argparse.Namespace, side: int | None) -> N
     big_blurred = [enlarge(b, args.enlarge) for b in blurred]
     border = args.crop_border
     h, w = big_sharp[0].shape[:2]
+    streak, side = reference
+    autos = [auto_scale(h, w, side, training_streak=streak,
+                        streak=estimate_blur(b).length if streak else None) for b in big_blurred]
     print(f"{args.pairs} test pairs enlarged x{args.enlarge} to {w}x{h}; model {args.model} "
-          f"(training side {side}); crop border {border}; CPU cores: {os.cpu_count()}")
+          f"(training blur {streak} px, side {side}); auto scales "
+          f"{', '.join(f'{a:.3g}' for a in autos)}; crop border {border}; CPU cores: "
+          f"{os.cpu_count()}")
     base_p = np.mean([psnr(s, b, border) for s, b in zip(big_sharp, big_blurred)])
     base_s = np.mean([ssim(s, b, border) for s, b in zip(big_sharp, big_blurred)])
     print(f"blurred input: {base_p:.3f} dB / {base_s:.4f}")
     print(f"{'scale':>8s} {'method':>10s} {'PSNR':>8s} {'dPSNR':>7s} {'SSIM':>7s} "
           f"{'dSSIM':>7s} {'s/img':>6s}")
     for text in args.scales + ["auto"]:
-        scale = auto_scale(h, w, side) if text == "auto" else float(text)
-        for method in ["correction"] + (["image"] if scale < 1 else []):
+        scales = autos if text == "auto" else [float(text)] * len(big_blurred)
+        for method in ["correction"] + (["image"] if min(scales) < 1 else []):
             t0 = time.perf_counter()
             if method == "correction":
-                outs = [run.deblur_image(b, scale=scale) for b in big_blurred]
+                outs = [run.deblur_image(b, scale=s) for b, s in zip(big_blurred, scales)]
             else:
-                outs = [image_method(run, b, scale) for b in big_blurred]
+                outs = [image_method(run, b, s) for b, s in zip(big_blurred, scales)]
             seconds = (time.perf_counter() - t0) / len(outs)
             p = np.mean([psnr(s, o, border) for s, o in zip(big_sharp, outs)])
             q = np.mean([ssim(s, o, border) for s, o in zip(big_sharp, outs)])
-            label = f"auto={scale:.3g}" if text == "auto" else f"{scale:g}"
+            label = f"auto~{np.mean(scales):.3g}" if text == "auto" else text
             print(f"{label:>8s} {method:>10s} {p:8.3f} {p - base_p:+7.3f} {q:7.4f} "
                   f"{q - base_s:+7.4f} {seconds:6.2f}", flush=True)
 
@@ -250,13 +255,11 @@ def main() -> None:
     run = Predictor(load_generator(args.model), InferenceSpec(engine=args.engine),
                     source=args.model)
     record = read_metadata(args.model)
-    if not args.phone:
-        pairs_bench(run, args, training_side(record))
-        return
     streak, note = model_reference(record, args.model)
     if note:
         print(note)
-    phone_bench(run, args, (streak, training_side(record)))
+    bench = phone_bench if args.phone else pairs_bench
+    bench(run, args, (streak, training_side(record)))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ class _Edges:
         self.cgx, self.cgy = gx[picks], gy[picks]
         step = max(1, size.size // 100_000)
         self.sample = (gx[::step], gy[::step])
+        self.buffer = np.empty_like(self.gx)  # each direction's derivative size
 
     def spread(self, angle: float) -> tuple[float, float, int]:
         """(spread, strength, edges) along ``angle``: the ``_PERCENTILE`` of the edge
@@ -149,9 +150,11 @@ class _Edges:
         keep = np.nonzero(peak > max(strength, FLAT_GRADIENT))[0]
         keep = keep[np.argsort(peak[keep])[::-1][: 8 * _EDGES]]
         ys, xs, peak = self.ys[keep], self.xs[keep], peak[keep]
-        size = np.abs(c * self.gx + s * self.gy) if len(keep) else None
-        if size is None:
+        if not len(keep):
             return 0.0, strength, 0
+        size = np.multiply(self.gx, c, out=self.buffer)
+        size += s * self.gy
+        np.abs(size, out=size)
         ahead = _bilinear(size, ys + s, xs + c)
         behind = _bilinear(size, ys - s, xs - c)
         ridge = (peak >= ahead) & (peak > behind)  # the edge's centre along the direction
