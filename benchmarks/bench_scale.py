@@ -45,10 +45,17 @@ from dgf.runtime import load_generator
 from dgf.schema import blurred_name, sharp_name
 from dgf.spec import InferenceSpec
 from dgf.synth import sample_photos
-from dgf.tiling import _resize, auto_scale, scaled_size
+from dgf.tiling import _resize_rows, auto_scale, scaled_size
 
 PHONE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 
+
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` (h, w, C) float32 resized to (height, width) as dgf-deblur's full-size
+    steps resize (dgf.tiling: Lanczos shrinking, bicubic enlarging)."""
+    return _resize_rows(image, 0, height, (height, width))
 
 def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     h, w = image.shape[:2]
