@@ -112,9 +112,10 @@ DEFAULT_BATCH = 1
 #: JPEG quality of the outputs.
 DEFAULT_QUALITY = 95
 #: Factor photos are shrunk by before the generator runs ("auto": the model's training
-#: image side over the photo's shorter side, at most 1; see dgf.tiling.auto_scale).
-#: auto, because on 1024 px photos with 4x the training blur the bundled model loses
-#: 0.16 dB at scale 1 and gains 1.80 dB at auto (1/4): benchmarks/bench_scale.py.
+#: blur over the photo's measured streak length, at most 1; dgf.blur and
+#: dgf.tiling.auto_scale). On pairs-small test pairs enlarged 4x, auto gained 2.11 dB
+#: over the blurred input against 1.80 for the best fixed scale: bench_scale.py,
+#: docs/results.md.
 DEFAULT_SCALE = "auto"
 #: Largest photo, in megapixels, that dgf-deblur decodes (checked on the file's header,
 #: before decoding; a photo that does not fit in the memory available is refused too).

@@ -51,9 +51,10 @@ def deblur_parser() -> argparse.ArgumentParser:
                    help="run the generator on the photo shrunk by F in (0, 1], where "
                    "a long blur is within its reach, and add the enlarged correction "
                    "to the full-size photo (the output keeps the input's size and "
-                   "detail). auto: F = the model's training image side / the photo's "
-                   "shorter side, at most 1 (from the model file's training record; "
-                   "1 when it has none)")
+                   "detail). auto: F = the model's training blur / the photo's measured "
+                   "blur streak, at most 1 (printed per photo; a photo too flat to measure "
+                   "runs at 1; a model recording no training blur uses its training "
+                   "image side / the photo's shorter side)")
     p.add_argument("--max-megapixels", type=float, default=options.DEFAULT_MAX_MEGAPIXELS,
                    metavar="MP",
                    help="refuse a photo larger than this, from its header, before "
