@@ -636,3 +636,12 @@ def int8_call(generator, engine: str, calibration_set: CalibrationSet, *,
     guard = guard_scores(runtime.compiled_generator(copy), call, calibration_set.held_out)
     write_entry(key, files, {"seconds": round(seconds, 3), "guard": asdict(guard)})
     return call, Int8Report(engine, seconds, False, verdict(guard))
+
+
+def prepared(model, engine: str) -> tuple[Callable, float]:
+    """What an int8 engine's ``prepare`` returns (:class:`dgf.engines.base.Engine`):
+    :func:`int8_call` of ``model`` (a :class:`dgf.predictor.Predictor`) on its
+    calibration images, with the report said on stderr, and the seconds quantising."""
+    call, report = int8_call(model.generator, engine, model.calibration(), source=model.source)
+    _note(report.text())
+    return call, report.seconds

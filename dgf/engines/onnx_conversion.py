@@ -157,3 +157,9 @@ def onnx_bytes(copy, content: str, source: str, engine: str) -> tuple[bytes, flo
     seconds = time.perf_counter() - start
     _write_cached(key, data)
     return data, seconds
+
+
+def model_bytes(model, engine: str) -> tuple[bytes, float]:
+    """:func:`onnx_bytes` of an engine's ``model`` (:class:`dgf.engines.base.Model`):
+    its fp32 folded copy with the current weights."""
+    return onnx_bytes(model.folded("fp32"), model.content(), model.source, engine)

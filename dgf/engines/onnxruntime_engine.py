@@ -8,7 +8,6 @@ on real images).
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -56,12 +55,8 @@ class OnnxRuntimeEngine(Engine):
 
     def prepare(self, model: Model, precision: str, path: str) -> tuple[Call, float]:
         if precision == "int8":
-            call, report = quantize.int8_call(model.generator, self.name, model.calibration(),
-                                              source=model.source)
-            print(f"note: {report.text()}", file=sys.stderr, flush=True)
-            return call, report.seconds
-        data, seconds = onnx_conversion.onnx_bytes(model.folded("fp32"), model.content(),
-                                                   model.source, self.name)
+            return quantize.prepared(model, self.name)
+        data, seconds = onnx_conversion.model_bytes(model, self.name)
         return OnnxRuntimeCall(data, model.source), seconds
 
 

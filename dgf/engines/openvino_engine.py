@@ -11,7 +11,6 @@ the life of the call.
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any
 
 import numpy as np
@@ -92,12 +91,8 @@ class OpenVinoEngine(Engine):
 
     def prepare(self, model: Model, precision: str, path: str) -> tuple[Call, float]:
         if precision == "int8":
-            call, report = quantize.int8_call(model.generator, self.name, model.calibration(),
-                                              source=model.source)
-            print(f"note: {report.text()}", file=sys.stderr, flush=True)
-            return call, report.seconds
-        data, seconds = onnx_conversion.onnx_bytes(model.folded("fp32"), model.content(),
-                                                   model.source, self.name)
+            return quantize.prepared(model, self.name)
+        data, seconds = onnx_conversion.model_bytes(model, self.name)
         call = OpenVinoCall(data, model.source, {"INFERENCE_PRECISION_HINT": HINTS[precision]})
         return call, seconds
 
