@@ -40,7 +40,7 @@ from dgf.scoring import EvalOptions, evaluate_split, evaluate_with_strip
 from dgf.spec import InferenceSpec
 from dgf.fileio import DiskFull, is_disk_full, output_error, write_atomic, write_text_atomic
 from dgf.images import to_unit
-from dgf.metadata import read_metadata, source_commit, write_metadata
+from dgf.metadata import TRAINING_BLUR, read_metadata, source_commit, write_metadata
 from dgf.schema import SplitInfo, check_split, open_pairs_file
 
 # An epoch's scores, as metrics.jsonl's epoch records carry them: the crop border,
@@ -389,7 +389,13 @@ class ModelFiles:
     checkpointed variable) and ``snapshots/generator_epoch_NNNN.keras``.
 
     Each file carries its training record (:mod:`dgf.metadata`): layout, data,
-    crop, epoch, this epoch's score and the best one, with their crop border."""
+    crop, epoch, this epoch's score and the best one, with their crop border, and the
+    blur of the training images (:func:`dgf.blur.measure_training_blur` on
+    ``TRAINING_BLUR_IMAGES`` of them, measured once, at the first save), which
+    ``dgf-deblur --scale auto`` maps each photo's streaks onto."""
+
+    #: Evenly spaced blurred train images whose streaks the record summarises.
+    TRAINING_BLUR_IMAGES = 256
 
     def __init__(self, cfg: TrainConfig, best_psnr: tf.Variable, train_info: SplitInfo,
                  test_info: SplitInfo) -> None:
@@ -399,6 +405,22 @@ class ModelFiles:
         self.best_psnr = best_psnr
         self.train_info, self.test_info = train_info, test_info
         self._commit = source_commit()
+        self._training_blur: dict[str, Any] | None = None
+
+    def _blur(self) -> dict[str, Any] | None:
+        # Measured once per process; a file without edges enough records none.
+        if self._training_blur is None:
+            from dgf.blur import measure_training_blur
+
+            try:
+                self._training_blur = measure_training_blur(
+                    self.cfg.h5, limit=self.TRAINING_BLUR_IMAGES)
+            except DgfError as exc:
+                print(f"note: the training blur of {self.cfg.h5} was not recorded "
+                      f"({first_line(exc)}); dgf-deblur --scale auto measures it from the "
+                      f"file when it is there", file=sys.stderr, flush=True)
+                self._training_blur = {}
+        return self._training_blur or None
 
     def _best_so_far(self) -> dict[str, Any] | None:
         # The best file's own record: it survives a resume with the file.
@@ -407,6 +429,7 @@ class ModelFiles:
     def _record(self, epoch: int, score: dict[str, Any] | None,
                 best: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
+        blur = self._blur()
         return {
             "layout": {key: getattr(cfg, key) for key in GENERATOR_KEYS},
             "data": {"h5": str(cfg.h5), "image_height": self.train_info.height,
@@ -417,6 +440,7 @@ class ModelFiles:
             "score": score,
             "best": best,
             "commit": self._commit,
+            **({TRAINING_BLUR: blur} if blur else {}),
         }
 
     def __call__(self, generator: keras.Model, epoch: int,

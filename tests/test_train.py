@@ -411,7 +411,8 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
 
     run = tmp_path / "run"
     train(_cfg(h5_file, run, epochs=2, crop_border=4), progress=False)
-    assert "on 2 pairs (crop border 4)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "on 2 pairs (crop border 4)" in said.out
     epochs = [r for r in _jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [(r["epoch"], r["crop_border"]) for r in epochs] == [(1, 4), (2, 4)]
     # The recorded score is the cropped one, not the whole image's.
@@ -428,6 +429,37 @@ def test_training_with_a_crop_border_records_it_each_scored_epoch(h5_file, tmp_p
     assert epochs[-1]["blurred_psnr"] != pytest.approx(whole["blurred_psnr"], abs=1e-6)
     tags = _event_tags(run / "tensorboard")
     assert "test/psnr_crop4" in tags and "test/psnr" not in tags
+    # 48 px training images are too small to measure a blur on: the files record
+    # none, and the run said so once.
+    from dgf.metadata import read_metadata
+
+    assert "training_blur" not in read_metadata(run / "generator.keras")
+    assert said.err.count("note: the training blur of") == 1
+
+
+def test_saved_generators_record_the_training_blur(generator, tmp_path):
+    """generator.keras and generator_best.keras carry the blur of the training
+    images, measured as dgf-deblur --scale auto measures a photo's."""
+    import tensorflow as tf
+
+    from conftest import make_h5
+    from dgf.actions import ModelFiles
+    from dgf.blur import ESTIMATOR, measure_training_blur
+    from dgf.metadata import read_metadata, training_streak
+    from dgf.schema import check_split, open_pairs_file
+
+    h5 = make_h5(tmp_path / "pairs.h5", n_train=3, size=96)
+    with open_pairs_file(h5) as handle:
+        infos = [check_split(handle, split, h5) for split in ("train", "test")]
+    cfg = _cfg(h5, tmp_path / "run", snapshots=False)
+    files = ModelFiles(cfg, tf.Variable(-1.0), *infos)
+    score = {"psnr": 20.0, "ssim": 0.5, "blurred_psnr": 19.0, "blurred_ssim": 0.4}
+    assert files(generator, 0, score)
+    blur = measure_training_blur(h5, limit=ModelFiles.TRAINING_BLUR_IMAGES)
+    for name in ("generator.keras", "generator_best.keras"):
+        record = read_metadata(tmp_path / "run" / name)
+        assert record["training_blur"] == blur
+        assert training_streak(record, ESTIMATOR) == blur["streak_px"] > 0
 
 
 @pytest.mark.slow
@@ -666,6 +698,7 @@ def test_cli_errors_are_clean(tmp_path):
 # step by step with two multi-worker processes, in tests/test_multiworker.py.
 
 
+@pytest.mark.slow
 def test_recalibrate_batchnorm_matches_training_mode_statistics():
     """After re-estimating on one batch, inference mode reproduces training mode on
     that batch (both then normalise with the same statistics), even when the
@@ -733,6 +766,7 @@ def _float_weights(model) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.weights if "seed_generator_state" not in w.path]
 
 
+@pytest.mark.slow
 def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_path):
     import keras
 
