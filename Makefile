@@ -26,8 +26,9 @@ PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
-# The quick check while editing: everything but the tests marked slow (training runs,
-# subprocesses, SIGKILL, exports, real pairs); `make test` runs all of them.
+# The quick check while editing (under a minute): everything but the tests marked slow
+# (over about 2 s each: training runs, subprocesses, SIGKILL, exports, compiled graphs,
+# real pairs); `make test` runs all of them.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
 

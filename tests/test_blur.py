@@ -53,6 +53,7 @@ def test_streak_length_of_a_straight_streak_is_its_length_and_shake_kernels_hit_
 
 
 # --- the estimator --------------------------------------------------------------------
+@pytest.mark.slow
 def test_estimate_recovers_a_straight_streak():
     sharp = dead_leaves(0)
     assert estimate_blur(sharp).length < 5.0  # its own edges: about 4 px (measured 3.7-4.6)
@@ -62,6 +63,7 @@ def test_estimate_recovers_a_straight_streak():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_estimate_follows_seeded_shake_kernels(seed):
     """Shake streaks curve and dwell, so the spread along the blur is shorter than a
     long one's length, and a short one's adds the image's own edges: within 0.6-1.45
@@ -76,6 +78,7 @@ def test_estimate_follows_seeded_shake_kernels(seed):
     assert found == sorted(found)
 
 
+@pytest.mark.slow
 def test_estimate_is_in_the_pixels_of_the_image_given():
     """A photo larger than the working side is measured shrunk and reported in its
     own pixels: the same scene twice as large measures about twice as long."""

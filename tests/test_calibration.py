@@ -52,6 +52,7 @@ def _x(seed=0, batch=2, size=32):
     return to_unit(smooth_photos(batch, size, size, seed=seed))
 
 
+@pytest.mark.slow
 def test_every_jit_setting_equals_the_model(model, cache):
     x = _x()
     expected = np.asarray(model(x, training=False))
@@ -62,6 +63,7 @@ def test_every_jit_setting_equals_the_model(model, cache):
     assert expected.std() > 0.01
 
 
+@pytest.mark.slow
 def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     x = _x(1)
     call = _call(model, "fp32", "auto")
@@ -90,6 +92,7 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
 
 
 @pytest.mark.parametrize("stored", ["xla", "plain"])
+@pytest.mark.slow
 def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
     x = _x(3)
     call = _call(model, "fp32", "auto")
@@ -112,6 +115,7 @@ def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
                                                  marks=pytest.mark.slow),
                                     pytest.param("choice", marks=pytest.mark.slow),
                                     pytest.param("seconds", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     x = _x(4)
     call = _call(model, "fp32", "auto")
@@ -132,6 +136,7 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     np.testing.assert_allclose(out, np.asarray(model(x, training=False)), atol=TOL)
 
 
+@pytest.mark.slow
 def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
     x = _x(5)
     call = _call(model, "fp32", "auto")
@@ -154,6 +159,7 @@ def test_an_interrupted_calibration_leaves_no_entry(model, cache, monkeypatch):
     assert call.choices == {}
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_costs_only_a_note(model, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -185,6 +191,7 @@ def test_unknown_jit_is_refused(model):
         InferenceSpec(jit="fast")
 
 
+@pytest.mark.slow
 def test_the_key_names_the_host_and_the_layout(tmp_path, model):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: sse2 avx2 fma\n"

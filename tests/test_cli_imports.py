@@ -66,6 +66,7 @@ def test_every_console_command_is_probed():
 
 
 @pytest.mark.parametrize("command", sorted(_scripts()))
+@pytest.mark.slow
 def test_help_imports_no_tensorflow(command):
     result = _help(_scripts()[command])
     assert result["status"] == 0
@@ -96,6 +97,7 @@ def test_make_pairs_help_lists_the_owners_choices_and_defaults():
         assert f"(default: {defaults[name].default})" in after_flag.split(" --", 1)[0]
 
 
+@pytest.mark.slow
 def test_inference_commands_help_lists_the_options_module():
     deblur = _help(_scripts()["dgf-deblur"])["help"]
     assert _choices(options.PRECISION_CHOICES) in deblur

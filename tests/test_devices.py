@@ -121,6 +121,7 @@ def _predictor(**fields):
 
 
 # --- caches keyed by the device --------------------------------------------------
+@pytest.mark.slow
 def test_a_gpu_changes_the_cache_keys_and_auto_measures_tensorflow_alone(monkeypatch,
                                                                          capsys):
     from dgf import calibration, engines, host, runtime

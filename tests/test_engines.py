@@ -88,6 +88,7 @@ def test_every_engine_matches_tensorflow_on_real_pairs(pairs_small, bundled, cac
 
 # OpenVINO's run is slow-marked: make test-fast keeps ONNX Runtime's, the same conversion.
 @pytest.mark.parametrize("engine", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_an_engine_call_equals_the_model_in_floats(generator, cache, engine):
     x = _x(1)
     expected = np.asarray(generator(x, training=False))

@@ -227,6 +227,7 @@ def test_make_strip_panels_are_exact():
         scoring.make_strip(sharp, blurred, deblurred[:2])
 
 
+@pytest.mark.slow
 def test_write_strip_png_matches_sources(tmp_path):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
@@ -264,6 +265,7 @@ def test_strip_rows_are_spread_over_the_scored_pairs():
 
 
 @pytest.mark.parametrize("limit", [None, 4])
+@pytest.mark.slow
 def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, monkeypatch, limit):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
@@ -296,6 +298,7 @@ def test_evaluate_with_strip_draws_the_strip_from_the_scoring_pass(tmp_path, mon
 
 
 # --- scoring a split ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_split_scores_every_pair(tmp_path):
     h5 = tmp_path / "d.h5"
     sharp, blurred = make_eval_h5(h5)
@@ -378,6 +381,7 @@ def test_evaluate_split_identity_generator_caps_psnr(tmp_path):
     assert summary["ssim"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_evaluate_split_bad_inputs(tmp_path):
     with pytest.raises(DgfError, match=r"missing\.h5: no such file"):
         _split(_generator(0), tmp_path / "missing.h5")
@@ -617,6 +621,7 @@ def test_cli_crop_border_scores_the_interior(tmp_path, model_file, capsys):
 @pytest.mark.parametrize("n, says", [("99", "crop border 99 leaves nothing of a 40x24 image"),
                                      ("12", "crop border 12 leaves nothing"),
                                      ("-1", "--crop-border must be >= 0 pixels; got -1")])
+@pytest.mark.slow
 def test_cli_bad_crop_border_exits_2_naming_it(tmp_path, model_file, capsys, n, says):
     h5 = tmp_path / "d.h5"
     make_eval_h5(h5)  # 24 x 40: a crop border of 12 leaves nothing
@@ -749,6 +754,7 @@ def test_y_channel_is_bt601_luma_in_16_to_235():
     np.testing.assert_allclose(metrics.rgb_to_y(primaries)[0], [81.481, 144.553, 40.966], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_metrics_agree_with_independent_basicsr_on_real_pairs(pairs_small):
     paths = sorted((pairs_small / "test").glob("*.jpg"))[:4]
     assert len(paths) == 4

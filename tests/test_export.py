@@ -94,6 +94,7 @@ def test_tflite_dynamic_and_fixed_sizes_match_keras(tmp_path, model_file, genera
     assert np.abs(result.astype(int) - plain(generator, tile=0).deblur_image(image)).max() <= 2
 
 
+@pytest.mark.slow
 def test_export_errors(tmp_path, model_file, capsys):
     status, err = _export(["--model", tmp_path / "absent.keras", "--format", "tflite",
                            "-o", tmp_path / "x.tflite"], capsys)
@@ -188,6 +189,7 @@ def test_onnx_export_refusals(tmp_path, model_file, capsys, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_onnx_conversion_failure_names_the_model(tmp_path, model_file, capsys, monkeypatch):
     import dgf.export
 

@@ -55,6 +55,7 @@ def test_vgg_and_discriminator_counts_follow_their_strides_and_pools():
     assert conv_flops(build_discriminator(channel_rate=4, patch=32), 32, 32) == patchgan
 
 
+@pytest.mark.slow
 def test_step_cost_is_3g_8d_3v_of_the_networks_the_run_builds():
     cfg = TrainConfig(channel_rate=4, crop=32, patch=32, perceptual_weight=1.0)
     cost = step_cost(cfg)
@@ -71,6 +72,7 @@ def test_step_cost_is_3g_8d_3v_of_the_networks_the_run_builds():
     assert two.per_image == 3 * g + 14 * d
 
 
+@pytest.mark.slow
 def test_step_cost_of_whole_images_needs_a_size():
     cfg = TrainConfig(channel_rate=4, crop=None, patch=32, perceptual_weight=0.0)
     with pytest.raises(DgfError, match=r"whole images \(crop: full\) has no fixed size"):
@@ -142,6 +144,7 @@ def test_a_gpu_config_warns_once_without_a_gpu_and_not_with_one(capsys, monkeypa
     assert counted == [(256, 256)]  # nothing counted where nothing is said
 
 
+@pytest.mark.slow
 def test_the_gopro_config_is_valid_and_its_header_states_its_cost():
     path = CONFIGS / "gopro-gpu.yaml"
     cfg = TrainConfig.from_dict(load_config_file(path), str(path))

@@ -53,6 +53,7 @@ def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
     assert np.all(_axis_window(0, 128, 128, 60) == 1.0)  # a lone tile is flat
 
 
+@pytest.mark.slow
 def test_tiled_equals_untiled_and_small_overlap_shows_seams(generator):
     image = smooth_photo(150, 230)
     whole = plain(generator, tile=0).deblur_image(image)

@@ -39,6 +39,7 @@ def paper_model(tmp_path_factory) -> tuple[Path, int]:
     return path, _independent_macs(model, 256, 256)
 
 
+@pytest.mark.slow
 def test_golden_paper_generator(paper_model, capsys):
     path, macs = paper_model
     assert info_main([str(path)]) == 0
@@ -63,6 +64,7 @@ def test_golden_paper_generator(paper_model, capsys):
     assert info["metadata"] is None
 
 
+@pytest.mark.slow
 def test_size_scales_the_work(paper_model, capsys):
     path, macs = paper_model
     assert info_main([str(path), "--size", "128", "512", "--json"]) == 0

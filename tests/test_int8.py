@@ -269,6 +269,7 @@ def _photo(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_int8_on_tensorflow_or_without_calibration_is_refused_up_front(model_file, tmp_path,
                                                                        capsys):
     from dgf.cli import deblur_main, eval_main

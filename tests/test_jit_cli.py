@@ -85,6 +85,7 @@ def test_ctrl_c_during_calibration_is_130_and_leaves_no_entry(photo, model_file,
     assert not (out / photo.name).exists()
 
 
+@pytest.mark.slow
 def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatch):
     h5 = tmp_path / "pairs.h5"
     make_eval_h5(h5, count=3, height=32, width=32)
@@ -106,6 +107,7 @@ def test_eval_passes_jit_and_resolves_precision(model_file, tmp_path, monkeypatc
     assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_trainer_scoring_uses_eval_jit(tmp_path, monkeypatch, generator):
     h5 = tmp_path / "pairs.h5"
     make_eval_h5(h5, count=2, height=32, width=32)

@@ -146,6 +146,7 @@ def _write_notop_style_h5(model: keras.Model, path: Path) -> None:
                 group.create_dataset(name, data=np.asarray(weight))
 
 
+@pytest.mark.slow
 def test_weights_load_from_local_notop_h5(tmp_path: Path):
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
     path = tmp_path / VGG16_NOTOP_FILE

@@ -59,6 +59,7 @@ def test_residual_and_batchnorm_options_keep_the_counts_they_should():
 
 
 @pytest.mark.parametrize("batchnorm", [True, False])
+@pytest.mark.slow
 def test_fresh_residual_generator_is_the_identity(batchnorm):
     generator = build_generator(channel_rate=8, residual=True, batchnorm=batchnorm)
     assert is_residual(generator) and not is_residual(build_generator(channel_rate=8))
@@ -74,6 +75,7 @@ def test_residual_output_adds_and_clips():
     np.testing.assert_allclose(out, [[[[1.0, -1.0, 0.25]]]])
 
 
+@pytest.mark.slow
 def test_trained_residual_generator_departs_from_the_identity():
     generator = build_generator(channel_rate=8, residual=True)
     last = generator.get_layer("residual")
@@ -86,6 +88,7 @@ def test_discriminator_golden_parameter_count():
     assert count_params(build_discriminator()) == (966_401, 1_408)
 
 
+@pytest.mark.slow
 def test_generator_keeps_non_square_size_and_range():
     generator = build_generator(channel_rate=8)
     out = np.asarray(generator(uniform_images((2, 40, 72, 3)), training=True))
@@ -174,6 +177,7 @@ def test_no_lambda_layers(builder):
         (lambda: build_discriminator(channel_rate=8, patch=32), (2, 64, 32, 3)),
     ],
 )
+@pytest.mark.slow
 def test_keras_file_round_trip_in_safe_mode(tmp_path: Path, builder, shape):
     model = builder()
     x = uniform_images(shape, seed=2)
@@ -199,6 +203,7 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path: Path, builder, shape):
         (lambda: build_discriminator(channel_rate=8, patch=32), (1, 64, 64, 3)),
     ],
 )
+@pytest.mark.slow
 def test_config_round_trip(builder, shape):
     model = builder()
     config = model.get_config()
@@ -212,6 +217,7 @@ def test_config_round_trip(builder, shape):
     )
 
 
+@pytest.mark.slow
 def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
     generator = build_generator(channel_rate=8)
     discriminator = build_discriminator(channel_rate=8, patch=32)

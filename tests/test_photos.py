@@ -66,6 +66,7 @@ def _photo_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_eval_photos_writes_pictures_and_tables(tmp_path, model_file, capsys):
     from dgf.commands.evaluation import eval_main
 

@@ -93,6 +93,7 @@ def test_space_to_depth_is_checked():
 
 # --- --scale -------------------------------------------------------------------------
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25, 0.3, 0.125])
+@pytest.mark.slow
 def test_identity_generator_returns_input_at_every_scale(scale):
     from dgf.models import build_generator
 
@@ -103,6 +104,7 @@ def test_identity_generator_returns_input_at_every_scale(scale):
     assert np.abs(out.astype(int) - photo).max() <= 1
 
 
+@pytest.mark.slow
 def test_scale_adds_the_enlarged_correction():
     """A generator that brightens by a constant brightens the full photo by about
     the same, at any scale: the correction is carried to full size."""
@@ -272,6 +274,7 @@ def test_training_writes_its_record_into_every_model_file(tmp_path):
 
 # --- receptive field and seamless tiles ----------------------------------------------
 @pytest.mark.parametrize("factor, expected", [(1, 35), (2, 70), (4, 140)])
+@pytest.mark.slow
 def test_receptive_field_matches_the_gradient_footprint(factor, expected):
     """The layer count equals the extent of input pixels one output pixel depends on,
     measured with a gradient (paper's layout: random weights everywhere)."""
@@ -296,6 +299,7 @@ def test_receptive_field_matches_the_gradient_footprint(factor, expected):
     assert expected - (factor - 1) <= footprint <= expected, footprint
 
 
+@pytest.mark.slow
 def test_default_tiles_of_a_space_to_depth_model_leave_no_seams():
     import keras
 

@@ -55,6 +55,7 @@ def _layer_types(model) -> list[str]:
 
 
 # --- folding ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fold_matches_unfused_with_random_statistics(trained_like):
     x = to_unit(smooth_photos(2, 48, 64, seed=1))
     expected = _unfused(trained_like, x)
@@ -110,6 +111,7 @@ def test_fold_leaves_the_source_model_alone(trained_like):
     assert all(np.array_equal(a, b) for a, b in zip(before, trained_like.get_weights()))
 
 
+@pytest.mark.slow
 def test_inference_call_follows_the_current_weights():
     """The trainer scores every epoch through one predictor: it must see new weights."""
     keras.utils.set_random_seed(11)
@@ -182,6 +184,7 @@ def test_fold_refuses_what_it_cannot_fold():
 
 
 # --- bf16 ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bf16_copy_computes_body_in_bfloat16_and_output_in_float32(trained_like):
     folded = runtime.fold_batchnorm(trained_like, "bf16")
     policies = {layer.name: layer.dtype_policy.name for layer in folded.layers}
