@@ -24,6 +24,18 @@ measures the code before a change.
     .venv/bin/python benchmarks/bench_deblur.py --channel-rate 64 --size 1024 768
     .venv/bin/python benchmarks/bench_deblur.py --photos        # 12 and 200 MP photos
     .venv/bin/python benchmarks/bench_deblur.py --photos --sizes 4032x3024 --dgf ../old
+
+**The whole process** (``--command``): what a person deblurring phone photos waits
+for, ``dgf-deblur PHOTO -o OUT`` at its defaults (bundled model, ``--scale auto``,
+``--engine auto``), timed from process start to exit, on a 12 MP (4032x3024)
+phone-like photo: scikit-image's coffee enlarged, shaken along a camera-shake path
+of 1% of its shorter side, noise 2, JPEG 90. Three rows: a fresh speed-choice cache
+(``DGF_CACHE_DIR`` empty: the first photo of a new size calibrates), the choice
+stored (the same command again), and a folder of 20 copies in one process (seconds
+per photo after the first: (folder - one photo) / 19). ``--dgf PATH`` adds the same
+rows for another checkout (an older commit) in the same run, its cache apart.
+
+    .venv/bin/python benchmarks/bench_deblur.py --command --dgf ../old
 """
 from __future__ import annotations
 
@@ -203,6 +215,84 @@ def _photo_rows(args: argparse.Namespace) -> None:
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end")
 
 
+# --- --command: the whole dgf-deblur process ------------------------------------------
+#: Copies of the photo in the folder row.
+FOLDER_PHOTOS = 20
+
+
+def _phone_photo(path: Path, width: int = 4032, height: int = 3024) -> None:
+    """A phone-like JPEG: scikit-image's coffee enlarged to ``width`` x ``height``,
+    shaken along a camera-shake path of 1% of the shorter side, noise 2, JPEG 90."""
+    import numpy as np
+    from PIL import Image
+
+    from dgf.blur import shake_kernel
+    from dgf.kernels import blur
+    from dgf.synth import sample_photos
+
+    coffee = dict(sample_photos())["coffee"]
+    sharp = np.asarray(Image.fromarray(coffee).resize((width, height),
+                                                      Image.Resampling.BICUBIC))
+    shaken = blur(sharp, shake_kernel(1, 0.01 * min(width, height))).astype(np.float32)
+    shaken += np.random.default_rng(1).normal(0.0, 2.0, shaken.shape).astype(np.float32)
+    Image.fromarray(np.clip(np.rint(shaken), 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def _deblur_process(checkout: Path, inputs: Path, out: Path, cache: Path) -> float:
+    """Seconds from start to exit of ``dgf-deblur INPUTS -o OUT`` (defaults) run from
+    ``checkout`` with its speed-choice cache in ``cache``."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "DGF_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-c", "import sys; from dgf.cli import deblur_main; "
+           "sys.exit(deblur_main())", str(inputs), "-o", str(out), "--overwrite",
+           "--no-progress"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"dgf-deblur from {checkout} failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def _command_rows(args: argparse.Namespace) -> None:
+    import shutil
+
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPU cores; load average {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f} at the start")
+    checkouts = [("this checkout", REPO)] + ([("--dgf " + str(args.dgf), args.dgf)]
+                                             if args.dgf else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "photos"
+        folder.mkdir()
+        _phone_photo(folder / "photo_00.jpg")
+        for i in range(1, FOLDER_PHOTOS):
+            shutil.copyfile(folder / "photo_00.jpg", folder / f"photo_{i:02d}.jpg")
+        one = tmp / "one.jpg"
+        shutil.copyfile(folder / "photo_00.jpg", one)
+        print(f"photo: 4032x3024 (12.2 MP), coffee shaken 1% (30 px), noise 2, JPEG 90; "
+              f"dgf-deblur PHOTO -o OUT at its defaults, whole process")
+        results = {}
+        for label, checkout in checkouts:
+            cache = tmp / f"cache-{len(results)}"
+            cache.mkdir()
+            fresh = _deblur_process(checkout, one, tmp / "out", cache)
+            stored = _deblur_process(checkout, one, tmp / "out", cache)
+            many = _deblur_process(checkout, folder, tmp / "out-folder", cache)
+            after = (many - stored) / (FOLDER_PHOTOS - 1)
+            results[label] = (fresh, stored, after)
+            print(f"{label:40} fresh cache {fresh:6.1f} s   choice stored {stored:6.1f} s"
+                  f"   {FOLDER_PHOTOS} photos {many:6.1f} s = {after:5.2f} s per photo "
+                  f"after the first", flush=True)
+        if len(results) == 2:
+            (a, b) = results.values()
+            print("ratio this checkout / --dgf: " + ", ".join(
+                f"{name} {x / y:.2f}x" for name, x, y in
+                zip(("fresh", "stored", "per photo after the first"), a, b)))
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end")
+
+
 def _model_child(args: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
@@ -230,8 +320,12 @@ def main() -> None:
                    help="measure the whole command on synthetic photos instead")
     p.add_argument("--sizes", nargs="+", default=list(PHOTO_SIZES), metavar="WxH",
                    help="photo sizes of --photos")
+    p.add_argument("--command", action="store_true",
+                   help="time the whole dgf-deblur process on a 12 MP phone-like photo: "
+                   "fresh cache, choice stored, a folder of 20")
     p.add_argument("--dgf", type=Path, default=None,
-                   help="--photos: import dgf from this checkout instead")
+                   help="--photos: import dgf from this checkout instead; --command: "
+                   "also time this checkout")
     p.add_argument("--child", choices=("idle", "run", "photo", "model"),
                    help=argparse.SUPPRESS)
     p.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
@@ -242,6 +336,8 @@ def main() -> None:
     children = {"photo": _photo_child, "model": _model_child}
     if args.child:
         children.get(args.child, _child)(args)
+    elif args.command:
+        _command_rows(args)
     elif args.photos:
         _photo_rows(args)
     else:
