@@ -219,6 +219,11 @@ def check_command(command: str) -> str:
                                f"{' or '.join(SCRIPT_DIRS)}/")
         check_args(parser_for(script), args[1:])
         return script
+    if program.endswith(".sh"):
+        if not any(program.startswith(d + "/") for d in SCRIPT_DIRS) \
+                or not (ROOT / program).is_file():
+            raise DocLineError(f"{program}: no such script under {' or '.join(SCRIPT_DIRS)}/")
+        return program
     if program in COMMANDS:
         check_args(parser_for(program), args)
         return program

@@ -521,3 +521,39 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, monkeypatch, capsys, argv, m
     assert make_pairs_main(argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+@pytest.mark.slow  # three dgf-make-pairs runs and a build-hdf5, as the script runs them
+def test_make_shake_mix_builds_the_fine_tunes_training_file(tmp_path):
+    """tools/make_shake_mix.sh (the bundled model's fine-tune data): each train pair
+    three times plus one shake pair per sharp train half and kernel size, and the test
+    pairs unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    from conftest import save_side_by_side, smooth_photo
+    from dgf.schema import blurred_name, sharp_name
+
+    repo = Path(__file__).resolve().parents[1]
+    pairs = tmp_path / "pairs"
+    for split, n in (("train", 2), ("test", 1)):
+        for i in range(n):
+            save_side_by_side(pairs / split / f"{i}.jpg", smooth_photo(40, 40, seed=i),
+                              smooth_photo(40, 40, seed=10 + i))
+    env = {**os.environ, "PY": sys.executable,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    done = subprocess.run([str(repo / "tools" / "make_shake_mix.sh"), str(pairs),
+                           str(tmp_path / "work")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with h5py.File(tmp_path / "data" / "shake-mix.h5") as f:
+        assert f[sharp_name("train")].shape[0] == 2 * 3 + 2 * 3  # 3 copies + 3 kernels
+        assert f[blurred_name("train")].shape[1:] == (256, 256, 3)
+        assert f[sharp_name("test")].shape[0] == 1
+    names = sorted(p.name for p in (tmp_path / "work" / "mixed" / "train").iterdir())
+    assert [n for n in names if n.startswith("ps_")] == [
+        "ps_0_a.jpg", "ps_0_b.jpg", "ps_0_c.jpg", "ps_1_a.jpg", "ps_1_b.jpg", "ps_1_c.jpg"]
+    assert len([n for n in names if n.startswith("k")]) == 6
