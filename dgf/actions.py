@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dgf.blur import measure_training_blur
 from dgf.config import GENERATOR_KEYS, RunDir, TrainConfig
 from dgf.data import LoaderOptions, make_dataset
 from dgf.errors import DgfError, first_line
@@ -410,8 +411,6 @@ class ModelFiles:
     def _blur(self) -> dict[str, Any] | None:
         # Measured once per process; a file without edges enough records none.
         if self._training_blur is None:
-            from dgf.blur import measure_training_blur
-
             try:
                 self._training_blur = measure_training_blur(
                     self.cfg.h5, limit=self.TRAINING_BLUR_IMAGES)
