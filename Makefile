@@ -34,7 +34,8 @@ test-fast: $(STAMP)
 
 # The quick benchmark set: minutes, each script printing its numbers
 # (docs/benchmarks.md). The loader and evaluation read ../shared/data/pairs-small by default.
-# The long ones run by hand: bench_deblur.py (a 12-megapixel photo),
+# The long ones run by hand: bench_deblur.py (a 12-megapixel photo; --photos and
+# --command time dgf-deblur itself),
 # bench_build_hdf5.py, bench_levers.py and bench_bf16_psnr.py (these two take an
 # HDF5 file).
 bench: $(STAMP)
