@@ -308,18 +308,13 @@ def default_calibration_source(model_path: Path | str) -> Path:
 
 
 def onnx_model(model) -> bytes:
-    """``model`` converted by tf2onnx at ``OPSET``: (B, H, W, 3) float32 in, B, H and W
-    dynamic, input named as dgf.engines names it."""
-    spec = [tf.TensorSpec([None, None, None, 3], tf.float32,
-                          name=onnx_conversion.INPUT_NAME)]
-    function = tf.function(lambda x: model(x, training=False), input_signature=spec,
-                           autograph=False)
+    """``model`` converted as the engines convert it (:func:`dgf.engines.onnx_conversion.
+    float_onnx`); DgfError when it cannot be converted for int8."""
     try:
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
+        return onnx_conversion.float_onnx(model)
     except Exception as exc:  # tf2onnx raises many types for an op it cannot map
         raise DgfError(f"the generator cannot be converted for int8 "
                        f"({type(exc).__name__}: {first_line(exc)})") from exc
-    return proto.SerializeToString()
 
 
 # --- the quantisers and their calls -------------------------------------------------------

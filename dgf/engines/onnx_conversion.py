@@ -129,19 +129,26 @@ def _write_cached(key: dict[str, Any], data: bytes) -> Path | None:
     return onnx_path
 
 
-def convert(copy, source: str, engine: str) -> bytes:
-    """The fp32 folded ``copy`` as ONNX bytes (float32 (B, H, W, 3) in and out, B, H
-    and W dynamic). DgfError naming ``source`` and ``engine`` when it cannot convert."""
+def float_onnx(model) -> bytes:
+    """``model`` converted by tf2onnx at ``OPSET``: float32 (B, H, W, 3) in and out, B,
+    H and W dynamic, the input named ``INPUT_NAME``. Raises what tf2onnx raises (many
+    types for an op it cannot map): each caller says what could not be converted."""
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)]
-    function = tf.function(lambda x: copy(x, training=False), input_signature=spec,
+    function = tf.function(lambda x: model(x, training=False), input_signature=spec,
                            autograph=False)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
+    return proto.SerializeToString()
+
+
+def convert(copy, source: str, engine: str) -> bytes:
+    """The fp32 folded ``copy`` as ONNX bytes (:func:`float_onnx`). DgfError naming
+    ``source`` and ``engine`` when it cannot convert."""
     try:
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=OPSET)
+        return float_onnx(copy)
     except Exception as exc:  # tf2onnx raises many types for an op it cannot map
         raise DgfError(f"{source} cannot be converted for --engine {engine} "
                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                        f"use --engine tensorflow") from exc
-    return proto.SerializeToString()
 
 
 def onnx_bytes(copy, content: str, source: str, engine: str) -> tuple[bytes, float]:
