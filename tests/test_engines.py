@@ -4,7 +4,6 @@ commands."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -152,15 +151,9 @@ def good_entry(generator, tmp_path_factory):
     """The ONNX Runtime conversion cache entry of ``generator`` (model and record),
     converted once for the damaged-entry tests: {file name: bytes}."""
     folder = tmp_path_factory.mktemp("good-cache")
-    previous = os.environ.get(calibration.CACHE_ENV)
-    os.environ[calibration.CACHE_ENV] = str(folder)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(calibration.CACHE_ENV, str(folder))
         _run(generator, engine="onnxruntime").call()(_x(5))
-    finally:
-        if previous is None:
-            os.environ.pop(calibration.CACHE_ENV)
-        else:
-            os.environ[calibration.CACHE_ENV] = previous
     return {p.name: p.read_bytes() for p in (folder / "engines").glob("*")}
 
 
