@@ -491,6 +491,15 @@ def _processes_with(text: str) -> list[int]:
     return found
 
 
+def _parent(pid: int) -> int | None:
+    """The parent process id of ``pid`` (None once it has gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+
+
 def _listening(pid: int) -> list[str]:
     """The TCP ports process ``pid``'s network namespace listens on (hex address:port)."""
     rows = []
@@ -525,8 +534,12 @@ def test_local_workers_listen_on_no_address_reachable_from_outside(tmp_path):
             line = launcher.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)
-        workers = [pid for pid in _processes_with(str(run)) if pid != launcher.pid
-                   and "TF_CONFIG" in Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")]
+        # A worker starting a child (its start-up watchdog, git for the run's record)
+        # shows the worker's command line and environment until the child's exec: a
+        # process whose parent also matches is such a child, not a worker.
+        found = [pid for pid in _processes_with(str(run)) if pid != launcher.pid
+                 and "TF_CONFIG" in Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")]
+        workers = [pid for pid in found if _parent(pid) not in found]
         assert len(workers) == 2, workers
         host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
         for pid in workers:
