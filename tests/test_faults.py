@@ -491,6 +491,23 @@ def _processes_with(text: str) -> list[int]:
     return found
 
 
+def _environ(pid: int) -> str:
+    """Process ``pid``'s environment as text ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _describe(pid: int) -> str:
+    """``pid``, its parent and the start of its command line, for a failure message."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()[:160].replace(b"\0", b" ")
+    except OSError:
+        command = b"(gone)"
+    return f"{pid} (parent {_parent(pid)}): {command.decode('utf-8', 'replace')}"
+
+
 def _parent(pid: int) -> int | None:
     """The parent process id of ``pid`` (None once it has gone)."""
     try:
@@ -534,13 +551,14 @@ def test_local_workers_listen_on_no_address_reachable_from_outside(tmp_path):
             line = launcher.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)
-        # A worker starting a child (its start-up watchdog, git for the run's record)
-        # shows the worker's command line and environment until the child's exec: a
-        # process whose parent also matches is such a child, not a worker.
+        # A worker starting a child (its stderr relay, start-up watchdog, git for the
+        # run's record) shows the worker's command line and environment until the
+        # child's exec: a process whose parent also matches is such a child, and one
+        # gone by the time its parent is read was a short-lived one; neither is a worker.
         found = [pid for pid in _processes_with(str(run)) if pid != launcher.pid
-                 and "TF_CONFIG" in Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")]
-        workers = [pid for pid in found if _parent(pid) not in found]
-        assert len(workers) == 2, workers
+                 and "TF_CONFIG" in _environ(pid)]
+        workers = [pid for pid in found if _parent(pid) not in (*found, None)]
+        assert len(workers) == 2, [_describe(pid) for pid in found]
         host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
         for pid in workers:
             interfaces = [line.split(":")[0].strip() for line in
