@@ -605,6 +605,30 @@ def check_architecture(saved: TrainConfig, requested: Mapping[str, Any], run_dir
             )
 
 
+#: Config keys that decide which pairs a step trains on: a worker resuming a
+#: multi-worker run with another value would train on other batches than the ones
+#: the checkpoint's position counts, so it is refused. The architecture keys are
+#: refused for every run (:data:`ARCHITECTURE_KEYS`).
+STREAM_KEYS = ("batch_size", "crop", "seed", "augment", "edge_crops")
+
+
+def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, run_dir: Path | str) -> None:
+    """A multi-worker run resumes with the settings it was started with (``saved``,
+    the run's config.json): a worker whose global batch, crop, seed or augmentation
+    differ would train on other batches than the checkpoint's position counts."""
+    if cfg.strategy != "multiworker":
+        return
+    for key in STREAM_KEYS:
+        if getattr(saved, key) != getattr(cfg, key):
+            raise DgfError(
+                f"{run_dir} was trained with {key}={getattr(saved, key)}"
+                + (" (the global batch, over all workers)" if key == "batch_size" else "")
+                + f"; this worker was started with {key}={getattr(cfg, key)}. Every worker "
+                f"of a multi-worker run resumes with the run's settings: drop that flag, or "
+                f"start a new --run-dir"
+            )
+
+
 def new_run_dir(runs_root: Path = RUNS_ROOT) -> Path:
     """A fresh ``runs_root/<timestamp>`` folder name (``-2``, ``-3``... if taken)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -626,7 +650,9 @@ def resolve_config(
 
     Returns ``(config, resuming)``. A run folder that already has a checkpoint is
     resumed: its saved config is the base, and overrides may change anything but
-    the architecture (:data:`ARCHITECTURE_KEYS`).
+    the architecture (:data:`ARCHITECTURE_KEYS`) and, for a multi-worker run, the
+    keys that decide its batches (:data:`STREAM_KEYS`). Nothing here loads
+    TensorFlow, so a refused resume answers at once.
     """
     values: dict[str, Any] = {}
     if config_file is not None:
@@ -647,4 +673,7 @@ def resolve_config(
     if run_dir is None:
         run_dir = new_run_dir(runs_root)
     values["run_dir"] = str(run_dir)
-    return TrainConfig.from_dict(values), resuming
+    cfg = TrainConfig.from_dict(values)
+    if resuming:
+        check_resume_settings(cfg, saved, run_dir)
+    return cfg, resuming

@@ -46,12 +46,6 @@ from dgf.launcher import free_ports, launch_local_workers, tf_config, worker_arg
 # longest time one worker can run ahead of another: the first step's tracing and,
 # at the end of an epoch, the chief's strip and snapshot writes.
 
-#: Config keys that decide which pairs a step trains on: a worker resuming a
-#: multi-worker run with another value would train on other batches than the ones
-#: the checkpoint's position counts, so it is refused. The architecture keys are
-#: refused for every run (``dgf.config.ARCHITECTURE_KEYS``).
-STREAM_KEYS = ("batch_size", "crop", "seed", "augment", "edge_crops")
-
 #: Keys that name places on each host (shared storage may be mounted elsewhere),
 #: left out of the check that every worker runs the same settings.
 HOST_KEYS = ("h5", "run_dir")
@@ -304,23 +298,6 @@ def remove_scratch(scratch: Path | None) -> None:
 
 
 # --------------------------------------------------------------------------- agreement
-def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, run_dir: Path) -> None:
-    """A multi-worker run resumes with the settings it was started with (``saved``,
-    the run's config.json): a worker whose global batch, crop, seed or augmentation
-    differ would train on other batches than the checkpoint's position counts."""
-    if cfg.strategy != "multiworker":
-        return
-    for key in STREAM_KEYS:
-        if getattr(saved, key) != getattr(cfg, key):
-            raise DgfError(
-                f"{run_dir} was trained with {key}={getattr(saved, key)}"
-                + (" (the global batch, over all workers)" if key == "batch_size" else "")
-                + f"; this worker was started with {key}={getattr(cfg, key)}. Every worker "
-                f"of a multi-worker run resumes with the run's settings: drop that flag, or "
-                f"start a new --run-dir"
-            )
-
-
 def _code(value: Any) -> float:
     """A number standing for ``value``, equal across processes exactly when the
     values are: numbers as themselves, anything else by a 48-bit hash."""

@@ -27,6 +27,7 @@ from dgf.config import (
     RunDir,
     TrainConfig,
     check_architecture,
+    check_resume_settings,
     has_checkpoint,
     read_run_config,
     save_config,
@@ -184,7 +185,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool | None, progress: bool,
     if resuming and run.config.is_file():
         saved, recorded = read_run_config(run.config)
         check_architecture(saved, cfg.to_dict(), run_dir)
-        distributed.check_resume_settings(cfg, saved, run_dir)
+        check_resume_settings(cfg, saved, run_dir)
     # The strategy first: a multi-worker strategy must set up TensorFlow's
     # collectives before anything else starts TensorFlow.
     strategy = select_strategy(cfg.strategy, cfg.collective_timeout)

@@ -474,6 +474,32 @@ def test_resolve_config_resume_rules(one_step_run, tmp_path):
     assert resuming and Path(cfg.run_dir) == run
     with pytest.raises(DgfError, match="cannot resume with channel_rate=16"):
         resolve_config({"run_dir": str(run), "channel_rate": 16})
+    with pytest.raises(DgfError, match="trained with crop=32; this worker was started with "
+                                       "crop=48"):
+        resolve_config({"run_dir": str(run), "strategy": "multiworker", "crop": 48})
+    cfg, _ = resolve_config({"run_dir": str(run), "crop": 48})  # one process: a new crop is fine
+    assert cfg.crop == 48
+
+
+@pytest.mark.slow
+def test_a_refused_resume_answers_before_tensorflow_loads(one_step_run, tmp_path):
+    """dgf-train compares a resume's flags with the run's config.json before it
+    imports TensorFlow: a wrong flag is refused at once, not after the import."""
+    run = _copy_run(one_step_run, tmp_path / "run")
+    code = ("import sys; from dgf.cli import train_main; code = train_main(); "
+            "print('tensorflow' in sys.modules); sys.exit(code)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+    for flags, message in (
+            (["--channel-rate", "16"], "it cannot resume with channel_rate=16"),
+            (["--strategy", "multiworker", "--batch-size", "4"],
+             "was trained with batch_size=2 (the global batch, over all workers); this "
+             "worker was started with batch_size=4")):
+        done = subprocess.run([sys.executable, "-c", code, "--run-dir", str(run), *flags],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert message in done.stderr, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] == "False"  # TensorFlow never loaded
 
 
 @pytest.mark.slow

@@ -124,17 +124,21 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     verbose = args.pop("verbose")  # workers see it as DGF_VERBOSE (dgf.quiet)
 
     def work() -> int:
-        from dgf import distributed
         from dgf.config import resolve_config
-        from dgf.loop import TrainingInterrupted
-        from dgf.session import train
 
         if local_workers is not None:
             return _launch_workers(local_workers, args, config_file, resume, cpu_devices,
                                    progress)
+        # Before TensorFlow loads: a resume with other shapes or (multi-worker) other
+        # batches is refused in a fraction of a second, not after the 5 s import.
+        cfg, resuming = resolve_config(args, config_file, resume=resume)
+        from dgf import distributed
+
         if cpu_devices is not None:
             distributed.split_cpu(cpu_devices)  # before anything starts TensorFlow
-        cfg, resuming = resolve_config(args, config_file, resume=resume)
+        from dgf.loop import TrainingInterrupted
+        from dgf.session import train
+
         # The file named if the run is meant for a GPU and finds none (its accelerator).
         source = None if config_file is None or "accelerator" in args else str(config_file)
         try:
