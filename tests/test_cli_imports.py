@@ -330,3 +330,40 @@ def test_local_workers_get_no_progress_and_every_setting_flag(tmp_path, monkeypa
     assert flags["--pixel-weight"] == "3.0" and flags["--augment"] == "off"
     assert flags["--strategy"] == "multiworker" and flags["--run-dir"] == run
     assert quiet[-1] == "--no-progress" and "--no-progress" not in shown
+
+
+_STARTUP = r"""
+import json, sys
+from dgf.commands.common import run
+seen = {}
+def work():
+    import keras  # as a command's work does, through TensorFlow or directly
+    seen["keras"] = "keras" in sys.modules
+    seen["sklearn_loaded"] = "sklearn" in sys.modules
+    from keras.src.wrappers import fixes
+    seen["wrappers_without"] = fixes.sklearn is None
+    import sklearn  # any other import of it still succeeds
+    seen["later"] = sklearn.__name__
+run(work, program=sys.argv[1] == "program")
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow  # two processes of their own that import Keras
+@pytest.mark.parametrize("how", ["program", "library"])
+def test_a_command_process_imports_keras_without_scikit_learn(how):
+    """dgf.startup: in a process that exists to run a command, Keras's scikit-learn
+    wrappers do not load scikit-learn (0.6 s of every command's start); a library
+    caller's Keras is left as it is, and scikit-learn stays importable."""
+    import importlib.util
+
+    # The test extra installs nncf, which brings scikit-learn.
+    assert importlib.util.find_spec("sklearn") is not None
+    done = subprocess.run([sys.executable, "-c", _STARTUP, how], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["keras"] and seen["later"] == "sklearn"
+    assert seen["sklearn_loaded"] is (how == "library")
+    assert seen["wrappers_without"] is (how == "program")

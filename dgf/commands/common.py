@@ -17,7 +17,7 @@ from types import FrameType
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from dgf import quiet
+from dgf import quiet, startup
 from dgf.errors import DgfError, install_hint
 from dgf.fileio import is_disk_full
 
@@ -115,6 +115,8 @@ def run(fn: Callable[[], int | None], program: bool = False, verbose: bool = Fal
     # TensorFlow's start-up noise and C++ log lines drown dgf's own output; a real
     # failure is a Python exception either way (dgf.quiet).
     quiet.install(verbose)
+    if program:
+        startup.install()  # Keras without scikit-learn, which no command uses
     # The handlers stay in place while the outcome is printed, so a second Ctrl-C
     # cannot turn the "interrupted" line into a traceback.
     with interrupts_stop_once(program):
