@@ -32,6 +32,7 @@ import yaml
 from dgf.batching import AUTO_BATCH, BATCH_RECORD_KEYS, BatchPlan
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
+from dgf.resume import check_architecture, check_resume_settings
 from dgf.fileio import check_output, require_file, write_text_atomic
 from dgf.options import (
     DEFAULT_ENGINE, DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, ENGINE_CHOICES, JIT_CHOICES,
@@ -42,9 +43,6 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 
-# Keys that decide the shape of the networks: a checkpoint made with other values
-# cannot be restored, so a resumed run must keep them.
-ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm", "space_to_depth")
 # The architecture keys of the generator alone (what build_generator takes and a
 # saved generator's metadata records as its layout).
 GENERATOR_KEYS = ("channel_rate", "residual", "batchnorm", "space_to_depth")
@@ -592,43 +590,6 @@ def saved_config(run_dir: Path | str) -> TrainConfig:
     return run.read_config()
 
 
-def check_architecture(saved: TrainConfig, requested: Mapping[str, Any], run_dir: Path | str) -> None:
-    """Refuse to resume ``run_dir`` (trained as ``saved``) with other network shapes.
-
-    ``requested`` holds the values asked for now; keys it lacks are not checked.
-    """
-    for key in ARCHITECTURE_KEYS:
-        if key in requested and requested[key] != getattr(saved, key):
-            raise DgfError(
-                f"{run_dir} was trained with {key}={getattr(saved, key)}; it cannot resume "
-                f"with {key}={requested[key]}. Start a new run folder instead."
-            )
-
-
-#: Config keys that decide which pairs a step trains on: a worker resuming a
-#: multi-worker run with another value would train on other batches than the ones
-#: the checkpoint's position counts, so it is refused. The architecture keys are
-#: refused for every run (:data:`ARCHITECTURE_KEYS`).
-STREAM_KEYS = ("batch_size", "crop", "seed", "augment", "edge_crops")
-
-
-def check_resume_settings(cfg: TrainConfig, saved: TrainConfig, run_dir: Path | str) -> None:
-    """A multi-worker run resumes with the settings it was started with (``saved``,
-    the run's config.json): a worker whose global batch, crop, seed or augmentation
-    differ would train on other batches than the checkpoint's position counts."""
-    if cfg.strategy != "multiworker":
-        return
-    for key in STREAM_KEYS:
-        if getattr(saved, key) != getattr(cfg, key):
-            raise DgfError(
-                f"{run_dir} was trained with {key}={getattr(saved, key)}"
-                + (" (the global batch, over all workers)" if key == "batch_size" else "")
-                + f"; this worker was started with {key}={getattr(cfg, key)}. Every worker "
-                f"of a multi-worker run resumes with the run's settings: drop that flag, or "
-                f"start a new --run-dir"
-            )
-
-
 def new_run_dir(runs_root: Path = RUNS_ROOT) -> Path:
     """A fresh ``runs_root/<timestamp>`` folder name (``-2``, ``-3``... if taken)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -650,8 +611,8 @@ def resolve_config(
 
     Returns ``(config, resuming)``. A run folder that already has a checkpoint is
     resumed: its saved config is the base, and overrides may change anything but
-    the architecture (:data:`ARCHITECTURE_KEYS`) and, for a multi-worker run, the
-    keys that decide its batches (:data:`STREAM_KEYS`). Nothing here loads
+    the architecture and, for a multi-worker run, the keys that decide its batches
+    (:mod:`dgf.resume`). Nothing here loads
     TensorFlow, so a refused resume answers at once.
     """
     values: dict[str, Any] = {}

@@ -26,8 +26,6 @@ from dgf.batching import AUTO_BATCH, BatchPlan, plan_batch
 from dgf.config import (
     RunDir,
     TrainConfig,
-    check_architecture,
-    check_resume_settings,
     has_checkpoint,
     read_run_config,
     save_config,
@@ -41,6 +39,7 @@ from dgf.host import device_description
 from dgf.loop import Controller, RunData, TrainResult
 from dgf.losses import PerceptualLoss
 from dgf.metrics import check_crop_border
+from dgf.resume import check_architecture, check_resume_settings
 from dgf.models import check_discriminator_size
 from dgf.runlock import RunLock
 from dgf.runtime import gpu_capabilities, gpu_models, load_generator, training_precision
