@@ -11,7 +11,8 @@ The key is everything the answer depends on: the host (the CPU model and its
 feature flags, the CPU cores visible, the accelerator (GPU models and count, or
 none) and the TensorFlow version), the model's layout (its layers and
 their settings, not its weights, which do not change the speed), the precision,
-the input shape (batch, height, width), the candidate paths with the versions of
+the input shape (batch, height, width; sides over 512 px rounded up to a multiple of
+256, so the tiles of photos of about one size share an entry), the candidate paths with the versions of
 the engines among them, and, for the trainer's scoring, how many calls share one
 conversion. An entry that cannot be read, is not JSON, or holds another key or no
 valid choice is damaged: it is measured again and
@@ -45,6 +46,21 @@ CACHE_ENV = "DGF_CACHE_DIR"
 CHOICES = PATHS
 #: Bumped when the entry format or what is measured changes; old entries then miss.
 VERSION = 2
+
+
+#: An entry's key holds the input's shape with each side over ``CLASS_FROM`` px
+#: rounded up to a multiple of ``CLASS_STEP`` (:func:`shape_class`): tiles shaped to
+#: each photo (:func:`dgf.tiling.tile_shape`) of about one size share a measurement.
+CLASS_FROM = 512
+CLASS_STEP = 256
+
+
+def shape_class(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` (batch, height, width, channels) with height and width over
+    ``CLASS_FROM`` rounded up to a multiple of ``CLASS_STEP``."""
+    shape = tuple(int(s) for s in shape)
+    return tuple(s if i not in (1, 2) or s <= CLASS_FROM else -(-s // CLASS_STEP) * CLASS_STEP
+                 for i, s in enumerate(shape))
 
 
 def cache_dir() -> Path:

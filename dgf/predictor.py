@@ -267,8 +267,9 @@ class Predictor:
 class _Chooser:
     """The fastest of several paths (:meth:`Predictor.candidates`).
 
-    On the first input of a shape it looks up :mod:`dgf.calibration`'s entry for this
-    host, layout, precision, shape and candidates; without one it measures: every
+    On the first input of a shape (of a size class: :func:`dgf.calibration.shape_class`)
+    it looks up :mod:`dgf.calibration`'s entry for this host, layout, precision, shape
+    and candidates; without one it measures: every
     candidate is prepared (an engine converts the model, or takes the conversion from
     its cache; one that cannot is left out with a note) and runs on that input (the XLA
     one compiles), then each is timed, interleaved, for up to three rounds (one when a
@@ -276,7 +277,7 @@ class _Chooser:
     next), the fastest is kept and stored. With ``calls_per_weights`` an engine's time
     includes its conversion spread over that many calls. The chosen path's first output
     is returned, so no input is computed for nothing. ``choices`` records the path
-    taken per shape.
+    taken per shape class.
     """
 
     def __init__(self, predictor: Predictor, names: list[str],
@@ -301,7 +302,7 @@ class _Chooser:
                                      shape, tuple(self.names), extra)
 
     def __call__(self, x):
-        shape = tuple(int(s) for s in np.shape(x))
+        shape = calibration.shape_class(np.shape(x))  # tiles of about one size: one choice
         choice, first = self.choices.get(shape), None
         if choice is None:
             key = self._key(shape)
@@ -361,10 +362,10 @@ class _Chooser:
                     seconds[name] += converting / self.calls_per_weights
         choice = min(seconds, key=seconds.get)
         where = calibration.write_entry(key, seconds, choice)
-        self._report(key, seconds, setup, choice, where)
+        self._report(np.shape(x), seconds, setup, choice, where)
         return choice, first[choice]
 
-    def _report(self, key, seconds, setup, choice, where) -> None:
+    def _report(self, shape, seconds, setup, choice, where) -> None:
         words = {"xla": "XLA", "plain": "no XLA"}
         measured = ", ".join(
             f"{words.get(name, name)} {seconds[name]:.3g} s"
@@ -375,5 +376,5 @@ class _Chooser:
         spread = (f", conversions spread over {self.calls_per_weights} calls"
                   if self.calls_per_weights and any(n not in words for n in seconds) else "")
         _note(f"calibrated the {self.predictor.precision} call on "
-              f"{'x'.join(map(str, key['shape']))}: {measured}{spread}; using "
+              f"{'x'.join(map(str, shape))}: {measured}{spread}; using "
               f"{words.get(choice, choice)}" + (f" (stored in {where.parent})" if where else ""))

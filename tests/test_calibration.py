@@ -91,6 +91,35 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     assert len(_entries(cache)) == 2
 
 
+def test_large_tiles_of_about_one_size_share_a_size_class():
+    """Tiles shaped to each photo (dgf.tiling.tile_shape) differ a little from photo
+    to photo; sides over 512 px are keyed by their multiple of 256 above, smaller
+    inputs by their own shape."""
+    assert calibration.shape_class((1, 1196, 576, 3)) == (1, 1280, 768, 3)
+    assert calibration.shape_class((1, 1100, 640, 3)) == (1, 1280, 768, 3)
+    assert calibration.shape_class((1, 1300, 640, 3)) == (1, 1536, 768, 3)
+    assert calibration.shape_class((2, 32, 40, 3)) == (2, 32, 40, 3)
+    assert calibration.shape_class((1, 512, 513, 3)) == (1, 512, 768, 3)
+
+
+@pytest.mark.slow
+def test_one_measurement_serves_its_size_class(model, cache):
+    call = _call(model, "fp32", "auto")
+    first = call(_x(4, batch=1, size=520))
+    assert len(_entries(cache)) == 1
+
+    def no_measuring(*args):
+        raise AssertionError("measured again within one size class")
+
+    call._measure = no_measuring
+    out = np.asarray(call(_x(5, batch=1, size=600)))  # 520 and 600: both up to 768
+    assert out.shape == (1, 600, 600, 3) and np.asarray(first).shape == (1, 520, 520, 3)
+    again = _call(model, "fp32", "auto")  # a new command reads the entry
+    again._measure = no_measuring
+    again(_x(6, batch=1, size=700))
+    assert len(_entries(cache)) == 1
+
+
 @pytest.mark.parametrize("stored", ["xla", "plain"])
 @pytest.mark.slow
 def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):

@@ -11,7 +11,7 @@ from dgf import host
 from dgf.cli import deblur_main
 from dgf.errors import DgfError, install_hint
 from dgf.runtime import load_generator
-from dgf.tiling import _axis_window, tile_starts
+from dgf.tiling import TILE_STEP, _axis_window, tile_shape, tile_starts
 
 # Receptive-field radius of the DGF generator (head 1 + dense dilations 14 + tail 2).
 RADIUS = 17
@@ -41,6 +41,27 @@ def test_tile_starts_cover_with_overlap(length, tile, overlap):
     assert starts[0] == 0 and starts[-1] + size == length
     for a, b in zip(starts, starts[1:]):
         assert b > a and a + size - b >= overlap  # neighbours overlap enough
+
+
+@pytest.mark.parametrize("height,width,tile,overlap", [
+    (1196, 1596, 864, 216), (3024, 4032, 864, 216), (800, 2000, 864, 216),
+    (500, 3000, 512, 64), (900, 900, 864, 216), (130, 4000, 128, 24), (300, 200, 512, 64)])
+def test_tile_shape_covers_within_the_budget_with_fewer_pixels(height, width, tile, overlap):
+    th, tw = tile_shape(height, width, tile, overlap)
+    assert th * tw <= tile * tile and th <= height and tw <= width
+    for side, length in ((th, height), (tw, width)):
+        assert side == length or side % TILE_STEP == 0  # the whole side, or on the grid
+        assert side == length or side > 2 * overlap
+        starts = tile_starts(length, side, overlap)
+        assert starts[0] == 0 and starts[-1] + side == length
+        assert all(a + side - b >= overlap for a, b in zip(starts, starts[1:]))
+    count = len(tile_starts(height, th, overlap)) * len(tile_starts(width, tw, overlap))
+    squares = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+    assert count * th * tw <= squares * min(tile, height) * min(tile, width)
+    if (height, width) == (1196, 1596):  # the 12 MP phone photo at auto scale 0.395
+        assert count * th * tw < 0.65 * squares * tile * tile  # 2.8 MP instead of 4.5
+    if (height, width) == (300, 200):
+        assert (th, tw) == (300, 200)  # within the tile: one call
 
 
 def test_window_flat_inside_one_at_image_border_ramped_at_cuts():

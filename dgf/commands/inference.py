@@ -30,7 +30,9 @@ def deblur_parser() -> argparse.ArgumentParser:
                    "bundled model (channel rate 32, space-to-depth 4) trained on pairs-small; see "
                    "dgf/weights/MODEL_CARD.md)")
     p.add_argument("--tile", type=int, default=None,
-                   help="tile edge in pixels for large images; 0 = whole image at once "
+                   help="most pixels per tile for large images, as a square's edge "
+                   "(each image gets the tile shape that covers it with the fewest "
+                   "pixels); 0 = whole image at once "
                    f"(default: {options.DEFAULT_TILE}, or 4 overlaps if that is more)")
     p.add_argument("--overlap", type=int, default=None,
                    help="overlap of neighbouring tiles in pixels (< tile/2) (default: "
