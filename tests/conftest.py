@@ -271,3 +271,28 @@ def plain(generator, **fields):
 
     return Predictor(generator, InferenceSpec(**{"jit": "off", "engine": "tensorflow",
                                                  **fields}))
+
+
+# --- the order files run in ------------------------------------------------------
+# The files that train in several processes, longest first (--durations, AVX-512 EPYC,
+# docs/benchmarks.md); a file not named here only starts later.
+LONGEST_FILES = ("test_multiworker.py", "test_train.py", "test_faults.py", "test_devices.py",
+                 "test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first (``LONGEST_FILES``, then by their number of slow tests),
+    each file's tests in their own order. ``make test`` hands whole files to its two
+    workers in collection order (``--dist loadfile``): a long file collected last
+    (test_train.py, alphabetically) would run alone at the end while the other worker
+    idles; longest first, the short files fill the gaps at the end."""
+    slow: dict = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        return (LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES),
+                -slow[item.path])
+
+    items.sort(key=rank)  # stable: a file's order is kept
