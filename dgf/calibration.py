@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dgf.errors import DgfError
-from dgf.fileio import write_text_atomic
+from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.host import cpu_flags, cpu_model, device_description
 from dgf.options import PATHS
 
@@ -156,6 +156,24 @@ def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
     return entry
 
 
+def store(folder: Path, files: dict[str, bytes], record: str, data: dict[str, Any],
+          what: str, again: str) -> bool:
+    """Write each of ``files`` (name -> bytes) into the cache ``folder``, then the JSON
+    ``record`` (``data``) last, each atomically, so a reader that finds the record
+    finds the files whole. False, with a note that ``what`` could not be stored and
+    the next run ``again``, when the folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            write_bytes_atomic(folder / name, content)
+        write_text_atomic(folder / record, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except (OSError, DgfError) as exc:
+        _note(f"could not store {what} in {folder} ({exc}); the next run {again} (set "
+              f"{CACHE_ENV} to a writable folder)")
+        return False
+    return True
+
+
 def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str) -> Path | None:
     """Store a measurement atomically; returns its path, or None (with a note) when
     the cache folder cannot be written."""
@@ -165,11 +183,5 @@ def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str) -> 
     path = entry_path(key)
     entry = {"key": key, "seconds": {k: float(v) for k, v in seconds.items()},
              "choice": choice}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(entry, indent=1, sort_keys=True) + "\n")
-    except (OSError, DgfError) as exc:
-        _note(f"could not store the calibration in {path.parent} ({exc}); the next "
-              f"run measures again (set {CACHE_ENV} to a writable folder)")
-        return None
-    return path
+    stored = store(path.parent, {}, path.name, entry, "the calibration", "measures again")
+    return path if stored else None

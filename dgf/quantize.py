@@ -66,7 +66,6 @@ from dgf import calibration, runtime
 from dgf.engines import onnx_conversion
 from dgf.equalise import prepared_copy
 from dgf.errors import DgfError, first_line, install_hint, source_checkout
-from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.images import DECODE_ERRORS, find_images, read_rgb, to_uint8, to_unit
 from dgf.metadata import read_metadata
 from dgf.metrics import mean_psnr, psnr
@@ -578,14 +577,8 @@ def write_entry(key: dict[str, Any], files: dict[str, bytes], extra: dict[str, A
     record = {"key": key, **extra, "files": {
         suffix: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for suffix, data in files.items()}}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for suffix, data in files.items():
-            write_bytes_atomic(folder / f"{digest}.{suffix}", data)
-        write_text_atomic(folder / f"{digest}.json", json.dumps(record, indent=1) + "\n")
-    except (OSError, DgfError) as exc:
-        _note(f"could not store the int8 model in {folder} ({exc}); the next run quantises "
-              f"again (set {calibration.CACHE_ENV} to a writable folder)")
+    calibration.store(folder, {f"{digest}.{suffix}": data for suffix, data in files.items()},
+                      f"{digest}.json", record, "the int8 model", "quantises again")
 
 
 # --- the entry point ----------------------------------------------------------------------

@@ -32,7 +32,6 @@ import tensorflow as tf
 
 from dgf import calibration, runtime
 from dgf.errors import DgfError
-from dgf.fileio import write_bytes_atomic, write_text_atomic
 from dgf.host import device_description
 
 # Why an optional module could not be imported, by name.
@@ -118,15 +117,9 @@ def _write_cached(key: dict[str, Any], data: bytes) -> Path | None:
     the cache folder cannot be written."""
     onnx_path, meta_path = _entry_paths(key)
     meta = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    try:
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(onnx_path, data)
-        write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    except (OSError, DgfError) as exc:
-        _note(f"could not store the converted model in {onnx_path.parent} ({exc}); the "
-              f"next run converts again (set {calibration.CACHE_ENV} to a writable folder)")
-        return None
-    return onnx_path
+    stored = calibration.store(onnx_path.parent, {onnx_path.name: data}, meta_path.name, meta,
+                               "the converted model", "converts again")
+    return onnx_path if stored else None
 
 
 def float_onnx(model) -> bytes:
