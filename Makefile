@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 # Two pytest workers, each taking whole test files (--dist loadfile, so a module's
 # fixtures are built once): many tests wait on subprocesses, so two share 2 cores well.
+# The longest files are handed out first (tests/conftest.py, LONGEST_FILES).
 PYTEST_WORKERS ?= 2
 
 test: $(STAMP)
