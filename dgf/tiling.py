@@ -200,9 +200,8 @@ def tile_shape(height: int, width: int, tile: int, overlap: int,
         cost = (count * th * tw, count, th, tw)
         if best is None or cost < best:
             best = cost
-    if best is None:  # sides too short for the budget: square tiles of the budget
-        side = max(least, int(budget ** 0.5) // step * step)
-        return min(height, side), min(width, side)
+    if best is None:  # no side on the grid fits two overlaps: square tiles, as asked
+        return min(height, tile), min(width, tile)
     return best[2], best[3]
 
 

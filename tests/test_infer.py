@@ -64,6 +64,11 @@ def test_tile_shape_covers_within_the_budget_with_fewer_pixels(height, width, ti
         assert (th, tw) == (300, 200)  # within the tile: one call
 
 
+def test_tile_shape_keeps_square_tiles_when_no_grid_side_fits_two_overlaps():
+    # 2 x 216 + 1 rounds up to 448 on the 64 px grid, over a 440 px tile.
+    assert tile_shape(500, 472, 440, 216) == (440, 440)
+
+
 def test_window_flat_inside_one_at_image_border_ramped_at_cuts():
     first = _axis_window(0, 128, 300, 60)  # left edge on the image border
     assert first[0] == 1.0 and first[60] == 1.0
