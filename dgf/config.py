@@ -32,12 +32,12 @@ import yaml
 from dgf.batching import AUTO_BATCH, BATCH_RECORD_KEYS, BatchPlan
 from dgf.checks import is_int, is_number
 from dgf.errors import DgfError
-from dgf.resume import check_architecture, check_resume_settings
 from dgf.fileio import check_output, require_file, write_text_atomic
 from dgf.options import (
     DEFAULT_ENGINE, DEFAULT_JIT, DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, ENGINE_CHOICES, JIT_CHOICES,
     FLOAT_PRECISIONS, METRIC_PROTOCOLS,
 )
+from dgf.resume import check_architecture, check_resume_settings
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 LR_SCHEDULES = ("constant", "linear", "cosine")

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dgf.config import RunDir, TrainConfig
+from dgf.config import RunDir
 from dgf.errors import DgfError, first_line
 # The --local-workers launcher is TensorFlow-free, in its own module; its names are
 # reachable from here too.

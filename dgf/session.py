@@ -39,8 +39,8 @@ from dgf.host import device_description
 from dgf.loop import Controller, RunData, TrainResult
 from dgf.losses import PerceptualLoss
 from dgf.metrics import check_crop_border
-from dgf.resume import check_architecture, check_resume_settings
 from dgf.models import check_discriminator_size
+from dgf.resume import check_architecture, check_resume_settings
 from dgf.runlock import RunLock
 from dgf.runtime import gpu_capabilities, gpu_models, load_generator, training_precision
 from dgf.train import GANTrainer
