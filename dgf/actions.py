@@ -294,7 +294,7 @@ def _training_forward(model: keras.Model):
     forward = _TRAINING_FORWARD.get(model)
     if forward is None:
         ref = weakref.ref(model)
-        forward = tf.function(lambda x: ref()(x, training=True),
+        forward = tf.function(lambda x: ref()(x, training=True), autograph=False,
                               input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         _TRAINING_FORWARD[model] = forward
     return forward
