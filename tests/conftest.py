@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -276,6 +277,73 @@ def plain(generator, **fields):
 # --- the order files run in ------------------------------------------------------
 # The files that train in several processes, longest first (--durations, AVX-512 EPYC,
 # docs/benchmarks.md); a file not named here only starts later.
+
+
+# --- processes (the multi-worker tests read /proc) ---------------------------------
+def processes_with(text: str) -> list[int]:
+    """Ids of the processes whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def environ(pid: int) -> str:
+    """Process ``pid``'s environment as text ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def parent(pid: int) -> int | None:
+    """The parent process id of ``pid`` (None once it has gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+
+
+def describe(pid: int) -> str:
+    """``pid``, its parent and the start of its command line, for a failure message."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()[:160].replace(b"\0", b" ")
+    except OSError:
+        command = b"(gone)"
+    return f"{pid} (parent {parent(pid)}): {command.decode('utf-8', 'replace')}"
+
+
+def worker_processes(text: str, launcher: int, count: int = 2) -> list[int]:
+    """The ``count`` worker processes (TF_CONFIG in their environment) whose command
+    line holds ``text``, ``launcher`` aside. A worker starting a child (its stderr
+    relay, start-up watchdog, git for the run's record) shows the worker's command
+    line and environment until the child's exec: a process whose parent also matches
+    is such a child, and one gone by the time its parent is read was a short-lived
+    one; neither is a worker."""
+    found = [pid for pid in processes_with(text) if pid != launcher
+             and "TF_CONFIG" in environ(pid)]
+    workers = [pid for pid in found if parent(pid) not in (*found, None)]
+    assert len(workers) == count, [describe(pid) for pid in found]
+    return workers
+
+
+def listening(pid: int) -> list[str]:
+    """The TCP ports process ``pid``'s network namespace listens on (hex address:port)."""
+    rows = []
+    for name in ("tcp", "tcp6"):
+        for line in (Path(f"/proc/{pid}/net") / name).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                rows.append(fields[1])
+    return rows
+
+
 LONGEST_FILES = ("test_multiworker.py", "test_train.py", "test_faults.py", "test_devices.py",
                  "test_demo.py")
 

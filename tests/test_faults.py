@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_h5, save_side_by_side, textured_photo
+from conftest import (listening, make_h5, processes_with, save_side_by_side, textured_photo,
+                      worker_processes)
 from dgf import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -478,111 +479,78 @@ def test_a_config_file_cannot_run_code(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
-def _processes_with(text: str) -> list[int]:
-    """Ids of the processes whose command line holds ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+# Loaded by every Python process of the test below (through PYTHONPATH): a process
+# started as a worker (it has TF_CONFIG) listens on every interface, as TensorFlow's
+# gRPC server does, says so, and waits; a signal ends it, noted in a file.
+FAKE_WORKER_HOOK = """
+import json, os, signal, socket, sys, time
+if os.environ.get("DGF_TEST_FAKE_WORKERS") and os.environ.get("TF_CONFIG"):
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))
+    server.listen()
+
+    def stop(signum, frame):
+        path = os.path.join(os.environ["DGF_TEST_FAKE_WORKERS"], f"stopped-{index}")
+        with open(path, "w") as fh:
+            fh.write(str(signum))
+        os._exit(130)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"worker {index} listening on port {server.getsockname()[1]}", flush=True)
+    while True:
+        time.sleep(1)
+"""
 
 
-def _environ(pid: int) -> str:
-    """Process ``pid``'s environment as text ("" once it has gone)."""
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _describe(pid: int) -> str:
-    """``pid``, its parent and the start of its command line, for a failure message."""
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()[:160].replace(b"\0", b" ")
-    except OSError:
-        command = b"(gone)"
-    return f"{pid} (parent {_parent(pid)}): {command.decode('utf-8', 'replace')}"
-
-
-def _parent(pid: int) -> int | None:
-    """The parent process id of ``pid`` (None once it has gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
-
-
-def _listening(pid: int) -> list[str]:
-    """The TCP ports process ``pid``'s network namespace listens on (hex address:port)."""
-    rows = []
-    for name in ("tcp", "tcp6"):
-        for line in (Path(f"/proc/{pid}/net") / name).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                rows.append(fields[1])
-    return rows
-
-
-@pytest.mark.slow
-def test_local_workers_listen_on_no_address_reachable_from_outside(tmp_path):
-    """TensorFlow binds its gRPC servers to 0.0.0.0; --local-workers runs them in a
-    private network namespace whose only interface is loopback, so no dgf process
-    listens on an address another machine (or this one's other processes) can reach;
-    the first line says so. SIGTERM to the launcher stops every worker."""
+def test_sigterm_to_local_workers_stops_every_worker_in_their_private_network(tmp_path):
+    """--local-workers runs its workers in a private network namespace whose only
+    interface is loopback (what real TensorFlow workers there listen on is checked in
+    test_multiworker.py); SIGTERM to the command stops every worker and exits 130.
+    The workers are stand-ins that listen on 0.0.0.0 as TensorFlow's servers do."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAKE_WORKER_HOOK)
     h5 = make_h5(tmp_path / "data.h5", n_train=8, n_test=2, size=48)
     run = tmp_path / "run-loopback"
     code = "import sys; from dgf.cli import train_main; sys.exit(train_main())"
+    env = _env(DGF_TEST_FAKE_WORKERS=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), str(REPO)])
     launcher = subprocess.Popen(
         [sys.executable, "-c", code, "--local-workers", "2", "--h5", str(h5), "--run-dir",
          str(run), "--epochs", "100", "--batch-size", "4", "--no-progress", *TINY],
-        env=_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
         first = launcher.stdout.readline()
         lines.append(first)
         assert "in a private network namespace (loopback only" in first, first
-        while sum("training into" in line for line in lines) < 1:
+        while sum("listening on port" in line for line in lines) < 2:
             line = launcher.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)
-        # A worker starting a child (its stderr relay, start-up watchdog, git for the
-        # run's record) shows the worker's command line and environment until the
-        # child's exec: a process whose parent also matches is such a child, and one
-        # gone by the time its parent is read was a short-lived one; neither is a worker.
-        found = [pid for pid in _processes_with(str(run)) if pid != launcher.pid
-                 and "TF_CONFIG" in _environ(pid)]
-        workers = [pid for pid in found if _parent(pid) not in (*found, None)]
-        assert len(workers) == 2, [_describe(pid) for pid in found]
+        workers = worker_processes(str(run), launcher.pid)
         host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
         for pid in workers:
             interfaces = [line.split(":")[0].strip() for line in
                           Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
             assert interfaces == ["lo"], interfaces
-            assert _listening(pid), "the worker's gRPC server is not listening"
+            assert listening(pid), "the worker is not listening"
             assert f"pid={pid}," not in host  # nothing of it in this machine's namespace
-        # The chief (worker 0) holds the run's lock.
-        from dgf.runlock import RunInUse, RunLock
-
-        with pytest.raises(RunInUse, match=r"in use by process \d+ on ") as refused:
-            RunLock(run).acquire()
-        holder = int(re.search(r"in use by process (\d+) on ", str(refused.value)).group(1))
-        assert holder in workers
-        assert '"index": 0' in Path(f"/proc/{holder}/environ").read_bytes().decode("utf-8", "replace")
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:
-            launcher.wait(timeout=120)
+            rest, _ = launcher.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             launcher.kill()
             raise
-    time.sleep(1)
-    assert [pid for pid in _processes_with(str(run))] == []
+    assert launcher.returncode == 130, "".join(lines) + rest
+    assert "interrupted: stopped the workers" in rest
+    for index in (0, 1):
+        assert (tmp_path / f"stopped-{index}").read_text() == str(int(signal.SIGTERM))
+    time.sleep(0.5)
+    assert processes_with(str(run)) == []
 
 
 @pytest.mark.slow

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from dgf.errors import DgfError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import environ, listening, worker_processes  # noqa: E402
 from test_train import make_h5  # noqa: E402  (the build-hdf5 schema, smooth images)
 
 LR = 3e-4
@@ -37,24 +40,43 @@ TINY = ["--channel-rate", "8", "--patch", "16", "--crop", "32", "--perceptual-we
         "--eval-engine", "tensorflow", "--eval-jit", "off"]
 
 # Loaded by every Python process of these tests (through PYTHONPATH): each process
-# notes the training pairs its loader reads, one line per pair, in its own file.
+# that trains notes the training pairs its loader reads, one line per pair, in its
+# own file. The patch waits for dgf.data to be imported, so the launchers and other
+# processes that never train do not load TensorFlow for it.
 READ_LOG_HOOK = textwrap.dedent(
     """
-    import json, os
+    import importlib.abc, importlib.util, json, os, sys
     if os.environ.get("DGF_TEST_READ_LOG"):
-        from dgf import data
+        def note_reads(data):
+            task = json.loads(os.environ.get("TF_CONFIG") or '{"task": {"index": "single"}}')
+            log = os.path.join(os.environ["DGF_TEST_READ_LOG"],
+                               f"reads-{task['task']['index']}.txt")
+            original = data._FileReader.read_into
 
-        task = json.loads(os.environ.get("TF_CONFIG") or '{"task": {"index": "single"}}')
-        log = os.path.join(os.environ["DGF_TEST_READ_LOG"], f"reads-{task['task']['index']}.txt")
-        original = data._FileReader.read_into
+            def read_into(self, index, *args, **kwargs):
+                if self._names[0].startswith("train_"):
+                    with open(log, "a") as fh:
+                        fh.write(f"{index}\\n")
+                return original(self, index, *args, **kwargs)
 
-        def read_into(self, index, *args, **kwargs):
-            if self._names[0].startswith("train_"):
-                with open(log, "a") as fh:
-                    fh.write(f"{index}\\n")
-            return original(self, index, *args, **kwargs)
+            data._FileReader.read_into = read_into
 
-        data._FileReader.read_into = read_into
+        class NoteReadsOnImport(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name != "dgf.data":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                run = spec.loader.exec_module
+
+                def exec_module(module):
+                    run(module)
+                    note_reads(module)
+
+                spec.loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, NoteReadsOnImport())
     """
 )
 
@@ -108,12 +130,34 @@ def _generator_weights(path: Path) -> list[np.ndarray]:
     return [np.asarray(w) for w in load_generator(path).get_weights()]
 
 
+def _check_private_network(run: Path, launcher: int) -> None:
+    """The two workers training into ``run``: their network namespace has loopback
+    alone, their gRPC servers listen there and nowhere in this machine's namespace,
+    and the chief (worker 0) holds the run's lock."""
+    from dgf.runlock import RunInUse, RunLock
+
+    workers = worker_processes(str(run), launcher)
+    host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    for pid in workers:
+        interfaces = [line.split(":")[0].strip() for line in
+                      Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
+        assert interfaces == ["lo"], interfaces
+        assert listening(pid), "the worker's gRPC server is not listening"
+        assert f"pid={pid}," not in host
+    with pytest.raises(RunInUse, match=r"in use by process \d+ on ") as refused:
+        RunLock(run).acquire()
+    holder = int(re.search(r"in use by process (\d+) on ", str(refused.value)).group(1))
+    assert holder in workers
+    assert '"index": 0' in environ(holder)
+
 @pytest.mark.slow
 def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
     """``--local-workers 2`` trains the same steps on the same batches as one process
     with ``--strategy mirrored`` over two logical CPU devices (``--cpu-devices 2``),
     each worker reading only its share of every step from the HDF5 file; only the
-    chief writes the run folder and the other worker's scratch checkpoints go."""
+    chief writes the run folder and the other worker's scratch checkpoints go. While
+    they train, the workers' network namespace has loopback alone and the chief holds
+    the run's lock."""
     from dgf.data import epoch_records, split_info
 
     common = ["--h5", str(h5), "--epochs", "2", "--batch-size", "4", "--save-every", "1",
@@ -130,23 +174,36 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
                    "--run-dir", str(tmp_path / "mirrored"), *common),
         env=_env(tmp_path, DGF_TEST_READ_LOG=str(logs["mirrored"])), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "mw"
+    multi = subprocess.Popen(
+        _dgf_train("--local-workers", "2", "--run-dir", str(run), *common),
+        env=_env(tmp_path, DGF_TEST_READ_LOG=str(logs["mw"])), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(600, multi.kill)
+    watchdog.start()
     try:
-        multi = subprocess.run(
-            _dgf_train("--local-workers", "2", "--run-dir", str(tmp_path / "mw"), *common),
-            env=_env(tmp_path, DGF_TEST_READ_LOG=str(logs["mw"])), capture_output=True,
-            text=True, timeout=600)
+        lines = [multi.stdout.readline()]
+        while not any("training into" in line for line in lines):
+            lines.append(multi.stdout.readline())
+            assert lines[-1], "".join(lines)
+        # The workers run in a private network namespace whose only interface is
+        # loopback, as the launcher's first line says; checked while they train
+        # (SIGTERM through that namespace is tests/test_faults.py's).
+        assert "in a private network namespace (loopback only" in lines[0], lines[0]
+        _check_private_network(run, multi.pid)
+        lines.append(multi.stdout.read())
+        multi.wait()
         mirrored_out, mirrored_err = mirrored.communicate(timeout=600)
     finally:
-        if mirrored.poll() is None:
-            mirrored.kill()
-            mirrored.wait()
-    assert multi.returncode == 0, multi.stdout[-4000:] + multi.stderr[-2000:]
+        watchdog.cancel()
+        _kill_leftovers([mirrored, multi])
+    out = "".join(lines)
+    assert multi.returncode == 0, out[-6000:]
     assert mirrored.returncode == 0, mirrored_err[-4000:]
     print(f"two workers and the mirrored run: {time.perf_counter() - started:.1f} s; the "
           f"three training processes used {_children_cpu() - cpu_before:.1f} s of CPU")
 
     # The launcher streamed both workers' output, each line named.
-    out = multi.stdout
     assert "[worker 0] training into" in out and "[worker 1] training into" in out
     # 8 pairs / global batch 4, stated with its split in the first line
     assert ": global batch 4 = 2 per replica x 2 replicas over 2 workers, 2 steps per " \
@@ -155,7 +212,6 @@ def test_two_workers_train_as_one_mirrored_process(h5, tmp_path):
     assert ": global batch 4 = 2 per replica x 2 replicas, 2 steps per epoch" in mirrored_out
 
     # Only the chief wrote the run folder; the other worker's scratch is gone.
-    run = tmp_path / "mw"
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoints", "config.json", "generator.keras", "generator_best.keras",
         "metrics.jsonl", "samples", "snapshots", "tensorboard"]
