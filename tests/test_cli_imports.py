@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from dgf import hdf5, options, sources, synth
 
@@ -169,6 +170,7 @@ def test_working_modules_use_the_options_module():
 def test_eval_protocols_and_info_help_come_from_the_options_module():
     from dgf import evaluate, metrics
     from dgf.config import TrainConfig
+    from dgf.metrics import ScoreSettings
 
     text = _help(_scripts()["dgf-eval"])["help"]
     assert _choices(options.METRIC_PROTOCOLS) in text
@@ -176,7 +178,6 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     info = _help(_scripts()["dgf-info"])["help"]
     assert "usage: dgf-info [-h] [--verbose] [--size H W] [--json] MODEL" in info
     assert f"(default: {list(options.DEFAULT_INFO_SIZE)})" in info
-    from dgf.metrics import ScoreSettings
 
     assert ScoreSettings().protocol == options.DEFAULT_PROTOCOL
     assert ScoreSettings().y_channel is options.DEFAULT_Y_CHANNEL
@@ -344,6 +345,13 @@ def work():
     seen["wrappers_without"] = fixes.sklearn is None
     import sklearn  # any other import of it still succeeds
     seen["later"] = sklearn.__name__
+    seen["matplotlib_loaded"] = "matplotlib" in sys.modules
+    from keras.src.visualization import plot_image_gallery
+    seen["plots_without"] = plot_image_gallery.plt is None
+    from dgf.evaluate import plot_metrics  # dgf's own curves still draw
+    plot_metrics([1, 2], [20.0, 21.0], [0.5, 0.6], 19.0, 0.4, sys.argv[2])
+    import matplotlib.pyplot  # and any other import of it still succeeds
+    seen["pyplot"] = matplotlib.pyplot.__name__
 run(work, program=sys.argv[1] == "program")
 print(json.dumps(seen))
 """
@@ -351,15 +359,18 @@ print(json.dumps(seen))
 
 @pytest.mark.slow  # two processes of their own that import Keras
 @pytest.mark.parametrize("how", ["program", "library"])
-def test_a_command_process_imports_keras_without_scikit_learn(how):
+def test_a_command_process_imports_keras_without_scikit_learn_or_matplotlib(how, tmp_path):
     """dgf.startup: in a process that exists to run a command, Keras's scikit-learn
-    wrappers do not load scikit-learn (0.6 s of every command's start); a library
-    caller's Keras is left as it is, and scikit-learn stays importable."""
+    wrappers do not load scikit-learn and its plots do not load matplotlib (0.6 s and
+    0.45 s of every command's start); a library caller's Keras is left as it is, both
+    stay importable, and dgf's own curves still draw."""
     import importlib.util
 
     # The test extra installs nncf, which brings scikit-learn.
     assert importlib.util.find_spec("sklearn") is not None
-    done = subprocess.run([sys.executable, "-c", _STARTUP, how], capture_output=True,
+    picture = tmp_path / "metrics.png"
+    done = subprocess.run([sys.executable, "-c", _STARTUP, how, str(picture)],
+                          capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -367,3 +378,8 @@ def test_a_command_process_imports_keras_without_scikit_learn(how):
     assert seen["keras"] and seen["later"] == "sklearn"
     assert seen["sklearn_loaded"] is (how == "library")
     assert seen["wrappers_without"] is (how == "program")
+    assert seen["matplotlib_loaded"] is (how == "library")
+    assert seen["plots_without"] is (how == "program")
+    assert seen["pyplot"] == "matplotlib.pyplot"
+    with Image.open(picture) as img:
+        assert img.width > 0 and img.height > 0

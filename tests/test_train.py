@@ -606,7 +606,7 @@ def _train_args(h5: Path, run: Path, *extra: str) -> list[str]:
 def _train_cli(h5: Path, run: Path, *extra: str) -> list[str]:
     """:func:`_train_args` as a dgf-train process."""
     return [sys.executable, "-c", "import sys; from dgf.cli import train_main; "
-            "sys.exit(train_main(sys.argv[1:]))", *_train_args(h5, run, *extra)]
+            "sys.exit(train_main())", *_train_args(h5, run, *extra)]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dgf import cli  # noqa: E402
+from dgf import cli, startup  # noqa: E402
 
 
 def step(title: str, command: str, main, argv: list[str]) -> None:
@@ -33,6 +33,7 @@ def vgg_available() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.install()  # a process that exists to run dgf's commands, as each command's own
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
