@@ -21,17 +21,19 @@ demo: $(STAMP)
 
 # Two pytest workers, each taking whole test files (--dist loadfile, so a module's
 # fixtures are built once): many tests wait on subprocesses, so two share 2 cores well.
-# The longest files are handed out first (tests/conftest.py, LONGEST_FILES).
+# The longest files are handed out first (tests/conftest.py, LONGEST_FILES), in that
+# order: --no-loadscope-reorder, else pytest-xdist hands out the files with the most
+# tests first and the one-test demo ran alone at the end.
 PYTEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The quick check while editing (under a minute): everything but the tests marked slow
 # (over about 2 s each: training runs, subprocesses, SIGKILL, exports, compiled graphs,
 # real pairs); `make test` runs all of them.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The quick benchmark set: minutes, each script printing its numbers
 # (docs/benchmarks.md). The loader and evaluation read ../shared/data/pairs-small by default.

@@ -273,6 +273,15 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
+def _names(folder: Path) -> list[str]:
+    """Every entry under ``folder`` (relative), read while another process writes
+    there: an entry renamed or removed during the walk is left out, not an error."""
+    names = []
+    for root, dirs, files in os.walk(folder):
+        names += [str((Path(root) / name).relative_to(folder)) for name in dirs + files]
+    return sorted(names)
+
+
 def test_a_second_trainer_stops_before_touching_the_run_and_sigkill_frees_it(tmp_path, capsys):
     """The lock holder is named (process and host); the second process changes
     nothing; SIGKILL of the holder leaves no stale lock."""
@@ -349,7 +358,7 @@ def test_eval_reads_a_run_while_it_trains_and_a_second_trainer_is_refused(tmp_pa
             r"checkpoints(/.*)?|tensorboard(/.*)?|samples(/epoch_\d{4}\.png)?|"
             r"snapshots(/generator_epoch_\d{4}\.keras)?|eval(/.*)?|"
             r"([^/]+/)?\.[^/]+\.tmp\d+[^/]*)$")  # (or one of its files being written)
-        strangers = [name for name in _tree(run) if not trainer_names.match(name)]
+        strangers = [name for name in _names(run) if not trainer_names.match(name)]
         assert strangers == []
         assert trainer.poll() is None  # still training, undisturbed
     finally:
