@@ -75,8 +75,38 @@ def _make_schedule(lr: float, cfg: TrainConfig, total_steps: int):
     return HoldThenLinearDecay(lr, total_steps)
 
 
+class FusedAdam(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` with each variable's update as one fused kernel
+    (``ResourceApplyAdam``, the same formula: ``m += (g - m)(1 - b1)``, ``v += (g^2 -
+    v)(1 - b2)``, ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``) on the
+    same slot variables, so checkpoints are the same. Keras builds about 30 graph ops
+    per variable, which made the optimizers half of the GAN step's graph: 4,200 of
+    its 8,700 ops at the DGF layout, traced and optimized at every training start.
+    Sparse gradients and amsgrad take Keras's own update."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        var, m, v = (_tf_variable(x) for x in (variable, self._momentums[index],
+                                                 self._velocities[index]))
+        dtype = var.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=var.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+def _tf_variable(variable):
+    """The TensorFlow variable under a Keras one."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def _make_optimizer(lr: float, cfg: TrainConfig, total_steps: int, name: str):
-    opt = keras.optimizers.Adam(
+    opt = FusedAdam(
         learning_rate=_make_schedule(lr, cfg, total_steps),
         beta_1=cfg.beta_1,
         beta_2=cfg.beta_2,
