@@ -774,7 +774,7 @@ def test_mixed_precision_trains_and_resumes(h5_file, tmp_path, precision):
 
 def test_fused_adam_takes_kerass_adam_steps_with_under_half_the_ops():
     """dgf.train.FusedAdam: the same weights and slots as keras.optimizers.Adam, step
-    by step, from one fused kernel per variable."""
+    by step, from one fused kernel per variable, also compiled by XLA."""
     import keras
     import tensorflow as tf
 
@@ -784,19 +784,21 @@ def test_fused_adam_takes_kerass_adam_steps_with_under_half_the_ops():
     starts = [rng.normal(size=shape).astype("float32") for shape in ((3, 3, 4, 8), (8,))]
     grads = [[rng.normal(size=w.shape).astype("float32") for w in starts] for _ in range(4)]
     results, op_counts = [], []
-    for kind in (keras.optimizers.Adam, FusedAdam):
+    # Keras's Adam, FusedAdam, and FusedAdam compiled by XLA (a --jit on training step).
+    for kind, jit in ((keras.optimizers.Adam, False), (FusedAdam, False), (FusedAdam, True)):
         weights = [keras.Variable(w) for w in starts]
         optimizer = kind(learning_rate=1e-2, beta_1=0.5, beta_2=0.9)
         optimizer.build(weights)
-        step = tf.function(lambda gs: optimizer.apply(gs, weights))
+        step = tf.function(lambda gs: optimizer.apply(gs, weights), jit_compile=jit)
         for gs in grads:
             step([tf.constant(g) for g in gs])
         graph = step.get_concrete_function([tf.TensorSpec(w.shape) for w in starts]).graph
         op_counts.append(len(graph.get_operations()))
         results.append([x.numpy() for x in (*weights, *optimizer._momentums,
                                              *optimizer._velocities)])
-    for keras_value, fused_value in zip(*results):
+    for keras_value, fused_value, compiled_value in zip(*results):
         np.testing.assert_allclose(fused_value, keras_value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(compiled_value, keras_value, rtol=1e-5, atol=1e-6)
     assert not np.allclose(results[1][0], starts[0])  # the steps moved the weights
     assert op_counts[1] < 0.5 * op_counts[0], op_counts
 
