@@ -162,8 +162,9 @@ TILE_STEP = 64
 
 
 def _tiles_along(length: int, side: int, overlap: int) -> int:
-    """How many tiles of ``side`` overlapping by ``overlap`` cover ``length``."""
-    return 1 if length <= side else -(-(length - overlap) // (side - overlap))
+    """How many tiles of ``side`` overlapping by ``overlap`` cover ``length``
+    (:func:`tile_starts`' count)."""
+    return len(tile_starts(length, side, overlap))
 
 
 def tile_shape(height: int, width: int, tile: int, overlap: int,

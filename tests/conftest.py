@@ -5,6 +5,7 @@ import json
 import os
 import re
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -330,6 +331,21 @@ def worker_processes(text: str, launcher: int, count: int = 2) -> list[int]:
              and "TF_CONFIG" in environ(pid)]
     workers = [pid for pid in found if parent(pid) not in (*found, None)]
     assert len(workers) == count, [describe(pid) for pid in found]
+    return workers
+
+
+def workers_on_loopback_only(text: str, launcher: int) -> list[int]:
+    """The two worker processes of :func:`worker_processes`, each checked to be in a
+    network namespace whose only interface is loopback, listening there and on no
+    port of this machine's own namespace (``ss``)."""
+    workers = worker_processes(text, launcher)
+    host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    for pid in workers:
+        interfaces = [line.split(":")[0].strip() for line in
+                      Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
+        assert interfaces == ["lo"], interfaces
+        assert listening(pid), f"worker {pid} is not listening"
+        assert f"pid={pid}," not in host  # nothing of it in this machine's namespace
     return workers
 
 

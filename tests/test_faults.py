@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (listening, make_h5, processes_with, save_side_by_side, textured_photo,
-                      worker_processes)
+from conftest import (make_h5, processes_with, save_side_by_side, textured_photo,
+                      workers_on_loopback_only)
 from dgf import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -539,14 +539,7 @@ def test_sigterm_to_local_workers_stops_every_worker_in_their_private_network(tm
             line = launcher.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)
-        workers = worker_processes(str(run), launcher.pid)
-        host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-        for pid in workers:
-            interfaces = [line.split(":")[0].strip() for line in
-                          Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
-            assert interfaces == ["lo"], interfaces
-            assert listening(pid), "the worker is not listening"
-            assert f"pid={pid}," not in host  # nothing of it in this machine's namespace
+        workers_on_loopback_only(str(run), launcher.pid)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:

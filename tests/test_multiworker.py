@@ -27,7 +27,7 @@ from dgf.errors import DgfError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import environ, listening, worker_processes  # noqa: E402
+from conftest import environ, workers_on_loopback_only  # noqa: E402
 from test_train import make_h5  # noqa: E402  (the build-hdf5 schema, smooth images)
 
 LR = 3e-4
@@ -136,14 +136,7 @@ def _check_private_network(run: Path, launcher: int) -> None:
     and the chief (worker 0) holds the run's lock."""
     from dgf.runlock import RunInUse, RunLock
 
-    workers = worker_processes(str(run), launcher)
-    host = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-    for pid in workers:
-        interfaces = [line.split(":")[0].strip() for line in
-                      Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]]
-        assert interfaces == ["lo"], interfaces
-        assert listening(pid), "the worker's gRPC server is not listening"
-        assert f"pid={pid}," not in host
+    workers = workers_on_loopback_only(str(run), launcher)
     with pytest.raises(RunInUse, match=r"in use by process \d+ on ") as refused:
         RunLock(run).acquire()
     holder = int(re.search(r"in use by process (\d+) on ", str(refused.value)).group(1))
