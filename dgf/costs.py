@@ -98,7 +98,8 @@ def step_cost(cfg: TrainConfig, height: int | None = None,
     if not height or not width:
         raise DgfError("a run on whole images (crop: full) has no fixed size; give the "
                        "image size to count its step")
-    generator = build_generator(channel_rate=cfg.channel_rate, dropout=cfg.dropout,
+    generator = build_generator(channel_rate=cfg.channel_rate, blocks=cfg.blocks,
+                                dropout=cfg.dropout,
                                 residual=cfg.residual, batchnorm=cfg.batchnorm,
                                 space_to_depth=cfg.space_to_depth)
     discriminator = build_discriminator(channel_rate=cfg.channel_rate, patch=cfg.patch)

@@ -5,7 +5,8 @@ the ones Keras writes. Keras' loader reads only its own members, so the file sti
 loads everywhere, safe mode included, and the record is read straight from the
 archive (:func:`read_metadata`) without TensorFlow. It holds:
 
-* ``layout``: the architecture keys :func:`dgf.models.build_generator` takes;
+* ``layout``: the architecture keys :func:`dgf.models.build_generator` takes (files
+  written before ``blocks`` was a setting leave it out: they have ten);
 * ``data``: the HDF5 file, its image size (``image_height``, ``image_width``) and
   the pair counts of the train and test splits;
 * ``crop``: the training crop side (None: whole images);

@@ -19,9 +19,23 @@ from keras import layers, ops
 
 from dgf.errors import DgfError
 
-#: Dilation rate of the 3x3 convolution in dense blocks 1..10 (the seed alternates
-#: plain and dilated convolutions, with dilations 1, 2, 3, 2, 1 at the even blocks).
-DENSE_DILATIONS: tuple[int, ...] = (1, 1, 1, 2, 1, 3, 1, 2, 1, 1)
+#: Dense blocks in the paper's generator (``build_generator(blocks=...)``).
+DEFAULT_BLOCKS = 10
+
+
+def dense_dilations(blocks: int = DEFAULT_BLOCKS) -> tuple[int, ...]:
+    """Dilation rate of the 3x3 convolution in each of ``blocks`` dense blocks.
+
+    The seed alternates plain and dilated convolutions: the odd blocks (1st, 3rd, ...)
+    are plain, and the even blocks' dilations rise by one to the middle and fall back,
+    1, 2, 3, 2, 1 for the paper's ten blocks (:data:`DENSE_DILATIONS`)."""
+    evens = blocks // 2
+    ramp = [min(i + 1, evens - i) for i in range(evens)]
+    return tuple(ramp[index // 2] if index % 2 else 1 for index in range(blocks))
+
+
+#: Dilation rate of the 3x3 convolution in the paper's dense blocks 1..10.
+DENSE_DILATIONS: tuple[int, ...] = dense_dilations(DEFAULT_BLOCKS)
 
 _LEAK = 0.2
 
@@ -162,8 +176,10 @@ def build_generator(
     batchnorm: bool = True,
     space_to_depth: int = 1,
     name: str = "generator",
+    blocks: int = DEFAULT_BLOCKS,
 ) -> keras.Model:
-    """Build the DGF generator (head, ten-block dense field, tail with global skip).
+    """Build the DGF generator (head, dense field of ``blocks`` blocks, tail with
+    global skip).
 
     Args:
         channel_rate: growth rate `cr` of the dense field; the head and bottlenecks use
@@ -187,6 +203,10 @@ def build_generator(
             field by s and divides the work per pixel by about s^2 at the same
             channel rate. Any image size works (see :class:`SpaceToDepth`).
         name: model name.
+        blocks: dense blocks in the field, with the dilations of
+            :func:`dense_dilations`; 10 is the paper's layout. Fewer blocks train and
+            run faster and reach less far (each block reads all the earlier ones' maps,
+            so the work grows faster than the count).
 
     Returns:
         A fully convolutional model mapping (B, H, W, 3) float in [-1, 1] (blurred) to
@@ -198,7 +218,10 @@ def build_generator(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if space_to_depth not in SPACE_TO_DEPTH:
         raise ValueError(f"space_to_depth must be one of {SPACE_TO_DEPTH}, got {space_to_depth}")
+    if isinstance(blocks, bool) or int(blocks) != blocks or blocks < 1:
+        raise ValueError(f"blocks must be a positive integer, got {blocks}")
     cr = int(channel_rate)
+    dilations = dense_dilations(int(blocks))
     s = int(space_to_depth)
 
     blurred = keras.Input(shape=(None, None, 3), name="blurred")
@@ -207,10 +230,10 @@ def build_generator(
 
     x = h
     d = h
-    for index, dilation in enumerate(DENSE_DILATIONS, start=1):
+    for index, dilation in enumerate(dilations, start=1):
         d = _dense_block(x, cr, dilation, dropout, index, batchnorm)
         # The last block's output feeds the tail directly, not the running concat.
-        if index < len(DENSE_DILATIONS):
+        if index < len(dilations):
             x = layers.Concatenate(name=f"dense{index}_concat")([x, d])
 
     y = layers.LeakyReLU(negative_slope=_LEAK, name="tail_act1")(d)
@@ -251,15 +274,17 @@ def is_residual(generator: keras.Model) -> bool:
 
 
 def generator_layout(generator: keras.Model) -> dict[str, Any] | None:
-    """``channel_rate``, ``residual``, ``batchnorm`` and ``space_to_depth`` of a
-    (possibly loaded) DGF generator, as :func:`build_generator` takes them; None when
-    ``generator`` is not one (it has no ``head_conv`` layer)."""
+    """``channel_rate``, ``blocks``, ``residual``, ``batchnorm`` and ``space_to_depth``
+    of a (possibly loaded) DGF generator, as :func:`build_generator` takes them; None
+    when ``generator`` is not one (it has no ``head_conv`` layer)."""
     try:
         head = generator.get_layer("head_conv")
     except ValueError:
         return None
     return {
         "channel_rate": head.filters // 4,
+        "blocks": sum(layer.name.startswith("dense") and layer.name.endswith("_conv3x3")
+                      for layer in generator.layers),
         "residual": is_residual(generator),
         "batchnorm": any(isinstance(layer, layers.BatchNormalization)
                          for layer in generator.layers),

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 #: Config keys that decide the shape of the networks: a checkpoint made with other
 #: values cannot be restored, so a resumed run must keep them.
-ARCHITECTURE_KEYS = ("channel_rate", "patch", "residual", "batchnorm", "space_to_depth")
+ARCHITECTURE_KEYS = ("channel_rate", "blocks", "patch", "residual", "batchnorm",
+                     "space_to_depth")
 
 
 def check_architecture(saved: TrainConfig, requested: Mapping[str, Any], run_dir: Path | str) -> None:

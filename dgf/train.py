@@ -140,8 +140,8 @@ class GANTrainer:
         self.cfg = cfg
         self.strategy = strategy
         with strategy.scope():
-            layout = dict(channel_rate=cfg.channel_rate, dropout=cfg.dropout,
-                          residual=cfg.residual, batchnorm=cfg.batchnorm,
+            layout = dict(channel_rate=cfg.channel_rate, blocks=cfg.blocks,
+                          dropout=cfg.dropout, residual=cfg.residual, batchnorm=cfg.batchnorm,
                           space_to_depth=cfg.space_to_depth)
             self.generator = build_generator(**layout)
             self.averaged = build_generator(**layout)
@@ -245,12 +245,12 @@ class GANTrainer:
         """Set the generator and its average to ``model``'s weights (fine-tuning).
 
         ``model`` must be a DGF generator of this run's layout (channel rate,
-        residual, BatchNorm); DgfError naming ``source`` and both layouts otherwise.
+        blocks, residual, BatchNorm, space-to-depth); DgfError naming ``source`` and both layouts otherwise.
         Dropout may differ: it has no weights.
         """
         cfg = self.cfg
         theirs = generator_layout(model)
-        mine = dict(channel_rate=cfg.channel_rate, residual=cfg.residual,
+        mine = dict(channel_rate=cfg.channel_rate, blocks=cfg.blocks, residual=cfg.residual,
                     batchnorm=cfg.batchnorm, space_to_depth=cfg.space_to_depth)
         if theirs is None:
             raise DgfError(f"{source} is not a DGF generator (it has no head_conv layer); "
@@ -342,6 +342,7 @@ def _flag(key: str, value: Any) -> str:
 
 
 def _describe(layout: dict[str, Any]) -> str:
-    return (f"channel rate {layout['channel_rate']}, residual {on_off(layout['residual'])}, "
+    return (f"channel rate {layout['channel_rate']}, {layout['blocks']} blocks, "
+            f"residual {on_off(layout['residual'])}, "
             f"batchnorm {on_off(layout['batchnorm'])}, "
             f"space-to-depth {layout['space_to_depth']}")

@@ -30,7 +30,7 @@ from dgf import cli
 from dgf.fileio import write_atomic, write_bytes_atomic, write_folder_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUN = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
+TINY_RUN = dict(channel_rate=8, blocks=3, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
                 val_samples=2, strip_pairs=2, epochs=2)
 # dgf-deblur and dgf-eval on TensorFlow's plain graph where a test runs the model to
 # the end or to an interrupt: the default (auto) first calibrates XLA, ONNX Runtime and
@@ -138,7 +138,8 @@ def _yaml(tmp: Path, text: str, name: str = "cfg.yaml") -> list[str]:
 
 
 def _train(a: Assets, *extra: str) -> list[str]:
-    return ["--h5", str(a.h5), "--channel-rate", "8", "--patch", "16", "--crop", "32",
+    return ["--h5", str(a.h5), "--channel-rate", "8", "--blocks", "3", "--patch", "16",
+            "--crop", "32",
             "--perceptual-weight", "0", *extra]
 
 

@@ -200,8 +200,8 @@ def test_default_batch_on_two_cpu_devices_trains_checkpoints_and_resumes_exactly
 
     h5 = make_h5(tmp_path / "data.h5", n_train=8, n_test=2, size=32)
     common = ["--cpu-devices", "2", "--strategy", "mirrored", "--h5", str(h5),
-              "--epochs", "1", "--channel-rate", "4", "--patch", "16", "--crop", "32",
-              "--perceptual-weight", "0", "--val-samples", "2", "--strip-pairs", "2",
+              "--epochs", "1", "--channel-rate", "4", "--blocks", "3", "--patch", "16",
+              "--crop", "32", "--perceptual-weight", "0", "--val-samples", "2", "--strip-pairs", "2",
               "--log-every", "1", "--bn-recalibrate", "0", "--snapshots", "off",
               "--eval-engine", "tensorflow", "--eval-jit", "off", "--no-progress"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}

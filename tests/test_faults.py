@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # path, and the default (auto) calibrates XLA, ONNX Runtime and OpenVINO on each new
 # layout and shape, seconds per run (tests/test_engines.py, test_jit_cli.py test it).
 FIXED_PATH = ["--engine", "tensorflow", "--jit", "off"]
-TINY = ["--channel-rate", "8", "--patch", "16", "--crop", "32", "--perceptual-weight", "0",
+TINY = ["--channel-rate", "8", "--blocks", "3", "--patch", "16", "--crop", "32",
+        "--perceptual-weight", "0",
         "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
         "--bn-recalibrate", "0", "--eval-engine", "tensorflow", "--eval-jit", "off"]
 # dgf's temporary names (dgf.fileio.temp_path, write_folder_atomic) and TensorFlow's

@@ -44,7 +44,7 @@ def test_golden_paper_generator(paper_model, capsys):
     path, macs = paper_model
     assert info_main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert "layout: channel rate 64, residual off, batchnorm on, space to depth 1, " \
+    assert "layout: channel rate 64, blocks 10, residual off, batchnorm on, space to depth 1, " \
            "dilations 1 1 1 2 1 3 1 2 1 1" in out
     assert "parameters: 3,197,827 trainable, 6,912 non-trainable" in out
     assert "receptive field: 35 px" in out
@@ -59,7 +59,8 @@ def test_golden_paper_generator(paper_model, capsys):
     assert info["macs"] == macs and info["flops"] == 2 * macs
     assert abs(info["macs"] / 1e9 - PAPER_GMACS) / PAPER_GMACS < 0.01
     assert info["receptive_field"] == 35 and info["size"] == [256, 256]
-    assert info["layout"] == {"channel_rate": 64, "residual": False, "batchnorm": True,
+    assert info["layout"] == {"channel_rate": 64, "blocks": 10, "residual": False,
+                              "batchnorm": True,
                               "space_to_depth": 1, "dilations": [1, 1, 1, 2, 1, 3, 1, 2, 1, 1]}
     assert info["metadata"] is None
 

@@ -51,6 +51,29 @@ def test_generator_golden_parameter_count():
     assert count_params(build_generator()) == (3_197_827, 6_912)
 
 
+def test_blocks_set_the_dense_field_with_the_papers_dilations_at_ten():
+    from dgf.models import DENSE_DILATIONS, dense_dilations, generator_layout
+
+    assert dense_dilations(10) == DENSE_DILATIONS == (1, 1, 1, 2, 1, 3, 1, 2, 1, 1)
+    assert dense_dilations(1) == (1,) and dense_dilations(3) == (1, 1, 1)
+    assert dense_dilations(6) == (1, 1, 1, 2, 1, 1)
+    assert dense_dilations(16) == (1, 1, 1, 2, 1, 3, 1, 4, 1, 4, 1, 3, 1, 2, 1, 1)
+    cr = 8
+    three, ten = build_generator(channel_rate=cr, blocks=3), build_generator(channel_rate=cr)
+    convs = [layer for layer in three.layers
+             if layer.name.startswith("dense") and layer.name.endswith("_conv3x3")]
+    assert [layer.dilation_rate for layer in convs] == [(1, 1)] * 3
+    assert generator_layout(three)["blocks"] == 3 and generator_layout(ten)["blocks"] == 10
+
+    def block(i: int) -> int:  # block i reads the head's 4cr maps and cr from each before
+        return ((4 + i - 1) * cr * 4 * cr + 4 * cr + 2 * 4 * cr  # 1x1 conv, its BatchNorm
+                + 9 * 4 * cr * cr + cr + 2 * cr)  # 3x3 conv, its BatchNorm
+
+    assert count_params(ten)[0] - count_params(three)[0] == sum(block(i) for i in range(4, 11))
+    x = uniform_images((1, 24, 40, 3))
+    assert tuple(three(x).shape) == (1, 24, 40, 3)
+
+
 def test_residual_and_batchnorm_options_keep_the_counts_they_should():
     # The residual head is the same 3x3 conv; dropping BatchNorm removes its 2 * 3456
     # scales/offsets and its 6,912 moving statistics at cr 64.
@@ -234,6 +257,8 @@ def test_models_run_under_mixed_bfloat16(mixed_bfloat16):
 
 @pytest.mark.parametrize("bad, message", [
     ({"channel_rate": 0}, "channel_rate must be a positive integer, got 0"),
+    ({"blocks": 0}, "blocks must be a positive integer, got 0"),
+    ({"blocks": 2.5}, "blocks must be a positive integer, got 2.5"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1\.0"),
     ({"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0\.1"),
 ])

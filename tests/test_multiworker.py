@@ -31,7 +31,7 @@ from conftest import environ, workers_on_loopback_only  # noqa: E402
 from test_train import make_h5  # noqa: E402  (the build-hdf5 schema, smooth images)
 
 LR = 3e-4
-TINY = ["--channel-rate", "8", "--patch", "16", "--crop", "32", "--perceptual-weight", "0",
+TINY = ["--channel-rate", "8", "--blocks", "3", "--patch", "16", "--crop", "32", "--perceptual-weight", "0",
         "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
         "--bn-recalibrate", "0", "--g-lr", str(LR), "--d-lr", str(LR),
         # The per-epoch scoring on TensorFlow's plain graph: the auto choice would

@@ -248,15 +248,15 @@ def test_training_writes_its_record_into_every_model_file(tmp_path):
     from dgf.session import train
 
     h5 = make_h5(tmp_path / "data.h5")
-    cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), channel_rate=8, patch=16,
-                      crop=32, batch_size=2, perceptual_weight=0.0, val_samples=2,
+    cfg = TrainConfig(h5=str(h5), run_dir=str(tmp_path / "run"), channel_rate=8, blocks=3,
+                      patch=16, crop=32, batch_size=2, perceptual_weight=0.0, val_samples=2,
                       strip_pairs=2, epochs=2, space_to_depth=2, batchnorm=False,
                       eval_engine="tensorflow", eval_jit="off")
     train(cfg, progress=False)
     run = tmp_path / "run"
     latest = read_metadata(run / "generator.keras")
-    assert latest["layout"] == {"channel_rate": 8, "residual": True, "batchnorm": False,
-                                "space_to_depth": 2}
+    assert latest["layout"] == {"channel_rate": 8, "blocks": 3, "residual": True,
+                                "batchnorm": False, "space_to_depth": 2}
     assert latest["data"] == {"h5": str(h5), "image_height": 48, "image_width": 48,
                               "train_pairs": 4, "test_pairs": 2}
     assert latest["crop"] == 32

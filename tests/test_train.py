@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # on each new layout, seconds of conversions per run (tests/test_engines.py and
 # tests/test_jit_cli.py test the trainer's auto choice).
 FIXED_PATH = dict(eval_engine="tensorflow", eval_jit="off")
-TINY = dict(channel_rate=8, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
+TINY = dict(channel_rate=8, blocks=3, patch=16, crop=32, batch_size=2, perceptual_weight=0.0,
             val_samples=2, strip_pairs=2, log_every=1, save_every=1000, **FIXED_PATH)
 
 
@@ -477,6 +477,8 @@ def test_resolve_config_resume_rules(one_step_run, tmp_path):
     assert resuming and Path(cfg.run_dir) == run
     with pytest.raises(DgfError, match="cannot resume with channel_rate=16"):
         resolve_config({"run_dir": str(run), "channel_rate": 16})
+    with pytest.raises(DgfError, match="trained with blocks=3; it cannot resume with blocks=10"):
+        resolve_config({"run_dir": str(run), "blocks": 10})
     with pytest.raises(DgfError, match="trained with crop=32; this worker was started with "
                                        "crop=48"):
         resolve_config({"run_dir": str(run), "strategy": "multiworker", "crop": 48})
@@ -600,8 +602,8 @@ def _python_env() -> dict:
 
 def _train_args(h5: Path, run: Path, *extra: str) -> list[str]:
     """dgf-train's arguments for a tiny run of ``h5`` into ``run``."""
-    return ["--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--patch", "16",
-            "--crop", "32", "--batch-size", "1", "--perceptual-weight", "0",
+    return ["--h5", str(h5), "--run-dir", str(run), "--channel-rate", "8", "--blocks", "3",
+            "--patch", "16", "--crop", "32", "--batch-size", "1", "--perceptual-weight", "0",
             "--val-samples", "2", "--strip-pairs", "2", "--log-every", "1",
             "--eval-engine", "tensorflow", "--eval-jit", "off", *extra]
 
@@ -838,7 +840,8 @@ def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_pa
     trainer = GANTrainer(cfg, select_strategy("one"), total_steps=4)
     keras.utils.set_random_seed(5)
     # Dropout differs (it has no weights); the layout matches.
-    source = build_generator(channel_rate=8, residual=True, batchnorm=False, dropout=0.0)
+    source = build_generator(channel_rate=8, blocks=3, residual=True, batchnorm=False,
+                             dropout=0.0)
     for w in source.weights:
         if "seed_generator_state" not in w.path:
             w.assign(np.random.default_rng(1).normal(0, 0.1, w.shape).astype("float32"))
@@ -847,11 +850,12 @@ def test_start_from_copies_the_weights_and_refuses_other_layouts(h5_file, tmp_pa
         for mine, theirs in zip(_float_weights(target), _float_weights(source), strict=True):
             np.testing.assert_array_equal(mine, theirs)
 
-    wider = build_generator(channel_rate=16, residual=False, batchnorm=False)
+    wider = build_generator(channel_rate=16, blocks=4, residual=False, batchnorm=False)
     with pytest.raises(DgfError, match=r"wide\.keras is a generator with channel rate 16, "
-                       r"residual off, batchnorm off, space-to-depth 1; this run builds "
-                       r"channel rate 8, residual on, batchnorm off, space-to-depth 1\. "
-                       r"Pass --channel-rate 16 --residual off to fine-tune it"):
+                       r"4 blocks, residual off, batchnorm off, space-to-depth 1; this run "
+                       r"builds channel rate 8, 3 blocks, residual on, batchnorm off, "
+                       r"space-to-depth 1\. Pass --channel-rate 16 --blocks 4 --residual off "
+                       r"to fine-tune it"):
         trainer.start_from(wider, "wide.keras")
     inp = keras.Input((None, None, 3))
     with pytest.raises(DgfError, match=r"other\.keras is not a DGF generator"):
@@ -866,7 +870,7 @@ def test_init_generator_names_the_missing_file_and_finds_the_bundled_model(tmp_p
     with pytest.raises(DgfError, match=r"--init-generator: .*nope\.keras.*does not exist"):
         _initial_generator(TrainConfig(init_generator=str(missing)))
     bundled = _initial_generator(TrainConfig(init_generator="bundled"))
-    assert generator_layout(bundled) == {"channel_rate": 32, "residual": True,
+    assert generator_layout(bundled) == {"channel_rate": 32, "blocks": 10, "residual": True,
                                          "batchnorm": False, "space_to_depth": 4}
     assert _initial_generator(TrainConfig()) is None
 
@@ -895,8 +899,8 @@ def test_fine_tuning_starts_from_the_given_generator(h5_file, tmp_path):
     from dgf.models import build_generator
 
     keras.utils.set_random_seed(first.seed)
-    fresh = build_generator(channel_rate=8, dropout=first.dropout, residual=first.residual,
-                            batchnorm=first.batchnorm)
+    fresh = build_generator(channel_rate=8, blocks=first.blocks, dropout=first.dropout,
+                            residual=first.residual, batchnorm=first.batchnorm)
     gaps = [np.abs(a - b).max() for a, b in zip(_float_weights(fresh), _float_weights(trained))]
     assert max(gaps) > 1e-4
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
