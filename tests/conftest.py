@@ -46,13 +46,14 @@ def pairs_small() -> Path:
 
 @pytest.fixture(scope="module")
 def generator():
-    """A tiny DGF generator (channel rate 8) with fixed weights, for inference tests."""
+    """A tiny DGF generator (channel rate 8, 3 blocks) with fixed weights, for inference
+    tests."""
     import keras
 
     from dgf.models import build_generator
 
     keras.utils.set_random_seed(3)
-    return build_generator(channel_rate=8)
+    return build_generator(channel_rate=8, blocks=3)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(11)
-    g = build_generator(channel_rate=8)
+    g = build_generator(channel_rate=8, blocks=3)
     rng = np.random.default_rng(11)
     for layer in g.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -230,8 +230,8 @@ def test_the_key_names_the_host_and_the_layout(tmp_path, model):
     assert calibration.cpu_description(tmp_path / "missing")["flags"] == []
     # The layout ignores layer names (numbered per session) and weights, not shapes.
     keras.utils.set_random_seed(1)
-    twin = build_generator(channel_rate=8)
-    other = build_generator(channel_rate=16)
+    twin = build_generator(channel_rate=8, blocks=3)
+    other = build_generator(channel_rate=16, blocks=3)
     conv = {"name": "conv_1", "filters": 8, "kernel_size": [3, 3]}
     assert calibration.layout_key([("Conv2D", conv)]) == calibration.layout_key(
         [("Conv2D", {**conv, "name": "conv_7"})])

@@ -108,7 +108,7 @@ def test_an_engine_follows_the_current_weights(cache):
     keras.utils.set_random_seed(5)
     from dgf.models import build_generator
 
-    g = build_generator(channel_rate=8)
+    g = build_generator(channel_rate=8, blocks=3)
     x = _x(3)
     run = _run(g, engine="onnxruntime")
     before = run.call()(x)

@@ -51,7 +51,8 @@ def _deblur(generator, blurred):
 
 
 def _generator(seed: int):
-    """The real DGF generator at channel rate 8: (B, H, W, 3) in [-1, 1] -> same, tanh.
+    """The real DGF generator at channel rate 8, 3 blocks: (B, H, W, 3) in [-1, 1] -> same,
+    tanh.
 
     Its dropout makes any accidental training-mode call visible as unequal outputs.
     """
@@ -60,7 +61,7 @@ def _generator(seed: int):
     from dgf.models import build_generator
 
     keras.utils.set_random_seed(seed)
-    return build_generator(channel_rate=8)
+    return build_generator(channel_rate=8, blocks=3)
 
 
 def _center_crop(batch: np.ndarray, crop: int | tuple[int, int] | None) -> np.ndarray:
