@@ -242,7 +242,8 @@ def _unreadable(exc: BaseException) -> str:
 
 def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
              train_side: int | None = None, train_streak: float | None = None,
-             max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)) -> None:
+             max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6),
+             images_ahead: int | None = None) -> None:
     _preflight(job, writing)
     _check_size(predictor, job, max_pixels, train_side)
     try:
@@ -259,7 +260,8 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
-        deblurred = predictor.deblur_image(rgb, scale=factor, progress=progress)
+        deblurred = predictor.deblur_image(rgb, scale=factor, progress=progress,
+                                           images_ahead=images_ahead)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
             f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} with tile "
@@ -329,6 +331,11 @@ def deblur_paths(
     (its record's training blur, :func:`dgf.tiling.auto_scale`) and prints both; a
     photo too small or flat to measure runs at 1 with a note; a model without a
     training record runs at 1, and the run says so.
+
+    With ``engine`` or ``jit`` auto and no choice stored for a photo's tiles, the
+    paths are measured when the photos left in the run have enough tiles to repay
+    it (:data:`dgf.predictor.MEASURE_CALLS_PER_PATH`); a single phone photo runs on
+    TensorFlow without XLA unmeasured, and the run says so.
     """
     precision = resolve(spec)
     if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, (int, float)) \
@@ -359,10 +366,11 @@ def deblur_paths(
             f" ({spec.engine} runs fp32 only)" if spec.engine != "auto"
             and resolve_precision("auto") == "bf16" else ""), flush=True)
     report = DeblurReport()
-    for job in tqdm(jobs, desc="deblur", unit="img", disable=not progress):
+    for index, job in enumerate(tqdm(jobs, desc="deblur", unit="img", disable=not progress)):
         try:
             _process(predictor, job, writing, progress=progress, train_side=train_side,
-                     train_streak=train_streak, max_pixels=int(max_megapixels * 1e6))
+                     train_streak=train_streak, max_pixels=int(max_megapixels * 1e6),
+                     images_ahead=len(jobs) - index)
         except DiskFull as exc:
             raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
                               f"are kept in {out_dir}; free space and run again (existing "

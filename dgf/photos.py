@@ -174,7 +174,8 @@ def report_photos(model: Path | str, inputs: Sequence[Path | str], out_dir: Path
     reference = (streak, training_side(record))
     rows, failed = [], []
     prepare_output(out, folder=True)
-    for photo, name in tqdm(photos, desc="photos", unit="img", disable=not progress):
+    for index, (photo, name) in enumerate(tqdm(photos, desc="photos", unit="img",
+                                               disable=not progress)):
         try:
             rgb = read_image(photo).rgb
         except (DgfError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -182,7 +183,7 @@ def report_photos(model: Path | str, inputs: Sequence[Path | str], out_dir: Path
             print(f"warning: {photo}: cannot be read ({exc}); skipped", flush=True)
             continue
         scale = _choose_scale(rgb, spec, reference)
-        after = predictor.deblur_image(rgb, scale=scale)
+        after = predictor.deblur_image(rgb, scale=scale, images_ahead=len(photos) - index)
         target = out / name.parent / (name.stem + PICTURE_SUFFIX)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_image(target, picture(rgb, after), quality=90)

@@ -16,6 +16,10 @@ calls, so nothing of it lives in module globals:
 * **The choice of path.** With ``engine="auto"`` or ``jit="auto"`` the candidates
   are measured on the first input of each shape and the fastest is kept, remembered
   per host in the user cache folder (:mod:`dgf.calibration`, :class:`_Chooser`).
+  A caller with little work ahead (one phone photo: four tiles) would spend more on
+  the measurement than on its work: with ``calls_ahead`` under
+  :data:`MEASURE_CALLS_PER_PATH` per candidate, and nothing stored, the first
+  candidate (TensorFlow without XLA, which compiles nothing) runs unmeasured.
   ``engine="auto"`` adds every installed engine that runs the precision here; on a GPU
   host it measures TensorFlow's paths only (the other engines run on the CPU there),
   unless one is named. ``precision="auto"`` never picks int8.
@@ -48,6 +52,11 @@ _WORDS = {"xla": "TensorFlow with XLA", "plain": "TensorFlow without XLA (oneDNN
 _LONG_CALL_S = 1.0
 # Choosing stops after a round in which the fastest path is this much faster than the next.
 _CLEAR_WIN = 1.25
+# Measuring a path costs about this many of its calls: its compile or conversion (XLA's
+# compile, OpenVINO's conversion: 2-10 tile calls on a CPU), a first call and the timed
+# ones. A caller that says how many calls it has ahead (``calls_ahead``) is measured for
+# only when it has at least this many per candidate path.
+MEASURE_CALLS_PER_PATH = 4
 
 
 def _note(message: str) -> None:
@@ -217,13 +226,17 @@ class Predictor:
             _note(message)
 
     # --- running --------------------------------------------------------------------
-    def call(self, calls_per_weights: int | None = None) -> Callable[[np.ndarray], Any]:
+    def call(self, calls_per_weights: int | None = None,
+             calls_ahead: int | None = None) -> Callable[[np.ndarray], Any]:
         """The call of the generator with its current weights: (B, H, W, 3) float32 in
         [-1, 1] in, the generator's output (an array or tensor) out. Take one per batch
         of work (an image, a batch of pairs), not per tile: each refolds the weights.
         ``calls_per_weights`` (the trainer: how many calls one set of weights serves)
         lets another engine win only if it is faster with its conversion spread over
-        those calls."""
+        those calls. ``calls_ahead`` (dgf-deblur: the tiles of the photos it has left)
+        says how much work follows: a shape with no stored choice is then measured only
+        when that work repays it (:data:`MEASURE_CALLS_PER_PATH`); None always
+        measures."""
         self._generation += 1
         names = self.candidates()
         if not names:
@@ -235,6 +248,7 @@ class Predictor:
         key = calls_per_weights
         if key not in self._choosers:
             self._choosers[key] = _Chooser(self, names, calls_per_weights)
+        self._choosers[key].calls_ahead = calls_ahead
         return self._choosers[key]
 
     def deblur_batch(self, blurred: np.ndarray, calls_per_weights: int | None = None
@@ -258,10 +272,12 @@ class Predictor:
         return out
 
     def deblur_image(self, image: np.ndarray, *, scale: float = 1.0,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, images_ahead: int | None = None) -> np.ndarray:
         """One (H, W, 3) uint8 image deblurred at ``scale``, tiled
-        (:func:`dgf.tiling.deblur_image`)."""
-        return tiling.deblur_image(self, image, scale=scale, progress=progress)
+        (:func:`dgf.tiling.deblur_image`; ``images_ahead``: the images of about this
+        size left to deblur, this one included, or None)."""
+        return tiling.deblur_image(self, image, scale=scale, progress=progress,
+                                   images_ahead=images_ahead)
 
 
 class _Chooser:
@@ -275,7 +291,10 @@ class _Chooser:
     one compiles), then each is timed, interleaved, for up to three rounds (one when a
     call takes over a second; the rounds stop once the fastest is 1.25x faster than the
     next), the fastest is kept and stored. With ``calls_per_weights`` an engine's time
-    includes its conversion spread over that many calls. The chosen path's first output
+    includes its conversion spread over that many calls. With ``calls_ahead`` (set by
+    :meth:`Predictor.call`) under :data:`MEASURE_CALLS_PER_PATH` per candidate the
+    measurement would cost more than the work it serves: the first candidate runs
+    unmeasured, for this process only (nothing is stored). The chosen path's first output
     is returned, so no input is computed for nothing. ``choices`` records the path
     taken per shape class.
     """
@@ -285,6 +304,7 @@ class _Chooser:
         self.predictor = predictor
         self.names = list(names)
         self.calls_per_weights = calls_per_weights
+        self.calls_ahead: int | None = None
         self.choices: dict[tuple[int, ...], str] = {}
 
     def _key(self, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -307,9 +327,17 @@ class _Chooser:
         if choice is None:
             key = self._key(shape)
             entry = calibration.read_entry(key)
+            spend = MEASURE_CALLS_PER_PATH * len(self.names)
             if entry is not None:
                 choice = entry["choice"]
                 self.predictor.say_path(choice, " (measured fastest on this host earlier)")
+            elif self.calls_ahead is not None and self.calls_ahead < spend:
+                choice = self.names[0]
+                self.predictor.say_path(choice, (
+                    f", not measured: measuring the {len(self.names)} paths costs about "
+                    f"{spend} calls and this run has {self.calls_ahead} of "
+                    f"{'x'.join(map(str, np.shape(x)[1:3]))}; a run with more images "
+                    f"measures them and stores the fastest"))
             else:
                 choice, first = self._measure(x, key)
             self.choices[shape] = choice

@@ -357,7 +357,7 @@ def _to_uint8_rows(unit: np.ndarray) -> np.ndarray:
 
 
 def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, images_ahead: int | None = None) -> np.ndarray:
     """Deblur one image with ``predictor`` (:class:`dgf.predictor.Predictor`), tiled
     when it exceeds the predictor's tile.
 
@@ -382,6 +382,11 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
             (shrinking, enlarging the correction, adding it, rounding to uint8) run
             :data:`BAND_ROWS` rows at a time, so their memory grows with the width.
         progress: show a tqdm bar over the tiles (for images of several tiles).
+        images_ahead: how many images of about this size the caller still has to
+            deblur, this one included (dgf-deblur: its photos left). With it, the
+            predictor's auto choice of path is measured only where those images'
+            calls (:func:`tile_calls` each) repay the measurement
+            (:meth:`dgf.predictor.Predictor.call`); None measures as it always does.
 
     Returns:
         (H, W, 3) uint8 in [0, 255], the deblurred image.
@@ -398,12 +403,14 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
     if height == 0 or width == 0:
         raise DgfError(f"image of size {width}x{height} is empty.")
     scale = check_scale(scale, height, width) if scale != 1.0 else 1.0
-    call = predictor.call()
     align = grid_factor(predictor.generator)
+    small_h, small_w = scaled_size(height, width, scale)
+    ahead = None if images_ahead is None else images_ahead * tile_calls(
+        small_h, small_w, tile, overlap, batch_size, align)
+    call = predictor.call(calls_ahead=ahead)
     if scale == 1.0:
         return _to_uint8_rows(_deblur_unit(call, image, tile, overlap, batch_size, progress,
                                            align))
-    small_h, small_w = scaled_size(height, width, scale)
     small = _shrink(image, small_h, small_w)
     correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress, align)
                   - to_unit(small))
@@ -419,6 +426,32 @@ def grid_factor(model) -> int:
         if isinstance(layer, dgf.models.SpaceToDepth):
             factor *= layer.factor
     return factor
+
+
+def _aligned(tile: int, overlap: int, step: int, align: int) -> tuple[int, int, int]:
+    """``(tile, overlap, step)`` on an ``align``-pixel grid: the tile rounded down,
+    the overlap and step up, the overlap kept under half the tile."""
+    tile = max(align, tile // align * align)
+    overlap = -(-overlap // align) * align
+    if 2 * overlap >= tile:
+        overlap = (tile // 2 - 1) // align * align
+    return tile, overlap, -(-step // align) * align
+
+
+def tile_calls(height: int, width: int, tile: int, overlap: int, batch: int = 1,
+               align: int = 1, step: int = TILE_STEP) -> int:
+    """How many generator calls :func:`deblur_image` makes on a ``height`` x
+    ``width`` image (its scaled size) with these settings: its tiles, ``batch`` per
+    call (one call when the image fits one tile)."""
+    if tile == 0 or (height <= tile and width <= tile):
+        return 1
+    if align > 1:
+        tile, overlap, step = _aligned(tile, overlap, step, align)
+        return tile_calls(height + -height % align, width + -width % align, tile, overlap,
+                          batch, 1, step)
+    rows, cols = tile_shape(height, width, tile, overlap, step)
+    count = len(tile_starts(height, rows, overlap)) * len(tile_starts(width, cols, overlap))
+    return -(-count // batch)
 
 
 def _deblur_unit(call: Callable[[np.ndarray], Any], image: np.ndarray, tile: int,
@@ -439,12 +472,8 @@ def _deblur_unit(call: Callable[[np.ndarray], Any], image: np.ndarray, tile: int
     if align > 1:
         pad_h, pad_w = -height % align, -width % align
         padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        tile = max(align, tile // align * align)
-        overlap = -(-overlap // align) * align
-        if 2 * overlap >= tile:
-            overlap = (tile // 2 - 1) // align * align
-        out = _deblur_unit(call, padded, tile, overlap, batch_size, progress,
-                           step=-(-step // align) * align)
+        tile, overlap, step = _aligned(tile, overlap, step, align)
+        out = _deblur_unit(call, padded, tile, overlap, batch_size, progress, step=step)
         return out[:height, :width]
 
     th, tw = tile_shape(height, width, tile, overlap, step)

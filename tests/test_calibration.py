@@ -91,6 +91,97 @@ def test_auto_calibrates_once_and_stores_the_choice(model, cache, capsys):
     assert len(_entries(cache)) == 2
 
 
+@pytest.mark.slow
+def test_little_work_ahead_runs_the_first_path_unmeasured_and_stores_nothing(model, cache,
+                                                                            capsys):
+    """A caller that says it has fewer calls ahead than measuring spends
+    (MEASURE_CALLS_PER_PATH per candidate) runs TensorFlow without XLA, says why, and
+    leaves the choice unmade for a run with more work; a stored choice still wins."""
+    x = _x(1)
+    expected = np.asarray(model(x, training=False))
+    spec = InferenceSpec(precision="fp32", jit="auto", engine="tensorflow")
+    spend = predictor.MEASURE_CALLS_PER_PATH * 2  # two paths: plain and XLA
+    little = predictor.Predictor(model, spec)
+    call = little.call(calls_ahead=spend - 1)
+    np.testing.assert_allclose(np.asarray(call(x)), expected, atol=TOL)
+    assert call.choices[(2, 32, 32, 3)] == "plain" and _entries(cache) == []
+    err = capsys.readouterr().err
+    assert (f"inference runs on TensorFlow without XLA (oneDNN kernels) at fp32, not "
+            f"measured: measuring the 2 paths costs about {spend} calls and this run has "
+            f"{spend - 1} of 32x32") in err
+    assert "calibrated" not in err
+    # Enough work ahead: measured and stored, as with no hint at all.
+    enough = predictor.Predictor(model, spec).call(calls_ahead=spend)
+    np.testing.assert_allclose(np.asarray(enough(x)), expected, atol=TOL)
+    assert len(_entries(cache)) == 1 and "calibrated the fp32 call" in capsys.readouterr().err
+    stored = json.loads(_entries(cache)[0].read_text())["choice"]
+    # Stored: even a caller with one call ahead takes the measured path.
+    again = predictor.Predictor(model, spec).call(calls_ahead=1)
+    again(x)
+    assert again.choices[(2, 32, 32, 3)] == stored
+    assert "measured fastest on this host earlier" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dgf_deblur_measures_for_a_folder_and_not_for_one_photo(model, cache, tmp_path,
+                                                                 capsys):
+    """One small photo (one call) would not repay measuring two paths: it runs
+    unmeasured. A folder with as many calls as measuring spends is measured once and
+    the choice stored."""
+    from PIL import Image
+
+    from dgf.infer import deblur_paths
+
+    path = tmp_path / "g.keras"
+    model.save(path)
+    spec = InferenceSpec(precision="fp32", jit="auto", engine="tensorflow", tile=0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    count = predictor.MEASURE_CALLS_PER_PATH * 2  # one call each; two paths
+    for i, image in enumerate(smooth_photos(count, 40, 48, seed=3)):
+        Image.fromarray(image).save(photos / f"p{i}.png")
+    report = deblur_paths(path, [photos / "p0.png"], tmp_path / "one", spec, progress=False)
+    assert len(report.processed) == 1 and _entries(cache) == []
+    assert "not measured: measuring the 2 paths costs about 8 calls and this run has 1 " \
+           "of 40x48" in capsys.readouterr().err
+    report = deblur_paths(path, [photos], tmp_path / "all", spec, progress=False)
+    assert len(report.processed) == count and len(_entries(cache)) == 1
+    err = capsys.readouterr().err
+    assert err.count("calibrated the fp32 call on 1x40x48x3") == 1 and "not measured" not in err
+
+
+def test_tile_calls_counts_the_calls_deblur_image_makes():
+    from types import SimpleNamespace
+
+    from dgf import tiling
+
+    rng = np.random.default_rng(0)
+    for height, width, tile, overlap, batch, align in (
+            (100, 140, 0, 0, 1, 1), (60, 60, 64, 8, 1, 1), (150, 230, 64, 12, 1, 1),
+            (150, 230, 64, 12, 3, 1), (150, 230, 64, 12, 2, 4), (97, 301, 96, 20, 1, 2),
+            (1196, 1596, 864, 216, 1, 4)):
+        calls = []
+
+        def call(x):
+            calls.append(x.shape)
+            return x
+
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tiling._deblur_unit(call, image, tile, overlap, batch, False, align)
+        assert tiling.tile_calls(height, width, tile, overlap, batch, align) == len(calls), \
+            (height, width, tile, overlap, batch, align)
+    # deblur_image hands the count of the photos left to the predictor's call.
+    seen = []
+    stand_in = SimpleNamespace(tiling=lambda: (64, 12), spec=SimpleNamespace(batch=1),
+                               generator=None,
+                               call=lambda calls_ahead=None: seen.append(calls_ahead) or (
+                                   lambda x: x))
+    image = rng.integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    tiling.deblur_image(stand_in, image, scale=0.5, images_ahead=3)
+    tiling.deblur_image(stand_in, image)
+    assert seen == [3 * tiling.tile_calls(75, 115, 64, 12), None]
+
+
 def test_large_tiles_of_about_one_size_share_a_size_class():
     """Tiles shaped to each photo (dgf.tiling.tile_shape) differ a little from photo
     to photo; sides over 512 px are keyed by their multiple of 256 above, smaller

@@ -330,12 +330,18 @@ def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tm
     err = capsys.readouterr().err
     assert f"{model_file} cannot be converted for --engine onnxruntime" in err
     assert "use --engine tensorflow" in err and "Traceback" not in err
-    # auto leaves both engines out with that note, and TensorFlow deblurs the photo.
-    assert deblur_main([str(photo), "-o", str(tmp_path / "a"), "--model", str(model_file),
+    # auto, measuring (photos enough to repay it: a call each), leaves both engines out
+    # with that note, and TensorFlow deblurs the photos.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(predictor.MEASURE_CALLS_PER_PATH * 4):
+        (photos / f"p{i}.png").write_bytes(photo.read_bytes())
+    assert deblur_main([str(photos), "-o", str(tmp_path / "a"), "--model", str(model_file),
                         "--precision", "fp32", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "--engine auto leaves out onnxruntime" in err and "cannot be converted" in err
-    assert (tmp_path / "a" / photo.name).is_file()
+    assert "calibrated the fp32 call" in err
+    assert len(list((tmp_path / "a").iterdir())) == predictor.MEASURE_CALLS_PER_PATH * 4
 
 
 def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):

@@ -105,7 +105,7 @@ def _sharpener():
         return np.clip(x + 1.5 * (x - blurred), -1, 1)
 
     return SimpleNamespace(tiling=lambda: (0, 0), spec=SimpleNamespace(batch=1),
-                           call=lambda: call, generator=None)
+                           call=lambda calls_ahead=None: call, generator=None)
 
 
 @pytest.mark.parametrize("scale", [0.3, 0.5, 1.0])
