@@ -150,10 +150,32 @@ def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
                     or not seconds > 0:
                 raise ValueError(f"its time for {name} is {seconds!r}")
+        startup = entry.get("startup", {})
+        if not isinstance(startup, dict) or set(startup) - set(entry["seconds"]):
+            raise ValueError(f"its start-up times {startup!r} are not those of "
+                             f"{list(entry['seconds'])}")
+        for name, seconds in startup.items():
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                    or not seconds >= 0:
+                raise ValueError(f"its start-up time for {name} is {seconds!r}")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         _note(f"calibration cache entry {path} is damaged ({exc}); measuring again")
         return None
     return entry
+
+
+def best_for(entry: dict[str, Any], calls: int | None) -> str:
+    """The path of a stored ``entry`` (:func:`read_entry`) for a process that makes
+    ``calls`` calls of its shape: the one whose start-up (what a new process pays
+    before its calls run at the measured speed: tracing and graph optimisation,
+    XLA's compile, an engine's load and compile) plus ``calls`` calls is least. The
+    stored choice (fastest per call) when ``calls`` is None or the entry predates
+    start-up times."""
+    startup = entry.get("startup")
+    if calls is None or not startup:
+        return entry["choice"]
+    seconds = entry["seconds"]
+    return min(seconds, key=lambda name: startup.get(name, 0.0) + calls * seconds[name])
 
 
 def store(folder: Path, files: dict[str, bytes], record: str, data: dict[str, Any],
@@ -174,14 +196,18 @@ def store(folder: Path, files: dict[str, bytes], record: str, data: dict[str, An
     return True
 
 
-def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str) -> Path | None:
+def write_entry(key: dict[str, Any], seconds: dict[str, float], choice: str,
+                startup: dict[str, float] | None = None) -> Path | None:
     """Store a measurement atomically; returns its path, or None (with a note) when
-    the cache folder cannot be written."""
+    the cache folder cannot be written. ``seconds`` is each path's call, ``startup``
+    what each costs a new process before its calls run that fast (:func:`best_for`)."""
     if choice not in key["candidates"] or choice not in seconds:
         raise DgfError(f"calibration choice {choice!r} is none of those measured "
                        f"({', '.join(seconds)})")
     path = entry_path(key)
     entry = {"key": key, "seconds": {k: float(v) for k, v in seconds.items()},
              "choice": choice}
+    if startup is not None:
+        entry["startup"] = {k: float(v) for k, v in startup.items() if k in seconds}
     stored = store(path.parent, {}, path.name, entry, "the calibration", "measures again")
     return path if stored else None

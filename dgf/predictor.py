@@ -294,7 +294,10 @@ class _Chooser:
     includes its conversion spread over that many calls. With ``calls_ahead`` (set by
     :meth:`Predictor.call`) under :data:`MEASURE_CALLS_PER_PATH` per candidate the
     measurement would cost more than the work it serves: the first candidate runs
-    unmeasured, for this process only (nothing is stored). The chosen path's first output
+    unmeasured, for this process only (nothing is stored). The entry also records what
+    each path costs a new process before its calls run that fast (preparing it from
+    the cache, its first call's compile): a later caller with ``calls_ahead`` takes
+    the path whose start-up plus those calls is least (:func:`dgf.calibration.best_for`). The chosen path's first output
     is returned, so no input is computed for nothing. ``choices`` records the path
     taken per shape class.
     """
@@ -329,8 +332,13 @@ class _Chooser:
             entry = calibration.read_entry(key)
             spend = MEASURE_CALLS_PER_PATH * len(self.names)
             if entry is not None:
-                choice = entry["choice"]
-                self.predictor.say_path(choice, " (measured fastest on this host earlier)")
+                choice = calibration.best_for(entry, self.calls_ahead)
+                self.predictor.say_path(choice, " (measured fastest on this host earlier)"
+                                        if choice == entry["choice"] else (
+                    f" (measured on this host earlier: with what each path costs a new "
+                    f"process to start, the fastest for {self.calls_ahead} "
+                    f"call{'' if self.calls_ahead == 1 else 's'}; "
+                    f"{_WORDS[entry['choice']]} is faster per call)"))
             elif self.calls_ahead is not None and self.calls_ahead < spend:
                 choice = self.names[0]
                 self.predictor.say_path(choice, (
@@ -346,10 +354,14 @@ class _Chooser:
             return first
         return self.predictor.prepare(choice)[0](x)
 
-    def _prepare_all(self) -> tuple[dict[str, Callable], dict[str, float]]:
+    def _prepare_all(self) -> tuple[dict[str, Callable], dict[str, float], dict[str, float]]:
+        """Each path's call, the seconds its conversion took (0 from a cache) and the
+        seconds preparing it took besides (what a later process pays again)."""
         paths: dict[str, Callable] = {}
         setup: dict[str, float] = {}
+        loading: dict[str, float] = {}
         for name in self.names:
+            start = time.perf_counter()
             try:
                 paths[name], seconds = self.predictor.prepare(name)
             except DgfError as exc:
@@ -358,17 +370,18 @@ class _Chooser:
                 _note(f"--engine auto leaves out {name}: {exc}")
                 continue
             setup[name] = seconds
-        return paths, setup
+            loading[name] = max(0.0, time.perf_counter() - start - seconds)
+        return paths, setup, loading
 
     def _measure(self, x, key: dict[str, Any]) -> tuple[str, Any]:
-        paths, setup = self._prepare_all()
+        paths, setup, startup = self._prepare_all()
         first: dict[str, np.ndarray] = {}
-        long_call = False
+        first_seconds: dict[str, float] = {}
         for name, fn in paths.items():
             start = time.perf_counter()
             first[name] = np.asarray(fn(x))  # XLA compiles, OpenVINO compiles the shape
-            if len(first) == 1:
-                long_call = time.perf_counter() - start > _LONG_CALL_S
+            first_seconds[name] = time.perf_counter() - start
+        long_call = first_seconds[next(iter(paths))] > _LONG_CALL_S
         times: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(1 if long_call else 3):
             for name, fn in paths.items():
@@ -389,7 +402,12 @@ class _Chooser:
                 if name not in tf_paths:
                     seconds[name] += converting / self.calls_per_weights
         choice = min(seconds, key=seconds.get)
-        where = calibration.write_entry(key, seconds, choice)
+        # A new process pays each path's preparation (its conversion comes from the cache)
+        # and its first call's extra time (tracing and graph optimisation, XLA's compile,
+        # an engine's compile of the shape) before its calls run this fast.
+        for name in seconds:
+            startup[name] += max(0.0, first_seconds[name] - min(times[name]))
+        where = calibration.write_entry(key, seconds, choice, startup)
         self._report(np.shape(x), seconds, setup, choice, where)
         return choice, first[choice]
 

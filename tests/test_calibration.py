@@ -150,6 +150,46 @@ def test_dgf_deblur_measures_for_a_folder_and_not_for_one_photo(model, cache, tm
     assert err.count("calibrated the fp32 call on 1x40x48x3") == 1 and "not measured" not in err
 
 
+def test_the_stored_path_for_few_calls_counts_each_paths_start_up():
+    """XLA is faster per call but compiles in every new process: a run of a few calls
+    takes the path whose start-up plus its calls is least; the stored choice (fastest
+    per call) without a count or without start-up times."""
+    entry = {"choice": "xla", "seconds": {"plain": 1.0, "xla": 0.8},
+             "startup": {"plain": 0.5, "xla": 3.0}}
+    assert calibration.best_for(entry, None) == "xla"
+    assert calibration.best_for(entry, 4) == "plain"  # 0.5 + 4.0 < 3.0 + 3.2
+    assert calibration.best_for(entry, 20) == "xla"  # 0.5 + 20 > 3.0 + 16
+    assert calibration.best_for({k: entry[k] for k in ("choice", "seconds")}, 4) == "xla"
+
+
+@pytest.mark.slow
+def test_a_measurement_stores_each_paths_start_up_and_a_short_run_uses_it(model, cache,
+                                                                          capsys):
+    x = _x(8)
+    spec = InferenceSpec(precision="fp32", jit="auto", engine="tensorflow")
+    call = predictor.Predictor(model, spec).call()
+    call(x)
+    (path,) = _entries(cache)
+    entry = json.loads(path.read_text())
+    assert set(entry["startup"]) == {"plain", "xla"}
+    assert all(seconds >= 0 for seconds in entry["startup"].values())
+    # XLA's compile is start-up: it costs more than the plain graph's.
+    assert entry["startup"]["xla"] > entry["startup"]["plain"]
+    # Rewritten so XLA is faster per call but starts slowly: one call takes plain.
+    entry.update(choice="xla", seconds={"plain": 0.2, "xla": 0.1},
+                 startup={"plain": 0.1, "xla": 5.0})
+    path.write_text(json.dumps(entry))
+    capsys.readouterr()
+    short = predictor.Predictor(model, spec).call(calls_ahead=1)
+    short(x)
+    assert short.choices[(2, 32, 32, 3)] == "plain"
+    assert ("with what each path costs a new process to start, the fastest for 1 call; "
+            "TensorFlow with XLA is faster per call") in capsys.readouterr().err
+    long = predictor.Predictor(model, spec).call(calls_ahead=100)
+    long(x)
+    assert long.choices[(2, 32, 32, 3)] == "xla"
+
+
 def test_tile_calls_counts_the_calls_deblur_image_makes():
     from types import SimpleNamespace
 
@@ -234,7 +274,8 @@ def test_a_stored_choice_is_the_path_taken(model, cache, monkeypatch, stored):
                                     pytest.param(b'{"key": {}, "choice": "xla"}',
                                                  marks=pytest.mark.slow),
                                     pytest.param("choice", marks=pytest.mark.slow),
-                                    pytest.param("seconds", marks=pytest.mark.slow)])
+                                    pytest.param("seconds", marks=pytest.mark.slow),
+                                    pytest.param("startup", marks=pytest.mark.slow)])
 @pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     x = _x(4)
@@ -246,6 +287,8 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(model, cache, capsys, damage):
     else:
         entry = json.loads(path.read_text())
         entry[damage] = "fast" if damage == "choice" else {"xla": -1, "plain": 1}
+        if damage == "startup":  # one negative start-up time
+            entry[damage] = {"xla": 0.5, "plain": -0.1}
         path.write_text(json.dumps(entry))
     capsys.readouterr()
     out = np.asarray(_call(model)(x))
