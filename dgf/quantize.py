@@ -69,30 +69,19 @@ from dgf.errors import DgfError, first_line, install_hint, source_checkout
 from dgf.images import DECODE_ERRORS, find_images, read_rgb, to_uint8, to_unit
 from dgf.metadata import read_metadata
 from dgf.metrics import mean_psnr, psnr
+from dgf.optional import Lazy
 from dgf.options import (
     DEFAULT_CALIBRATION_COUNT, DEFAULT_CALIBRATION_SIDE, ENGINE_EXTRAS, ENGINE_TABLE, engine_row,
 )
 from dgf.schema import blurred_name, check_split, open_pairs_file, sharp_name
 
-# Optional (extras onnx, openvino); what is missing is said when int8 is asked for.
-_MISSING: dict[str, str] = {}
-try:
-    import tf2onnx
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    tf2onnx = None
-    _MISSING["tf2onnx"] = first_line(exc)
-try:
-    import openvino
-except ImportError as exc:  # pragma: no cover
-    openvino = None
-    _MISSING["openvino"] = first_line(exc)
-if importlib.util.find_spec("nncf") is None:  # pragma: no cover
-    _MISSING["nncf"] = "ModuleNotFoundError: No module named 'nncf'"
-try:
-    import onnxruntime
-except ImportError as exc:  # pragma: no cover
-    onnxruntime = None
-    _MISSING["onnxruntime"] = first_line(exc)
+# Optional (extras onnx, openvino), imported on first use (dgf.optional); what is
+# missing is said when int8 is asked for.
+tf2onnx, openvino, onnxruntime = (Lazy(name) for name in ("tf2onnx", "openvino", "onnxruntime"))
+_MISSING: dict[str, str] = {
+    name: f"ModuleNotFoundError: No module named '{name}'"
+    for name in ("tf2onnx", "openvino", "nncf", "onnxruntime")
+    if importlib.util.find_spec(name) is None}
 
 
 def _heavy(name: str):

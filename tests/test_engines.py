@@ -272,9 +272,9 @@ def test_the_help_of_the_engine_and_export_options_gives_the_hint(tmp_path, monk
                                                    ("openvino", openvino_engine, "openvino")])
 def test_a_missing_engine_names_its_extra(engine, module, extra, model_file, tmp_path,
                                           monkeypatch, capsys, generator, cache):
-    monkeypatch.setattr(module, engine, None)
-    monkeypatch.setattr(module, "_ERROR", f"ModuleNotFoundError: No module named '{engine}'",
-                        raising=False)
+    from dgf.optional import Lazy
+
+    monkeypatch.setattr(module, engine, Lazy(f"{engine}_not_installed"))  # as if absent
     with monkeypatch.context() as installed:  # an installed copy: the index's distribution
         installed.setattr(errors, "PACKAGE_DIR", _checkout(tmp_path / "site", None))
         with pytest.raises(DgfError, match=re.escape(
@@ -342,6 +342,47 @@ def test_a_model_that_cannot_convert_names_file_and_engine(model_file, cache, tm
     assert "--engine auto leaves out onnxruntime" in err and "cannot be converted" in err
     assert "calibrated the fp32 call" in err
     assert len(list((tmp_path / "a").iterdir())) == predictor.MEASURE_CALLS_PER_PATH * 4
+
+
+@pytest.mark.slow  # a process of its own: what it imported is the point
+def test_a_deblur_on_tensorflow_imports_no_conversion_tools(model_file, tmp_path):
+    """tf2onnx and onnx (0.16 s of a command's start) load only when a conversion is
+    made: one photo, unmeasured on TensorFlow under --engine auto, imports neither."""
+    import os
+    import subprocess
+    import sys
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(smooth_photo(40, 56, seed=3)).save(photo)
+    code = ("import sys; from dgf.cli import deblur_main; code = deblur_main(); "
+            "print(sorted(m for m in ('tf2onnx', 'onnx') if m in sys.modules)); "
+            "sys.exit(code)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           calibration.CACHE_ENV: str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code, str(photo), "-o", str(tmp_path / "o"),
+                           "--model", str(model_file), "--precision", "fp32"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not measured" in done.stderr and (tmp_path / "o" / photo.name).is_file()
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_optional_modules_load_on_first_use_and_say_what_is_missing():
+    from dgf.optional import Lazy
+
+    absent = Lazy("dgf_no_such_module")
+    assert absent.missing() == "ModuleNotFoundError: No module named 'dgf_no_such_module'"
+    for _ in range(2):
+        with pytest.raises(ImportError, match="No module named 'dgf_no_such_module'"):
+            absent.anything
+    import sys
+
+    sys.modules.pop("colorsys", None)
+    present = Lazy("colorsys")
+    assert present.missing() is None and "colorsys" not in sys.modules
+    assert present.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert "colorsys" in sys.modules and present.module() is sys.modules["colorsys"]
+    assert Lazy("json").__version__ == sys.modules["json"].__version__
 
 
 def test_unknown_engine_is_argparse_choices(model_file, tmp_path, capsys):

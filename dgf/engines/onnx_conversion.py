@@ -33,26 +33,18 @@ import tensorflow as tf
 from dgf import calibration, runtime
 from dgf.errors import DgfError
 from dgf.host import device_description
+from dgf.optional import Lazy
 
-# Why an optional module could not be imported, by name.
-_IMPORT_ERRORS: dict[str, str] = {}
-try:  # optional (extras onnx, openvino): both engines run a tf2onnx conversion
-    import tf2onnx
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    tf2onnx = None
-    _IMPORT_ERRORS["tf2onnx"] = f"{type(exc).__name__}: {exc}"
-
-
-def import_error(name: str) -> str:
-    """Why the optional module ``name`` could not be imported."""
-    return _IMPORT_ERRORS.get(name, f"ModuleNotFoundError: No module named '{name}'")
+# Optional (extras onnx, openvino): both engines run a tf2onnx conversion. Imported
+# when a conversion first needs it (dgf.optional).
+tf2onnx = Lazy("tf2onnx")
 
 
 def missing() -> str | None:
     """None when tf2onnx is installed, else what both ONNX engines miss."""
-    if tf2onnx is None:
-        return (f"tf2onnx, which converts the model for it and is not installed "
-                f"({import_error('tf2onnx')})")
+    reason = tf2onnx.missing()
+    if reason is not None:
+        return f"tf2onnx, which converts the model for it and is not installed ({reason})"
     return None
 
 #: The ONNX opset of the engines' conversion (read by onnxruntime >= 1.11 and OpenVINO).

@@ -16,13 +16,10 @@ from dgf import quantize
 from dgf.engines import onnx_conversion
 from dgf.engines.base import Call, Engine, Model
 from dgf.errors import DgfError
+from dgf.optional import Lazy
 from dgf.options import engine_row
 
-try:  # optional (extra onnx)
-    import onnxruntime
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    onnxruntime = None
-    _ERROR = f"{type(exc).__name__}: {exc}"
+onnxruntime = Lazy("onnxruntime")  # optional (extra onnx), imported on first use
 
 
 class OnnxRuntimeCall:
@@ -46,8 +43,9 @@ class OnnxRuntimeCall:
 
 class OnnxRuntimeEngine(Engine):
     def missing(self) -> str | None:
-        if onnxruntime is None:
-            return f"onnxruntime, which is not installed ({_ERROR})"
+        reason = onnxruntime.missing()
+        if reason is not None:
+            return f"onnxruntime, which is not installed ({reason})"
         return onnx_conversion.missing()
 
     def versions(self) -> dict[str, str]:

@@ -19,13 +19,10 @@ from dgf import quantize
 from dgf.engines import onnx_conversion
 from dgf.engines.base import Call, Engine, Model
 from dgf.errors import DgfError
+from dgf.optional import Lazy
 from dgf.options import engine_row
 
-try:  # optional (extra openvino)
-    import openvino
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    openvino = None
-    _ERROR = f"{type(exc).__name__}: {exc}"
+openvino = Lazy("openvino")  # optional (extra openvino), imported on first use
 
 #: OpenVINO's precision hint per dgf precision.
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -73,8 +70,9 @@ class OpenVinoCall:
 
 class OpenVinoEngine(Engine):
     def missing(self) -> str | None:
-        if openvino is None:
-            return f"openvino, which is not installed ({_ERROR})"
+        reason = openvino.missing()
+        if reason is not None:
+            return f"openvino, which is not installed ({reason})"
         return onnx_conversion.missing()
 
     def host_reason(self, precision: str) -> str | None:
