@@ -494,8 +494,9 @@ def test_trainer_scoring_passes_eval_engine(tmp_path, monkeypatch, generator, ca
         scoring(generator, 1)  # the next epoch keeps the run's predictor
         assert scoring.predictor is first
     assert abs(scores["openvino"]["psnr"] - scores["tensorflow"]["psnr"]) < 0.01
-    monkeypatch.setattr(openvino_engine, "openvino", None)
-    monkeypatch.setattr(openvino_engine, "_ERROR", "ModuleNotFoundError", raising=False)
+    from dgf.optional import Lazy
+
+    monkeypatch.setattr(openvino_engine, "openvino", Lazy("openvino_not_installed"))
     with pytest.raises(DgfError, match=re.escape(install_hint("openvino"))):
         actions.Scoring(TrainConfig(h5=str(h5), eval_engine="openvino"), strips=False)
 
