@@ -23,7 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dgf import host
-from dgf.blur import describe_choice, estimate_blur, model_reference
+from dgf import prefetch
+from dgf.blur import BlurEstimate, describe_choice, estimate_blur, model_reference
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
@@ -166,14 +167,18 @@ def _scale_for(predictor: Predictor, height: int, width: int,
 
 
 def _choose_scale(predictor: Predictor, job: _Job, rgb: np.ndarray, train_side: int | None,
-                  train_streak: float | None) -> float:
+                  train_streak: float | None, estimate: BlurEstimate | None = None) -> float:
     """The factor the decoded photo runs at: ``--scale``, or for auto the one that maps
-    its measured streak onto the model's training blur (:mod:`dgf.blur`; the size rule
-    when the model records no training blur), said on stdout."""
+    its measured streak (``estimate``, or measured here) onto the model's training blur
+    (:mod:`dgf.blur`; the size rule when the model records no training blur), said on
+    stdout."""
     if predictor.spec.scale != "auto":
         return float(predictor.spec.scale)
     height, width = rgb.shape[:2]
-    estimate = estimate_blur(rgb) if train_streak is not None else None
+    if train_streak is None:
+        estimate = None
+    elif estimate is None:
+        estimate = estimate_blur(rgb)
     factor = auto_scale(height, width, train_side, training_streak=train_streak,
                         streak=estimate.length if estimate else None)
     line = describe_choice(str(job.source), estimate, factor, train_streak, train_side)
@@ -246,22 +251,25 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
              images_ahead: int | None = None) -> None:
     _preflight(job, writing)
     _check_size(predictor, job, max_pixels, train_side)
-    try:
-        source = read_image(job.source, max_pixels=max_pixels)
-    except DgfError as exc:
-        raise _JobFailed(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _JobFailed(_unreadable(exc)) from exc
+    # A command process's first photo may have been read while TensorFlow loaded.
+    source, estimate, small = prefetch.take(job.source) or (None, None, None)
+    if source is None:
+        try:
+            source = read_image(job.source, max_pixels=max_pixels)
+        except DgfError as exc:
+            raise _JobFailed(str(exc)) from exc
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise _JobFailed(_unreadable(exc)) from exc
     rgb = source.rgb
     height, width = rgb.shape[:2]
-    factor = _choose_scale(predictor, job, rgb, train_side, train_streak)
+    factor = _choose_scale(predictor, job, rgb, train_side, train_streak, estimate)
     try:
         factor = check_scale(factor, height, width)
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
         deblurred = predictor.deblur_image(rgb, scale=factor, progress=progress,
-                                           images_ahead=images_ahead)
+                                           images_ahead=images_ahead, shrunk=small)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
             f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} with tile "
@@ -366,19 +374,24 @@ def deblur_paths(
             f" ({spec.engine} runs fp32 only)" if spec.engine != "auto"
             and resolve_precision("auto") == "bf16" else ""), flush=True)
     report = DeblurReport()
-    for index, job in enumerate(tqdm(jobs, desc="deblur", unit="img", disable=not progress)):
-        try:
-            _process(predictor, job, writing, progress=progress, train_side=train_side,
-                     train_streak=train_streak, max_pixels=int(max_megapixels * 1e6),
-                     images_ahead=len(jobs) - index)
-        except DiskFull as exc:
-            raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before it "
-                              f"are kept in {out_dir}; free space and run again (existing "
-                              f"outputs are skipped without --overwrite)") from None
-        except _JobFailed as exc:
-            report.failed.append((job.source, str(exc)))
-            if on_failure is not None:
-                on_failure(job.source, str(exc))
-        else:
-            report.processed.append(job.output)
+    try:
+        for index, job in enumerate(tqdm(jobs, desc="deblur", unit="img",
+                                         disable=not progress)):
+            try:
+                _process(predictor, job, writing, progress=progress, train_side=train_side,
+                         train_streak=train_streak, max_pixels=int(max_megapixels * 1e6),
+                         images_ahead=len(jobs) - index)
+            except DiskFull as exc:
+                raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before "
+                                  f"it are kept in {out_dir}; free space and run again "
+                                  f"(existing outputs are skipped without --overwrite)"
+                                  ) from None
+            except _JobFailed as exc:
+                report.failed.append((job.source, str(exc)))
+                if on_failure is not None:
+                    on_failure(job.source, str(exc))
+            else:
+                report.processed.append(job.output)
+    finally:
+        prefetch.discard()  # a photo read ahead that no job took (it failed a check)
     return report

@@ -1,4 +1,5 @@
-"""Optional modules (the ``onnx`` and ``openvino`` extras) imported on first use.
+"""Modules imported on first use: the optional ones (the ``onnx`` and ``openvino``
+extras), and Keras where a module's other functions run without TensorFlow.
 
 tf2onnx (with onnx), OpenVINO and ONNX Runtime cost a command about 0.25 s to import
 (``-X importtime`` on the AVX-512 host: tf2onnx 0.16 s, OpenVINO 0.06 s, ONNX Runtime

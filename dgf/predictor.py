@@ -272,12 +272,14 @@ class Predictor:
         return out
 
     def deblur_image(self, image: np.ndarray, *, scale: float = 1.0,
-                     progress: bool = False, images_ahead: int | None = None) -> np.ndarray:
+                     progress: bool = False, images_ahead: int | None = None,
+                     shrunk: np.ndarray | None = None) -> np.ndarray:
         """One (H, W, 3) uint8 image deblurred at ``scale``, tiled
         (:func:`dgf.tiling.deblur_image`; ``images_ahead``: the images of about this
-        size left to deblur, this one included, or None)."""
+        size left to deblur, this one included, or None; ``shrunk``: the image
+        already shrunk to that scale, or None)."""
         return tiling.deblur_image(self, image, scale=scale, progress=progress,
-                                   images_ahead=images_ahead)
+                                   images_ahead=images_ahead, shrunk=shrunk)
 
 
 class _Chooser:

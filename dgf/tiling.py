@@ -21,21 +21,26 @@ image border keep weight 1: there the untiled run sees the same zero padding.
 
 The generator itself runs through a :class:`dgf.predictor.Predictor` (BatchNorm
 folding, precision, engine, XLA or not), which this module is handed and never imports.
+Keras is imported only where a model's layers are read, so the full-size steps run in
+a process that has not loaded TensorFlow (:mod:`dgf.prefetch`).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import numpy as np
-from keras import layers
 from PIL import Image
 from tqdm import tqdm
 
-import dgf.models
 from dgf.errors import DgfError
 from dgf.images import to_uint8, to_unit
+from dgf.optional import Lazy
 from dgf.options import DEFAULT_OVERLAP, DEFAULT_TILE
 from dgf.spec import check_scale, scaled_size
+
+# Keras and the models, imported where a model's layers are read: the full-size steps
+# run in a process that has not loaded TensorFlow (dgf.prefetch).
+layers, models = Lazy("keras.layers"), Lazy("dgf.models")
 
 # Weight of the outputs a tile produces next to a cut edge; small but non-zero so the
 # accumulated weight can never be zero.
@@ -84,9 +89,9 @@ def conv_flops(model, height: int, width: int) -> int:
             kh, kw, c_in_per_group, c_out = op.kernel.shape
             total += 2 * rows * cols * kh * kw * c_in_per_group * c_out
             return rows, cols
-        if isinstance(op, dgf.models.SpaceToDepth):
+        if isinstance(op, models.SpaceToDepth):
             return -(-rows // op.factor), -(-cols // op.factor)
-        if isinstance(op, dgf.models.DepthToSpace):
+        if isinstance(op, models.DepthToSpace):
             return seen[-1]  # cut to its reference image's size
         return rows, cols
 
@@ -117,9 +122,9 @@ def receptive_field(model) -> int:
         if isinstance(op, layers.Conv2D):
             return size + (op.kernel_size[0] - 1) * op.dilation_rate[0] * span, \
                 span * op.strides[0]
-        if isinstance(op, dgf.models.SpaceToDepth):
+        if isinstance(op, models.SpaceToDepth):
             return size + (op.factor - 1) * span, span * op.factor
-        if isinstance(op, dgf.models.DepthToSpace):
+        if isinstance(op, models.DepthToSpace):
             return size, span / op.factor
         return size, span
 
@@ -357,7 +362,8 @@ def _to_uint8_rows(unit: np.ndarray) -> np.ndarray:
 
 
 def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
-                 progress: bool = False, images_ahead: int | None = None) -> np.ndarray:
+                 progress: bool = False, images_ahead: int | None = None,
+                 shrunk: np.ndarray | None = None) -> np.ndarray:
     """Deblur one image with ``predictor`` (:class:`dgf.predictor.Predictor`), tiled
     when it exceeds the predictor's tile.
 
@@ -387,6 +393,9 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
             predictor's auto choice of path is measured only where those images'
             calls (:func:`tile_calls` each) repay the measurement
             (:meth:`dgf.predictor.Predictor.call`); None measures as it always does.
+        shrunk: ``image`` already shrunk to ``scale`` as this function would
+            (:mod:`dgf.prefetch` does it while TensorFlow loads); used when its size
+            is the scaled size, else ignored.
 
     Returns:
         (H, W, 3) uint8 in [0, 255], the deblurred image.
@@ -411,7 +420,10 @@ def deblur_image(predictor, image: np.ndarray, *, scale: float = 1.0,
     if scale == 1.0:
         return _to_uint8_rows(_deblur_unit(call, image, tile, overlap, batch_size, progress,
                                            align))
-    small = _shrink(image, small_h, small_w)
+    if shrunk is not None and shrunk.shape == (small_h, small_w, 3):
+        small = shrunk
+    else:
+        small = _shrink(image, small_h, small_w)
     correction = (_deblur_unit(call, small, tile, overlap, batch_size, progress, align)
                   - to_unit(small))
     return _add_enlarged(image, correction)
@@ -423,7 +435,7 @@ def grid_factor(model) -> int:
     only shifts with its input by multiples of this, so tiles start on that grid."""
     factor = 1
     for layer in getattr(model, "layers", []):
-        if isinstance(layer, dgf.models.SpaceToDepth):
+        if isinstance(layer, models.SpaceToDepth):
             factor *= layer.factor
     return factor
 

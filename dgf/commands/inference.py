@@ -73,7 +73,7 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         from tqdm import tqdm
 
-        from dgf import infer
+        from dgf import prefetch
 
         def tell(path: Path, reason: str) -> None:
             tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
@@ -87,6 +87,11 @@ def deblur_main(argv: Sequence[str] | None = None) -> int:
                   f"pairs-small on a CPU; see {MODEL_CARD}). Pass --model for your own.")
         else:
             print(f"using the model {model}")
+        # The first photo is decoded (and shrunk) while TensorFlow loads (dgf.prefetch).
+        if args.inputs and 0 < args.max_megapixels < float("inf"):
+            prefetch.start(args.inputs[0], max_pixels=int(args.max_megapixels * 1e6),
+                           scale=args.scale, model=model)
+        from dgf import infer
         spec = inference_spec(args, tile=args.tile, overlap=args.overlap, batch=args.batch,
                               scale=args.scale)
         writing = infer.WriteOptions(compare=args.compare, overwrite=args.overwrite,
