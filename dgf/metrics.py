@@ -47,10 +47,14 @@ from typing import Any, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from skimage.metrics import structural_similarity
 
 from dgf.errors import DgfError
+from dgf.optional import Lazy
 from dgf.options import DEFAULT_PROTOCOL, DEFAULT_Y_CHANNEL, METRIC_PROTOCOLS
+
+# scikit-image's metrics, imported when an SSIM is first computed (0.1 s of the start
+# of every command that imports this module, dgf-deblur among them, which never does).
+skimage_metrics = Lazy("skimage.metrics")
 
 PSNR_CAP_DB = 100.0
 #: Side of BasicSR's Gaussian SSIM window, and its sigma.
@@ -204,7 +208,7 @@ def ssim(reference: np.ndarray, test: np.ndarray, crop_border: int = 0,
             return _basicsr_ssim_channel(reference, test)
         return float(np.mean([_basicsr_ssim_channel(reference[..., c], test[..., c])
                               for c in range(reference.shape[-1])]))
-    return float(structural_similarity(
+    return float(skimage_metrics.structural_similarity(
         reference, test, channel_axis=None if y_channel else -1, data_range=255))
 
 
