@@ -175,8 +175,6 @@ def test_a_measurement_stores_each_paths_start_up_and_a_short_run_uses_it(model,
     entry = json.loads(path.read_text())
     assert set(entry["startup"]) == {"plain", "xla"}
     assert all(seconds >= 0 for seconds in entry["startup"].values())
-    # XLA's compile is start-up: it costs more than the plain graph's.
-    assert entry["startup"]["xla"] > entry["startup"]["plain"]
     # Rewritten so XLA is faster per call but starts slowly: one call takes plain.
     entry.update(choice="xla", seconds={"plain": 0.2, "xla": 0.1},
                  startup={"plain": 0.1, "xla": 5.0})
