@@ -44,6 +44,7 @@ from dgf.kernels import DEFAULT_STRENGTH, random_kernel
 from dgf.metadata import training_file, training_side, training_streak
 from dgf.optional import Lazy
 from dgf.schema import blurred_name, open_pairs_file
+from dgf.tiling import auto_scale
 
 # Imported when a blur is first measured (0.19 s): dgf-deblur's first photo is
 # measured in dgf.prefetch's child, so its own process may never need it.
@@ -286,6 +287,21 @@ def model_reference(record: dict[str, Any] | None, model: Path | str
                   f"{why}; each photo runs at the model's training image side over its "
                   f"shorter side, which assumes its blur is as large a part of it as in "
                   f"the training images")
+
+
+def auto_factor(rgb: np.ndarray, side: int | None, reference: float | None,
+                estimate: BlurEstimate | None = None) -> tuple[float, BlurEstimate | None]:
+    """``(scale, estimate)`` of ``--scale auto`` for a photo: its blur measured (or
+    ``estimate``, already measured) when the model records its training blur
+    (``reference``, px), and :func:`dgf.tiling.auto_scale` of the two (the size rule
+    with the training image ``side`` when it does not)."""
+    if reference is None:
+        estimate = None
+    elif estimate is None:
+        estimate = estimate_blur(rgb)
+    height, width = rgb.shape[:2]
+    return auto_scale(height, width, side, training_streak=reference,
+                      streak=estimate.length if estimate else None), estimate
 
 
 def describe_choice(name: str, estimate: BlurEstimate | None, scale: float,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dgf import host
 from dgf import prefetch
-from dgf.blur import BlurEstimate, describe_choice, estimate_blur, model_reference
+from dgf.blur import BlurEstimate, auto_factor, describe_choice, model_reference
 from dgf.errors import DgfError
 from dgf.fileio import DiskFull, check_output
 from dgf.images import (
@@ -174,13 +174,7 @@ def _choose_scale(predictor: Predictor, job: _Job, rgb: np.ndarray, train_side: 
     stdout."""
     if predictor.spec.scale != "auto":
         return float(predictor.spec.scale)
-    height, width = rgb.shape[:2]
-    if train_streak is None:
-        estimate = None
-    elif estimate is None:
-        estimate = estimate_blur(rgb)
-    factor = auto_scale(height, width, train_side, training_streak=train_streak,
-                        streak=estimate.length if estimate else None)
+    factor, estimate = auto_factor(rgb, train_side, train_streak, estimate)
     line = describe_choice(str(job.source), estimate, factor, train_streak, train_side)
     if line:
         print(line, flush=True)

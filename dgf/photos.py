@@ -32,7 +32,7 @@ from scipy import ndimage
 from skimage.measure import blur_effect
 from tqdm import tqdm
 
-from dgf.blur import WORK_SIDE, estimate_blur, luma, model_reference
+from dgf.blur import WORK_SIDE, auto_factor, estimate_blur, luma, model_reference
 from dgf.errors import DgfError
 from dgf.fileio import check_output, prepare_output, write_text_atomic
 from dgf.images import SUFFIX_WORDS, find_images, read_image, write_image
@@ -40,7 +40,6 @@ from dgf.metadata import read_metadata, training_side
 from dgf.predictor import Predictor
 from dgf.runtime import load_generator
 from dgf.spec import InferenceSpec
-from dgf.tiling import auto_scale
 
 #: Width of each half of the picture's top row, and side of its 1:1 crops.
 PANEL = 512
@@ -143,9 +142,7 @@ def _choose_scale(rgb: np.ndarray, spec: InferenceSpec, reference: tuple) -> flo
     if spec.scale != "auto":
         return float(spec.scale)
     streak, side = reference
-    height, width = rgb.shape[:2]
-    estimate = estimate_blur(rgb).length if streak is not None else None
-    return auto_scale(height, width, side, streak=estimate, training_streak=streak)
+    return auto_factor(rgb, side, streak)[0]
 
 
 def report_photos(model: Path | str, inputs: Sequence[Path | str], out_dir: Path | str,

@@ -3,9 +3,9 @@
 A command process spends about 3 s importing TensorFlow on one core while the other
 idles (2-core hosts; ``benchmarks/bench_deblur.py --command``). :func:`start`, called
 before that import, forks a child that decodes the run's first photo, for
-``--scale auto`` measures its blur (:func:`dgf.blur.estimate_blur`) and shrinks it
-to the scale the run will choose (:func:`dgf.tiling.auto_scale` from the model's
-record, or ``--scale F``): 0.6 s of a 12 MP photo's time, done meanwhile. The
+``--scale auto`` measures its blur, and shrinks it to the scale the run will choose
+(:func:`dgf.blur.auto_factor` from the model's record, or ``--scale F``): 0.6 s of a
+12 MP photo's time, done meanwhile. The
 pixels land in memory the two processes share (anonymous shared mappings made
 before the fork, sized from the photo's header), the rest comes through a pipe;
 :func:`take` hands them over when the run reaches that photo, without a copy. Every
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from dgf.blur import estimate_blur, model_reference
+from dgf.blur import auto_factor, model_reference
 from dgf.images import LoadedImage, photo_size, read_image
 from dgf.metadata import read_metadata, training_side
 from dgf.spec import scaled_size
-from dgf.tiling import _shrink, auto_scale
+from dgf.tiling import _shrink
 
 #: Larger photos are read by the run itself: the child would hold the decoded pixels
 #: beside the parent's copy until it is taken.
@@ -115,10 +115,8 @@ def _scaled(rgb: np.ndarray, scale: str | float, model: Path | str | None
     estimate = None
     if scale == "auto":
         record = read_metadata(model)
-        streak, _ = model_reference(record, model)
-        estimate = estimate_blur(rgb) if streak is not None else None
-        factor = auto_scale(*rgb.shape[:2], training_side(record), training_streak=streak,
-                            streak=estimate.length if estimate else None)
+        factor, estimate = auto_factor(rgb, training_side(record),
+                                       model_reference(record, model)[0])
     else:
         factor = float(scale)
     if not factor < 1.0:
