@@ -146,22 +146,25 @@ def read_entry(key: dict[str, Any]) -> dict[str, Any] | None:
         if not isinstance(entry["seconds"], dict) or entry["choice"] not in entry["seconds"] \
                 or set(entry["seconds"]) - set(candidates):
             raise ValueError(f"its times {entry['seconds']!r} are not those of {candidates}")
-        for name, seconds in entry["seconds"].items():
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                    or not seconds > 0:
-                raise ValueError(f"its time for {name} is {seconds!r}")
+        _check_times(entry["seconds"], "time", zero=False)
         startup = entry.get("startup", {})
         if not isinstance(startup, dict) or set(startup) - set(entry["seconds"]):
             raise ValueError(f"its start-up times {startup!r} are not those of "
                              f"{list(entry['seconds'])}")
-        for name, seconds in startup.items():
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                    or not seconds >= 0:
-                raise ValueError(f"its start-up time for {name} is {seconds!r}")
+        _check_times(startup, "start-up time", zero=True)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         _note(f"calibration cache entry {path} is damaged ({exc}); measuring again")
         return None
     return entry
+
+
+def _check_times(times: dict[str, Any], what: str, zero: bool) -> None:
+    """ValueError naming the path unless each of ``times`` is a number above 0 (or
+    at least 0 when ``zero``)."""
+    for name, seconds in times.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                or not (seconds >= 0 if zero else seconds > 0):
+            raise ValueError(f"its {what} for {name} is {seconds!r}")
 
 
 def best_for(entry: dict[str, Any], calls: int | None) -> str:

@@ -299,9 +299,10 @@ class _Chooser:
     unmeasured, for this process only (nothing is stored). The entry also records what
     each path costs a new process before its calls run that fast (preparing it from
     the cache, its first call's compile): a later caller with ``calls_ahead`` takes
-    the path whose start-up plus those calls is least (:func:`dgf.calibration.best_for`). The chosen path's first output
-    is returned, so no input is computed for nothing. ``choices`` records the path
-    taken per shape class.
+    the path whose start-up plus those calls is least
+    (:func:`dgf.calibration.best_for`). The chosen path's first output is returned, so
+    no input is computed for nothing. ``choices`` records the path taken per shape
+    class.
     """
 
     def __init__(self, predictor: Predictor, names: list[str],
