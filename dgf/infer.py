@@ -285,6 +285,19 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
         raise _JobFailed(str(exc)) from exc
 
 
+def _read_next(job: _Job, writing: WriteOptions, max_megapixels: float,
+               scale: str | float, train_side: int | None,
+               train_streak: float | None) -> None:
+    """Have :func:`dgf.prefetch.read_ahead` read the next job's photo while this one
+    runs, unless a check it will fail makes that wasted work."""
+    try:
+        _preflight(job, writing)
+    except _JobFailed:
+        return
+    prefetch.read_ahead(job.source, max_pixels=int(max_megapixels * 1e6), scale=scale,
+                        side=train_side, reference=train_streak)
+
+
 class _JobFailed(Exception):
     """One input could not be deblurred; the message says why."""
 
@@ -371,6 +384,9 @@ def deblur_paths(
     try:
         for index, job in enumerate(tqdm(jobs, desc="deblur", unit="img",
                                          disable=not progress)):
+            if index + 1 < len(jobs):
+                _read_next(jobs[index + 1], writing, max_megapixels, scale, train_side,
+                           train_streak)
             try:
                 _process(predictor, job, writing, progress=progress, train_side=train_side,
                          train_streak=train_streak, max_pixels=int(max_megapixels * 1e6),

@@ -18,6 +18,14 @@ any failure of it) hands over nothing and the run reads it itself, so its errors
 read as always. Only a process that has not loaded TensorFlow forks (a fork of a
 process running TensorFlow's threads is not safe), and only photos up to
 ``MAX_PIXELS``. This module imports neither TensorFlow nor Keras.
+
+**The photos after the first** (:func:`read_ahead`): while the run deblurs one photo,
+a thread decodes the next, measures its blur and shrinks it, the same steps and the
+same hand-over (:func:`take`). Decoding, the blur estimate and the shrink are
+single-threaded work a 2-core host can do beside the model's calls and the output's
+encoding, so a folder's later photos pay for them mostly in the background. A thread
+needs no fork (TensorFlow is loaded by then); it holds at most one photo, up to
+``MAX_PIXELS``, and any failure of it leaves the photo to the run.
 """
 from __future__ import annotations
 
@@ -25,11 +33,13 @@ import mmap
 import multiprocessing
 import signal
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dgf import host
 from dgf.blur import auto_factor, model_reference
 from dgf.images import LoadedImage, photo_size, read_image
 from dgf.metadata import read_metadata, training_side
@@ -43,6 +53,9 @@ MAX_PIXELS = 50_000_000
 # The one pending read of this process: (photo, pipe end, child process, the pixels'
 # and the shrunk copy's shared memory).
 _PENDING: list[tuple[Path, Any, Any, mmap.mmap, mmap.mmap]] = []
+# The one photo a thread is reading ahead: (photo, its future).
+_AHEAD: list[tuple[Path, Future]] = []
+_READER: list[ThreadPoolExecutor] = []
 
 
 def start(path: Path | str, *, max_pixels: int, scale: str | float = 1.0,
@@ -78,6 +91,12 @@ def take(path: Path | str) -> tuple[Any, Any, np.ndarray | None] | None:
     """``(LoadedImage, BlurEstimate or None, the shrunk copy or None)`` of ``path``
     when it is the photo being read ahead and the child read it; None otherwise (the
     caller reads it)."""
+    if _AHEAD and _AHEAD[0][0] == Path(path):
+        _, future = _AHEAD.pop()
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001 - the run reads it again and reports
+            return None
     if not _PENDING or _PENDING[0][0] != Path(path):
         return None
     _, receiver, _, pixels, shrunk = _PENDING[0]
@@ -97,8 +116,45 @@ def take(path: Path | str) -> tuple[Any, Any, np.ndarray | None] | None:
     return LoadedImage(rgb, alpha, metadata), estimate, small
 
 
+def read_ahead(path: Path | str, *, max_pixels: int, scale: str | float = 1.0,
+               side: int | None = None, reference: float | None = None) -> bool:
+    """Read ``path`` in a thread while the run works on the photo before it: decode
+    it, and shrink it to ``scale`` (a factor, or "auto": measured as
+    :func:`dgf.blur.auto_factor` does with the model's training image ``side`` and
+    training blur ``reference``). One photo at a time, up to ``MAX_PIXELS`` (and
+    ``max_pixels``), when its decoded pixels take at most a quarter of the memory
+    left. True when the thread was given it."""
+    path = Path(path)
+    if _AHEAD or not path.is_file():
+        return False
+    try:
+        width, height = photo_size(path)
+    except Exception:  # noqa: BLE001 - the run reads it and says what is wrong
+        return False
+    available = host.available_memory()
+    if width * height > min(max_pixels, MAX_PIXELS) or (
+            available is not None and 4 * 2 * width * height * 3 > available):
+        return False
+    if not _READER:
+        _READER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgf-read"))
+    _AHEAD.append((path, _READER[0].submit(_load, path, max_pixels, scale, side,
+                                           reference)))
+    return True
+
+
+def _load(path: Path, max_pixels: int, scale: str | float, side: int | None,
+          reference: float | None) -> tuple[LoadedImage, Any, np.ndarray | None]:
+    source = read_image(path, max_pixels=max_pixels)
+    estimate, small = _shrunk_for(source.rgb, scale, side, reference)
+    return source, estimate, small
+
+
 def discard() -> None:
-    """Stop a read ahead that will not be taken (or was) and close its pipe."""
+    """Stop a read ahead that will not be taken (or was) and close its pipe; a
+    thread's read is waited for and dropped."""
+    while _AHEAD:
+        _, future = _AHEAD.pop()
+        future.cancel() or future.exception()
     while _PENDING:
         _, receiver, child, _, _ = _PENDING.pop()
         receiver.close()
@@ -110,13 +166,22 @@ def discard() -> None:
 
 def _scaled(rgb: np.ndarray, scale: str | float, model: Path | str | None
             ) -> tuple[Any, np.ndarray | None]:
-    """The blur estimate (``scale`` auto, a model with a training blur) and the photo
-    shrunk to the scale the run will choose (None at 1), as dgf.infer decides them."""
+    """:func:`_shrunk_for` with the training image side and blur read from
+    ``model``'s record (for ``scale`` auto)."""
+    if scale != "auto":
+        return _shrunk_for(rgb, scale, None, None)
+    record = read_metadata(model)
+    return _shrunk_for(rgb, scale, training_side(record), model_reference(record, model)[0])
+
+
+def _shrunk_for(rgb: np.ndarray, scale: str | float, side: int | None,
+                reference: float | None) -> tuple[Any, np.ndarray | None]:
+    """The blur estimate (``scale`` auto, a model with a training blur ``reference``)
+    and the photo shrunk to the scale the run will choose (None at 1), as dgf.infer
+    decides them."""
     estimate = None
     if scale == "auto":
-        record = read_metadata(model)
-        factor, estimate = auto_factor(rgb, training_side(record),
-                                       model_reference(record, model)[0])
+        factor, estimate = auto_factor(rgb, side, reference)
     else:
         factor = float(scale)
     if not factor < 1.0:

@@ -109,3 +109,72 @@ def test_the_child_sends_what_the_run_would_compute_or_nothing(tmp_path):
     import tensorflow  # noqa: F401  (this process runs TensorFlow's threads)
 
     assert prefetch.start(photo, max_pixels=10**8) is False and prefetch.take(photo) is None
+
+
+def test_a_folder_s_later_photos_are_read_ahead_in_a_thread_and_change_nothing(
+        model_file, tmp_path, monkeypatch):
+    """In a run of several photos each one after the first is decoded and shrunk by
+    the reading thread while the one before it runs; the outputs are byte for byte
+    those of a run that reads every photo itself. A photo whose output exists (no
+    --overwrite) is not read ahead; an unreadable one fails with the run's message."""
+    from dgf.infer import deblur_paths
+    from dgf.spec import InferenceSpec
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_shaken(120, 160 + 8 * i, 9)).save(folder / f"p{i}.png")
+    (folder / "p3.png").write_bytes(b"\x89PNG broken")
+    spec = InferenceSpec(precision="fp32", engine="tensorflow", jit="off", scale=0.5)
+    real_read, real_take = prefetch.read_ahead, prefetch.take
+    asked, handed = [], []
+    monkeypatch.setattr(prefetch, "read_ahead",
+                        lambda path, **kw: asked.append(Path(path).name) or real_read(path, **kw))
+
+    def take(path):
+        got = real_take(path)
+        handed.append((Path(path).name, got is not None and got[2] is not None))
+        return got
+
+    monkeypatch.setattr(prefetch, "take", take)
+    (tmp_path / "ahead").mkdir()
+    (tmp_path / "ahead" / "p2.png").write_bytes(b"kept")  # exists: p2 fails, not read
+    report = deblur_paths(model_file, [folder], tmp_path / "ahead", spec, progress=False)
+    assert asked == ["p1.png", "p3.png"]
+    # p3's header check fails before any read: the thread never took it on.
+    assert handed == [("p0.png", False), ("p1.png", True)]
+    failed = dict((p.name, why) for p, why in report.failed)
+    assert set(failed) == {"p2.png", "p3.png"} and "already exists" in failed["p2.png"]
+    assert "not an image file Pillow can read" in failed["p3.png"]
+    assert (tmp_path / "ahead" / "p2.png").read_bytes() == b"kept"
+    assert not prefetch._AHEAD  # nothing left behind
+
+    monkeypatch.setattr(prefetch, "read_ahead", lambda path, **kw: False)
+    deblur_paths(model_file, [folder], tmp_path / "self", spec, progress=False)
+    for i in (0, 1):
+        with Image.open(tmp_path / "ahead" / f"p{i}.png") as ahead, \
+                Image.open(tmp_path / "self" / f"p{i}.png") as itself:
+            assert np.array_equal(np.asarray(ahead), np.asarray(itself))
+
+
+def test_the_reading_thread_measures_and_shrinks_as_the_run_would(tmp_path):
+    """read_ahead at --scale auto: the estimate and the shrunk copy are those the run
+    computes (dgf.blur.auto_factor, dgf.tiling's shrink); a photo over the pixel limit
+    or a second read while one is pending is not taken on."""
+    from dgf.blur import auto_factor
+    from dgf.spec import scaled_size
+    from dgf.tiling import _shrink
+
+    photo, other = tmp_path / "p.png", tmp_path / "q.png"
+    Image.fromarray(_shaken(300, 400, 30)).save(photo)
+    Image.fromarray(smooth_photo(60, 90, seed=2)).save(other)
+    assert prefetch.read_ahead(photo, max_pixels=10**8, scale="auto", side=256,
+                               reference=10.0)
+    assert not prefetch.read_ahead(other, max_pixels=10**8)  # one at a time
+    source, estimate, small = prefetch.take(photo)
+    rgb = read_image(photo).rgb
+    factor, expected = auto_factor(rgb, 256, 10.0)
+    assert factor < 1 and estimate == expected and np.array_equal(source.rgb, rgb)
+    assert np.array_equal(small, _shrink(rgb, *scaled_size(300, 400, factor)))
+    assert not prefetch.read_ahead(other, max_pixels=60 * 90 - 1)  # over the limit
+    assert prefetch.take(other) is None
