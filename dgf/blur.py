@@ -6,25 +6,32 @@ streaks (:func:`estimate_blur`) and, with the same measure, the blurred images o
 training file (:func:`measure_training_blur`), which ``dgf-train`` records in the
 model file.
 
-**The measure: the edge spread along the blur.** Shake smears every edge along the
-direction of motion: crossed along that direction, an edge of any orientation takes
-as many pixels to change as the streak is long (exactly the streak length for a
-straight, uniform streak; for a curved one, one over the peak of the streak's
-density along that line). For each of ``DIRECTIONS`` directions the estimator takes
-the strongest edges of the directional derivative (among the pixels of largest
-gradient, those above the derivative's 90th percentile that are local maxima along
-the direction), walks from each along the direction while the derivative stays above
-``_RAMP_FLOOR`` of its peak, and divides the derivative's sum over that walk by its
-peak: the edge's spread, in pixels. The direction's spread is the 70th percentile of
-its edges'; the photo's is the largest over the directions. A sharp photo measures
-a few pixels (its own edges); an image without edges is *flat* (no estimate).
+**The measure: the edges' spread along the blur, less their spread across it.** Shake
+smears every edge along the direction of motion: crossed along that direction, an
+edge of any orientation takes as many pixels to change as the streak is long. For
+each of ``DIRECTIONS`` directions the estimator takes the strongest edges of the
+directional derivative (among the pixels of largest gradient, those above the
+derivative's 90th percentile that are local maxima along the direction) and walks
+from each along the direction while the derivative stays above ``_RAMP_FLOOR`` of its
+peak. Over that walk the derivative is the edge's profile: its length is that of the
+straight uniform streak with the same second moment, sqrt(12 x variance), the same
+rule :func:`streak_length` applies to a kernel. The direction's length is the median
+of its edges'. A photo's own softness (focus, demosaicing, an enlarged picture)
+spreads edges equally in every direction and shake only along its path, so the
+photo's streak is the length along the most spread direction with the least spread
+one taken out in quadrature (second moments add under convolution):
+sqrt(longest² - shortest²). A sharp photo measures a few pixels; an image without
+edges is *flat* (no estimate).
 
-It runs on the luma shrunk to ``WORK_SIDE`` px on its shorter side (about 0.4 s for
-a 12 MP photo on a 2-core AVX2 host); a streak of more than ``_COARSE_SPREAD`` px there
-is measured again at half that size, where it fits the walk better. Chosen with
-``benchmarks/bench_scale.py --phone`` over a gradient-autocorrelation width, a
-directional spectrum fall-off and a cepstrum, whose estimates followed the photo's
-content more than its blur (``docs/results.md``).
+It runs on the luma shrunk to ``WORK_SIDE`` px on its shorter side (about 0.3 s for
+a 12 MP photo on a 2-core host); where the edges' spread there (their derivative's
+sum over the walk over its peak, the 70th percentile over the edges, largest over the
+directions) is more than ``_COARSE_SPREAD`` px, it is measured again at half that size,
+where a long streak fits the walk. Chosen with ``benchmarks/bench_scale.py --phone``
+over the spread alone (``edge-spread-1``, which read an enlarged photo's softness as
+shake), a gradient-autocorrelation width, a directional spectrum fall-off and a
+cepstrum, whose estimates followed the photo's content more than its blur
+(``docs/results.md``).
 
 :func:`streak_length` is the length the benchmark and the tests draw kernels at: the
 length of the straight uniform streak with the same spread (second moment) along its
@@ -52,7 +59,7 @@ ndimage = Lazy("scipy.ndimage")
 
 #: The estimator's name, recorded beside a training blur: a record measured by
 #: another estimator is not compared with this one's photos.
-ESTIMATOR = "edge-spread-1"
+ESTIMATOR = "edge-spread-2"
 #: Shorter side, in pixels, of the luma the blur is measured on.
 WORK_SIDE = 1024
 #: Smallest shorter side a photo needs for an estimate.
@@ -72,8 +79,8 @@ _REACH = 48  # px walked each way from an edge
 _RAMP_FLOOR = 0.15  # an edge's walk stops where its derivative falls below this x peak
 _EDGES = 1000  # strongest edges used per direction
 _CANDIDATES = 48_000  # pixels of largest gradient the edges are chosen from
-_PERCENTILE = 70
-_COARSE_SPREAD = 12.0  # px at the working size beyond which half the size measures
+_PERCENTILE = 70  # of the edges' spreads, for the choice of size
+_COARSE_SPREAD = 12.0  # px of spread at the working size beyond which half the size measures
 _COARSE_MIN_SIDE = 512  # ... when the working size is at least this (not a 256 px image)
 
 
@@ -145,10 +152,11 @@ class _Edges:
         self.sample = (gx[::step], gy[::step])
         self.buffer = np.empty_like(self.gx)  # each direction's derivative size
 
-    def spread(self, angle: float) -> tuple[float, float, int]:
-        """(spread, strength, edges) along ``angle``: the ``_PERCENTILE`` of the edge
-        spreads (module docstring), the 90th percentile of the derivative's size over
-        the image and the number of edges measured."""
+    def spread(self, angle: float) -> tuple[float, float, float, int]:
+        """(spread, length, strength, edges) along ``angle``: the ``_PERCENTILE`` of
+        the edges' spreads (sum over peak of the derivative along the walk) and the
+        median of their second-moment lengths (module docstring), the 90th percentile
+        of the derivative's size over the image and the number of edges measured."""
         c, s = np.cos(angle), np.sin(angle)
         strength = float(np.percentile(np.abs(c * self.sample[0] + s * self.sample[1]), 90))
         peak = np.abs(c * self.cgx + s * self.cgy)
@@ -156,7 +164,7 @@ class _Edges:
         keep = keep[np.argsort(peak[keep])[::-1][: 8 * _EDGES]]
         ys, xs, peak = self.ys[keep], self.xs[keep], peak[keep]
         if not len(keep):
-            return 0.0, strength, 0
+            return 0.0, 0.0, strength, 0
         size = np.multiply(self.gx, c, out=self.buffer)
         size += s * self.gy
         np.abs(size, out=size)
@@ -165,55 +173,63 @@ class _Edges:
         ridge = (peak >= ahead) & (peak > behind)  # the edge's centre along the direction
         ys, xs = ys[ridge][:_EDGES], xs[ridge][:_EDGES]
         if len(ys) < MIN_EDGES:
-            return 0.0, strength, len(ys)
+            return 0.0, 0.0, strength, len(ys)
         steps = np.arange(-_REACH, _REACH + 1, dtype=np.float32)
         profile = _bilinear(size, ys[:, None] + steps[None, :] * s,
                             xs[:, None] + steps[None, :] * c)
         centre = profile[:, _REACH]
         above = profile > _RAMP_FLOOR * centre[:, None]
-        right = np.cumprod(above[:, _REACH:], axis=1)
-        left = np.cumprod(above[:, _REACH::-1], axis=1)
-        area = ((profile[:, _REACH:] * right).sum(1)
-                + (profile[:, _REACH::-1] * left).sum(1) - centre)
-        return float(np.percentile(area / centre, _PERCENTILE)), strength, len(ys)
+        # The walk each way from the centre (the centre counted on both sides).
+        right = profile[:, _REACH:] * np.cumprod(above[:, _REACH:], axis=1)
+        left = profile[:, _REACH::-1] * np.cumprod(above[:, _REACH::-1], axis=1)
+        out = steps[_REACH:]
+        area = right.sum(1) + left.sum(1) - centre
+        mean = (right @ out - left @ out) / area
+        variance = np.maximum((right @ (out * out) + left @ (out * out)) / area - mean ** 2, 0)
+        return (float(np.percentile(area / centre, _PERCENTILE)),
+                float(np.median(np.sqrt(12.0 * variance))), strength, len(ys))
 
 
-def edge_spread(gray: np.ndarray) -> tuple[float | None, str | None]:
-    """The spread in pixels of ``gray``'s edges along its most blurred direction
-    (module docstring), or (None, why) for an image too small or too flat."""
+def edge_spread(gray: np.ndarray) -> tuple[float | None, float | None, str | None]:
+    """(spread, streak, None) of ``gray``'s edges, in its pixels: the spread along its
+    most spread direction, which chooses the size to measure at, and the streak, its
+    longest direction's length with the shortest's taken out (module docstring); or
+    (None, None, why) for an image too small or too flat."""
     h, w = gray.shape
     if min(h, w) < MIN_SIDE:
-        return None, f"{w}x{h} is too small to measure its blur (under {MIN_SIDE} px)"
+        return None, None, f"{w}x{h} is too small to measure its blur (under {MIN_SIDE} px)"
     edges = _Edges(gray)
     found = [edges.spread(np.pi * k / DIRECTIONS) for k in range(DIRECTIONS)]
-    strongest = max(strength for _, strength, _ in found)
-    measured = [spread for spread, _, count in found if count >= MIN_EDGES]
+    strongest = max(strength for _, _, strength, _ in found)
+    measured = [(spread, length) for spread, length, _, count in found if count >= MIN_EDGES]
     if strongest < FLAT_GRADIENT or not measured:
-        return None, (f"too flat to measure its blur (edges of {strongest:.2f} levels "
-                      f"per pixel, under {FLAT_GRADIENT:g})")
-    return max(measured), None
+        return None, None, (f"too flat to measure its blur (edges of {strongest:.2f} "
+                            f"levels per pixel, under {FLAT_GRADIENT:g})")
+    lengths = [length for _, length in measured]
+    streak = float(np.sqrt(max(lengths) ** 2 - min(lengths) ** 2))
+    return max(spread for spread, _ in measured), streak, None
 
 
 def estimate_blur(image: np.ndarray) -> BlurEstimate:
     """The streak length, in pixels of ``image`` ((H, W, 3) uint8 RGB or (H, W)
-    grey), of its blur: the edge spread (module docstring) of its luma at
-    ``WORK_SIDE`` px, or at half that for a streak longer than ``_COARSE_SPREAD`` px
-    there (when that is at least ``_COARSE_MIN_SIDE`` px), scaled back to the
-    image's size. ``length`` is None, with ``reason``,
-    for an image too small or too flat."""
+    grey), of its blur: the streak of its edges (:func:`edge_spread`, module
+    docstring) in its luma at ``WORK_SIDE`` px, or at half that where the edges'
+    spread is over ``_COARSE_SPREAD`` px there (when that is at least
+    ``_COARSE_MIN_SIDE`` px), scaled back to the image's size. ``length`` is None,
+    with ``reason``, for an image too small or too flat."""
     image = np.asarray(image)
     full = min(image.shape[:2])
     gray = luma(image, WORK_SIDE)
-    spread, reason = edge_spread(gray)
+    spread, streak, reason = edge_spread(gray)
     side = min(gray.shape)
     if spread is not None and spread > _COARSE_SPREAD and side >= _COARSE_MIN_SIDE:
         coarse = luma(gray, side // 2)
-        again, _ = edge_spread(coarse)
+        _, again, _ = edge_spread(coarse)
         if again is not None:
-            spread, side = again, min(coarse.shape)
-    if spread is None:
+            streak, side = again, min(coarse.shape)
+    if streak is None:
         return BlurEstimate(None, reason, side)
-    return BlurEstimate(spread * full / side, None, side)
+    return BlurEstimate(streak * full / side, None, side)
 
 
 # --- the blur a model learned on ----------------------------------------------------
