@@ -48,7 +48,7 @@ from PIL import Image
 
 from dgf.errors import DgfError
 from dgf.kernels import DEFAULT_STRENGTH, random_kernel
-from dgf.metadata import training_file, training_side, training_streak
+from dgf.metadata import TRAINING_BLUR, training_file, training_side, training_streak
 from dgf.optional import Lazy
 from dgf.schema import blurred_name, open_pairs_file
 from dgf.tiling import auto_scale
@@ -274,15 +274,20 @@ REFERENCE_IMAGES = 64
 def model_reference(record: dict[str, Any] | None, model: Path | str
                     ) -> tuple[float | None, str | None]:
     """(the streak length in px the model learned on, a ``note:`` line or None) for
-    ``--scale auto``: the record's ``training_blur``; for a record without it, the
-    blur measured on ``REFERENCE_IMAGES`` blurred train images of the training file
-    the record names, when that file is here (with a note); else None and a note
-    that each photo's scale follows its size (:func:`dgf.tiling.auto_scale`'s older
-    rule). A model without any training record gets (None, None): the caller says
-    so."""
+    ``--scale auto``: the record's ``training_blur`` when this estimator measured it;
+    otherwise (no training blur, or one measured by an older estimator) the blur
+    measured on ``REFERENCE_IMAGES`` blurred train images of the training file the
+    record names, when that file is here (with a note); else None and a note that
+    each photo's scale follows its size (:func:`dgf.tiling.auto_scale`'s older rule).
+    Both notes name ``dgf-info MODEL --measure-blur``, which records it in the file.
+    A model without any training record gets (None, None): the caller says so."""
     streak = training_streak(record, ESTIMATOR)
     if streak is not None or record is None or training_side(record) is None:
         return streak, None
+    older = ((record.get(TRAINING_BLUR) or {}).get("estimator"))
+    lacks = (f"records its training blur measured by {older}, not {ESTIMATOR}" if older
+             else "does not record its training blur")
+    fix = f"`dgf-info {model} --measure-blur` records it"
     h5 = training_file(record)
     why = "names no training file"
     if h5 is not None:
@@ -292,17 +297,17 @@ def model_reference(record: dict[str, Any] | None, model: Path | str
             why = f"its training file {h5} cannot be measured ({exc})"
         else:
             return blur["streak_px"], (
-                f"note: --scale auto: {model} does not record its training blur; measured "
-                f"{blur['count']} blurred train images of {h5}: streaks of "
-                f"{blur['streak_px']:.1f} px")
+                f"note: --scale auto: {model} {lacks}; measured {blur['count']} blurred "
+                f"train images of {h5}: streaks of {blur['streak_px']:.1f} px ({fix} in "
+                f"the file)")
     else:
         named = ((record.get("data") or {}).get("h5"))
         if named:
             why = f"its training file {named} is not here"
-    return None, (f"note: --scale auto: {model} does not record its training blur and "
-                  f"{why}; each photo runs at the model's training image side over its "
-                  f"shorter side, which assumes its blur is as large a part of it as in "
-                  f"the training images")
+    return None, (f"note: --scale auto: {model} {lacks} and {why}; each photo runs at "
+                  f"the model's training image side over its shorter side, which assumes "
+                  f"its blur is as large a part of it as in the training images "
+                  f"({fix}, given the training file: --measure-blur FILE.h5)")
 
 
 def auto_factor(rgb: np.ndarray, side: int | None, reference: float | None,

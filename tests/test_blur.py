@@ -159,12 +159,20 @@ def test_model_reference_reads_the_record_or_measures_the_training_file(tmp_path
     assert measured == measure_training_blur("pairs.h5", limit=64)["streak_px"] > 0
     assert note.startswith("note: --scale auto: m.keras does not record its training blur; "
                            "measured 3 blurred train images of pairs.h5")
-    # Another estimator's number, or no file here: the size rule, said once.
+    assert note.endswith("(`dgf-info m.keras --measure-blur` records it in the file)")
+    # Another estimator's number: measured again from the file, said so.
+    older = {"data": data, "training_blur": {"estimator": "edge-spread-1", "streak_px": 3.0}}
+    streak, note = model_reference(older, "m.keras")
+    assert streak == measured and note.startswith(
+        f"note: --scale auto: m.keras records its training blur measured by edge-spread-1, "
+        f"not {ESTIMATOR}; measured 3 blurred train images")
+    # ... and without the file here: the size rule, said once.
     other = {"data": {**data, "h5": "gone.h5"},
              "training_blur": {"estimator": "other", "streak_px": 3.0}}
     streak, note = model_reference(other, "m.keras")
     assert streak is None and note.startswith("note: ") and "gone.h5 is not here" in note
     assert "training image side over its shorter side" in note
+    assert "--measure-blur FILE.h5" in note
     assert model_reference(None, "m.keras") == (None, None)
 
 
@@ -224,3 +232,31 @@ def test_the_bundled_model_records_its_training_blur():
     assert blur_record["count"] + blur_record["skipped"] == ModelFiles.TRAINING_BLUR_IMAGES
     assert blur_record["h5"] == record["data"]["h5"] and blur_record["image_side"] == 256
     assert 10 < blur_record["streak_px"] < 25
+
+
+def test_dgf_info_measure_blur_records_the_training_blur(model_file, tmp_path, monkeypatch,
+                                                          capsys):
+    """dgf-info MODEL --measure-blur [H5] measures the training file (named, or the one
+    the record names) with this estimator and records it; a model naming a file that
+    is not here is told to name it, and the file is left as it was."""
+    import shutil
+
+    from dgf.cli import info_main
+    from dgf.metadata import read_metadata, training_streak, write_metadata
+
+    monkeypatch.chdir(tmp_path)
+    make_h5(tmp_path / "pairs.h5", n_train=3, size=96)
+    path = tmp_path / "m.keras"
+    shutil.copy(model_file, path)
+    write_metadata(path, {"data": {"h5": "gone.h5", "image_height": 96, "image_width": 96},
+                          "training_blur": {"estimator": "edge-spread-1", "streak_px": 3.0}})
+    before = path.read_bytes()
+    assert info_main([str(path), "--measure-blur"]) == 2
+    err = capsys.readouterr().err
+    assert "names its training file gone.h5, which is not here" in err
+    assert "--measure-blur FILE.h5" in err and path.read_bytes() == before
+    assert info_main([str(path), "--measure-blur", "pairs.h5"]) == 0
+    out = capsys.readouterr().out
+    expected = measure_training_blur("pairs.h5")["streak_px"]
+    assert training_streak(read_metadata(path), ESTIMATOR) == expected
+    assert f"recorded in {path}: training blur {expected:.1f} px (median of 3" in out

@@ -169,7 +169,42 @@ def info_parser() -> argparse.ArgumentParser:
                    default=list(options.DEFAULT_INFO_SIZE),
                    help="image size at which the work is counted")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--measure-blur", nargs="?", const="", default=None, type=str,
+                   metavar="H5",
+                   help="measure the blur of the training images (256 blurred train "
+                   "images of H5, or of the training file the model's record names) "
+                   "with this version's estimator and record it in MODEL (rewritten in "
+                   "place): what --scale auto maps each photo's streaks onto")
     return p
+
+
+def _record_training_blur(model: Path, h5: str | None) -> None:
+    """dgf-info --measure-blur: the training blur of ``h5`` (else the file the model's
+    record names) measured as dgf-train measures it, recorded in ``model``."""
+    from dgf.actions import ModelFiles
+    from dgf.blur import measure_training_blur
+    from dgf.fileio import require_file
+    from dgf.metadata import read_metadata, set_training_blur, training_file
+
+    record = read_metadata(model)
+    if record is None:
+        raise DgfError(f"{model} has no dgf record (it was not written by dgf-train); "
+                       f"it cannot hold a training blur.")
+    if h5 is None:
+        named = (record.get("data") or {}).get("h5")
+        found = training_file(record)
+        if found is None:
+            raise DgfError(
+                f"--measure-blur: {model} names "
+                + (f"its training file {named}, which is not here" if named else
+                   "no training file")
+                + "; pass the HDF5 file it was trained on: --measure-blur FILE.h5")
+        h5 = str(found)
+    require_file(Path(h5), "training file")
+    blur = measure_training_blur(h5, limit=ModelFiles.TRAINING_BLUR_IMAGES)
+    set_training_blur(model, blur)
+    print(f"recorded in {model}: training blur {blur['streak_px']:.1f} px (median of "
+          f"{blur['count']} blurred train images of {h5}, estimator {blur['estimator']})")
 
 
 def info_main(argv: Sequence[str] | None = None) -> int:
@@ -186,6 +221,8 @@ def info_main(argv: Sequence[str] | None = None) -> int:
             raise DgfError(f"--size must be two positive numbers of pixels; got "
                            f"{height} {width}")
         require_file(args.model, "model file")  # dgf-eval --model's messages
+        if args.measure_blur is not None:
+            _record_training_blur(args.model, args.measure_blur or None)
         info = model_info(args.model, height, width)
         print(json.dumps(info, indent=2) if args.json else format_info(info))
         return 0
