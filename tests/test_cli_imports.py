@@ -176,7 +176,8 @@ def test_eval_protocols_and_info_help_come_from_the_options_module():
     assert _choices(options.METRIC_PROTOCOLS) in text
     assert f"(default: {options.DEFAULT_PROTOCOL})" in text and "--y-channel" in text
     info = _help(_scripts()["dgf-info"])["help"]
-    assert "usage: dgf-info [-h] [--verbose] [--size H W] [--json] MODEL" in info
+    assert ("usage: dgf-info [-h] [--verbose] [--size H W] [--json] [--measure-blur [H5]] "
+            "MODEL") in info
     assert f"(default: {list(options.DEFAULT_INFO_SIZE)})" in info
 
     assert ScoreSettings().protocol == options.DEFAULT_PROTOCOL
