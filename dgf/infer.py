@@ -239,10 +239,24 @@ def _unreadable(exc: BaseException) -> str:
     return f"corrupt, truncated or unreadable image ({exc})"
 
 
-def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress: bool,
-             train_side: int | None = None, train_streak: float | None = None,
-             max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6),
-             images_ahead: int | None = None) -> None:
+@dataclass(frozen=True)
+class _Run:
+    """What every job of one run shares: how it writes, whether it shows progress,
+    the pixel limit, and for ``--scale auto`` the model's training image side and
+    training blur."""
+
+    writing: WriteOptions
+    progress: bool
+    max_pixels: int
+    train_side: int | None = None
+    train_streak: float | None = None
+
+
+def _process(predictor: Predictor, job: _Job, run: _Run, *, images_ahead: int | None = None,
+             following: _Job | None = None) -> None:
+    """Deblur one job; once its photo is read, ``following``'s is read ahead."""
+    writing, max_pixels = run.writing, run.max_pixels
+    train_side, train_streak = run.train_side, run.train_streak
     _preflight(job, writing)
     _check_size(predictor, job, max_pixels, train_side)
     # A command process's first photo may have been read while TensorFlow loaded.
@@ -254,6 +268,8 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
             raise _JobFailed(str(exc)) from exc
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise _JobFailed(_unreadable(exc)) from exc
+    if following is not None:  # the next photo is read while this one runs
+        _read_next(predictor, following, run)
     rgb = source.rgb
     height, width = rgb.shape[:2]
     factor = _choose_scale(predictor, job, rgb, train_side, train_streak, estimate)
@@ -262,7 +278,7 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
     except DgfError as exc:
         raise _JobFailed(str(exc)) from exc
     try:
-        deblurred = predictor.deblur_image(rgb, scale=factor, progress=progress,
+        deblurred = predictor.deblur_image(rgb, scale=factor, progress=run.progress,
                                            images_ahead=images_ahead, shrunk=small)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise _JobFailed(
@@ -285,17 +301,15 @@ def _process(predictor: Predictor, job: _Job, writing: WriteOptions, *, progress
         raise _JobFailed(str(exc)) from exc
 
 
-def _read_next(job: _Job, writing: WriteOptions, max_megapixels: float,
-               scale: str | float, train_side: int | None,
-               train_streak: float | None) -> None:
-    """Have :func:`dgf.prefetch.read_ahead` read the next job's photo while this one
-    runs, unless a check it will fail makes that wasted work."""
+def _read_next(predictor: Predictor, job: _Job, run: _Run) -> None:
+    """Have :func:`dgf.prefetch.read_ahead` read ``job``'s photo while the one before
+    it runs, unless a check it will fail makes that wasted work."""
     try:
-        _preflight(job, writing)
+        _preflight(job, run.writing)
     except _JobFailed:
         return
-    prefetch.read_ahead(job.source, max_pixels=int(max_megapixels * 1e6), scale=scale,
-                        side=train_side, reference=train_streak)
+    prefetch.read_ahead(job.source, max_pixels=run.max_pixels, scale=predictor.spec.scale,
+                        side=run.train_side, reference=run.train_streak)
 
 
 class _JobFailed(Exception):
@@ -381,16 +395,13 @@ def deblur_paths(
             f" ({spec.engine} runs fp32 only)" if spec.engine != "auto"
             and resolve_precision("auto") == "bf16" else ""), flush=True)
     report = DeblurReport()
+    run = _Run(writing, progress, int(max_megapixels * 1e6), train_side, train_streak)
     try:
         for index, job in enumerate(tqdm(jobs, desc="deblur", unit="img",
                                          disable=not progress)):
-            if index + 1 < len(jobs):
-                _read_next(jobs[index + 1], writing, max_megapixels, scale, train_side,
-                           train_streak)
             try:
-                _process(predictor, job, writing, progress=progress, train_side=train_side,
-                         train_streak=train_streak, max_pixels=int(max_megapixels * 1e6),
-                         images_ahead=len(jobs) - index)
+                _process(predictor, job, run, images_ahead=len(jobs) - index,
+                         following=jobs[index + 1] if index + 1 < len(jobs) else None)
             except DiskFull as exc:
                 raise exc.keeping(f"the {len(report.processed)} image(s) deblurred before "
                                   f"it are kept in {out_dir}; free space and run again "
@@ -402,6 +413,8 @@ def deblur_paths(
                     on_failure(job.source, str(exc))
             else:
                 report.processed.append(job.output)
+            finally:  # its read ahead, if it failed a check before taking it
+                prefetch.discard(job.source)
     finally:
-        prefetch.discard()  # a photo read ahead that no job took (it failed a check)
+        prefetch.discard()  # a read ahead that no job reached (the run stopped)
     return report

@@ -105,7 +105,7 @@ def take(path: Path | str) -> tuple[Any, Any, np.ndarray | None] | None:
     except (EOFError, OSError):  # the child died without a word
         result = None
     finally:
-        discard()
+        discard(path)  # the child's read only: a thread may be reading the next photo
     if result is None:
         return None
     shape, alpha, metadata, estimate, small_shape = result
@@ -149,13 +149,16 @@ def _load(path: Path, max_pixels: int, scale: str | float, side: int | None,
     return source, estimate, small
 
 
-def discard() -> None:
-    """Stop a read ahead that will not be taken (or was) and close its pipe; a
-    thread's read is waited for and dropped."""
-    while _AHEAD:
+def discard(path: Path | str | None = None) -> None:
+    """Stop the reads ahead that will not be taken (or were): every one, or only
+    ``path``'s. A thread's read is waited for and dropped; a child's pipe is closed."""
+    def ours(entries: list) -> bool:
+        return bool(entries) and (path is None or entries[0][0] == Path(path))
+
+    while ours(_AHEAD):
         _, future = _AHEAD.pop()
         future.cancel() or future.exception()
-    while _PENDING:
+    while ours(_PENDING):
         _, receiver, child, _, _ = _PENDING.pop()
         receiver.close()
         child.join(timeout=1.0)

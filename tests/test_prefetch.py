@@ -114,17 +114,20 @@ def test_the_child_sends_what_the_run_would_compute_or_nothing(tmp_path):
 def test_a_folder_s_later_photos_are_read_ahead_in_a_thread_and_change_nothing(
         model_file, tmp_path, monkeypatch):
     """In a run of several photos each one after the first is decoded and shrunk by
-    the reading thread while the one before it runs; the outputs are byte for byte
-    those of a run that reads every photo itself. A photo whose output exists (no
-    --overwrite) is not read ahead; an unreadable one fails with the run's message."""
+    the reading thread while the one before it runs (every one of consecutive photos,
+    not every other); the outputs are byte for byte those of a run that reads every
+    photo itself. A photo whose output exists (no --overwrite) is not read ahead; an
+    unreadable one fails with the run's message; a photo after failed ones is read by
+    the run."""
     from dgf.infer import deblur_paths
     from dgf.spec import InferenceSpec
 
     folder = tmp_path / "in"
     folder.mkdir()
-    for i in range(3):
+    for i in (0, 1, 2, 5):
         Image.fromarray(_shaken(120, 160 + 8 * i, 9)).save(folder / f"p{i}.png")
-    (folder / "p3.png").write_bytes(b"\x89PNG broken")
+    Image.fromarray(_shaken(120, 160, 9)).save(folder / "p3.png")
+    (folder / "p4.png").write_bytes(b"\x89PNG broken")
     spec = InferenceSpec(precision="fp32", engine="tensorflow", jit="off", scale=0.5)
     real_read, real_take = prefetch.read_ahead, prefetch.take
     asked, handed = [], []
@@ -138,20 +141,21 @@ def test_a_folder_s_later_photos_are_read_ahead_in_a_thread_and_change_nothing(
 
     monkeypatch.setattr(prefetch, "take", take)
     (tmp_path / "ahead").mkdir()
-    (tmp_path / "ahead" / "p2.png").write_bytes(b"kept")  # exists: p2 fails, not read
+    (tmp_path / "ahead" / "p3.png").write_bytes(b"kept")  # exists: p3 fails, not read
     report = deblur_paths(model_file, [folder], tmp_path / "ahead", spec, progress=False)
-    assert asked == ["p1.png", "p3.png"]
-    # p3's header check fails before any read: the thread never took it on.
-    assert handed == [("p0.png", False), ("p1.png", True)]
+    assert asked == ["p1.png", "p2.png"]
+    # p3 fails before any read, p4 at its header check: neither reaches a take.
+    assert handed == [("p0.png", False), ("p1.png", True), ("p2.png", True),
+                      ("p5.png", False)]
     failed = dict((p.name, why) for p, why in report.failed)
-    assert set(failed) == {"p2.png", "p3.png"} and "already exists" in failed["p2.png"]
-    assert "not an image file Pillow can read" in failed["p3.png"]
-    assert (tmp_path / "ahead" / "p2.png").read_bytes() == b"kept"
+    assert set(failed) == {"p3.png", "p4.png"} and "already exists" in failed["p3.png"]
+    assert "not an image file Pillow can read" in failed["p4.png"]
+    assert (tmp_path / "ahead" / "p3.png").read_bytes() == b"kept"
     assert not prefetch._AHEAD  # nothing left behind
 
     monkeypatch.setattr(prefetch, "read_ahead", lambda path, **kw: False)
     deblur_paths(model_file, [folder], tmp_path / "self", spec, progress=False)
-    for i in (0, 1):
+    for i in (0, 1, 2, 5):
         with Image.open(tmp_path / "ahead" / f"p{i}.png") as ahead, \
                 Image.open(tmp_path / "self" / f"p{i}.png") as itself:
             assert np.array_equal(np.asarray(ahead), np.asarray(itself))
@@ -178,3 +182,9 @@ def test_the_reading_thread_measures_and_shrinks_as_the_run_would(tmp_path):
     assert np.array_equal(small, _shrink(rgb, *scaled_size(300, 400, factor)))
     assert not prefetch.read_ahead(other, max_pixels=60 * 90 - 1)  # over the limit
     assert prefetch.take(other) is None
+    # Dropping one photo's read (a job that failed before taking it) keeps another's.
+    assert prefetch.read_ahead(photo, max_pixels=10**8)
+    prefetch.discard(other)
+    assert prefetch._AHEAD and prefetch._AHEAD[0][0] == photo
+    prefetch.discard(photo)
+    assert not prefetch._AHEAD and prefetch.take(photo) is None
